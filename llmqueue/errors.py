@@ -1,0 +1,70 @@
+"""llmqueue's exceptions, all rooted in one base class.
+
+    LLMQueueError
+    ├── ConfigError            bad settings or config.toml (names the key and the file)
+    ├── JobValidationError     a job that cannot be run as given (names the fields)
+    ├── RedisUnavailableError  Redis could not be reached or started
+    ├── ResultTimeoutError     a result did not arrive within the time asked for
+    └── ProviderError          a provider call failed; ``retryable`` says whether trying again may help
+        ├── RetryableProviderError
+        │   └── RateLimitedError   HTTP 429; carries the provider's retry-after, if any
+        └── PermanentProviderError
+
+LiteLLM's exceptions are translated into ProviderError subclasses in ``llmqueue.classify`` only.
+"""
+
+from __future__ import annotations
+
+
+class LLMQueueError(Exception):
+    """Base class of every error llmqueue raises on purpose."""
+
+
+class ConfigError(LLMQueueError):
+    """Settings that cannot be used: the message names the key and where it came from."""
+
+
+class JobValidationError(LLMQueueError):
+    """A job that fails validation; the message lists each bad field."""
+
+
+class RedisUnavailableError(LLMQueueError):
+    """Redis could not be reached (or an embedded server could not be started)."""
+
+
+class ResultTimeoutError(LLMQueueError, TimeoutError):
+    """A job's result did not arrive within the timeout given to ``JobHandle.result``."""
+
+
+class ProviderError(LLMQueueError):
+    """A provider call failed.
+
+    ``status_code`` is the HTTP status when there was one; ``kind`` is a short stable name
+    (``rate_limit``, ``timeout``, ``server_error``, ``auth``, ``bad_request`` …) for results and metrics.
+    """
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, kind: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.status_code = status_code
+
+
+class RetryableProviderError(ProviderError):
+    """A failure that may succeed later: timeouts, connection errors, 5xx, 429."""
+
+    retryable = True
+
+
+class RateLimitedError(RetryableProviderError):
+    """HTTP 429. ``retry_after`` is the provider's requested pause in seconds, when it sent one."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message, kind="rate_limit", status_code=429)
+        self.retry_after = retry_after
+
+
+class PermanentProviderError(ProviderError):
+    """A failure that will not change on retry: bad request, auth, unknown model, content policy."""

@@ -1,0 +1,49 @@
+"""Every Redis key llmqueue writes, built in one place.
+
+arq's own keys (``arq:job:<id>``, ``arq:in-progress:<id>``, ``arq:retry:<id>``) are named by arq's
+constants and used as they are, so that arq's worker finds the jobs llmqueue enqueues.
+"""
+
+from __future__ import annotations
+
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+
+PREFIX = "llmqueue"
+
+
+def arq_job(job_id: str) -> str:
+    """arq's key holding a queued job's serialized definition."""
+    return job_key_prefix + job_id
+
+
+def arq_in_progress(job_id: str) -> str:
+    return in_progress_key_prefix + job_id
+
+
+def arq_retry(job_id: str) -> str:
+    return retry_key_prefix + job_id
+
+
+def result(job_id: str) -> str:
+    """A job's final result (JSON), kept for ``result_ttl`` seconds."""
+    return f"{PREFIX}:result:{job_id}"
+
+
+def done(job_id: str) -> str:
+    """A list a waiter blocks on (BLPOP) until the job's result is stored."""
+    return f"{PREFIX}:done:{job_id}"
+
+
+def state(job_id: str) -> str:
+    """A hash of a job's running state: llmqueue's attempt count and timestamps."""
+    return f"{PREFIX}:state:{job_id}"
+
+
+def attempt_errors(job_id: str) -> str:
+    """A list of per-attempt error summaries (JSON) for a job."""
+    return f"{PREFIX}:errors:{job_id}"
+
+
+def limiter(scope: str) -> str:
+    """The token-bucket hash of one limit scope (a model string or deployment name)."""
+    return f"{PREFIX}:limit:{{{scope}}}"

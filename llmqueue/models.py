@@ -1,0 +1,167 @@
+"""Jobs and results: pydantic models that travel through Redis as JSON."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llmqueue.errors import JobValidationError
+
+# Parameters that would carry credentials or re-route the call: a worker takes these from its own settings.
+FORBIDDEN_PARAMS = frozenset(
+    {"api_key", "api_base", "base_url", "azure_ad_token", "aws_secret_access_key", "aws_access_key_id"}
+)
+MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool", "function", "developer"})
+
+JobKind = Literal["chat", "embedding"]
+ResultStatus = Literal["succeeded", "failed", "cancelled"]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class CompletionJob(BaseModel):
+    """One LLM call to make.
+
+    ``model`` names a LiteLLM model string; without it the job uses the model of its ``llm_config``
+    group (or of ``[llm]``). ``params`` go to LiteLLM as they are (max_tokens, temperature, tools,
+    response_format …), except credentials, which never travel in a job.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(default_factory=new_job_id, min_length=1, max_length=200, pattern=r"^[\w.:@/-]+$")
+    kind: JobKind = "chat"
+    model: str | None = Field(None, min_length=1)
+    llm_config: str | None = Field(None, min_length=1)
+    messages: list[dict[str, Any]] = Field(default_factory=list)
+    input: str | list[str] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    batch_id: str | None = None
+    created_at: datetime = Field(default_factory=_utcnow)
+    reply_to: str | None = Field(None, description="internal: the producer inbox notified on completion")
+
+    @field_validator("messages")
+    @classmethod
+    def _messages_well_formed(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, message in enumerate(messages):
+            role = message.get("role")
+            if role not in MESSAGE_ROLES:
+                raise ValueError(
+                    f"message {index} has role {role!r}; expected one of {sorted(MESSAGE_ROLES)}"
+                )
+            if "content" not in message and "tool_calls" not in message:
+                raise ValueError(f"message {index} has no content")
+        return messages
+
+    @field_validator("params")
+    @classmethod
+    def _no_credentials(cls, params: dict[str, Any]) -> dict[str, Any]:
+        forbidden = sorted(FORBIDDEN_PARAMS.intersection(params))
+        if forbidden:
+            raise ValueError(
+                f"{', '.join(forbidden)} may not be sent in a job: workers take credentials and endpoints "
+                "from their own settings (LLM_API_KEY, LLM_BASE_URL)"
+            )
+        return params
+
+    @model_validator(mode="after")
+    def _has_input(self) -> CompletionJob:
+        if self.kind == "chat" and not self.messages:
+            raise ValueError("a chat job needs at least one message")
+        if self.kind == "embedding" and not self.input:
+            raise ValueError("an embedding job needs input")
+        return self
+
+    @classmethod
+    def parse(cls, data: Any) -> CompletionJob:
+        """Validate ``data`` into a job, raising JobValidationError that names each bad field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise JobValidationError(describe_validation_error(exc)) from None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class AttemptError(BaseModel):
+    """Why one attempt failed."""
+
+    attempt: int
+    kind: str
+    message: str
+    status_code: int | None = None
+    retry_in: float | None = Field(None, description="seconds until the next attempt, if one was made")
+    at: datetime = Field(default_factory=_utcnow)
+
+
+class Timings(BaseModel):
+    queued_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime = Field(default_factory=_utcnow)
+
+    @property
+    def run_seconds(self) -> float | None:
+        """Seconds from the first start to the end."""
+        if self.started_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class JobResult(BaseModel):
+    """The final outcome of a job: one per job, stored in Redis for ``result_ttl`` seconds."""
+
+    job_id: str
+    batch_id: str | None = None
+    status: ResultStatus
+    model: str | None = None
+    response: dict[str, Any] | None = Field(None, description="the OpenAI-shaped response body")
+    usage: Usage | None = None
+    cost: float | None = Field(None, description="USD, from LiteLLM's price table; None when unknown")
+    attempts: int = Field(0, description="provider calls made")
+    errors: list[AttemptError] = Field(default_factory=list)
+    timings: Timings
+    worker_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+    @property
+    def error(self) -> AttemptError | None:
+        """The error that ended the job, if it failed."""
+        return self.errors[-1] if self.errors and not self.ok else None
+
+    @property
+    def text(self) -> str | None:
+        """The first choice's message content, for chat jobs that succeeded."""
+        if not self.response:
+            return None
+        choices = self.response.get("choices") or []
+        if not choices:
+            return None
+        content = (choices[0].get("message") or {}).get("content")
+        return content if isinstance(content, str) else None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "job"
+        message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+        parts.append(f"{field}: {str(message).removeprefix('Value error, ')}")
+    return "invalid job: " + "; ".join(parts)

@@ -1,0 +1,177 @@
+"""The producer: submit jobs, await their results.
+
+Waiting costs no polling: jobs a producer submits name its inbox (a Redis list); one listener task
+blocks on it (BLPOP) and wakes the waiting handles, so an awaited call pays milliseconds, not a poll
+interval. A handle for a job submitted elsewhere blocks on that job's own ``done`` list instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from llmqueue import keys
+from llmqueue.errors import RedisUnavailableError, ResultTimeoutError
+from llmqueue.jobstore import JobStore
+from llmqueue.models import CompletionJob, JobResult
+from llmqueue.redaction import redact_url
+from llmqueue.settings import Settings, load_settings
+
+JobLike = CompletionJob | Mapping[str, Any]
+_LISTEN_BLOCK_SECONDS = 1
+
+
+class JobHandle:
+    """A submitted job. ``await handle.result()`` returns its final :class:`JobResult`."""
+
+    def __init__(self, producer: Producer, job_id: str, *, via_inbox: bool) -> None:
+        self.producer = producer
+        self.job_id = job_id
+        self._via_inbox = via_inbox
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.job_id!r})"
+
+    async def result(self, timeout: float | None = None) -> JobResult:
+        """The job's result, waiting up to ``timeout`` seconds (None: forever).
+
+        Raises ResultTimeoutError if it has not arrived by then; the job itself keeps running.
+        """
+        try:
+            return await asyncio.wait_for(self._wait(), timeout)
+        except TimeoutError:
+            raise ResultTimeoutError(f"job {self.job_id} has no result after {timeout:g}s") from None
+
+    async def _wait(self) -> JobResult:
+        if self._via_inbox:
+            return await self.producer._await_inbox(self.job_id)
+        store = self.producer.store
+        while True:
+            result = await store.get_result(self.job_id)
+            if result is not None:
+                return result
+            token = await store.redis.blpop([keys.done(self.job_id)], timeout=_LISTEN_BLOCK_SECONDS)
+            if token is not None:
+                # Put the token back for any other waiter on the same job.
+                await store.redis.rpush(keys.done(self.job_id), b"1")
+
+
+class Producer:
+    """Submits jobs to the queue and awaits their results. Use as ``async with Producer(...) as p:``."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        redis_url: str | None = None,
+        redis: Redis | None = None,
+    ) -> None:
+        self.settings = settings or load_settings()
+        url = redis_url or self.settings.redis_url.get_secret_value()
+        self._owns_redis = redis is None
+        self.redis: Redis = redis if redis is not None else Redis.from_url(url)
+        self._url_for_errors = redact_url(url)
+        worker = self.settings.worker
+        self.store = JobStore(
+            self.redis, queue_name=worker.queue_name, job_ttl=worker.job_ttl, result_ttl=worker.result_ttl
+        )
+        self.inbox = f"{keys.PREFIX}:inbox:{uuid.uuid4().hex}"
+        self._waiters: dict[str, asyncio.Future[JobResult]] = {}
+        self._listener: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Producer:
+        try:
+            await self.redis.ping()
+        except (RedisConnectionError, OSError) as exc:
+            raise RedisUnavailableError(f"cannot reach Redis at {self._url_for_errors}: {exc}") from None
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
+        for waiter in self._waiters.values():
+            waiter.cancel()
+        self._waiters.clear()
+        if self._owns_redis:
+            await self.redis.aclose()
+
+    async def submit(self, job: JobLike) -> JobHandle:
+        """Queue one job. Submitting an id that is already queued, running or done does not run it again."""
+        (handle,) = await self.submit_many([job])
+        return handle
+
+    async def submit_many(self, jobs: Iterable[JobLike]) -> list[JobHandle]:
+        """Queue many jobs in pipelined round trips (thousands per round trip)."""
+        prepared = [self._prepare(job) for job in jobs]
+        added = await self.store.enqueue(prepared)
+        return [JobHandle(self, job.id, via_inbox=new) for job, new in zip(prepared, added, strict=True)]
+
+    def handle(self, job_id: str) -> JobHandle:
+        """A handle for a job submitted earlier, by this or any other producer."""
+        return JobHandle(self, job_id, via_inbox=False)
+
+    async def as_completed(
+        self, handles: Sequence[JobHandle], timeout: float | None = None
+    ) -> AsyncIterator[JobResult]:
+        """Yield results as the jobs finish, in finishing order."""
+        pending = {asyncio.ensure_future(handle.result()) for handle in handles}
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            while pending:
+                remaining = None if deadline is None else max(0.0, deadline - loop.time())
+                done, pending = await asyncio.wait(
+                    pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    raise ResultTimeoutError(f"{len(pending)} job(s) have no result after {timeout:g}s")
+                for future in done:
+                    yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def _prepare(self, job: JobLike) -> CompletionJob:
+        parsed = job if isinstance(job, CompletionJob) else CompletionJob.parse(dict(job))
+        return parsed.model_copy(update={"reply_to": self.inbox})
+
+    async def _await_inbox(self, job_id: str) -> JobResult:
+        future = self._waiters.get(job_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._waiters[job_id] = future
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen())
+        # The result may have been stored before we started waiting: its inbox entry is then
+        # already consumed or still queued; checking the result key covers both.
+        existing = await self.store.get_result(job_id)
+        if existing is not None:
+            self._waiters.pop(job_id, None)
+            return existing
+        return await asyncio.shield(future)
+
+    async def _listen(self) -> None:
+        while self._waiters:
+            item = await self.redis.blpop([self.inbox], timeout=_LISTEN_BLOCK_SECONDS)
+            if item is None:
+                continue
+            job_id = item[1].decode()
+            future = self._waiters.pop(job_id, None)
+            if future is None or future.done():
+                continue
+            result = await self.store.get_result(job_id)
+            if result is not None:
+                future.set_result(result)

@@ -1,0 +1,253 @@
+"""Settings: one model the whole program reads, built once at start-up.
+
+Sources, lowest to highest precedence: defaults → ``config.toml`` → environment → explicit arguments.
+The ``[llm]`` section and the ``LLM_*`` variables keep OpenHands' names and defaults; ``[llm.<name>]``
+tables are named groups that override ``[llm]`` for the jobs that name them.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from llmqueue.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("config.toml")
+
+
+class LLMConfig(BaseModel):
+    """How to call the provider, and the 429/transient retry policy (env ``LLM_<FIELD>``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: str = "gpt-4o"
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    api_version: str | None = None
+    embedding_model: str = "text-embedding-3-small"
+    embedding_deployment_name: str | None = None
+    drop_params: bool = True
+    disable_vision: bool = False
+    caching_prompt: bool = True
+    num_retries: int = Field(4, ge=0, description="retries after the first attempt (429 and transient)")
+    retry_min_wait: float = Field(5.0, ge=0, description="seconds")
+    retry_max_wait: float = Field(30.0, ge=0, description="seconds")
+    retry_multiplier: float = Field(2.0, gt=0)
+    retry_jitter: float = Field(0.0, ge=0, le=1, description="fraction of the delay added at random")
+    timeout: float = Field(120.0, gt=0, description="seconds one provider call may take")
+    default_completion_tokens: int = Field(
+        1024, ge=0, description="completion tokens assumed for the limiter when a job sets no max_tokens"
+    )
+    rpm: float | None = Field(None, gt=0, description="requests/min for this model's default limit scope")
+    tpm: float | None = Field(None, gt=0, description="tokens/min for this model's default limit scope")
+    limit_scope: str | None = Field(None, description="limiter scope; defaults to the model string")
+
+    @model_validator(mode="after")
+    def _waits_ordered(self) -> LLMConfig:
+        if self.retry_min_wait > self.retry_max_wait:
+            raise ValueError(
+                f"retry_min_wait ({self.retry_min_wait:g}) must not exceed retry_max_wait "
+                f"({self.retry_max_wait:g})"
+            )
+        return self
+
+    @property
+    def scope(self) -> str:
+        """The limiter scope jobs using this config share."""
+        return self.limit_scope or self.model
+
+
+class LimitConfig(BaseModel):
+    """A shared rate limit for one scope (a model string or a deployment name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: float | None = Field(None, gt=0, description="requests per minute")
+    tpm: float | None = Field(None, gt=0, description="tokens per minute")
+    burst_seconds: float = Field(
+        1.0, gt=0, description="bucket capacity, in seconds of the rate: how much may go out at once"
+    )
+
+
+class WorkerConfig(BaseModel):
+    """Queue and worker behaviour (env ``WORKER_<FIELD>``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue_name: str = "llmqueue:queue"
+    max_jobs: int = Field(200, ge=1, description="concurrent jobs per worker process")
+    poll_delay: float = Field(0.05, gt=0, description="seconds between queue polls")
+    max_inline_wait: float = Field(
+        2.0, ge=0, description="seconds a job may wait for the limiter in place before it is re-deferred"
+    )
+    job_ttl: float = Field(7 * 86400.0, gt=0, description="seconds a queued job is kept before it expires")
+    result_ttl: float = Field(7 * 86400.0, gt=0, description="seconds results are kept")
+    health_check_interval: float = Field(10.0, gt=0, description="seconds")
+
+    def job_timeout(self, llm_timeout: float) -> float:
+        """arq's hard timeout: longer than the LLM call's own timeout plus the longest inline wait."""
+        return llm_timeout + self.max_inline_wait + 30.0
+
+
+class Settings(BaseSettings):
+    """Everything llmqueue reads. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="_", env_nested_max_split=1, extra="forbid", case_sensitive=False
+    )
+
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    llm: LLMConfig = LLMConfig()
+    llm_groups: dict[str, LLMConfig] = Field(default_factory=dict)
+    limits: dict[str, LimitConfig] = Field(default_factory=dict)
+    worker: WorkerConfig = WorkerConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _KnownEnvSource(settings_cls), _FileSource(settings_cls))
+
+    def llm_for(self, group: str | None) -> LLMConfig:
+        """The ``[llm]`` settings with the named group's keys laid over them."""
+        if group is None:
+            return self.llm
+        try:
+            overrides = self.llm_groups[group]
+        except KeyError:
+            known = ", ".join(sorted(self.llm_groups)) or "none"
+            raise ConfigError(f"unknown llm_config group {group!r} (configured groups: {known})") from None
+        return LLMConfig.model_validate({**self.llm.model_dump(), **overrides.model_dump(exclude_unset=True)})
+
+    def limit_for(self, scope: str, llm: LLMConfig) -> LimitConfig | None:
+        """The rate limit of ``scope``, or None when no limit is configured.
+
+        ``[limits."<scope>"]`` wins; otherwise ``rpm``/``tpm`` of the LLM config (``LLM_RPM``,
+        ``LLM_TPM``) limit that config's own scope.
+        """
+        configured = self.limits.get(scope)
+        if configured is not None:
+            return configured
+        if scope == llm.scope and (llm.rpm is not None or llm.tpm is not None):
+            return LimitConfig(rpm=llm.rpm, tpm=llm.tpm)
+        return None
+
+
+# The TOML data for the settings being built; set by load_settings for the duration of one build.
+_file_data: dict[str, Any] = {}
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return _file_data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_data)
+
+
+class _KnownEnvSource(EnvSettingsSource):
+    """Environment variables, ignoring ``LLM_*``/``WORKER_*`` names llmqueue does not know.
+
+    Other tools (OpenHands among them) set more ``LLM_*`` variables; they are not ours to reject.
+    """
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        for section, model in (("llm", LLMConfig), ("worker", WorkerConfig)):
+            values = data.get(section)
+            if isinstance(values, dict):
+                data[section] = {k: v for k, v in values.items() if k in model.model_fields}
+        return {k: v for k, v in data.items() if k in ("redis_url", "llm", "worker")}
+
+
+class _FileSchema(BaseModel):
+    """The shape of config.toml, checked before it is merged so errors can name the file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    redis_url: str | None = None
+    llm: LLMConfig | None = None
+    llm_groups: dict[str, LLMConfig] = Field(default_factory=dict)
+    limits: dict[str, LimitConfig] = Field(default_factory=dict)
+    worker: WorkerConfig | None = None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse and check config.toml; named ``[llm.<name>]`` tables become ``llm_groups``."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    data = dict(raw)
+    llm_table = data.get("llm")
+    if isinstance(llm_table, dict):
+        data["llm"] = {k: v for k, v in llm_table.items() if not isinstance(v, dict)}
+        data["llm_groups"] = {k: v for k, v in llm_table.items() if isinstance(v, dict)}
+    try:
+        _FileSchema.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, where=str(path), file_layout=True)) from None
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from defaults, a config file, the environment and ``overrides``.
+
+    ``config_path`` None means ``./config.toml`` when it exists. Raises ConfigError with a message
+    naming each bad key and where it came from, never a pydantic traceback.
+    """
+    path = config_path
+    if path is None and DEFAULT_CONFIG_FILE.is_file():
+        path = DEFAULT_CONFIG_FILE
+    global _file_data
+    _file_data = read_config_file(path) if path is not None else {}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        sources = ["arguments", "environment"] + ([str(path)] if path else [])
+        where = "the " + ", ".join(sources[:-1]) + " or " + sources[-1]
+        raise ConfigError(_describe(exc, where=where, file_layout=False)) from None
+    finally:
+        _file_data = {}
+
+
+def _describe(exc: ValidationError, *, where: str, file_layout: bool) -> str:
+    lines = [f"invalid settings in {where}:"]
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        lines.append(f"  {_key_name(loc, file_layout)}: {_plain_message(error)}")
+    return "\n".join(lines)
+
+
+def _key_name(loc: list[str], file_layout: bool) -> str:
+    if not loc:
+        return "(settings)"
+    if loc[0] == "llm_groups" and len(loc) >= 2:
+        return f"[llm.{loc[1]}] " + ".".join(loc[2:]) if file_layout else "llm." + ".".join(loc[1:])
+    if file_layout and len(loc) >= 2 and loc[0] == "limits":
+        return f'[limits."{loc[1]}"] ' + ".".join(loc[2:])
+    if file_layout and len(loc) >= 2:
+        return f"[{loc[0]}] " + ".".join(loc[1:])
+    env = {"llm": "LLM_", "worker": "WORKER_"}.get(loc[0])
+    if env and len(loc) >= 2:
+        return f"{'.'.join(loc)} (env {env}{loc[1].upper()})"
+    return ".".join(loc)
+
+
+def _plain_message(error: Mapping[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
