@@ -1,0 +1,247 @@
+"""The worker's path against a real Redis and the simulated provider, through real LiteLLM calls."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from conftest import TEST_API_KEY, make_settings, running_worker
+from redis.asyncio import Redis
+
+from llmqueue import keys
+from llmqueue.backoff import RetryPolicy
+from llmqueue.jobstore import JobStore
+from llmqueue.producer import Producer
+from llmqueue.provider import ProviderConfig, RunningProvider, run_provider
+from llmqueue.serialization import serialize
+from llmqueue.settings import Settings
+
+CHAT = {"messages": [{"role": "user", "content": "hello"}]}
+
+
+async def test_job_succeeds_with_response_usage_and_timings(settings: Settings, producer: Producer) -> None:
+    async with running_worker(settings):
+        result = await (await producer.submit(CHAT)).result(timeout=10)
+    assert result.status == "succeeded"
+    assert result.text == "echo: hello"
+    assert result.usage is not None and result.usage.total_tokens > 0
+    assert result.attempts == 1 and result.errors == []
+    assert result.worker_id and result.model == "openai/sim-model"
+    assert result.timings.started_at is not None
+    assert result.timings.queued_at <= result.timings.started_at <= result.timings.finished_at
+
+
+async def test_rate_limited_job_is_reenqueued_with_policy_delays(
+    settings: Settings, producer: Producer, provider: RunningProvider
+) -> None:
+    provider.fail_next(3, 429)
+    policy = RetryPolicy.from_llm(settings.llm)
+    async with running_worker(settings):
+        result = await (await producer.submit(CHAT)).result(timeout=10)
+    assert result.status == "succeeded"
+    assert result.attempts == 4
+    assert [e.kind for e in result.errors] == ["rate_limit"] * 3
+    assert [e.retry_in for e in result.errors] == [policy.delay(n) for n in (1, 2, 3)]
+    gaps = [(b.at - a.at).total_seconds() for a, b in zip(result.errors, result.errors[1:], strict=False)]
+    for gap, error in zip(gaps, result.errors, strict=False):
+        assert gap >= error.retry_in * 0.9  # re-enqueued with the delay, not retried at once
+
+
+async def test_retry_after_raises_delay_and_sets_a_shared_cooldown(
+    settings: Settings, producer: Producer, provider: RunningProvider, redis: Redis
+) -> None:
+    provider.fail_next(1, 429, retry_after=0.3)
+    async with running_worker(settings):
+        handle = await producer.submit(CHAT)
+        result = await handle.result(timeout=10)
+    assert result.errors[0].retry_in == pytest.approx(0.3)
+    cooldown_end = float(await redis.hget(keys.limiter("openai/sim-model"), "cool"))
+    assert cooldown_end > 0
+
+
+async def test_exhausted_retries_end_in_a_failed_result(
+    settings: Settings, producer: Producer, provider: RunningProvider
+) -> None:
+    provider.fail_next(100, 503)
+    async with running_worker(settings):
+        result = await (await producer.submit(CHAT)).result(timeout=15)
+    assert result.status == "failed"
+    assert result.attempts == settings.llm.num_retries + 1
+    assert len(result.errors) == settings.llm.num_retries + 1
+    assert {e.kind for e in result.errors} == {"server_error"}
+    assert provider.stats.requests == settings.llm.num_retries + 1
+
+
+async def test_transient_error_then_success(
+    settings: Settings, producer: Producer, provider: RunningProvider
+) -> None:
+    provider.fail_next(1, 500)
+    async with running_worker(settings):
+        result = await (await producer.submit(CHAT)).result(timeout=10)
+    assert result.status == "succeeded" and result.attempts == 2
+    assert result.errors[0].kind == "server_error" and result.errors[0].status_code == 500
+
+
+async def test_auth_error_fails_at_once_with_message_and_no_key(redis_url: str) -> None:
+    async with run_provider(ProviderConfig(api_key="sk-the-right-key-000")) as other:
+        settings = make_settings(redis_url, other.base_url)
+        async with Producer(settings) as producer, running_worker(settings):
+            result = await (await producer.submit(CHAT)).result(timeout=10)
+        assert other.stats.requests == 1
+    assert result.status == "failed" and result.attempts == 1
+    assert result.error is not None and result.error.kind == "auth" and result.error.status_code == 401
+    assert TEST_API_KEY not in result.model_dump_json()
+
+
+async def test_permanent_bad_request_keeps_provider_message(
+    settings: Settings, producer: Producer, provider: RunningProvider
+) -> None:
+    provider.fail_next(1, 400, message="This model's maximum context length is 8192 tokens")
+    async with running_worker(settings):
+        result = await (await producer.submit(CHAT)).result(timeout=10)
+    assert result.status == "failed" and result.attempts == 1
+    assert result.error is not None and "maximum context length" in result.error.message
+
+
+async def test_call_timeout_is_a_transient_error(redis_url: str) -> None:
+    async with run_provider(ProviderConfig(api_key=TEST_API_KEY, timeout_rate=1.0, hang_seconds=5)) as slow:
+        settings = make_settings(redis_url, slow.base_url, timeout=0.3, num_retries=1)
+        async with Producer(settings) as producer, running_worker(settings):
+            result = await (await producer.submit(CHAT)).result(timeout=15)
+    assert result.status == "failed" and result.attempts == 2
+    assert {e.kind for e in result.errors} == {"timeout"}
+
+
+async def test_duplicate_job_id_runs_once(
+    settings: Settings, producer: Producer, provider: RunningProvider
+) -> None:
+    job = {**CHAT, "id": "same-id"}
+    async with running_worker(settings):
+        first = await producer.submit(job)
+        second = await producer.submit(job)
+        await first.result(timeout=10)
+        await second.result(timeout=10)
+        again = await producer.submit(job)
+        await again.result(timeout=10)
+    assert provider.stats.requests == 1
+
+
+async def test_limiter_redefer_is_not_counted_as_an_attempt(
+    redis_url: str, provider: RunningProvider
+) -> None:
+    # One request per second with no inline waiting: the second job must be re-deferred at least once.
+    settings = make_settings(
+        redis_url, provider.base_url, rpm=60, worker={"max_inline_wait": 0.0, "poll_delay": 0.01}
+    )
+    async with Producer(settings) as producer, running_worker(settings):
+        handles = await producer.submit_many([CHAT, CHAT])
+        results = [await h.result(timeout=10) for h in handles]
+    assert [r.attempts for r in results] == [1, 1]
+    assert provider.stats.rate_limited == 0
+
+
+async def test_undecodable_payload_gets_a_failed_result_and_worker_keeps_running(
+    settings: Settings, producer: Producer, redis: Redis
+) -> None:
+    queue = settings.worker.queue_name
+    now_ms = int(time.time() * 1000)
+    await redis.set(keys.arq_job("garbage"), b"\x80\x04not json at all")
+    await redis.zadd(queue, {"garbage": now_ms})
+    wrong_shape = serialize({"t": None, "f": "run_job", "a": [{"messages": "nope"}], "k": {}, "et": now_ms})
+    await redis.set(keys.arq_job("wrong-shape"), wrong_shape)
+    await redis.zadd(queue, {"wrong-shape": now_ms})
+    async with running_worker(settings):
+        bad = await producer.handle("garbage").result(timeout=10)
+        wrong = await producer.handle("wrong-shape").result(timeout=10)
+        good = await (await producer.submit(CHAT)).result(timeout=10)
+    assert bad.status == "failed" and bad.errors[0].kind == "invalid_job"
+    assert "not JSON" in bad.errors[0].message
+    assert wrong.status == "failed" and "messages" in wrong.errors[0].message
+    assert good.status == "succeeded"
+
+
+async def test_result_of_job_from_another_producer_is_awaited_by_id(settings: Settings) -> None:
+    async with Producer(settings) as submitter:
+        handle = await submitter.submit(CHAT)
+    async with Producer(settings) as other, running_worker(settings):
+        result = await other.handle(handle.job_id).result(timeout=10)
+    assert result.status == "succeeded"
+
+
+async def test_as_completed_yields_every_result_once(settings: Settings, producer: Producer) -> None:
+    jobs = [{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(30)]
+    async with running_worker(settings):
+        handles = await producer.submit_many(jobs)
+        results = [r async for r in producer.as_completed(handles, timeout=20)]
+    assert sorted(r.job_id for r in results) == sorted(h.job_id for h in handles)
+    assert all(r.ok for r in results)
+
+
+async def test_api_key_never_stored_in_redis(
+    settings: Settings, producer: Producer, provider: RunningProvider, redis: Redis
+) -> None:
+    provider.fail_next(1, 401)
+    async with running_worker(settings):
+        await (await producer.submit(CHAT)).result(timeout=10)
+        await (await producer.submit(CHAT)).result(timeout=10)
+    for key in await redis.keys("*"):
+        kind = (await redis.type(key)).decode()
+        if kind == "string":
+            values = [await redis.get(key)]
+        elif kind == "list":
+            values = await redis.lrange(key, 0, -1)
+        elif kind == "hash":
+            values = list((await redis.hgetall(key)).values())
+        elif kind == "zset":
+            values = [member for member, _ in await redis.zrange(key, 0, -1, withscores=True)]
+        else:
+            values = []
+        for value in [key, *values]:
+            assert TEST_API_KEY.encode() not in value
+
+
+async def test_result_times_out_with_a_clear_error(producer: Producer) -> None:
+    from llmqueue.errors import ResultTimeoutError
+
+    handle = await producer.submit(CHAT)  # no worker running
+    with pytest.raises(ResultTimeoutError, match=handle.job_id):
+        await handle.result(timeout=0.2)
+
+
+async def test_job_expiry_covers_the_configured_ttl(settings: Settings, producer: Producer, redis: Redis) -> None:
+    handle = await producer.submit(CHAT)
+    ttl = await redis.pttl(keys.arq_job(handle.job_id))
+    assert ttl > (settings.worker.job_ttl - 5) * 1000
+
+
+async def test_store_keeps_results_for_result_ttl(settings: Settings, producer: Producer, redis: Redis) -> None:
+    async with running_worker(settings):
+        handle = await producer.submit(CHAT)
+        await handle.result(timeout=10)
+    assert await redis.ttl(keys.result(handle.job_id)) > settings.worker.result_ttl - 5
+    store = JobStore(redis, queue_name="q", job_ttl=60, result_ttl=60)
+    assert (await store.get_results([handle.job_id, "missing"]))[1] is None
+
+
+async def test_many_jobs_are_submitted_in_pipelined_round_trips(producer: Producer) -> None:
+    started = time.perf_counter()
+    handles = await producer.submit_many([CHAT] * 2000)
+    elapsed = time.perf_counter() - started
+    assert len({h.job_id for h in handles}) == 2000
+    assert await producer.redis.zcard(producer.settings.worker.queue_name) == 2000
+    print(f"submit_many: 2000 jobs in {elapsed:.3f}s ({2000 / elapsed:.0f} jobs/s)")
+
+
+async def test_waiting_for_a_result_does_not_poll(settings: Settings, producer: Producer) -> None:
+    async with running_worker(settings):
+        await (await producer.submit(CHAT)).result(timeout=10)  # warm up
+        latencies = []
+        for _ in range(5):
+            started = time.perf_counter()
+            await (await producer.submit(CHAT)).result(timeout=10)
+            latencies.append(time.perf_counter() - started)
+    print(f"submit→result latencies: {[round(x * 1000, 1) for x in latencies]} ms")
+    # Not a benchmark: a poll of arq's default 0.5 s would show up as ≥ 0.5 s on every call.
+    assert min(latencies) < 0.5
+    await asyncio.sleep(0)
