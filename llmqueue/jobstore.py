@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 
@@ -15,9 +16,21 @@ from redis.asyncio import Redis
 from llmqueue import keys, serialization
 from llmqueue.models import AttemptError, CompletionJob, JobResult
 
-_ENQUEUE = resources.files("llmqueue").joinpath("lua/enqueue.lua").read_text(encoding="utf-8")
-INBOX_TTL_SECONDS = 86400
+_LUA = resources.files("llmqueue").joinpath("lua")
+_ENQUEUE = _LUA.joinpath("enqueue.lua").read_text(encoding="utf-8")
+_FINISH = _LUA.joinpath("finish.lua").read_text(encoding="utf-8")
 ENQUEUE_CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class AttemptStart:
+    """What a worker needs to know as it picks a job up."""
+
+    has_result: bool
+    failures: list[AttemptError]
+    started_at: datetime
+    stop_reason: str | None = None
+    """``cancelled`` or ``budget_exceeded`` when the job's batch must not start more jobs."""
 
 
 class JobStore:
@@ -29,6 +42,7 @@ class JobStore:
         self.job_ttl_ms = int(job_ttl * 1000)
         self.result_ttl = int(result_ttl)
         self._enqueue = redis.register_script(_ENQUEUE)
+        self._finish = redis.register_script(_FINISH)
 
     async def enqueue(self, jobs: Sequence[CompletionJob], *, defer: float = 0.0) -> list[bool]:
         """Queue the jobs in pipelined round trips; False for an id that was already known."""
@@ -46,39 +60,94 @@ class JobStore:
                 added += [bool(flag) for flag in await pipe.execute()]
         return added
 
-    async def begin_attempt(self, job_id: str) -> tuple[list[AttemptError], datetime]:
-        """The job's earlier failed attempts and the time it first started (now, the first time)."""
+    async def begin_attempt(self, job_id: str, batch_id: str | None) -> AttemptStart:
+        """Read a job's state as a worker picks it up, in one round trip.
+
+        Records the first start time, and says whether the job already has a result (a restart after a
+        crash), how many provider calls failed before, and whether its batch was cancelled or spent.
+        """
         now = datetime.now(UTC).isoformat()
+        state = keys.state(job_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hsetnx(keys.state(job_id), "started_at", now)
-            pipe.hget(keys.state(job_id), "started_at")
-            pipe.expire(keys.state(job_id), self.job_ttl_ms // 1000)
+            pipe.exists(keys.result(job_id))
+            pipe.hsetnx(state, "started_at", now)
+            pipe.hget(state, "started_at")
+            pipe.expire(state, self.job_ttl_ms // 1000)
             pipe.lrange(keys.attempt_errors(job_id), 0, -1)
-            _, started, _, errors = await pipe.execute()
-        return (
-            [AttemptError.model_validate_json(raw) for raw in errors],
-            datetime.fromisoformat(started.decode()),
+            if batch_id is not None:
+                pipe.hmget(keys.batch(batch_id), BATCH_GATE_FIELDS)
+            replies = await pipe.execute()
+        has_result, _, started, _, errors = replies[:5]
+        return AttemptStart(
+            has_result=bool(has_result),
+            failures=[AttemptError.model_validate_json(raw) for raw in errors],
+            started_at=datetime.fromisoformat(started.decode()),
+            stop_reason=batch_stop_reason(replies[5]) if batch_id is not None else None,
         )
 
-    async def record_error(self, job_id: str, error: AttemptError) -> None:
-        """Keep a failed attempt's summary; the count of these is the job's retry budget used."""
+    async def calling(self, batch_id: str | None, *, retrying: bool) -> None:
+        """Count a provider call starting, for the batch's running/retry-waiting totals."""
+        if batch_id is None:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(keys.batch(batch_id), "running", 1)
+            pipe.hincrby(keys.batch(batch_id), "requests", 1)
+            if retrying:
+                pipe.hincrby(keys.batch(batch_id), "retry_waiting", -1)
+            await pipe.execute()
+
+    async def record_error(self, job_id: str, batch_id: str | None, error: AttemptError) -> None:
+        """Keep a failed call's summary before the job is re-enqueued; these count against num_retries."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.rpush(keys.attempt_errors(job_id), error.model_dump_json())
             pipe.expire(keys.attempt_errors(job_id), self.job_ttl_ms // 1000)
+            if batch_id is not None:
+                pipe.hincrby(keys.batch(batch_id), "running", -1)
+                pipe.hincrby(keys.batch(batch_id), "retry_waiting", 1)
+                if error.kind == "rate_limit":
+                    pipe.hincrby(keys.batch(batch_id), "rate_limited", 1)
             await pipe.execute()
 
-    async def finish(self, result: JobResult, *, reply_to: str | None = None) -> None:
-        """Store the final result and wake whoever waits for it."""
+    async def finish(
+        self,
+        result: JobResult,
+        *,
+        reply_to: str | None = None,
+        was_calling: bool = False,
+        was_retry_waiting: bool = False,
+    ) -> bool:
+        """Store the final result, wake whoever waits for it, and add it to the batch's totals.
+
+        A job gets one result: False (and nothing changed) when it already had one. ``was_calling``
+        and ``was_retry_waiting`` say which of the batch's in-between counts the job leaves.
+        """
         job_id = result.job_id
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.result(job_id), result.model_dump_json(), ex=self.result_ttl)
-            pipe.rpush(keys.done(job_id), b"1")
-            pipe.expire(keys.done(job_id), self.result_ttl)
-            if reply_to:
-                pipe.rpush(reply_to, job_id)
-                pipe.expire(reply_to, INBOX_TTL_SECONDS)
-            pipe.delete(keys.state(job_id), keys.attempt_errors(job_id))
-            await pipe.execute()
+        usage = result.usage
+        rate_limited = 1 if result.errors and result.errors[-1].kind == "rate_limit" else 0
+        stored = await self._finish(
+            keys=[
+                keys.result(job_id),
+                keys.done(job_id),
+                keys.state(job_id),
+                keys.attempt_errors(job_id),
+                keys.batch(result.batch_id) if result.batch_id else "",
+                reply_to or "",
+            ],
+            args=[
+                result.model_dump_json(),
+                self.result_ttl,
+                job_id,
+                result.status,
+                result.cost or 0.0,
+                usage.prompt_tokens if usage else 0,
+                usage.completion_tokens if usage else 0,
+                1 if was_calling else 0,
+                1 if was_retry_waiting else 0,
+            ],
+        )
+        if stored and rate_limited and result.batch_id:
+            await self.redis.hincrby(keys.batch(result.batch_id), "rate_limited", 1)
+        return bool(stored)
 
     async def has_result(self, job_id: str) -> bool:
         return bool(await self.redis.exists(keys.result(job_id)))
@@ -93,3 +162,18 @@ class JobStore:
             return []
         raws = await self.redis.mget([keys.result(job_id) for job_id in job_ids])
         return [None if raw is None else JobResult.model_validate_json(raw) for raw in raws]
+
+
+BATCH_GATE_FIELDS = ["cancel_requested", "max_cost", "cost", "max_tokens", "tokens"]
+
+
+def batch_stop_reason(fields: Sequence[bytes | None]) -> str | None:
+    """Why no further job of a batch may start, from its gate fields; None when they may."""
+    cancel, max_cost, cost, max_tokens, tokens = (None if f is None else f.decode() for f in fields)
+    if cancel:
+        return "cancelled"
+    if max_cost is not None and float(cost or 0) >= float(max_cost):
+        return "budget_exceeded"
+    if max_tokens is not None and int(tokens or 0) >= int(max_tokens):
+        return "budget_exceeded"
+    return None

@@ -47,3 +47,23 @@ def attempt_errors(job_id: str) -> str:
 def limiter(scope: str) -> str:
     """The token-bucket hash of one limit scope (a model string or deployment name)."""
     return f"{PREFIX}:limit:{{{scope}}}"
+
+
+def batch(batch_id: str) -> str:
+    """A batch's hash: settings (budget caps, source file) and running totals (counts, tokens, cost)."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_jobs(batch_id: str) -> str:
+    """A batch's job ids in input order (a list)."""
+    return f"{PREFIX}:batch:{batch_id}:jobs"
+
+
+def batches() -> str:
+    """All batch ids, scored by creation time (a sorted set)."""
+    return f"{PREFIX}:batches"
+
+
+def inbox(producer_id: str) -> str:
+    """A producer's inbox: ids of its jobs as they finish (a list)."""
+    return f"{PREFIX}:inbox:{producer_id}"

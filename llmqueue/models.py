@@ -136,6 +136,9 @@ class JobResult(BaseModel):
     timings: Timings
     worker_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    request: dict[str, Any] | None = Field(
+        None, description="the job as submitted, kept on failed and cancelled results so they can be retried"
+    )
 
     @property
     def ok(self) -> bool:

@@ -20,7 +20,7 @@ from llmqueue import serialization
 from llmqueue.backoff import RetryPolicy
 from llmqueue.classify import classify
 from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
-from llmqueue.jobstore import JobStore
+from llmqueue.jobstore import AttemptStart, JobStore
 from llmqueue.limiter import RateLimiter
 from llmqueue.llm_call import call_kwargs, call_provider, job_model, supports_prompt_caching
 from llmqueue.models import AttemptError, CompletionJob, JobResult, Timings, Usage
@@ -42,13 +42,17 @@ class JobRunner:
 
     async def run(self, job_id: str, payload: Any) -> None:
         """Run one start of a job. Raises arq's Retry to re-enqueue it; returns once a result is stored."""
-        if await self.store.has_result(job_id):
-            logger.info("job %s already has a result; not running it again", job_id)
-            return
         try:
             job, llm = self._parse(payload)
         except (JobValidationError, ConfigError) as exc:
             await self._finish_unrunnable(job_id, payload, str(exc))
+            return
+        start = await self.store.begin_attempt(job_id, job.batch_id)
+        if start.has_result:
+            logger.info("job %s already has a result; not running it again", job_id)
+            return
+        if start.stop_reason is not None:
+            await self._finish_stopped(job, start)
             return
         model = job_model(job, llm)
         scope = llm.limit_scope or model
@@ -60,19 +64,19 @@ class JobRunner:
         if not admission.admitted:
             # Not an attempt: the job goes back to the queue instead of holding a worker slot.
             raise Retry(defer=admission.wait)
-        failures, started_at = await self.store.begin_attempt(job_id)
         if admission.wait > 0:
             await asyncio.sleep(admission.wait)
 
-        attempt = len(failures) + 1
+        attempt = len(start.failures) + 1
         kwargs = call_kwargs(job, llm, supports_caching=supports_prompt_caching(model))
+        await self.store.calling(job.batch_id, retrying=bool(start.failures))
         began = time.monotonic()
         try:
             response = await call_provider(job.kind, kwargs, timeout=llm.timeout + 5)
         except Exception as exc:
             await self.limiter.adjust(scope, limit, tokens=estimate)
             error = classify(exc, self._secrets(llm))
-            await self._handle_failure(job, llm, model, scope, attempt, failures, started_at, error)
+            await self._handle_failure(job, llm, model, scope, attempt, start, error)
             return
         used = usage_tokens(response)
         if used is not None:
@@ -86,15 +90,19 @@ class JobRunner:
             usage=_usage(response),
             cost=_cost(response),
             attempts=attempt,
-            errors=failures,
-            timings=Timings(queued_at=job.created_at, started_at=started_at),
+            errors=start.failures,
+            timings=Timings(queued_at=job.created_at, started_at=start.started_at),
             worker_id=self.worker_id,
             metadata=job.metadata,
         )
-        await self.store.finish(result, reply_to=job.reply_to)
+        await self.store.finish(result, reply_to=job.reply_to, was_calling=True)
         logger.info(
             "job %s succeeded model=%s attempt=%d latency=%.3fs tokens=%s",
-            job.id, model, attempt, time.monotonic() - began, used,
+            job.id,
+            model,
+            attempt,
+            time.monotonic() - began,
+            used,
         )
 
     def _parse(self, payload: Any) -> tuple[CompletionJob, LLMConfig]:
@@ -111,8 +119,7 @@ class JobRunner:
         model: str,
         scope: str,
         attempt: int,
-        failures: list[AttemptError],
-        started_at: datetime,
+        start: AttemptStart,
         error: ProviderError,
     ) -> None:
         retry_after = error.retry_after if isinstance(error, RateLimitedError) else None
@@ -124,7 +131,7 @@ class JobRunner:
         )
         if error.retryable and policy.allows_retry(attempt):
             summary.retry_in = policy.delay(attempt, retry_after)
-            await self.store.record_error(job.id, summary)
+            await self.store.record_error(job.id, job.batch_id, summary)
             logger.info(
                 "job %s attempt %d failed (%s), retrying in %.1fs", job.id, attempt, error.kind, summary.retry_in
             )
@@ -135,13 +142,34 @@ class JobRunner:
             status="failed",
             model=model,
             attempts=attempt,
-            errors=[*failures, summary],
-            timings=Timings(queued_at=job.created_at, started_at=started_at),
+            errors=[*start.failures, summary],
+            timings=Timings(queued_at=job.created_at, started_at=start.started_at),
             worker_id=self.worker_id,
             metadata=job.metadata,
+            request=job.model_dump(mode="json", exclude={"reply_to"}),
         )
-        await self.store.finish(result, reply_to=job.reply_to)
+        await self.store.finish(result, reply_to=job.reply_to, was_calling=True)
         logger.warning("job %s failed after %d attempt(s): %s", job.id, attempt, error.message)
+
+    async def _finish_stopped(self, job: CompletionJob, start: AttemptStart) -> None:
+        """A job of a cancelled or spent batch: it ends as cancelled without calling the provider."""
+        reason = start.stop_reason or "cancelled"
+        message = {
+            "cancelled": "the batch was cancelled",
+            "budget_exceeded": "the batch reached its cost or token budget",
+        }.get(reason, reason)
+        result = JobResult(
+            job_id=job.id,
+            batch_id=job.batch_id,
+            status="cancelled",
+            attempts=len(start.failures),
+            errors=[*start.failures, AttemptError(attempt=len(start.failures), kind=reason, message=message)],
+            timings=Timings(queued_at=job.created_at, started_at=start.started_at),
+            worker_id=self.worker_id,
+            metadata=job.metadata,
+            request=job.model_dump(mode="json", exclude={"reply_to"}),
+        )
+        await self.store.finish(result, reply_to=job.reply_to, was_retry_waiting=bool(start.failures))
 
     async def _finish_unrunnable(self, job_id: str, payload: Any, reason: str) -> None:
         """A job that cannot be run as given: record a failed result and keep the worker going."""

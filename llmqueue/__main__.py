@@ -1,0 +1,3 @@
+from llmqueue.cli import main
+
+main()

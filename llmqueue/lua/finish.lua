@@ -1,0 +1,27 @@
+-- Store a job's final result once, wake its waiters, and add it to its batch's totals.
+-- KEYS[1] result  KEYS[2] done list  KEYS[3] state hash  KEYS[4] errors list
+-- KEYS[5] batch hash (or "" when the job has no batch)  KEYS[6] producer inbox (or "")
+-- ARGV[1] result JSON  ARGV[2] ttl seconds  ARGV[3] job id  ARGV[4] status
+-- ARGV[5] cost (USD)  ARGV[6] prompt tokens  ARGV[7] completion tokens  ARGV[8] 1 if a call was in flight
+-- ARGV[9] 1 if the job was waiting for a retry (it leaves that count)
+-- returns 1 when stored, 0 when the job already had a result (nothing is changed then)
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  return 0
+end
+redis.call('RPUSH', KEYS[2], '1')
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+if KEYS[6] ~= '' then
+  redis.call('RPUSH', KEYS[6], ARGV[3])
+  redis.call('EXPIRE', KEYS[6], 86400)
+end
+redis.call('DEL', KEYS[3], KEYS[4])
+if KEYS[5] ~= '' then
+  redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
+  redis.call('HINCRBYFLOAT', KEYS[5], 'cost', ARGV[5])
+  redis.call('HINCRBY', KEYS[5], 'prompt_tokens', ARGV[6])
+  redis.call('HINCRBY', KEYS[5], 'completion_tokens', ARGV[7])
+  redis.call('HINCRBY', KEYS[5], 'tokens', ARGV[6] + ARGV[7])
+  if ARGV[8] == '1' then redis.call('HINCRBY', KEYS[5], 'running', -1) end
+  if ARGV[9] == '1' then redis.call('HINCRBY', KEYS[5], 'retry_waiting', -1) end
+end
+return 1
