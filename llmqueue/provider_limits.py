@@ -1,0 +1,151 @@
+"""What a request costs the simulated provider, and whether its rate limits admit it.
+
+Pure logic, no I/O: every method that depends on time takes ``now`` (seconds on any monotonic clock), so
+the limits are tested by moving a number forward instead of sleeping.
+
+Limits are enforced the way hosted providers enforce them: not per minute, but as token buckets over a
+short window. A limit of ``rate`` per minute with a window of ``w`` seconds is a bucket of capacity
+``rate * w / 60`` that refills continuously at ``rate / 60`` per second and starts full.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+#: Tokens charged per message on top of its text (role, separators), like OpenAI's chat format.
+TOKENS_PER_MESSAGE = 3
+#: Tokens charged for each image part, whatever its size (OpenAI's "low detail" price).
+TOKENS_PER_IMAGE = 85
+
+
+def estimate_text_tokens(text: str) -> int:
+    """Tokens in ``text`` by the cheap rule of thumb: one token per four characters, rounded up."""
+    return math.ceil(len(text) / 4)
+
+
+def message_text(content: Any) -> str:
+    """The text of a chat message's ``content``: a string, or a list of parts whose text parts are joined.
+
+    Image and other non-text parts contribute no text.
+    """
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, Mapping) and part.get("type") == "text"
+        )
+    return ""
+
+
+def estimate_prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
+    """Prompt tokens of a chat request: ``ceil(chars / 4)`` of all message text, plus
+    ``TOKENS_PER_MESSAGE`` per message and ``TOKENS_PER_IMAGE`` per image part. Deterministic, not exact.
+    """
+    chars = sum(len(message_text(message.get("content"))) for message in messages)
+    images = sum(
+        1
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, Mapping) and part.get("type") == "image_url"
+    )
+    return math.ceil(chars / 4) + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_IMAGE * images
+
+
+def format_duration(seconds: float) -> str:
+    """A duration the way ``x-ratelimit-reset-*`` headers carry it: ``"1.2s"``, ``"0.05s"``, ``"0s"``."""
+    text = f"{max(seconds, 0.0):.3f}".rstrip("0").rstrip(".")
+    return f"{text}s"
+
+
+class TokenBucket:
+    """A bucket of ``rate_per_minute * window_seconds / 60`` units that refills at ``rate_per_minute / 60``
+    units per second, full at ``now``.
+
+    ``take(amount, now)`` succeeds when the bucket holds ``amount``. An amount larger than the whole bucket
+    is taken only when the bucket is full and leaves it in debt (a negative level), so such a request is
+    not refused forever and the long-run rate still holds.
+    """
+
+    def __init__(self, rate_per_minute: float, window_seconds: float, now: float) -> None:
+        if rate_per_minute <= 0 or window_seconds <= 0:
+            raise ValueError("rate_per_minute and window_seconds must be positive")
+        self.rate_per_minute = rate_per_minute
+        self.capacity = rate_per_minute * window_seconds / 60
+        self._per_second = rate_per_minute / 60
+        self._level = self.capacity
+        self._updated_at = now
+
+    def level(self, now: float) -> float:
+        """Units in the bucket at ``now`` (negative while in debt)."""
+        elapsed = max(now - self._updated_at, 0.0)
+        return min(self.capacity, self._level + elapsed * self._per_second)
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds from ``now`` until ``amount`` could be taken; 0.0 when it can be taken now."""
+        needed = min(amount, self.capacity)
+        return max(needed - self.level(now), 0.0) / self._per_second
+
+    def take(self, amount: float, now: float) -> None:
+        """Remove ``amount`` at ``now``; call only when ``wait_for(amount, now)`` is 0.0."""
+        self._level = self.level(now) - amount
+        self._updated_at = max(now, self._updated_at)
+
+    def reset_in(self, now: float) -> float:
+        """Seconds from ``now`` until the bucket is full again."""
+        return (self.capacity - self.level(now)) / self._per_second
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a request was refused: which limit (``"requests"`` or ``"tokens"``), the limit per minute,
+    what the request asked for, and the seconds until it would be admitted."""
+
+    kind: Literal["requests", "tokens"]
+    limit_per_minute: float
+    requested: int
+    wait_seconds: float
+
+
+class RateLimits:
+    """The provider's request and token limits, each ``None`` for unlimited.
+
+    ``admit`` takes one request and ``tokens`` tokens from both buckets, or nothing at all and returns
+    the ``Rejection`` that names the limit that was short (requests first, when both are).
+    """
+
+    def __init__(self, rpm: float | None, tpm: float | None, window_seconds: float, now: float) -> None:
+        self.requests = TokenBucket(rpm, window_seconds, now) if rpm is not None else None
+        self.tokens = TokenBucket(tpm, window_seconds, now) if tpm is not None else None
+
+    def admit(self, tokens: int, now: float) -> Rejection | None:
+        """Admit a request costing ``tokens`` at ``now``, or say why not (and consume nothing)."""
+        request_wait = self.requests.wait_for(1, now) if self.requests else 0.0
+        token_wait = self.tokens.wait_for(tokens, now) if self.tokens else 0.0
+        wait = max(request_wait, token_wait)
+        if self.requests and request_wait > 0:
+            return Rejection("requests", self.requests.rate_per_minute, 1, wait)
+        if self.tokens and token_wait > 0:
+            return Rejection("tokens", self.tokens.rate_per_minute, tokens, wait)
+        if self.requests:
+            self.requests.take(1, now)
+        if self.tokens:
+            self.tokens.take(tokens, now)
+        return None
+
+    def headers(self, now: float) -> dict[str, str]:
+        """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers for the limits set;
+        ``limit`` is per minute, ``remaining`` is what the current window's bucket holds."""
+        headers: dict[str, str] = {}
+        for kind, bucket in (("requests", self.requests), ("tokens", self.tokens)):
+            if bucket is None:
+                continue
+            headers[f"x-ratelimit-limit-{kind}"] = f"{bucket.rate_per_minute:.10g}"
+            headers[f"x-ratelimit-remaining-{kind}"] = str(max(math.floor(bucket.level(now)), 0))
+            headers[f"x-ratelimit-reset-{kind}"] = format_duration(bucket.reset_in(now))
+        return headers
