@@ -50,7 +50,7 @@ class RetryPolicy:
         """Seconds to wait before retry ``retry_number`` (1 for the first retry)."""
         if retry_number < 1:
             raise ValueError("retry_number starts at 1")
-        delay = self.multiplier * 2 ** (retry_number - 1)
+        delay: float = self.multiplier * 2.0 ** (retry_number - 1)
         if retry_after is not None:
             delay = max(delay, retry_after)
         if self.jitter:

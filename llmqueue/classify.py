@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import litellm
+from litellm import exceptions as llm_errors
 
 from llmqueue.errors import (
     PermanentProviderError,
@@ -22,21 +22,21 @@ _TRANSIENT_STATUS = frozenset({408, 409, 500, 502, 503, 504, 529})
 
 # Most specific first: ContextWindowExceededError is a BadRequestError, for instance.
 _PERMANENT: tuple[tuple[type[BaseException], str], ...] = (
-    (litellm.ContextWindowExceededError, "context_window_exceeded"),
-    (litellm.ContentPolicyViolationError, "content_policy"),
-    (litellm.AuthenticationError, "auth"),
-    (litellm.PermissionDeniedError, "permission_denied"),
-    (litellm.NotFoundError, "not_found"),
-    (litellm.BadRequestError, "bad_request"),
-    (litellm.UnprocessableEntityError, "unprocessable"),
+    (llm_errors.ContextWindowExceededError, "context_window_exceeded"),
+    (llm_errors.ContentPolicyViolationError, "content_policy"),
+    (llm_errors.AuthenticationError, "auth"),
+    (llm_errors.PermissionDeniedError, "permission_denied"),
+    (llm_errors.NotFoundError, "not_found"),
+    (llm_errors.BadRequestError, "bad_request"),
+    (llm_errors.UnprocessableEntityError, "unprocessable"),
 )
 _TRANSIENT: tuple[tuple[type[BaseException], str], ...] = (
-    (litellm.Timeout, "timeout"),
+    (llm_errors.Timeout, "timeout"),
     (asyncio.TimeoutError, "timeout"),
-    (litellm.APIConnectionError, "connection"),
-    (litellm.ServiceUnavailableError, "server_error"),
-    (litellm.InternalServerError, "server_error"),
-    (litellm.BadGatewayError, "server_error"),
+    (llm_errors.APIConnectionError, "connection"),
+    (llm_errors.ServiceUnavailableError, "server_error"),
+    (llm_errors.InternalServerError, "server_error"),
+    (llm_errors.BadGatewayError, "server_error"),
 )
 
 
@@ -46,7 +46,7 @@ def classify(exc: BaseException, secrets: Iterable[str] = ()) -> ProviderError:
         return exc
     message = redact(f"{type(exc).__name__}: {exc}", secrets)
     status = _status_code(exc)
-    if isinstance(exc, litellm.RateLimitError) or status == 429:
+    if isinstance(exc, llm_errors.RateLimitError) or status == 429:
         return RateLimitedError(message, retry_after=retry_after_seconds(_headers(exc)))
     for cls, kind in _TRANSIENT:
         if isinstance(exc, cls):

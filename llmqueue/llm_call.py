@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 import litellm
+from litellm.utils import supports_prompt_caching as _litellm_supports_prompt_caching
 
 from llmqueue.models import CompletionJob
 from llmqueue.settings import LLMConfig
@@ -83,7 +84,7 @@ def mark_cache_points(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def supports_prompt_caching(model: str) -> bool:
     """LiteLLM's verdict; unknown models count as not supporting it."""
     try:
-        return bool(litellm.supports_prompt_caching(model=model))
+        return bool(_litellm_supports_prompt_caching(model=model))
     except Exception:
         return False
 

@@ -140,7 +140,8 @@ class ProviderStats:
     """Counters of chat/embedding calls since start or ``reset()``.
 
     ``errors`` counts every non-200 answer by status, 429s included; ``tokens_admitted`` sums the tokens
-    charged to admitted calls; ``arrivals`` lists successful calls in completion order.
+    charged to admitted calls; ``arrivals`` lists successful calls in completion order, and
+    ``request_times`` the arrival time of every call, refused ones included.
     """
 
     requests: int = 0
@@ -149,6 +150,7 @@ class ProviderStats:
     errors: dict[int, int] = field(default_factory=dict)
     tokens_admitted: int = 0
     arrivals: list[Arrival] = field(default_factory=list)
+    request_times: list[float] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
 
@@ -247,6 +249,7 @@ class SimulatedProvider:
     ) -> web.Response:
         stats = self.stats
         stats.requests += 1
+        stats.request_times.append(self._clock())
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:

@@ -58,6 +58,8 @@ class JobRunner:
         scope = llm.limit_scope or model
         limit = self.settings.limit_for(scope, llm)
         estimate = estimate_tokens(job, model, llm.default_completion_tokens)
+        # Everything CPU-bound happens before admission, so the request leaves soon after it is admitted.
+        kwargs = call_kwargs(job, llm, supports_caching=supports_prompt_caching(model))
         admission = await self.limiter.acquire(
             scope, limit, tokens=estimate, max_wait=self.settings.worker.max_inline_wait
         )
@@ -66,18 +68,23 @@ class JobRunner:
             raise Retry(defer=admission.wait)
         if admission.wait > 0:
             await asyncio.sleep(admission.wait)
+            # A 429 seen elsewhere while this job slept pauses it too, reservation or not.
+            pause = await self.limiter.cooldown(scope, 0)
+            if pause > 0:
+                raise Retry(defer=pause)
 
         attempt = len(start.failures) + 1
-        kwargs = call_kwargs(job, llm, supports_caching=supports_prompt_caching(model))
-        await self.store.calling(job.batch_id, retrying=bool(start.failures))
+        counting = asyncio.ensure_future(self.store.calling(job.batch_id, retrying=bool(start.failures)))
         began = time.monotonic()
         try:
             response = await call_provider(job.kind, kwargs, timeout=llm.timeout + 5)
         except Exception as exc:
+            await counting
             await self.limiter.adjust(scope, limit, tokens=estimate)
             error = classify(exc, self._secrets(llm))
             await self._handle_failure(job, llm, model, scope, attempt, start, error)
             return
+        await counting
         used = usage_tokens(response)
         if used is not None:
             await self.limiter.adjust(scope, limit, tokens=estimate - used)
@@ -133,7 +140,11 @@ class JobRunner:
             summary.retry_in = policy.delay(attempt, retry_after)
             await self.store.record_error(job.id, job.batch_id, summary)
             logger.info(
-                "job %s attempt %d failed (%s), retrying in %.1fs", job.id, attempt, error.kind, summary.retry_in
+                "job %s attempt %d failed (%s), retrying in %.1fs",
+                job.id,
+                attempt,
+                error.kind,
+                summary.retry_in,
             )
             raise Retry(defer=summary.retry_in)
         result = JobResult(

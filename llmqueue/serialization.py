@@ -23,13 +23,13 @@ def deserialize_job(raw: bytes) -> dict[str, Any]:
     """arq's job dict from JSON bytes; garbage becomes a job carrying the reason it is invalid."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         return _invalid(f"payload is not JSON ({exc.__class__.__name__}: {exc})")
     if not isinstance(data, dict) or any(field not in data for field in _ARQ_FIELDS):
         return _invalid("payload is JSON but not an llmqueue job")
     if data["f"] != JOB_FUNCTION or not isinstance(data["a"], list) or len(data["a"]) != 1:
         return _invalid(f"payload names function {data.get('f')!r} with unexpected arguments")
-    return data  # type: ignore[no-any-return]
+    return data
 
 
 def arq_job(job: dict[str, Any], enqueue_time_ms: int) -> bytes:

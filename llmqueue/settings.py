@@ -12,7 +12,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from llmqueue.errors import ConfigError
@@ -103,9 +111,25 @@ class Settings(BaseSettings):
 
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
     llm: LLMConfig = LLMConfig()
-    llm_groups: dict[str, LLMConfig] = Field(default_factory=dict)
+    llm_groups: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="[llm.<name>] tables: the keys each group sets over [llm]"
+    )
     limits: dict[str, LimitConfig] = Field(default_factory=dict)
     worker: WorkerConfig = WorkerConfig()
+
+    @field_validator("llm_groups")
+    @classmethod
+    def _group_keys_known(cls, groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {name: check_group_keys(name, group) for name, group in groups.items()}
+
+    @model_validator(mode="after")
+    def _groups_valid_over_llm(self) -> Settings:
+        for name in self.llm_groups:
+            try:
+                self.llm_for(name)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -127,7 +151,12 @@ class Settings(BaseSettings):
         except KeyError:
             known = ", ".join(sorted(self.llm_groups)) or "none"
             raise ConfigError(f"unknown llm_config group {group!r} (configured groups: {known})") from None
-        return LLMConfig.model_validate({**self.llm.model_dump(), **overrides.model_dump(exclude_unset=True)})
+        # A group's limit is its own: [llm]'s rpm/tpm (LLM_RPM, LLM_TPM) belong to [llm]'s scope.
+        inherited = self.llm.model_dump(exclude=set(NOT_INHERITED))
+        try:
+            return LLMConfig.model_validate({**inherited, **overrides})
+        except ValidationError as exc:
+            raise ConfigError(f"[llm.{group}] over [llm]: {_inline(exc)}") from None
 
     def limit_for(self, scope: str, llm: LLMConfig) -> LimitConfig | None:
         """The rate limit of ``scope``, or None when no limit is configured.
@@ -141,6 +170,27 @@ class Settings(BaseSettings):
         if scope == llm.scope and (llm.rpm is not None or llm.tpm is not None):
             return LimitConfig(rpm=llm.rpm, tpm=llm.tpm)
         return None
+
+
+NOT_INHERITED = frozenset({"rpm", "tpm", "limit_scope"})
+
+
+def check_group_keys(name: str, group: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(group) - set(LLMConfig.model_fields))
+    if unknown:
+        raise ValueError("; ".join(f"[llm.{name}] {key}: unknown key" for key in unknown))
+    if isinstance(group.get("api_key"), str):
+        group = {**group, "api_key": SecretStr(group["api_key"])}
+    return group
+
+
+def _inline(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
 
 
 # The TOML data for the settings being built; set by load_settings for the duration of one build.
@@ -177,9 +227,14 @@ class _FileSchema(BaseModel):
 
     redis_url: str | None = None
     llm: LLMConfig | None = None
-    llm_groups: dict[str, LLMConfig] = Field(default_factory=dict)
+    llm_groups: dict[str, dict[str, Any]] = Field(default_factory=dict)
     limits: dict[str, LimitConfig] = Field(default_factory=dict)
     worker: WorkerConfig | None = None
+
+    @field_validator("llm_groups")
+    @classmethod
+    def _group_keys_known(cls, groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {name: check_group_keys(name, group) for name, group in groups.items()}
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -227,7 +282,11 @@ def _describe(exc: ValidationError, *, where: str, file_layout: bool) -> str:
     lines = [f"invalid settings in {where}:"]
     for error in exc.errors():
         loc = [str(part) for part in error["loc"]]
-        lines.append(f"  {_key_name(loc, file_layout)}: {_plain_message(error)}")
+        if loc in (["llm_groups"], []):
+            # Group and cross-field checks name their keys in the message itself.
+            lines.append(f"  {_plain_message(error)}")
+        else:
+            lines.append(f"  {_key_name(loc, file_layout)}: {_plain_message(error)}")
     return "\n".join(lines)
 
 

@@ -2,8 +2,7 @@
 
 Each behaviour runs on fakeredis and on a real Redis. Waits are checked from the limiter's answers
 (reservations), so only the cooldown-expiry and refill tests let time pass. The concurrency tests
-hammer one bucket from many connections and processes on the real Redis only. Tests marked
-``xfail(strict=True)`` pin known limiter bugs: when one is fixed, its test passes and the marker goes.
+hammer one bucket from many connections and processes on the real Redis only.
 """
 
 import asyncio
@@ -219,10 +218,6 @@ async def test_cooldown_ends(limiter: RateLimiter) -> None:
     assert await _acquire(limiter, None, max_wait=0) == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="limiter bug: cooldown on an unseen scope stores request/token levels of 1, not full buckets",
-)
 async def test_cooldown_on_a_fresh_scope_leaves_its_buckets_full(limiter: RateLimiter) -> None:
     await limiter.cooldown("m", 2)
     # Five requests fit in the bucket: all go when the cooldown ends.
@@ -230,10 +225,6 @@ async def test_cooldown_on_a_fresh_scope_leaves_its_buckets_full(limiter: RateLi
     assert waits == pytest.approx([2.0] * 5, abs=CLOSE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="limiter bug: cooldown moves the refill timestamp without refilling, so the refill is lost",
-)
 async def test_cooldown_keeps_the_refill_accrued_before_it(limiter: RateLimiter) -> None:
     ten_per_second = LimitConfig(rpm=600)
     for _ in range(10):
@@ -243,10 +234,6 @@ async def test_cooldown_keeps_the_refill_accrued_before_it(limiter: RateLimiter)
     assert await _acquire(limiter, ten_per_second) == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="limiter bug: the refill during a cooldown is not capped, so its end releases a herd",
-)
 async def test_callers_queued_behind_a_cooldown_leave_it_no_faster_than_the_limit(
     limiter: RateLimiter,
 ) -> None:

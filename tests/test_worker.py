@@ -209,13 +209,17 @@ async def test_result_times_out_with_a_clear_error(producer: Producer) -> None:
         await handle.result(timeout=0.2)
 
 
-async def test_job_expiry_covers_the_configured_ttl(settings: Settings, producer: Producer, redis: Redis) -> None:
+async def test_job_expiry_covers_the_configured_ttl(
+    settings: Settings, producer: Producer, redis: Redis
+) -> None:
     handle = await producer.submit(CHAT)
     ttl = await redis.pttl(keys.arq_job(handle.job_id))
     assert ttl > (settings.worker.job_ttl - 5) * 1000
 
 
-async def test_store_keeps_results_for_result_ttl(settings: Settings, producer: Producer, redis: Redis) -> None:
+async def test_store_keeps_results_for_result_ttl(
+    settings: Settings, producer: Producer, redis: Redis
+) -> None:
     async with running_worker(settings):
         handle = await producer.submit(CHAT)
         await handle.result(timeout=10)

@@ -1,7 +1,9 @@
 -- Shared token buckets for one limit scope: requests and tokens, checked and taken together.
 -- The clock is Redis TIME, so workers on machines with skewed clocks agree.
 --
--- KEYS[1]  the scope's hash: r (request level), t (token level), ts (last refill), cool (cooldown end)
+-- KEYS[1]  the scope's hash: r/rts (request level and when it was last refilled), t/tts (the same for
+--          tokens), cool (when the scope's cooldown ends). A bucket's fields are written only by calls
+--          that carry its rate, so a caller without a limit never disturbs the buckets.
 -- ARGV[1]  operation: "acquire" | "adjust" | "cooldown"
 -- ARGV[2]  requests per minute (0 = unlimited)     ARGV[3] tokens per minute (0 = unlimited)
 -- ARGV[4]  request capacity                        ARGV[5] token capacity
@@ -16,46 +18,65 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local op = ARGV[1]
 local rpm, tpm = tonumber(ARGV[2]), tonumber(ARGV[3])
 local rcap, tcap = tonumber(ARGV[4]), tonumber(ARGV[5])
+local key = KEYS[1]
 
-local h = redis.call('HMGET', KEYS[1], 'r', 't', 'ts', 'cool')
-local r = tonumber(h[1]) or rcap
-local tk = tonumber(h[2]) or tcap
-local ts = tonumber(h[3]) or now
-local cool = tonumber(h[4]) or 0
+local h = redis.call('HMGET', key, 'r', 'rts', 't', 'tts', 'cool')
+local cool = tonumber(h[5]) or 0
 
-local elapsed = math.max(0, now - ts)
-if rpm > 0 then r = math.min(rcap, r + elapsed * rpm / 60) end
-if tpm > 0 then tk = math.min(tcap, tk + elapsed * tpm / 60) end
+-- A bucket's level at time `at`: refilled since its last write, never above capacity.
+local function level(value, stamp, rate, cap, at)
+  local lvl = tonumber(value) or cap
+  local since = tonumber(stamp) or at
+  return math.min(cap, lvl + math.max(0, at - since) * rate / 60)
+end
 
-local admitted, result = 1, 0
-if op == 'acquire' then
-  local rcost, tcost, max_wait = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-  local wait = math.max(0, cool - now)
-  -- A cost above capacity is admitted from a full bucket, and the debt slows those that follow.
-  if rpm > 0 then
-    local need = math.min(rcost, rcap)
-    if r < need then wait = math.max(wait, (need - r) * 60 / rpm) end
-  end
-  if tpm > 0 then
-    local need = math.min(tcost, tcap)
-    if tk < need then wait = math.max(wait, (need - tk) * 60 / tpm) end
-  end
-  if wait <= max_wait then
-    if rpm > 0 then r = r - rcost end
-    if tpm > 0 then tk = tk - tcost end
-  else
-    admitted = 0
-  end
-  result = wait
-elseif op == 'adjust' then
-  if tpm > 0 then tk = math.min(tcap, tk + tonumber(ARGV[6])) end
-elseif op == 'cooldown' then
+local function keep_alive()
+  redis.call('EXPIRE', key, 3600 + math.ceil(math.max(0, cool - now)))
+end
+
+if op == 'cooldown' then
   cool = math.max(cool, now + tonumber(ARGV[6]))
-  result = cool - now
-else
+  redis.call('HSET', key, 'cool', tostring(cool))
+  keep_alive()
+  return {1, tostring(cool - now)}
+end
+
+if op == 'adjust' then
+  if tpm > 0 then
+    local stamp = math.max(now, tonumber(h[4]) or now)
+    local tk = math.min(tcap, level(h[3], h[4], tpm, tcap, stamp) + tonumber(ARGV[6]))
+    redis.call('HSET', key, 't', tostring(tk), 'tts', tostring(stamp))
+    keep_alive()
+  end
+  return {1, '0'}
+end
+
+if op ~= 'acquire' then
   return redis.error_reply('unknown limiter operation ' .. tostring(op))
 end
 
-redis.call('HSET', KEYS[1], 'r', tostring(r), 't', tostring(tk), 'ts', tostring(now), 'cool', tostring(cool))
-redis.call('EXPIRE', KEYS[1], 3600 + math.ceil(math.max(0, cool - now)))
-return {admitted, tostring(result)}
+local rcost, tcost, max_wait = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+-- During a cooldown the buckets are judged as of its end, so callers queued behind it leave it
+-- spaced at the limit's rate instead of all at once.
+local at = math.max(now, cool)
+local bucket_wait = 0
+local r, tk
+if rpm > 0 then
+  r = level(h[1], h[2], rpm, rcap, at)
+  -- A cost above capacity is admitted from a full bucket, and the debt slows those that follow.
+  local need = math.min(rcost, rcap)
+  if r < need then bucket_wait = math.max(bucket_wait, (need - r) * 60 / rpm) end
+end
+if tpm > 0 then
+  tk = level(h[3], h[4], tpm, tcap, at)
+  local need = math.min(tcost, tcap)
+  if tk < need then bucket_wait = math.max(bucket_wait, (need - tk) * 60 / tpm) end
+end
+local wait = (at - now) + bucket_wait
+if wait > max_wait then
+  return {0, tostring(wait)}
+end
+if rpm > 0 then redis.call('HSET', key, 'r', tostring(r - rcost), 'rts', tostring(at)) end
+if tpm > 0 then redis.call('HSET', key, 't', tostring(tk - tcost), 'tts', tostring(at)) end
+if rpm > 0 or tpm > 0 then keep_alive() end
+return {1, tostring(wait)}

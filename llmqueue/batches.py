@@ -1,0 +1,346 @@
+"""Batches: a file of requests submitted as one unit, with totals, budgets, cancel and retry.
+
+A batch is a hash of settings and running totals (``keys.batch``) and a list of its job ids in input
+order (``keys.batch_jobs``). Job ids are derived from the batch id and the line number, so submitting
+the same file to the same batch again (a resumed run) queues only what is not queued or done yet.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from arq.constants import in_progress_key_prefix
+
+from llmqueue import keys
+from llmqueue.batchfile import FileCheck, LineError, check_file, iter_jobs
+from llmqueue.errors import LLMQueueError
+from llmqueue.jobstore import JobStore
+from llmqueue.models import AttemptError, CompletionJob, JobResult, Timings
+
+BATCH_ID_PATTERN = re.compile(r"^[\w.@-]{1,100}$")
+_CHUNK = 1000
+
+
+class BatchError(LLMQueueError):
+    """A batch operation that cannot be done: unknown batch, bad file, invalid id."""
+
+
+class InvalidBatchFileError(BatchError):
+    """The file has bad lines and ``skip_invalid`` was not given; nothing was enqueued."""
+
+    def __init__(self, check: FileCheck, path: Path) -> None:
+        shown = "\n".join(f"  line {e.line}: {e.reason}" for e in check.errors[:20])
+        more = check.error_count - min(20, len(check.errors))
+        tail = f"\n  … and {more} more" if more > 0 else ""
+        super().__init__(
+            f"{path}: {check.error_count} of {check.lines} line(s) are invalid; nothing was enqueued "
+            f"(use --skip-invalid to enqueue the valid ones):\n{shown}{tail}"
+        )
+        self.check = check
+
+
+@dataclass
+class SubmitReport:
+    batch_id: str
+    submitted: int
+    """Jobs newly queued by this call."""
+    already_known: int
+    """Jobs of the batch that were already queued, running or finished (a resumed submission)."""
+    rejected: list[LineError]
+
+
+@dataclass
+class BatchStatus:
+    """A batch's counts and totals. ``queued`` is derived: total less every other state."""
+
+    batch_id: str
+    total: int
+    queued: int
+    running: int
+    retry_waiting: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    requests: int
+    rate_limited: int
+    prompt_tokens: int
+    completion_tokens: int
+    tokens: int
+    cost: float
+    max_cost: float | None
+    max_tokens: int | None
+    cancel_requested: bool
+    created_at: float
+    elapsed: float
+    throughput: float
+    """Finished jobs per second since the batch was created."""
+    eta_seconds: float | None
+    source: str | None
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed + self.cancelled
+
+    @property
+    def done(self) -> bool:
+        return self.total > 0 and self.finished >= self.total
+
+    @property
+    def budget_exceeded(self) -> bool:
+        return (self.max_cost is not None and self.cost >= self.max_cost) or (
+            self.max_tokens is not None and self.tokens >= self.max_tokens
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "finished": self.finished, "done": self.done}
+
+
+class Batches:
+    """Batch operations on one queue, through a :class:`JobStore`."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.redis = store.redis
+
+    async def submit_file(
+        self,
+        path: Path,
+        batch_id: str,
+        *,
+        default_model: str | None = None,
+        llm_config: str | None = None,
+        skip_invalid: bool = False,
+        max_cost: float | None = None,
+        max_tokens: int | None = None,
+        priority: bool = False,
+    ) -> SubmitReport:
+        """Check (unless ``skip_invalid``) and enqueue every request of a JSONL file as one batch.
+
+        By default a file with any bad line enqueues nothing and raises InvalidBatchFileError; with
+        ``skip_invalid`` the good lines are enqueued and the bad ones returned in the report. The file is
+        streamed twice at most, never held in memory. ``priority`` puts the jobs ahead of queued ones.
+        """
+        check_batch_id(batch_id)
+        options: dict[str, Any] = {
+            "batch_id": batch_id,
+            "default_model": default_model,
+            "llm_config": llm_config,
+        }
+        if not skip_invalid:
+            check = check_file(path, **options)
+            if not check.ok:
+                raise InvalidBatchFileError(check, path)
+        await self._create(batch_id, source=path, max_cost=max_cost, max_tokens=max_tokens)
+        registered = await self.redis.llen(keys.batch_jobs(batch_id))
+        report = SubmitReport(batch_id=batch_id, submitted=0, already_known=0, rejected=[])
+        index = 0
+        chunk: list[CompletionJob] = []
+        for item in iter_jobs(path, **options):
+            if isinstance(item, LineError):
+                report.rejected.append(item)
+                continue
+            chunk.append(item)
+            if len(chunk) >= _CHUNK:
+                index = await self._enqueue_chunk(batch_id, chunk, index, registered, report, priority)
+                chunk = []
+        if chunk:
+            index = await self._enqueue_chunk(batch_id, chunk, index, registered, report, priority)
+        await self.redis.hset(keys.batch(batch_id), "total", await self.redis.llen(keys.batch_jobs(batch_id)))
+        return report
+
+    async def status(self, batch_id: str) -> BatchStatus:
+        """The batch's counts, usage, cost, throughput and ETA. Raises BatchError for an unknown batch."""
+        raw = await self.redis.hgetall(keys.batch(batch_id))
+        if not raw:
+            raise BatchError(f"no batch named {batch_id!r} in this Redis")
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+
+        def number(name: str) -> int:
+            return int(float(fields.get(name, 0)))
+
+        total, succeeded, failed, cancelled = (
+            number("total"),
+            number("succeeded"),
+            number("failed"),
+            number("cancelled"),
+        )
+        running = max(0, number("running"))
+        retry_waiting = max(0, number("retry_waiting"))
+        finished = succeeded + failed + cancelled
+        created = float(fields.get("created_at", time.time()))
+        elapsed = max(1e-9, time.time() - created)
+        throughput = finished / elapsed
+        remaining = max(0, total - finished)
+        return BatchStatus(
+            batch_id=batch_id,
+            total=total,
+            queued=max(0, remaining - running - retry_waiting),
+            running=running,
+            retry_waiting=retry_waiting,
+            succeeded=succeeded,
+            failed=failed,
+            cancelled=cancelled,
+            requests=number("requests"),
+            rate_limited=number("rate_limited"),
+            prompt_tokens=number("prompt_tokens"),
+            completion_tokens=number("completion_tokens"),
+            tokens=number("tokens"),
+            cost=float(fields.get("cost", 0.0)),
+            max_cost=float(fields["max_cost"]) if "max_cost" in fields else None,
+            max_tokens=int(fields["max_tokens"]) if "max_tokens" in fields else None,
+            cancel_requested=bool(fields.get("cancel_requested")),
+            created_at=created,
+            elapsed=elapsed,
+            throughput=throughput,
+            eta_seconds=remaining / throughput
+            if throughput > 0 and remaining
+            else (0.0 if not remaining else None),
+            source=fields.get("source"),
+        )
+
+    async def results(self, batch_id: str) -> AsyncIterator[tuple[str, str, JobResult | None]]:
+        """``(job_id, custom_id, result or None)`` for every job of the batch, in input order."""
+        await self.status(batch_id)
+        start = 0
+        while True:
+            entries = await self.redis.lrange(keys.batch_jobs(batch_id), start, start + _CHUNK - 1)
+            if not entries:
+                return
+            pairs = [_split_entry(entry) for entry in entries]
+            found = await self.store.get_results([job_id for job_id, _ in pairs])
+            for (job_id, custom_id), result in zip(pairs, found, strict=True):
+                yield job_id, custom_id, result
+            start += len(entries)
+
+    async def cancel(self, batch_id: str) -> int:
+        """Cancel the batch: queued and retry-waiting jobs end as cancelled now, running ones finish.
+
+        Workers also check the batch's cancel flag before each start, so a job picked up while this
+        runs is cancelled too. Returns how many jobs this call cancelled.
+        """
+        await self.status(batch_id)
+        await self.redis.hset(keys.batch(batch_id), "cancel_requested", 1)
+        cancelled = 0
+        async for job_id, _custom_id, result in self.results(batch_id):
+            if result is not None or await self.redis.exists(in_progress_key_prefix + job_id):
+                continue
+            if await self.redis.zrem(self.store.queue_name, job_id):
+                cancelled += await self._end_cancelled(job_id, batch_id)
+        return cancelled
+
+    async def retry_failed(self, batch_id: str) -> int:
+        """Queue the batch's failed jobs again, with a fresh retry budget. Returns how many."""
+        await self.status(batch_id)
+        jobs: list[CompletionJob] = []
+        async for _job_id, _custom_id, result in self.results(batch_id):
+            if result is not None and result.status == "failed" and result.request:
+                jobs.append(CompletionJob.model_validate(result.request))
+        for start in range(0, len(jobs), _CHUNK):
+            chunk = jobs[start : start + _CHUNK]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.delete(*[keys.result(job.id) for job in chunk])
+                pipe.delete(*[keys.done(job.id) for job in chunk])
+                pipe.hincrby(keys.batch(batch_id), "failed", -len(chunk))
+                pipe.hdel(keys.batch(batch_id), "cancel_requested")
+                await pipe.execute()
+            await self.store.enqueue(chunk)
+        return len(jobs)
+
+    async def wait(
+        self,
+        batch_id: str,
+        on_progress: Callable[[BatchStatus], None] | None = None,
+        interval: float = 0.5,
+    ) -> BatchStatus:
+        """Return once every job of the batch has a result, calling ``on_progress`` each ``interval``."""
+        import asyncio
+
+        while True:
+            status = await self.status(batch_id)
+            if on_progress is not None:
+                on_progress(status)
+            if status.done:
+                return status
+            await asyncio.sleep(interval)
+
+    async def list_batches(self) -> list[str]:
+        return [raw.decode() for raw in await self.redis.zrange(keys.batches(), 0, -1)]
+
+    async def _create(
+        self, batch_id: str, *, source: Path, max_cost: float | None, max_tokens: int | None
+    ) -> None:
+        settings: dict[str, Any] = {"source": str(source.resolve())}
+        if max_cost is not None:
+            settings["max_cost"] = max_cost
+        if max_tokens is not None:
+            settings["max_tokens"] = max_tokens
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(keys.batch(batch_id), "created_at", time.time())
+            pipe.hset(keys.batch(batch_id), mapping=settings)
+            pipe.zadd(keys.batches(), {batch_id: time.time()}, nx=True)
+            await pipe.execute()
+
+    async def _enqueue_chunk(
+        self,
+        batch_id: str,
+        chunk: list[CompletionJob],
+        index: int,
+        registered: int,
+        report: SubmitReport,
+        priority: bool,
+    ) -> int:
+        added = await self.store.enqueue(chunk, defer=-86400.0 if priority else 0.0)
+        report.submitted += sum(added)
+        report.already_known += len(added) - sum(added)
+        new_entries = [
+            f"{job.id} {job.metadata.get('custom_id', '')}"
+            for offset, job in enumerate(chunk)
+            if index + offset >= registered
+        ]
+        if new_entries:
+            await self.redis.rpush(keys.batch_jobs(batch_id), *new_entries)
+        return index + len(chunk)
+
+    async def _end_cancelled(self, job_id: str, batch_id: str) -> int:
+        start = await self.store.begin_attempt(job_id, batch_id)
+        result = JobResult(
+            job_id=job_id,
+            batch_id=batch_id,
+            status="cancelled",
+            attempts=len(start.failures),
+            errors=[
+                *start.failures,
+                AttemptError(
+                    attempt=len(start.failures), kind="cancelled", message="the batch was cancelled"
+                ),
+            ],
+            timings=Timings(queued_at=start.started_at),
+        )
+        stored = await self.store.finish(result, was_retry_waiting=bool(start.failures))
+        await self.redis.delete(keys.arq_job(job_id), keys.arq_retry(job_id))
+        return 1 if stored else 0
+
+
+def check_batch_id(batch_id: str) -> str:
+    if not BATCH_ID_PATTERN.match(batch_id):
+        raise BatchError(f"invalid batch id {batch_id!r}: use 1-100 letters, digits, '_', '-', '.' or '@'")
+    return batch_id
+
+
+def new_batch_id(path: Path) -> str:
+    stem = re.sub(r"[^\w.-]", "-", path.stem)[:60] or "batch"
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _split_entry(entry: bytes) -> tuple[str, str]:
+    job_id, _, custom_id = entry.decode().partition(" ")
+    return job_id, custom_id
+
+
+def count_rejected(rejected: Iterable[LineError]) -> int:
+    return sum(1 for _ in rejected)
