@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.console import Console
+from rich.live import Live
 
 from llmqueue.errors import LLMQueueError
 from llmqueue.settings import Settings, load_settings
@@ -19,7 +23,10 @@ app = typer.Typer(
     help="A Redis job queue for rate-limited LLM calls.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
 )
+console = Console(stderr=True)
+T = TypeVar("T")
 
 ConfigOption = Annotated[
     Path | None,
@@ -34,12 +41,29 @@ ConfigOption = Annotated[
 RedisOption = Annotated[
     str | None, typer.Option("--redis-url", help="Redis URL (default: REDIS_URL or the config file).")
 ]
+ModelOption = Annotated[
+    str | None, typer.Option("--model", help="LiteLLM model for lines that name none (default: [llm] model).")
+]
+LLMConfigOption = Annotated[str | None, typer.Option("--llm-config", help="A named [llm.<name>] group.")]
+BatchArgument = Annotated[str, typer.Argument(help="The batch id (printed by submit/run).")]
 
 
 def _settings(config: Path | None, redis_url: str | None = None, **overrides: Any) -> Settings:
     if redis_url:
         overrides["redis_url"] = redis_url
     return load_settings(config, **overrides)
+
+
+def _with_batches(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``action(batches)`` against the settings' Redis."""
+    from llmqueue.batches import Batches
+    from llmqueue.producer import Producer
+
+    async def go() -> T:
+        async with Producer(settings) as producer:
+            return await action(Batches(producer.store))
+
+    return asyncio.run(go())
 
 
 @app.command()
@@ -64,15 +88,16 @@ def worker(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("llmqueue").setLevel(logging.INFO)
+    if verbose:
+        logging.getLogger("llmqueue").setLevel(logging.INFO)
     create_worker(settings, burst=burst).run()
 
 
 @app.command()
 def complete(
     prompt: Annotated[str, typer.Argument(help="The user message.")],
-    model: Annotated[str | None, typer.Option(help="LiteLLM model string (default: [llm] model).")] = None,
-    llm_config: Annotated[str | None, typer.Option(help="A named [llm.<name>] group.")] = None,
+    model: ModelOption = None,
+    llm_config: LLMConfigOption = None,
     max_tokens: Annotated[int | None, typer.Option(help="Completion token limit.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the result.")] = None,
     config: ConfigOption = None,
@@ -88,13 +113,231 @@ def complete(
     if max_tokens is not None:
         job["params"] = {"max_tokens": max_tokens}
 
-    async def run() -> str:
+    async def go() -> str:
         async with Producer(settings) as producer:
             handle = await producer.submit(job)
-            result = await handle.result(timeout=timeout)
-            return result.model_dump_json(indent=2)
+            return (await handle.result(timeout=timeout)).model_dump_json(indent=2)
 
-    typer.echo(asyncio.run(run()))
+    typer.echo(asyncio.run(go()))
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="JSONL file: OpenAI Batch requests or short-form lines.")],
+    batch: Annotated[
+        str | None, typer.Option("--batch", help="Batch id (default: file name + time).")
+    ] = None,
+    model: ModelOption = None,
+    llm_config: LLMConfigOption = None,
+    priority: Annotated[bool, typer.Option("--priority", help="Run ahead of jobs already queued.")] = False,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Queue the valid lines; write rejected ones to --rejects.")
+    ] = False,
+    rejects: Annotated[Path | None, typer.Option(help="Where --skip-invalid writes rejected lines.")] = None,
+    max_cost: Annotated[
+        float | None, typer.Option(help="Stop starting jobs once the batch spent USD.")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Stop starting jobs after this many tokens.")] = None,
+    config: ConfigOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """Queue every line of a JSONL file as one batch and print the batch id."""
+    from llmqueue.batch_run import write_rejects
+    from llmqueue.batches import new_batch_id
+
+    settings = _settings(config, redis_url)
+    batch_id = batch or new_batch_id(file)
+    report = _with_batches(
+        settings,
+        lambda b: b.submit_file(
+            file,
+            batch_id,
+            default_model=model,
+            llm_config=llm_config,
+            skip_invalid=skip_invalid,
+            max_cost=max_cost if max_cost is not None else settings.batch.max_cost,
+            max_tokens=max_tokens if max_tokens is not None else settings.batch.max_tokens,
+            priority=priority,
+        ),
+    )
+    if report.rejected:
+        path = rejects or file.with_suffix(".rejected.jsonl")
+        write_rejects(report.rejected, path)
+        console.print(f"{len(report.rejected)} line(s) rejected, written to {path}")
+    console.print(
+        f"{report.submitted} job(s) queued"
+        + (f", {report.already_known} already known" if report.already_known else "")
+    )
+    typer.echo(batch_id)
+
+
+@app.command()
+def status(
+    batch: BatchArgument,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until the batch is done.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    config: ConfigOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """Counts, tokens, cost, throughput and ETA of a batch."""
+    from llmqueue.batches import Batches
+    from llmqueue.producer import Producer
+    from llmqueue.progress import status_table
+
+    settings = _settings(config, redis_url)
+    if as_json:
+        current = _with_batches(settings, lambda b: b.status(batch))
+        typer.echo(json.dumps(current.to_json(), indent=2))
+        return
+    if not watch:
+        Console().print(status_table(_with_batches(settings, lambda b: b.status(batch))))
+        return
+
+    async def follow() -> None:
+        async with Producer(settings) as producer:
+            batches = Batches(producer.store)
+            current = await batches.status(batch)
+            with Live(status_table(current), console=Console(), refresh_per_second=4) as live:
+                while not current.done:
+                    await asyncio.sleep(1)
+                    current = await batches.status(batch)
+                    live.update(status_table(current))
+
+    asyncio.run(follow())
+
+
+@app.command()
+def results(
+    batch: BatchArgument,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Output JSONL (OpenAI Batch output format).")
+    ],
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Show progress and wait for the batch to finish.")
+    ] = False,
+    failed_only: Annotated[
+        bool, typer.Option("--failed-only", help="Write only failed/cancelled jobs.")
+    ] = False,
+    config: ConfigOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """Write a batch's results in input order (jobs not finished yet appear with error "missing")."""
+    from llmqueue.batch_run import write_results
+    from llmqueue.progress import BatchProgress
+
+    settings = _settings(config, redis_url)
+
+    async def go(batches: Any) -> list[str]:
+        if wait:
+            with BatchProgress(console) as progress:
+                await batches.wait(batch, on_progress=progress.update)
+        return await write_results(batches, batch, output, failed_only=failed_only)
+
+    failures = _with_batches(settings, go)
+    console.print(f"results written to {output}" + (f" ({len(failures)} not succeeded)" if failures else ""))
+
+
+@app.command()
+def cancel(batch: BatchArgument, config: ConfigOption = None, redis_url: RedisOption = None) -> None:
+    """Cancel a batch: queued and retry-waiting jobs end as cancelled, running ones finish."""
+    count = _with_batches(_settings(config, redis_url), lambda b: b.cancel(batch))
+    console.print(f"{count} job(s) cancelled; running jobs will finish")
+
+
+@app.command()
+def retry(
+    batch: BatchArgument,
+    failed: Annotated[bool, typer.Option("--failed", help="Queue the failed jobs again.")] = False,
+    config: ConfigOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """Queue a batch's failed jobs again, each with a fresh retry budget."""
+    if not failed:
+        raise LLMQueueError("say what to retry: llmqueue retry BATCH --failed")
+    count = _with_batches(_settings(config, redis_url), lambda b: b.retry_failed(batch))
+    console.print(f"{count} failed job(s) queued again")
+
+
+@app.command()
+def run(
+    file: Annotated[Path | None, typer.Argument(help="JSONL file to run (not needed with --resume).")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the results.")] = Path(
+        "results.jsonl"
+    ),
+    workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 2,
+    concurrency: Annotated[int | None, typer.Option(help="Concurrent jobs per worker.")] = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute for the model.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per minute for the model.")] = None,
+    model: ModelOption = None,
+    llm_config: LLMConfigOption = None,
+    batch: Annotated[
+        str | None, typer.Option("--batch", help="Batch id (default: file name + time).")
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Resume an interrupted run of BATCH.")
+    ] = None,
+    max_cost: Annotated[
+        float | None, typer.Option(help="Stop starting jobs once the batch spent USD.")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Stop starting jobs after this many tokens.")] = None,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Run the valid lines only.")] = False,
+    rejects: Annotated[Path | None, typer.Option(help="Where --skip-invalid writes rejected lines.")] = None,
+    simulate_provider: Annotated[
+        bool,
+        typer.Option(
+            "--simulate-provider", help="Send the jobs to the bundled simulated provider (no API key needed)."
+        ),
+    ] = False,
+    config: ConfigOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """Run a JSONL file end to end: Redis, workers, progress, results; exit 0 only if every job succeeded.
+
+    Without --redis-url (or REDIS_URL) a private redis-server is started and removed afterwards.
+    """
+    from llmqueue.batch_run import RunOptions, run_batch
+
+    env_url = redis_url or os.environ.get("REDIS_URL")
+    settings = _settings(config, env_url)
+    if env_url is None and "redis_url" in settings.model_fields_set:
+        env_url = settings.redis_url.get_secret_value()
+    options = RunOptions(
+        file=file,
+        output=output,
+        batch_id=resume or batch,
+        resume=resume is not None,
+        workers=workers,
+        concurrency=concurrency,
+        rpm=rpm,
+        tpm=tpm,
+        model=model,
+        llm_config=llm_config,
+        max_cost=max_cost if max_cost is not None else settings.batch.max_cost,
+        max_tokens=max_tokens if max_tokens is not None else settings.batch.max_tokens,
+        skip_invalid=skip_invalid,
+        rejects=rejects,
+        redis_url=env_url,
+        config=config,
+        simulate_provider=simulate_provider,
+    )
+    try:
+        summary = asyncio.run(run_batch(options, settings, console))
+    except KeyboardInterrupt:
+        batch_id = options.batch_id or "BATCH"
+        console.print(f"\ninterrupted: finished jobs are kept. Resume with: llmqueue run --resume {batch_id}")
+        raise SystemExit(130) from None
+    done = summary.status
+    console.print(
+        f"{done.succeeded}/{done.total} succeeded, {done.failed} failed, {done.cancelled} cancelled; "
+        f"{done.requests} requests ({done.rate_limited} answered 429), {done.tokens} tokens, "
+        f"${done.cost:.4f} → {summary.output}"
+    )
+    if not summary.ok:
+        for line in summary.failures[:10]:
+            console.print(f"  [red]✗[/red] {line}")
+        if len(summary.failures) > 10:
+            console.print(f"  … and {len(summary.failures) - 10} more")
+        raise SystemExit(1)
 
 
 @app.command("simulate-provider")
@@ -125,7 +368,7 @@ def main() -> None:
     try:
         app()
     except LLMQueueError as exc:
-        typer.echo(f"llmqueue: {exc}", err=True)
+        console.print(f"[red]llmqueue:[/red] {exc}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -67,6 +67,9 @@ class EmbeddedRedis:
     snapshots are always off). ``password`` sets ``requirepass``. ``binary`` overrides
     :func:`find_redis_server`. ``startup_timeout`` is in seconds.
 
+    ``data_dir`` keeps the server's files in that directory, which :meth:`close` then leaves in
+    place (a later server given the same directory resumes from its AOF).
+
     Use it as a context manager, or call :meth:`start` and finally :meth:`close`. A server still
     running when the interpreter exits is killed by an ``atexit`` hook.
     """
@@ -78,8 +81,10 @@ class EmbeddedRedis:
         password: str | None = None,
         binary: Path | None = None,
         startup_timeout: float = 10.0,
+        data_dir: Path | None = None,
     ) -> None:
         self.appendonly = appendonly
+        self.data_dir = data_dir
         self.password = password
         self.binary = binary if binary is not None else find_redis_server()
         self.startup_timeout = startup_timeout
@@ -127,7 +132,11 @@ class EmbeddedRedis:
         if self.running:
             return
         if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="llmqueue-redis-"))
+            if self.data_dir is not None:
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                self._dir = self.data_dir
+            else:
+                self._dir = Path(tempfile.mkdtemp(prefix="llmqueue-redis-"))
             atexit.register(self.close)
         if self._port is not None:
             self._launch(self._port)
@@ -166,10 +175,11 @@ class EmbeddedRedis:
         self.start()
 
     def close(self) -> None:
-        """Stop the server and delete its directory. Safe to call more than once."""
+        """Stop the server and delete its directory (not a given ``data_dir``). Safe to call again."""
         self.stop()
         if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            if self.data_dir is None:
+                shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
             atexit.unregister(self.close)
 

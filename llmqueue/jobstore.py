@@ -123,7 +123,10 @@ class JobStore:
         """
         job_id = result.job_id
         usage = result.usage
-        rate_limited = 1 if result.errors and result.errors[-1].kind == "rate_limit" else 0
+        # A retried 429 was counted when it was recorded; a final one is counted here.
+        final_429 = (
+            result.status == "failed" and bool(result.errors) and result.errors[-1].kind == "rate_limit"
+        )
         stored = await self._finish(
             keys=[
                 keys.result(job_id),
@@ -145,7 +148,7 @@ class JobStore:
                 1 if was_retry_waiting else 0,
             ],
         )
-        if stored and rate_limited and result.batch_id:
+        if stored and final_429 and result.batch_id:
             await self.redis.hincrby(keys.batch(result.batch_id), "rate_limited", 1)
         return bool(stored)
 

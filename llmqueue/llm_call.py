@@ -97,3 +97,23 @@ async def call_provider(kind: str, kwargs: dict[str, Any], timeout: float) -> An
 
 def _is_image(part: Any) -> bool:
     return isinstance(part, dict) and part.get("type") in ("image_url", "image", "input_image")
+
+
+async def warm_up() -> None:
+    """Make one call through LiteLLM to a throwaway local provider.
+
+    A process's first LiteLLM call spends ~0.5 s importing and building HTTP clients. Paid here, at
+    start-up, it does not delay the first burst of admitted requests, which would then reach the
+    provider bunched together with later ones.
+    """
+    from llmqueue.provider import ProviderConfig, run_provider
+
+    async with run_provider(ProviderConfig()) as provider:
+        await litellm.acompletion(
+            model="openai/warm-up",
+            api_base=provider.base_url,
+            api_key="warm-up",
+            messages=[{"role": "user", "content": "warm up"}],
+            num_retries=0,
+            max_retries=0,
+        )

@@ -96,10 +96,22 @@ class WorkerConfig(BaseModel):
     job_ttl: float = Field(7 * 86400.0, gt=0, description="seconds a queued job is kept before it expires")
     result_ttl: float = Field(7 * 86400.0, gt=0, description="seconds results are kept")
     health_check_interval: float = Field(10.0, gt=0, description="seconds")
+    warm_up: bool = Field(
+        True, description="make one local LiteLLM call at start-up so the first real one is fast"
+    )
 
     def job_timeout(self, llm_timeout: float) -> float:
         """arq's hard timeout: longer than the LLM call's own timeout plus the longest inline wait."""
         return llm_timeout + self.max_inline_wait + 30.0
+
+
+class BatchConfig(BaseModel):
+    """Defaults for batches (``[batch]``): spending caps, overridden by ``--max-cost``/``--max-tokens``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_cost: float | None = Field(None, gt=0, description="USD; no job of a batch starts once it spent this")
+    max_tokens: int | None = Field(None, gt=0, description="tokens; no job starts once a batch used this")
 
 
 class Settings(BaseSettings):
@@ -116,6 +128,7 @@ class Settings(BaseSettings):
     )
     limits: dict[str, LimitConfig] = Field(default_factory=dict)
     worker: WorkerConfig = WorkerConfig()
+    batch: BatchConfig = BatchConfig()
 
     @field_validator("llm_groups")
     @classmethod
@@ -230,6 +243,7 @@ class _FileSchema(BaseModel):
     llm_groups: dict[str, dict[str, Any]] = Field(default_factory=dict)
     limits: dict[str, LimitConfig] = Field(default_factory=dict)
     worker: WorkerConfig | None = None
+    batch: BatchConfig | None = None
 
     @field_validator("llm_groups")
     @classmethod

@@ -19,6 +19,7 @@ from arq.worker import Worker, func
 from llmqueue import serialization
 from llmqueue.jobstore import JobStore
 from llmqueue.limiter import RateLimiter
+from llmqueue.llm_call import warm_up
 from llmqueue.runner import JobRunner
 from llmqueue.settings import Settings, load_settings
 
@@ -56,6 +57,11 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         ctx["llmqueue_runner"] = JobRunner(
             settings=settings, store=store, limiter=RateLimiter(ctx["redis"]), worker_id=worker_id
         )
+        if worker.warm_up:
+            try:
+                await warm_up()
+            except Exception as exc:  # a slower first call is all this costs
+                logger.warning("LiteLLM warm-up failed: %s", exc)
         logger.info("llmqueue worker %s started on queue %s", worker_id, worker.queue_name)
 
     return {

@@ -114,7 +114,7 @@ def make_settings(redis_url: str, base_url: str, **llm: Any) -> Settings:
         redis_url=redis_url,
         llm=LLMConfig(**llm_settings),
         limits=limits,
-        worker=WorkerConfig(**{"poll_delay": 0.01, **worker}),
+        worker=WorkerConfig(**{"poll_delay": 0.01, "warm_up": False, **worker}),
     )
 
 

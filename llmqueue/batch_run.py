@@ -1,0 +1,206 @@
+"""``llmqueue run``: one command from a JSONL file to a results file.
+
+It starts (or uses) Redis, starts worker processes, submits the file as a batch, shows progress,
+writes the results in input order and stops what it started. Interrupted, it leaves the batch in
+Redis so ``llmqueue run --resume BATCH`` goes on without redoing finished jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from llmqueue.batches import Batches, BatchStatus, check_batch_id, new_batch_id
+from llmqueue.batchfile import LineError, output_record, rejected_record, write_jsonl
+from llmqueue.errors import LLMQueueError
+from llmqueue.local_cluster import LocalCluster, run_dir
+from llmqueue.producer import Producer
+from llmqueue.progress import BatchProgress
+from llmqueue.provider import ProviderConfig, run_provider
+from llmqueue.settings import Settings
+
+SIMULATED_MODEL = "openai/sim-model"
+# Not a secret: the simulated provider accepts any key, LiteLLM just insists on one.
+SIMULATED_KEY = "sk-simulated-provider"
+
+
+@dataclass
+class RunOptions:
+    """What ``llmqueue run`` was asked to do."""
+
+    file: Path | None
+    output: Path
+    batch_id: str | None = None
+    resume: bool = False
+    workers: int = 2
+    concurrency: int | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    model: str | None = None
+    llm_config: str | None = None
+    max_cost: float | None = None
+    max_tokens: int | None = None
+    skip_invalid: bool = False
+    rejects: Path | None = None
+    redis_url: str | None = None
+    config: Path | None = None
+    simulate_provider: bool = False
+    provider_latency: float = 0.2
+    worker_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    batch_id: str
+    status: BatchStatus
+    output: Path
+    failures: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.status.total > 0 and self.status.succeeded == self.status.total
+
+
+async def run_batch(options: RunOptions, settings: Settings, console: Console) -> RunSummary:
+    """Run a batch file end to end; see the module docstring."""
+    batch_id = _batch_id(options)
+    async with _provider(options) as provider_env:
+        cluster = LocalCluster(
+            redis_url=options.redis_url,
+            workers=options.workers,
+            data_dir=run_dir(batch_id),
+            worker_env={**_worker_env(options), **provider_env},
+        )
+        with cluster:
+            run_settings = settings.model_copy(update={"redis_url": cluster.redis_url})
+            async with Producer(run_settings, redis_url=cluster.redis_url) as producer:
+                batches = Batches(producer.store)
+                source = await _source_file(batches, options, batch_id)
+                report = await batches.submit_file(
+                    source,
+                    batch_id,
+                    default_model=options.model or (SIMULATED_MODEL if options.simulate_provider else None),
+                    llm_config=options.llm_config,
+                    skip_invalid=options.skip_invalid,
+                    max_cost=options.max_cost,
+                    max_tokens=options.max_tokens,
+                )
+                console.print(
+                    f"batch [bold]{batch_id}[/bold]: {report.submitted} job(s) queued"
+                    + (f", {report.already_known} already queued or done" if report.already_known else "")
+                    + (f", {len(report.rejected)} line(s) rejected" if report.rejected else "")
+                )
+                if report.rejected:
+                    write_rejects(
+                        report.rejected, options.rejects or options.output.with_suffix(".rejected.jsonl")
+                    )
+                status = await _watch(batches, batch_id, cluster, console)
+                failures = await write_results(batches, batch_id, options.output)
+        if options.redis_url is None:
+            # Every job has its result in the output file: nothing is left to resume.
+            cluster.discard_data()
+    return RunSummary(batch_id=batch_id, status=status, output=options.output, failures=failures)
+
+
+async def write_results(
+    batches: Batches, batch_id: str, output: Path, *, failed_only: bool = False
+) -> list[str]:
+    """Write the batch's results (OpenAI Batch output format) in input order; return failure lines."""
+    failures: list[str] = []
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".partial")
+    with tmp.open("w", encoding="utf-8") as out:
+        async for job_id, custom_id, result in batches.results(batch_id):
+            if result is None or not result.ok:
+                reason = result.errors[-1].message if result and result.errors else "no result"
+                failures.append(f"{custom_id}: {reason}")
+            elif failed_only:
+                continue
+            write_jsonl([output_record(result, custom_id=custom_id, job_id=job_id)], out)
+    tmp.replace(output)
+    return failures
+
+
+async def _watch(batches: Batches, batch_id: str, cluster: LocalCluster, console: Console) -> BatchStatus:
+    with BatchProgress(console) as progress:
+        while True:
+            status = await batches.status(batch_id)
+            progress.update(status)
+            if status.done:
+                return status
+            cluster.check_workers()
+            await asyncio.sleep(0.25)
+
+
+def _batch_id(options: RunOptions) -> str:
+    if options.resume:
+        if not options.batch_id:
+            raise LLMQueueError("--resume needs the batch id to resume")
+        return check_batch_id(options.batch_id)
+    if options.file is None:
+        raise LLMQueueError("give the JSONL file to run, or --resume BATCH")
+    batch_id = check_batch_id(options.batch_id) if options.batch_id else new_batch_id(options.file)
+    if options.redis_url is None and run_dir(batch_id).exists():
+        raise LLMQueueError(
+            f"batch {batch_id} was started before and not finished: use `llmqueue run --resume {batch_id}`"
+        )
+    return batch_id
+
+
+async def _source_file(batches: Batches, options: RunOptions, batch_id: str) -> Path:
+    if not options.resume:
+        assert options.file is not None
+        return options.file
+    try:
+        status = await batches.status(batch_id)
+    except LLMQueueError:
+        raise LLMQueueError(
+            f"nothing to resume: batch {batch_id} is not in "
+            + ("that Redis" if options.redis_url else f"the embedded Redis of {run_dir(batch_id)}")
+        ) from None
+    source = Path(options.file or status.source or "")
+    if not source.is_file():
+        raise LLMQueueError(f"the batch's input file {source} is gone; pass it again: run FILE --resume")
+    return source
+
+
+def _worker_env(options: RunOptions) -> dict[str, str]:
+    env = dict(options.worker_env)
+    if options.config is not None:
+        env["LLMQUEUE_CONFIG"] = str(options.config.resolve())
+    if options.model:
+        env["LLM_MODEL"] = options.model
+    if options.rpm is not None:
+        env["LLM_RPM"] = str(options.rpm)
+    if options.tpm is not None:
+        env["LLM_TPM"] = str(options.tpm)
+    if options.concurrency is not None:
+        env["WORKER_MAX_JOBS"] = str(options.concurrency)
+    return env
+
+
+@asynccontextmanager
+async def _provider(options: RunOptions) -> AsyncIterator[dict[str, str]]:
+    """With ``simulate_provider``, serve the simulated provider and point the workers at it."""
+    if not options.simulate_provider:
+        yield {}
+        return
+    config = ProviderConfig(
+        rpm=options.rpm, tpm=options.tpm, latency=options.provider_latency, latency_jitter=0.5
+    )
+    async with run_provider(config) as provider:
+        yield {
+            "LLM_MODEL": options.model or SIMULATED_MODEL,
+            "LLM_BASE_URL": provider.base_url,
+            "LLM_API_KEY": SIMULATED_KEY,
+        }
+
+
+def write_rejects(rejected: list[LineError], path: Path) -> None:
+    with path.open("w", encoding="utf-8") as out:
+        write_jsonl((rejected_record(err) for err in rejected), out)
