@@ -1,7 +1,7 @@
 """Batches: a file of requests submitted as one unit, with totals, budgets, cancel and retry.
 
-A batch is a hash of settings and running totals (``keys.batch``) and a list of its job ids in input
-order (``keys.batch_jobs``). Job ids are derived from the batch id and the line number, so submitting
+A batch is a hash of settings and running totals (``keys.batch``), its job ids scored by input line
+(``keys.batch_jobs``, a sorted set) and their custom ids (``keys.batch_custom_ids``). Job ids are derived from the batch id and the line number, so submitting
 the same file to the same batch again (a resumed run) queues only what is not queued or done yet.
 """
 
@@ -136,9 +136,7 @@ class Batches:
             if not check.ok:
                 raise InvalidBatchFileError(check, path)
         await self._create(batch_id, source=path, max_cost=max_cost, max_tokens=max_tokens)
-        registered = await self.redis.llen(keys.batch_jobs(batch_id))
         report = SubmitReport(batch_id=batch_id, submitted=0, already_known=0, rejected=[])
-        index = 0
         chunk: list[CompletionJob] = []
         for item in iter_jobs(path, **options):
             if isinstance(item, LineError):
@@ -146,11 +144,11 @@ class Batches:
                 continue
             chunk.append(item)
             if len(chunk) >= _CHUNK:
-                index = await self._enqueue_chunk(batch_id, chunk, index, registered, report, priority)
+                await self._enqueue_chunk(batch_id, chunk, report, priority)
                 chunk = []
         if chunk:
-            index = await self._enqueue_chunk(batch_id, chunk, index, registered, report, priority)
-        await self.redis.hset(keys.batch(batch_id), "total", await self.redis.llen(keys.batch_jobs(batch_id)))
+            await self._enqueue_chunk(batch_id, chunk, report, priority)
+        await self.redis.hset(keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id)))
         return report
 
     async def status(self, batch_id: str) -> BatchStatus:
@@ -208,14 +206,15 @@ class Batches:
         await self.status(batch_id)
         start = 0
         while True:
-            entries = await self.redis.lrange(keys.batch_jobs(batch_id), start, start + _CHUNK - 1)
-            if not entries:
+            members = await self.redis.zrange(keys.batch_jobs(batch_id), start, start + _CHUNK - 1)
+            if not members:
                 return
-            pairs = [_split_entry(entry) for entry in entries]
-            found = await self.store.get_results([job_id for job_id, _ in pairs])
-            for (job_id, custom_id), result in zip(pairs, found, strict=True):
-                yield job_id, custom_id, result
-            start += len(entries)
+            job_ids = [member.decode() for member in members]
+            custom_ids = await self.redis.hmget(keys.batch_custom_ids(batch_id), job_ids)
+            found = await self.store.get_results(job_ids)
+            for job_id, custom_id, result in zip(job_ids, custom_ids, found, strict=True):
+                yield job_id, custom_id.decode() if custom_id else "", result
+            start += len(members)
 
     async def cancel(self, batch_id: str) -> int:
         """Cancel the batch: queued and retry-waiting jobs end as cancelled now, running ones finish.
@@ -286,25 +285,19 @@ class Batches:
             await pipe.execute()
 
     async def _enqueue_chunk(
-        self,
-        batch_id: str,
-        chunk: list[CompletionJob],
-        index: int,
-        registered: int,
-        report: SubmitReport,
-        priority: bool,
-    ) -> int:
+        self, batch_id: str, chunk: list[CompletionJob], report: SubmitReport, priority: bool
+    ) -> None:
         added = await self.store.enqueue(chunk, defer=-86400.0 if priority else 0.0)
         report.submitted += sum(added)
         report.already_known += len(added) - sum(added)
-        new_entries = [
-            f"{job.id} {job.metadata.get('custom_id', '')}"
-            for offset, job in enumerate(chunk)
-            if index + offset >= registered
-        ]
-        if new_entries:
-            await self.redis.rpush(keys.batch_jobs(batch_id), *new_entries)
-        return index + len(chunk)
+        # Registered by line number, so a resubmission (a line fixed since) lands in input order, once.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.batch_jobs(batch_id), {job.id: job.metadata["line"] for job in chunk})
+            pipe.hset(
+                keys.batch_custom_ids(batch_id),
+                mapping={job.id: str(job.metadata.get("custom_id", "")) for job in chunk},
+            )
+            await pipe.execute()
 
     async def _end_cancelled(self, job_id: str, batch_id: str) -> int:
         start = await self.store.begin_attempt(job_id, batch_id)
@@ -335,11 +328,6 @@ def check_batch_id(batch_id: str) -> str:
 def new_batch_id(path: Path) -> str:
     stem = re.sub(r"[^\w.-]", "-", path.stem)[:60] or "batch"
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _split_entry(entry: bytes) -> tuple[str, str]:
-    job_id, _, custom_id = entry.decode().partition(" ")
-    return job_id, custom_id
 
 
 def count_rejected(rejected: Iterable[LineError]) -> int:

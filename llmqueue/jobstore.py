@@ -146,10 +146,9 @@ class JobStore:
                 usage.completion_tokens if usage else 0,
                 1 if was_calling else 0,
                 1 if was_retry_waiting else 0,
+                1 if final_429 else 0,
             ],
         )
-        if stored and final_429 and result.batch_id:
-            await self.redis.hincrby(keys.batch(result.batch_id), "rate_limited", 1)
         return bool(stored)
 
     async def has_result(self, job_id: str) -> bool:

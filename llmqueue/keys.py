@@ -55,8 +55,13 @@ def batch(batch_id: str) -> str:
 
 
 def batch_jobs(batch_id: str) -> str:
-    """A batch's job ids in input order (a list)."""
+    """A batch's job ids scored by their input line (a sorted set)."""
     return f"{PREFIX}:batch:{batch_id}:jobs"
+
+
+def batch_custom_ids(batch_id: str) -> str:
+    """A batch's custom ids by job id (a hash)."""
+    return f"{PREFIX}:batch:{batch_id}:custom-ids"
 
 
 def batches() -> str:

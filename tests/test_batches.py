@@ -52,8 +52,8 @@ async def all_results(batches: Batches, batch_id: str) -> list[tuple[str, str, J
 
 
 async def batch_job_ids(redis: Redis, batch_id: str) -> list[str]:
-    entries = await redis.lrange(keys.batch_jobs(batch_id), 0, -1)
-    return [entry.decode().partition(" ")[0] for entry in entries]
+    members = await redis.zrange(keys.batch_jobs(batch_id), 0, -1)
+    return [member.decode() for member in members]
 
 
 @pytest.fixture
