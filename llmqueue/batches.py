@@ -1,8 +1,9 @@
 """Batches: a file of requests submitted as one unit, with totals, budgets, cancel and retry.
 
-A batch is a hash of settings and running totals (``keys.batch``), its job ids scored by input line
-(``keys.batch_jobs``, a sorted set) and their custom ids (``keys.batch_custom_ids``). Job ids are derived from the batch id and the line number, so submitting
-the same file to the same batch again (a resumed run) queues only what is not queued or done yet.
+A batch is a hash of settings and running totals (``keys.batch``), its job ids scored by input
+line (``keys.batch_jobs``, a sorted set) and their custom ids (``keys.batch_custom_ids``). Job ids are
+derived from the batch id and the line number, so submitting the same file to the same batch again
+(a resumed run) queues only what is not queued or done yet.
 """
 
 from __future__ import annotations
@@ -148,7 +149,9 @@ class Batches:
                 chunk = []
         if chunk:
             await self._enqueue_chunk(batch_id, chunk, report, priority)
-        await self.redis.hset(keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id)))
+        await self.redis.hset(
+            keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id))
+        )
         return report
 
     async def status(self, batch_id: str) -> BatchStatus:
