@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 
 from llmqueue.errors import LLMQueueError
 from llmqueue.settings import Settings, load_settings
@@ -368,7 +369,7 @@ def main() -> None:
     try:
         app()
     except LLMQueueError as exc:
-        console.print(f"[red]llmqueue:[/red] {exc}", highlight=False)
+        console.print(f"[red]llmqueue:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -96,6 +96,15 @@ class JobStore:
                 pipe.hincrby(keys.batch(batch_id), "retry_waiting", -1)
             await pipe.execute()
 
+    async def calling_ended(self, batch_id: str, *, retrying: bool) -> None:
+        """Undo :meth:`calling` for a call cut short by a stopping worker (the job runs again later)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(keys.batch(batch_id), "running", -1)
+            pipe.hincrby(keys.batch(batch_id), "requests", -1)
+            if retrying:
+                pipe.hincrby(keys.batch(batch_id), "retry_waiting", 1)
+            await pipe.execute()
+
     async def record_error(self, job_id: str, batch_id: str | None, error: AttemptError) -> None:
         """Keep a failed call's summary before the job is re-enqueued; these count against num_retries."""
         async with self.redis.pipeline(transaction=False) as pipe:

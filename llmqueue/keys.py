@@ -72,3 +72,11 @@ def batches() -> str:
 def inbox(producer_id: str) -> str:
     """A producer's inbox: ids of its jobs as they finish (a list)."""
     return f"{PREFIX}:inbox:{producer_id}"
+
+
+def worker(worker_id: str) -> str:
+    """A live worker's registry entry (a hash refreshed by its heartbeat, expiring when it stops)."""
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+WORKER_PATTERN = f"{PREFIX}:worker:*"

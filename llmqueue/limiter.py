@@ -80,9 +80,14 @@ class RateLimiter:
             return
         await self._run(scope, "adjust", BucketShape.of(limit), tokens)
 
-    async def cooldown(self, scope: str, seconds: float) -> float:
-        """Pause the whole scope for ``seconds`` (a 429 seen by one worker); returns the pause left."""
-        _, remaining = await self._run(scope, "cooldown", BucketShape.of(UNLIMITED), seconds)
+    async def cooldown(self, scope: str, seconds: float, *, longest: float = 0.0) -> float:
+        """Pause the whole scope for ``seconds`` (a 429 seen by one worker); returns the pause left.
+
+        With ``longest`` set, a 429 that arrives soon after the previous pause ended doubles the pause,
+        up to ``longest`` seconds, so a provider that keeps refusing is probed less and less often.
+        ``seconds=0`` only reads how much of the current pause is left.
+        """
+        _, remaining = await self._run(scope, "cooldown", BucketShape.of(UNLIMITED), seconds, longest)
         return float(remaining)
 
     async def _run(self, scope: str, op: str, shape: BucketShape, *args: Any) -> tuple[int, str]:

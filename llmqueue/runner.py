@@ -7,9 +7,9 @@ llmqueue counts only provider calls that failed, kept in Redis with the job.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,17 +20,38 @@ from llmqueue import serialization
 from llmqueue.backoff import RetryPolicy
 from llmqueue.classify import classify
 from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
+from llmqueue.events import EventSink, JobEvent, emit
 from llmqueue.jobstore import AttemptStart, JobStore
 from llmqueue.limiter import RateLimiter
 from llmqueue.llm_call import call_kwargs, call_provider, job_model, supports_prompt_caching
-from llmqueue.models import AttemptError, CompletionJob, JobResult, Timings, Usage
-from llmqueue.settings import LLMConfig, Settings
+from llmqueue.models import AttemptError, CompletionJob, JobResult, ResultStatus, Timings, Usage
+from llmqueue.settings import LimitConfig, LLMConfig, Settings
 from llmqueue.tokens import estimate_tokens, usage_tokens
-
-logger = logging.getLogger("llmqueue.worker")
 
 # The scope-wide pause after a 429 that came without a retry-after header, in seconds.
 DEFAULT_COOLDOWN = 1.0
+
+_STOP_MESSAGES = {
+    "cancelled": "the batch was cancelled",
+    "budget_exceeded": "the batch reached its cost or token budget",
+}
+
+
+@dataclass
+class _Call:
+    """One job on its way to the provider: what the runner worked out before calling."""
+
+    job: CompletionJob
+    llm: LLMConfig
+    model: str
+    scope: str
+    limit: LimitConfig | None
+    start: AttemptStart
+    estimate: int
+
+    @property
+    def attempt(self) -> int:
+        return len(self.start.failures) + 1
 
 
 @dataclass
@@ -39,9 +60,19 @@ class JobRunner:
     store: JobStore
     limiter: RateLimiter
     worker_id: str
+    sinks: Sequence[EventSink] = ()
+    in_flight: set[str] = field(default_factory=set)
+    """Ids of the jobs this worker is running now (the heartbeat keeps them claimed)."""
 
     async def run(self, job_id: str, payload: Any) -> None:
         """Run one start of a job. Raises arq's Retry to re-enqueue it; returns once a result is stored."""
+        self.in_flight.add(job_id)
+        try:
+            await self._run(job_id, payload)
+        finally:
+            self.in_flight.discard(job_id)
+
+    async def _run(self, job_id: str, payload: Any) -> None:
         try:
             job, llm = self._parse(payload)
         except (JobValidationError, ConfigError) as exc:
@@ -49,68 +80,108 @@ class JobRunner:
             return
         start = await self.store.begin_attempt(job_id, job.batch_id)
         if start.has_result:
-            logger.info("job %s already has a result; not running it again", job_id)
-            return
+            return  # a restart after a crash that came after the result was stored
         if start.stop_reason is not None:
-            await self._finish_stopped(job, start)
+            await self._finish_stopped(job, start.stop_reason, start)
             return
         model = job_model(job, llm)
         scope = llm.limit_scope or model
-        limit = self.settings.limit_for(scope, llm)
-        estimate = estimate_tokens(job, model, llm.default_completion_tokens)
+        call = _Call(
+            job=job,
+            llm=llm,
+            model=model,
+            scope=scope,
+            limit=self.settings.limit_for(scope, llm),
+            start=start,
+            estimate=estimate_tokens(job, model, llm.default_completion_tokens),
+        )
         # Everything CPU-bound happens before admission, so the request leaves soon after it is admitted.
         kwargs = call_kwargs(job, llm, supports_caching=supports_prompt_caching(model))
+        await self._admit(call)
+        await self._call(call, kwargs)
+
+    async def _admit(self, call: _Call) -> None:
+        """Take the call's share of the limiter, waiting in place briefly or re-deferring the job."""
         admission = await self.limiter.acquire(
-            scope, limit, tokens=estimate, max_wait=self.settings.worker.max_inline_wait
+            call.scope, call.limit, tokens=call.estimate, max_wait=self.settings.worker.max_inline_wait
         )
         if not admission.admitted:
-            # Not an attempt: the job goes back to the queue instead of holding a worker slot.
-            raise Retry(defer=admission.wait)
+            self._emit("deferred", call, wait=admission.wait)
+            raise Retry(defer=admission.wait)  # not an attempt: the job frees its slot meanwhile
         if admission.wait > 0:
+            self._emit("limiter_wait", call, wait=admission.wait)
             await asyncio.sleep(admission.wait)
             # A 429 seen elsewhere while this job slept pauses it too, reservation or not.
-            pause = await self.limiter.cooldown(scope, 0)
+            pause = await self.limiter.cooldown(call.scope, 0)
             if pause > 0:
+                self._emit("deferred", call, wait=pause, reason="cooldown")
                 raise Retry(defer=pause)
 
-        attempt = len(start.failures) + 1
-        counting = asyncio.ensure_future(self.store.calling(job.batch_id, retrying=bool(start.failures)))
+    async def _call(self, call: _Call, kwargs: dict[str, Any]) -> None:
+        job = call.job
+        counting = asyncio.ensure_future(self.store.calling(job.batch_id, retrying=bool(call.start.failures)))
+        self._emit("started", call)
         began = time.monotonic()
         try:
-            response = await call_provider(job.kind, kwargs, timeout=llm.timeout + 5)
+            response = await call_provider(job.kind, kwargs, timeout=call.llm.timeout + 5)
+        except asyncio.CancelledError:
+            # The worker is stopping: arq puts the job back in the queue, and this was no attempt.
+            await asyncio.shield(self._interrupted(call, counting))
+            raise
         except Exception as exc:
             await counting
-            await self.limiter.adjust(scope, limit, tokens=estimate)
-            error = classify(exc, self._secrets(llm))
-            await self._handle_failure(job, llm, model, scope, attempt, start, error)
+            await self.limiter.adjust(call.scope, call.limit, tokens=call.estimate)
+            error = classify(exc, self._secrets(call.llm))
+            await self._handle_failure(call, error, latency=time.monotonic() - began)
             return
+        latency = time.monotonic() - began
         await counting
         used = usage_tokens(response)
         if used is not None:
-            await self.limiter.adjust(scope, limit, tokens=estimate - used)
-        result = JobResult(
-            job_id=job.id,
-            batch_id=job.batch_id,
-            status="succeeded",
-            model=model,
-            response=_as_dict(response),
-            usage=_usage(response),
-            cost=_cost(response),
-            attempts=attempt,
-            errors=start.failures,
-            timings=Timings(queued_at=job.created_at, started_at=start.started_at),
-            worker_id=self.worker_id,
-            metadata=job.metadata,
-        )
+            await self.limiter.adjust(call.scope, call.limit, tokens=call.estimate - used)
+        result = self._result(call, "succeeded", errors=call.start.failures)
+        result.response = _as_dict(response)
+        result.usage = _usage(response)
+        result.cost = _cost(response)
         await self.store.finish(result, reply_to=job.reply_to, was_calling=True)
-        logger.info(
-            "job %s succeeded model=%s attempt=%d latency=%.3fs tokens=%s",
-            job.id,
-            model,
-            attempt,
-            time.monotonic() - began,
-            used,
+        usage = result.usage
+        self._emit(
+            "succeeded",
+            call,
+            latency=latency,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            cost=result.cost,
         )
+
+    async def _handle_failure(self, call: _Call, error: ProviderError, *, latency: float) -> None:
+        retry_after = error.retry_after if isinstance(error, RateLimitedError) else None
+        if isinstance(error, RateLimitedError):
+            await self.limiter.cooldown(
+                call.scope,
+                retry_after if retry_after is not None else DEFAULT_COOLDOWN,
+                longest=call.llm.retry_max_wait,
+            )
+        policy = RetryPolicy.from_llm(call.llm)
+        summary = AttemptError(
+            attempt=call.attempt, kind=error.kind, message=error.message, status_code=error.status_code
+        )
+        details = {"latency": latency, "reason": error.kind, "status_code": error.status_code}
+        if error.retryable and policy.allows_retry(call.attempt):
+            summary.retry_in = policy.delay(call.attempt, retry_after)
+            await self.store.record_error(call.job.id, call.job.batch_id, summary)
+            self._emit("retrying", call, wait=summary.retry_in, message=error.message, **details)
+            raise Retry(defer=summary.retry_in)
+        result = self._result(call, "failed", errors=[*call.start.failures, summary])
+        result.request = call.job.model_dump(mode="json", exclude={"reply_to"})
+        await self.store.finish(result, reply_to=call.job.reply_to, was_calling=True)
+        self._emit("failed", call, message=error.message, **details)
+
+    async def _interrupted(self, call: _Call, counting: asyncio.Future[None]) -> None:
+        await counting
+        if call.job.batch_id is not None:
+            await self.store.calling_ended(call.job.batch_id, retrying=bool(call.start.failures))
+        self._emit("interrupted", call)
 
     def _parse(self, payload: Any) -> tuple[CompletionJob, LLMConfig]:
         reason = serialization.is_invalid(payload)
@@ -119,68 +190,23 @@ class JobRunner:
         job = CompletionJob.parse(payload)
         return job, self.settings.llm_for(job.llm_config)
 
-    async def _handle_failure(
-        self,
-        job: CompletionJob,
-        llm: LLMConfig,
-        model: str,
-        scope: str,
-        attempt: int,
-        start: AttemptStart,
-        error: ProviderError,
-    ) -> None:
-        retry_after = error.retry_after if isinstance(error, RateLimitedError) else None
-        if isinstance(error, RateLimitedError):
-            await self.limiter.cooldown(scope, retry_after if retry_after is not None else DEFAULT_COOLDOWN)
-        policy = RetryPolicy.from_llm(llm)
-        summary = AttemptError(
-            attempt=attempt, kind=error.kind, message=error.message, status_code=error.status_code
-        )
-        if error.retryable and policy.allows_retry(attempt):
-            summary.retry_in = policy.delay(attempt, retry_after)
-            await self.store.record_error(job.id, job.batch_id, summary)
-            logger.info(
-                "job %s attempt %d failed (%s), retrying in %.1fs",
-                job.id,
-                attempt,
-                error.kind,
-                summary.retry_in,
-            )
-            raise Retry(defer=summary.retry_in)
-        result = JobResult(
-            job_id=job.id,
-            batch_id=job.batch_id,
-            status="failed",
-            model=model,
-            attempts=attempt,
-            errors=[*start.failures, summary],
-            timings=Timings(queued_at=job.created_at, started_at=start.started_at),
-            worker_id=self.worker_id,
-            metadata=job.metadata,
-            request=job.model_dump(mode="json", exclude={"reply_to"}),
-        )
-        await self.store.finish(result, reply_to=job.reply_to, was_calling=True)
-        logger.warning("job %s failed after %d attempt(s): %s", job.id, attempt, error.message)
-
-    async def _finish_stopped(self, job: CompletionJob, start: AttemptStart) -> None:
+    async def _finish_stopped(self, job: CompletionJob, reason: str, start: AttemptStart) -> None:
         """A job of a cancelled or spent batch: it ends as cancelled without calling the provider."""
-        reason = start.stop_reason or "cancelled"
-        message = {
-            "cancelled": "the batch was cancelled",
-            "budget_exceeded": "the batch reached its cost or token budget",
-        }.get(reason, reason)
+        failures = start.failures
+        stop = AttemptError(attempt=len(failures), kind=reason, message=_STOP_MESSAGES.get(reason, reason))
         result = JobResult(
             job_id=job.id,
             batch_id=job.batch_id,
             status="cancelled",
-            attempts=len(start.failures),
-            errors=[*start.failures, AttemptError(attempt=len(start.failures), kind=reason, message=message)],
+            attempts=len(failures),
+            errors=[*failures, stop],
             timings=Timings(queued_at=job.created_at, started_at=start.started_at),
             worker_id=self.worker_id,
             metadata=job.metadata,
             request=job.model_dump(mode="json", exclude={"reply_to"}),
         )
-        await self.store.finish(result, reply_to=job.reply_to, was_retry_waiting=bool(start.failures))
+        await self.store.finish(result, reply_to=job.reply_to, was_retry_waiting=bool(failures))
+        emit(self.sinks, JobEvent("cancelled", job.id, job.batch_id, reason=reason, worker_id=self.worker_id))
 
     async def _finish_unrunnable(self, job_id: str, payload: Any, reason: str) -> None:
         """A job that cannot be run as given: record a failed result and keep the worker going."""
@@ -197,7 +223,45 @@ class JobRunner:
             worker_id=self.worker_id,
         )
         await self.store.finish(result, reply_to=reply_to if isinstance(reply_to, str) else None)
-        logger.warning("job %s is invalid and was not run: %s", job_id, reason)
+        emit(
+            self.sinks,
+            JobEvent(
+                "invalid",
+                job_id,
+                result.batch_id,
+                reason="invalid_job",
+                message=reason,
+                worker_id=self.worker_id,
+            ),
+        )
+
+    def _result(self, call: _Call, status: ResultStatus, *, errors: list[AttemptError]) -> JobResult:
+        return JobResult(
+            job_id=call.job.id,
+            batch_id=call.job.batch_id,
+            status=status,
+            model=call.model,
+            attempts=call.attempt,
+            errors=errors,
+            timings=Timings(queued_at=call.job.created_at, started_at=call.start.started_at),
+            worker_id=self.worker_id,
+            metadata=call.job.metadata,
+        )
+
+    def _emit(self, name: Any, call: _Call, **details: Any) -> None:
+        emit(
+            self.sinks,
+            JobEvent(
+                name,
+                call.job.id,
+                call.job.batch_id,
+                model=call.model,
+                scope=call.scope,
+                attempt=call.attempt,
+                worker_id=self.worker_id,
+                **details,
+            ),
+        )
 
     def _secrets(self, llm: LLMConfig) -> list[str]:
         return [llm.api_key.get_secret_value()] if llm.api_key else []

@@ -96,9 +96,26 @@ class WorkerConfig(BaseModel):
     job_ttl: float = Field(7 * 86400.0, gt=0, description="seconds a queued job is kept before it expires")
     result_ttl: float = Field(7 * 86400.0, gt=0, description="seconds results are kept")
     health_check_interval: float = Field(10.0, gt=0, description="seconds")
+    in_progress_ttl: float = Field(
+        20.0, gt=0, description="seconds a running job stays claimed without a heartbeat (crash recovery)"
+    )
+    heartbeat_interval: float = Field(5.0, gt=0, description="seconds between heartbeats")
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="seconds running calls may finish after SIGTERM before they are put back"
+    )
+    redis_connect_retries: int = Field(60, ge=0, description="start-up attempts to reach Redis, 1 s apart")
     warm_up: bool = Field(
         True, description="make one local LiteLLM call at start-up so the first real one is fast"
     )
+
+    @model_validator(mode="after")
+    def _heartbeat_fits(self) -> WorkerConfig:
+        if self.heartbeat_interval * 2 > self.in_progress_ttl:
+            raise ValueError(
+                f"heartbeat_interval ({self.heartbeat_interval:g}) must be at most half of in_progress_ttl "
+                f"({self.in_progress_ttl:g}), or running jobs lose their claim between beats"
+            )
+        return self
 
     def job_timeout(self, llm_timeout: float) -> float:
         """arq's hard timeout: longer than the LLM call's own timeout plus the longest inline wait."""

@@ -6,17 +6,25 @@ settings (``LLMQUEUE_CONFIG``, ``config.toml``, environment) when arq looks the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue import serialization
+from llmqueue.events import EventSink, log_event
+from llmqueue.heartbeat import Heartbeat
 from llmqueue.jobstore import JobStore
 from llmqueue.limiter import RateLimiter
 from llmqueue.llm_call import warm_up
@@ -41,11 +49,31 @@ def new_worker_id() -> str:
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
-    """arq's connection settings from a Redis URL (``redis://user:pass@host``, ``rediss://`` for TLS)."""
-    return RedisSettings.from_dsn(settings.redis_url.get_secret_value())
+    """arq's connection settings from a Redis URL (``redis://user:pass@host``, ``rediss://`` for TLS).
+
+    Commands retry with backoff through a short Redis outage (a restart), and start-up waits for Redis
+    up to ``redis_connect_retries`` seconds.
+    """
+    connection = RedisSettings.from_dsn(settings.redis_url.get_secret_value())
+    connection.conn_retries = settings.worker.redis_connect_retries
+    connection.conn_retry_delay = 1
+    connection.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
+    connection.retry = RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=12)
+    return connection
 
 
-def worker_options(settings: Settings) -> dict[str, Any]:
+class LLMQueueWorker(Worker):
+    """arq's worker, made to ride out a Redis outage instead of exiting on the first failed poll."""
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            logger.warning("Redis unavailable (%s); polling again in 1s", exc)
+            await asyncio.sleep(1)
+
+
+def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)) -> dict[str, Any]:
     """Keyword arguments for ``arq.Worker`` (also the attributes of :data:`WorkerSettings`)."""
     worker = settings.worker
     worker_id = new_worker_id()
@@ -54,9 +82,25 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         store = JobStore(
             ctx["redis"], queue_name=worker.queue_name, job_ttl=worker.job_ttl, result_ttl=worker.result_ttl
         )
-        ctx["llmqueue_runner"] = JobRunner(
-            settings=settings, store=store, limiter=RateLimiter(ctx["redis"]), worker_id=worker_id
+        runner = JobRunner(
+            settings=settings,
+            store=store,
+            limiter=RateLimiter(ctx["redis"]),
+            worker_id=worker_id,
+            sinks=list(sinks),
         )
+        ctx["llmqueue_runner"] = runner
+        heartbeat = Heartbeat(
+            ctx["redis"],
+            worker_id=worker_id,
+            queue_name=worker.queue_name,
+            in_flight=lambda: runner.in_flight,
+            interval=worker.heartbeat_interval,
+            ttl=worker.in_progress_ttl,
+        )
+        await heartbeat.beat()
+        heartbeat.start()
+        ctx["llmqueue_heartbeat"] = heartbeat
         if worker.warm_up:
             try:
                 await warm_up()
@@ -64,11 +108,20 @@ def worker_options(settings: Settings) -> dict[str, Any]:
                 logger.warning("LiteLLM warm-up failed: %s", exc)
         logger.info("llmqueue worker %s started on queue %s", worker_id, worker.queue_name)
 
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        heartbeat: Heartbeat | None = ctx.get("llmqueue_heartbeat")
+        if heartbeat is not None:
+            await heartbeat.stop()
+        logger.info("llmqueue worker %s stopped", worker_id)
+
     return {
         "functions": [func(run_job, name=serialization.JOB_FUNCTION, max_tries=ARQ_MAX_TRIES)],
         "queue_name": worker.queue_name,
         "redis_settings": redis_settings(settings),
         "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        # SIGTERM/SIGINT: take no new job, let running calls finish for this long, then put the rest back.
+        "job_completion_wait": int(worker.shutdown_grace),
         "max_jobs": worker.max_jobs,
         "job_timeout": worker.job_timeout(_longest_llm_timeout(settings)),
         "keep_result": 0,
@@ -81,9 +134,11 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_worker(settings: Settings, **overrides: Any) -> Worker:
-    """An arq Worker for these settings; ``overrides`` go to ``arq.Worker`` (e.g. ``burst=True``)."""
-    return Worker(**{**worker_options(settings), **overrides})
+def create_worker(
+    settings: Settings, *, sinks: Sequence[EventSink] = (log_event,), **overrides: Any
+) -> LLMQueueWorker:
+    """A worker for these settings; ``overrides`` go to ``arq.Worker`` (e.g. ``burst=True``)."""
+    return LLMQueueWorker(**{**worker_options(settings, sinks), **overrides})
 
 
 def _longest_llm_timeout(settings: Settings) -> float:

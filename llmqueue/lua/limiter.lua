@@ -11,7 +11,9 @@
 --           returns {admitted (0|1), wait seconds as a string}. Admitted with a wait means the caller
 --           holds a reservation and must sleep that long; not admitted means nothing was taken.
 -- adjust:   ARGV[6] tokens to add back (negative: charge more); returns {1, "0"}
--- cooldown: ARGV[6] seconds every caller must pause; returns {1, seconds remaining as a string}
+-- cooldown: ARGV[6] seconds every caller must pause (0: only ask what is left), ARGV[7] the longest pause
+--           (0: no escalation); returns {1, seconds remaining as a string}. A 429 that comes soon after
+--           the last pause ended doubles the pause (up to ARGV[7]): the provider is still refusing.
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -20,7 +22,7 @@ local rpm, tpm = tonumber(ARGV[2]), tonumber(ARGV[3])
 local rcap, tcap = tonumber(ARGV[4]), tonumber(ARGV[5])
 local key = KEYS[1]
 
-local h = redis.call('HMGET', key, 'r', 'rts', 't', 'tts', 'cool')
+local h = redis.call('HMGET', key, 'r', 'rts', 't', 'tts', 'cool', 'streak', 'pause')
 local cool = tonumber(h[5]) or 0
 
 -- A bucket's level at time `at`: refilled since its last write, never above capacity.
@@ -35,10 +37,21 @@ local function keep_alive()
 end
 
 if op == 'cooldown' then
-  cool = math.max(cool, now + tonumber(ARGV[6]))
-  redis.call('HSET', key, 'cool', tostring(cool))
-  keep_alive()
-  return {1, tostring(cool - now)}
+  local seconds, longest = tonumber(ARGV[6]), tonumber(ARGV[7]) or 0
+  if seconds > 0 then
+    local streak, last = tonumber(h[6]) or 0, tonumber(h[7]) or 0
+    local pause = seconds
+    if now < cool then
+      -- Another answer from the same episode (a call sent before the pause began).
+    else
+      if longest > 0 and now - cool < math.max(2, 2 * last) then streak = streak + 1 else streak = 0 end
+      if longest > 0 then pause = math.min(longest, math.max(seconds, seconds * 2 ^ streak)) end
+    end
+    cool = math.max(cool, now + pause)
+    redis.call('HSET', key, 'cool', tostring(cool), 'streak', streak, 'pause', tostring(pause))
+    keep_alive()
+  end
+  return {1, tostring(math.max(0, cool - now))}
 end
 
 if op == 'adjust' then

@@ -1,0 +1,89 @@
+"""A worker's heartbeat: it keeps its running jobs claimed and itself listed as alive.
+
+arq claims a running job with an in-progress key that lives for the job timeout + 10 s, and has no
+heartbeat: a job held by a worker that died waits out that whole time. llmqueue shortens the key to
+``in_progress_ttl`` and refreshes it every ``heartbeat_interval`` while the job runs, so a dead
+worker's jobs run again within seconds, while a slow call that is still running is never run twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from llmqueue import keys
+
+logger = logging.getLogger("llmqueue.worker")
+
+
+class Heartbeat:
+    """Every ``interval`` seconds: re-claim ``in_flight()`` jobs for ``ttl`` seconds, and list the worker."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        worker_id: str,
+        queue_name: str,
+        in_flight: Callable[[], set[str]],
+        interval: float,
+        ttl: float,
+    ) -> None:
+        self.redis = redis
+        self.worker_id = worker_id
+        self.queue_name = queue_name
+        self.in_flight = in_flight
+        self.interval = interval
+        self.ttl_ms = int(ttl * 1000)
+        self.started_at = time.time()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._beat_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.delete(keys.worker(self.worker_id))
+
+    async def beat(self) -> None:
+        """One beat: shorten/refresh every running job's claim and refresh the registry entry."""
+        jobs = sorted(self.in_flight())
+        entry = keys.worker(self.worker_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in jobs:
+                pipe.pexpire(keys.arq_in_progress(job_id), self.ttl_ms)
+            pipe.hset(
+                entry,
+                mapping={
+                    "worker_id": self.worker_id,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "queue": self.queue_name,
+                    "in_flight": len(jobs),
+                    "started_at": self.started_at,
+                    "last_seen": time.time(),
+                },
+            )
+            pipe.pexpire(entry, max(self.ttl_ms, int(3 * self.interval * 1000)))
+            await pipe.execute()
+
+    async def _beat_forever(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except (RedisError, OSError) as exc:
+                logger.warning("heartbeat failed (%s); retrying in %.0fs", exc, self.interval)
+            await asyncio.sleep(self.interval)
