@@ -20,6 +20,7 @@ _LUA = resources.files("llmqueue").joinpath("lua")
 _ENQUEUE = _LUA.joinpath("enqueue.lua").read_text(encoding="utf-8")
 _FINISH = _LUA.joinpath("finish.lua").read_text(encoding="utf-8")
 ENQUEUE_CHUNK = 2000
+WAKE_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,22 @@ class JobStore:
         score = int(time.time() * 1000)
         added: list[bool] = []
         for start in range(0, len(jobs), ENQUEUE_CHUNK):
+            chunk = jobs[start : start + ENQUEUE_CHUNK]
             async with self.redis.pipeline(transaction=False) as pipe:
-                for job in jobs[start : start + ENQUEUE_CHUNK]:
+                for job in chunk:
                     payload = serialization.arq_job(job.model_dump(mode="json"), score)
                     await self._enqueue(
                         keys=[keys.arq_job(job.id), keys.result(job.id), self.queue_name],
                         args=[job.id, payload, score + int(defer * 1000), self.job_ttl_ms],
                         client=pipe,
                     )
-                added += [bool(flag) for flag in await pipe.execute()]
+                # Wake idle workers now instead of at their next poll (a few tokens: one per worker
+                # that should look; the list is trimmed so it never grows).
+                wake = keys.wake(self.queue_name)
+                pipe.lpush(wake, *([b"1"] * min(WAKE_TOKENS, len(chunk))))
+                pipe.ltrim(wake, 0, WAKE_TOKENS - 1)
+                replies = await pipe.execute()
+                added += [bool(flag) for flag in replies[:-2]]
         return added
 
     async def begin_attempt(self, job_id: str, batch_id: str | None) -> AttemptStart:

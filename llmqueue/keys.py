@@ -24,6 +24,11 @@ def arq_retry(job_id: str) -> str:
     return retry_key_prefix + job_id
 
 
+def wake(queue_name: str) -> str:
+    """A list producers push to after queueing, which idle workers block on between polls."""
+    return f"{PREFIX}:wake:{queue_name}"
+
+
 def result(job_id: str) -> str:
     """A job's final result (JSON), kept for ``result_ttl`` seconds."""
     return f"{PREFIX}:result:{job_id}"

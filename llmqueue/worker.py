@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from arq.connections import RedisSettings
+from arq.connections import RedisSettings, create_pool
 from arq.worker import Worker, func
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from llmqueue import serialization
+from llmqueue import keys, serialization
 from llmqueue.events import EventSink, log_event
 from llmqueue.heartbeat import Heartbeat
 from llmqueue.jobstore import JobStore
@@ -63,14 +63,43 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 
 class LLMQueueWorker(Worker):
-    """arq's worker, made to ride out a Redis outage instead of exiting on the first failed poll."""
+    """arq's worker with two changes to its main loop.
 
-    async def _poll_iteration(self) -> None:
-        try:
-            await super()._poll_iteration()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            logger.warning("Redis unavailable (%s); polling again in 1s", exc)
-            await asyncio.sleep(1)
+    - Between polls it blocks on the queue's wake-up list (BLPOP, at most ``poll_delay``) instead of
+      sleeping, so a job a producer just queued starts within milliseconds, not a poll interval.
+    - A failed poll (Redis restarting) is logged and retried instead of ending the worker.
+    """
+
+    async def main(self) -> None:
+        # arq's Worker.main, with the poll loop below in place of ``async for _ in poll(...)``.
+        if self._pool is None:
+            self._pool = await create_pool(
+                self.redis_settings,
+                job_deserializer=self.job_deserializer,
+                job_serializer=self.job_serializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        logger.info("Starting worker for %d functions: %s", len(self.functions), ", ".join(self.functions))
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        wake_key = keys.wake(self.queue_name)
+        while True:
+            try:
+                await self._poll_iteration()
+                if self.burst and await self._burst_done():
+                    return
+                await self.pool.blpop([wake_key], timeout=self.poll_delay_s)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                logger.warning("Redis unavailable (%s); polling again in 1s", exc)
+                await asyncio.sleep(1)
+
+    async def _burst_done(self) -> bool:
+        if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:
+            await asyncio.gather(*self.tasks.values())
+            return True
+        return False
 
 
 def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)) -> dict[str, Any]:

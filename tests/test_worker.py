@@ -249,3 +249,24 @@ async def test_waiting_for_a_result_does_not_poll(settings: Settings, producer: 
     # Not a benchmark: a poll of arq's default 0.5 s would show up as ≥ 0.5 s on every call.
     assert min(latencies) < 0.5
     await asyncio.sleep(0)
+
+
+async def test_job_naming_an_llm_config_group_uses_its_model_and_endpoint(
+    redis_url: str, provider: RunningProvider
+) -> None:
+    async with run_provider(ProviderConfig(api_key="sk-group-key-123456")) as other:
+        settings = make_settings(redis_url, provider.base_url)
+        settings.llm_groups["other"] = {"model": "openai/other-model", "base_url": other.base_url}
+        settings.llm_groups["other"]["api_key"] = "sk-group-key-123456"
+        async with Producer(settings) as producer, running_worker(settings):
+            result = await (await producer.submit({**CHAT, "llm_config": "other"})).result(timeout=10)
+        assert other.stats.requests == 1
+    assert result.status == "succeeded" and result.model == "openai/other-model"
+    assert provider.stats.requests == 0
+
+
+async def test_unknown_llm_config_group_fails_the_job_clearly(settings: Settings, producer: Producer) -> None:
+    async with running_worker(settings):
+        result = await (await producer.submit({**CHAT, "llm_config": "nope"})).result(timeout=10)
+    assert result.status == "failed" and result.errors[0].kind == "invalid_job"
+    assert "unknown llm_config group 'nope'" in result.errors[0].message
