@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -49,6 +49,13 @@ LLMConfigOption = Annotated[str | None, typer.Option("--llm-config", help="A nam
 BatchArgument = Annotated[str, typer.Argument(help="The batch id (printed by submit/run).")]
 
 
+class LogFormatChoice(StrEnum):
+    """``llmqueue worker --log-format``."""
+
+    text = "text"
+    json = "json"
+
+
 def _settings(config: Path | None, redis_url: str | None = None, **overrides: Any) -> Settings:
     if redis_url:
         overrides["redis_url"] = redis_url
@@ -75,8 +82,16 @@ def worker(
     queue: Annotated[str | None, typer.Option(help="Queue name.")] = None,
     burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every job event.")] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics.")
+    ] = None,
+    log_format: Annotated[
+        LogFormatChoice, typer.Option(help="text, or json: one JSON object per line, every job event.")
+    ] = LogFormatChoice.text,
 ) -> None:
     """Run a worker that takes jobs from Redis and calls the provider through LiteLLM."""
+    from llmqueue.events import EventSink
+    from llmqueue.joblog import JobLog, configure_logging, secrets_of
     from llmqueue.worker import create_worker
 
     worker_overrides: dict[str, Any] = {}
@@ -85,13 +100,128 @@ def worker(
     if queue is not None:
         worker_overrides["queue_name"] = queue
     settings = _settings(config, redis_url, **({"worker": worker_overrides} if worker_overrides else {}))
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if verbose:
-        logging.getLogger("llmqueue").setLevel(logging.INFO)
-    create_worker(settings, burst=burst).run()
+    secrets = secrets_of(settings)
+    configure_logging(log_format.value, verbose=verbose, secrets=secrets)
+    sinks: list[EventSink] = [JobLog(secrets)]
+    if metrics_port is not None:
+        from llmqueue.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics()
+        try:
+            metrics.serve(metrics_port)
+        except OSError as exc:
+            raise LLMQueueError(f"cannot serve metrics on port {metrics_port}: {exc}") from None
+        sinks.append(metrics)
+    create_worker(settings, burst=burst, sinks=sinks).run()
+
+
+@app.command()
+def health(
+    max_age: Annotated[
+        float | None,
+        typer.Option(help="Seconds since a worker's last heartbeat (default: 3 x heartbeat_interval)."),
+    ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Only workers on this host (a container's own healthcheck).")
+    ] = False,
+    queue: Annotated[str | None, typer.Option(help="Queue name (default: the configured one).")] = None,
+    config: ConfigOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """Exit 0 if a worker checked in within --max-age seconds, 1 if none did (for healthchecks)."""
+    import socket
+    import time
+
+    from llmqueue.registry import WorkerInfo, arq_health, live_workers, read_workers
+
+    settings = _settings(config, redis_url)
+    queue_name = queue or settings.worker.queue_name
+    limit = max_age if max_age is not None else 3 * settings.worker.heartbeat_interval
+    host = socket.gethostname() if local else None
+
+    async def check(redis: Any) -> tuple[list[WorkerInfo], str | None]:
+        return await read_workers(redis), await arq_health(redis, queue_name)
+
+    registered, arq_line = _with_redis(settings, check)
+    live = live_workers(registered, max_age=limit, queue=queue_name, host=host)
+    where = f"queue {queue_name}" + (f" on {host}" if host else "")
+    if not live:
+        console.print(
+            f"unhealthy: no worker on {where} has checked in within {limit:g}s "
+            f"({len(registered)} registered worker(s) in all)"
+        )
+        raise typer.Exit(1)
+    newest = min(w.age(time.time()) for w in live)
+    typer.echo(f"ok: {len(live)} live worker(s) on {where}, last heartbeat {newest:.1f}s ago")
+    if arq_line:
+        typer.echo(f"arq: {arq_line}")
+
+
+@app.command()
+def workers(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    queue: Annotated[str | None, typer.Option(help="Only workers on this queue.")] = None,
+    config: ConfigOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """List the live workers: host, pid, queue, jobs in flight, uptime, last heartbeat."""
+    import time
+
+    from rich.table import Table
+
+    from llmqueue.registry import read_workers
+
+    settings = _settings(config, redis_url)
+    found = [w for w in _with_redis(settings, read_workers) if queue is None or w.queue == queue]
+    now = time.time()
+    if as_json:
+        typer.echo(json.dumps([w.to_json(now) for w in found], indent=2))
+        return
+    if not found:
+        console.print("no live workers")
+        return
+    table = Table("worker", "host", "pid", "queue", "in flight", "up", "last seen")
+    for w in found:
+        table.add_row(
+            w.worker_id,
+            w.host,
+            str(w.pid),
+            w.queue,
+            str(w.in_flight),
+            _duration(now - w.started_at),
+            f"{w.age(now):.1f}s ago",
+        )
+    Console().print(table)
+    console.print(f"{len(found)} worker(s), {sum(w.in_flight for w in found)} job(s) in flight")
+
+
+def _with_redis(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``action(redis)`` with a client on the settings' Redis; unreachable Redis is a clear error."""
+    from redis.asyncio import Redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from llmqueue.errors import RedisUnavailableError
+    from llmqueue.redaction import redact_url
+
+    url = settings.redis_url.get_secret_value()
+
+    async def go() -> T:
+        client = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+        try:
+            return await action(client)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise RedisUnavailableError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 @app.command()
