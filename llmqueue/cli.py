@@ -92,7 +92,6 @@ def worker(
     """Run a worker that takes jobs from Redis and calls the provider through LiteLLM."""
     from llmqueue.events import EventSink
     from llmqueue.joblog import JobLog, configure_logging, secrets_of
-    from llmqueue.worker import create_worker
 
     worker_overrides: dict[str, Any] = {}
     if max_jobs is not None:
@@ -112,6 +111,8 @@ def worker(
         except OSError as exc:
             raise LLMQueueError(f"cannot serve metrics on port {metrics_port}: {exc}") from None
         sinks.append(metrics)
+    from llmqueue.worker import create_worker  # LiteLLM's import takes seconds: after the quick checks
+
     create_worker(settings, burst=burst, sinks=sinks).run()
 
 
@@ -167,7 +168,7 @@ def workers(
     """List the live workers: host, pid, queue, jobs in flight, uptime, last heartbeat."""
     import time
 
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from llmqueue.registry import read_workers
 
@@ -180,7 +181,9 @@ def workers(
     if not found:
         console.print("no live workers")
         return
-    table = Table("worker", "host", "pid", "queue", "in flight", "up", "last seen")
+    table = Table(
+        Column("worker", no_wrap=True), "host", "pid", "queue", "in flight", "up", "last seen", expand=False
+    )
     for w in found:
         table.add_row(
             w.worker_id,
