@@ -8,6 +8,8 @@ Redis so ``llmqueue run --resume BATCH`` goes on without redoing finished jobs.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,8 +17,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from llmqueue.batches import Batches, BatchStatus, check_batch_id, new_batch_id
-from llmqueue.batchfile import LineError, output_record, rejected_record, write_jsonl
+from llmqueue.batches import (
+    Batches,
+    BatchStatus,
+    InvalidBatchFileError,
+    SubmitReport,
+    check_batch_id,
+    new_batch_id,
+)
+from llmqueue.batchfile import LineError, check_file, output_record, rejected_record, write_jsonl
 from llmqueue.errors import LLMQueueError
 from llmqueue.local_cluster import LocalCluster, run_dir
 from llmqueue.producer import Producer
@@ -69,42 +78,67 @@ class RunSummary:
 async def run_batch(options: RunOptions, settings: Settings, console: Console) -> RunSummary:
     """Run a batch file end to end; see the module docstring."""
     batch_id = _batch_id(options)
-    async with _provider(options) as provider_env:
-        cluster = LocalCluster(
-            redis_url=options.redis_url,
-            workers=options.workers,
-            data_dir=run_dir(batch_id),
-            worker_env={**_worker_env(options), **provider_env},
-        )
-        with cluster:
-            run_settings = settings.model_copy(update={"redis_url": cluster.redis_url})
-            async with Producer(run_settings, redis_url=cluster.redis_url) as producer:
-                batches = Batches(producer.store)
-                source = await _source_file(batches, options, batch_id)
-                report = await batches.submit_file(
-                    source,
-                    batch_id,
-                    default_model=options.model or (SIMULATED_MODEL if options.simulate_provider else None),
-                    llm_config=options.llm_config,
-                    skip_invalid=options.skip_invalid,
-                    max_cost=options.max_cost,
-                    max_tokens=options.max_tokens,
-                )
-                console.print(
-                    f"batch [bold]{batch_id}[/bold]: {report.submitted} job(s) queued"
-                    + (f", {report.already_known} already queued or done" if report.already_known else "")
-                    + (f", {len(report.rejected)} line(s) rejected" if report.rejected else "")
-                )
-                if report.rejected:
-                    write_rejects(
-                        report.rejected, options.rejects or options.output.with_suffix(".rejected.jsonl")
+    if not options.resume and not options.skip_invalid:
+        _check_before_starting(options, batch_id)
+    data_dir = (
+        run_dir(batch_id) if options.redis_url is None else Path(tempfile.mkdtemp(prefix="llmqueue-run-"))
+    )
+    finished = resumable = False
+    try:
+        async with _provider(options) as provider_env:
+            cluster = LocalCluster(
+                redis_url=options.redis_url,
+                workers=options.workers,
+                data_dir=data_dir,
+                worker_env={**_worker_env(options), **provider_env},
+                stop_timeout=settings.worker.shutdown_grace + 15,
+            )
+            with cluster:
+                async with Producer(settings, redis_url=cluster.redis_url) as producer:
+                    batches = Batches(producer.store)
+                    source = await _source_file(batches, options, batch_id)
+                    resumable = True
+                    report = await batches.submit_file(
+                        source,
+                        batch_id,
+                        default_model=options.model
+                        or (SIMULATED_MODEL if options.simulate_provider else None),
+                        llm_config=options.llm_config,
+                        skip_invalid=options.skip_invalid,
+                        max_cost=options.max_cost,
+                        max_tokens=options.max_tokens,
                     )
-                status = await _watch(batches, batch_id, cluster, console)
-                failures = await write_results(batches, batch_id, options.output)
-        if options.redis_url is None:
-            # Every job has its result in the output file: nothing is left to resume.
-            cluster.discard_data()
+                    _announce(console, batch_id, report)
+                    if report.rejected:
+                        write_rejects(
+                            report.rejected, options.rejects or options.output.with_suffix(".rejected.jsonl")
+                        )
+                    status = await _watch(batches, batch_id, cluster, console)
+                    failures = await write_results(batches, batch_id, options.output)
+                    finished = True
+    finally:
+        # Keep the data only of a run that was interrupted after it began: that is what --resume needs.
+        if finished or options.redis_url is not None or not resumable:
+            shutil.rmtree(data_dir, ignore_errors=True)
     return RunSummary(batch_id=batch_id, status=status, output=options.output, failures=failures)
+
+
+def _check_before_starting(options: RunOptions, batch_id: str) -> None:
+    """A bad file stops the run before any Redis or worker is started."""
+    assert options.file is not None
+    check = check_file(
+        options.file, batch_id=batch_id, default_model=options.model, llm_config=options.llm_config
+    )
+    if not check.ok:
+        raise InvalidBatchFileError(check, options.file)
+
+
+def _announce(console: Console, batch_id: str, report: SubmitReport) -> None:
+    console.print(
+        f"batch [bold]{batch_id}[/bold]: {report.submitted} job(s) queued"
+        + (f", {report.already_known} already queued or done" if report.already_known else "")
+        + (f", {len(report.rejected)} line(s) rejected" if report.rejected else "")
+    )
 
 
 async def write_results(

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import redis
 
+from llmqueue.child_process import die_with_parent
 from llmqueue.errors import RedisUnavailableError
 
 __all__ = ["EmbeddedRedis", "find_redis_server"]
@@ -214,6 +215,7 @@ class EmbeddedRedis:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
+                    preexec_fn=die_with_parent,
                 )
             except OSError as exc:
                 raise RedisUnavailableError(f"Could not run {self.binary}: {exc}") from exc

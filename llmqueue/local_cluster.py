@@ -7,7 +7,6 @@ live in a directory named after the batch, so an interrupted run can be resumed 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,10 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from llmqueue.child_process import die_with_parent
 from llmqueue.embedded_redis import EmbeddedRedis
 from llmqueue.errors import LLMQueueError
-
-WORKER_STOP_SECONDS = 30.0
 
 
 class WorkerDiedError(LLMQueueError):
@@ -35,8 +33,9 @@ class LocalCluster:
     """Redis (given, or embedded in ``data_dir``) plus ``workers`` worker processes.
 
     ``worker_env`` is added to each worker's environment (settings such as ``LLM_RPM``). Use it as a
-    context manager; on exit the workers get SIGTERM (in-flight jobs go back to the queue) and an
-    embedded Redis is stopped, its data left in ``data_dir`` until :meth:`discard_data`.
+    context manager; on exit the workers get SIGTERM (they finish or put back their running calls
+    within their shutdown grace, and are killed after ``stop_timeout`` seconds) and an embedded Redis
+    is stopped, its data left in ``data_dir`` for the caller to keep (a resume) or remove.
     """
 
     def __init__(
@@ -46,10 +45,12 @@ class LocalCluster:
         workers: int,
         data_dir: Path,
         worker_env: Mapping[str, str] | None = None,
+        stop_timeout: float = 45.0,
     ) -> None:
         if workers < 1:
             raise LLMQueueError("--workers must be at least 1")
         self.data_dir = data_dir
+        self.stop_timeout = stop_timeout
         self.worker_count = workers
         self.worker_env = dict(worker_env or {})
         self._given_url = redis_url
@@ -102,15 +103,11 @@ class LocalCluster:
                 worker.send_signal(signal.SIGTERM)
         for worker in self._workers:
             try:
-                worker.wait(timeout=WORKER_STOP_SECONDS)
+                worker.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
         self._workers = []
-
-    def discard_data(self) -> None:
-        """Remove ``data_dir`` (after a run that finished: nothing is left to resume)."""
-        shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def _start_workers(self) -> None:
         env = {**os.environ, **self.worker_env, "REDIS_URL": self.redis_url}
@@ -124,6 +121,7 @@ class LocalCluster:
                         stderr=subprocess.STDOUT,
                         # Own process group: the terminal's Ctrl-C reaches the run, which stops them.
                         start_new_session=True,
+                        preexec_fn=die_with_parent,
                     )
                 )
 
