@@ -183,6 +183,18 @@ def test_every_service_command_and_healthcheck_is_a_valid_cli_invocation() -> No
     assert sorted(checked) == ["cli", "provider", "worker"]
 
 
+def test_documented_cli_service_invocations_parse() -> None:
+    """The ``docker compose run --rm cli ...`` lines of the README and the compose file's comments."""
+    invocations = [
+        shlex.split(match.split("#")[0])
+        for path in (ROOT / "README.md", COMPOSE_FILE)
+        for match in re.findall(r"docker compose run --rm cli ([^\n`]+)", path.read_text())
+    ]
+    assert len(invocations) >= 4
+    for args in invocations:
+        parse_cli(args)
+
+
 def test_invalid_compose_command_would_be_caught() -> None:
     with pytest.raises(Exception, match="'yaml' is not one of"):
         parse_cli(["worker", "--log-format", "yaml"])
