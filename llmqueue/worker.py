@@ -167,7 +167,11 @@ def create_worker(
     settings: Settings, *, sinks: Sequence[EventSink] = (log_event,), **overrides: Any
 ) -> LLMQueueWorker:
     """A worker for these settings; ``overrides`` go to ``arq.Worker`` (e.g. ``burst=True``)."""
-    return LLMQueueWorker(**{**worker_options(settings, sinks), **overrides})
+    worker = LLMQueueWorker(**{**worker_options(settings, sinks), **overrides})
+    # arq claims a job it picks up for job_timeout + 10 s; were that left to the heartbeat to shorten,
+    # a worker dying before its next beat would leave its newest jobs claimed for minutes.
+    worker.in_progress_timeout_s = settings.worker.in_progress_ttl
+    return worker
 
 
 def _longest_llm_timeout(settings: Settings) -> float:
