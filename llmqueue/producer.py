@@ -8,6 +8,7 @@ interval. A handle for a job submitted elsewhere blocks on that job's own ``done
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -15,6 +16,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue import keys
 from llmqueue.errors import RedisUnavailableError, ResultTimeoutError
@@ -25,6 +27,9 @@ from llmqueue.settings import Settings, load_settings
 
 JobLike = CompletionJob | Mapping[str, Any]
 _LISTEN_BLOCK_SECONDS = 1
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_RECONNECT_DELAY = 1.0  # seconds between attempts while Redis is unreachable
+logger = logging.getLogger("llmqueue.producer")
 
 
 class JobHandle:
@@ -53,13 +58,17 @@ class JobHandle:
             return await self.producer._await_inbox(self.job_id)
         store = self.producer.store
         while True:
-            result = await store.get_result(self.job_id)
-            if result is not None:
-                return result
-            token = await store.redis.blpop([keys.done(self.job_id)], timeout=_LISTEN_BLOCK_SECONDS)
-            if token is not None:
-                # Put the token back for any other waiter on the same job.
-                await store.redis.rpush(keys.done(self.job_id), b"1")
+            try:
+                result = await store.get_result(self.job_id)
+                if result is not None:
+                    return result
+                token = await store.redis.blpop([keys.done(self.job_id)], timeout=_LISTEN_BLOCK_SECONDS)
+                if token is not None:
+                    # Put the token back for any other waiter on the same job.
+                    await store.redis.rpush(keys.done(self.job_id), b"1")
+            except _REDIS_DOWN as exc:
+                logger.warning("Redis unavailable while awaiting job %s (%s); retrying", self.job_id, exc)
+                await asyncio.sleep(_RECONNECT_DELAY)
 
 
 class Producer:
@@ -164,14 +173,36 @@ class Producer:
         return await asyncio.shield(future)
 
     async def _listen(self) -> None:
+        # A Redis outage (a restart) must not end the listener: every waiter would then hang.
+        after_outage = False
         while self._waiters:
-            item = await self.redis.blpop([self.inbox], timeout=_LISTEN_BLOCK_SECONDS)
-            if item is None:
-                continue
-            job_id = item[1].decode()
-            future = self._waiters.pop(job_id, None)
-            if future is None or future.done():
-                continue
-            result = await self.store.get_result(job_id)
-            if result is not None:
+            try:
+                if after_outage:
+                    await self._wake_finished()  # inbox entries popped as the connection broke are lost
+                    after_outage = False
+                await self._take_from_inbox()
+            except _REDIS_DOWN as exc:
+                logger.warning("Redis unavailable while awaiting results (%s); retrying", exc)
+                after_outage = True
+                await asyncio.sleep(_RECONNECT_DELAY)
+
+    async def _take_from_inbox(self) -> None:
+        item = await self.redis.blpop([self.inbox], timeout=_LISTEN_BLOCK_SECONDS)
+        if item is None:
+            return
+        job_id = item[1].decode()
+        future = self._waiters.get(job_id)
+        if future is None or future.done():
+            return
+        result = await self.store.get_result(job_id)
+        if result is not None:
+            self._waiters.pop(job_id, None)
+            future.set_result(result)
+
+    async def _wake_finished(self) -> None:
+        job_ids = list(self._waiters)
+        for job_id, result in zip(job_ids, await self.store.get_results(job_ids), strict=True):
+            future = self._waiters.get(job_id)
+            if result is not None and future is not None and not future.done():
+                self._waiters.pop(job_id, None)
                 future.set_result(result)
