@@ -74,7 +74,7 @@ class JobRunner:
 
     async def _run(self, job_id: str, payload: Any) -> None:
         try:
-            job, llm = self._parse(payload)
+            job, llm = self._parse(job_id, payload)
         except (JobValidationError, ConfigError) as exc:
             await self._finish_unrunnable(job_id, payload, str(exc))
             return
@@ -183,11 +183,14 @@ class JobRunner:
             await self.store.calling_ended(call.job.batch_id, retrying=bool(call.start.failures))
         self._emit("interrupted", call)
 
-    def _parse(self, payload: Any) -> tuple[CompletionJob, LLMConfig]:
+    def _parse(self, job_id: str, payload: Any) -> tuple[CompletionJob, LLMConfig]:
         reason = serialization.is_invalid(payload)
         if reason is not None:
             raise JobValidationError(reason)
         job = CompletionJob.parse(payload)
+        # Run under another id, the job's result would land where no one waits for it, or pre-empt that job's.
+        if job.id != job_id:
+            raise JobValidationError(f"payload id {job.id!r} does not match the id it was queued under")
         return job, self.settings.llm_for(job.llm_config)
 
     async def _finish_stopped(self, job: CompletionJob, reason: str, start: AttemptStart) -> None:
