@@ -55,7 +55,7 @@ class CompletionJob(BaseModel):
     def _messages_well_formed(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for index, message in enumerate(messages):
             role = message.get("role")
-            if role not in MESSAGE_ROLES:
+            if not isinstance(role, str) or role not in MESSAGE_ROLES:  # a list or dict is unhashable
                 raise ValueError(
                     f"message {index} has role {role!r}; expected one of {sorted(MESSAGE_ROLES)}"
                 )
