@@ -42,6 +42,26 @@ def pytest_report_header() -> str:
     return f"redis: private redis-server for this session ({binary}); set {TEST_REDIS_URL_ENV} to use another"
 
 
+# ---- slow set-up started early --------------------------------------------------------------------
+
+_BACKGROUND: dict[str, Any] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start each selected test module's ``start_in_background()`` now, to run alongside the suite."""
+    for item in session.items:
+        module = getattr(item, "module", None)
+        starter = getattr(module, "start_in_background", None)
+        if module is not None and starter is not None and module.__name__ not in _BACKGROUND:
+            _BACKGROUND[module.__name__] = starter()
+
+
+@pytest.fixture
+def background(request: pytest.FixtureRequest) -> Any:
+    """What this module's ``start_in_background()`` started when the session began."""
+    return _BACKGROUND[request.module.__name__]
+
+
 # ---- Redis ---------------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -338,32 +339,54 @@ def test_build_context_holds_only_what_the_dockerfile_copies() -> None:
     assert not allowed & {".env", "config.toml", ".git", "tests", "bench"}
 
 
-@pytest.mark.timeout(900)
-def test_image_install_in_a_clean_venv_runs_llmqueue_help(tmp_path: Path) -> None:
-    """The Dockerfile's build, without Docker: copy its COPY sources, ``pip install .`` into a fresh venv.
+class CleanInstall:
+    """The Dockerfile's build without Docker: its COPY sources, ``pip install .`` into a fresh venv.
 
-    Slow (it downloads or unpacks LiteLLM and the other runtime dependencies): the one such test.
+    Slow (it unpacks LiteLLM and the other runtime dependencies), so conftest starts it in the
+    background as soon as the test is collected (``start_in_background``) and the test waits for it.
     """
-    context = tmp_path / "src"
-    context.mkdir()
-    for source in build_stage_copies():
-        path = ROOT / source
-        if path.is_dir():
-            shutil.copytree(path, context / source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(path, context / source)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.venv = workdir / "venv"
+        self.log = workdir / "install.log"
+        context = workdir / "src"
+        context.mkdir(parents=True)
+        for source in build_stage_copies():
+            path = ROOT / source
+            if path.is_dir():
+                shutil.copytree(path, context / source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copy2(path, context / source)
+        script = f"{sys.executable} -m venv {self.venv} && {self.venv}/bin/pip install -q ."
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                ["bash", "-c", script],
+                cwd=context,
+                env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait(self, timeout: float) -> tuple[int, str]:
+        code = self.process.wait(timeout=timeout)
+        return code, self.log.read_text(errors="replace")[-3000:]
+
+
+def start_in_background() -> CleanInstall:
+    return CleanInstall(Path(tempfile.mkdtemp(prefix="llmqueue-clean-install-")))
+
+
+@pytest.mark.timeout(900)
+def test_image_install_in_a_clean_venv_runs_llmqueue_help(
+    background: CleanInstall, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """``llmqueue --help`` runs from a venv built the way the Dockerfile builds the image."""
+    code, log = background.wait(timeout=840)
+    assert code == 0, log
+    request.addfinalizer(lambda: shutil.rmtree(background.workdir, ignore_errors=True))
+    venv = background.venv
     pip_env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    install = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "."],
-        cwd=context,
-        env=pip_env,
-        capture_output=True,
-        text=True,
-        timeout=840,
-    )
-    assert install.returncode == 0, install.stderr[-3000:]
 
     bare_env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
     help_run = subprocess.run(
