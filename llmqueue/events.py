@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 logger = logging.getLogger("llmqueue.events")
@@ -48,9 +48,10 @@ class JobEvent:
 
     def fields(self) -> dict[str, Any]:
         """The event's set fields, for structured logs."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {name: value for name in _FIELD_NAMES if (value := getattr(self, name)) is not None}
 
 
+_FIELD_NAMES = tuple(JobEvent.__dataclass_fields__)
 EventSink = Callable[[JobEvent], None]
 
 
@@ -68,12 +69,15 @@ job_logger = logging.getLogger("llmqueue.jobs")
 
 def log_event(event: JobEvent) -> None:
     """The default sink: one log line per job event on ``llmqueue.jobs``, its fields in ``extra``."""
+    level = _LEVELS.get(event.event, logging.INFO)
+    if not job_logger.isEnabledFor(level):
+        return
     fields = event.fields()
     text = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("event", "job_id", "message"))
     if event.message:
         text += f" message={event.message!r}"
     job_logger.log(
-        _LEVELS.get(event.event, logging.INFO),
+        level,
         "job %s %s %s",
         event.job_id,
         event.event,

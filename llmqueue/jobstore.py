@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -46,26 +47,24 @@ class JobStore:
         self._finish = redis.register_script(_FINISH)
 
     async def enqueue(self, jobs: Sequence[CompletionJob], *, defer: float = 0.0) -> list[bool]:
-        """Queue the jobs in pipelined round trips; False for an id that was already known."""
-        score = int(time.time() * 1000)
+        """Queue the jobs, one script call per chunk of 2,000; False for an id that was already known."""
+        now = int(time.time() * 1000)
+        score = now + int(defer * 1000)
         added: list[bool] = []
         for start in range(0, len(jobs), ENQUEUE_CHUNK):
             chunk = jobs[start : start + ENQUEUE_CHUNK]
+            args: list[Any] = [keys.arq_job(""), keys.result(""), self.job_ttl_ms]
+            for job in chunk:
+                args += [job.id, serialization.arq_job(job.model_dump(mode="json"), now), score]
             async with self.redis.pipeline(transaction=False) as pipe:
-                for job in chunk:
-                    payload = serialization.arq_job(job.model_dump(mode="json"), score)
-                    await self._enqueue(
-                        keys=[keys.arq_job(job.id), keys.result(job.id), self.queue_name],
-                        args=[job.id, payload, score + int(defer * 1000), self.job_ttl_ms],
-                        client=pipe,
-                    )
+                await self._enqueue(keys=[self.queue_name], args=args, client=pipe)
                 # Wake idle workers now instead of at their next poll (a few tokens: one per worker
                 # that should look; the list is trimmed so it never grows).
                 wake = keys.wake(self.queue_name)
                 pipe.lpush(wake, *([b"1"] * min(WAKE_TOKENS, len(chunk))))
                 pipe.ltrim(wake, 0, WAKE_TOKENS - 1)
-                replies = await pipe.execute()
-                added += [bool(flag) for flag in replies[:-2]]
+                flags, _, _ = await pipe.execute()
+            added += [bool(flag) for flag in flags]
         return added
 
     async def begin_attempt(self, job_id: str, batch_id: str | None) -> AttemptStart:

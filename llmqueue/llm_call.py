@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 from typing import Any
 
 import litellm
@@ -81,6 +82,7 @@ def mark_cache_points(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return marked
 
 
+@functools.lru_cache(maxsize=256)
 def supports_prompt_caching(model: str) -> bool:
     """LiteLLM's verdict; unknown models count as not supporting it."""
     try:

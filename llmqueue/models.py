@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -25,7 +25,8 @@ def _utcnow() -> datetime:
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    """A random 128-bit id in hex (``os.urandom`` directly: uuid4 costs more per job)."""
+    return os.urandom(16).hex()
 
 
 class CompletionJob(BaseModel):

@@ -154,8 +154,9 @@ class Producer:
                 future.cancel()
 
     def _prepare(self, job: JobLike) -> CompletionJob:
-        parsed = job if isinstance(job, CompletionJob) else CompletionJob.parse(dict(job))
-        return parsed.model_copy(update={"reply_to": self.inbox})
+        if isinstance(job, CompletionJob):
+            return job.model_copy(update={"reply_to": self.inbox})
+        return CompletionJob.parse({**job, "reply_to": self.inbox})
 
     async def _await_inbox(self, job_id: str) -> JobResult:
         future = self._waiters.get(job_id)

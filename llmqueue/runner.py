@@ -86,14 +86,16 @@ class JobRunner:
             return
         model = job_model(job, llm)
         scope = llm.limit_scope or model
+        limit = self.settings.limit_for(scope, llm)
         call = _Call(
             job=job,
             llm=llm,
             model=model,
             scope=scope,
-            limit=self.settings.limit_for(scope, llm),
+            limit=limit,
             start=start,
-            estimate=estimate_tokens(job, model, llm.default_completion_tokens),
+            # Counting tokens costs CPU on every job; only a token limit needs the estimate.
+            estimate=estimate_tokens(job, model, llm.default_completion_tokens) if limit and limit.tpm else 0,
         )
         # Everything CPU-bound happens before admission, so the request leaves soon after it is admitted.
         kwargs = call_kwargs(job, llm, supports_caching=supports_prompt_caching(model))
@@ -290,8 +292,12 @@ def _usage(response: Any) -> Usage | None:
 
 def _cost(response: Any) -> float | None:
     """LiteLLM's cost for the call; None for models without a known price."""
-    try:
-        cost = litellm.completion_cost(completion_response=response)
-    except Exception:
-        return None
+    hidden = getattr(response, "_hidden_params", None)
+    if isinstance(hidden, dict) and "response_cost" in hidden:
+        cost = hidden["response_cost"]  # LiteLLM priced the call already (None: it knows no price)
+    else:
+        try:
+            cost = litellm.completion_cost(completion_response=response)
+        except Exception:
+            return None
     return float(cost) if cost else None

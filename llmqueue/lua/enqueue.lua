@@ -1,10 +1,20 @@
--- Enqueue one job unless it is already queued, running or finished (duplicate ids run once).
--- KEYS[1] arq's job key   KEYS[2] llmqueue's result key   KEYS[3] the queue (sorted set)
--- ARGV[1] job id   ARGV[2] serialized arq job   ARGV[3] score (ms)   ARGV[4] job key ttl (ms)
--- returns 1 when enqueued, 0 when the id was already known
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
-  return 0
+-- Enqueue a chunk of jobs, each unless it is already queued, running or finished (an id runs once).
+-- KEYS[1] the queue (sorted set)
+-- ARGV[1] arq's job key prefix  ARGV[2] llmqueue's result key prefix  ARGV[3] job key ttl (ms)
+-- then, per job: ARGV[n] job id, ARGV[n+1] serialized arq job, ARGV[n+2] score (ms)
+-- returns a list with 1 for each job enqueued and 0 for each id that was already known
+-- (Job and result keys are built here from their prefixes: one call per chunk, not per job, is what
+-- makes submitting thousands of jobs cheap. They live on one Redis, not a cluster.)
+local added = {}
+for i = 4, #ARGV, 3 do
+  local id = ARGV[i]
+  local job_key = ARGV[1] .. id
+  if redis.call('EXISTS', job_key) == 1 or redis.call('EXISTS', ARGV[2] .. id) == 1 then
+    added[#added + 1] = 0
+  else
+    redis.call('SET', job_key, ARGV[i + 1], 'PX', ARGV[3])
+    redis.call('ZADD', KEYS[1], ARGV[i + 2], id)
+    added[#added + 1] = 1
+  end
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-return 1
+return added
