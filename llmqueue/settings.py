@@ -103,7 +103,9 @@ class WorkerConfig(BaseModel):
     shutdown_grace: float = Field(
         30.0, ge=0, description="seconds running calls may finish after SIGTERM before they are put back"
     )
-    redis_connect_retries: int = Field(60, ge=0, description="start-up attempts to reach Redis, 1 s apart")
+    redis_connect_retries: int = Field(
+        10, ge=0, description="start-up attempts to reach Redis, each retrying its PING for ~17 s"
+    )
     warm_up: bool = Field(
         True, description="make one local LiteLLM call at start-up so the first real one is fast"
     )
