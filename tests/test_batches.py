@@ -257,6 +257,26 @@ async def test_token_budget_cancels_the_jobs_after_the_cap_without_calling_the_p
     assert [r.error.kind for _, _, r in results[2:] if r and r.error] == ["budget_exceeded"] * 4
 
 
+async def test_cost_budget_cancels_the_jobs_after_the_cap_without_calling_the_provider(
+    redis_url: str, provider: RunningProvider, tmp_path: Path
+) -> None:
+    # A model LiteLLM has a price for, served by the simulated provider: each call has a real cost.
+    line = {**chat_line("the same short question"), "model": "openai/gpt-4o-mini"}
+    path = write_file(tmp_path / "in.jsonl", [line] * 6)
+    settings = make_settings(redis_url, provider.base_url, worker={"max_jobs": 1})
+    async with Producer(settings) as producer:
+        batches = Batches(producer.store)
+        await batches.submit_file(path, "priced", max_cost=1e-9)
+        async with running_worker(settings):
+            status = await wait_done(batches, "priced")
+        results = await all_results(batches, "priced")
+    assert provider.stats.requests == 1  # the first call spent past the cap; no other job started
+    assert results[0][2] is not None and results[0][2].cost is not None and results[0][2].cost > 0
+    assert (status.succeeded, status.cancelled) == (1, 5)
+    assert status.budget_exceeded and status.cost == pytest.approx(results[0][2].cost)
+    assert [r.error.kind for _, _, r in results[1:] if r and r.error] == ["budget_exceeded"] * 5
+
+
 async def test_rate_limited_counts_each_429_and_retry_waiting_returns_to_zero(
     batches: Batches, settings: Settings, provider: RunningProvider, tmp_path: Path
 ) -> None:
