@@ -20,6 +20,7 @@ from arq.worker import Worker, func
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue import keys, serialization
@@ -63,11 +64,12 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 
 class LLMQueueWorker(Worker):
-    """arq's worker with two changes to its main loop.
+    """arq's worker with two changes to its main loop, and a claim that survives Redis errors.
 
     - Between polls it blocks on the queue's wake-up list (BLPOP, at most ``poll_delay``) instead of
       sleeping, so a job a producer just queued starts within milliseconds, not a poll interval.
     - A failed poll (Redis restarting) is logged and retried instead of ending the worker.
+    - A claim that fails half-way gives its job slot back (arq's would be lost for good).
     """
 
     async def main(self) -> None:
@@ -91,9 +93,24 @@ class LLMQueueWorker(Worker):
                 if self.burst and await self._burst_done():
                     return
                 await self.pool.blpop([wake_key], timeout=self.poll_delay_s)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except (RedisError, OSError) as exc:
+                # redis-py turns a connection lost inside a WATCH into WatchError, so any RedisError can
+                # mean "Redis is restarting"; retrying beats ending the worker.
                 logger.warning("Redis unavailable (%s); polling again in 1s", exc)
                 await asyncio.sleep(1)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        # arq takes a job slot before claiming a job and gives it back only on the paths it expects;
+        # a Redis error in between would leave the slot taken forever, one fewer on every outage.
+        for job_id in job_ids:
+            earlier_task = self.tasks.get(job_id.decode())
+            try:
+                await super().start_jobs([job_id])
+            except (RedisError, OSError):
+                if self.tasks.get(job_id.decode()) is earlier_task:  # no task started: the slot is ours
+                    self.job_counter -= 1
+                    self.sem.release()
+                raise
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:

@@ -45,6 +45,7 @@ async def test_batch_completes_through_a_redis_restart(tmp_path: Path) -> None:
                 result_keys = [k async for k in producer.redis.scan_iter(match=keys.result("*"))]
             alive = len(workers.alive)
             warnings = sum(w.stderr().count("WARNING") for w in workers.all)
+            dead_logs = [w.stderr()[-3000:] for w in workers.all if not w.alive]
         stats = provider.stats()
 
     print(
@@ -56,7 +57,7 @@ async def test_batch_completes_through_a_redis_restart(tmp_path: Path) -> None:
     assert sorted(r.job_id for r in results) == sorted(h.job_id for h in handles)
     assert all(r.ok for r in results)
     assert len(result_keys) == jobs
-    assert alive == 2  # no crash (and so no crash loop)
+    assert alive == 2, f"a worker died; its last log lines:\n{dead_logs}"  # no crash, so no crash loop
 
 
 async def _collect(producer: Producer, handles: list[JobHandle]) -> list[JobResult]:
