@@ -36,6 +36,9 @@ from llmqueue.settings import Settings
 SIMULATED_MODEL = "openai/sim-model"
 # Not a secret: the simulated provider accepts any key, LiteLLM just insists on one.
 SIMULATED_KEY = "sk-simulated-provider"
+# The simulated provider plays a key whose limits are this much above --rpm/--tpm: the README's advice
+# is to give the workers limits about 2% below the key's.
+SIMULATED_HEADROOM = 0.02
 
 
 @dataclass
@@ -225,7 +228,10 @@ async def _provider(options: RunOptions) -> AsyncIterator[dict[str, str]]:
         yield {}
         return
     config = ProviderConfig(
-        rpm=options.rpm, tpm=options.tpm, latency=options.provider_latency, latency_jitter=0.5
+        rpm=simulated_limit(options.rpm),
+        tpm=simulated_limit(options.tpm),
+        latency=options.provider_latency,
+        latency_jitter=0.5,
     )
     async with run_provider(config) as provider:
         yield {
@@ -233,6 +239,11 @@ async def _provider(options: RunOptions) -> AsyncIterator[dict[str, str]]:
             "LLM_BASE_URL": provider.base_url,
             "LLM_API_KEY": SIMULATED_KEY,
         }
+
+
+def simulated_limit(workers_limit: float | None) -> float | None:
+    """The simulated provider's limit for workers given ``workers_limit``: the key they are set 2% under."""
+    return None if workers_limit is None else workers_limit / (1 - SIMULATED_HEADROOM)
 
 
 def write_rejects(rejected: list[LineError], path: Path) -> None:

@@ -419,7 +419,11 @@ def run(
     simulate_provider: Annotated[
         bool,
         typer.Option(
-            "--simulate-provider", help="Send the jobs to the bundled simulated provider (no API key needed)."
+            "--simulate-provider",
+            help=(
+                "Send the jobs to the bundled simulated provider (no API key needed); it enforces limits "
+                "2% above --rpm/--tpm, as a key whose limits the workers are set just under."
+            ),
         ),
     ] = False,
     config: ConfigOption = None,

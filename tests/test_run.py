@@ -11,14 +11,17 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from conftest import TEST_API_KEY
 
 import llmqueue
+from llmqueue import batch_run
 from llmqueue.local_cluster import run_dir
 from llmqueue.provider import ProviderConfig
 from llmqueue.provider_process import ProviderProcess
@@ -213,6 +216,25 @@ def test_simulate_provider_demo_runs_the_example_file(tmp_path: Path) -> None:
     assert [r["custom_id"] for r in records] == expected
     assert {r["llmqueue"]["status"] for r in records} == {"succeeded"}
     assert "50/50 succeeded" in stderr
+
+
+async def test_simulated_provider_plays_a_key_2_percent_above_the_workers_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served: list[ProviderConfig] = []
+
+    @asynccontextmanager
+    async def fake_run_provider(config: ProviderConfig) -> AsyncIterator[SimpleNamespace]:
+        served.append(config)
+        yield SimpleNamespace(base_url="http://127.0.0.1:1/v1")
+
+    monkeypatch.setattr(batch_run, "run_provider", fake_run_provider)
+    options = batch_run.RunOptions(file=None, output=tmp_path / "out.jsonl", rpm=600, simulate_provider=True)
+    async with batch_run._provider(options) as env:
+        assert env["LLM_BASE_URL"] == "http://127.0.0.1:1/v1"
+    (config,) = served
+    assert config.rpm == pytest.approx(600 / 0.98)
+    assert config.tpm is None
 
 
 # ---- failures ------------------------------------------------------------------------------------
