@@ -38,6 +38,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from bench.harness import BenchError, child_env, process_cpu_seconds
 from bench.workloads import API_KEY, MODEL, call_kwargs, jobs
+from llmqueue.child_process import stop_processes
 
 MODES = ("tenacity", "router", "litellm", "http")
 # OpenHands' LLM_RETRY_EXCEPTIONS, in LiteLLM's names.
@@ -221,13 +222,8 @@ class Clients:
     ) -> None:
         for process in self.processes:
             if process.stdin is not None:
-                process.stdin.close()
-        for process in self.processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                process.stdin.close()  # the client's signal to finish
+        stop_processes(self.processes, timeout=15, stop_signal=None)
 
     @property
     def pids(self) -> list[int]:

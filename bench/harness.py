@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import redis
 
 from bench.workloads import API_KEY, MODEL
+from llmqueue.child_process import stop_processes
 from llmqueue.models import JobResult
 from llmqueue.producer import Producer
 from llmqueue.provider_process import ProviderProcess
@@ -111,15 +111,7 @@ class Workers:
 
     def stop(self) -> None:
         """SIGTERM every worker (arq finishes in-flight jobs), then SIGKILL those still there after 15 s."""
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes, timeout=15)
         self.processes.clear()
 
 

@@ -7,7 +7,6 @@ live in a directory named after the batch, so an interrupted run can be resumed 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from llmqueue.child_process import die_with_parent
+from llmqueue.child_process import die_with_parent, stop_processes
 from llmqueue.embedded_redis import EmbeddedRedis
 from llmqueue.errors import LLMQueueError
 
@@ -98,15 +97,7 @@ class LocalCluster:
                 raise WorkerDiedError(f"worker {index} exited with code {code}:\n" + "\n".join(log))
 
     def stop_workers(self) -> None:
-        for worker in self._workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        for worker in self._workers:
-            try:
-                worker.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        stop_processes(self._workers, timeout=self.stop_timeout)
         self._workers = []
 
     def _start_workers(self) -> None:

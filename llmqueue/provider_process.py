@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from llmqueue.child_process import stop_processes
 from llmqueue.errors import LLMQueueError
 from llmqueue.provider import ProviderConfig
 
@@ -49,13 +50,8 @@ class ProviderProcess:
         self.stop()
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            stop_processes([self._process], timeout=10)
 
     def stats(self) -> dict[str, Any]:
         """The provider's counters (``ProviderStats.to_json``)."""

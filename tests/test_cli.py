@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from typer.testing import CliRunner, Result
 import llmqueue
 from llmqueue import keys
 from llmqueue.batches import Batches
+from llmqueue.child_process import stop_processes
 from llmqueue.cli import app
 from llmqueue.producer import Producer
 from llmqueue.provider import ProviderConfig, run_provider
@@ -456,12 +456,7 @@ def worker_process(redis_url: str, base_url: str, cwd: Path) -> Iterator[subproc
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_processes([process], timeout=15)
         assert process.stderr is not None
         process.stderr.close()
 

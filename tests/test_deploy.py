@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import yaml
 from conftest import make_settings
 from typer.testing import CliRunner
 
+from llmqueue.child_process import stop_processes
 from llmqueue.cli import app
 from llmqueue.producer import Producer
 from llmqueue.settings import LLMConfig, WorkerConfig, load_settings
@@ -459,12 +459,7 @@ def service_process(command: list[str], env: Mapping[str, str]) -> Iterator[subp
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_processes([process], timeout=20)
 
 
 def wait_for_port(port: int, process: subprocess.Popen[str], timeout: float = 60) -> None:

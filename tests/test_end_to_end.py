@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from redis.asyncio import Redis
 
 from llmqueue import keys
 from llmqueue.backoff import RetryPolicy
+from llmqueue.child_process import stop_processes
 from llmqueue.producer import Producer
 from llmqueue.provider import ProviderConfig, run_provider
 from llmqueue.provider_process import ProviderProcess
@@ -46,13 +46,7 @@ def worker_processes(count: int, env: dict[str, str]) -> Iterator[list[subproces
     try:
         yield processes
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes, timeout=15)
 
 
 def max_in_window(times: list[float], window: float) -> int:

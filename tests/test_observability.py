@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from redis import Redis
 from typer.testing import CliRunner
 
 from llmqueue import keys
+from llmqueue.child_process import stop_processes
 from llmqueue.cli import app
 from llmqueue.events import JobEvent
 from llmqueue.joblog import JobLog, JsonFormatter, RedactingFormatter, secrets_of
@@ -78,12 +78,7 @@ def worker_process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_processes([process], timeout=20)
 
 
 async def wait_for_metrics(port: int, process: subprocess.Popen[str]) -> None:

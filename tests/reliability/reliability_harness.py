@@ -27,6 +27,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from llmqueue import keys
+from llmqueue.child_process import stop_processes
 from llmqueue.models import JobResult
 
 MODEL = "openai/sim-model"
@@ -183,11 +184,7 @@ class WorkerProcess:
         """SIGTERM unless already sent, then SIGKILL if the process is still there after 15 s."""
         if self.alive and not self.terminated:
             self.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_processes([self.process], timeout=15, stop_signal=None)
 
 
 class Workers:
