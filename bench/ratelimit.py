@@ -19,6 +19,7 @@ from typing import Any
 from bench.harness import QueueRun, Workers, queue_run, worker_env
 from bench.measures import provider_figures
 from bench.workloads import LONG_PROMPT_TOKENS, MODEL, Workload, jobs
+from llmqueue.batch_run import SIMULATED_HEADROOM
 from llmqueue.embedded_redis import EmbeddedRedis
 from llmqueue.models import CompletionJob
 from llmqueue.provider import ProviderConfig
@@ -35,7 +36,7 @@ DEFAULT_COMPLETION_TOKENS = 1024  # llmqueue's default: what a worker reserves w
 GOODPUT_TARGET = {"chat": 0.95, "long": 0.90}
 RATE_LIMITED_TARGET = 0.01
 TARGET_WORKERS = 4
-HEADROOM = 0.02  # the README's advice: set tpm a little below the provider's limit
+HEADROOM = SIMULATED_HEADROOM  # the README's advice: set tpm a little below the provider's limit
 
 
 @dataclass(frozen=True)

@@ -242,7 +242,7 @@ async def _provider(options: RunOptions) -> AsyncIterator[dict[str, str]]:
 
 
 def simulated_limit(workers_limit: float | None) -> float | None:
-    """The simulated provider's limit for workers given ``workers_limit``: the key they are set 2% under."""
+    """The simulated provider's limit for workers given ``workers_limit``: the key they are set just under."""
     return None if workers_limit is None else workers_limit / (1 - SIMULATED_HEADROOM)
 
 
