@@ -17,9 +17,9 @@ from bench.clients import Clients
 from bench.harness import MachineCpu, Workers, queue_run, worker_env
 from bench.ratelimit import JITTER, LATENCY, RPM, WINDOW, rate_figures
 from bench.workloads import jobs
-from llmqueue.embedded_redis import EmbeddedRedis
-from llmqueue.provider import ProviderConfig
-from llmqueue.provider_process import ProviderProcess
+from llmqueue.ops.embedded_redis import EmbeddedRedis
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
 
 TASKS = 50  # per client process: ~3x what keeps a 3,000 RPM limit busy at 0.3 s a call
 WORKERS = 4

@@ -38,7 +38,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from bench.harness import BenchError, child_env, process_cpu_seconds
 from bench.workloads import API_KEY, MODEL, call_kwargs, jobs
-from llmqueue.child_process import stop_processes
+from llmqueue.ops.processes import stop_processes
 
 MODES = ("tenacity", "router", "litellm", "http")
 # OpenHands' LLM_RETRY_EXCEPTIONS, in LiteLLM's names.

@@ -22,11 +22,11 @@ from typing import Any
 import redis
 
 from bench.workloads import API_KEY, MODEL
-from llmqueue.child_process import stop_processes
 from llmqueue.models import JobResult
+from llmqueue.ops.processes import stop_processes
 from llmqueue.producer import Producer
-from llmqueue.provider_process import ProviderProcess
 from llmqueue.settings import Settings, WorkerConfig
+from llmqueue.simulator.process import ProviderProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

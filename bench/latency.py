@@ -23,12 +23,12 @@ import litellm
 from bench.harness import BenchError, Workers, producer_settings, warm_up, worker_env
 from bench.measures import percentile
 from bench.workloads import call_kwargs, chat_job
-from llmqueue.embedded_redis import EmbeddedRedis
 from llmqueue.models import Timings
+from llmqueue.ops.embedded_redis import EmbeddedRedis
 from llmqueue.producer import Producer
-from llmqueue.provider import ProviderConfig
-from llmqueue.provider_process import ProviderProcess
 from llmqueue.settings import WorkerConfig
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
 
 LATENCY = 0.05
 TARGET_MS = 10.0

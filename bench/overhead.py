@@ -35,10 +35,10 @@ from bench.harness import (
     worker_env,
 )
 from bench.workloads import jobs
-from llmqueue.embedded_redis import EmbeddedRedis
+from llmqueue.ops.embedded_redis import EmbeddedRedis
 from llmqueue.producer import Producer
-from llmqueue.provider import ProviderConfig
-from llmqueue.provider_process import ProviderProcess
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
 
 CONCURRENCY = 200  # llmqueue's default WORKER_MAX_JOBS
 TARGET = 0.9
@@ -77,7 +77,7 @@ def run(quick: bool, profile: bool = False) -> dict[str, Any]:
         ProviderProcess(ProviderConfig()) as provider,
     ):
         workdir = Path(scratch)
-        provider_pid = child_pid("llmqueue.provider")
+        provider_pid = child_pid("llmqueue.simulator.server")
         if provider_pid is None:
             raise BenchError("cannot find the provider process")
         env = worker_env(redis.url, provider.base_url, worker_max_jobs=CONCURRENCY)

@@ -19,13 +19,13 @@ from typing import Any
 from bench.harness import QueueRun, Workers, queue_run, worker_env
 from bench.measures import provider_figures
 from bench.workloads import LONG_PROMPT_TOKENS, MODEL, Workload, jobs
-from llmqueue.batch_run import SIMULATED_HEADROOM
-from llmqueue.embedded_redis import EmbeddedRedis
-from llmqueue.models import CompletionJob
-from llmqueue.provider import ProviderConfig
-from llmqueue.provider_limits import estimate_prompt_tokens
-from llmqueue.provider_process import ProviderProcess
-from llmqueue.tokens import estimate_tokens
+from llmqueue.batches.run import SIMULATED_HEADROOM
+from llmqueue.limits.tokens import estimate_tokens
+from llmqueue.models import Job
+from llmqueue.ops.embedded_redis import EmbeddedRedis
+from llmqueue.simulator.limits import estimate_prompt_tokens
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
 
 RPM = 3000
 TPM = 1_500_000  # ~1,470 long jobs a minute: tokens bind well below the 3,000 RPM
@@ -185,4 +185,4 @@ def charged_tokens() -> int:
 
 def reserved_tokens() -> int:
     """What a worker reserves for one long job before the call."""
-    return estimate_tokens(CompletionJob.parse(jobs("long", 1)[0]), MODEL, DEFAULT_COMPLETION_TOKENS)
+    return estimate_tokens(Job.parse(jobs("long", 1)[0]), MODEL, DEFAULT_COMPLETION_TOKENS)

@@ -18,7 +18,7 @@ from rich.table import Table
 
 import llmqueue
 from bench.harness import REPO_ROOT
-from llmqueue.embedded_redis import find_redis_server
+from llmqueue.ops.embedded_redis import find_redis_server
 
 MET = {True: "[green]met[/green]", False: "[red]NOT met[/red]", None: ""}
 

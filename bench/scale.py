@@ -15,11 +15,11 @@ import redis as redis_sync
 
 from bench.harness import BenchError, Workers, flush, producer_settings, run_batch, warm_up, worker_env
 from bench.workloads import chat_job, jobs
-from llmqueue.embedded_redis import EmbeddedRedis
-from llmqueue.models import CompletionJob
+from llmqueue.models import Job
+from llmqueue.ops.embedded_redis import EmbeddedRedis
 from llmqueue.producer import Producer
-from llmqueue.provider import ProviderConfig
-from llmqueue.provider_process import ProviderProcess
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
 
 ENQUEUE_TARGET = 10_000  # jobs/s
 WORKERS = 4
@@ -49,7 +49,7 @@ def run(quick: bool) -> dict[str, Any]:
             "met": enqueue["jobs_per_second"] >= ENQUEUE_TARGET,
         },
         {
-            "figure": "  of which validating the jobs (CompletionJob.parse alone)",
+            "figure": "  of which validating the jobs (Job.parse alone)",
             "value": enqueue["validate_seconds"] / enqueue["seconds"],
             "unit": "share of the time",
         },
@@ -88,7 +88,7 @@ async def _enqueue(redis_url: str, count: int) -> dict[str, Any]:
     batch_jobs = jobs("chat", count)
     started = time.perf_counter()
     for job in batch_jobs:
-        CompletionJob.parse(job)
+        Job.parse(job)
     validate_seconds = time.perf_counter() - started
     with redis_sync.Redis.from_url(redis_url) as client:
         before = int(client.info("memory")["used_memory"])  # type: ignore[index]

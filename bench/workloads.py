@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from llmqueue.llm_call import call_kwargs as llmqueue_call_kwargs
-from llmqueue.models import CompletionJob
+from llmqueue.llm.call import call_kwargs as llmqueue_call_kwargs
+from llmqueue.models import Job
 from llmqueue.settings import LLMConfig
 
 Workload = Literal["chat", "long"]
@@ -54,4 +54,4 @@ def jobs(workload: Workload, count: int, offset: int = 0) -> list[dict[str, Any]
 def call_kwargs(job: dict[str, Any], base_url: str) -> dict[str, Any]:
     """The ``litellm.acompletion`` keyword arguments a worker with the benchmark's settings sends."""
     llm = LLMConfig(model=MODEL, base_url=base_url, api_key=API_KEY)
-    return llmqueue_call_kwargs(CompletionJob.parse(job), llm, supports_caching=False)
+    return llmqueue_call_kwargs(Job.parse(job), llm, supports_caching=False)

@@ -1,6 +1,8 @@
 """llmqueue: a Redis job queue for rate-limited LLM calls (arq workers, LiteLLM, a shared token bucket)."""
 
+import warnings
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from llmqueue.errors import (
     ConfigError,
@@ -13,7 +15,7 @@ from llmqueue.errors import (
     ResultTimeoutError,
     RetryableProviderError,
 )
-from llmqueue.models import AttemptError, CompletionJob, JobResult, Usage
+from llmqueue.models import AttemptError, Job, JobResult, Usage
 from llmqueue.producer import JobHandle, Producer
 from llmqueue.settings import LimitConfig, LLMConfig, Settings, WorkerConfig, load_settings
 
@@ -24,8 +26,8 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 __all__ = [
     "AttemptError",
-    "CompletionJob",
     "ConfigError",
+    "Job",
     "JobHandle",
     "JobResult",
     "JobValidationError",
@@ -45,3 +47,11 @@ __all__ = [
     "__version__",
     "load_settings",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``CompletionJob`` was ``Job``'s name before it also carried embeddings.
+    if name == "CompletionJob":
+        warnings.warn("CompletionJob is now llmqueue.Job", DeprecationWarning, stacklevel=2)
+        return Job
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,15 +5,21 @@
     ├── JobValidationError     a job that cannot be run as given (names the fields)
     ├── RedisUnavailableError  Redis could not be reached or started
     ├── ResultTimeoutError     a result did not arrive within the time asked for
+    ├── BatchError             a batch operation that cannot be done (unknown batch, bad id)
+    │   ├── BatchFileError         a batch file that cannot be read at all
+    │   └── InvalidBatchFileError  a batch file with bad lines; nothing was queued
+    ├── WorkerDiedError        a worker process that ``llmqueue run`` started exited
     └── ProviderError          a provider call failed; ``retryable`` says whether trying again may help
         ├── RetryableProviderError
         │   └── RateLimitedError   HTTP 429; carries the provider's retry-after, if any
         └── PermanentProviderError
 
-LiteLLM's exceptions are translated into ProviderError subclasses in ``llmqueue.classify`` only.
+LiteLLM's exceptions are translated into ProviderError subclasses in ``llmqueue.llm.classify`` only.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class LLMQueueError(Exception):
@@ -68,3 +74,26 @@ class RateLimitedError(RetryableProviderError):
 
 class PermanentProviderError(ProviderError):
     """A failure that will not change on retry: bad request, auth, unknown model, content policy."""
+
+
+class BatchError(LLMQueueError):
+    """A batch operation that cannot be done: unknown batch, bad file, invalid id."""
+
+
+class BatchFileError(BatchError):
+    """A batch file that cannot be read at all (missing, a directory, not UTF-8); the message names it."""
+
+
+class InvalidBatchFileError(BatchError):
+    """The file has bad lines and ``skip_invalid`` was not given; nothing was enqueued.
+
+    ``check`` is the :class:`llmqueue.batches.files.FileCheck` that found them.
+    """
+
+    def __init__(self, message: str, check: Any) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+class WorkerDiedError(LLMQueueError):
+    """A worker process that ``llmqueue run`` started exited while the batch was running."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -29,8 +30,8 @@ def new_job_id() -> str:
     return os.urandom(16).hex()
 
 
-class CompletionJob(BaseModel):
-    """One LLM call to make.
+class Job(BaseModel):
+    """One LLM call to make: a chat completion, or an embedding (``kind="embedding"``).
 
     ``model`` names a LiteLLM model string; without it the job uses the model of its ``llm_config``
     group (or of ``[llm]``). ``params`` go to LiteLLM as they are (max_tokens, temperature, tools,
@@ -76,7 +77,7 @@ class CompletionJob(BaseModel):
         return params
 
     @model_validator(mode="after")
-    def _has_input(self) -> CompletionJob:
+    def _has_input(self) -> Job:
         if self.kind == "chat" and not self.messages:
             raise ValueError("a chat job needs at least one message")
         if self.kind == "embedding" and not self.input:
@@ -84,7 +85,7 @@ class CompletionJob(BaseModel):
         return self
 
     @classmethod
-    def parse(cls, data: Any) -> CompletionJob:
+    def parse(cls, data: Any) -> Job:
         """Validate ``data`` into a job, raising JobValidationError that names each bad field."""
         try:
             return cls.model_validate(data)
@@ -169,3 +170,11 @@ def describe_validation_error(exc: ValidationError) -> str:
         message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
         parts.append(f"{field}: {str(message).removeprefix('Value error, ')}")
     return "invalid job: " + "; ".join(parts)
+
+
+def __getattr__(name: str) -> Any:
+    # ``CompletionJob`` was this class's name before it also carried embeddings.
+    if name == "CompletionJob":
+        warnings.warn("CompletionJob is now llmqueue.Job", DeprecationWarning, stacklevel=2)
+        return Job
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

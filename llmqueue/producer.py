@@ -20,12 +20,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue import keys
 from llmqueue.errors import RedisUnavailableError, ResultTimeoutError
-from llmqueue.jobstore import JobStore
-from llmqueue.models import CompletionJob, JobResult
-from llmqueue.redaction import redact_url
+from llmqueue.models import Job, JobResult
+from llmqueue.ops.redaction import redact_url
+from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings, load_settings
 
-JobLike = CompletionJob | Mapping[str, Any]
+JobLike = Job | Mapping[str, Any]
 _LISTEN_BLOCK_SECONDS = 1
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _RECONNECT_DELAY = 1.0  # seconds between attempts while Redis is unreachable
@@ -90,7 +90,7 @@ class Producer:
         self.store = JobStore(
             self.redis, queue_name=worker.queue_name, job_ttl=worker.job_ttl, result_ttl=worker.result_ttl
         )
-        self.inbox = f"{keys.PREFIX}:inbox:{uuid.uuid4().hex}"
+        self.inbox = keys.inbox(uuid.uuid4().hex)
         self._waiters: dict[str, asyncio.Future[JobResult]] = {}
         self._listener: asyncio.Task[None] | None = None
 
@@ -153,10 +153,10 @@ class Producer:
             for future in pending:
                 future.cancel()
 
-    def _prepare(self, job: JobLike) -> CompletionJob:
-        if isinstance(job, CompletionJob):
+    def _prepare(self, job: JobLike) -> Job:
+        if isinstance(job, Job):
             return job.model_copy(update={"reply_to": self.inbox})
-        return CompletionJob.parse({**job, "reply_to": self.inbox})
+        return Job.parse({**job, "reply_to": self.inbox})
 
     async def _await_inbox(self, job_id: str) -> JobResult:
         future = self._waiters.get(job_id)

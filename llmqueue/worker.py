@@ -23,13 +23,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from llmqueue import keys, serialization
-from llmqueue.events import EventSink, log_event
-from llmqueue.heartbeat import Heartbeat
-from llmqueue.jobstore import JobStore
-from llmqueue.limiter import RateLimiter
-from llmqueue.llm_call import warm_up
-from llmqueue.runner import JobRunner
+from llmqueue import keys
+from llmqueue.limits.limiter import RateLimiter
+from llmqueue.llm.call import warm_up
+from llmqueue.ops.events import EventSink, log_event
+from llmqueue.queue import payload
+from llmqueue.queue.heartbeat import Heartbeat
+from llmqueue.queue.runner import JobRunner
+from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings, load_settings
 
 logger = logging.getLogger("llmqueue.worker")
@@ -39,10 +40,10 @@ logger = logging.getLogger("llmqueue.worker")
 ARQ_MAX_TRIES = 1_000_000
 
 
-async def run_job(ctx: dict[str, Any], payload: Any) -> None:
-    """The one arq job function: hand the job to this worker's runner."""
+async def perform_job(ctx: dict[str, Any], job: Any) -> None:
+    """The one arq job function (registered as ``run_job``): hand the job to this worker's runner."""
     runner: JobRunner = ctx["llmqueue_runner"]
-    await runner.run(ctx["job_id"], payload)
+    await runner.handle(ctx["job_id"], job)
 
 
 def new_worker_id() -> str:
@@ -161,7 +162,7 @@ def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)
         logger.info("llmqueue worker %s stopped", worker_id)
 
     return {
-        "functions": [func(run_job, name=serialization.JOB_FUNCTION, max_tries=ARQ_MAX_TRIES)],
+        "functions": [func(perform_job, name=payload.JOB_FUNCTION, max_tries=ARQ_MAX_TRIES)],
         "queue_name": worker.queue_name,
         "redis_settings": redis_settings(settings),
         "on_startup": on_startup,
@@ -174,8 +175,8 @@ def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)
         "poll_delay": worker.poll_delay,
         "max_tries": ARQ_MAX_TRIES,
         "health_check_interval": worker.health_check_interval,
-        "job_serializer": serialization.serialize,
-        "job_deserializer": serialization.deserialize_job,
+        "job_serializer": payload.serialize,
+        "job_deserializer": payload.deserialize_job,
         "expires_extra_ms": int(worker.job_ttl * 1000),
     }
 

@@ -10,9 +10,7 @@ import os
 # Before anything imports litellm: use the bundled model cost map, never fetch it from the network.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import fakeredis
@@ -20,12 +18,12 @@ import pytest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from llmqueue.embedded_redis import EmbeddedRedis, find_redis_server
 from llmqueue.errors import RedisUnavailableError
+from llmqueue.ops.embedded_redis import EmbeddedRedis, find_redis_server
 from llmqueue.producer import Producer
-from llmqueue.provider import ProviderConfig, RunningProvider, run_provider
-from llmqueue.settings import LLMConfig, Settings, WorkerConfig
-from llmqueue.worker import Worker, create_worker
+from llmqueue.settings import Settings
+from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
+from tests.support.settings import TEST_API_KEY, make_settings
 
 TEST_REDIS_URL_ENV = "LLMQUEUE_TEST_REDIS_URL"
 
@@ -106,8 +104,6 @@ async def fake_redis() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
 
 # ---- provider, settings, workers -----------------------------------------------------------------
 
-TEST_API_KEY = "sk-test-3f9a8c7e1d2b4a6f"
-
 
 @pytest.fixture
 async def provider() -> AsyncIterator[RunningProvider]:
@@ -116,50 +112,9 @@ async def provider() -> AsyncIterator[RunningProvider]:
         yield running
 
 
-def make_settings(redis_url: str, base_url: str, **llm: Any) -> Settings:
-    """Settings for tests: the simulated model, fast retries, no config file or environment leaks."""
-    llm_settings = {
-        "model": "openai/sim-model",
-        "base_url": base_url,
-        "api_key": TEST_API_KEY,
-        "retry_min_wait": 0.1,
-        "retry_max_wait": 0.4,
-        "retry_multiplier": 0.1,
-        "timeout": 10,
-        **llm,
-    }
-    limits = llm_settings.pop("limits", {})
-    worker = llm_settings.pop("worker", {})
-    return Settings(
-        redis_url=redis_url,
-        llm=LLMConfig(**llm_settings),
-        limits=limits,
-        worker=WorkerConfig(**{"poll_delay": 0.01, "warm_up": False, **worker}),
-    )
-
-
 @pytest.fixture
 def settings(redis_url: str, provider: RunningProvider) -> Settings:
     return make_settings(redis_url, provider.base_url)
-
-
-@asynccontextmanager
-async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
-    """An arq worker for ``settings`` running in this event loop for the block."""
-    worker = create_worker(settings, handle_signals=False)
-    task = asyncio.create_task(worker.main())
-    try:
-        yield worker
-    finally:
-        # Let jobs that are finishing (arq's bookkeeping after a result) end before stopping.
-        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        for job_task in worker.tasks.values():
-            job_task.cancel()
-        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
-        worker.tasks.clear()
-        await worker.close()
 
 
 @pytest.fixture

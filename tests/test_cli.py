@@ -16,20 +16,20 @@ from typing import Any
 
 import pytest
 import typer
-from conftest import TEST_API_KEY, make_settings, running_worker
 from redis import Redis
 from typer.core import TyperGroup
 from typer.testing import CliRunner, Result
 
 import llmqueue
 from llmqueue import keys
-from llmqueue.batches import Batches
-from llmqueue.child_process import stop_processes
+from llmqueue.batches.control import Batches
 from llmqueue.cli import app
+from llmqueue.ops.processes import stop_processes
 from llmqueue.producer import Producer
-from llmqueue.provider import ProviderConfig, run_provider
-from llmqueue.provider_process import ProviderProcess
 from llmqueue.settings import WorkerConfig
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig, run_provider
+from tests.support.settings import TEST_API_KEY, make_settings, running_worker
 
 REQUIRED_COMMANDS = [
     "worker",

@@ -28,13 +28,13 @@ import jsonschema
 import pytest
 import typer
 import yaml
-from conftest import make_settings
 from typer.testing import CliRunner
 
-from llmqueue.child_process import stop_processes
 from llmqueue.cli import app
+from llmqueue.ops.processes import stop_processes
 from llmqueue.producer import Producer
 from llmqueue.settings import LLMConfig, WorkerConfig, load_settings
+from tests.support.settings import make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -9,15 +9,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from conftest import TEST_API_KEY, make_settings
 from redis.asyncio import Redis
 
 from llmqueue import keys
-from llmqueue.backoff import RetryPolicy
-from llmqueue.child_process import stop_processes
+from llmqueue.llm.backoff import RetryPolicy
+from llmqueue.ops.processes import stop_processes
 from llmqueue.producer import Producer
-from llmqueue.provider import ProviderConfig, run_provider
-from llmqueue.provider_process import ProviderProcess
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig, run_provider
+from tests.support.settings import TEST_API_KEY, make_settings
 
 RPM = 1200  # 20 requests/s, 20 at once: well below 200 jobs offered at once
 WORKER_ENV = {

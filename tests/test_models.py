@@ -1,4 +1,4 @@
-"""CompletionJob validation (errors name the field) and JobResult's convenience properties."""
+"""Job validation (errors name the field) and JobResult's convenience properties."""
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -9,7 +9,7 @@ from llmqueue.errors import JobValidationError
 from llmqueue.models import (
     FORBIDDEN_PARAMS,
     AttemptError,
-    CompletionJob,
+    Job,
     JobResult,
     Timings,
     Usage,
@@ -21,7 +21,7 @@ QUEUED = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 def parse_error(data: Any) -> str:
     with pytest.raises(JobValidationError) as excinfo:
-        CompletionJob.parse(data)
+        Job.parse(data)
     return str(excinfo.value)
 
 
@@ -36,22 +36,22 @@ def chat_response(content: Any) -> dict[str, Any]:
     return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
 
 
-# ---- CompletionJob.parse -------------------------------------------------------------------------
+# ---- Job.parse -------------------------------------------------------------------------
 
 
 def test_parse_accepts_a_minimal_chat_job() -> None:
-    job = CompletionJob.parse({"messages": USER_HI})
+    job = Job.parse({"messages": USER_HI})
 
     assert (job.kind, job.messages, job.model, job.params) == ("chat", USER_HI, None, {})
 
 
 def test_parse_gives_each_job_a_fresh_id() -> None:
-    assert CompletionJob.parse({"messages": USER_HI}).id != CompletionJob.parse({"messages": USER_HI}).id
+    assert Job.parse({"messages": USER_HI}).id != Job.parse({"messages": USER_HI}).id
 
 
 def test_parse_error_is_a_job_validation_error_not_a_pydantic_error() -> None:
     with pytest.raises(JobValidationError) as excinfo:
-        CompletionJob.parse({"messages": USER_HI, "kind": "painting"})
+        Job.parse({"messages": USER_HI, "kind": "painting"})
 
     assert type(excinfo.value) is JobValidationError
     assert excinfo.value.__cause__ is None
@@ -94,7 +94,7 @@ def test_base_url_in_params_is_rejected() -> None:
 def test_ordinary_params_are_accepted() -> None:
     params = {"max_tokens": 10, "temperature": 0.0, "tools": []}
 
-    assert CompletionJob.parse({"messages": USER_HI, "params": params}).params == params
+    assert Job.parse({"messages": USER_HI, "params": params}).params == params
 
 
 def test_bad_role_names_the_message_and_the_role() -> None:
@@ -111,7 +111,7 @@ def test_message_without_content_or_tool_calls_is_rejected() -> None:
 def test_assistant_message_with_tool_calls_and_no_content_is_accepted() -> None:
     messages = [*USER_HI, {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function"}]}]
 
-    assert CompletionJob.parse({"messages": messages}).messages == messages
+    assert Job.parse({"messages": messages}).messages == messages
 
 
 @pytest.mark.parametrize("data", [{}, {"messages": []}])
@@ -128,12 +128,12 @@ def test_embedding_job_without_input_is_rejected(data: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("text_input", ["one text", ["a", "b"]])
 def test_embedding_job_with_input_needs_no_messages(text_input: str | list[str]) -> None:
-    assert CompletionJob.parse({"kind": "embedding", "input": text_input}).input == text_input
+    assert Job.parse({"kind": "embedding", "input": text_input}).input == text_input
 
 
 @pytest.mark.parametrize("job_id", ["job-1", "batch.42:row_7", "user@example/a-b", "x" * 200])
 def test_job_ids_matching_the_pattern_are_accepted(job_id: str) -> None:
-    assert CompletionJob.parse({"id": job_id, "messages": USER_HI}).id == job_id
+    assert Job.parse({"id": job_id, "messages": USER_HI}).id == job_id
 
 
 @pytest.mark.parametrize("job_id", ["", "has space", "semi;colon", "star*", "new\nline", "x" * 201])
@@ -150,7 +150,7 @@ def test_non_mapping_input_is_a_job_validation_error() -> None:
 
 
 def test_job_round_trips_through_json_mode_dump() -> None:
-    job = CompletionJob(
+    job = Job(
         id="rt-1",
         model="openai/sim",
         llm_config="cheap",
@@ -164,13 +164,13 @@ def test_job_round_trips_through_json_mode_dump() -> None:
         reply_to="inbox:1",
     )
 
-    assert CompletionJob.parse(job.model_dump(mode="json")) == job
+    assert Job.parse(job.model_dump(mode="json")) == job
 
 
 def test_embedding_job_round_trips_through_json_mode_dump() -> None:
-    job = CompletionJob(kind="embedding", input=["a", "b"])
+    job = Job(kind="embedding", input=["a", "b"])
 
-    assert CompletionJob.parse(job.model_dump(mode="json")) == job
+    assert Job.parse(job.model_dump(mode="json")) == job
 
 
 # ---- JobResult -----------------------------------------------------------------------------------

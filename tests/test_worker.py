@@ -7,17 +7,17 @@ import time
 from typing import Any
 
 import pytest
-from conftest import TEST_API_KEY, make_settings, running_worker
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from llmqueue import keys
-from llmqueue.backoff import RetryPolicy
-from llmqueue.jobstore import JobStore
+from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.producer import Producer
-from llmqueue.provider import ProviderConfig, RunningProvider, run_provider
-from llmqueue.serialization import serialize
+from llmqueue.queue.payload import serialize
+from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings
+from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
+from tests.support.settings import TEST_API_KEY, make_settings, running_worker
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
 

@@ -13,18 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TEST_API_KEY, make_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_harness import chat_jobs, wait_for_results, worker_env, worker_processes
 
 from llmqueue import keys
 from llmqueue.errors import ConfigError, JobValidationError
-from llmqueue.models import CompletionJob
+from llmqueue.models import Job
 from llmqueue.producer import Producer
-from llmqueue.provider import ProviderConfig
-from llmqueue.provider_process import ProviderProcess
 from llmqueue.settings import LLMConfig, Settings, WorkerConfig, load_settings
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
+from tests.support.reliability import chat_jobs, wait_for_results, worker_env, worker_processes
+from tests.support.settings import TEST_API_KEY, make_settings
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -122,7 +122,7 @@ _json = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
-_job_keys = st.sampled_from([*CompletionJob.model_fields, "role", "content", "api_key"]) | st.text(max_size=8)
+_job_keys = st.sampled_from([*Job.model_fields, "role", "content", "api_key"]) | st.text(max_size=8)
 _messages = st.lists(
     st.dictionaries(st.sampled_from(["role", "content", "tool_calls", "name"]), _json, max_size=3)
     | st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "bot"]), "content": _json}),
@@ -151,7 +151,7 @@ _jobs = _near_valid_jobs | st.dictionaries(_job_keys, _json | _messages, max_siz
 @given(_jobs)
 def test_job_parser_accepts_or_raises_job_validation_error(data: Any) -> None:
     try:
-        job = CompletionJob.parse(data)
+        job = Job.parse(data)
     except JobValidationError as exc:
         assert str(exc).startswith("invalid job: ")
     else:

@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TEST_API_KEY, make_settings
-from reliability_harness import chat_jobs, wait_for_results, wait_until, worker_env, worker_processes
 
 from llmqueue import keys
 from llmqueue.producer import Producer
-from llmqueue.provider import ProviderConfig
-from llmqueue.provider_process import ProviderProcess
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
+from tests.support.reliability import chat_jobs, wait_for_results, wait_until, worker_env, worker_processes
+from tests.support.settings import TEST_API_KEY, make_settings
 
 LATENCY = 3.0
 EXIT_MARGIN = 5.0  # closing connections and leaving the interpreter, on a busy machine

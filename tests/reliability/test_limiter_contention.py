@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from reliability_harness import child_env
 
-from llmqueue.provider import ProviderConfig
-from llmqueue.provider_process import ProviderProcess
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
+from tests.support.reliability import child_env
 
 PROCESSES = 8
 ACQUISITIONS = 125
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def test_processes_sharing_a_bucket_never_exceed_capacity_plus_rate_times_elapsed(redis_url: str) -> None:
-    client = str(Path(__file__).with_name("limiter_client.py"))
+    client = str(Path(__file__).parents[1] / "support" / "limiter_client.py")
     with ProviderProcess(ProviderConfig()) as provider, Redis.from_url(redis_url) as redis:
         processes = [
             subprocess.Popen(

@@ -14,12 +14,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import TEST_API_KEY, make_settings
-from reliability_harness import Workers, chat_jobs, wait_for_results, worker_env, worker_processes
 
 from llmqueue.producer import Producer
-from llmqueue.provider import ProviderConfig
-from llmqueue.provider_process import ProviderProcess
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
+from tests.support.reliability import Workers, chat_jobs, wait_for_results, worker_env, worker_processes
+from tests.support.settings import TEST_API_KEY, make_settings
 
 pytestmark = pytest.mark.timeout(300)
 

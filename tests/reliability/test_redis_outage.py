@@ -8,16 +8,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TEST_API_KEY, make_settings
-from reliability_harness import chat_jobs, wait_until, worker_env, worker_processes
 
 from llmqueue import keys
-from llmqueue.embedded_redis import EmbeddedRedis
 from llmqueue.errors import RedisUnavailableError
 from llmqueue.models import JobResult
+from llmqueue.ops.embedded_redis import EmbeddedRedis
 from llmqueue.producer import JobHandle, Producer
-from llmqueue.provider import ProviderConfig
-from llmqueue.provider_process import ProviderProcess
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
+from tests.support.reliability import chat_jobs, wait_until, worker_env, worker_processes
+from tests.support.settings import TEST_API_KEY, make_settings
 
 pytestmark = pytest.mark.timeout(240)
 

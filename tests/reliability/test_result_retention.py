@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import TEST_API_KEY, make_settings
-from reliability_harness import chat_jobs, wait_for_results, worker_env, worker_processes
 
 from llmqueue import keys
 from llmqueue.producer import Producer
-from llmqueue.provider import ProviderConfig
-from llmqueue.provider_process import ProviderProcess
 from llmqueue.settings import WorkerConfig
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
+from tests.support.reliability import chat_jobs, wait_for_results, worker_env, worker_processes
+from tests.support.settings import TEST_API_KEY, make_settings
 
 pytestmark = pytest.mark.timeout(180)
 

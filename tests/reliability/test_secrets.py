@@ -16,14 +16,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import make_settings
 from redis.asyncio import Redis
-from reliability_harness import chat_jobs, wait_for_results, worker_env, worker_processes
 
-from llmqueue.embedded_redis import EmbeddedRedis
+from llmqueue.ops.embedded_redis import EmbeddedRedis
 from llmqueue.producer import Producer
-from llmqueue.provider import ProviderConfig
-from llmqueue.provider_process import ProviderProcess
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
+from tests.support.reliability import chat_jobs, wait_for_results, worker_env, worker_processes
+from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.timeout(180)
 

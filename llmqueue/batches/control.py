@@ -1,0 +1,226 @@
+"""Batches: a file of requests submitted as one unit, with totals, budgets, cancel and retry.
+
+A batch is a hash of settings and running totals (``keys.batch``), its job ids scored by input
+line (``keys.batch_jobs``, a sorted set) and their custom ids (``keys.batch_custom_ids``). Job ids are
+derived from the batch id and the line number, so submitting the same file to the same batch again
+(a resumed run) queues only what is not queued or done yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmqueue import keys
+from llmqueue.batches.files import LineError, check_file, invalid_file_error, iter_jobs
+from llmqueue.batches.ledger import BatchLedger, BatchStatus
+from llmqueue.errors import BatchError
+from llmqueue.models import AttemptError, Job, JobResult, Timings
+from llmqueue.queue.store import JobStore
+
+BATCH_ID_PATTERN = re.compile(r"^[\w.@-]{1,100}$")
+_CHUNK = 1000
+
+
+@dataclass
+class SubmitReport:
+    batch_id: str
+    submitted: int
+    """Jobs newly queued by this call."""
+    already_known: int
+    """Jobs of the batch that were already queued, running or finished (a resumed submission)."""
+    rejected: list[LineError]
+
+
+class Batches:
+    """Batch operations on one queue, through a :class:`JobStore`."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.redis = store.redis
+        self.ledger = BatchLedger(store.redis)
+
+    async def submit_file(
+        self,
+        path: Path,
+        batch_id: str,
+        *,
+        default_model: str | None = None,
+        llm_config: str | None = None,
+        skip_invalid: bool = False,
+        max_cost: float | None = None,
+        max_tokens: int | None = None,
+        priority: bool = False,
+    ) -> SubmitReport:
+        """Check (unless ``skip_invalid``) and enqueue every request of a JSONL file as one batch.
+
+        By default a file with any bad line enqueues nothing and raises InvalidBatchFileError; with
+        ``skip_invalid`` the good lines are enqueued and the bad ones returned in the report. The file is
+        streamed twice at most, never held in memory. ``priority`` puts the jobs ahead of queued ones.
+        """
+        check_batch_id(batch_id)
+        options: dict[str, Any] = {
+            "batch_id": batch_id,
+            "default_model": default_model,
+            "llm_config": llm_config,
+        }
+        if not skip_invalid:
+            check = check_file(path, **options)
+            if not check.ok:
+                raise invalid_file_error(check, path)
+        await self._create(batch_id, source=path, max_cost=max_cost, max_tokens=max_tokens)
+        report = SubmitReport(batch_id=batch_id, submitted=0, already_known=0, rejected=[])
+        chunk: list[Job] = []
+        for item in iter_jobs(path, **options):
+            if isinstance(item, LineError):
+                report.rejected.append(item)
+                continue
+            chunk.append(item)
+            if len(chunk) >= _CHUNK:
+                await self._enqueue_chunk(batch_id, chunk, report, priority)
+                chunk = []
+        if chunk:
+            await self._enqueue_chunk(batch_id, chunk, report, priority)
+        await self.redis.hset(
+            keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id))
+        )
+        return report
+
+    async def status(self, batch_id: str) -> BatchStatus:
+        """The batch's counts, usage, cost, throughput and ETA. Raises BatchError for an unknown batch."""
+        return await self.ledger.status(batch_id)
+
+    async def results(self, batch_id: str) -> AsyncIterator[tuple[str, str, JobResult | None]]:
+        """``(job_id, custom_id, result or None)`` for every job of the batch, in input order."""
+        await self.status(batch_id)
+        start = 0
+        while True:
+            members = await self.redis.zrange(keys.batch_jobs(batch_id), start, start + _CHUNK - 1)
+            if not members:
+                return
+            job_ids = [member.decode() for member in members]
+            custom_ids = await self.redis.hmget(keys.batch_custom_ids(batch_id), job_ids)
+            found = await self.store.get_results(job_ids)
+            for job_id, custom_id, result in zip(job_ids, custom_ids, found, strict=True):
+                yield job_id, custom_id.decode() if custom_id else "", result
+            start += len(members)
+
+    async def cancel(self, batch_id: str) -> int:
+        """Cancel the batch: queued and retry-waiting jobs end as cancelled now, running ones finish.
+
+        Workers also check the batch's cancel flag before each start, so a job picked up while this
+        runs is cancelled too. Returns how many jobs this call cancelled.
+        """
+        await self.status(batch_id)
+        await self.redis.hset(keys.batch(batch_id), "cancel_requested", 1)
+        cancelled = 0
+        async for job_id, _custom_id, result in self.results(batch_id):
+            if result is not None or await self.redis.exists(keys.arq_in_progress(job_id)):
+                continue
+            if await self.redis.zrem(self.store.queue_name, job_id):
+                cancelled += await self._end_cancelled(job_id, batch_id)
+        return cancelled
+
+    async def retry_failed(self, batch_id: str) -> int:
+        """Queue the batch's failed jobs again, with a fresh retry budget. Returns how many."""
+        await self.status(batch_id)
+        jobs: list[Job] = []
+        async for _job_id, _custom_id, result in self.results(batch_id):
+            if result is not None and result.status == "failed" and result.request:
+                jobs.append(Job.model_validate(result.request))
+        for start in range(0, len(jobs), _CHUNK):
+            chunk = jobs[start : start + _CHUNK]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.delete(*[keys.result(job.id) for job in chunk])
+                pipe.delete(*[keys.done(job.id) for job in chunk])
+                pipe.hincrby(keys.batch(batch_id), "failed", -len(chunk))
+                pipe.hdel(keys.batch(batch_id), "cancel_requested")
+                await pipe.execute()
+            await self.store.enqueue(chunk)
+        return len(jobs)
+
+    async def follow(self, batch_id: str, interval: float = 0.5) -> AsyncIterator[BatchStatus]:
+        """Yield the batch's status now and every ``interval`` seconds, the last one when it is done."""
+        while True:
+            status = await self.status(batch_id)
+            yield status
+            if status.done:
+                return
+            await asyncio.sleep(interval)
+
+    async def wait(
+        self,
+        batch_id: str,
+        on_progress: Callable[[BatchStatus], None] | None = None,
+        interval: float = 0.5,
+    ) -> BatchStatus:
+        """Return once every job of the batch has a result, calling ``on_progress`` each ``interval``."""
+        async for status in self.follow(batch_id, interval):
+            if on_progress is not None:
+                on_progress(status)
+        return status
+
+    async def list_batches(self) -> list[str]:
+        return [raw.decode() for raw in await self.redis.zrange(keys.batches(), 0, -1)]
+
+    async def _create(
+        self, batch_id: str, *, source: Path, max_cost: float | None, max_tokens: int | None
+    ) -> None:
+        settings: dict[str, Any] = {"source": str(source.resolve())}
+        if max_cost is not None:
+            settings["max_cost"] = max_cost
+        if max_tokens is not None:
+            settings["max_tokens"] = max_tokens
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(keys.batch(batch_id), "created_at", time.time())
+            pipe.hset(keys.batch(batch_id), mapping=settings)
+            pipe.zadd(keys.batches(), {batch_id: time.time()}, nx=True)
+            await pipe.execute()
+
+    async def _enqueue_chunk(
+        self, batch_id: str, chunk: list[Job], report: SubmitReport, priority: bool
+    ) -> None:
+        added = await self.store.enqueue(chunk, defer=-86400.0 if priority else 0.0)
+        report.submitted += sum(added)
+        report.already_known += len(added) - sum(added)
+        # Registered by line number, so a resubmission (a line fixed since) lands in input order, once.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.batch_jobs(batch_id), {job.id: job.metadata["line"] for job in chunk})
+            pipe.hset(
+                keys.batch_custom_ids(batch_id),
+                mapping={job.id: str(job.metadata.get("custom_id", "")) for job in chunk},
+            )
+            await pipe.execute()
+
+    async def _end_cancelled(self, job_id: str, batch_id: str) -> int:
+        failures, queued_at = await self.store.read_waiting(job_id)
+        result = JobResult(
+            job_id=job_id,
+            batch_id=batch_id,
+            status="cancelled",
+            attempts=len(failures),
+            errors=[
+                *failures,
+                AttemptError(attempt=len(failures), kind="cancelled", message="the batch was cancelled"),
+            ],
+            timings=Timings(queued_at=queued_at),
+        )
+        stored = await self.store.finish(result, was_retry_waiting=bool(failures))
+        await self.redis.delete(keys.arq_job(job_id), keys.arq_retry(job_id))
+        return 1 if stored else 0
+
+
+def check_batch_id(batch_id: str) -> str:
+    if not BATCH_ID_PATTERN.match(batch_id):
+        raise BatchError(f"invalid batch id {batch_id!r}: use 1-100 letters, digits, '_', '-', '.' or '@'")
+    return batch_id
+
+
+def new_batch_id(path: Path) -> str:
+    stem = re.sub(r"[^\w.-]", "-", path.stem)[:60] or "batch"
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,0 +1,178 @@
+"""``llmqueue run``: one command from a JSONL file to a results file.
+
+It starts (or uses) Redis, starts worker processes, submits the file as a batch, shows progress,
+writes the results in input order and stops what it started. Interrupted, it leaves the batch in
+Redis so ``llmqueue run --resume BATCH`` goes on without redoing finished jobs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_batch_id
+from llmqueue.batches.files import check_file, invalid_file_error, write_rejects, write_results
+from llmqueue.batches.ledger import BatchStatus
+from llmqueue.errors import LLMQueueError
+from llmqueue.ops.display import BatchProgress
+from llmqueue.ops.local_cluster import LocalCluster, run_dir
+from llmqueue.producer import Producer
+from llmqueue.settings import Settings
+
+
+@dataclass
+class RunOptions:
+    """What ``llmqueue run`` was asked to do."""
+
+    file: Path | None
+    output: Path
+    batch_id: str | None = None
+    resume: bool = False
+    workers: int = 2
+    concurrency: int | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    model: str | None = None
+    llm_config: str | None = None
+    max_cost: float | None = None
+    max_tokens: int | None = None
+    skip_invalid: bool = False
+    rejects: Path | None = None
+    redis_url: str | None = None
+    config: Path | None = None
+    worker_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    batch_id: str
+    status: BatchStatus
+    output: Path
+    failures: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.status.total > 0 and self.status.succeeded == self.status.total
+
+
+async def run_batch(options: RunOptions, settings: Settings, console: Console) -> RunSummary:
+    """Run a batch file end to end; see the module docstring."""
+    batch_id = _batch_id(options)
+    if not options.resume and not options.skip_invalid:
+        _check_before_starting(options, batch_id)
+    data_dir = (
+        run_dir(batch_id) if options.redis_url is None else Path(tempfile.mkdtemp(prefix="llmqueue-run-"))
+    )
+    finished = resumable = False
+    try:
+        cluster = LocalCluster(
+            redis_url=options.redis_url,
+            workers=options.workers,
+            data_dir=data_dir,
+            worker_env=_worker_env(options),
+            stop_timeout=settings.worker.shutdown_grace + 15,
+        )
+        with cluster:
+            async with Producer(settings, redis_url=cluster.redis_url) as producer:
+                batches = Batches(producer.store)
+                source = await _source_file(batches, options, batch_id)
+                resumable = True
+                report = await batches.submit_file(
+                    source,
+                    batch_id,
+                    default_model=options.model,
+                    llm_config=options.llm_config,
+                    skip_invalid=options.skip_invalid,
+                    max_cost=options.max_cost,
+                    max_tokens=options.max_tokens,
+                )
+                _announce(console, batch_id, report)
+                if report.rejected:
+                    write_rejects(
+                        report.rejected, options.rejects or options.output.with_suffix(".rejected.jsonl")
+                    )
+                status = await _watch(batches, batch_id, cluster, console)
+                failures = await write_results(batches.results(batch_id), options.output)
+                finished = True
+    finally:
+        # Keep the data only of a run that was interrupted after it began: that is what --resume needs.
+        if finished or options.redis_url is not None or not resumable:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return RunSummary(batch_id=batch_id, status=status, output=options.output, failures=failures)
+
+
+def _check_before_starting(options: RunOptions, batch_id: str) -> None:
+    """A bad file stops the run before any Redis or worker is started."""
+    assert options.file is not None
+    check = check_file(
+        options.file, batch_id=batch_id, default_model=options.model, llm_config=options.llm_config
+    )
+    if not check.ok:
+        raise invalid_file_error(check, options.file)
+
+
+def _announce(console: Console, batch_id: str, report: SubmitReport) -> None:
+    console.print(
+        f"batch [bold]{batch_id}[/bold]: {report.submitted} job(s) queued"
+        + (f", {report.already_known} already queued or done" if report.already_known else "")
+        + (f", {len(report.rejected)} line(s) rejected" if report.rejected else "")
+    )
+
+
+async def _watch(batches: Batches, batch_id: str, cluster: LocalCluster, console: Console) -> BatchStatus:
+    with BatchProgress(console) as progress:
+        async for status in batches.follow(batch_id, interval=0.25):
+            progress.update(status)
+            cluster.check_workers()
+    return status
+
+
+def _batch_id(options: RunOptions) -> str:
+    if options.resume:
+        if not options.batch_id:
+            raise LLMQueueError("--resume needs the batch id to resume")
+        return check_batch_id(options.batch_id)
+    if options.file is None:
+        raise LLMQueueError("give the JSONL file to run, or --resume BATCH")
+    batch_id = check_batch_id(options.batch_id) if options.batch_id else new_batch_id(options.file)
+    if options.redis_url is None and run_dir(batch_id).exists():
+        raise LLMQueueError(
+            f"batch {batch_id} was started before and not finished: use `llmqueue run --resume {batch_id}`"
+        )
+    return batch_id
+
+
+async def _source_file(batches: Batches, options: RunOptions, batch_id: str) -> Path:
+    if not options.resume:
+        assert options.file is not None
+        return options.file
+    try:
+        status = await batches.status(batch_id)
+    except LLMQueueError:
+        raise LLMQueueError(
+            f"nothing to resume: batch {batch_id} is not in "
+            + ("that Redis" if options.redis_url else f"the embedded Redis of {run_dir(batch_id)}")
+        ) from None
+    source = Path(options.file or status.source or "")
+    if not source.is_file():
+        raise LLMQueueError(f"the batch's input file {source} is gone; pass it again: run FILE --resume")
+    return source
+
+
+def _worker_env(options: RunOptions) -> dict[str, str]:
+    env = dict(options.worker_env)
+    if options.config is not None:
+        env["LLMQUEUE_CONFIG"] = str(options.config.resolve())
+    if options.model:
+        env["LLM_MODEL"] = options.model
+    if options.rpm is not None:
+        env["LLM_RPM"] = str(options.rpm)
+    if options.tpm is not None:
+        env["LLM_TPM"] = str(options.tpm)
+    if options.concurrency is not None:
+        env["WORKER_MAX_JOBS"] = str(options.concurrency)
+    return env

@@ -1,0 +1,218 @@
+"""``llmqueue worker``, ``health``, ``workers``, ``complete`` and ``simulate-provider``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from llmqueue.cli.common import (
+    ConfigOption,
+    LLMConfigOption,
+    LogFormatChoice,
+    ModelOption,
+    RedisOption,
+    app,
+    console,
+    settings_from,
+    with_redis,
+)
+from llmqueue.errors import LLMQueueError
+from llmqueue.ops.display import format_seconds
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    redis_url: RedisOption = None,
+    max_jobs: Annotated[int | None, typer.Option(help="Concurrent jobs in this process.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Queue name.")] = None,
+    burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every job event.")] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics.")
+    ] = None,
+    log_format: Annotated[
+        LogFormatChoice, typer.Option(help="text, or json: one JSON object per line, every job event.")
+    ] = LogFormatChoice.text,
+) -> None:
+    """Run a worker that takes jobs from Redis and calls the provider through LiteLLM."""
+    from llmqueue.ops.events import EventSink
+    from llmqueue.ops.logs import JobLog, configure_logging, secrets_of
+
+    worker_overrides: dict[str, Any] = {}
+    if max_jobs is not None:
+        worker_overrides["max_jobs"] = max_jobs
+    if queue is not None:
+        worker_overrides["queue_name"] = queue
+    settings = settings_from(config, redis_url, **({"worker": worker_overrides} if worker_overrides else {}))
+    secrets = secrets_of(settings)
+    configure_logging(log_format.value, verbose=verbose, secrets=secrets)
+    sinks: list[EventSink] = [JobLog(secrets)]
+    if metrics_port is not None:
+        from llmqueue.ops.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics()
+        try:
+            metrics.serve(metrics_port)
+        except OSError as exc:
+            raise LLMQueueError(f"cannot serve metrics on port {metrics_port}: {exc}") from None
+        sinks.append(metrics)
+    from llmqueue.worker import create_worker  # LiteLLM's import takes seconds: after the quick checks
+
+    create_worker(settings, burst=burst, sinks=sinks).run()
+
+
+@app.command()
+def health(
+    max_age: Annotated[
+        float | None,
+        typer.Option(help="Seconds since a worker's last heartbeat (default: 3 x heartbeat_interval)."),
+    ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Only workers on this host (a container's own healthcheck).")
+    ] = False,
+    queue: Annotated[str | None, typer.Option(help="Queue name (default: the configured one).")] = None,
+    config: ConfigOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """Exit 0 if a worker checked in within --max-age seconds, 1 if none did (for healthchecks)."""
+    import socket
+    import time
+
+    from llmqueue.ops.registry import WorkerInfo, arq_health, live_workers, read_workers
+
+    settings = settings_from(config, redis_url)
+    queue_name = queue or settings.worker.queue_name
+    limit = max_age if max_age is not None else 3 * settings.worker.heartbeat_interval
+    host = socket.gethostname() if local else None
+
+    async def check(redis: Any) -> tuple[list[WorkerInfo], str | None]:
+        return await read_workers(redis), await arq_health(redis, queue_name)
+
+    registered, arq_line = with_redis(settings, check)
+    live = live_workers(registered, max_age=limit, queue=queue_name, host=host)
+    where = f"queue {queue_name}" + (f" on {host}" if host else "")
+    if not live:
+        console.print(
+            f"unhealthy: no worker on {where} has checked in within {limit:g}s "
+            f"({len(registered)} registered worker(s) in all)"
+        )
+        raise typer.Exit(1)
+    newest = min(w.age(time.time()) for w in live)
+    typer.echo(f"ok: {len(live)} live worker(s) on {where}, last heartbeat {newest:.1f}s ago")
+    if arq_line:
+        typer.echo(f"arq: {arq_line}")
+
+
+@app.command()
+def workers(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    queue: Annotated[str | None, typer.Option(help="Only workers on this queue.")] = None,
+    config: ConfigOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """List the live workers: host, pid, queue, jobs in flight, uptime, last heartbeat."""
+    import time
+
+    from rich.table import Column, Table
+
+    from llmqueue.ops.registry import read_workers
+
+    settings = settings_from(config, redis_url)
+    found = [w for w in with_redis(settings, read_workers) if queue is None or w.queue == queue]
+    now = time.time()
+    if as_json:
+        typer.echo(json.dumps([w.to_json(now) for w in found], indent=2))
+        return
+    if not found:
+        console.print("no live workers")
+        return
+    table = Table(
+        Column("worker", no_wrap=True), "host", "pid", "queue", "in flight", "up", "last seen", expand=False
+    )
+    for w in found:
+        table.add_row(
+            w.worker_id,
+            w.host,
+            str(w.pid),
+            w.queue,
+            str(w.in_flight),
+            format_seconds(now - w.started_at),
+            f"{w.age(now):.1f}s ago",
+        )
+    Console().print(table)
+    console.print(f"{len(found)} worker(s), {sum(w.in_flight for w in found)} job(s) in flight")
+
+
+@app.command()
+def complete(
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    model: ModelOption = None,
+    llm_config: LLMConfigOption = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Completion token limit.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the result.")] = None,
+    config: ConfigOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """Queue one chat completion, wait for it, and print the result as JSON."""
+    from llmqueue.producer import Producer
+
+    settings = settings_from(config, redis_url)
+    job: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}], "model": model}
+    if llm_config:
+        job["llm_config"] = llm_config
+    if max_tokens is not None:
+        job["params"] = {"max_tokens": max_tokens}
+
+    async def go() -> str:
+        async with Producer(settings) as producer:
+            handle = await producer.submit(job)
+            return (await handle.result(timeout=timeout)).model_dump_json(indent=2)
+
+    typer.echo(asyncio.run(go()))
+
+
+@app.command("simulate-provider")
+def simulate_provider(
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port, printed on start).")] = 8900,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute it allows (default: any).")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per minute it allows (default: any).")] = None,
+    window_seconds: Annotated[
+        float, typer.Option("--window-seconds", "--window", help="Rate-limit bucket window, seconds.")
+    ] = 1.0,
+    latency: Annotated[float, typer.Option(help="Mean seconds per call.")] = 0.0,
+    latency_jitter: Annotated[float, typer.Option(help="Latency spread as a fraction, 0-1.")] = 0.0,
+    error_rate: Annotated[float, typer.Option(help="Fraction of calls answered 500/502/503, 0-1.")] = 0.0,
+    timeout_rate: Annotated[float, typer.Option(help="Fraction of calls that hang first, 0-1.")] = 0.0,
+    hang_seconds: Annotated[float, typer.Option(help="How long a hanging call hangs.")] = 30.0,
+    api_key: Annotated[str | None, typer.Option(help="Require this bearer key.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the random faults.")] = None,
+    completion_tokens: Annotated[int, typer.Option(help="Completion length in tokens.")] = 16,
+) -> None:
+    """Serve a local OpenAI-compatible provider with rate limits and faults (no API key needed)."""
+    from pydantic import ValidationError
+
+    from llmqueue.simulator.server import ProviderConfig, serve
+
+    try:
+        config = ProviderConfig(
+            rpm=rpm,
+            tpm=tpm,
+            window_seconds=window_seconds,
+            latency=latency,
+            latency_jitter=latency_jitter,
+            error_rate=error_rate,
+            timeout_rate=timeout_rate,
+            hang_seconds=hang_seconds,
+            api_key=api_key,
+            seed=seed,
+            completion_tokens=completion_tokens,
+        )
+    except ValidationError as exc:
+        raise LLMQueueError(f"invalid simulated provider options: {exc}") from None
+    serve(config, host=host, port=port)

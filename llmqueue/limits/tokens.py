@@ -1,0 +1,55 @@
+"""Token estimates for the limiter, made before a call and reconciled after it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import litellm
+
+from llmqueue.models import Job
+
+
+def estimate_tokens(job: Job, model: str, default_completion_tokens: int) -> int:
+    """Prompt tokens (LiteLLM's counter for the model) plus the completion the job may produce.
+
+    The completion part is the job's ``max_tokens`` (or ``max_completion_tokens``) when set, else
+    ``default_completion_tokens``. Embedding jobs have no completion.
+    """
+    if job.kind == "embedding":
+        texts = [job.input] if isinstance(job.input, str) else list(job.input or [])
+        return sum(_count_text(model, text) for text in texts)
+    prompt = _count_messages(model, job.messages)
+    limit = job.params.get("max_completion_tokens", job.params.get("max_tokens"))
+    completion = int(limit) if isinstance(limit, int | float) else default_completion_tokens
+    return prompt + completion
+
+
+def usage_tokens(response: Any) -> int | None:
+    """Total tokens the provider reports having used, or None when it reports none."""
+    usage = getattr(response, "usage", None)
+    if usage is None and isinstance(response, dict):
+        usage = response.get("usage")
+    if usage is None:
+        return None
+    total = usage.get("total_tokens") if isinstance(usage, dict) else getattr(usage, "total_tokens", None)
+    return int(total) if total is not None else None
+
+
+def _count_messages(model: str, messages: list[dict[str, Any]]) -> int:
+    try:
+        return int(litellm.token_counter(model=model, messages=messages))
+    except Exception:
+        # LiteLLM cannot count every content shape; a rough 4 characters a token keeps the limiter honest.
+        return sum(_rough(str(m.get("content", ""))) + 4 for m in messages)
+
+
+def _count_text(model: str, text: str) -> int:
+    try:
+        return int(litellm.token_counter(model=model, text=text))
+    except Exception:
+        return _rough(text)
+
+
+def _rough(text: str) -> int:
+    return math.ceil(len(text) / 4)

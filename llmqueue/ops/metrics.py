@@ -1,0 +1,152 @@
+"""Prometheus metrics for a worker, fed by the runner's job events.
+
+:class:`WorkerMetrics` is an event sink: pass it to ``create_worker(settings, sinks=[..., metrics])``
+and serve it with :meth:`WorkerMetrics.serve` (``llmqueue worker --metrics-port 9100``). ``model`` is
+the LiteLLM model string a job used (empty for a job that could not be parsed); ``reason`` is the error
+kind (``rate_limit``, ``timeout``, ``server_error``, ``auth`` …). Counters count this worker process's
+events since it started; Prometheus sums them across workers.
+
+- ``llmqueue_jobs_started_total{model}``: provider calls started (every attempt)
+- ``llmqueue_jobs_succeeded_total{model}``: jobs that ended succeeded
+- ``llmqueue_jobs_failed_total{model,reason}``: jobs that ended failed (retries spent, a permanent error,
+  or ``invalid_job``)
+- ``llmqueue_jobs_retried_total{model,reason}``: failed calls sent back to the queue to try again
+- ``llmqueue_jobs_deferred_total{model,reason}``: jobs sent back by the limiter (``limiter``) or a 429
+  cooldown (``cooldown``); not attempts
+- ``llmqueue_jobs_cancelled_total{reason}``: jobs of a cancelled or over-budget batch
+- ``llmqueue_jobs_interrupted_total{model}``: calls cut off by a worker stop (they run again)
+- ``llmqueue_rate_limited_total{model}``: provider answers with HTTP 429
+- ``llmqueue_limiter_wait_seconds{model,where}`` (histogram): limiter waits, ``inline`` (in a worker
+  slot) or ``deferred`` (the delay back in the queue)
+- ``llmqueue_call_duration_seconds{model}`` (histogram): provider call latency, answered or failed
+- ``llmqueue_tokens_total{model,kind}``: tokens the provider reported, ``prompt`` or ``completion``
+- ``llmqueue_cost_usd_total{model}``: LiteLLM's price of the successful calls, in USD
+- ``llmqueue_in_flight{model}`` (gauge): provider calls running in this worker now
+
+The registry also holds the usual ``process_*`` and ``python_*`` series of the worker process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+
+from llmqueue.ops.events import JobEvent
+
+__all__ = ["WorkerMetrics"]
+
+# Limiter waits run from milliseconds (an inline wait) to minutes (a long re-defer).
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+_CALL_ENDS = frozenset({"succeeded", "failed", "retrying", "interrupted"})
+
+
+class WorkerMetrics:
+    """An event sink keeping a worker's Prometheus metrics (see the module docstring for the list).
+
+    Each instance has its own registry (``registry``), so several workers in one process, as in tests,
+    do not collide. The sink never raises on an event it does not count.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        self.registry = registry
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ("model",)) -> Counter:
+            return Counter(name, doc, labels, namespace="llmqueue", registry=registry)
+
+        self.started = counter("jobs_started", "Provider calls started (every attempt).")
+        self.succeeded = counter("jobs_succeeded", "Jobs that ended succeeded.")
+        self.failed = counter("jobs_failed", "Jobs that ended failed, by error kind.", ("model", "reason"))
+        self.retried = counter(
+            "jobs_retried", "Failed calls sent back to the queue to try again.", ("model", "reason")
+        )
+        self.deferred = counter(
+            "jobs_deferred",
+            "Jobs sent back to the queue by the limiter or a 429 cooldown (not attempts).",
+            ("model", "reason"),
+        )
+        self.cancelled = counter("jobs_cancelled", "Jobs of a cancelled or over-budget batch.", ("reason",))
+        self.interrupted = counter("jobs_interrupted", "Calls cut off by a worker stop.")
+        self.rate_limited = counter("rate_limited", "Provider answers with HTTP 429.")
+        self.limiter_wait = Histogram(
+            "limiter_wait_seconds",
+            "Seconds a job waited for the limiter: inline (in a worker slot) or deferred (in the queue).",
+            ("model", "where"),
+            namespace="llmqueue",
+            registry=registry,
+            buckets=WAIT_BUCKETS,
+        )
+        self.call_duration = Histogram(
+            "call_duration_seconds",
+            "Seconds one provider call took, answered or failed.",
+            ("model",),
+            namespace="llmqueue",
+            registry=registry,
+            buckets=CALL_BUCKETS,
+        )
+        self.tokens = counter("tokens", "Tokens the provider reported.", ("model", "kind"))
+        self.cost = counter("cost_usd", "LiteLLM's price of the successful calls, in USD.")
+        self.in_flight = Gauge(
+            "in_flight",
+            "Provider calls running in this worker now.",
+            ("model",),
+            namespace="llmqueue",
+            registry=registry,
+        )
+
+    def __call__(self, event: JobEvent) -> None:
+        """Count one job event."""
+        model = event.model or ""
+        name = event.event
+        if name == "started":
+            self.started.labels(model).inc()
+            self.in_flight.labels(model).inc()
+        elif name in _CALL_ENDS:
+            self.in_flight.labels(model).dec()
+        if event.status_code == 429:
+            self.rate_limited.labels(model).inc()
+        if event.latency is not None and name in _CALL_ENDS:
+            self.call_duration.labels(model).observe(event.latency)
+
+        if name == "succeeded":
+            self.succeeded.labels(model).inc()
+            if event.prompt_tokens:
+                self.tokens.labels(model, "prompt").inc(event.prompt_tokens)
+            if event.completion_tokens:
+                self.tokens.labels(model, "completion").inc(event.completion_tokens)
+            if event.cost:
+                self.cost.labels(model).inc(event.cost)
+        elif name == "failed":
+            self.failed.labels(model, event.reason or "error").inc()
+        elif name == "invalid":
+            self.failed.labels(model, event.reason or "invalid_job").inc()
+        elif name == "retrying":
+            self.retried.labels(model, event.reason or "error").inc()
+        elif name == "deferred":
+            self.deferred.labels(model, event.reason or "limiter").inc()
+            if event.reason is None and event.wait is not None:
+                self.limiter_wait.labels(model, "deferred").observe(event.wait)
+        elif name == "limiter_wait" and event.wait is not None:
+            self.limiter_wait.labels(model, "inline").observe(event.wait)
+        elif name == "cancelled":
+            self.cancelled.labels(event.reason or "cancelled").inc()
+        elif name == "interrupted":
+            self.interrupted.labels(model).inc()
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        """Serve ``/metrics`` on ``host:port`` from a daemon thread; returns the port (0 picks a free one)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)

@@ -1,0 +1,109 @@
+"""Reading the worker registry: which workers are alive, where, and how busy.
+
+Each worker's heartbeat (``llmqueue.queue.heartbeat``) refreshes a hash ``keys.worker(worker_id)`` every
+``heartbeat_interval`` seconds with its host, pid, queue, in-flight job count, start time and
+``last_seen`` (the worker's clock, Unix seconds); the hash expires after at least three intervals
+without a beat, and a worker that stops cleanly deletes it. This module only reads those entries.
+
+arq keeps one more sign of life: ``<queue>:health-check``, a string a worker on that queue rewrites
+every ``health_check_interval`` seconds (``arq --check`` reads it). It is one key per queue, shared by
+every worker on it, so it cannot tell which worker is alive; :func:`arq_health` returns it for display.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from arq.constants import health_check_key_suffix
+from redis.asyncio import Redis
+
+from llmqueue import keys
+
+__all__ = ["WorkerInfo", "arq_health", "live_workers", "read_workers"]
+
+logger = logging.getLogger("llmqueue.ops.registry")
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One registry entry. Times are Unix seconds from the worker's clock."""
+
+    worker_id: str
+    host: str
+    pid: int
+    queue: str
+    in_flight: int
+    started_at: float
+    last_seen: float
+
+    @classmethod
+    def from_hash(cls, data: Mapping[Any, Any]) -> WorkerInfo:
+        """Parse a registry hash (bytes or str values); raises ValueError/KeyError on a malformed one."""
+        fields = {_text(k): _text(v) for k, v in data.items()}
+        return cls(
+            worker_id=fields["worker_id"],
+            host=fields["host"],
+            pid=int(fields["pid"]),
+            queue=fields["queue"],
+            in_flight=int(fields["in_flight"]),
+            started_at=float(fields["started_at"]),
+            last_seen=float(fields["last_seen"]),
+        )
+
+    def age(self, now: float) -> float:
+        """Seconds since the worker's last heartbeat."""
+        return max(0.0, now - self.last_seen)
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {**asdict(self), "age": round(self.age(now), 3), "uptime": round(now - self.started_at, 3)}
+
+
+async def read_workers(redis: Redis) -> list[WorkerInfo]:
+    """Every registry entry present now, sorted by host and pid; malformed entries are logged, skipped."""
+    entry_keys = [key async for key in redis.scan_iter(match=keys.WORKER_PATTERN, count=500)]
+    if not entry_keys:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in entry_keys:
+            pipe.hgetall(key)
+        hashes: list[Mapping[Any, Any]] = await pipe.execute()
+    workers = []
+    for key, data in zip(entry_keys, hashes, strict=True):
+        if not data:
+            continue  # expired between SCAN and HGETALL
+        try:
+            workers.append(WorkerInfo.from_hash(data))
+        except (KeyError, ValueError) as exc:
+            logger.warning("skipping malformed worker registry entry %s: %r", _text(key), exc)
+    return sorted(workers, key=lambda w: (w.host, w.pid, w.worker_id))
+
+
+def live_workers(
+    workers: Iterable[WorkerInfo],
+    *,
+    max_age: float,
+    now: float | None = None,
+    queue: str | None = None,
+    host: str | None = None,
+) -> list[WorkerInfo]:
+    """The workers whose last heartbeat is at most ``max_age`` seconds old, optionally on one queue/host."""
+    now = time.time() if now is None else now
+    return [
+        w
+        for w in workers
+        if w.age(now) <= max_age and (queue is None or w.queue == queue) and (host is None or w.host == host)
+    ]
+
+
+async def arq_health(redis: Redis, queue_name: str) -> str | None:
+    """arq's health-check line for ``queue_name`` (``j_complete=… queued=…``), or None when absent."""
+    value = await redis.get(queue_name + health_check_key_suffix)
+    return None if value is None else _text(value)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,309 @@
+"""What a worker does with one job: limiter → LiteLLM → reconcile → result, or a re-enqueue.
+
+Attempts are counted here, not by arq: arq counts every start (limiter re-defers, crash restarts),
+llmqueue counts only provider calls that failed, kept in Redis with the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import litellm
+from arq.worker import Retry
+
+from llmqueue.batches.ledger import BatchLedger
+from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
+from llmqueue.limits.limiter import RateLimiter
+from llmqueue.limits.tokens import estimate_tokens, usage_tokens
+from llmqueue.llm.backoff import RetryPolicy
+from llmqueue.llm.call import call_kwargs, call_provider, job_model, supports_prompt_caching
+from llmqueue.llm.classify import classify
+from llmqueue.models import AttemptError, Job, JobResult, ResultStatus, Timings, Usage
+from llmqueue.ops.events import EventSink, JobEvent, emit
+from llmqueue.queue.payload import invalid_reason
+from llmqueue.queue.store import AttemptStart, JobStore
+from llmqueue.settings import LimitConfig, LLMConfig, Settings
+
+# The scope-wide pause after a 429 that came without a retry-after header, in seconds.
+DEFAULT_COOLDOWN = 1.0
+
+_STOP_MESSAGES = {
+    "cancelled": "the batch was cancelled",
+    "budget_exceeded": "the batch reached its cost or token budget",
+}
+
+
+@dataclass
+class _Call:
+    """One job on its way to the provider: what the runner worked out before calling."""
+
+    job: Job
+    llm: LLMConfig
+    model: str
+    scope: str
+    limit: LimitConfig | None
+    start: AttemptStart
+    estimate: int
+
+    @property
+    def attempt(self) -> int:
+        return len(self.start.failures) + 1
+
+
+@dataclass
+class JobRunner:
+    settings: Settings
+    store: JobStore
+    limiter: RateLimiter
+    worker_id: str
+    sinks: Sequence[EventSink] = ()
+    in_flight: set[str] = field(default_factory=set)
+    """Ids of the jobs this worker is running now (the heartbeat keeps them claimed)."""
+    ledger: BatchLedger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ledger = BatchLedger(self.store.redis)
+
+    async def handle(self, job_id: str, payload: Any) -> None:
+        """Run one start of a job. Raises arq's Retry to re-enqueue it; returns once a result is stored."""
+        self.in_flight.add(job_id)
+        try:
+            await self._attempt(job_id, payload)
+        finally:
+            self.in_flight.discard(job_id)
+
+    async def _attempt(self, job_id: str, payload: Any) -> None:
+        try:
+            job, llm = self._parse(job_id, payload)
+        except (JobValidationError, ConfigError) as exc:
+            await self._finish_unrunnable(job_id, payload, str(exc))
+            return
+        start = await self.store.begin_attempt(job_id, job.batch_id)
+        if start.has_result:
+            return  # a restart after a crash that came after the result was stored
+        if start.stop_reason is not None:
+            await self._finish_stopped(job, start.stop_reason, start)
+            return
+        model = job_model(job, llm)
+        scope = llm.limit_scope or model
+        limit = self.settings.limit_for(scope, llm)
+        call = _Call(
+            job=job,
+            llm=llm,
+            model=model,
+            scope=scope,
+            limit=limit,
+            start=start,
+            # Counting tokens costs CPU on every job; only a token limit needs the estimate.
+            estimate=estimate_tokens(job, model, llm.default_completion_tokens) if limit and limit.tpm else 0,
+        )
+        # Everything CPU-bound happens before admission, so the request leaves soon after it is admitted.
+        kwargs = call_kwargs(job, llm, supports_caching=supports_prompt_caching(model))
+        await self._admit(call)
+        await self._call(call, kwargs)
+
+    async def _admit(self, call: _Call) -> None:
+        """Take the call's share of the limiter, waiting in place briefly or re-deferring the job."""
+        admission = await self.limiter.acquire(
+            call.scope, call.limit, tokens=call.estimate, max_wait=self.settings.worker.max_inline_wait
+        )
+        if not admission.admitted:
+            self._emit("deferred", call, wait=admission.wait)
+            raise Retry(defer=admission.wait)  # not an attempt: the job frees its slot meanwhile
+        if admission.wait > 0:
+            self._emit("limiter_wait", call, wait=admission.wait)
+            await asyncio.sleep(admission.wait)
+            # A 429 seen elsewhere while this job slept pauses it too, reservation or not.
+            pause = await self.limiter.cooldown(call.scope, 0)
+            if pause > 0:
+                self._emit("deferred", call, wait=pause, reason="cooldown")
+                raise Retry(defer=pause)
+
+    async def _call(self, call: _Call, kwargs: dict[str, Any]) -> None:
+        job = call.job
+        counting = asyncio.ensure_future(
+            self.ledger.call_started(job.batch_id, retrying=bool(call.start.failures))
+        )
+        self._emit("started", call)
+        began = time.monotonic()
+        try:
+            response = await call_provider(job.kind, kwargs, timeout=call.llm.timeout + 5)
+        except asyncio.CancelledError:
+            # The worker is stopping: arq puts the job back in the queue, and this was no attempt.
+            await asyncio.shield(self._interrupted(call, counting))
+            raise
+        except Exception as exc:
+            await counting
+            await self.limiter.adjust(call.scope, call.limit, tokens=call.estimate)
+            error = classify(exc, self._secrets(call.llm))
+            await self._handle_failure(call, error, latency=time.monotonic() - began)
+            return
+        latency = time.monotonic() - began
+        await counting
+        used = usage_tokens(response)
+        if used is not None:
+            await self.limiter.adjust(call.scope, call.limit, tokens=call.estimate - used)
+        result = self._result(call, "succeeded", errors=call.start.failures)
+        result.response = _as_dict(response)
+        result.usage = _usage(response)
+        result.cost = _cost(response)
+        await self.store.finish(result, reply_to=job.reply_to, was_calling=True)
+        usage = result.usage
+        self._emit(
+            "succeeded",
+            call,
+            latency=latency,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            cost=result.cost,
+        )
+
+    async def _handle_failure(self, call: _Call, error: ProviderError, *, latency: float) -> None:
+        retry_after = error.retry_after if isinstance(error, RateLimitedError) else None
+        if isinstance(error, RateLimitedError):
+            await self.limiter.cooldown(
+                call.scope,
+                retry_after if retry_after is not None else DEFAULT_COOLDOWN,
+                longest=call.llm.retry_max_wait,
+            )
+        policy = RetryPolicy.from_llm(call.llm)
+        summary = AttemptError(
+            attempt=call.attempt, kind=error.kind, message=error.message, status_code=error.status_code
+        )
+        details = {"latency": latency, "reason": error.kind, "status_code": error.status_code}
+        if error.retryable and policy.allows_retry(call.attempt):
+            summary.retry_in = policy.delay(call.attempt, retry_after)
+            await self.store.record_error(call.job.id, call.job.batch_id, summary)
+            self._emit("retrying", call, wait=summary.retry_in, message=error.message, **details)
+            raise Retry(defer=summary.retry_in)
+        result = self._result(call, "failed", errors=[*call.start.failures, summary])
+        result.request = call.job.model_dump(mode="json", exclude={"reply_to"})
+        await self.store.finish(result, reply_to=call.job.reply_to, was_calling=True)
+        self._emit("failed", call, message=error.message, **details)
+
+    async def _interrupted(self, call: _Call, counting: asyncio.Future[None]) -> None:
+        await counting
+        await self.ledger.call_cut_short(call.job.batch_id, retrying=bool(call.start.failures))
+        self._emit("interrupted", call)
+
+    def _parse(self, job_id: str, payload: Any) -> tuple[Job, LLMConfig]:
+        reason = invalid_reason(payload)
+        if reason is not None:
+            raise JobValidationError(reason)
+        job = Job.parse(payload)
+        # Run under another id, the job's result would land where no one waits for it, or pre-empt that job's.
+        if job.id != job_id:
+            raise JobValidationError(f"payload id {job.id!r} does not match the id it was queued under")
+        return job, self.settings.llm_for(job.llm_config)
+
+    async def _finish_stopped(self, job: Job, reason: str, start: AttemptStart) -> None:
+        """A job of a cancelled or spent batch: it ends as cancelled without calling the provider."""
+        failures = start.failures
+        stop = AttemptError(attempt=len(failures), kind=reason, message=_STOP_MESSAGES.get(reason, reason))
+        result = JobResult(
+            job_id=job.id,
+            batch_id=job.batch_id,
+            status="cancelled",
+            attempts=len(failures),
+            errors=[*failures, stop],
+            timings=Timings(queued_at=job.created_at, started_at=start.started_at),
+            worker_id=self.worker_id,
+            metadata=job.metadata,
+            request=job.model_dump(mode="json", exclude={"reply_to"}),
+        )
+        await self.store.finish(result, reply_to=job.reply_to, was_retry_waiting=bool(failures))
+        emit(self.sinks, JobEvent("cancelled", job.id, job.batch_id, reason=reason, worker_id=self.worker_id))
+
+    async def _finish_unrunnable(self, job_id: str, payload: Any, reason: str) -> None:
+        """A job that cannot be run as given: record a failed result and keep the worker going."""
+        fields = payload if isinstance(payload, dict) else {}
+        reply_to = fields.get("reply_to")
+        batch_id = fields.get("batch_id")
+        result = JobResult(
+            job_id=job_id,
+            batch_id=batch_id if isinstance(batch_id, str) else None,
+            status="failed",
+            attempts=0,
+            errors=[AttemptError(attempt=0, kind="invalid_job", message=reason)],
+            timings=Timings(queued_at=datetime.now(UTC)),
+            worker_id=self.worker_id,
+        )
+        await self.store.finish(result, reply_to=reply_to if isinstance(reply_to, str) else None)
+        emit(
+            self.sinks,
+            JobEvent(
+                "invalid",
+                job_id,
+                result.batch_id,
+                reason="invalid_job",
+                message=reason,
+                worker_id=self.worker_id,
+            ),
+        )
+
+    def _result(self, call: _Call, status: ResultStatus, *, errors: list[AttemptError]) -> JobResult:
+        return JobResult(
+            job_id=call.job.id,
+            batch_id=call.job.batch_id,
+            status=status,
+            model=call.model,
+            attempts=call.attempt,
+            errors=errors,
+            timings=Timings(queued_at=call.job.created_at, started_at=call.start.started_at),
+            worker_id=self.worker_id,
+            metadata=call.job.metadata,
+        )
+
+    def _emit(self, name: Any, call: _Call, **details: Any) -> None:
+        emit(
+            self.sinks,
+            JobEvent(
+                name,
+                call.job.id,
+                call.job.batch_id,
+                model=call.model,
+                scope=call.scope,
+                attempt=call.attempt,
+                worker_id=self.worker_id,
+                **details,
+            ),
+        )
+
+    def _secrets(self, llm: LLMConfig) -> list[str]:
+        return [llm.api_key.get_secret_value()] if llm.api_key else []
+
+
+def _as_dict(response: Any) -> dict[str, Any]:
+    if hasattr(response, "model_dump"):
+        return response.model_dump()  # type: ignore[no-any-return]
+    return dict(response)
+
+
+def _usage(response: Any) -> Usage | None:
+    usage = getattr(response, "usage", None)
+    if usage is None:
+        return None
+    data = usage.model_dump() if hasattr(usage, "model_dump") else dict(usage)
+    return Usage(
+        prompt_tokens=data.get("prompt_tokens") or 0,
+        completion_tokens=data.get("completion_tokens") or 0,
+        total_tokens=data.get("total_tokens") or 0,
+    )
+
+
+def _cost(response: Any) -> float | None:
+    """LiteLLM's cost for the call; None for models without a known price."""
+    hidden = getattr(response, "_hidden_params", None)
+    if isinstance(hidden, dict) and "response_cost" in hidden:
+        cost = hidden["response_cost"]  # LiteLLM priced the call already (None: it knows no price)
+    else:
+        try:
+            cost = litellm.completion_cost(completion_response=response)
+        except Exception:
+            return None
+    return float(cost) if cost else None

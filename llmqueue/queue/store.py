@@ -1,0 +1,173 @@
+"""Job storage in Redis: enqueueing in arq's format, attempt state, and final results.
+
+Producers and workers both go through this class, so the layout of a job's keys lives in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+
+from llmqueue import keys
+from llmqueue.batches import ledger
+from llmqueue.batches.ledger import BatchLedger
+from llmqueue.models import AttemptError, Job, JobResult
+from llmqueue.queue import payload
+
+_LUA = resources.files("llmqueue.queue").joinpath("lua")
+_ENQUEUE = _LUA.joinpath("enqueue.lua").read_text(encoding="utf-8")
+_FINISH = _LUA.joinpath("finish.lua").read_text(encoding="utf-8")
+ENQUEUE_CHUNK = 2000
+WAKE_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class AttemptStart:
+    """What a worker needs to know as it picks a job up."""
+
+    has_result: bool
+    failures: list[AttemptError]
+    started_at: datetime
+    stop_reason: str | None = None
+    """``cancelled`` or ``budget_exceeded`` when the job's batch must not start more jobs."""
+
+
+class JobStore:
+    """Reads and writes one queue's jobs and results."""
+
+    def __init__(self, redis: Redis, *, queue_name: str, job_ttl: float, result_ttl: float) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self.job_ttl_ms = int(job_ttl * 1000)
+        self.result_ttl = int(result_ttl)
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._finish = redis.register_script(_FINISH)
+
+    async def enqueue(self, jobs: Sequence[Job], *, defer: float = 0.0) -> list[bool]:
+        """Queue the jobs, one script call per chunk of 2,000; False for an id that was already known."""
+        now = int(time.time() * 1000)
+        score = now + int(defer * 1000)
+        added: list[bool] = []
+        for start in range(0, len(jobs), ENQUEUE_CHUNK):
+            chunk = jobs[start : start + ENQUEUE_CHUNK]
+            args: list[Any] = [keys.arq_job(""), keys.result(""), self.job_ttl_ms]
+            for job in chunk:
+                args += [job.id, payload.arq_job(job.model_dump(mode="json"), now), score]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._enqueue(keys=[self.queue_name], args=args, client=pipe)
+                # Wake idle workers now instead of at their next poll (a few tokens: one per worker
+                # that should look; the list is trimmed so it never grows).
+                wake = keys.wake(self.queue_name)
+                pipe.lpush(wake, *([b"1"] * min(WAKE_TOKENS, len(chunk))))
+                pipe.ltrim(wake, 0, WAKE_TOKENS - 1)
+                flags, _, _ = await pipe.execute()
+            added += [bool(flag) for flag in flags]
+        return added
+
+    async def begin_attempt(self, job_id: str, batch_id: str | None) -> AttemptStart:
+        """Read a job's state as a worker picks it up, in one round trip.
+
+        Records the first start time, and says whether the job already has a result (a restart after a
+        crash), how many provider calls failed before, and whether its batch was cancelled or spent.
+        """
+        now = datetime.now(UTC).isoformat()
+        state = keys.state(job_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.result(job_id))
+            pipe.hsetnx(state, "started_at", now)
+            pipe.hget(state, "started_at")
+            pipe.expire(state, self.job_ttl_ms // 1000)
+            pipe.lrange(keys.attempt_errors(job_id), 0, -1)
+            if batch_id is not None:
+                pipe.hmget(keys.batch(batch_id), ledger.GATE_FIELDS)
+            replies = await pipe.execute()
+        has_result, _, started, _, errors = replies[:5]
+        return AttemptStart(
+            has_result=bool(has_result),
+            failures=[AttemptError.model_validate_json(raw) for raw in errors],
+            started_at=datetime.fromisoformat(started.decode()),
+            stop_reason=ledger.stop_reason(replies[5]) if batch_id is not None else None,
+        )
+
+    async def read_waiting(self, job_id: str) -> tuple[list[AttemptError], datetime]:
+        """A queued job's failed calls so far and when it was queued; changes nothing."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(keys.attempt_errors(job_id), 0, -1)
+            pipe.get(keys.arq_job(job_id))
+            errors, raw = await pipe.execute()
+        queued_ms = payload.deserialize_job(raw).get("et") if raw is not None else None
+        queued_at = (
+            datetime.fromtimestamp(queued_ms / 1000, UTC)
+            if isinstance(queued_ms, int) and queued_ms
+            else None
+        )
+        return [AttemptError.model_validate_json(e) for e in errors], queued_at or datetime.now(UTC)
+
+    async def record_error(self, job_id: str, batch_id: str | None, error: AttemptError) -> None:
+        """Keep a failed call's summary before the job is re-enqueued; these count against num_retries."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(keys.attempt_errors(job_id), error.model_dump_json())
+            pipe.expire(keys.attempt_errors(job_id), self.job_ttl_ms // 1000)
+            if batch_id is not None:
+                BatchLedger.count_retry(pipe, batch_id, rate_limited=error.kind == "rate_limit")
+            await pipe.execute()
+
+    async def finish(
+        self,
+        result: JobResult,
+        *,
+        reply_to: str | None = None,
+        was_calling: bool = False,
+        was_retry_waiting: bool = False,
+    ) -> bool:
+        """Store the final result, wake whoever waits for it, and add it to the batch's totals.
+
+        A job gets one result: False (and nothing changed) when it already had one. ``was_calling``
+        and ``was_retry_waiting`` say which of the batch's in-between counts the job leaves.
+        """
+        job_id = result.job_id
+        usage = result.usage
+        # A retried 429 was counted when it was recorded; a final one is counted here.
+        final_429 = (
+            result.status == "failed" and bool(result.errors) and result.errors[-1].kind == "rate_limit"
+        )
+        stored = await self._finish(
+            keys=[
+                keys.result(job_id),
+                keys.done(job_id),
+                keys.state(job_id),
+                keys.attempt_errors(job_id),
+                keys.batch(result.batch_id) if result.batch_id else "",
+                reply_to or "",
+            ],
+            args=[
+                result.model_dump_json(),
+                self.result_ttl,
+                job_id,
+                result.status,
+                result.cost or 0.0,
+                usage.prompt_tokens if usage else 0,
+                usage.completion_tokens if usage else 0,
+                1 if was_calling else 0,
+                1 if was_retry_waiting else 0,
+                1 if final_429 else 0,
+            ],
+        )
+        return bool(stored)
+
+    async def get_result(self, job_id: str) -> JobResult | None:
+        raw = await self.redis.get(keys.result(job_id))
+        return None if raw is None else JobResult.model_validate_json(raw)
+
+    async def get_results(self, job_ids: Sequence[str]) -> list[JobResult | None]:
+        """Results in the order of ``job_ids``; None for jobs not finished (or expired)."""
+        if not job_ids:
+            return []
+        raws = await self.redis.mget([keys.result(job_id) for job_id in job_ids])
+        return [None if raw is None else JobResult.model_validate_json(raw) for raw in raws]

@@ -1,0 +1,176 @@
+"""The simulated provider's OpenAI wire format: requests read into token usage, and the JSON bodies of
+chat completions, embeddings and errors, in the exact shapes OpenAI sends.
+
+Content is deterministic: a chat answer echoes the last user message, an embedding is derived from a hash
+of its text. Reading a request raises ValueError with a message fit for a 400 answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import struct
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+
+from llmqueue.simulator.limits import (
+    Rejection,
+    estimate_prompt_tokens,
+    estimate_text_tokens,
+    format_duration,
+    message_text,
+)
+
+#: Model names listed by ``GET /v1/models``; calls may name any model.
+MODELS = ("sim-model", "sim-embedding")
+EMBEDDING_DIMENSIONS = 8
+#: Characters of the last user message a chat answer echoes.
+ECHO_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens a call is charged; ``capped`` when ``max_tokens`` cut the completion short."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    capped: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens: what the call costs against the tokens-per-minute limit."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+def chat_usage(body: Mapping[str, Any], completion_tokens: int) -> Usage:
+    """Tokens a chat request is charged: its prompt estimate plus ``completion_tokens`` capped by
+    ``max_completion_tokens``/``max_tokens``. Raises ValueError for a body OpenAI would refuse."""
+    _require_model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise ValueError("'messages' must be a non-empty list of message objects")
+    if body.get("stream"):
+        raise ValueError("the simulated provider does not stream; send stream=false")
+    cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    if cap is not None and (not isinstance(cap, int) or cap < 1):
+        raise ValueError("'max_tokens' must be a positive integer")
+    completion = completion_tokens if cap is None else min(cap, completion_tokens)
+    capped = cap is not None and cap < completion_tokens
+    return Usage(estimate_prompt_tokens(messages), completion, capped)
+
+
+def embedding_usage(body: Mapping[str, Any]) -> Usage:
+    """Tokens an embeddings request is charged: each text's estimate, or a token list's length.
+    Raises ValueError for bad input."""
+    _require_model(body)
+    items = embedding_inputs(body)
+    return Usage(sum(len(item) if isinstance(item, list) else estimate_text_tokens(item) for item in items))
+
+
+def embedding_inputs(body: Mapping[str, Any]) -> list[str | list[int]]:
+    """The items of an embeddings ``input``: a string, a list of strings, or token-id lists."""
+    raw = body.get("input")
+    items: Sequence[Any] = [raw] if isinstance(raw, str) or _is_token_list(raw) else raw or []
+    if not isinstance(items, list) or not items:
+        raise ValueError("'input' must be a non-empty string or list")
+    if not all(isinstance(item, str) or _is_token_list(item) for item in items):
+        raise ValueError("'input' items must be strings or lists of token ids")
+    return items
+
+
+def chat_body(body: Mapping[str, Any], usage: Usage, call_id: int) -> dict[str, Any]:
+    """An OpenAI ``chat.completion`` answering ``echo: <last user message, first 200 characters>``."""
+    user_texts = [message_text(m.get("content")) for m in body["messages"] if m.get("role") == "user"]
+    content = "echo: " + (user_texts[-1][:ECHO_CHARS] if user_texts else "")
+    return {
+        "id": f"chatcmpl-sim-{call_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body["model"],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "length" if usage.capped else "stop",
+            }
+        ],
+        "usage": _usage_json(usage),
+    }
+
+
+def embeddings_body(body: Mapping[str, Any], usage: Usage) -> dict[str, Any]:
+    """An OpenAI embeddings list: one deterministic unit vector per input, as floats or base64."""
+    as_base64 = body.get("encoding_format") == "base64"
+    data = []
+    for index, item in enumerate(embedding_inputs(body)):
+        vector = embedding_vector(item if isinstance(item, str) else " ".join(map(str, item)))
+        encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": encoded if as_base64 else vector})
+    return {"object": "list", "data": data, "model": body["model"], "usage": _usage_json(usage)}
+
+
+def embedding_vector(text: str) -> list[float]:
+    """A unit vector of ``EMBEDDING_DIMENSIONS`` floats derived from the SHA-256 of ``text``."""
+    words = struct.unpack(f"<{EMBEDDING_DIMENSIONS}I", hashlib.sha256(text.encode()).digest())
+    raw = [word / 2**31 - 1 for word in words]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]
+
+
+def error_response(
+    status: int,
+    message: str | None = None,
+    *,
+    retry_after: float | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """An OpenAI-style error: ``{"error": {"message", "type", "param", "code"}}`` with ``retry-after`` and
+    ``retry-after-ms`` headers when ``retry_after`` (seconds) is given."""
+    kind = "requests" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
+    code = {401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(status)
+    default = "Incorrect API key provided." if status == 401 else HTTPStatus(status).phrase
+    error = {"message": message or default, "type": kind, "param": None, "code": code}
+    all_headers = dict(headers or {})
+    if retry_after is not None:
+        all_headers["retry-after"] = str(math.ceil(retry_after))
+        all_headers["retry-after-ms"] = str(math.ceil(retry_after * 1000))
+    return web.json_response({"error": error}, status=status, headers=all_headers)
+
+
+def rate_limit_response(rejection: Rejection, headers: Mapping[str, str]) -> web.Response:
+    """The 429 for a call the rate limits refused, worded like OpenAI's."""
+    unit = "RPM" if rejection.kind == "requests" else "TPM"
+    message = (
+        f"Rate limit reached for {rejection.kind} per min ({unit}): Limit {rejection.limit_per_minute:.10g}, "
+        f"Requested {rejection.requested}. Please try again in {format_duration(rejection.wait_seconds)}."
+    )
+    return error_response(429, message, retry_after=rejection.wait_seconds, headers=headers)
+
+
+def _require_model(body: Mapping[str, Any]) -> None:
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise ValueError("you must provide a 'model' parameter")
+
+
+def _is_token_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(token, int) for token in value)
+
+
+def _usage_json(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def models_body() -> dict[str, Any]:
+    """The ``GET /v1/models`` list."""
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "llmqueue"} for name in MODELS]
+    return {"object": "list", "data": data}

@@ -1,0 +1,369 @@
+"""``llmqueue run`` end to end, as the user runs it: a real process that starts its own redis-server
+and worker processes, against the simulated provider in a process of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import llmqueue
+from llmqueue.ops.local_cluster import run_dir
+from llmqueue.simulator.demo import demo_provider
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
+from tests.support.settings import TEST_API_KEY
+
+REPO_ROOT = Path(llmqueue.__file__).resolve().parents[1]
+EXAMPLE = REPO_ROOT / "examples" / "prompts.jsonl"
+RUN_TIMEOUT = 150.0
+STOP_TIMEOUT = 30.0
+SIM_MODEL = "openai/sim-model"
+FAST_RETRIES = {
+    "LLM_RETRY_MIN_WAIT": "0.2",
+    "LLM_RETRY_MAX_WAIT": "1",
+    "LLM_RETRY_MULTIPLIER": "0.2",
+    "LLM_NUM_RETRIES": "8",
+}
+
+pytestmark = pytest.mark.timeout(300)
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def run_env(**settings: str) -> dict[str, str]:
+    """The environment of ``llmqueue run`` (and so of its workers): no REDIS_URL, LLM_*, WORKER_* or
+    LLMQUEUE_CONFIG from the machine, only ``settings``; llmqueue importable; unwrapped messages."""
+    base = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("LLM_", "WORKER_")) and name not in ("REDIS_URL", "LLMQUEUE_CONFIG")
+    }
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**base, "PYTHONPATH": path, "COLUMNS": "400", **settings}
+
+
+def provider_env(provider: ProviderProcess, api_key: str = TEST_API_KEY) -> dict[str, str]:
+    """Worker settings that point at ``provider``."""
+    return {"LLM_MODEL": SIM_MODEL, "LLM_BASE_URL": provider.base_url, "LLM_API_KEY": api_key}
+
+
+def start_run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmqueue", "run", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float = RUN_TIMEOUT) -> tuple[int, str]:
+    """Wait for ``process``; on timeout interrupt it (so it stops its workers and Redis), then fail."""
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(process)
+        pytest.fail(f"llmqueue run did not finish within {timeout:g} s")
+    return process.returncode, stderr
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=STOP_TIMEOUT + 15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = RUN_TIMEOUT) -> tuple[int, str]:
+    """``llmqueue run ARGS`` to the end: its exit code and stderr."""
+    return finish(start_run(args, env, cwd), timeout)
+
+
+def chat_file(path: Path, count: int) -> tuple[Path, list[str]]:
+    """A file of ``count`` chat requests, and its custom ids (in file order, not sorted order)."""
+    ids = [f"req-{count - n:04d}" for n in range(count)]
+    with path.open("w", encoding="utf-8") as out:
+        for n, custom_id in enumerate(ids):
+            line = {"custom_id": custom_id, "messages": [{"role": "user", "content": f"question {n}"}]}
+            out.write(json.dumps(line) + "\n")
+    return path, ids
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline and is_alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def is_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.fixture
+def batch_name() -> Iterator[str]:
+    """A batch id no other run on this machine uses; its run directory and Redis go afterwards."""
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    directory = run_dir(name)
+    for pid in processes_mentioning(str(directory)):  # a redis-server left by a failed run
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def linux_proc() -> None:
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc to look for leftover processes")
+
+
+# ---- the issue's proof: 500 lines through 429s ---------------------------------------------------
+
+
+def test_500_lines_through_provider_429s_all_succeed_in_input_order(tmp_path: Path, batch_name: str) -> None:
+    source, ids = chat_file(tmp_path / "big.jsonl", 500)
+    output = tmp_path / "out.jsonl"
+    # The workers may send 40 requests/s; the provider takes 20/s and answers the rest with 429.
+    config = ProviderConfig(api_key=TEST_API_KEY, rpm=1200, latency=0.05, latency_jitter=0.5)
+    with ProviderProcess(config) as provider:
+        env = run_env(**provider_env(provider), **FAST_RETRIES, WORKER_POLL_DELAY="0.01")
+        began = time.monotonic()
+        code, stderr = run(
+            [str(source), "-o", str(output), "--rpm", "2400", "--batch", batch_name], env, tmp_path
+        )
+        elapsed = time.monotonic() - began
+        stats = provider.stats()
+
+    assert code == 0, stderr
+    records = read_jsonl(output)
+    assert len(records) == 500
+    assert [r["custom_id"] for r in records] == ids
+    assert all(r["error"] is None and r["llmqueue"]["status"] == "succeeded" for r in records)
+    for n, record in enumerate(records):
+        assert record["response"]["body"]["choices"][0]["message"]["content"] == f"echo: question {n}"
+    attempts = [r["llmqueue"]["attempts"] for r in records]
+    assert stats["rate_limited"] > 0
+    assert any(count > 1 for count in attempts)
+    # Every call the provider saw is one attempt of one job, and every 429 one failed attempt.
+    assert sum(attempts) == stats["requests"]
+    assert sum(count - 1 for count in attempts) == stats["rate_limited"]
+    assert f"500/500 succeeded, 0 failed, 0 cancelled; {stats['requests']} requests " in stderr
+    assert f"({stats['rate_limited']} answered 429)" in stderr
+    assert not run_dir(batch_name).exists()
+    print(
+        f"\n500 lines: {stats['requests']} provider calls, {stats['rate_limited']} 429s, "
+        f"at most {max(attempts)} attempts for one line, {elapsed:.1f} s"
+    )
+
+
+# ---- the README's first command ------------------------------------------------------------------
+
+
+def test_simulate_provider_demo_runs_the_example_file(tmp_path: Path) -> None:
+    code, stderr = run([str(EXAMPLE), "--simulate-provider"], run_env(), tmp_path)
+
+    assert code == 0, stderr
+    records = read_jsonl(tmp_path / "results.jsonl")
+    expected = [json.loads(line)["custom_id"] for line in EXAMPLE.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == 50
+    assert [r["custom_id"] for r in records] == expected
+    assert {r["llmqueue"]["status"] for r in records} == {"succeeded"}
+    assert "50/50 succeeded" in stderr
+
+
+def test_demo_provider_enforces_a_key_just_above_the_workers_limit() -> None:
+    # rpm=60 over a 1 s bucket: the key holds ~1 request, so a second one at once is refused.
+    with demo_provider(rpm=60, tpm=None, model=None) as env:
+        body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"Authorization": f"Bearer {env['LLM_API_KEY']}"}
+        url = env["LLM_BASE_URL"] + "/chat/completions"
+        codes = [httpx.post(url, json=body, headers=headers, timeout=10).status_code for _ in range(3)]
+    assert env["LLM_MODEL"] == "openai/sim-model"
+    assert codes[0] == 200
+    assert 429 in codes[1:]
+
+
+# ---- failures ------------------------------------------------------------------------------------
+
+
+def test_failing_batch_exits_1_and_prints_a_summary_of_the_failures(tmp_path: Path, batch_name: str) -> None:
+    source, ids = chat_file(tmp_path / "doomed.jsonl", 12)
+    output = tmp_path / "out.jsonl"
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
+        env = run_env(**provider_env(provider, api_key="sk-not-the-right-key"), **FAST_RETRIES)
+        code, stderr = run([str(source), "-o", str(output), "--batch", batch_name], env, tmp_path)
+        stats = provider.stats()
+
+    assert code == 1, stderr
+    assert "Traceback" not in stderr
+    assert "0/12 succeeded, 12 failed, 0 cancelled" in stderr
+    failure_lines = [line.strip() for line in stderr.splitlines() if line.strip().startswith("✗")]
+    assert len(failure_lines) == 10
+    assert all("Incorrect API key" in line for line in failure_lines)
+    assert {line.split()[1].rstrip(":") for line in failure_lines} <= set(ids)
+    assert "… and 2 more" in stderr
+    records = read_jsonl(output)
+    assert [r["custom_id"] for r in records] == ids
+    assert {r["error"]["code"] for r in records} == {"auth"}
+    assert stats["errors"] == {"401": 12}  # a permanent error is not retried
+    assert not run_dir(batch_name).exists()  # every job has its result in the output file
+
+
+def test_run_of_a_file_with_a_bad_line_exits_2_naming_the_line_and_leaves_nothing(
+    tmp_path: Path, batch_name: str, linux_proc: None
+) -> None:
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+    source = tmp_path / "bad.jsonl"
+    source.write_text(f"{good}\n{good}\n{{oops\n", encoding="utf-8")
+
+    code, stderr = run([str(source), "--batch", batch_name, "--simulate-provider"], run_env(), tmp_path)
+
+    assert code == 2
+    assert "Traceback" not in stderr
+    assert stderr.startswith(f"llmqueue: {source}: 1 of 3 line(s) are invalid; nothing was enqueued")
+    assert "  line 3: not valid JSON" in stderr
+    assert not (tmp_path / "results.jsonl").exists()
+    assert processes_mentioning(str(run_dir(batch_name))) == []
+    # Nothing was started that a later run would have to resume or clean up.
+    assert not run_dir(batch_name).exists()
+
+
+def test_resume_of_a_batch_never_run_exits_2_and_leaves_nothing(tmp_path: Path, batch_name: str) -> None:
+    code, stderr = run(["--resume", batch_name], run_env(), tmp_path)
+
+    assert code == 2
+    assert stderr.startswith(f"llmqueue: nothing to resume: batch {batch_name} is not in the embedded Redis")
+    assert not run_dir(batch_name).exists()
+
+
+def test_run_without_a_file_or_resume_exits_2(tmp_path: Path) -> None:
+    code, stderr = run([], run_env(), tmp_path)
+    assert code == 2
+    assert stderr.strip() == "llmqueue: give the JSONL file to run, or --resume BATCH"
+
+
+def test_run_against_a_given_redis_leaves_no_run_directory(
+    tmp_path: Path, batch_name: str, redis_url: str
+) -> None:
+    source, ids = chat_file(tmp_path / "small.jsonl", 5)
+    output = tmp_path / "out.jsonl"
+
+    code, stderr = run(
+        [
+            str(source),
+            "-o",
+            str(output),
+            "--batch",
+            batch_name,
+            "--redis-url",
+            redis_url,
+            "--simulate-provider",
+        ],
+        run_env(),
+        tmp_path,
+    )
+
+    assert code == 0, stderr
+    assert [r["custom_id"] for r in read_jsonl(output)] == ids
+    assert not run_dir(batch_name).exists()
+
+
+# ---- interrupt and resume ------------------------------------------------------------------------
+
+
+def test_interrupted_run_stops_everything_and_resumes_without_redoing_finished_jobs(
+    tmp_path: Path, batch_name: str, linux_proc: None
+) -> None:
+    source, ids = chat_file(tmp_path / "long.jsonl", 300)
+    output = tmp_path / "out.jsonl"
+    directory = run_dir(batch_name)
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=0.2)) as provider:
+        env = run_env(**provider_env(provider), WORKER_POLL_DELAY="0.01")
+        process = start_run(
+            [str(source), "-o", str(output), "--rpm", "1200", "--batch", batch_name], env, tmp_path
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while provider.stats()["succeeded"] < 50:
+                assert process.poll() is None, process.communicate()[1]
+                assert time.monotonic() < deadline, "no progress within 60 s"
+                time.sleep(0.1)
+            started = children_of(process.pid)  # the redis-server and the two workers
+            process.send_signal(signal.SIGINT)
+            interrupted = time.monotonic()
+            code, stderr = finish(process, timeout=STOP_TIMEOUT)
+            stopped_after = time.monotonic() - interrupted
+        finally:
+            stop(process)
+        done_before_resume = provider.stats()["succeeded"]
+
+        assert code == 130, stderr
+        assert f"Resume with: llmqueue run --resume {batch_name}" in stderr
+        assert "Traceback" not in stderr
+        assert len(started) == 3, started
+        assert [pid for pid in started if is_alive(pid)] == []
+        assert processes_mentioning(str(directory)) == []
+        assert directory.is_dir()  # the embedded Redis's data, to resume from
+        assert not output.exists()
+        assert 50 <= done_before_resume < 300
+
+        code, stderr = run(["--resume", batch_name, "-o", str(output)], env, tmp_path)
+        total_calls = provider.stats()["succeeded"]
+
+    assert code == 0, stderr
+    records = read_jsonl(output)
+    assert [r["custom_id"] for r in records] == ids
+    assert all(r["llmqueue"]["status"] == "succeeded" for r in records)
+    # Jobs finished before the interrupt were not sent again; at most those in flight then were.
+    assert 300 <= total_calls <= 300 + 60
+    assert not directory.exists()
+    print(
+        f"\ninterrupt: stopped in {stopped_after:.1f} s with {done_before_resume}/300 done; "
+        f"{total_calls} provider calls in all"
+    )
