@@ -24,7 +24,7 @@ import llmqueue
 from llmqueue import keys
 from llmqueue.batches.control import Batches
 from llmqueue.cli import app
-from llmqueue.ops.processes import stop_processes
+from llmqueue.ops.processes import start_worker, stop_processes
 from llmqueue.producer import Producer
 from llmqueue.settings import WorkerConfig
 from llmqueue.simulator.process import ProviderProcess
@@ -446,13 +446,7 @@ def worker_process(redis_url: str, base_url: str, cwd: Path) -> Iterator[subproc
         WORKER_POLL_DELAY="0.01",
         WORKER_WARM_UP="false",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llmqueue", "worker", "--redis-url", redis_url],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    process = start_worker(env, args=["--redis-url", redis_url], cwd=cwd, stderr=subprocess.PIPE)
     try:
         yield process
     finally:
