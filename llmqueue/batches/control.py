@@ -18,9 +18,9 @@ from typing import Any
 
 from llmqueue import keys
 from llmqueue.batches.files import LineError, check_file, invalid_file_error, iter_jobs
-from llmqueue.batches.ledger import BatchLedger, BatchStatus
 from llmqueue.errors import BatchError
 from llmqueue.models import AttemptError, Job, JobResult, Timings
+from llmqueue.queue.ledger import BatchLedger, BatchStatus
 from llmqueue.queue.store import JobStore
 
 BATCH_ID_PATTERN = re.compile(r"^[\w.@-]{1,100}$")

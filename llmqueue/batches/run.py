@@ -15,12 +15,12 @@ from pathlib import Path
 from rich.console import Console
 
 from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_batch_id
+from llmqueue.batches.display import BatchProgress
 from llmqueue.batches.files import check_file, invalid_file_error, write_rejects, write_results
-from llmqueue.batches.ledger import BatchStatus
 from llmqueue.errors import LLMQueueError
-from llmqueue.ops.display import BatchProgress
 from llmqueue.ops.local_cluster import LocalCluster, run_dir
 from llmqueue.producer import Producer
+from llmqueue.queue.ledger import BatchStatus
 from llmqueue.settings import Settings
 
 

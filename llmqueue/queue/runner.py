@@ -16,7 +16,6 @@ from typing import Any
 import litellm
 from arq.worker import Retry
 
-from llmqueue.batches.ledger import BatchLedger
 from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
 from llmqueue.limits.limiter import RateLimiter
 from llmqueue.limits.tokens import estimate_tokens, usage_tokens
@@ -25,6 +24,7 @@ from llmqueue.llm.call import call_kwargs, call_provider, job_model, supports_pr
 from llmqueue.llm.classify import classify
 from llmqueue.models import AttemptError, Job, JobResult, ResultStatus, Timings, Usage
 from llmqueue.ops.events import EventSink, JobEvent, emit
+from llmqueue.queue.ledger import BatchLedger
 from llmqueue.queue.payload import invalid_reason
 from llmqueue.queue.store import AttemptStart, JobStore
 from llmqueue.settings import LimitConfig, LLMConfig, Settings

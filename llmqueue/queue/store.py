@@ -15,10 +15,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from llmqueue import keys
-from llmqueue.batches import ledger
-from llmqueue.batches.ledger import BatchLedger
 from llmqueue.models import AttemptError, Job, JobResult
-from llmqueue.queue import payload
+from llmqueue.queue import ledger, payload
+from llmqueue.queue.ledger import BatchLedger
 
 _LUA = resources.files("llmqueue.queue").joinpath("lua")
 _ENQUEUE = _LUA.joinpath("enqueue.lua").read_text(encoding="utf-8")

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llmqueue.batches.ledger import BatchStatus
+from llmqueue.queue.ledger import BatchStatus
 
 
 class BatchProgress:
