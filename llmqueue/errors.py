@@ -9,6 +9,7 @@
     │   ├── BatchFileError         a batch file that cannot be read at all
     │   └── InvalidBatchFileError  a batch file with bad lines; nothing was queued
     ├── WorkerDiedError        a worker process that ``llmqueue run`` started exited
+    ├── CacheError             the response cache cannot be opened or used where it was asked for
     └── ProviderError          a provider call failed; ``retryable`` says whether trying again may help
         ├── RetryableProviderError
         │   └── RateLimitedError   HTTP 429; carries the provider's retry-after, if any
@@ -93,6 +94,10 @@ class InvalidBatchFileError(BatchError):
     def __init__(self, message: str, check: Any) -> None:
         super().__init__(message)
         self.check = check
+
+
+class CacheError(LLMQueueError):
+    """The response cache cannot be used: an unwritable directory, a damaged file, a misplaced backend."""
 
 
 class WorkerDiedError(LLMQueueError):

@@ -85,3 +85,23 @@ def worker(worker_id: str) -> str:
 
 
 WORKER_PATTERN = f"{PREFIX}:worker:*"
+
+
+def cache_entry(cache_key: str) -> str:
+    """A cached provider response (JSON) by its request hash (``[cache] backend = "redis"``)."""
+    return f"{PREFIX}:cache:{cache_key}"
+
+
+def cache_index() -> str:
+    """The Redis response cache's keys, scored by last use (a sorted set)."""
+    return f"{PREFIX}:cache-index"
+
+
+def cache_sizes() -> str:
+    """The Redis response cache's entry sizes in bytes, their ``__total__`` and ``__hits__`` (a hash)."""
+    return f"{PREFIX}:cache-sizes"
+
+
+def cache_flight(cache_key: str) -> str:
+    """The id of the job making the call for this request hash now; others wait for its answer."""
+    return f"{PREFIX}:cache-flight:{cache_key}"

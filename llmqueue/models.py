@@ -49,6 +49,11 @@ class Job(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     batch_id: str | None = None
+    cache: bool = Field(
+        False,
+        description="answer from the response cache when an identical request was answered before, "
+        "and keep this answer for the next (batch lines set it unless --no-cache)",
+    )
     created_at: datetime = Field(default_factory=_utcnow)
     reply_to: str | None = Field(None, description="internal: the producer inbox notified on completion")
 
@@ -134,6 +139,7 @@ class JobResult(BaseModel):
     usage: Usage | None = None
     cost: float | None = Field(None, description="USD, from LiteLLM's price table; None when unknown")
     attempts: int = Field(0, description="provider calls made")
+    cached: bool = Field(False, description="answered from the response cache, without a provider call")
     errors: list[AttemptError] = Field(default_factory=list)
     timings: Timings
     worker_id: str | None = None

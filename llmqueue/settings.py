@@ -7,10 +7,11 @@ tables are named groups that override ``[llm]`` for the jobs that name them.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -133,6 +134,37 @@ class BatchConfig(BaseModel):
     max_tokens: int | None = Field(None, gt=0, description="tokens; no job starts once a batch used this")
 
 
+class CacheConfig(BaseModel):
+    """The response cache (``[cache]``, env ``CACHE_<FIELD>``; ``cache = false`` turns it off).
+
+    Batch lines are cached unless ``enabled`` is false (or ``--no-cache``); single jobs only when they
+    set ``cache=True``. ``backend = "disk"`` keeps responses in a SQLite file under ``dir`` (default: the
+    user's cache directory), which outlives the embedded Redis of ``llmqueue run``; ``"redis"`` keeps
+    them in the queue's own Redis, for a long-running one.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    backend: Literal["disk", "redis"] = "disk"
+    dir: Path | None = Field(None, description="disk backend: default $XDG_CACHE_HOME/llmqueue")
+    ttl: float | None = Field(None, gt=0, description="seconds a response is reused; None: until evicted")
+    max_size_mb: float = Field(1024.0, gt=0, description="MB of responses kept; the oldest go first")
+
+    def resolved_dir(self, environ: Mapping[str, str] | None = None) -> Path:
+        """``dir``, or ``$XDG_CACHE_HOME/llmqueue`` (``~/.cache/llmqueue`` when that is unset)."""
+        if self.dir is not None:
+            return self.dir.expanduser()
+        env = os.environ if environ is None else environ
+        base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "llmqueue"
+
+
+def _cache_section(value: Any) -> Any:
+    """``cache = false`` (or true) at the top level is ``[cache] enabled = ...``."""
+    return {"enabled": value} if isinstance(value, bool) else value
+
+
 class Settings(BaseSettings):
     """Everything llmqueue reads. Build it with :func:`load_settings`."""
 
@@ -148,11 +180,17 @@ class Settings(BaseSettings):
     limits: dict[str, LimitConfig] = Field(default_factory=dict)
     worker: WorkerConfig = WorkerConfig()
     batch: BatchConfig = BatchConfig()
+    cache: CacheConfig = CacheConfig()
 
     @field_validator("llm_groups")
     @classmethod
     def _group_keys_known(cls, groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         return {name: check_group_keys(name, group) for name, group in groups.items()}
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_flag(cls, value: Any) -> Any:
+        return _cache_section(value)
 
     @model_validator(mode="after")
     def _groups_valid_over_llm(self) -> Settings:
@@ -245,11 +283,13 @@ class _KnownEnvSource(EnvSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
-        for section, model in (("llm", LLMConfig), ("worker", WorkerConfig)):
+        for section, model in (("llm", LLMConfig), ("worker", WorkerConfig), ("cache", CacheConfig)):
             values = data.get(section)
             if isinstance(values, dict):
                 data[section] = {k: v for k, v in values.items() if k in model.model_fields}
-        return {k: v for k, v in data.items() if k in ("redis_url", "llm", "worker")}
+        if not isinstance(data.get("cache"), dict) or not data["cache"]:
+            data.pop("cache", None)  # CACHE=... or no CACHE_* variable of ours: not our setting
+        return {k: v for k, v in data.items() if k in ("redis_url", "llm", "worker", "cache")}
 
 
 class _FileSchema(BaseModel):
@@ -263,11 +303,17 @@ class _FileSchema(BaseModel):
     limits: dict[str, LimitConfig] = Field(default_factory=dict)
     worker: WorkerConfig | None = None
     batch: BatchConfig | None = None
+    cache: CacheConfig | None = None
 
     @field_validator("llm_groups")
     @classmethod
     def _group_keys_known(cls, groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         return {name: check_group_keys(name, group) for name, group in groups.items()}
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_flag(cls, value: Any) -> Any:
+        return _cache_section(value)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -332,7 +378,7 @@ def _key_name(loc: list[str], file_layout: bool) -> str:
         return f'[limits."{loc[1]}"] ' + ".".join(loc[2:])
     if file_layout and len(loc) >= 2:
         return f"[{loc[0]}] " + ".".join(loc[1:])
-    env = {"llm": "LLM_", "worker": "WORKER_"}.get(loc[0])
+    env = {"llm": "LLM_", "worker": "WORKER_", "cache": "CACHE_"}.get(loc[0])
     if env and len(loc) >= 2:
         return f"{'.'.join(loc)} (env {env}{loc[1].upper()})"
     return ".".join(loc)

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue import keys
+from llmqueue.cache import ResponseCache, open_store
 from llmqueue.limits.limiter import RateLimiter
 from llmqueue.llm.call import warm_up
 from llmqueue.ops.events import EventSink, log_event
@@ -130,12 +131,21 @@ def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)
         store = JobStore(
             ctx["redis"], queue_name=worker.queue_name, job_ttl=worker.job_ttl, result_ttl=worker.result_ttl
         )
+        cache = None
+        if settings.cache.enabled:
+            cache = ResponseCache(
+                open_store(settings.cache, ctx["redis"]),
+                ctx["redis"],
+                claim_seconds=_longest_llm_timeout(settings) + 30,
+            )
+            ctx["llmqueue_cache"] = cache
         runner = JobRunner(
             settings=settings,
             store=store,
             limiter=RateLimiter(ctx["redis"]),
             worker_id=worker_id,
             sinks=list(sinks),
+            cache=cache,
         )
         ctx["llmqueue_runner"] = runner
         heartbeat = Heartbeat(
@@ -163,6 +173,9 @@ def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)
         heartbeat: Heartbeat | None = ctx.get("llmqueue_heartbeat")
         if heartbeat is not None:
             await heartbeat.stop()
+        cache: ResponseCache | None = ctx.get("llmqueue_cache")
+        if cache is not None:
+            await cache.close()
         logger.info("llmqueue worker %s stopped", worker_id)
 
     return {

@@ -60,6 +60,17 @@ def background(request: pytest.FixtureRequest) -> Any:
     return _BACKGROUND[request.module.__name__]
 
 
+# ---- the response cache ---------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Each test's response cache (workers, ``llmqueue run`` and its children) in a directory of its own."""
+    directory = tmp_path_factory.mktemp("xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(directory))
+    return directory / "llmqueue"
+
+
 # ---- Redis ---------------------------------------------------------------------------------------
 
 

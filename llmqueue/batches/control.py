@@ -56,12 +56,14 @@ class Batches:
         max_cost: float | None = None,
         max_tokens: int | None = None,
         priority: bool = False,
+        cache: bool = True,
     ) -> SubmitReport:
         """Check (unless ``skip_invalid``) and enqueue every request of a JSONL file as one batch.
 
         By default a file with any bad line enqueues nothing and raises InvalidBatchFileError; with
         ``skip_invalid`` the good lines are enqueued and the bad ones returned in the report. The file is
         streamed twice at most, never held in memory. ``priority`` puts the jobs ahead of queued ones.
+        ``cache`` lets workers answer lines from the response cache (and keep their answers there).
         """
         check_batch_id(batch_id)
         options: dict[str, Any] = {
@@ -80,6 +82,7 @@ class Batches:
             if isinstance(item, LineError):
                 report.rejected.append(item)
                 continue
+            item.cache = cache
             chunk.append(item)
             if len(chunk) >= _CHUNK:
                 await self._enqueue_chunk(batch_id, chunk, report, priority)

@@ -49,6 +49,8 @@ class BatchProgress:
 def progress_detail(status: BatchStatus) -> str:
     """``failed 2 · 429s 5 · $0.0123 · ETA 12s`` for a batch."""
     parts = [f"ok {status.succeeded}"]
+    if status.cached:
+        parts.append(f"cached {status.cached}")
     if status.failed:
         parts.append(f"[red]failed {status.failed}[/red]")
     if status.cancelled:
@@ -72,7 +74,10 @@ def status_table(status: BatchStatus) -> Table:
         ("queued", str(status.queued)),
         ("running", str(status.running)),
         ("retry-waiting", str(status.retry_waiting)),
-        ("succeeded", str(status.succeeded)),
+        (
+            "succeeded",
+            str(status.succeeded) + (f" ({status.cached} from the cache)" if status.cached else ""),
+        ),
         ("failed", str(status.failed)),
         ("cancelled", str(status.cancelled)),
         ("requests", f"{status.requests} ({status.rate_limited} answered 429)"),

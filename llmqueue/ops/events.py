@@ -16,6 +16,7 @@ logger = logging.getLogger("llmqueue.ops.events")
 EventName = Literal[
     "started",  # a provider call is about to be made
     "succeeded",
+    "cached",  # answered from the response cache: no provider call, no limiter token
     "failed",  # final: no retry left, or a permanent error
     "retrying",  # a failed call; the job goes back to the queue for ``wait`` seconds
     "deferred",  # the limiter (or a cooldown) sent the job back for ``wait`` seconds; not an attempt

@@ -1,7 +1,8 @@
 """A batch's bookkeeping in Redis: its counters, the gate that stops new starts, and the budget rule.
 
 A batch is a hash (``keys.batch``) of settings (``max_cost``, ``max_tokens``, ``source``, ``created_at``,
-``total``) and running totals. Outcomes (``succeeded``/``failed``/``cancelled``, tokens, cost) are added
+``total``) and running totals. Outcomes (``succeeded``/``failed``/``cancelled``, ``cached``, tokens,
+cost) are added
 by the job store's finish script, atomically with the result; the in-between counts (``running``,
 ``retry_waiting``, ``requests``, ``rate_limited``) are kept by the methods here. Before each start a
 worker reads the gate fields and asks :func:`stop_reason` whether the batch may start another job.
@@ -54,6 +55,8 @@ class BatchStatus:
     succeeded: int
     failed: int
     cancelled: int
+    cached: int
+    """Succeeded jobs answered from the response cache (no provider call)."""
     requests: int
     rate_limited: int
     prompt_tokens: int
@@ -146,6 +149,7 @@ class BatchLedger:
             succeeded=succeeded,
             failed=failed,
             cancelled=cancelled,
+            cached=number("cached"),
             requests=number("requests"),
             rate_limited=number("rate_limited"),
             prompt_tokens=number("prompt_tokens"),

@@ -16,6 +16,7 @@ from typing import Any
 import litellm
 from arq.worker import Retry
 
+from llmqueue.cache import ResponseCache, request_key
 from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
 from llmqueue.limits.limiter import RateLimiter
 from llmqueue.limits.tokens import estimate_tokens, usage_tokens
@@ -49,6 +50,8 @@ class _Call:
     limit: LimitConfig | None
     start: AttemptStart
     estimate: int
+    cache_key: str | None = None
+    """Set when this call's answer goes to the response cache (the job asked, and missed)."""
 
     @property
     def attempt(self) -> int:
@@ -64,6 +67,8 @@ class JobRunner:
     sinks: Sequence[EventSink] = ()
     in_flight: set[str] = field(default_factory=set)
     """Ids of the jobs this worker is running now (the heartbeat keeps them claimed)."""
+    cache: ResponseCache | None = None
+    """The response cache, for jobs that ask for it (``job.cache``); None when it is turned off."""
     ledger: BatchLedger = field(init=False)
 
     def __post_init__(self) -> None:
@@ -104,8 +109,37 @@ class JobRunner:
         )
         # Everything CPU-bound happens before admission, so the request leaves soon after it is admitted.
         kwargs = call_kwargs(job, llm, supports_caching=supports_prompt_caching(model))
-        await self._admit(call)
-        await self._call(call, kwargs)
+        if job.cache and self.cache is not None and await self._answered_from_cache(call, kwargs):
+            return
+        try:
+            await self._admit(call)
+            await self._call(call, kwargs)
+        finally:
+            if call.cache_key is not None and self.cache is not None:
+                await self.cache.release(call.cache_key, job.id)
+
+    async def _answered_from_cache(self, call: _Call, kwargs: dict[str, Any]) -> bool:
+        """Finish the job from the cache (True), wait for an identical call in flight, or own the miss."""
+        assert self.cache is not None
+        lookup = await self.cache.lookup(request_key(call.job.kind, kwargs), call.job.id)
+        if lookup.wait is not None:
+            self._emit("deferred", call, wait=lookup.wait, reason="identical_request_in_flight")
+            raise Retry(defer=lookup.wait)
+        if lookup.response is None:
+            call.cache_key = lookup.key
+            return False
+        result = self._result(call, "succeeded", errors=call.start.failures)
+        result.attempts, result.response, result.cost, result.cached = (
+            len(call.start.failures),
+            lookup.response,
+            0.0,
+            True,
+        )
+        await self.store.finish(
+            result, reply_to=call.job.reply_to, was_retry_waiting=bool(call.start.failures)
+        )
+        self._emit("cached", call, cost=0.0)
+        return True
 
     async def _admit(self, call: _Call) -> None:
         """Take the call's share of the limiter, waiting in place briefly or re-deferring the job."""
@@ -152,6 +186,8 @@ class JobRunner:
         result.response = _as_dict(response)
         result.usage = _usage(response)
         result.cost = _cost(response)
+        if call.cache_key is not None and self.cache is not None:
+            await self.cache.store(call.cache_key, result.response)
         await self.store.finish(result, reply_to=job.reply_to, was_calling=True)
         usage = result.usage
         self._emit(

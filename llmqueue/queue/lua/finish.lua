@@ -5,6 +5,7 @@
 -- ARGV[5] cost (USD)  ARGV[6] prompt tokens  ARGV[7] completion tokens  ARGV[8] 1 if a call was in flight
 -- ARGV[9] 1 if the job was waiting for a retry (it leaves that count)
 -- ARGV[10] 1 if the job ends on a 429 (retried 429s were counted as they happened)
+-- ARGV[11] 1 if the result came from the response cache
 -- returns 1 when stored, 0 when the job already had a result (nothing is changed then)
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   return 0
@@ -25,5 +26,6 @@ if KEYS[5] ~= '' then
   if ARGV[8] == '1' then redis.call('HINCRBY', KEYS[5], 'running', -1) end
   if ARGV[9] == '1' then redis.call('HINCRBY', KEYS[5], 'retry_waiting', -1) end
   if ARGV[10] == '1' then redis.call('HINCRBY', KEYS[5], 'rate_limited', 1) end
+  if ARGV[11] == '1' then redis.call('HINCRBY', KEYS[5], 'cached', 1) end
 end
 return 1

@@ -1,0 +1,163 @@
+"""The default response store: one SQLite file in WAL mode, shared by every worker process on the machine.
+
+WAL lets readers go on while one process writes; each process talks to the file from one thread of its
+own (so the event loop never waits on a lock held by another process), and a write that meets
+another process's lock waits up to ``BUSY_TIMEOUT`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from llmqueue.cache.store import CacheStats
+from llmqueue.errors import CacheError
+
+FILE_NAME = "responses.sqlite3"
+BUSY_TIMEOUT = 10.0
+EVICTION_CHECK_EVERY = 64
+"""Puts between two checks of the total size (a sum over the table)."""
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key TEXT PRIMARY KEY,
+    body BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    created REAL NOT NULL,
+    used REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS responses_used ON responses (used);
+"""
+
+
+class DiskStore:
+    """Responses in ``directory/responses.sqlite3``; ``ttl`` seconds (None: no expiry), ``max_bytes`` in all.
+
+    Raises CacheError when the directory cannot be created or the file is not a usable database.
+    """
+
+    def __init__(self, directory: Path, *, ttl: float | None, max_bytes: int) -> None:
+        self.path = directory / FILE_NAME
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmqueue-cache")
+        self._db: sqlite3.Connection | None = None
+        self._puts = 0
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._thread.submit(self._open).result()
+        except (OSError, sqlite3.Error) as exc:
+            self._thread.shutdown(wait=False)
+            raise CacheError(f"cannot use the response cache at {self.path}: {exc}") from None
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            assert self._db is not None
+            return work(self._db)
+
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        def read(db: sqlite3.Connection) -> bytes | None:
+            now = time.time()
+            row = db.execute("SELECT body, created FROM responses WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            if self.ttl is not None and row[1] < now - self.ttl:
+                db.execute("DELETE FROM responses WHERE key = ?", (key,))
+                return None
+            db.execute("UPDATE responses SET used = ?, hits = hits + 1 WHERE key = ?", (now, key))
+            return bytes(row[0])
+
+        body = await self._run(read)
+        return None if body is None else _loads(body)
+
+    async def put(self, key: str, response: dict[str, Any]) -> None:
+        body = json.dumps(response, separators=(",", ":"), ensure_ascii=False).encode()
+        self._puts += 1
+        check = self._puts % EVICTION_CHECK_EVERY == 1
+
+        def write(db: sqlite3.Connection) -> None:
+            now = time.time()
+            db.execute(
+                "INSERT OR REPLACE INTO responses (key, body, size, created, used, hits) "
+                "VALUES (?, ?, ?, ?, ?, 0)",
+                (key, body, len(body), now, now),
+            )
+            if check:
+                self._evict(db)
+
+        await self._run(write)
+
+    def _evict(self, db: sqlite3.Connection) -> None:
+        """Delete the least recently used entries (and any expired ones) until under ``max_bytes``."""
+        if self.ttl is not None:
+            db.execute("DELETE FROM responses WHERE created < ?", (time.time() - self.ttl,))
+        (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM responses").fetchone()
+        excess = int(total) - self.max_bytes
+        if excess <= 0:
+            return
+        doomed: list[str] = []
+        for key, size in db.execute("SELECT key, size FROM responses ORDER BY used"):
+            doomed.append(key)
+            excess -= size
+            if excess <= 0:
+                break
+        db.executemany("DELETE FROM responses WHERE key = ?", [(key,) for key in doomed])
+
+    async def stats(self) -> CacheStats:
+        def read(db: sqlite3.Connection) -> tuple[int, int, int]:
+            row = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(hits), 0) FROM responses"
+            ).fetchone()
+            return int(row[0]), int(row[1]), int(row[2])
+
+        entries, size, hits = await self._run(read)
+        return CacheStats(
+            backend="disk",
+            location=str(self.path),
+            entries=entries,
+            bytes=size,
+            hits=hits,
+            max_bytes=self.max_bytes,
+            ttl=self.ttl,
+        )
+
+    async def clear(self) -> int:
+        def wipe(db: sqlite3.Connection) -> int:
+            count = db.execute("DELETE FROM responses").rowcount
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.execute("VACUUM")
+            return int(count)
+
+        return await self._run(wipe)
+
+    async def close(self) -> None:
+        def shut(db: sqlite3.Connection) -> None:
+            db.close()
+
+        if self._db is not None:
+            await self._run(shut)
+            self._db = None
+        self._thread.shutdown(wait=False)
+
+
+def _loads(body: bytes) -> dict[str, Any] | None:
+    data = json.loads(body)
+    return data if isinstance(data, dict) else None
