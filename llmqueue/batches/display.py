@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from llmqueue.queue.ledger import BatchStatus
+
+if TYPE_CHECKING:  # the estimate module imports LiteLLM, which commands that only show status never need
+    from llmqueue.batches.estimate import CostRange, Estimate
+    from llmqueue.settings import LimitConfig
 
 
 class BatchProgress:
@@ -117,3 +122,56 @@ def _budget(status: BatchStatus) -> str:
     if status.max_tokens is not None:
         caps.append(f"max {status.max_tokens} tokens")
     return f" ({', '.join(caps)})" if caps else ""
+
+
+def estimate_text(estimate: Estimate, source: str) -> str:
+    """The ``--dry-run`` report: a block per model, then the totals when there are several."""
+    lines = [f"dry run of {source}: {estimate.lines} line(s); nothing queued, no provider called"]
+    for model in estimate.models:
+        seconds = estimate.seconds(model)
+        lines += [
+            f"{model.model}: {model.lines} line(s), {model.cache_hits} answered by the cache, "
+            f"{model.calls} to call",
+            f"  prompt tokens {model.prompt_tokens} · completion tokens up to {model.completion_tokens}",
+            f"  cost {format_cost(model.cost)} · via Batch API {format_cost(model.batch_cost)}",
+            "  time at the limits: "
+            + ("no limit set" if seconds is None else f"{format_seconds(seconds)} ({_limit(model.limit)})"),
+        ]
+    if len(estimate.models) > 1:
+        costs = [m.cost for m in estimate.models]
+        batch_costs = [m.batch_cost for m in estimate.models]
+        lines += [
+            f"total: {estimate.lines} line(s), {sum(m.cache_hits for m in estimate.models)} answered by "
+            f"the cache, {sum(m.prompt_tokens for m in estimate.models)} prompt tokens, up to "
+            f"{sum(m.completion_tokens for m in estimate.models)} completion tokens",
+            f"  cost {_total_cost(costs)} · via Batch API {_total_cost(batch_costs)}",
+        ]
+    return "\n".join(lines)
+
+
+def format_cost(cost: CostRange | None) -> str:
+    """``$0.000405 to $0.002205``; ``unknown (no LiteLLM price)`` when LiteLLM has none for the model."""
+    if cost is None:
+        return "unknown (no LiteLLM price)"
+    return f"{format_usd(cost.low)} to {format_usd(cost.high)}"
+
+
+def format_usd(amount: float) -> str:
+    """Dollars with cents above $1, with six decimals below (batch evaluations often cost fractions)."""
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.6f}"
+
+
+def _limit(limit: LimitConfig | None) -> str:
+    parts = []
+    if limit is not None and limit.rpm:
+        parts.append(f"{limit.rpm:g} rpm")
+    if limit is not None and limit.tpm:
+        parts.append(f"{limit.tpm:g} tpm")
+    return ", ".join(parts)
+
+
+def _total_cost(costs: list[CostRange | None]) -> str:
+    known = [cost for cost in costs if cost is not None]
+    if len(known) < len(costs):
+        return "unknown (a model has no LiteLLM price)"
+    return f"{format_usd(sum(c.low for c in known))} to {format_usd(sum(c.high for c in known))}"

@@ -17,7 +17,8 @@ from rich.console import Console
 from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_batch_id
 from llmqueue.batches.display import BatchProgress
 from llmqueue.batches.files import check_file, invalid_file_error, write_rejects, write_results
-from llmqueue.errors import LLMQueueError
+from llmqueue.cache.disk import DiskStore
+from llmqueue.errors import CacheError, LLMQueueError
 from llmqueue.ops.local_cluster import LocalCluster, run_dir
 from llmqueue.producer import Producer
 from llmqueue.queue.ledger import BatchStatus
@@ -44,6 +45,9 @@ class RunOptions:
     rejects: Path | None = None
     redis_url: str | None = None
     config: Path | None = None
+    cache_dir: Path | None = None
+    cache: bool = True
+    """Answer lines from the response cache and keep new answers there (``--no-cache``: False)."""
     worker_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -64,6 +68,9 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
     batch_id = _batch_id(options)
     if not options.resume and not options.skip_invalid:
         _check_before_starting(options, batch_id)
+    use_cache = options.cache and settings.cache.enabled
+    if use_cache:
+        await _check_cache(options, settings)
     data_dir = (
         run_dir(batch_id) if options.redis_url is None else Path(tempfile.mkdtemp(prefix="llmqueue-run-"))
     )
@@ -89,6 +96,7 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
                     skip_invalid=options.skip_invalid,
                     max_cost=options.max_cost,
                     max_tokens=options.max_tokens,
+                    cache=use_cache,
                 )
                 _announce(console, batch_id, report)
                 if report.rejected:
@@ -113,6 +121,23 @@ def _check_before_starting(options: RunOptions, batch_id: str) -> None:
     )
     if not check.ok:
         raise invalid_file_error(check, options.file)
+
+
+async def _check_cache(options: RunOptions, settings: Settings) -> None:
+    """A cache that cannot work stops the run before anything starts (workers would fail one by one)."""
+    if settings.cache.backend == "redis":
+        if options.redis_url is None:
+            raise CacheError(
+                '[cache] backend = "redis" keeps answers in the Redis of the run, and `llmqueue run` '
+                'removes its embedded Redis afterwards: use backend = "disk", give --redis-url, or --no-cache'
+            )
+        return
+    store = DiskStore(
+        settings.cache.resolved_dir(),
+        ttl=settings.cache.ttl,
+        max_bytes=int(settings.cache.max_size_mb * 2**20),
+    )
+    await store.close()
 
 
 def _announce(console: Console, batch_id: str, report: SubmitReport) -> None:
@@ -175,4 +200,18 @@ def _worker_env(options: RunOptions) -> dict[str, str]:
         env["LLM_TPM"] = str(options.tpm)
     if options.concurrency is not None:
         env["WORKER_MAX_JOBS"] = str(options.concurrency)
+    if options.cache_dir is not None:
+        env["CACHE_DIR"] = str(options.cache_dir.resolve())
     return env
+
+
+def run_settings(settings: Settings, *, model: str | None, rpm: float | None, tpm: float | None) -> Settings:
+    """The settings the run's workers will have: ``--model``, ``--rpm`` and ``--tpm`` laid over ``[llm]``."""
+    update: dict[str, object] = {}
+    if model:
+        update["model"] = model
+    if rpm is not None:
+        update["rpm"] = rpm
+    if tpm is not None:
+        update["tpm"] = tpm
+    return settings.model_copy(update={"llm": settings.llm.model_copy(update=update)})

@@ -88,6 +88,13 @@ class DiskStore:
         body = await self._run(read)
         return None if body is None else _loads(body)
 
+    async def has(self, key: str) -> bool:
+        def read(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT created FROM responses WHERE key = ?", (key,)).fetchone()
+            return row is not None and (self.ttl is None or row[0] >= time.time() - self.ttl)
+
+        return await self._run(read)
+
     async def put(self, key: str, response: dict[str, Any]) -> None:
         body = json.dumps(response, separators=(",", ":"), ensure_ascii=False).encode()
         self._puts += 1

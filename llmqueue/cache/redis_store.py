@@ -41,6 +41,9 @@ class RedisStore:
         data = json.loads(body)
         return data if isinstance(data, dict) else None
 
+    async def has(self, key: str) -> bool:
+        return bool(await self.redis.exists(keys.cache_entry(key)))
+
     async def put(self, key: str, response: dict[str, Any]) -> None:
         body = json.dumps(response, separators=(",", ":"), ensure_ascii=False)
         ttl_ms = int(self.ttl * 1000) if self.ttl is not None else 0

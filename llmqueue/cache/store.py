@@ -25,6 +25,9 @@ class CacheStore(Protocol):
     async def get(self, key: str) -> dict[str, Any] | None:
         """The response stored under ``key``, or None (never stored, expired or evicted)."""
 
+    async def has(self, key: str) -> bool:
+        """Whether ``get(key)`` would answer now; counts no hit and refreshes nothing (for estimates)."""
+
     async def put(self, key: str, response: dict[str, Any]) -> None:
         """Store ``response`` under ``key``, evicting the least recently used over the size limit."""
 

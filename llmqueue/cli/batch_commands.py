@@ -14,14 +14,19 @@ from rich.live import Live
 
 from llmqueue.cli.common import (
     BatchArgument,
+    CacheDirOption,
     ConfigOption,
+    DryRunOption,
     LLMConfigOption,
     ModelOption,
+    NoCacheOption,
     RedisOption,
     app,
     console,
+    print_estimate,
     settings_from,
     with_batches,
+    with_cache_dir,
 )
 from llmqueue.errors import LLMQueueError
 
@@ -43,14 +48,24 @@ def submit(
         float | None, typer.Option(help="Stop starting jobs once the batch spent USD.")
     ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Stop starting jobs after this many tokens.")] = None,
+    no_cache: NoCacheOption = False,
+    cache_dir: CacheDirOption = None,
+    dry_run: DryRunOption = False,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
-    """Queue every line of a JSONL file as one batch and print the batch id."""
+    """Queue every line of a JSONL file as one batch and print the batch id.
+
+    Workers answer lines from the response cache (theirs: \\[cache] of the workers' settings) unless
+    --no-cache; --cache-dir here only tells --dry-run where to look.
+    """
     from llmqueue.batches.control import new_batch_id
     from llmqueue.batches.files import write_rejects
 
-    settings = settings_from(config, redis_url)
+    settings = with_cache_dir(settings_from(config, redis_url), cache_dir)
+    if dry_run:
+        print_estimate(file, settings, model=model, llm_config=llm_config, use_cache=not no_cache)
+        return
     batch_id = batch or new_batch_id(file)
     report = with_batches(
         settings,
@@ -63,6 +78,7 @@ def submit(
             max_cost=max_cost if max_cost is not None else settings.batch.max_cost,
             max_tokens=max_tokens if max_tokens is not None else settings.batch.max_tokens,
             priority=priority,
+            cache=settings.cache.enabled and not no_cache,
         ),
     )
     if report.rejected:
@@ -194,6 +210,9 @@ def run(
             ),
         ),
     ] = False,
+    no_cache: NoCacheOption = False,
+    cache_dir: CacheDirOption = None,
+    dry_run: DryRunOption = False,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
@@ -203,10 +222,21 @@ def run(
     """
     from contextlib import ExitStack
 
-    from llmqueue.batches.run import RunOptions, run_batch
+    from llmqueue.batches.run import RunOptions, run_batch, run_settings
 
     env_url = redis_url or os.environ.get("REDIS_URL")
-    settings = settings_from(config, env_url)
+    settings = with_cache_dir(settings_from(config, env_url), cache_dir)
+    if dry_run:
+        if file is None:
+            raise LLMQueueError("--dry-run needs the JSONL file")
+        print_estimate(
+            file,
+            run_settings(settings, model=model, rpm=rpm, tpm=tpm),
+            model=model,
+            llm_config=llm_config,
+            use_cache=not no_cache,
+        )
+        return
     if env_url is None and "redis_url" in settings.model_fields_set:
         env_url = settings.redis_url.get_secret_value()
     options = RunOptions(
@@ -226,6 +256,8 @@ def run(
         rejects=rejects,
         redis_url=env_url,
         config=config,
+        cache=not no_cache,
+        cache_dir=cache_dir,
     )
     try:
         with ExitStack() as stack:
@@ -243,7 +275,8 @@ def run(
     done = summary.status
     console.print(
         f"{done.succeeded}/{done.total} succeeded, {done.failed} failed, {done.cancelled} cancelled; "
-        f"{done.requests} requests ({done.rate_limited} answered 429), {done.tokens} tokens, "
+        + (f"{done.cached} from the cache, " if done.cached else "")
+        + f"{done.requests} requests ({done.rate_limited} answered 429), {done.tokens} tokens, "
         f"${done.cost:.4f} → {summary.output}"
     )
     if not summary.ok:

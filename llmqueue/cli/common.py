@@ -45,6 +45,23 @@ ModelOption = Annotated[
     typer.Option("--model", help=r"LiteLLM model for lines that name none (default: \[llm] model)."),
 ]
 LLMConfigOption = Annotated[str | None, typer.Option("--llm-config", help=r"A named \[llm.<name>] group.")]
+NoCacheOption = Annotated[
+    bool,
+    typer.Option("--no-cache", help="Call the provider for every line; neither read nor fill the cache."),
+]
+CacheDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir", help=r"Response cache directory (default: \[cache] dir or $XDG_CACHE_HOME/llmqueue)."
+    ),
+]
+DryRunOption = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Check the file, print per model lines, cache hits, tokens, cost range and time; run nothing.",
+    ),
+]
 BatchArgument = Annotated[str, typer.Argument(help="The batch id (printed by submit/run).")]
 
 
@@ -59,6 +76,26 @@ def settings_from(config: Path | None, redis_url: str | None = None, **overrides
     if redis_url:
         overrides["redis_url"] = redis_url
     return load_settings(config, **overrides)
+
+
+def with_cache_dir(settings: Settings, cache_dir: Path | None) -> Settings:
+    """``settings`` with ``--cache-dir`` (when given) in place of ``[cache] dir``."""
+    if cache_dir is not None:
+        settings.cache = settings.cache.model_copy(update={"dir": cache_dir})
+    return settings
+
+
+def print_estimate(
+    file: Path, settings: Settings, *, model: str | None, llm_config: str | None, use_cache: bool
+) -> None:
+    """``--dry-run``: the estimate table on stdout; a bad file raises (exit 2) before anything else."""
+    from llmqueue.batches.estimate import estimate_file
+    from llmqueue.ops.display import estimate_text
+
+    estimate = asyncio.run(
+        estimate_file(file, settings, default_model=model, llm_config=llm_config, use_cache=use_cache)
+    )
+    typer.echo(estimate_text(estimate, str(file)))
 
 
 def with_batches(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:

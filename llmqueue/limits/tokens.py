@@ -19,10 +19,15 @@ def estimate_tokens(job: Job, model: str, default_completion_tokens: int) -> int
     if job.kind == "embedding":
         texts = [job.input] if isinstance(job.input, str) else list(job.input or [])
         return sum(_count_text(model, text) for text in texts)
-    prompt = _count_messages(model, job.messages)
+    return _count_messages(model, job.messages) + completion_allowance(job, default_completion_tokens)
+
+
+def completion_allowance(job: Job, default_completion_tokens: int) -> int:
+    """The completion tokens a chat job may use: ``max_completion_tokens``, ``max_tokens`` or the default."""
+    if job.kind == "embedding":
+        return 0
     limit = job.params.get("max_completion_tokens", job.params.get("max_tokens"))
-    completion = int(limit) if isinstance(limit, int | float) else default_completion_tokens
-    return prompt + completion
+    return int(limit) if isinstance(limit, int | float) else default_completion_tokens
 
 
 def usage_tokens(response: Any) -> int | None:

@@ -46,7 +46,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 async def test_a_stored_response_comes_back_and_counts_a_hit(store: CacheStore) -> None:
     assert await store.get("k1") is None
+    assert not await store.has("k1")
     await store.put("k1", ANSWER)
+    assert await store.has("k1")
     assert await store.get("k1") == ANSWER
     stats = await store.stats()
     assert (stats.entries, stats.hits) == (1, 1)
