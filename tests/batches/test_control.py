@@ -248,7 +248,7 @@ async def test_token_budget_cancels_the_jobs_after_the_cap_without_calling_the_p
     settings = make_settings(redis_url, provider.base_url, worker={"max_jobs": 1})
     async with Producer(settings) as producer:
         batches = Batches(producer.store)
-        await batches.submit_file(path, "b1", max_tokens=2 * per_job - 1)
+        await batches.submit_file(path, "b1", max_tokens=2 * per_job - 1, cache=False)  # identical lines
         async with running_worker(settings):
             status = await wait_done(batches, "b1")
         results = await all_results(batches, "b1")
@@ -268,7 +268,7 @@ async def test_cost_budget_cancels_the_jobs_after_the_cap_without_calling_the_pr
     settings = make_settings(redis_url, provider.base_url, worker={"max_jobs": 1})
     async with Producer(settings) as producer:
         batches = Batches(producer.store)
-        await batches.submit_file(path, "priced", max_cost=1e-9)
+        await batches.submit_file(path, "priced", max_cost=1e-9, cache=False)  # identical lines
         async with running_worker(settings):
             status = await wait_done(batches, "priced")
         results = await all_results(batches, "priced")
