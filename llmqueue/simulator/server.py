@@ -38,6 +38,7 @@ from typing import Annotated, Any, Literal, Self
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from llmqueue.simulator.batch_api import BatchApi
 from llmqueue.simulator.limits import RateLimits
 from llmqueue.simulator.wire import (
     chat_body,
@@ -169,6 +170,9 @@ class SimulatedProvider:
         self.config = config
         self._clock = clock
         self._ids = itertools.count(1)
+        self.batch_api = BatchApi(
+            clock=clock, authorized=self._authorized, completion_tokens=config.completion_tokens
+        )
         self.reset()
 
     def fail_next(
@@ -214,6 +218,7 @@ class SimulatedProvider:
             app.router.add_post(f"{prefix}/chat/completions", self._handle_chat)
             app.router.add_post(f"{prefix}/embeddings", self._handle_embeddings)
             app.router.add_get(f"{prefix}/models", self._handle_models)
+        self.batch_api.register(app)
         app.router.add_get("/health", self._handle_health)
         app.router.add_get("/stats", self._handle_stats)
         app.router.add_post("/control", self._handle_control)
