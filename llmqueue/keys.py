@@ -105,3 +105,8 @@ def cache_sizes() -> str:
 def cache_flight(cache_key: str) -> str:
     """The id of the job making the call for this request hash now; others wait for its answer."""
     return f"{PREFIX}:cache-flight:{cache_key}"
+
+
+def batch_api(batch_id: str) -> str:
+    """The provider batches of a batch sent through the Batch API tier: provider batch id -> state (JSON)."""
+    return f"{PREFIX}:batch:{batch_id}:provider-batches"

@@ -140,6 +140,7 @@ class JobResult(BaseModel):
     cost: float | None = Field(None, description="USD, from LiteLLM's price table; None when unknown")
     attempts: int = Field(0, description="provider calls made")
     cached: bool = Field(False, description="answered from the response cache, without a provider call")
+    via: Literal["live", "batch-api"] = Field("live", description="live calls, or the provider's Batch API")
     errors: list[AttemptError] = Field(default_factory=list)
     timings: Timings
     worker_id: str | None = None

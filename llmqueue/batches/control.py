@@ -94,6 +94,17 @@ class Batches:
         )
         return report
 
+    async def register(self, batch_id: str, jobs: list[Job], *, source: Path) -> None:
+        """Create the batch and list its jobs in input order without queueing them (the Batch API tier
+        sends them to the provider itself, and stores their results as workers would)."""
+        check_batch_id(batch_id)
+        await self._create(batch_id, source=source, max_cost=None, max_tokens=None)
+        for start in range(0, len(jobs), _CHUNK):
+            await self._index_chunk(batch_id, jobs[start : start + _CHUNK])
+        await self.redis.hset(
+            keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id))
+        )
+
     async def status(self, batch_id: str) -> BatchStatus:
         """The batch's counts, usage, cost, throughput and ETA. Raises BatchError for an unknown batch."""
         return await self.ledger.status(batch_id)
@@ -191,6 +202,9 @@ class Batches:
         added = await self.store.enqueue(chunk, defer=-86400.0 if priority else 0.0)
         report.submitted += sum(added)
         report.already_known += len(added) - sum(added)
+        await self._index_chunk(batch_id, chunk)
+
+    async def _index_chunk(self, batch_id: str, chunk: list[Job]) -> None:
         # Registered by line number, so a resubmission (a line fixed since) lands in input order, once.
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(keys.batch_jobs(batch_id), {job.id: job.metadata["line"] for job in chunk})

@@ -155,7 +155,7 @@ def output_record(result: JobResult | None, *, custom_id: str, job_id: str) -> d
     failed with an HTTP status, and is None otherwise; ``error`` is None for a succeeded job, else
     ``{"code", "message"}`` with code the failure kind (``"missing"`` when ``result`` is None: the job
     did not finish or its result expired). llmqueue's own details sit apart under ``"llmqueue"``:
-    status, attempts, cached (answered from the response cache),
+    status, attempts, cached (answered from the response cache), via (``live`` or ``batch-api``),
     cost (USD), latency_seconds (first start to end), usage, and every attempt's error.
     """
     record: dict[str, Any] = {"id": f"batch_req_{job_id}", "custom_id": custom_id}
@@ -166,6 +166,7 @@ def output_record(result: JobResult | None, *, custom_id: str, job_id: str) -> d
             "status": "missing",
             "attempts": 0,
             "cached": False,
+            "via": None,
             "cost": None,
             "latency_seconds": None,
             "usage": None,
@@ -181,6 +182,7 @@ def output_record(result: JobResult | None, *, custom_id: str, job_id: str) -> d
         "status": result.status,
         "attempts": result.attempts,
         "cached": result.cached,
+        "via": result.via,
         "cost": result.cost,
         "latency_seconds": result.timings.run_seconds,
         "usage": result.usage.model_dump() if result.usage else None,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from llmqueue.batches.batch_api_tier import BatchApiTier
 from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_batch_id
 from llmqueue.batches.display import BatchProgress
 from llmqueue.batches.files import check_file, invalid_file_error, write_rejects, write_results
@@ -45,6 +46,10 @@ class RunOptions:
     rejects: Path | None = None
     redis_url: str | None = None
     config: Path | None = None
+    via: str = "live"
+    """``live`` (workers call the provider) or ``batch-api`` (the provider's Batch API, at its price)."""
+    poll_interval: float = 10.0
+    """Seconds between two looks at the provider's batches (``batch-api``)."""
     cache_dir: Path | None = None
     cache: bool = True
     """Answer lines from the response cache and keep new answers there (``--no-cache``: False)."""
@@ -75,10 +80,11 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
         run_dir(batch_id) if options.redis_url is None else Path(tempfile.mkdtemp(prefix="llmqueue-run-"))
     )
     finished = resumable = False
+    tier = BatchApiTier(options, settings, batch_id, use_cache) if options.via == "batch-api" else None
     try:
         cluster = LocalCluster(
             redis_url=options.redis_url,
-            workers=options.workers,
+            workers=0 if tier is not None else options.workers,
             data_dir=data_dir,
             worker_env=_worker_env(options),
             stop_timeout=settings.worker.shutdown_grace + 15,
@@ -88,6 +94,13 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
                 batches = Batches(producer.store)
                 source = await _source_file(batches, options, batch_id)
                 resumable = True
+                if tier is not None:
+                    status = await tier.run(batches, source, console)
+                    failures = await write_results(batches.results(batch_id), options.output)
+                    finished = True
+                    return RunSummary(
+                        batch_id=batch_id, status=status, output=options.output, failures=failures
+                    )
                 report = await batches.submit_file(
                     source,
                     batch_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +30,13 @@ from llmqueue.cli.common import (
     with_cache_dir,
 )
 from llmqueue.errors import LLMQueueError
+
+
+class Via(StrEnum):
+    """``llmqueue run --via``."""
+
+    live = "live"
+    batch_api = "batch-api"
 
 
 @app.command()
@@ -157,9 +165,23 @@ def results(
 
 @app.command()
 def cancel(batch: BatchArgument, config: ConfigOption = None, redis_url: RedisOption = None) -> None:
-    """Cancel a batch: queued and retry-waiting jobs end as cancelled, running ones finish."""
-    count = with_batches(settings_from(config, redis_url), lambda b: b.cancel(batch))
-    console.print(f"{count} job(s) cancelled; running jobs will finish")
+    """Cancel a batch: queued and retry-waiting jobs end as cancelled, running ones finish.
+
+    A batch sent through the provider's Batch API has its provider batches cancelled too.
+    """
+    from llmqueue.batches.batch_api import cancel_provider_batches
+
+    settings = settings_from(config, redis_url)
+
+    async def go(batches: Any) -> tuple[int, int]:
+        count = await batches.cancel(batch)
+        return count, await cancel_provider_batches(batches, batch, settings.llm)
+
+    count, provider = with_batches(settings, go)
+    console.print(
+        f"{count} job(s) cancelled; running jobs will finish"
+        + (f"; {provider} provider batch(es) asked to cancel" if provider else "")
+    )
 
 
 @app.command()
@@ -213,6 +235,15 @@ def run(
     no_cache: NoCacheOption = False,
     cache_dir: CacheDirOption = None,
     dry_run: DryRunOption = False,
+    via: Annotated[
+        Via,
+        typer.Option(
+            help="live: workers call the provider; batch-api: the provider's Batch API, at its batch price."
+        ),
+    ] = Via.live,
+    poll_interval: Annotated[
+        float, typer.Option(help="--via batch-api: seconds between looks at the provider's batches.")
+    ] = 10.0,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
@@ -258,6 +289,8 @@ def run(
         config=config,
         cache=not no_cache,
         cache_dir=cache_dir,
+        via=via.value,
+        poll_interval=poll_interval,
     )
     try:
         with ExitStack() as stack:

@@ -1,0 +1,91 @@
+"""``llmqueue run --via batch-api``: the run's side of the Batch API tier (settings, cache, progress)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from llmqueue.batches.batch_api import BatchApiRun, check_supported
+from llmqueue.batches.control import Batches
+from llmqueue.batches.files import iter_jobs
+from llmqueue.batches.ledger import BatchStatus
+from llmqueue.cache import ResponseCache, open_store
+from llmqueue.models import Job
+from llmqueue.settings import LLMConfig, Settings
+
+if TYPE_CHECKING:
+    from llmqueue.batches.run import RunOptions
+
+# The worker settings ``run`` passes in the environment that the tier, running in this process, needs.
+_LLM_ENV = {"LLM_MODEL": "model", "LLM_BASE_URL": "base_url", "LLM_API_KEY": "api_key"}
+
+
+class BatchApiTier:
+    """One ``run --via batch-api``: checks what it can before anything starts, then runs the batch."""
+
+    def __init__(self, options: RunOptions, settings: Settings, batch_id: str, use_cache: bool) -> None:
+        from llmqueue.batches.run import run_settings
+
+        self.options = options
+        self.batch_id = batch_id
+        self.use_cache = use_cache
+        self.settings = run_settings(settings, model=options.model, rpm=None, tpm=None)
+        updates = {
+            field: options.worker_env[env] for env, field in _LLM_ENV.items() if env in options.worker_env
+        }
+        if updates:
+            llm = LLMConfig.model_validate({**self.settings.llm.model_dump(), **updates})
+            self.settings = self.settings.model_copy(update={"llm": llm})
+        if options.file is not None and not options.resume:
+            check_supported(self._jobs(options.file), self.settings.llm_for(options.llm_config))
+
+    def _jobs(self, source: Path) -> list[Job]:
+        jobs = [
+            item
+            for item in iter_jobs(
+                source,
+                batch_id=self.batch_id,
+                default_model=self.options.model,
+                llm_config=self.options.llm_config,
+            )
+            if isinstance(item, Job)
+        ]
+        for job in jobs:
+            job.cache = self.use_cache
+        return jobs
+
+    async def run(self, batches: Batches, source: Path, console: Console) -> BatchStatus:
+        jobs = self._jobs(source)
+        await batches.register(self.batch_id, jobs, source=source)
+        console.print(f"batch [bold]{self.batch_id}[/bold]: {len(jobs)} line(s) for the provider's Batch API")
+        cache = None
+        if self.use_cache:
+            llm = self.settings.llm_for(self.options.llm_config)
+            cache = ResponseCache(
+                open_store(self.settings.cache, batches.redis), batches.redis, claim_seconds=llm.timeout + 30
+            )
+        progress = Progress(
+            TextColumn("[bold]provider batches"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        task = progress.add_task("provider", total=None)
+        try:
+            with progress:
+                tier = BatchApiRun(
+                    batches,
+                    self.settings,
+                    cache=cache,
+                    poll_interval=self.options.poll_interval,
+                    on_progress=lambda done, sent: progress.update(task, completed=done, total=sent),
+                )
+                await tier.run(self.batch_id, jobs, self.options.llm_config)
+        finally:
+            if cache is not None:
+                await cache.close()
+        return await batches.status(self.batch_id)
