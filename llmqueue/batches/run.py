@@ -84,7 +84,7 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
     try:
         cluster = LocalCluster(
             redis_url=options.redis_url,
-            workers=0 if tier is not None else options.workers,
+            workers=1 if tier is not None else options.workers,  # idle unless lines fall back to live
             data_dir=data_dir,
             worker_env=_worker_env(options),
             stop_timeout=settings.worker.shutdown_grace + 15,

@@ -193,6 +193,12 @@ def simulate_provider(
     api_key: Annotated[str | None, typer.Option(help="Require this bearer key.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the random faults.")] = None,
     completion_tokens: Annotated[int, typer.Option(help="Completion length in tokens.")] = 16,
+    batch_validating_seconds: Annotated[
+        float, typer.Option(help="Seconds a Batch API batch stays 'validating'.")
+    ] = 0.1,
+    batch_in_progress_seconds: Annotated[
+        float, typer.Option(help="Seconds a Batch API batch stays 'in_progress'.")
+    ] = 0.3,
 ) -> None:
     """Serve a local OpenAI-compatible provider with rate limits and faults (no API key needed)."""
     from pydantic import ValidationError
@@ -212,6 +218,8 @@ def simulate_provider(
             api_key=api_key,
             seed=seed,
             completion_tokens=completion_tokens,
+            batch_validating_seconds=batch_validating_seconds,
+            batch_in_progress_seconds=batch_in_progress_seconds,
         )
     except ValidationError as exc:
         raise LLMQueueError(f"invalid simulated provider options: {exc}") from None

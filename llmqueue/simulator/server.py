@@ -74,6 +74,8 @@ class ProviderConfig(BaseModel):
       hang ``hang_seconds`` before answering. Both drawn from ``random.Random(seed)``.
     - ``api_key``: when set, calls must send ``Authorization: Bearer <api_key>`` or get 401.
     - ``completion_tokens``: completion length of every chat answer, capped by the request's ``max_tokens``.
+    - ``batch_validating_seconds``, ``batch_in_progress_seconds``: how long a Batch API batch spends in
+      each state before it completes (``llmqueue.simulator.batch_api``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -89,6 +91,8 @@ class ProviderConfig(BaseModel):
     api_key: str | None = Field(default=None, repr=False)
     seed: int | None = None
     completion_tokens: int = Field(default=16, ge=0)
+    batch_validating_seconds: float = Field(default=0.1, ge=0)
+    batch_in_progress_seconds: float = Field(default=0.3, ge=0)
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> Self:
@@ -171,7 +175,11 @@ class SimulatedProvider:
         self._clock = clock
         self._ids = itertools.count(1)
         self.batch_api = BatchApi(
-            clock=clock, authorized=self._authorized, completion_tokens=config.completion_tokens
+            clock=clock,
+            authorized=self._authorized,
+            completion_tokens=config.completion_tokens,
+            validating_seconds=config.batch_validating_seconds,
+            in_progress_seconds=config.batch_in_progress_seconds,
         )
         self.reset()
 
@@ -237,7 +245,11 @@ class SimulatedProvider:
         return web.json_response({"status": "ok"})
 
     async def _handle_stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats.to_json())
+        batches = {
+            "batches_created": len(self.batch_api.batches),
+            "batch_lines_answered": self.batch_api.lines_answered,
+        }
+        return web.json_response({**self.stats.to_json(), **batches})
 
     async def _handle_control(self, request: web.Request) -> web.Response:
         try:

@@ -1,0 +1,97 @@
+"""``llmqueue run --via batch-api`` as users run it: its own Redis, the simulated provider in a process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from llmqueue.ops.local_cluster import run_dir
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
+from tests.batches.test_run import batch_name, provider_env, read_jsonl, run, run_env, start_run, stop
+from tests.support.settings import TEST_API_KEY
+
+__all__ = ["batch_name"]  # the fixture, shared with test_run
+pytestmark = pytest.mark.timeout(400)
+
+
+def eval_file(path: Path, count: int) -> Path:
+    with path.open("w", encoding="utf-8") as out:
+        for n in range(count):
+            line = {"custom_id": f"q{n}", "model": "openai/gpt-4o-mini",
+                    "messages": [{"role": "user", "content": f"Translate 'cat {n}' to French"}]}  # fmt: skip
+            out.write(json.dumps(line) + "\n")
+    return path
+
+
+def test_run_via_batch_api_writes_every_line_in_order_at_the_batch_price(
+    tmp_path: Path, batch_name: str
+) -> None:
+    source = eval_file(tmp_path / "eval.jsonl", 12)
+    output = tmp_path / "out.jsonl"
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
+        env = run_env(**provider_env(provider))
+        args = [
+            str(source),
+            "-o",
+            str(output),
+            "--via",
+            "batch-api",
+            "--poll-interval",
+            "0.2",
+            "--batch",
+            batch_name,
+        ]
+        code, stderr = run(args, env, tmp_path)
+        stats = provider.stats()
+    assert code == 0, stderr
+    records = read_jsonl(output)
+    assert [r["custom_id"] for r in records] == [f"q{n}" for n in range(12)]
+    assert {r["llmqueue"]["via"] for r in records} == {"batch-api"}
+    assert all(r["llmqueue"]["cost"] > 0 for r in records)
+    assert (stats["requests"], stats["batches_created"], stats["batch_lines_answered"]) == (0, 1, 12)
+    assert "12/12 succeeded" in stderr
+
+
+def test_ctrl_c_then_resume_collects_the_provider_batch_without_sending_it_again(
+    tmp_path: Path, batch_name: str
+) -> None:
+    source = eval_file(tmp_path / "eval.jsonl", 6)
+    output = tmp_path / "out.jsonl"
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, batch_in_progress_seconds=6)) as provider:
+        env = run_env(**provider_env(provider))
+        args = ["--via", "batch-api", "--poll-interval", "0.2", "-o", str(output)]
+        process = start_run([str(source), *args, "--batch", batch_name], env, tmp_path)
+        deadline = time.monotonic() + 120
+        while provider.stats()["batches_created"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert provider.stats()["batches_created"] == 1
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130, stderr
+        assert f"llmqueue run --resume {batch_name}" in stderr
+        assert run_dir(batch_name).exists()
+
+        code, stderr = run(["--resume", batch_name, *args], env, tmp_path)
+        stats = provider.stats()
+    assert code == 0, stderr
+    assert (stats["batches_created"], stats["batch_lines_answered"]) == (1, 6)
+    assert [r["llmqueue"]["status"] for r in read_jsonl(output)] == ["succeeded"] * 6
+    stop(process)
+
+
+def test_a_bad_file_is_refused_before_anything_is_uploaded(tmp_path: Path, batch_name: str) -> None:
+    source = eval_file(tmp_path / "eval.jsonl", 2)
+    with source.open("a", encoding="utf-8") as out:
+        out.write('{"custom_id": "q9", "model": "openai/gpt-4o-mini"}\n')
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
+        code, stderr = run([str(source), "--via", "batch-api", "--batch", batch_name],
+                           run_env(**provider_env(provider)), tmp_path)  # fmt: skip
+        stats = provider.stats()
+    assert code == 2
+    assert "line 3" in stderr
+    assert stats["batches_created"] == 0
