@@ -5,9 +5,10 @@ split into files within the provider's limits, uploaded, and sent as provider ba
 (``acreate_file``, ``acreate_batch``, ``aretrieve_batch``, ``afile_content``). Their outputs become
 results like the workers' (``via = "batch-api"``, the Batch API price as cost) in the same Redis batch,
 so ``status``, ``results`` and the output file work as for live runs. Lines that expired, or failed in
-a way another try may fix (5xx, 429), go out again in a new round, at most ``num_retries`` more; a line
-the provider refused (a 4xx) fails. Provider batch ids are kept in Redis (``keys.batch_api``) as soon
-as they exist, so an interrupted run resumes by collecting them rather than sending the lines again.
+a way another try may fix (5xx, 429), go out again in a new round, at most ``num_retries`` more (or, with
+``fallback_live``, to the workers as live calls); a line the provider refused (a 4xx) fails. Provider
+batch ids are kept in Redis (``keys.batch_api``) as soon as they exist, so an interrupted run resumes by
+collecting them rather than sending the lines again.
 
 Only OpenAI-compatible endpoints (``openai/...`` models, ``custom_llm_provider="openai"``) are supported.
 """
@@ -76,6 +77,7 @@ class BatchApiRun:
         poll_interval: float = 5.0,
         limits: FileLimits | None = None,
         on_progress: Progress | None = None,
+        fallback_live: bool = False,
     ) -> None:
         self.batches = batches
         self.store = batches.store
@@ -85,6 +87,8 @@ class BatchApiRun:
         self.poll_interval = poll_interval
         self.limits = limits or FileLimits()
         self.on_progress = on_progress
+        self.fallback_live = fallback_live
+        """Lines a provider batch leaves unanswered go to the live queue (workers) instead of a new batch."""
 
     async def run(self, batch_id: str, jobs: Sequence[Job], llm_config: str | None) -> None:
         """Answer every job of ``batch_id`` that has no result yet; returns when each has one."""
@@ -97,6 +101,10 @@ class BatchApiRun:
                 return
             if await self._cancel_requested(batch_id):
                 await self._finish_all(lines, "cancelled", "cancelled", "the batch was cancelled")
+                return
+            if round_number > 0 and self.fallback_live:
+                await self.store.enqueue([line.job for line in lines])
+                await self.batches.wait(batch_id, interval=min(self.poll_interval, 1.0))
                 return
             submitted = await self._submit(batch_id, lines, llm, round_number)
             await self._collect(batch_id, submitted, by_id, llm)

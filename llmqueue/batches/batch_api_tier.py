@@ -83,6 +83,7 @@ class BatchApiTier:
                     cache=cache,
                     poll_interval=self.options.poll_interval,
                     on_progress=lambda done, sent: progress.update(task, completed=done, total=sent),
+                    fallback_live=self.options.fallback == "live",
                 )
                 await tier.run(self.batch_id, jobs, self.options.llm_config)
         finally:

@@ -48,6 +48,8 @@ class RunOptions:
     config: Path | None = None
     via: str = "live"
     """``live`` (workers call the provider) or ``batch-api`` (the provider's Batch API, at its price)."""
+    fallback: str = "batch-api"
+    """``batch-api``: unanswered lines go out in another provider batch; ``live``: to the workers."""
     poll_interval: float = 10.0
     """Seconds between two looks at the provider's batches (``batch-api``)."""
     cache_dir: Path | None = None

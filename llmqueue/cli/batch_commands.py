@@ -241,6 +241,10 @@ def run(
             help="live: workers call the provider; batch-api: the provider's Batch API, at its batch price."
         ),
     ] = Via.live,
+    fallback: Annotated[
+        Via,
+        typer.Option(help="--via batch-api: where lines an expired or failed provider batch left go next."),
+    ] = Via.batch_api,
     poll_interval: Annotated[
         float, typer.Option(help="--via batch-api: seconds between looks at the provider's batches.")
     ] = 10.0,
@@ -255,6 +259,8 @@ def run(
 
     from llmqueue.batches.run import RunOptions, run_batch, run_settings
 
+    if fallback is Via.live and via is not Via.batch_api:
+        raise LLMQueueError("--fallback live applies to --via batch-api only")
     env_url = redis_url or os.environ.get("REDIS_URL")
     settings = with_cache_dir(settings_from(config, env_url), cache_dir)
     if dry_run:
@@ -290,6 +296,7 @@ def run(
         cache=not no_cache,
         cache_dir=cache_dir,
         via=via.value,
+        fallback=fallback.value,
         poll_interval=poll_interval,
     )
     try:

@@ -19,6 +19,7 @@ from llmqueue.models import Job
 from llmqueue.producer import Producer
 from llmqueue.settings import Settings
 from llmqueue.simulator.server import RunningProvider
+from tests.support.settings import running_worker
 
 MODEL = "openai/gpt-4o-mini"  # priced by LiteLLM: input 0.15, output 0.60 per million; Batch API half
 WAIT = 30.0
@@ -179,3 +180,16 @@ def test_a_model_the_tier_cannot_reach_is_refused_before_upload(settings: Settin
         {"role": "user", "content": "hi"}]}) + "\n", encoding="utf-8")  # fmt: skip
     with pytest.raises(ConfigError, match="OpenAI-compatible"):
         check_supported(jobs_of(path, "b1"), settings.llm)
+
+
+async def test_fallback_live_sends_what_an_expired_batch_left_to_the_workers(
+    producer: Producer, settings: Settings, provider: RunningProvider, tmp_path: Path
+) -> None:
+    provider.provider.batch_api.expire_next(1)
+    async with running_worker(settings):
+        records = await run_tier(
+            producer, settings, review_file(tmp_path / "in.jsonl", ["a", "b", "c"]), "b1", fallback_live=True
+        )
+    assert [b.status for b in provider.provider.batch_api.batches.values()] == ["expired"]
+    assert provider.stats.requests == 3
+    assert [(r["llmqueue"]["status"], r["llmqueue"]["via"]) for r in records] == [("succeeded", "live")] * 3
