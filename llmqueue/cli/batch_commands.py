@@ -59,6 +59,16 @@ def submit(
     no_cache: NoCacheOption = False,
     cache_dir: CacheDirOption = None,
     dry_run: DryRunOption = False,
+    via: Annotated[
+        Via,
+        typer.Option(
+            help="batch-api: send the lines through the provider's Batch API from here and wait for it "
+            "(submit again with the same --batch to resume)."
+        ),
+    ] = Via.live,
+    poll_interval: Annotated[
+        float, typer.Option(help="--via batch-api: seconds between looks at the provider's batches.")
+    ] = 10.0,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
@@ -75,6 +85,10 @@ def submit(
         print_estimate(file, settings, model=model, llm_config=llm_config, use_cache=not no_cache)
         return
     batch_id = batch or new_batch_id(file)
+    if via is Via.batch_api:
+        _submit_via_batch_api(file, batch_id, settings, model, llm_config, not no_cache, poll_interval)
+        typer.echo(batch_id)
+        return
     report = with_batches(
         settings,
         lambda b: b.submit_file(
@@ -98,6 +112,38 @@ def submit(
         + (f", {report.already_known} already known" if report.already_known else "")
     )
     typer.echo(batch_id)
+
+
+def _submit_via_batch_api(
+    file: Path,
+    batch_id: str,
+    settings: Any,
+    model: str | None,
+    llm_config: str | None,
+    use_cache: bool,
+    poll_interval: float,
+) -> None:
+    from llmqueue.batches.batch_api_tier import BatchApiTier
+    from llmqueue.batches.files import check_file, invalid_file_error
+    from llmqueue.batches.run import RunOptions
+
+    check = check_file(file, batch_id=batch_id, default_model=model, llm_config=llm_config)
+    if not check.ok:
+        raise invalid_file_error(check, file)
+    options = RunOptions(
+        file=file,
+        output=Path(),
+        model=model,
+        llm_config=llm_config,
+        via="batch-api",
+        poll_interval=poll_interval,
+    )
+    tier = BatchApiTier(options, settings, batch_id, use_cache and settings.cache.enabled)
+    status = with_batches(settings, lambda b: tier.run(b, file, console))
+    console.print(
+        f"{status.succeeded}/{status.total} succeeded, {status.failed} failed, {status.cancelled} cancelled "
+        f"via the Batch API; write them with: llmqueue results {batch_id} -o FILE"
+    )
 
 
 @app.command()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -95,3 +97,25 @@ def test_a_bad_file_is_refused_before_anything_is_uploaded(tmp_path: Path, batch
     assert code == 2
     assert "line 3" in stderr
     assert stats["batches_created"] == 0
+
+
+def test_submit_via_batch_api_answers_the_lines_into_the_users_redis(tmp_path: Path, redis_url: str) -> None:
+    source = eval_file(tmp_path / "eval.jsonl", 4)
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
+        env = run_env(**provider_env(provider), REDIS_URL=redis_url)
+        base = [sys.executable, "-m", "llmqueue"]
+        args = ["submit", str(source), "--via", "batch-api", "--poll-interval", "0.2", "--batch", "evals"]
+        submitted = subprocess.run(
+            [*base, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        assert submitted.stdout.strip() == "evals"
+        output = tmp_path / "out.jsonl"
+        written = subprocess.run([*base, "results", "evals", "-o", str(output)], env=env, cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert written.returncode == 0, written.stderr
+        assert provider.stats()["batches_created"] == 1
+    records = read_jsonl(output)
+    assert [(r["custom_id"], r["llmqueue"]["via"]) for r in records] == [
+        (f"q{n}", "batch-api") for n in range(4)
+    ]
