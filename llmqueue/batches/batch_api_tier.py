@@ -11,9 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from llmqueue.batches.batch_api import BatchApiRun, check_supported
 from llmqueue.batches.control import Batches
 from llmqueue.batches.files import iter_jobs
-from llmqueue.batches.ledger import BatchStatus
 from llmqueue.cache import ResponseCache, open_store
 from llmqueue.models import Job
+from llmqueue.queue.ledger import BatchStatus
 from llmqueue.settings import LLMConfig, Settings
 
 if TYPE_CHECKING:

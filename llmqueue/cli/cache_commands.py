@@ -9,6 +9,7 @@ from typing import TypeVar
 import typer
 from redis.asyncio import Redis
 
+from llmqueue.batches.display import format_seconds
 from llmqueue.cache import CacheStats, CacheStore, open_store
 from llmqueue.cli.common import (
     CacheDirOption,
@@ -19,7 +20,6 @@ from llmqueue.cli.common import (
     settings_from,
     with_cache_dir,
 )
-from llmqueue.ops.display import format_seconds
 from llmqueue.settings import Settings
 
 T = TypeVar("T")

@@ -89,8 +89,8 @@ def print_estimate(
     file: Path, settings: Settings, *, model: str | None, llm_config: str | None, use_cache: bool
 ) -> None:
     """``--dry-run``: the estimate table on stdout; a bad file raises (exit 2) before anything else."""
+    from llmqueue.batches.display import estimate_text
     from llmqueue.batches.estimate import estimate_file
-    from llmqueue.ops.display import estimate_text
 
     estimate = asyncio.run(
         estimate_file(file, settings, default_model=model, llm_config=llm_config, use_cache=use_cache)

@@ -12,8 +12,8 @@ import pytest
 
 from llmqueue.batches.control import Batches
 from llmqueue.batches.files import write_results
-from llmqueue.queue.ledger import BatchStatus
 from llmqueue.producer import Producer
+from llmqueue.queue.ledger import BatchStatus
 from llmqueue.settings import CacheConfig, Settings
 from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
 from tests.support.settings import TEST_API_KEY, make_settings, running_worker
