@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from llmqueue import keys
 from llmqueue.batches.batch_api import BatchApiRun, check_supported
 from llmqueue.batches.control import Batches
 from llmqueue.batches.files import iter_jobs
@@ -60,6 +61,7 @@ class BatchApiTier:
     async def run(self, batches: Batches, source: Path, console: Console) -> BatchStatus:
         jobs = self._jobs(source)
         await batches.register(self.batch_id, jobs, source=source)
+        await batches.redis.hset(keys.batch(self.batch_id), "via", "batch-api")
         console.print(f"batch [bold]{self.batch_id}[/bold]: {len(jobs)} line(s) for the provider's Batch API")
         cache = None
         if self.use_cache:

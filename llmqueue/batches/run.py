@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from llmqueue import keys
 from llmqueue.batches.batch_api_tier import BatchApiTier
 from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_batch_id
 from llmqueue.batches.display import BatchProgress
@@ -96,6 +97,7 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
                 batches = Batches(producer.store)
                 source = await _source_file(batches, options, batch_id)
                 resumable = True
+                await _check_same_tier(batches, options, batch_id)
                 if tier is not None:
                     status = await tier.run(batches, source, console)
                     failures = await write_results(batches.results(batch_id), options.output)
@@ -153,6 +155,16 @@ async def _check_cache(options: RunOptions, settings: Settings) -> None:
         max_bytes=int(settings.cache.max_size_mb * 2**20),
     )
     await store.close()
+
+
+async def _check_same_tier(batches: Batches, options: RunOptions, batch_id: str) -> None:
+    """A resumed batch goes on through the tier it started in (the other would call for its lines twice)."""
+    if not options.resume:
+        return
+    started = await batches.redis.hget(keys.batch(batch_id), "via")
+    via = started.decode() if started else "live"
+    if via != options.via:
+        raise LLMQueueError(f"batch {batch_id} was started with --via {via}: resume it with --via {via}")
 
 
 def _announce(console: Console, batch_id: str, report: SubmitReport) -> None:

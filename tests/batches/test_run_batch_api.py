@@ -78,6 +78,8 @@ def test_ctrl_c_then_resume_collects_the_provider_batch_without_sending_it_again
         assert f"llmqueue run --resume {batch_name}" in stderr
         assert run_dir(batch_name).exists()
 
+        code, stderr = run(["--resume", batch_name, "-o", str(output)], env, tmp_path)
+        assert code == 2 and "resume it with --via batch-api" in stderr
         code, stderr = run(["--resume", batch_name, *args], env, tmp_path)
         stats = provider.stats()
     assert code == 0, stderr
