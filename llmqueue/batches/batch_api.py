@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +30,7 @@ from llmqueue import keys
 from llmqueue.batches.control import Batches
 from llmqueue.cache import ResponseCache, request_key
 from llmqueue.errors import BatchError, ConfigError
+from llmqueue.limits.tokens import estimate_tokens
 from llmqueue.llm.call import call_kwargs, job_model, supports_prompt_caching
 from llmqueue.models import AttemptError, Job, JobResult, ResultStatus, Timings, Usage
 from llmqueue.settings import LLMConfig, Settings
@@ -46,10 +47,14 @@ _TRANSPORT = frozenset(
 
 @dataclass(frozen=True)
 class FileLimits:
-    """What one provider batch file may hold (OpenAI: 50,000 requests, 200 MB)."""
+    """What one provider batch file may hold (OpenAI: 50,000 requests, 200 MB), and ``max_tokens``: the
+    provider's enqueued-token limit per model (None: not checked). With it, files are cut to hold at most
+    that many tokens (prompt plus the completion allowed, as the limiter counts them), and a model's next
+    file is sent only once its batches in flight leave room for it."""
 
     max_lines: int = MAX_LINES
     max_bytes: int = MAX_BYTES
+    max_tokens: int | None = None
 
 
 @dataclass
@@ -59,6 +64,22 @@ class _Line:
     provider_model: str
     request: bytes
     cache_key: str | None
+    tokens: int = 0
+    """Estimated tokens (counted only when the file limits include ``max_tokens``)."""
+
+
+@dataclass
+class _Chunk:
+    """The lines of one provider batch file."""
+
+    model: str
+    kind: str
+    number: int
+    lines: list[_Line]
+
+    @property
+    def tokens(self) -> int:
+        return sum(line.tokens for line in self.lines)
 
 
 Progress = Callable[[int, int], None]
@@ -106,8 +127,7 @@ class BatchApiRun:
                 await self.store.enqueue([line.job for line in lines])
                 await self.batches.wait(batch_id, interval=min(self.poll_interval, 1.0))
                 return
-            submitted = await self._submit(batch_id, lines, llm, round_number)
-            await self._collect(batch_id, submitted, by_id, llm)
+            await self._send_and_collect(batch_id, lines, llm, round_number, by_id)
         lines = await self._pending_lines(batch_id, jobs, llm)
         await self._finish_all(
             lines, "failed", "batch_expired", f"no answer after {llm.num_retries + 1} provider batch(es)"
@@ -127,65 +147,96 @@ class BatchApiRun:
                 if hit is not None:
                     await self._finish_cached(job, line.model, hit)
                     continue
+            if self.limits.max_tokens is not None:
+                line.tokens = estimate_tokens(job, line.model, llm.default_completion_tokens)
             lines.append(line)
         return lines
 
-    async def _submit(
-        self, batch_id: str, lines: list[_Line], llm: LLMConfig, round_number: int
-    ) -> dict[str, list[_Line]]:
-        """Upload and create one provider batch per (model, kind, file-sized chunk); ids kept in Redis."""
+    async def _send_and_collect(
+        self, batch_id: str, lines: list[_Line], llm: LLMConfig, round_number: int, by_id: dict[str, Job]
+    ) -> None:
+        """Send ``lines`` as provider batches (one model and kind each, cut to the file limits) and store
+        their answers; with ``max_tokens``, a model's next file waits until its batches leave room."""
         groups: dict[tuple[str, str], list[_Line]] = {}
         for line in lines:
             groups.setdefault((line.provider_model, line.job.kind), []).append(line)
-        submitted: dict[str, list[_Line]] = {}
-        for (model, kind), group in groups.items():
-            for number, chunk in enumerate(split_lines(group, self.limits)):
-                content = b"".join(line.request for line in chunk)
-                name = f"{batch_id}-r{round_number}-{model.replace('/', '_')}-{number}.jsonl"
-                uploaded = await litellm.acreate_file(file=(name, content), purpose="batch", **_access(llm))
-                created = await litellm.acreate_batch(
-                    completion_window="24h",
-                    endpoint=ENDPOINTS[kind],
-                    input_file_id=uploaded.id,
-                    metadata={"llmqueue_batch": batch_id},
-                    **_access(llm),
-                )
-                state = {"model": model, "round": round_number, "lines": len(chunk), "collected": False}
-                await self.redis.hset(keys.batch_api(batch_id), created.id, json.dumps(state))
-                submitted[created.id] = chunk
-        return submitted
-
-    async def _collect_recorded(self, batch_id: str, by_id: dict[str, Job], llm: LLMConfig) -> None:
-        """On resume: wait for the provider batches an interrupted run created, and store their answers."""
-        recorded = await self.redis.hgetall(keys.batch_api(batch_id))
-        open_batches: dict[str, list[_Line]] = {
-            key.decode(): [] for key, raw in recorded.items() if not json.loads(raw)["collected"]
-        }
-        if open_batches:
-            await self._collect(batch_id, open_batches, by_id, llm)
-
-    async def _collect(
-        self, batch_id: str, submitted: dict[str, list[_Line]], by_id: dict[str, Job], llm: LLMConfig
-    ) -> None:
-        waiting = dict(submitted)
-        sent = sum(len(chunk) for chunk in submitted.values())
+        pending = [
+            _Chunk(model, kind, number, chunk)
+            for (model, kind), group in groups.items()
+            for number, chunk in enumerate(split_lines(group, self.limits))
+        ]
+        waiting: dict[str, _Chunk] = {}
         progress: dict[str, int] = {}
-        while waiting:
-            for provider_id in list(waiting):
-                batch = await litellm.aretrieve_batch(batch_id=provider_id, **_access(llm))
-                counts = batch.request_counts
-                progress[provider_id] = (counts.completed + counts.failed) if counts else 0
-                if batch.status in TERMINAL:
-                    await self._store_outputs(batch, by_id, llm)
-                    state = json.loads(await self.redis.hget(keys.batch_api(batch_id), provider_id) or "{}")
-                    await self.redis.hset(
-                        keys.batch_api(batch_id), provider_id, json.dumps({**state, "collected": True})
-                    )
-                    del waiting[provider_id]
+        sent = len(lines)
+        while pending or waiting:
+            still = []
+            for chunk in pending:
+                if self._fits(chunk, waiting.values()):
+                    waiting[await self._create(batch_id, chunk, llm, round_number)] = chunk
+                else:
+                    still.append(chunk)
+            pending = still
+            await self._poll(batch_id, waiting, progress, by_id, llm)
             if self.on_progress is not None:
                 self.on_progress(sum(progress.values()), sent)
             if waiting:
                 await asyncio.sleep(self.poll_interval)
+
+    def _fits(self, chunk: _Chunk, in_flight: Iterable[_Chunk]) -> bool:
+        limit = self.limits.max_tokens
+        used = sum(other.tokens for other in in_flight if other.model == chunk.model)
+        return limit is None or used == 0 or used + chunk.tokens <= limit
+
+    async def _create(self, batch_id: str, chunk: _Chunk, llm: LLMConfig, round_number: int) -> str:
+        """Upload one file and create its provider batch; its id is kept in Redis at once."""
+        content = b"".join(line.request for line in chunk.lines)
+        name = f"{batch_id}-r{round_number}-{chunk.model.replace('/', '_')}-{chunk.number}.jsonl"
+        uploaded = await litellm.acreate_file(file=(name, content), purpose="batch", **_access(llm))
+        created = await litellm.acreate_batch(
+            completion_window="24h",
+            endpoint=ENDPOINTS[chunk.kind],
+            input_file_id=uploaded.id,
+            metadata={"llmqueue_batch": batch_id},
+            **_access(llm),
+        )
+        state = {"model": chunk.model, "round": round_number, "lines": len(chunk.lines), "collected": False}
+        await self.redis.hset(keys.batch_api(batch_id), created.id, json.dumps(state))
+        return str(created.id)
+
+    async def _collect_recorded(self, batch_id: str, by_id: dict[str, Job], llm: LLMConfig) -> None:
+        """On resume: wait for the provider batches an interrupted run created, and store their answers."""
+        recorded = await self.redis.hgetall(keys.batch_api(batch_id))
+        waiting = {
+            key.decode(): _Chunk(json.loads(raw)["model"], "chat", 0, [])
+            for key, raw in recorded.items()
+            if not json.loads(raw)["collected"]
+        }
+        progress: dict[str, int] = {}
+        while waiting:
+            await self._poll(batch_id, waiting, progress, by_id, llm)
+            if waiting:
+                await asyncio.sleep(self.poll_interval)
+
+    async def _poll(
+        self,
+        batch_id: str,
+        waiting: dict[str, _Chunk],
+        progress: dict[str, int],
+        by_id: dict[str, Job],
+        llm: LLMConfig,
+    ) -> None:
+        """Look at each waiting provider batch once; store and forget the ones that ended."""
+        for provider_id in list(waiting):
+            batch = await litellm.aretrieve_batch(batch_id=provider_id, **_access(llm))
+            counts = batch.request_counts
+            progress[provider_id] = (counts.completed + counts.failed) if counts else 0
+            if batch.status in TERMINAL:
+                await self._store_outputs(batch, by_id, llm)
+                state = json.loads(await self.redis.hget(keys.batch_api(batch_id), provider_id) or "{}")
+                await self.redis.hset(
+                    keys.batch_api(batch_id), provider_id, json.dumps({**state, "collected": True})
+                )
+                del waiting[provider_id]
 
     async def _store_outputs(self, batch: Any, by_id: dict[str, Job], llm: LLMConfig) -> None:
         for file_id in (batch.output_file_id, batch.error_file_id):
@@ -257,18 +308,22 @@ async def cancel_provider_batches(batches: Batches, batch_id: str, llm: LLMConfi
 
 
 def split_lines(lines: list[_Line], limits: FileLimits) -> list[list[_Line]]:
-    """``lines`` in order, cut into files of at most ``max_lines`` lines and ``max_bytes`` bytes."""
+    """``lines`` in order, cut into files of at most ``max_lines`` lines, ``max_bytes`` bytes and (when
+    set) ``max_tokens`` tokens; a line above ``max_tokens`` alone goes in a file of its own."""
     chunks: list[list[_Line]] = []
     current: list[_Line] = []
-    size = 0
+    size = tokens = 0
+    max_tokens = limits.max_tokens
     for line in lines:
         if len(line.request) > limits.max_bytes:
             raise BatchError(f"line {line.job.metadata.get('line')} alone exceeds the provider's file size")
-        if current and (len(current) >= limits.max_lines or size + len(line.request) > limits.max_bytes):
+        full = len(current) >= limits.max_lines or size + len(line.request) > limits.max_bytes
+        if current and (full or (max_tokens is not None and tokens + line.tokens > max_tokens)):
             chunks.append(current)
-            current, size = [], 0
+            current, size, tokens = [], 0, 0
         current.append(line)
         size += len(line.request)
+        tokens += line.tokens
     if current:
         chunks.append(current)
     return chunks

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llmqueue import keys
-from llmqueue.batches.batch_api import BatchApiRun, check_supported
+from llmqueue.batches.batch_api import BatchApiRun, FileLimits, check_supported
 from llmqueue.batches.control import Batches
 from llmqueue.batches.files import iter_jobs
 from llmqueue.cache import ResponseCache, open_store
@@ -86,6 +86,7 @@ class BatchApiTier:
                     poll_interval=self.options.poll_interval,
                     on_progress=lambda done, sent: progress.update(task, completed=done, total=sent),
                     fallback_live=self.options.fallback == "live",
+                    limits=FileLimits(max_tokens=self.options.enqueued_token_limit),
                 )
                 await tier.run(self.batch_id, jobs, self.options.llm_config)
         finally:

@@ -69,6 +69,12 @@ def submit(
     poll_interval: Annotated[
         float, typer.Option(help="--via batch-api: seconds between looks at the provider's batches.")
     ] = 10.0,
+    enqueued_token_limit: Annotated[
+        int | None,
+        typer.Option(
+            help="--via batch-api: the provider's enqueued-token limit per model; files are paced to it."
+        ),
+    ] = None,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
@@ -86,7 +92,9 @@ def submit(
         return
     batch_id = batch or new_batch_id(file)
     if via is Via.batch_api:
-        _submit_via_batch_api(file, batch_id, settings, model, llm_config, not no_cache, poll_interval)
+        _submit_via_batch_api(
+            file, batch_id, settings, model, llm_config, not no_cache, poll_interval, enqueued_token_limit
+        )
         typer.echo(batch_id)
         return
     report = with_batches(
@@ -114,6 +122,33 @@ def submit(
     typer.echo(batch_id)
 
 
+def _check_tier_options(
+    via: Via,
+    fallback: Via,
+    poll_interval: float,
+    enqueued_token_limit: int | None,
+    *live_only: float | None,
+) -> None:
+    """Options of one tier given to the other: an error, or a warning where the run can still go on."""
+    if via is Via.live:
+        if fallback is Via.live or poll_interval != 10.0 or enqueued_token_limit is not None:
+            raise LLMQueueError(
+                "--fallback, --poll-interval and --enqueued-token-limit apply to --via batch-api"
+            )
+        return
+    rpm, tpm, concurrency, max_cost, max_tokens = live_only
+    if fallback is not Via.live and any(value is not None for value in (rpm, tpm, concurrency)):
+        console.print(
+            "[yellow]warning:[/yellow] --rpm, --tpm and --concurrency limit live calls only; "
+            "with --via batch-api they apply to nothing unless --fallback live"
+        )
+    if max_cost is not None or max_tokens is not None:
+        console.print(
+            "[yellow]warning:[/yellow] --max-cost and --max-tokens are not enforced with "
+            "--via batch-api: the provider runs each batch whole; see its cost first with --dry-run"
+        )
+
+
 def _submit_via_batch_api(
     file: Path,
     batch_id: str,
@@ -122,6 +157,7 @@ def _submit_via_batch_api(
     llm_config: str | None,
     use_cache: bool,
     poll_interval: float,
+    enqueued_token_limit: int | None,
 ) -> None:
     from llmqueue.batches.batch_api_tier import BatchApiTier
     from llmqueue.batches.files import check_file, invalid_file_error
@@ -137,6 +173,7 @@ def _submit_via_batch_api(
         llm_config=llm_config,
         via="batch-api",
         poll_interval=poll_interval,
+        enqueued_token_limit=enqueued_token_limit,
     )
     tier = BatchApiTier(options, settings, batch_id, use_cache and settings.cache.enabled)
     status = with_batches(settings, lambda b: tier.run(b, file, console))
@@ -294,6 +331,12 @@ def run(
     poll_interval: Annotated[
         float, typer.Option(help="--via batch-api: seconds between looks at the provider's batches.")
     ] = 10.0,
+    enqueued_token_limit: Annotated[
+        int | None,
+        typer.Option(
+            help="--via batch-api: the provider's enqueued-token limit per model; files are paced to it."
+        ),
+    ] = None,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
@@ -305,8 +348,9 @@ def run(
 
     from llmqueue.batches.run import RunOptions, run_batch, run_settings
 
-    if fallback is Via.live and via is not Via.batch_api:
-        raise LLMQueueError("--fallback live applies to --via batch-api only")
+    _check_tier_options(
+        via, fallback, poll_interval, enqueued_token_limit, rpm, tpm, concurrency, max_cost, max_tokens
+    )
     env_url = redis_url or os.environ.get("REDIS_URL")
     settings = with_cache_dir(settings_from(config, env_url), cache_dir)
     if dry_run:
@@ -344,6 +388,7 @@ def run(
         via=via.value,
         fallback=fallback.value,
         poll_interval=poll_interval,
+        enqueued_token_limit=enqueued_token_limit,
     )
     try:
         with ExitStack() as stack:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from llmqueue.batches.control import Batches
 from llmqueue.batches.files import iter_jobs, write_results
 from llmqueue.cache import ResponseCache, open_store
 from llmqueue.errors import ConfigError
+from llmqueue.limits.tokens import estimate_tokens
 from llmqueue.models import Job
 from llmqueue.producer import Producer
 from llmqueue.settings import Settings
@@ -193,3 +195,18 @@ async def test_fallback_live_sends_what_an_expired_batch_left_to_the_workers(
     assert [b.status for b in provider.provider.batch_api.batches.values()] == ["expired"]
     assert provider.stats.requests == 3
     assert [(r["llmqueue"]["status"], r["llmqueue"]["via"]) for r in records] == [("succeeded", "live")] * 3
+
+
+async def test_an_enqueued_token_limit_cuts_files_and_sends_one_at_a_time(
+    producer: Producer, settings: Settings, provider: RunningProvider, tmp_path: Path
+) -> None:
+    path = review_file(tmp_path / "in.jsonl", [f"review {n}" for n in range(6)], max_tokens=5)
+    per_line = estimate_tokens(jobs_of(path, "probe")[0], MODEL, settings.llm.default_completion_tokens)
+    records = await run_tier(producer, settings, path, "b1", limits=FileLimits(max_tokens=2 * per_line + 1))
+    api = provider.provider.batch_api
+    batches = list(api.batches.values())
+    assert [api.files[b.input_file_id].content.count(b"\n") for b in batches] == [2, 2, 2]
+    # Each file went out only once the one before it had ended (0.1 s validating + 0.3 s in progress).
+    gaps = [later.created - earlier.created for earlier, later in itertools.pairwise(batches)]
+    assert all(gap >= 0.4 for gap in gaps)
+    assert [r["llmqueue"]["status"] for r in records] == ["succeeded"] * 6

@@ -121,3 +121,10 @@ def test_submit_via_batch_api_answers_the_lines_into_the_users_redis(tmp_path: P
     assert [(r["custom_id"], r["llmqueue"]["via"]) for r in records] == [
         (f"q{n}", "batch-api") for n in range(4)
     ]
+
+
+def test_batch_api_options_without_the_tier_are_refused(tmp_path: Path) -> None:
+    source = eval_file(tmp_path / "eval.jsonl", 1)
+    code, stderr = run([str(source), "--enqueued-token-limit", "90000"], run_env(), tmp_path, timeout=60)
+    assert code == 2
+    assert "apply to --via batch-api" in stderr
