@@ -22,6 +22,7 @@ from llmqueue.cli.common import (
     console,
     settings_from,
     with_batches,
+    with_redis,
 )
 from llmqueue.errors import LLMQueueError
 
@@ -86,16 +87,21 @@ def status(
 ) -> None:
     """Counts, tokens, cost, throughput and ETA of a batch."""
     from llmqueue.batches.control import Batches
-    from llmqueue.ops.display import status_table
+    from llmqueue.cli.limit_commands import batch_limits
+    from llmqueue.ops.display import limits_table, status_table
     from llmqueue.producer import Producer
 
     settings = settings_from(config, redis_url)
     if as_json:
         current = with_batches(settings, lambda b: b.status(batch))
-        typer.echo(json.dumps(current.to_json(), indent=2))
+        limits = with_redis(settings, lambda redis: batch_limits(redis, batch))
+        typer.echo(json.dumps({**current.to_json(), "limits": [s.to_json() for s in limits]}, indent=2))
         return
     if not watch:
         Console().print(status_table(with_batches(settings, lambda b: b.status(batch))))
+        limits = with_redis(settings, lambda redis: batch_limits(redis, batch))
+        if limits:
+            Console().print(limits_table(limits, title="limits it runs under"))
         return
 
     async def follow() -> None:

@@ -39,6 +39,9 @@ MAX_PRIORITY = 9
 #: The longest reservation (seconds) a job below the default priority may hold, when one refill is shorter.
 LOW_PRIORITY_HOLD = 0.1
 
+#: Seconds the record of which scopes a batch ran in is kept after its last job started.
+BATCH_SCOPES_TTL = 7 * 86400
+
 LimitState = Literal["limited", "probing", "unlimited"]
 _NO_TICKET = -1e300
 
@@ -297,6 +300,23 @@ class RateLimiter:
         """Every scope a worker has acquired from (while its buckets are kept), sorted."""
         members = await self._redis.smembers(keys.limit_scopes())
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    async def note_batch_scope(self, batch_id: str, scope: str) -> None:
+        """Record that jobs of ``batch_id`` run in ``scope`` (kept as long as a queued job)."""
+        key = keys.batch_scopes(batch_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(key, scope)
+            pipe.expire(key, BATCH_SCOPES_TTL)
+            await pipe.execute()
+
+    async def batch_scopes(self, batch_id: str) -> list[str]:
+        """The scopes jobs of ``batch_id`` ran in, sorted."""
+        members = await self._redis.smembers(keys.batch_scopes(batch_id))
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    async def exists(self, scope: str) -> bool:
+        """Whether the scope's buckets are kept (a worker used it within the last hour)."""
+        return bool(await self._redis.exists(keys.limiter(scope)))
 
     async def _remember(self, scope: str) -> None:
         if scope not in self._known_scopes:
