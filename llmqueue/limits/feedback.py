@@ -108,7 +108,8 @@ class LimitFeedback:
         said = parse_rate_limit_headers(headers, datetime.now(UTC))
         if said is not None:
             await self._observe(scope, limit, said, ticket, refused=True)
-        await self.limiter.refund(scope, limit, ticket, requests=True)
+        # Its tokens only: the request is kept, as the refusal shows the key had less than believed.
+        await self.limiter.refund(scope, limit, ticket)
 
     async def failed(self, scope: str, limit: LimitConfig | None, ticket: Ticket | None) -> None:
         """Another failure: the tokens the call took are given back, as no answer was produced."""

@@ -139,7 +139,9 @@ if op == 'cooldown' then
     count('e', 1)
     save()
   end
-  return {1, tostring(math.max(0, cool - now)), tostring(num('refused_at', 0)), tostring(now)}
+  -- A 429 voids earlier reservations only where it changed how calls are charged (headers were read).
+  local refused_at = (h.hdr == 'yes') and num('refused_at', 0) or 0
+  return {1, tostring(math.max(0, cool - now)), tostring(refused_at), tostring(now)}
 end
 
 if op == 'adjust' then
@@ -185,6 +187,8 @@ if op == 'observe' then
     end
     if belief <= NO_TICKET then return end
     if refused == 1 then belief = belief + charged end
+    -- A bucket the provider's stated limit just made smaller holds no more than its new capacity.
+    belief = math.min(belief, cap)
     if whole then belief = math.floor(belief + 1e-9) end
     -- Negative: the provider had less left than this bucket believed, beyond what was corrected since.
     -- Calls in flight together reach the provider in any order, so a gap of what arrives within
