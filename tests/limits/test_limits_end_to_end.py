@@ -147,8 +147,8 @@ async def test_a_second_client_eating_half_the_key_slows_the_workers_instead_of_
         settings = settings_for(redis_url, provider.base_url, rpm=KEY_RPM)
         elapsed = await run_all(settings, jobs(JOBS, model="openai/gpt-4o-mini"))
         stats = provider.stats()
-    # Half the key is left: 5 a second. Without the headers the workers would send 10 and half would be
-    # answered 429, again and again (over JOBS 429s in all); learning what is left costs some.
+    # Half the key is left: 5 a second. Without the headers nothing would tell the workers, and they
+    # would keep sending 10 a second; learning what is left costs some 429s at the start.
     assert stats["rate_limited"] <= 0.35 * JOBS, stats["rate_limited"]
     assert elapsed >= 0.8 * JOBS / (KEY_RPM / 60 / 2)
     state = await RateLimiter(redis).inspect("openai/gpt-4o-mini")
