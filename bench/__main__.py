@@ -19,6 +19,7 @@ from bench import report
 # Name → module; each module's ``run(quick)`` returns its figures.
 BENCHMARKS = {
     "ratelimit": "bench.ratelimit",
+    "limits": "bench.limits",
     "alternatives": "bench.alternatives",
     "overhead": "bench.overhead",
     "latency": "bench.latency",
@@ -85,7 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
     console.print(f"results written to {options.output} ({machine['total_seconds']:.0f} s)")
-    missed = any(row.get("met") is False for result in results.values() for row in result.get("rows", []))
+    missed = [
+        name
+        for name, result in results.items()
+        if any(row.get("met") is False for row in result.get("rows", []))
+    ]
+    if missed:
+        console.print(f"[red]targets missed:[/red] {', '.join(missed)}")
     return 1 if missed or any("error" in result for result in results.values()) else 0
 
 

@@ -1,7 +1,8 @@
-"""How a batch's progress and status look in a terminal (rich)."""
+"""How a batch's progress and status, and the limits, look in a terminal (rich)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from llmqueue.queue.ledger import BatchStatus
 if TYPE_CHECKING:  # the estimate module imports LiteLLM, which commands that only show status never need
     from llmqueue.batches.estimate import CostRange, Estimate
     from llmqueue.settings import LimitConfig
+from llmqueue.limits.limiter import ScopeState
 
 
 class BatchProgress:
@@ -175,3 +177,44 @@ def _total_cost(costs: list[CostRange | None]) -> str:
     if len(known) < len(costs):
         return "unknown (a model has no LiteLLM price)"
     return f"{format_usd(sum(c.low for c in known))} to {format_usd(sum(c.high for c in known))}"
+
+
+def limits_table(states: Sequence[ScopeState], title: str = "limits") -> Table:
+    """The ``llmqueue limits`` view: one row per scope, its limits, their source, level and last minute."""
+    table = Table(title=title)
+    for column in ("scope", "limit", "source", "level", "cooldown", "last minute"):
+        table.add_column(column)
+    for state in states:
+        if state.state == "limited":
+            parts = []
+            if state.rpm:
+                parts.append(f"{state.rpm:g} rpm")
+            if state.tpm:
+                parts.append(f"{state.tpm:g} tpm")
+            limit = ", ".join(parts)
+            level = " · ".join(
+                f"{current:.0f}/{capacity:.0f} {unit}"
+                for rate, current, capacity, unit in (
+                    (state.rpm, state.request_level, state.request_capacity, "req"),
+                    (state.tpm, state.token_level, state.token_capacity, "tok"),
+                )
+                if rate
+            )
+        else:
+            limit = state.state  # "unlimited", or "probing" until the provider's first answer
+            level = "-"
+        factors = [
+            f"{name} x{factor:.2f}"
+            for name, factor in (("req", state.request_factor), ("tok", state.token_factor))
+            if factor > 1.005
+        ]
+        source = state.source + (f" ({', '.join(factors)})" if factors else "")
+        table.add_row(
+            state.scope,
+            limit,
+            source,
+            level,
+            format_seconds(state.cooldown) if state.cooldown > 0 else "-",
+            f"{state.requests_last_minute} requests, {state.rate_limited_last_minute} answered 429",
+        )
+    return table

@@ -27,6 +27,7 @@ from llmqueue.cli.common import (
     settings_from,
     with_batches,
     with_cache_dir,
+    with_redis,
 )
 from llmqueue.cli.tiers import Via, check_tier_options, submit_via_batch_api
 from llmqueue.errors import LLMQueueError
@@ -125,16 +126,21 @@ def status(
 ) -> None:
     """Counts, tokens, cost, throughput and ETA of a batch."""
     from llmqueue.batches.control import Batches
-    from llmqueue.batches.display import status_table
+    from llmqueue.batches.display import limits_table, status_table
+    from llmqueue.cli.limit_commands import batch_limits
     from llmqueue.producer import Producer
 
     settings = settings_from(config, redis_url)
     if as_json:
         current = with_batches(settings, lambda b: b.status(batch))
-        typer.echo(json.dumps(current.to_json(), indent=2))
+        limits = with_redis(settings, lambda redis: batch_limits(redis, batch))
+        typer.echo(json.dumps({**current.to_json(), "limits": [s.to_json() for s in limits]}, indent=2))
         return
     if not watch:
         Console().print(status_table(with_batches(settings, lambda b: b.status(batch))))
+        limits = with_redis(settings, lambda redis: batch_limits(redis, batch))
+        if limits:
+            Console().print(limits_table(limits, title="limits it runs under"))
         return
 
     async def follow() -> None:
@@ -242,8 +248,8 @@ def run(
         typer.Option(
             "--simulate-provider",
             help=(
-                "Send the jobs to the bundled simulated provider (no API key needed); it enforces limits "
-                "2% above --rpm/--tpm, as a key whose limits the workers are set just under."
+                "Send the jobs to the bundled simulated provider (no API key needed): a key whose limits "
+                "are --rpm/--tpm, stated in its answers' rate-limit headers."
             ),
         ),
     ] = False,

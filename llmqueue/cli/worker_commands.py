@@ -199,6 +199,12 @@ def simulate_provider(
     batch_in_progress_seconds: Annotated[
         float, typer.Option(help="Seconds a Batch API batch stays 'in_progress'.")
     ] = 0.3,
+    rate_limit_headers: Annotated[
+        str, typer.Option(help="Rate-limit headers it sends: openai, anthropic or none.")
+    ] = "openai",
+    other_client_share: Annotated[
+        float, typer.Option(help="Fraction of both limits another client on the key takes, 0-1.")
+    ] = 0.0,
 ) -> None:
     """Serve a local OpenAI-compatible provider with rate limits and faults (no API key needed)."""
     from pydantic import ValidationError
@@ -220,6 +226,8 @@ def simulate_provider(
             completion_tokens=completion_tokens,
             batch_validating_seconds=batch_validating_seconds,
             batch_in_progress_seconds=batch_in_progress_seconds,
+            rate_limit_headers=rate_limit_headers,
+            other_client_share=other_client_share,
         )
     except ValidationError as exc:
         raise LLMQueueError(f"invalid simulated provider options: {exc}") from None

@@ -378,6 +378,8 @@ def slow_settings(redis_url: str, provider: RunningProvider) -> Settings:
 async def test_live_worker_is_listed_with_its_in_flight_jobs_and_passes_health(redis_url: str) -> None:
     async with run_provider(ProviderConfig(api_key=TEST_API_KEY, latency=1.5)) as provider:
         settings = slow_settings(redis_url, provider)
+        # A configured limit: a scope with none sends two calls, then waits for the provider's headers.
+        settings.llm = settings.llm.model_copy(update={"rpm": 6000.0})
         async with Producer(settings) as producer:
             async with running_worker(settings):
                 handles = await producer.submit_many(

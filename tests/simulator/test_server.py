@@ -428,3 +428,54 @@ async def test_subprocess_prints_its_port_and_answers() -> None:
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), timeout=10) == 0
+
+
+# --- the key's own count, its headers, a second client (issue 11) ---
+
+
+async def test_a_call_with_max_tokens_is_charged_its_prompt_plus_max_tokens_up_front() -> None:
+    async with run_provider(ProviderConfig(tpm=60_000)) as provider:
+        response = await chat(provider, "x" * 400, max_tokens=200)
+        stats = provider.stats
+    assert response.usage.completion_tokens == 16
+    assert stats.tokens_admitted == 100 + 3 + 200  # chars/4 + 3 per message + max_tokens, not the 16
+    assert stats.arrivals[0].total_tokens == 303
+
+
+async def test_anthropic_header_family_states_limits_and_reset_times() -> None:
+    config = ProviderConfig(rpm=600, tpm=60_000, rate_limit_headers="anthropic")
+    async with run_provider(config) as provider:
+        response = await chat(provider, "hi")
+    headers = response._hidden_params["additional_headers"]
+    assert headers["llm_provider-anthropic-ratelimit-requests-limit"] == "600"
+    assert headers["llm_provider-anthropic-ratelimit-requests-remaining"] == "9"
+    assert headers["llm_provider-anthropic-ratelimit-tokens-limit"] == "60000"
+    reset = headers["llm_provider-anthropic-ratelimit-tokens-reset"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", reset)
+    assert not any(name.startswith("llm_provider-x-ratelimit") for name in headers)
+
+
+async def test_no_rate_limit_headers_when_asked_for_none() -> None:
+    async with run_provider(ProviderConfig(rpm=600, rate_limit_headers="none")) as provider:
+        response = await chat(provider, "hi")
+    assert not any("ratelimit" in name for name in response._hidden_params["additional_headers"])
+
+
+def test_another_client_on_the_key_takes_its_share_of_the_refill() -> None:
+    limits = RateLimits(rpm=600, tpm=None, window_seconds=1, now=0.0)  # 10 a second
+    for _ in range(10):
+        assert limits.admit(0, now=0.0) is None
+    limits.share(0.5, now=0.0)
+    # One second refills 5 for this client, not 10; the headers still state the whole key's limit.
+    assert sum(limits.admit(0, now=1.0) is None for _ in range(10)) == 5
+    assert limits.headers(now=1.0)["x-ratelimit-limit-requests"] == "600"
+
+
+async def test_share_key_control_command(session: aiohttp.ClientSession) -> None:
+    async with run_provider(ProviderConfig(rpm=600)) as provider:
+        async with session.post(
+            provider.base_url.removesuffix("/v1") + "/control", json={"action": "share_key", "share": 0.3}
+        ) as response:
+            assert response.status == 200
+        assert provider.provider._limits.requests is not None
+        assert provider.provider._limits.requests._others == 0.3

@@ -1,0 +1,126 @@
+"""How limits are shown: ``llmqueue limits``, ``llmqueue status BATCH``, the worker's limit gauges."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from typer.testing import CliRunner
+
+from llmqueue.cli import app
+from llmqueue.limits.headers import ProviderLimits, Reading
+from llmqueue.limits.limiter import RateLimiter
+from llmqueue.ops.metrics import WorkerMetrics
+from llmqueue.settings import LimitConfig
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith(("LLM_", "WORKER_")) or name in ("REDIS_URL", "LLMQUEUE_CONFIG"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.chdir(tmp_path)
+
+
+async def _three_scopes(redis_url: str) -> None:
+    """A configured scope the provider lowered, a learnt one, an unlimited one; two ran in batch b1."""
+    redis = Redis.from_url(redis_url)
+    limiter = RateLimiter(redis)
+    configured = LimitConfig(rpm=1200)
+    admission = await limiter.acquire("openai/gpt-4o", configured, tokens=0, max_wait=1)
+    said = ProviderLimits("openai", requests=Reading(limit=600, remaining=9))
+    await limiter.observe("openai/gpt-4o", configured, said, admission.ticket)
+    await limiter.cooldown("openai/gpt-4o", 30)
+    await limiter.acquire("anthropic/claude", None, tokens=0, max_wait=1)
+    learnt = ProviderLimits("anthropic", requests=Reading(50, 49), tokens=Reading(40000, 39000))
+    await limiter.observe("anthropic/claude", None, learnt, None)
+    await limiter.acquire("local/llama", None, tokens=0, max_wait=1)
+    await limiter.observe("local/llama", None, None, None)
+    await limiter.note_batch_scope("b1", "openai/gpt-4o")
+    await limiter.note_batch_scope("b1", "local/llama")
+    await redis.aclose()
+
+
+def test_limits_json_lists_every_scope_with_its_source(redis_url: str) -> None:
+    asyncio.run(_three_scopes(redis_url))
+    result = runner.invoke(app, ["limits", "--json", "--redis-url", redis_url])
+    assert result.exit_code == 0, result.output
+    scopes = {entry["scope"]: entry for entry in json.loads(result.stdout)}
+    assert set(scopes) == {"openai/gpt-4o", "anthropic/claude", "local/llama"}
+    gpt = scopes["openai/gpt-4o"]
+    assert (gpt["source"], gpt["rpm"], gpt["configured_rpm"], gpt["learnt_rpm"]) == ("both", 600, 1200, 600)
+    assert gpt["cooldown"] > 25 and gpt["rate_limited_last_minute"] == 1 and gpt["requests_last_minute"] == 1
+    claude = scopes["anthropic/claude"]
+    assert (claude["source"], claude["rpm"], claude["tpm"], claude["state"]) == (
+        "learnt",
+        50,
+        40000,
+        "limited",
+    )
+    assert (scopes["local/llama"]["state"], scopes["local/llama"]["source"]) == ("unlimited", "none")
+
+
+def test_limits_table_says_unlimited(redis_url: str) -> None:
+    asyncio.run(_three_scopes(redis_url))
+    result = runner.invoke(app, ["limits", "--redis-url", redis_url])
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 2}
+    assert "unlimited" in rows["local/llama"]
+    assert "600 rpm" in rows["openai/gpt-4o"] and "both" in rows["openai/gpt-4o"]
+    assert "50 rpm, 40000 tpm" in rows["anthropic/claude"] and "learnt" in rows["anthropic/claude"]
+
+
+def test_limits_with_no_scope_in_use_says_so(redis_url: str) -> None:
+    result = runner.invoke(app, ["limits", "--redis-url", redis_url])
+    assert result.exit_code == 0 and "no limit scope in use" in result.stdout
+
+
+def test_metrics_have_a_limit_and_level_gauge_per_scope_with_the_source() -> None:
+    async def states() -> list:  # type: ignore[type-arg]
+        import fakeredis
+
+        redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        limiter = RateLimiter(redis)
+        first = await limiter.acquire("m", LimitConfig(rpm=600), tokens=0, max_wait=1)
+        before = await limiter.inspect("m")
+        said = ProviderLimits("openai", requests=Reading(limit=300, remaining=4))
+        await limiter.observe("m", LimitConfig(rpm=600), said, first.ticket)
+        return [before, await limiter.inspect("m")]
+
+    before, after = asyncio.run(states())
+    metrics = WorkerMetrics()
+    metrics.observe_limits(before)
+    sample = metrics.registry.get_sample_value
+    assert sample("llmqueue_limit", {"scope": "m", "kind": "requests", "source": "configured"}) == 600
+    metrics.observe_limits(after)
+    assert sample("llmqueue_limit", {"scope": "m", "kind": "requests", "source": "configured"}) is None
+    assert sample("llmqueue_limit", {"scope": "m", "kind": "requests", "source": "both"}) == 300
+    level = sample("llmqueue_limit_level", {"scope": "m", "kind": "requests"})
+    assert level is not None and 3.5 < level < 5
+
+
+def test_status_of_a_batch_shows_the_limits_its_jobs_run_under(redis_url: str, tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}\n')
+    submitted = runner.invoke(app, ["submit", str(source), "--batch", "b1", "--redis-url", redis_url])
+    assert submitted.exit_code == 0, submitted.output
+    asyncio.run(_three_scopes(redis_url))
+
+    as_json = runner.invoke(app, ["status", "b1", "--json", "--redis-url", redis_url])
+    assert as_json.exit_code == 0, as_json.output
+    limits = json.loads(as_json.stdout)["limits"]
+    assert [(s["scope"], s["state"]) for s in limits] == [
+        ("local/llama", "unlimited"),
+        ("openai/gpt-4o", "limited"),
+    ]
+
+    table = runner.invoke(app, ["status", "b1", "--redis-url", redis_url])
+    assert "limits it runs under" in table.stdout and "openai/gpt-4o" in table.stdout
+    assert "anthropic/claude" not in table.stdout
