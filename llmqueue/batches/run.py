@@ -18,6 +18,7 @@ from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_
 from llmqueue.batches.files import check_file, invalid_file_error, write_rejects, write_results
 from llmqueue.batches.ledger import BatchStatus
 from llmqueue.errors import LLMQueueError
+from llmqueue.models import PRIORITIES
 from llmqueue.ops.display import BatchProgress
 from llmqueue.ops.local_cluster import LocalCluster, run_dir
 from llmqueue.producer import Producer
@@ -42,6 +43,8 @@ class RunOptions:
     max_tokens: int | None = None
     skip_invalid: bool = False
     rejects: Path | None = None
+    priority: int = PRIORITIES["batch"]
+    weight: float = 1.0
     redis_url: str | None = None
     config: Path | None = None
     worker_env: dict[str, str] = field(default_factory=dict)
@@ -89,6 +92,8 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
                     skip_invalid=options.skip_invalid,
                     max_cost=options.max_cost,
                     max_tokens=options.max_tokens,
+                    priority=options.priority,
+                    weight=options.weight,
                 )
                 _announce(console, batch_id, report)
                 if report.rejected:

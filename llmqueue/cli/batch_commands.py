@@ -17,7 +17,9 @@ from llmqueue.cli.common import (
     ConfigOption,
     LLMConfigOption,
     ModelOption,
+    PriorityOption,
     RedisOption,
+    WeightOption,
     app,
     console,
     settings_from,
@@ -34,7 +36,8 @@ def submit(
     ] = None,
     model: ModelOption = None,
     llm_config: LLMConfigOption = None,
-    priority: Annotated[bool, typer.Option("--priority", help="Run ahead of jobs already queued.")] = False,
+    priority: PriorityOption = 0,
+    weight: WeightOption = 1.0,
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Queue the valid lines; write rejected ones to --rejects.")
     ] = False,
@@ -63,6 +66,7 @@ def submit(
             max_cost=max_cost if max_cost is not None else settings.batch.max_cost,
             max_tokens=max_tokens if max_tokens is not None else settings.batch.max_tokens,
             priority=priority,
+            weight=weight,
         ),
     )
     if report.rejected:
@@ -183,6 +187,8 @@ def run(
     ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Stop starting jobs after this many tokens.")] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Run the valid lines only.")] = False,
+    priority: PriorityOption = 0,
+    weight: WeightOption = 1.0,
     rejects: Annotated[Path | None, typer.Option(help="Where --skip-invalid writes rejected lines.")] = None,
     simulate_provider: Annotated[
         bool,
@@ -224,6 +230,8 @@ def run(
         max_tokens=max_tokens if max_tokens is not None else settings.batch.max_tokens,
         skip_invalid=skip_invalid,
         rejects=rejects,
+        priority=priority,
+        weight=weight,
         redis_url=env_url,
         config=config,
     )

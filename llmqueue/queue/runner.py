@@ -217,7 +217,17 @@ class JobRunner:
             request=job.model_dump(mode="json", exclude={"reply_to"}),
         )
         await self.store.finish(result, reply_to=job.reply_to, was_retry_waiting=bool(failures))
-        emit(self.sinks, JobEvent("cancelled", job.id, job.batch_id, reason=reason, worker_id=self.worker_id))
+        emit(
+            self.sinks,
+            JobEvent(
+                "cancelled",
+                job.id,
+                job.batch_id,
+                reason=reason,
+                worker_id=self.worker_id,
+                priority=job.priority,
+            ),
+        )
 
     async def _finish_unrunnable(self, job_id: str, payload: Any, reason: str) -> None:
         """A job that cannot be run as given: record a failed result and keep the worker going."""
@@ -270,6 +280,7 @@ class JobRunner:
                 scope=call.scope,
                 attempt=call.attempt,
                 worker_id=self.worker_id,
+                priority=call.job.priority,
                 **details,
             ),
         )

@@ -5,7 +5,6 @@ Producers and workers both go through this class, so the layout of a job's keys 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,9 +18,10 @@ from llmqueue.batches import ledger
 from llmqueue.batches.ledger import BatchLedger
 from llmqueue.models import AttemptError, Job, JobResult
 from llmqueue.queue import payload
+from llmqueue.queue.ready import lane_of, now_ms, script
 
 _LUA = resources.files("llmqueue.queue").joinpath("lua")
-_ENQUEUE = _LUA.joinpath("enqueue.lua").read_text(encoding="utf-8")
+_ENQUEUE = script("enqueue.lua")
 _FINISH = _LUA.joinpath("finish.lua").read_text(encoding="utf-8")
 ENQUEUE_CHUNK = 2000
 WAKE_TOKENS = 16
@@ -50,17 +50,24 @@ class JobStore:
         self._finish = redis.register_script(_FINISH)
 
     async def enqueue(self, jobs: Sequence[Job], *, defer: float = 0.0) -> list[bool]:
-        """Queue the jobs, one script call per chunk of 2,000; False for an id that was already known."""
-        now = int(time.time() * 1000)
+        """Queue the jobs, one script call per chunk of 2,000; False for an id that was already known.
+
+        Each job waits in its priority's lane for its batch (``llmqueue.queue.ready``), after ``defer``
+        seconds when that is positive.
+        """
+        now = now_ms()
         score = now + int(defer * 1000)
+        prefix = keys.ready_prefix(self.queue_name)
         added: list[bool] = []
         for start in range(0, len(jobs), ENQUEUE_CHUNK):
             chunk = jobs[start : start + ENQUEUE_CHUNK]
-            args: list[Any] = [keys.arq_job(""), keys.result(""), self.job_ttl_ms]
+            args: list[Any] = [prefix, self.queue_name, now]
+            args += [keys.arq_job(""), keys.result(""), self.job_ttl_ms, len(chunk)]
             for job in chunk:
-                args += [job.id, payload.arq_job(job.model_dump(mode="json"), now), score]
+                data = payload.arq_job(job.model_dump(mode="json"), now)
+                args += [job.id, data, score, job.priority, lane_of(job.batch_id)]
             async with self.redis.pipeline(transaction=False) as pipe:
-                await self._enqueue(keys=[self.queue_name], args=args, client=pipe)
+                await self._enqueue(args=args, client=pipe)
                 # Wake idle workers now instead of at their next poll (a few tokens: one per worker
                 # that should look; the list is trimmed so it never grows).
                 wake = keys.wake(self.queue_name)
