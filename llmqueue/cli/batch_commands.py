@@ -26,6 +26,7 @@ from llmqueue.cli.common import (
     with_batches,
 )
 from llmqueue.errors import LLMQueueError
+from llmqueue.settings import Settings
 
 
 @app.command()
@@ -82,18 +83,25 @@ def submit(
 
 @app.command()
 def status(
-    batch: BatchArgument,
+    batch: Annotated[
+        str | None, typer.Argument(help="A batch id; without one, the queue's jobs per priority.")
+    ] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until the batch is done.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
-    """Counts, tokens, cost, throughput and ETA of a batch."""
+    """Counts, tokens, cost, throughput and ETA of a batch; or, without one, queued/running per priority."""
     from llmqueue.batches.control import Batches
     from llmqueue.ops.display import status_table
     from llmqueue.producer import Producer
 
     settings = settings_from(config, redis_url)
+    if batch is None:
+        if watch:
+            raise typer.BadParameter("--watch follows a batch: give its id")
+        _queue_status(settings, as_json)
+        return
     if as_json:
         current = with_batches(settings, lambda b: b.status(batch))
         typer.echo(json.dumps(current.to_json(), indent=2))
@@ -110,6 +118,22 @@ def status(
                     live.update(status_table(current))
 
     asyncio.run(follow())
+
+
+def _queue_status(settings: Settings, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from llmqueue.ops.display import queue_table
+    from llmqueue.queue.ready import ReadyQueue
+
+    queue = settings.worker.queue_name
+    counts = with_batches(
+        settings, lambda b: ReadyQueue(b.redis, queue, claim_ttl=settings.worker.in_progress_ttl).counts()
+    )
+    if as_json:
+        typer.echo(json.dumps({"queue": queue, "priorities": [asdict(row) for row in counts]}, indent=2))
+    else:
+        Console().print(queue_table(queue, counts))
 
 
 @app.command()
