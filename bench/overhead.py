@@ -79,7 +79,7 @@ def run(quick: bool, profile: bool = False) -> dict[str, Any]:
         ProviderProcess(ProviderConfig()) as provider,
     ):
         workdir = Path(scratch)
-        provider_pid = child_pid("llmqueue.simulator.server")
+        provider_pid = child_pid("simulate-provider")
         if provider_pid is None:
             raise BenchError("cannot find the provider process")
         env = worker_env(redis.url, provider.base_url, worker_max_jobs=CONCURRENCY)

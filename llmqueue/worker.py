@@ -87,6 +87,9 @@ class LLMQueueWorker(Worker):
     reserved_slots: int = 0
     """Slots only jobs above ``batch`` priority may take, so an agent step never waits for a slot."""
 
+    state_ttl: float = 7 * 86400.0
+    """How long a started job's state is kept (``job_ttl``)."""
+
     _ready: ReadyQueue | None = None
     _low_running: int = 0
 
@@ -102,9 +105,14 @@ class LLMQueueWorker(Worker):
             )
         logger.info("Starting worker for %d functions: %s", len(self.functions), ", ".join(self.functions))
         self.ctx["redis"] = self.pool
-        self._ready = ReadyQueue(self.pool, self.queue_name, claim_ttl=self.in_progress_timeout_s)
+        self._ready = ReadyQueue(
+            self.pool, self.queue_name, claim_ttl=self.in_progress_timeout_s, state_ttl=self.state_ttl
+        )
         if self.on_startup:
             await self.on_startup(self.ctx)
+        runner: JobRunner | None = self.ctx.get("llmqueue_runner")
+        if runner is not None:
+            runner.release_on_finish = True
         wake_key = keys.wake(self.queue_name)
         while True:
             try:
@@ -126,8 +134,11 @@ class LLMQueueWorker(Worker):
             count = min(count, self.max_burst_jobs - self._jobs_started())
         if self.allow_pick_jobs and count > 0 and self._ready is not None:
             low_limit = self.max_jobs - self.reserved_slots - self._low_running
+            runner: JobRunner | None = self.ctx.get("llmqueue_runner")
             for job in await self._ready.claim(count, low_priority_limit=low_limit):
-                self._start(job)
+                if runner is not None:
+                    runner.starts[job.job_id] = job.start
+                self._start(job, runner)
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
         for job_id, task in list(self.tasks.items()):
@@ -136,7 +147,7 @@ class LLMQueueWorker(Worker):
                 task.result()  # errors in run_job surface here, as in arq
         await self.heart_beat()
 
-    def _start(self, job: Claimed) -> None:
+    def _start(self, job: Claimed, runner: JobRunner | None) -> None:
         # What arq's start_jobs does once its claim succeeded; the slot is free (count above).
         self.job_counter += 1
         low = job.priority < LOW_PRIORITY_BELOW
@@ -145,6 +156,8 @@ class LLMQueueWorker(Worker):
         task = self.loop.create_task(self.run_job(job.job_id, job.score))
 
         def done(_: asyncio.Task[None]) -> None:
+            if runner is not None:  # arq ended the run before calling the job (its payload expired)
+                runner.starts.pop(job.job_id, None)
             self.job_counter -= 1
             if low:
                 self._low_running -= 1
@@ -172,6 +185,10 @@ class LLMQueueWorker(Worker):
                 incr_score,
                 keep_in_progress,
             )
+            return
+        runner: JobRunner | None = self.ctx.get("llmqueue_runner")
+        if finish and runner is not None and job_id in runner.released:
+            runner.released.discard(job_id)  # the result's script ended the claim already
             return
         ttl = None if keep_result_forever or result_timeout_s is None else int(result_timeout_s * 1000)
         if finish:
@@ -258,6 +275,7 @@ def create_worker(
     # a worker dying before its next beat would leave its newest jobs claimed for minutes.
     worker.in_progress_timeout_s = settings.worker.in_progress_ttl
     worker.reserved_slots = settings.worker.slots_reserved()
+    worker.state_ttl = settings.worker.job_ttl
     return worker
 
 

@@ -21,7 +21,8 @@ from llmqueue.batches.files import LineError, check_file, invalid_file_error, it
 from llmqueue.batches.ledger import BatchLedger, BatchStatus
 from llmqueue.errors import BatchError
 from llmqueue.models import PRIORITIES, AttemptError, Job, JobResult, Timings
-from llmqueue.queue.ready import lane_of, set_weight
+from llmqueue.queue.ready import set_weight
+from llmqueue.queue.scripts import lane_of
 from llmqueue.queue.store import JobStore
 
 BATCH_ID_PATTERN = re.compile(r"^[\w.@-]{1,100}$")

@@ -18,10 +18,9 @@ older llmqueue or by arq itself), so nothing in arq's queue is ever stranded.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
+from datetime import UTC, datetime
 from typing import Literal
 
 from arq.constants import result_key_prefix
@@ -29,15 +28,11 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from llmqueue import keys
+from llmqueue.batches import ledger
 from llmqueue.models import MAX_PRIORITY, PRIORITIES
+from llmqueue.queue.scripts import now_ms, script
+from llmqueue.queue.store import AttemptStart
 
-_LUA = resources.files("llmqueue.queue").joinpath("lua")
-_LIB = (
-    _LUA.joinpath("ready_lib.lua")
-    .read_text(encoding="utf-8")
-    .replace("@IN_PROGRESS@", keys.arq_in_progress(""))
-    .replace("@JOB@", keys.arq_job(""))
-)
 SWEEP_INTERVAL_MS = 1000
 RECONCILE_CHUNK = 200
 LOW_PRIORITY_BELOW = PRIORITIES["default"]
@@ -46,21 +41,14 @@ LOW_PRIORITY_BELOW = PRIORITIES["default"]
 ReleaseMode = Literal["finish", "defer", "back"]
 
 
-def script(name: str) -> str:
-    """A queue script with the shared helpers in front."""
-    return _LIB + "\n" + _LUA.joinpath(name).read_text(encoding="utf-8")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @dataclass(frozen=True)
 class Claimed:
     job_id: str
     score: int
     """arq's score of the job when it was claimed (ms), as arq's ``run_job`` wants it."""
     priority: int
+    start: AttemptStart
+    """The job's state as it starts (what ``JobStore.begin_attempt`` reads), read by the claim."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +62,10 @@ class PriorityCounts:
 class ReadyQueue:
     """Claims and releases one queue's jobs (the worker's side; producers enqueue through JobStore)."""
 
-    def __init__(self, redis: Redis, queue_name: str, *, claim_ttl: float) -> None:
+    def __init__(self, redis: Redis, queue_name: str, *, claim_ttl: float, state_ttl: float = 86400) -> None:
         self.redis = redis
         self.queue_name = queue_name
+        self.state_ttl = int(state_ttl)
         self.prefix = keys.ready_prefix(queue_name)
         self.claim_ttl_ms = int(claim_ttl * 1000)
         self._claim = redis.register_script(script("claim.lua"))
@@ -98,11 +87,23 @@ class ReadyQueue:
                 self.claim_ttl_ms,
                 SWEEP_INTERVAL_MS,
                 RECONCILE_CHUNK,
+                keys.result(""),
+                keys.state(""),
+                keys.attempt_errors(""),
+                keys.batch(""),
+                datetime.now(UTC).isoformat(),
+                self.state_ttl,
+                *ledger.GATE_FIELDS,
             ]
         )
         return [
-            Claimed(job_id=reply[i].decode(), score=int(float(reply[i + 1])), priority=int(reply[i + 2]))
-            for i in range(0, len(reply), 3)
+            Claimed(
+                job_id=reply[i].decode(),
+                score=int(float(reply[i + 1])),
+                priority=int(reply[i + 2]),
+                start=_attempt_start(reply[i + 3]),
+            )
+            for i in range(0, len(reply), 4)
         ]
 
     async def release(
@@ -166,6 +167,12 @@ class ReadyQueue:
             start += chunk
 
 
+def _attempt_start(reply: list[object]) -> AttemptStart:
+    has_result, started, errors, gate = reply
+    assert isinstance(started, bytes) and isinstance(errors, list) and isinstance(gate, list)
+    return AttemptStart.from_replies(bool(has_result), started, errors, gate or None)
+
+
 def set_weight(pipe: Pipeline, queue_name: str, lane: str, weight: float) -> None:
     """Give a batch (lane) ``weight`` times the share of a batch of weight 1 at the same priority."""
     if weight == 1:
@@ -174,9 +181,4 @@ def set_weight(pipe: Pipeline, queue_name: str, lane: str, weight: float) -> Non
         pipe.hset(keys.weights(queue_name), lane, weight)
 
 
-def lane_of(batch_id: str | None) -> str:
-    """The lane a job waits in: its batch's, or the shared one of jobs without a batch."""
-    return batch_id or ""
-
-
-__all__: Sequence[str] = ["Claimed", "PriorityCounts", "ReadyQueue", "lane_of", "set_weight"]
+__all__: Sequence[str] = ["Claimed", "PriorityCounts", "ReadyQueue", "set_weight"]

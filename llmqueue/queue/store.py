@@ -18,7 +18,7 @@ from llmqueue.batches import ledger
 from llmqueue.batches.ledger import BatchLedger
 from llmqueue.models import AttemptError, Job, JobResult
 from llmqueue.queue import payload
-from llmqueue.queue.ready import lane_of, now_ms, script
+from llmqueue.queue.scripts import lane_of, now_ms, script
 
 _LUA = resources.files("llmqueue.queue").joinpath("lua")
 _ENQUEUE = script("enqueue.lua")
@@ -36,6 +36,18 @@ class AttemptStart:
     started_at: datetime
     stop_reason: str | None = None
     """``cancelled`` or ``budget_exceeded`` when the job's batch must not start more jobs."""
+
+    @classmethod
+    def from_replies(
+        cls, has_result: bool, started: bytes, errors: list[bytes], gate: list[bytes | None] | None
+    ) -> AttemptStart:
+        """From Redis's replies: the result's existence, ``started_at``, the errors, the batch gate."""
+        return cls(
+            has_result=has_result,
+            failures=[AttemptError.model_validate_json(raw) for raw in errors],
+            started_at=datetime.fromisoformat(started.decode()),
+            stop_reason=ledger.stop_reason(gate) if gate is not None else None,
+        )
 
 
 class JobStore:
@@ -95,11 +107,8 @@ class JobStore:
                 pipe.hmget(keys.batch(batch_id), ledger.GATE_FIELDS)
             replies = await pipe.execute()
         has_result, _, started, _, errors = replies[:5]
-        return AttemptStart(
-            has_result=bool(has_result),
-            failures=[AttemptError.model_validate_json(raw) for raw in errors],
-            started_at=datetime.fromisoformat(started.decode()),
-            stop_reason=ledger.stop_reason(replies[5]) if batch_id is not None else None,
+        return AttemptStart.from_replies(
+            bool(has_result), started, errors, replies[5] if batch_id is not None else None
         )
 
     async def read_waiting(self, job_id: str) -> tuple[list[AttemptError], datetime]:
@@ -132,11 +141,13 @@ class JobStore:
         reply_to: str | None = None,
         was_calling: bool = False,
         was_retry_waiting: bool = False,
+        release: bool = False,
     ) -> bool:
         """Store the final result, wake whoever waits for it, and add it to the batch's totals.
 
         A job gets one result: False (and nothing changed) when it already had one. ``was_calling``
-        and ``was_retry_waiting`` say which of the batch's in-between counts the job leaves.
+        and ``was_retry_waiting`` say which of the batch's in-between counts the job leaves. With
+        ``release`` the job also leaves the queue in the same step (what arq's ``finish_job`` does).
         """
         job_id = result.job_id
         usage = result.usage
@@ -152,6 +163,7 @@ class JobStore:
                 keys.attempt_errors(job_id),
                 keys.batch(result.batch_id) if result.batch_id else "",
                 reply_to or "",
+                *(self._release_keys(job_id) if release else [""] * 7),
             ],
             args=[
                 result.model_dump_json(),
@@ -167,6 +179,17 @@ class JobStore:
             ],
         )
         return bool(stored)
+
+    def _release_keys(self, job_id: str) -> list[str]:
+        return [
+            keys.arq_job(job_id),
+            keys.arq_in_progress(job_id),
+            keys.arq_retry(job_id),
+            self.queue_name,
+            keys.claimed(self.queue_name),
+            keys.routes(self.queue_name),
+            keys.ARQ_ABORT,
+        ]
 
     async def get_result(self, job_id: str) -> JobResult | None:
         raw = await self.redis.get(keys.result(job_id))

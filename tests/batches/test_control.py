@@ -336,9 +336,9 @@ async def test_two_batches_progress_together_in_the_ratio_of_their_weights(
     settings = make_settings(redis_url, provider.base_url, worker={"max_jobs": 4})
     await batches.submit_file(chat_file(tmp_path / "a.jsonl", 120), "team-a")
     await batches.submit_file(chat_file(tmp_path / "b.jsonl", 120), "team-b", weight=2)
-    async with running_worker(settings):
-        await wait_done(batches, "team-a")
-        await wait_done(batches, "team-b")
+    async with running_worker(settings):  # 240 jobs: more time than wait_done's on a busy machine
+        await asyncio.wait_for(batches.wait("team-a", interval=0.05), 60)
+        await asyncio.wait_for(batches.wait("team-b", interval=0.05), 60)
     results = [r for b in ("team-a", "team-b") for _, _, r in await all_results(batches, b) if r is not None]
     finished = sorted((r.timings.finished_at, r.batch_id) for r in results)
     first = Counter(batch for _, batch in finished[:90])  # while both had jobs ready

@@ -3,7 +3,23 @@
 -- arq's in-progress key (the heartbeat keeps it alive) and is noted as claimed.
 -- ARGV[4] N  ARGV[5] at most this many of priority below ARGV[6]  ARGV[7] claim ttl (ms)
 -- ARGV[8] sweep interval (ms)  ARGV[9] arq queue members checked per sweep
--- returns {id, arq score, priority, ...}
+-- ARGV[10..13] llmqueue's result, state, errors and batch key prefixes  ARGV[14] now (ISO time)
+-- ARGV[15] state ttl (s)  ARGV[16..] a batch's gate fields
+-- returns {id, arq score, priority, {has result, first start, failed attempts, batch gate}, ...}:
+-- what JobStore.begin_attempt reads, read here so that a claimed job starts without a round trip.
+local RESULT, STATE, ERRORS, BATCH = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+local GATE = {}
+for i = 16, #ARGV do GATE[#GATE + 1] = ARGV[i] end
+
+local function attempt_start(id, lane)
+  local state = STATE .. id
+  redis.call('HSETNX', state, 'started_at', ARGV[14])
+  local started = redis.call('HGET', state, 'started_at')
+  redis.call('EXPIRE', state, ARGV[15])
+  local gate = {}
+  if lane ~= '' then gate = redis.call('HMGET', BATCH .. lane, unpack(GATE)) end
+  return {redis.call('EXISTS', RESULT .. id), started, redis.call('LRANGE', ERRORS .. id, 0, -1), gate}
+end
 local function promote_due()
   local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', NOW, 'LIMIT', 0, 1000)
   for _, id in ipairs(due) do
@@ -103,6 +119,7 @@ for p = 9, 0, -1 do
         out[#out + 1] = id
         out[#out + 1] = score
         out[#out + 1] = p
+        out[#out + 1] = attempt_start(id, lane)
         left = left - 1
         if low then low_left = low_left - 1 end
       end
