@@ -97,6 +97,11 @@ def limiter(scope: str) -> str:
     return f"{PREFIX}:limit:{{{scope}}}"
 
 
+def limit_scopes() -> str:
+    """Every limit scope a worker has acquired from (a set), for ``llmqueue limits``."""
+    return f"{PREFIX}:limit-scopes"
+
+
 def batch(batch_id: str) -> str:
     """A batch's hash: settings (budget caps, source file) and running totals (counts, tokens, cost)."""
     return f"{PREFIX}:batch:{batch_id}"
@@ -110,6 +115,11 @@ def batch_jobs(batch_id: str) -> str:
 def batch_custom_ids(batch_id: str) -> str:
     """A batch's custom ids by job id (a hash)."""
     return f"{PREFIX}:batch:{batch_id}:custom-ids"
+
+
+def batch_scopes(batch_id: str) -> str:
+    """The limit scopes a batch's jobs ran in (a set), for ``llmqueue status``."""
+    return f"{PREFIX}:batch:{batch_id}:scopes"
 
 
 def batches() -> str:

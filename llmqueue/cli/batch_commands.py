@@ -24,6 +24,7 @@ from llmqueue.cli.common import (
     console,
     settings_from,
     with_batches,
+    with_redis,
 )
 from llmqueue.errors import LLMQueueError
 from llmqueue.settings import Settings
@@ -93,7 +94,8 @@ def status(
 ) -> None:
     """Counts, tokens, cost, throughput and ETA of a batch; or, without one, queued/running per priority."""
     from llmqueue.batches.control import Batches
-    from llmqueue.ops.display import status_table
+    from llmqueue.cli.limit_commands import batch_limits
+    from llmqueue.ops.display import limits_table, status_table
     from llmqueue.producer import Producer
 
     settings = settings_from(config, redis_url)
@@ -104,10 +106,14 @@ def status(
         return
     if as_json:
         current = with_batches(settings, lambda b: b.status(batch))
-        typer.echo(json.dumps(current.to_json(), indent=2))
+        limits = with_redis(settings, lambda redis: batch_limits(redis, batch))
+        typer.echo(json.dumps({**current.to_json(), "limits": [s.to_json() for s in limits]}, indent=2))
         return
     if not watch:
         Console().print(status_table(with_batches(settings, lambda b: b.status(batch))))
+        limits = with_redis(settings, lambda redis: batch_limits(redis, batch))
+        if limits:
+            Console().print(limits_table(limits, title="limits it runs under"))
         return
 
     async def follow() -> None:

@@ -11,14 +11,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import litellm
 from arq.worker import Retry
 
 from llmqueue.batches.ledger import BatchLedger
 from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
-from llmqueue.limits.limiter import RateLimiter
+from llmqueue.limits.feedback import LimitFeedback, LimitListener
+from llmqueue.limits.headers import exception_headers, response_headers
+from llmqueue.limits.limiter import DEFAULT_PRIORITY, RateLimiter, Ticket
 from llmqueue.limits.tokens import estimate_tokens, usage_tokens
 from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.llm.call import call_kwargs, call_provider, job_model, supports_prompt_caching
@@ -49,6 +51,8 @@ class _Call:
     limit: LimitConfig | None
     start: AttemptStart
     estimate: int
+    priority: int = DEFAULT_PRIORITY
+    ticket: Ticket | None = None
 
     @property
     def attempt(self) -> int:
@@ -72,9 +76,14 @@ class JobRunner:
     starts: dict[str, AttemptStart] = field(default_factory=dict)
     """What the worker's claim read for jobs about to start (saves ``begin_attempt``'s round trip)."""
     ledger: BatchLedger = field(init=False)
+    feedback: LimitFeedback = field(init=False)
 
     def __post_init__(self) -> None:
         self.ledger = BatchLedger(self.store.redis)
+        listeners = [
+            cast(LimitListener, s).observe_limits for s in self.sinks if isinstance(s, LimitListener)
+        ]
+        self.feedback = LimitFeedback(self.limiter, listeners)
 
     async def handle(self, job_id: str, payload: Any) -> None:
         """Run one start of a job. Raises arq's Retry to re-enqueue it; returns once a result is stored."""
@@ -107,8 +116,13 @@ class JobRunner:
             scope=scope,
             limit=limit,
             start=start,
-            # Counting tokens costs CPU on every job; only a token limit needs the estimate.
-            estimate=estimate_tokens(job, model, llm.default_completion_tokens) if limit and limit.tpm else 0,
+            # Counting tokens costs CPU on every job; only a token limit (configured or learnt) needs it.
+            estimate=(
+                estimate_tokens(job, model, llm.default_completion_tokens)
+                if self.feedback.needs_estimate(scope, limit)
+                else 0
+            ),
+            priority=job.priority,
         )
         # Everything CPU-bound happens before admission, so the request leaves soon after it is admitted.
         kwargs = call_kwargs(job, llm, supports_caching=supports_prompt_caching(model))
@@ -118,17 +132,25 @@ class JobRunner:
     async def _admit(self, call: _Call) -> None:
         """Take the call's share of the limiter, waiting in place briefly or re-deferring the job."""
         admission = await self.limiter.acquire(
-            call.scope, call.limit, tokens=call.estimate, max_wait=self.settings.worker.max_inline_wait
+            call.scope,
+            call.limit,
+            tokens=call.estimate,
+            max_wait=self.settings.worker.max_inline_wait,
+            priority=call.priority,
         )
         if not admission.admitted:
             self._emit("deferred", call, wait=admission.wait)
             raise Retry(defer=admission.wait)  # not an attempt: the job frees its slot meanwhile
+        call.ticket = admission.ticket
+        self.feedback.admitted(call.scope, admission)
+        await self.feedback.ran_in_batch(call.job.batch_id, call.scope)
         if admission.wait > 0:
             self._emit("limiter_wait", call, wait=admission.wait)
             await asyncio.sleep(admission.wait)
             # A 429 seen elsewhere while this job slept pauses it too, reservation or not.
             pause = await self.limiter.cooldown(call.scope, 0)
             if pause > 0:
+                await self.feedback.failed(call.scope, call.limit, call.ticket)
                 self._emit("deferred", call, wait=pause, reason="cooldown")
                 raise Retry(defer=pause)
 
@@ -147,15 +169,23 @@ class JobRunner:
             raise
         except Exception as exc:
             await counting
-            await self.limiter.adjust(call.scope, call.limit, tokens=call.estimate)
             error = classify(exc, self._secrets(call.llm))
+            if isinstance(error, RateLimitedError):
+                await self.feedback.rate_limited(call.scope, call.limit, call.ticket, exception_headers(exc))
+            else:
+                await self.feedback.failed(call.scope, call.limit, call.ticket)
             await self._handle_failure(call, error, latency=time.monotonic() - began)
             return
         latency = time.monotonic() - began
         await counting
-        used = usage_tokens(response)
-        if used is not None:
-            await self.limiter.adjust(call.scope, call.limit, tokens=call.estimate - used)
+        await self.feedback.answered(
+            call.scope,
+            call.limit,
+            call.ticket,
+            response_headers(response),
+            estimate=call.estimate,
+            used=usage_tokens(response),
+        )
         result = self._result(call, "succeeded", errors=call.start.failures)
         result.response = _as_dict(response)
         result.usage = _usage(response)
