@@ -25,6 +25,7 @@ BENCHMARKS = {
     "latency": "bench.latency",
     "scale": "bench.scale",
     "priority": "bench.priority",
+    "startup": "bench.startup",
 }
 EXTRA_MODULES = ("tenacity", "pyinstrument")  # llmqueue[bench]
 RESULTS = Path(__file__).resolve().parent / "results.json"
