@@ -28,9 +28,9 @@ from bench.harness import BenchError, Workers, producer_settings, warm_up, worke
 from bench.measures import percentile
 from bench.workloads import chat_job
 from llmqueue.batches.control import Batches
-from llmqueue.batches.run import SIMULATED_HEADROOM
 from llmqueue.ops.embedded_redis import EmbeddedRedis
 from llmqueue.producer import Producer
+from llmqueue.simulator.demo import SIMULATED_HEADROOM
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
 
