@@ -4,18 +4,22 @@ goes when its run ends (finished, deferred, put back, or its worker died)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from llmqueue import keys
+from llmqueue.errors import JobValidationError
 from llmqueue.models import Job
+from llmqueue.producer import Producer
 from llmqueue.queue import payload
 from llmqueue.queue.ready import SWEEP_INTERVAL_MS, ReadyQueue, set_weight
 from llmqueue.queue.store import JobStore
-from llmqueue.settings import Settings
+from llmqueue.settings import Settings, WorkerConfig
 
 QUEUE = "llmqueue:queue"
 
@@ -217,3 +221,39 @@ async def test_counts_show_ready_deferred_and_running_per_priority(
     await ready.claim(1, low_priority_limit=1)  # agent-1
     counts = {c.priority: (c.ready, c.deferred, c.running) for c in await ready.counts()}
     assert counts == {2: (0, 1, 0), 1: (1, 0, 1), 0: (4, 0, 0)}
+
+
+# ---- producers and settings ---------------------------------------------------------------------
+
+
+async def test_producer_submit_is_default_priority_unless_told(producer: Producer, redis: Redis) -> None:
+    plain = await producer.submit(
+        {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "a"}]}
+    )
+    urgent = await producer.submit(
+        {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "b"}]},
+        priority="interactive",
+    )
+    bulk = await producer.submit_many(
+        [{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "c"}]}], priority=0
+    )
+    stored = [
+        json.loads(await redis.get(keys.arq_job(handle.job_id)) or b"")["a"][0]["priority"]
+        for handle in (plain, urgent, *bulk)
+    ]
+    assert stored == [1, 2, 0]
+
+
+async def test_producer_rejects_an_unknown_priority_before_queueing(producer: Producer, redis: Redis) -> None:
+    with pytest.raises(JobValidationError, match="priority 'asap' is not one of"):
+        await producer.submit({"messages": [{"role": "user", "content": "a"}]}, priority="asap")
+    assert await redis.zcard(QUEUE) == 0
+
+
+def test_reserved_slots_must_leave_slots_for_batches() -> None:
+    with pytest.raises(ValidationError, match=r"reserved_slots \(4\) must be below max_jobs \(4\)"):
+        WorkerConfig(max_jobs=4, reserved_slots=4)
+    assert WorkerConfig(max_jobs=200).slots_reserved() == 20
+    assert WorkerConfig(max_jobs=5).slots_reserved() == 1
+    assert WorkerConfig(max_jobs=1).slots_reserved() == 0
+    assert WorkerConfig(max_jobs=8, reserved_slots=0).slots_reserved() == 0

@@ -101,6 +101,7 @@ for p = 9, 0, -1 do
     local popped = redis.call('ZPOPMIN', lane_key)
     if redis.call('EXISTS', lane_key) == 0 then
       redis.call('ZREM', lanes, lane)
+      JOINED[lanes .. ':' .. lane] = nil
     else
       local weight = tonumber(redis.call('HGET', PFX .. 'weights', lane) or '1')
       redis.call('ZADD', lanes, vtime + 1 / weight, lane)

@@ -17,13 +17,20 @@ local function parse_route(route)
   return p, seq, lane
 end
 
+-- Lanes known to be listed in their priority's lanes during this script call (enqueueing a chunk of
+-- one batch checks its lane once, not once per job); JOINED[lanes key .. lane] = true.
+local JOINED = {}
+
 -- Add a job to its lane; a lane that had nothing ready joins its priority at the current virtual time.
 local function make_ready(id, route)
   local p, seq, lane = parse_route(route)
   if not p then return end
   local lanes = PFX .. 'lanes:' .. p
-  if not redis.call('ZSCORE', lanes, lane) then
-    redis.call('ZADD', lanes, redis.call('GET', PFX .. 'vclock:' .. p) or '0', lane)
+  if not JOINED[lanes .. ':' .. lane] then
+    if not redis.call('ZSCORE', lanes, lane) then
+      redis.call('ZADD', lanes, redis.call('GET', PFX .. 'vclock:' .. p) or '0', lane)
+    end
+    JOINED[lanes .. ':' .. lane] = true
   end
   redis.call('ZADD', PFX .. 'lane:' .. p .. ':' .. lane, seq, id)
 end
