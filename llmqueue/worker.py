@@ -92,6 +92,12 @@ class LLMQueueWorker(Worker):
 
     _ready: ReadyQueue | None = None
     _low_running: int = 0
+    _low_cap: int | None = None
+    """How many ``batch`` jobs this worker holds at most now (None: all its unreserved slots)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._low_jobs: set[str] = set()
 
     async def main(self) -> None:
         # arq's Worker.main, with the poll loop below in place of ``async for _ in poll(...)``.
@@ -133,7 +139,8 @@ class LLMQueueWorker(Worker):
         if self.burst and self.max_burst_jobs >= 0:
             count = min(count, self.max_burst_jobs - self._jobs_started())
         if self.allow_pick_jobs and count > 0 and self._ready is not None:
-            low_limit = self.max_jobs - self.reserved_slots - self._low_running
+            low_slots = self.max_jobs - self.reserved_slots
+            low_limit = min(low_slots, self._low_cap or low_slots) - self._low_running
             runner: JobRunner | None = self.ctx.get("llmqueue_runner")
             for job in await self._ready.claim(count, low_priority_limit=low_limit):
                 if runner is not None:
@@ -153,6 +160,7 @@ class LLMQueueWorker(Worker):
         low = job.priority < LOW_PRIORITY_BELOW
         if low:
             self._low_running += 1
+            self._low_jobs.add(job.job_id)
         task = self.loop.create_task(self.run_job(job.job_id, job.score))
 
         def done(_: asyncio.Task[None]) -> None:
@@ -161,6 +169,7 @@ class LLMQueueWorker(Worker):
             self.job_counter -= 1
             if low:
                 self._low_running -= 1
+                self._low_jobs.discard(job.job_id)
 
         task.add_done_callback(done)
         self.tasks[job.job_id] = task
@@ -186,6 +195,8 @@ class LLMQueueWorker(Worker):
                 keep_in_progress,
             )
             return
+        if job_id in self._low_jobs:
+            self._adapt_low_cap(deferred=not finish and bool(incr_score))
         runner: JobRunner | None = self.ctx.get("llmqueue_runner")
         if finish and runner is not None and job_id in runner.released:
             runner.released.discard(job_id)  # the result's script ended the claim already
@@ -197,6 +208,20 @@ class LLMQueueWorker(Worker):
             await self._ready.release(job_id, "defer", defer_ms=incr_score)
         else:
             await self._ready.release(job_id, "back")
+
+    def _adapt_low_cap(self, *, deferred: bool) -> None:
+        """Hold no more ``batch`` jobs than the limiter lets run (additive increase, cut on a deferral).
+
+        A batch job the limiter sends back was claimed for nothing; with every slot full of them a
+        saturated key would have each worker claim, refuse and put back hundreds of jobs a second. So
+        a deferral caps the worker's batch jobs at those it runs now, and each one that ends raises the
+        cap by one, up to all unreserved slots.
+        """
+        low_slots = self.max_jobs - self.reserved_slots
+        if deferred:
+            self._low_cap = max(1, self._low_running - 1)
+        elif self._low_cap is not None:
+            self._low_cap = None if self._low_cap + 1 >= low_slots else self._low_cap + 1
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:
