@@ -15,7 +15,7 @@ from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.producer import Producer
 from llmqueue.queue.payload import serialize
 from llmqueue.queue.store import JobStore
-from llmqueue.settings import Settings
+from llmqueue.settings import Settings, WorkerConfig
 from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
 from tests.support.settings import TEST_API_KEY, make_settings, running_worker
 
@@ -303,3 +303,19 @@ async def test_claim_failing_on_a_redis_error_keeps_the_worker_and_its_job_slots
             while worker.job_counter != 0 and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             assert worker.job_counter == 0 and worker._low_running == 0
+
+
+def test_a_deferred_batch_job_caps_the_workers_batch_jobs_and_each_end_raises_it(settings: Settings) -> None:
+    from llmqueue.worker import create_worker
+
+    worker = create_worker(settings.model_copy(update={"worker": WorkerConfig(max_jobs=20)}))
+    assert worker.reserved_slots == 2 and worker._low_cap is None  # all 18 unreserved slots
+    worker._low_running = 6
+    worker._adapt_low_cap(deferred=True)  # one of the six came back from the limiter
+    assert worker._low_cap == 5
+    for expected in (6, 7):
+        worker._adapt_low_cap(deferred=False)
+        assert worker._low_cap == expected
+    worker._low_cap = 17
+    worker._adapt_low_cap(deferred=False)
+    assert worker._low_cap is None  # back to every unreserved slot
