@@ -31,7 +31,7 @@ from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
 
 LATENCY = 0.05
-TARGET_MS = 10.0
+TARGET_MS = 5.0
 FULL_SAMPLES = 200
 QUICK_SAMPLES = 20
 DEFAULT_POLL_DELAY = WorkerConfig().poll_delay

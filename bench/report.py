@@ -129,6 +129,20 @@ def print_profile(console: Console, profile: dict[str, Any]) -> None:
     console.print(profile["text"], highlight=False, markup=False)
 
 
+def missed_targets(results: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per benchmark that failed and per row whose target was not met."""
+    missed = []
+    for name, result in results.items():
+        if "error" in result:
+            missed.append(f"{name}: the benchmark failed")
+            continue
+        for row in result.get("rows", []):
+            if row.get("met") is False:
+                label = row.get("client") or row.get("figure") or row.get("workload") or ""
+                missed.append(f"{name}: {label}: {row.get('target', '')}")
+    return missed
+
+
 def write_results(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as JSON, replacing ``path`` only once the whole file is written."""
     partial = path.with_name(path.name + ".tmp")

@@ -21,7 +21,7 @@ from llmqueue.producer import Producer
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
 
-ENQUEUE_TARGET = 10_000  # jobs/s
+ENQUEUE_TARGET = 25_000  # jobs/s
 WORKERS = 4
 FULL = {"enqueue": 100_000, "batch": 20_000}
 QUICK = {"enqueue": 10_000, "batch": 1_000}

@@ -6,7 +6,7 @@ constants and used as they are, so that arq's worker finds the jobs llmqueue enq
 
 from __future__ import annotations
 
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 PREFIX = "llmqueue"
 
@@ -22,6 +22,49 @@ def arq_in_progress(job_id: str) -> str:
 
 def arq_retry(job_id: str) -> str:
     return retry_key_prefix + job_id
+
+
+ARQ_ABORT = abort_jobs_ss
+
+
+def ready_prefix(queue_name: str) -> str:
+    """The prefix of the queue's ready structures (the Lua scripts build the keys below from it).
+
+    - ``<prefix>lanes:<p>``: the batches (lanes) with ready jobs at priority ``p``, scored by their
+      virtual time (a sorted set: the lowest is served next; each job served adds 1/weight)
+    - ``<prefix>lane:<p>:<lane>``: a lane's ready job ids, scored by their enqueue sequence
+    - ``<prefix>vclock:<p>``: the virtual time a lane that becomes ready joins at
+    - ``<prefix>delayed``: deferred job ids scored by when they are ready (ms)
+    - ``<prefix>claimed``: job ids a worker took, scored by when (ms); until the job ends or goes back
+    - ``<prefix>routes``: each queued job's ``priority<TAB>sequence<TAB>lane`` (a hash)
+    - ``<prefix>weights``: a lane's weight when it is not 1 (a hash)
+    - ``<prefix>seq``, ``<prefix>sweep``, ``<prefix>cursor``: counters of the scripts
+    """
+    return f"{PREFIX}:q:{queue_name}:"
+
+
+def lanes(queue_name: str, priority: int) -> str:
+    return f"{ready_prefix(queue_name)}lanes:{priority}"
+
+
+def lane(queue_name: str, priority: int, lane_name: str) -> str:
+    return f"{ready_prefix(queue_name)}lane:{priority}:{lane_name}"
+
+
+def delayed(queue_name: str) -> str:
+    return f"{ready_prefix(queue_name)}delayed"
+
+
+def claimed(queue_name: str) -> str:
+    return f"{ready_prefix(queue_name)}claimed"
+
+
+def routes(queue_name: str) -> str:
+    return f"{ready_prefix(queue_name)}routes"
+
+
+def weights(queue_name: str) -> str:
+    return f"{ready_prefix(queue_name)}weights"
 
 
 def wake(queue_name: str) -> str:

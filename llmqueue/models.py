@@ -18,6 +18,29 @@ FORBIDDEN_PARAMS = frozenset(
 MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool", "function", "developer"})
 
 JobKind = Literal["chat", "embedding"]
+
+PRIORITIES = {"batch": 0, "default": 1, "interactive": 2}
+"""Named priorities; any integer from 0 to 9 works too, and a higher number runs first."""
+MAX_PRIORITY = 9
+
+
+def parse_priority(value: object) -> int:
+    """A priority from a name (``batch``, ``default``, ``interactive``) or an integer 0-9.
+
+    Raises ValueError naming the accepted values otherwise.
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in PRIORITIES:
+            return PRIORITIES[text]
+        if text.isdigit():
+            value = int(text)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_PRIORITY:
+        return value
+    names = ", ".join(f"{name}={number}" for name, number in PRIORITIES.items())
+    raise ValueError(f"priority {value!r} is not one of {names} or an integer 0-{MAX_PRIORITY}")
+
+
 ResultStatus = Literal["succeeded", "failed", "cancelled"]
 
 
@@ -54,8 +77,17 @@ class Job(BaseModel):
         description="answer from the response cache when an identical request was answered before, "
         "and keep this answer for the next (batch lines set it unless --no-cache)",
     )
+    priority: int = Field(
+        PRIORITIES["default"],
+        description="0-9, higher first; names batch=0, default=1, interactive=2 are accepted",
+    )
     created_at: datetime = Field(default_factory=_utcnow)
     reply_to: str | None = Field(None, description="internal: the producer inbox notified on completion")
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority_named_or_number(cls, value: Any) -> int:
+        return parse_priority(value)
 
     @field_validator("messages")
     @classmethod

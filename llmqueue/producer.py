@@ -19,8 +19,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue import keys
-from llmqueue.errors import RedisUnavailableError, ResultTimeoutError
-from llmqueue.models import Job, JobResult
+from llmqueue.errors import JobValidationError, RedisUnavailableError, ResultTimeoutError
+from llmqueue.models import Job, JobResult, parse_priority
 from llmqueue.ops.redaction import redact_url
 from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings, load_settings
@@ -117,14 +117,26 @@ class Producer:
         if self._owns_redis:
             await self.redis.aclose()
 
-    async def submit(self, job: JobLike) -> JobHandle:
-        """Queue one job. Submitting an id that is already queued, running or done does not run it again."""
-        (handle,) = await self.submit_many([job])
+    async def submit(self, job: JobLike, *, priority: int | str | None = None) -> JobHandle:
+        """Queue one job. Submitting an id that is already queued, running or done does not run it again.
+
+        ``priority`` (``batch``, ``default``, ``interactive`` or 0-9; higher runs first) overrides the
+        job's own; a job that sets none is ``default``, ahead of batches.
+        """
+        (handle,) = await self.submit_many([job], priority=priority)
         return handle
 
-    async def submit_many(self, jobs: Iterable[JobLike]) -> list[JobHandle]:
-        """Queue many jobs in pipelined round trips (thousands per round trip)."""
-        prepared = [self._prepare(job) for job in jobs]
+    async def submit_many(
+        self, jobs: Iterable[JobLike], *, priority: int | str | None = None
+    ) -> list[JobHandle]:
+        """Queue many jobs in pipelined round trips (thousands per round trip); ``priority`` as in submit."""
+        update: dict[str, Any] = {"reply_to": self.inbox}
+        if priority is not None:
+            try:
+                update["priority"] = parse_priority(priority)
+            except ValueError as exc:
+                raise JobValidationError(str(exc)) from None
+        prepared = [self._prepare(job, update) for job in jobs]
         added = await self.store.enqueue(prepared)
         return [JobHandle(self, job.id, via_inbox=new) for job, new in zip(prepared, added, strict=True)]
 
@@ -153,10 +165,10 @@ class Producer:
             for future in pending:
                 future.cancel()
 
-    def _prepare(self, job: JobLike) -> Job:
+    def _prepare(self, job: JobLike, update: dict[str, Any]) -> Job:
         if isinstance(job, Job):
-            return job.model_copy(update={"reply_to": self.inbox})
-        return Job.parse({**job, "reply_to": self.inbox})
+            return job.model_copy(update=update)
+        return Job.parse({**job, **update})
 
     async def _await_inbox(self, job_id: str) -> JobResult:
         future = self._waiters.get(job_id)

@@ -101,6 +101,12 @@ class WorkerConfig(BaseModel):
 
     queue_name: str = "llmqueue:queue"
     max_jobs: int = Field(200, ge=1, description="concurrent jobs per worker process")
+    reserved_slots: int | None = Field(
+        None,
+        ge=0,
+        description="slots per worker that batch-priority jobs may not take (default: a tenth of max_jobs, "
+        "at least 1)",
+    )
     poll_delay: float = Field(0.05, gt=0, description="seconds between queue polls")
     max_inline_wait: float = Field(
         2.0, ge=0, description="seconds a job may wait for the limiter in place before it is re-deferred"
@@ -130,6 +136,21 @@ class WorkerConfig(BaseModel):
                 f"({self.in_progress_ttl:g}), or running jobs lose their claim between beats"
             )
         return self
+
+    @model_validator(mode="after")
+    def _reserve_leaves_slots(self) -> WorkerConfig:
+        if self.reserved_slots is not None and self.reserved_slots >= self.max_jobs:
+            raise ValueError(
+                f"reserved_slots ({self.reserved_slots}) must be below max_jobs ({self.max_jobs}), "
+                "or batch jobs could never run"
+            )
+        return self
+
+    def slots_reserved(self) -> int:
+        """Slots kept for jobs above ``batch`` priority: ``reserved_slots``, or a tenth of max_jobs."""
+        if self.reserved_slots is not None:
+            return self.reserved_slots
+        return max(1, self.max_jobs // 10) if self.max_jobs > 1 else 0
 
     def job_timeout(self, llm_timeout: float) -> float:
         """arq's hard timeout: longer than the LLM call's own timeout plus the longest inline wait."""

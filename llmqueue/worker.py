@@ -31,6 +31,7 @@ from llmqueue.llm.call import warm_up
 from llmqueue.ops.events import EventSink, log_event
 from llmqueue.queue import payload
 from llmqueue.queue.heartbeat import Heartbeat
+from llmqueue.queue.ready import LOW_PRIORITY_BELOW, Claimed, ReadyQueue
 from llmqueue.queue.runner import JobRunner
 from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings, load_settings
@@ -67,13 +68,38 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 
 class LLMQueueWorker(Worker):
-    """arq's worker with two changes to its main loop, and a claim that survives Redis errors.
+    """arq's worker taking its jobs from llmqueue's ready queue, many per claim.
 
+    arq runs each job (``Worker.run_job``: timeouts, ``Retry``, cancellation on shutdown) as before;
+    only the choice and claim of jobs and their release differ:
+
+    - ``_poll_iteration`` claims up to the free slots in one script call (``ReadyQueue.claim``:
+      highest priority first, batches in turn) instead of arq's poll and per-job WATCH/MULTI claim;
+      ``reserved_slots`` of them are kept for jobs above ``batch`` priority.
+    - ``finish_job`` releases the claim in one script call that also puts a deferred or interrupted
+      job back in its lane.
     - Between polls it blocks on the queue's wake-up list (BLPOP, at most ``poll_delay``) instead of
-      sleeping, so a job a producer just queued starts within milliseconds, not a poll interval.
-    - A failed poll (Redis restarting) is logged and retried instead of ending the worker.
-    - A claim that fails half-way gives its job slot back (arq's would be lost for good).
+      sleeping, so a job a producer just queued starts within milliseconds; a failed poll (Redis
+      restarting) is logged and retried instead of ending the worker.
+
+    These override arq internals of the pinned arq version (``tests/test_arq_pin.py`` fails when
+    arq's copies of them change).
     """
+
+    reserved_slots: int = 0
+    """Slots only jobs above ``batch`` priority may take, so an agent step never waits for a slot."""
+
+    state_ttl: float = 7 * 86400.0
+    """How long a started job's state is kept (``job_ttl``)."""
+
+    _ready: ReadyQueue | None = None
+    _low_running: int = 0
+    _low_cap: int | None = None
+    """How many ``batch`` jobs this worker holds at most now (None: all its unreserved slots)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._low_jobs: set[str] = set()
 
     async def main(self) -> None:
         # arq's Worker.main, with the poll loop below in place of ``async for _ in poll(...)``.
@@ -87,33 +113,117 @@ class LLMQueueWorker(Worker):
             )
         logger.info("Starting worker for %d functions: %s", len(self.functions), ", ".join(self.functions))
         self.ctx["redis"] = self.pool
+        self._ready = ReadyQueue(
+            self.pool, self.queue_name, claim_ttl=self.in_progress_timeout_s, state_ttl=self.state_ttl
+        )
         if self.on_startup:
             await self.on_startup(self.ctx)
+        runner: JobRunner | None = self.ctx.get("llmqueue_runner")
+        if runner is not None:
+            runner.release_on_finish = True
         wake_key = keys.wake(self.queue_name)
         while True:
             try:
                 await self._poll_iteration()
                 if self.burst and await self._burst_done():
                     return
-                await self.pool.blpop([wake_key], timeout=self.poll_delay_s)
+                if self.job_counter < self.max_jobs:
+                    await self.pool.blpop([wake_key], timeout=self.poll_delay_s)
+                else:
+                    await asyncio.sleep(self.poll_delay_s)
             except (RedisError, OSError) as exc:
-                # redis-py turns a connection lost inside a WATCH into WatchError, so any RedisError can
-                # mean "Redis is restarting"; retrying beats ending the worker.
                 logger.warning("Redis unavailable (%s); polling again in 1s", exc)
                 await asyncio.sleep(1)
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        # arq takes a job slot before claiming a job and gives it back only on the paths it expects;
-        # a Redis error in between would leave the slot taken forever, one fewer on every outage.
-        for job_id in job_ids:
-            earlier_task = self.tasks.get(job_id.decode())
-            try:
-                await super().start_jobs([job_id])
-            except (RedisError, OSError):
-                if self.tasks.get(job_id.decode()) is earlier_task:  # no task started: the slot is ours
-                    self.job_counter -= 1
-                    self.sem.release()
-                raise
+    async def _poll_iteration(self) -> None:
+        # arq's Worker._poll_iteration with one claim script in place of its poll and start_jobs.
+        count = self.max_jobs - self.job_counter
+        if self.burst and self.max_burst_jobs >= 0:
+            count = min(count, self.max_burst_jobs - self._jobs_started())
+        if self.allow_pick_jobs and count > 0 and self._ready is not None:
+            low_slots = self.max_jobs - self.reserved_slots
+            low_limit = min(low_slots, self._low_cap or low_slots) - self._low_running
+            runner: JobRunner | None = self.ctx.get("llmqueue_runner")
+            for job in await self._ready.claim(count, low_priority_limit=low_limit):
+                if runner is not None:
+                    runner.starts[job.job_id] = job.start
+                self._start(job, runner)
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # errors in run_job surface here, as in arq
+        await self.heart_beat()
+
+    def _start(self, job: Claimed, runner: JobRunner | None) -> None:
+        # What arq's start_jobs does once its claim succeeded; the slot is free (count above).
+        self.job_counter += 1
+        low = job.priority < LOW_PRIORITY_BELOW
+        if low:
+            self._low_running += 1
+            self._low_jobs.add(job.job_id)
+        task = self.loop.create_task(self.run_job(job.job_id, job.score))
+
+        def done(_: asyncio.Task[None]) -> None:
+            if runner is not None:  # arq ended the run before calling the job (its payload expired)
+                runner.starts.pop(job.job_id, None)
+            self.job_counter -= 1
+            if low:
+                self._low_running -= 1
+                self._low_jobs.discard(job.job_id)
+
+        task.add_done_callback(done)
+        self.tasks[job.job_id] = task
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        if self._ready is None or keep_in_progress is not None:  # cron jobs: llmqueue has none
+            await super().finish_job(
+                job_id,
+                finish,
+                result_data,
+                result_timeout_s,
+                keep_result_forever,
+                incr_score,
+                keep_in_progress,
+            )
+            return
+        if job_id in self._low_jobs:
+            self._adapt_low_cap(deferred=not finish and bool(incr_score))
+        runner: JobRunner | None = self.ctx.get("llmqueue_runner")
+        if finish and runner is not None and job_id in runner.released:
+            runner.released.discard(job_id)  # the result's script ended the claim already
+            return
+        ttl = None if keep_result_forever or result_timeout_s is None else int(result_timeout_s * 1000)
+        if finish:
+            await self._ready.release(job_id, "finish", arq_result=result_data, arq_result_ttl_ms=ttl)
+        elif incr_score:
+            await self._ready.release(job_id, "defer", defer_ms=incr_score)
+        else:
+            await self._ready.release(job_id, "back")
+
+    def _adapt_low_cap(self, *, deferred: bool) -> None:
+        """Hold no more ``batch`` jobs than the limiter lets run (additive increase, cut on a deferral).
+
+        A batch job the limiter sends back was claimed for nothing; with every slot full of them a
+        saturated key would have each worker claim, refuse and put back hundreds of jobs a second. So
+        a deferral caps the worker's batch jobs at those it runs now, and each one that ends raises the
+        cap by one, up to all unreserved slots.
+        """
+        low_slots = self.max_jobs - self.reserved_slots
+        if deferred:
+            self._low_cap = max(1, self._low_running - 1)
+        elif self._low_cap is not None:
+            self._low_cap = None if self._low_cap + 1 >= low_slots else self._low_cap + 1
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:
@@ -206,6 +316,8 @@ def create_worker(
     # arq claims a job it picks up for job_timeout + 10 s; were that left to the heartbeat to shorten,
     # a worker dying before its next beat would leave its newest jobs claimed for minutes.
     worker.in_progress_timeout_s = settings.worker.in_progress_ttl
+    worker.reserved_slots = settings.worker.slots_reserved()
+    worker.state_ttl = settings.worker.job_ttl
     return worker
 
 

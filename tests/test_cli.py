@@ -299,6 +299,38 @@ def test_status_shows_a_table(redis_url: str, tmp_path: Path) -> None:
     assert re.search(r"total\s+5", result.stdout) and re.search(r"queued\s+5", result.stdout)
 
 
+def test_status_without_a_batch_shows_queued_jobs_per_priority(redis_url: str, tmp_path: Path) -> None:
+    submit(redis_url, chat_file(tmp_path / "eval.jsonl", 4), "eval")
+    submit(redis_url, chat_file(tmp_path / "urgent.jsonl", 2), "urgent", "--priority", "interactive")
+    submit(redis_url, chat_file(tmp_path / "seven.jsonl", 1), "seven", "--priority", "7", "--weight", "2")
+
+    table = cli("status", "--redis-url", redis_url).stdout
+    data = json.loads(cli("status", "--json", "--redis-url", redis_url).stdout)
+
+    assert re.search(r"2 \(interactive\)\W+2\W+0\W+0", table) and re.search(r"0 \(batch\)\W+4", table)
+    assert [(row["priority"], row["ready"], row["running"]) for row in data["priorities"]] == [
+        (7, 1, 0),
+        (2, 2, 0),
+        (0, 4, 0),
+    ]
+
+
+def test_submit_rejects_an_unknown_priority_name(redis_url: str, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "submit",
+            str(chat_file(tmp_path / "in.jsonl", 1)),
+            "--priority",
+            "urgent",
+            "--redis-url",
+            redis_url,
+        ],
+    )
+    assert result.exit_code == 2
+    assert "priority 'urgent' is not one of batch=0, default=1, interactive=2" in result.output
+
+
 def test_status_of_an_unknown_batch_exits_2_with_a_clear_message(redis_url: str, tmp_path: Path) -> None:
     process = llmqueue_process("status", "no-such-batch", "--redis-url", redis_url, cwd=tmp_path)
     assert process.returncode == 2

@@ -248,3 +248,20 @@ def test_result_round_trips_through_json_mode_dump() -> None:
     )
 
     assert JobResult.model_validate(original.model_dump(mode="json")) == original
+
+
+def test_priority_accepts_names_and_integers_and_defaults_to_default() -> None:
+    assert Job.parse({"messages": USER_HI}).priority == 1  # a payload from before priorities
+    assert [
+        Job.parse({"messages": USER_HI, "priority": p}).priority for p in ("batch", "INTERACTIVE", 9, "3")
+    ] == [
+        0,
+        2,
+        9,
+        3,
+    ]
+
+
+@pytest.mark.parametrize("bad", [-1, 10, "high", True, 1.5])
+def test_priority_outside_names_and_0_to_9_is_rejected(bad: Any) -> None:
+    assert "priority: priority" in parse_error({"messages": USER_HI, "priority": bad})

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from llmqueue import keys
 from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.producer import Producer
 from llmqueue.queue.payload import serialize
 from llmqueue.queue.store import JobStore
-from llmqueue.settings import Settings
+from llmqueue.settings import Settings, WorkerConfig
 from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
 from tests.support.settings import TEST_API_KEY, make_settings, running_worker
 
@@ -275,39 +275,47 @@ async def test_unknown_llm_config_group_fails_the_job_clearly(settings: Settings
 
 
 async def test_claim_failing_on_a_redis_error_keeps_the_worker_and_its_job_slots(redis_url: str) -> None:
-    # A connection lost while arq WATCHes a job's claim surfaces as WatchError (redis-py); arq's own
-    # worker would end, and its job slot would stay taken.
+    # A connection lost during the claim script (Redis restarting) must neither end the worker nor
+    # take a job slot: the claim takes slots only for the jobs it returned.
     provider_config = ProviderConfig(api_key=TEST_API_KEY)
     async with run_provider(provider_config) as provider:
         settings = make_settings(redis_url, provider.base_url, worker={"max_jobs": 2})
         async with running_worker(settings) as worker, Producer(settings) as producer:
-            while worker._pool is None:  # the worker connects as it starts
+            while worker._ready is None:  # the worker connects as it starts
                 await asyncio.sleep(0.01)
-            slots = worker.sem._value
+            ready = worker._ready
+            real_claim = ready.claim
             failures = 3
 
-            def pipeline_losing_watch(*args: Any, **kwargs: Any) -> Any:
-                pipe = real_pipeline(*args, **kwargs)
+            async def claim_losing_connection(count: int, *, low_priority_limit: int) -> Any:
+                nonlocal failures
+                if failures > 0:
+                    failures -= 1
+                    raise RedisConnectionError("Connection closed by server.")
+                return await real_claim(count, low_priority_limit=low_priority_limit)
 
-                async def broken_watch(*names: Any) -> None:
-                    nonlocal failures
-                    if failures > 0:
-                        failures -= 1
-                        raise WatchError("A ConnectionError occurred on while watching one or more keys")
-                    await real_watch(*names)
-
-                real_watch = pipe.watch
-                pipe.watch = broken_watch
-                return pipe
-
-            real_pipeline = worker.pool.pipeline
-            worker.pool.pipeline = pipeline_losing_watch  # type: ignore[method-assign]
+            ready.claim = claim_losing_connection  # type: ignore[method-assign]
             handles = await producer.submit_many([CHAT] * 4)
             results = [await handle.result(timeout=20) for handle in handles]
             assert failures == 0
             assert all(result.status == "succeeded" for result in results)
-            # Every slot given back (checked over a moment: a poll may hold one briefly for a stale id).
             deadline = time.monotonic() + 5
-            while (worker.job_counter, worker.sem._value) != (0, slots) and time.monotonic() < deadline:
+            while worker.job_counter != 0 and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            assert (worker.job_counter, worker.sem._value) == (0, slots)
+            assert worker.job_counter == 0 and worker._low_running == 0
+
+
+def test_a_deferred_batch_job_caps_the_workers_batch_jobs_and_each_end_raises_it(settings: Settings) -> None:
+    from llmqueue.worker import create_worker
+
+    worker = create_worker(settings.model_copy(update={"worker": WorkerConfig(max_jobs=20)}))
+    assert worker.reserved_slots == 2 and worker._low_cap is None  # all 18 unreserved slots
+    worker._low_running = 6
+    worker._adapt_low_cap(deferred=True)  # one of the six came back from the limiter
+    assert worker._low_cap == 5
+    for expected in (6, 7):
+        worker._adapt_low_cap(deferred=False)
+        assert worker._low_cap == expected
+    worker._low_cap = 17
+    worker._adapt_low_cap(deferred=False)
+    assert worker._low_cap is None  # back to every unreserved slot

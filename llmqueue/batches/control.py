@@ -19,8 +19,10 @@ from typing import Any
 from llmqueue import keys
 from llmqueue.batches.files import LineError, check_file, invalid_file_error, iter_jobs
 from llmqueue.errors import BatchError
-from llmqueue.models import AttemptError, Job, JobResult, Timings
+from llmqueue.models import PRIORITIES, AttemptError, Job, JobResult, Timings
 from llmqueue.queue.ledger import BatchLedger, BatchStatus
+from llmqueue.queue.ready import set_weight
+from llmqueue.queue.scripts import lane_of
 from llmqueue.queue.store import JobStore
 
 BATCH_ID_PATTERN = re.compile(r"^[\w.@-]{1,100}$")
@@ -55,17 +57,22 @@ class Batches:
         skip_invalid: bool = False,
         max_cost: float | None = None,
         max_tokens: int | None = None,
-        priority: bool = False,
+        priority: int = PRIORITIES["batch"],
+        weight: float = 1.0,
         cache: bool = True,
     ) -> SubmitReport:
         """Check (unless ``skip_invalid``) and enqueue every request of a JSONL file as one batch.
 
         By default a file with any bad line enqueues nothing and raises InvalidBatchFileError; with
         ``skip_invalid`` the good lines are enqueued and the bad ones returned in the report. The file is
-        streamed twice at most, never held in memory. ``priority`` puts the jobs ahead of queued ones.
+        streamed twice at most, never held in memory. ``priority`` (0-9, higher first) is that of lines
+        that set none; ``weight`` is the batch's share against other batches of the same priority
+        (a batch of weight 2 gets twice the jobs of a batch of weight 1 while both have jobs ready).
         ``cache`` lets workers answer lines from the response cache (and keep their answers there).
         """
         check_batch_id(batch_id)
+        if not weight > 0:
+            raise BatchError(f"weight must be above 0, got {weight!r}")
         options: dict[str, Any] = {
             "batch_id": batch_id,
             "default_model": default_model,
@@ -75,20 +82,20 @@ class Batches:
             check = check_file(path, **options)
             if not check.ok:
                 raise invalid_file_error(check, path)
-        await self._create(batch_id, source=path, max_cost=max_cost, max_tokens=max_tokens)
+        await self._create(batch_id, source=path, max_cost=max_cost, max_tokens=max_tokens, weight=weight)
         report = SubmitReport(batch_id=batch_id, submitted=0, already_known=0, rejected=[])
         chunk: list[Job] = []
-        for item in iter_jobs(path, **options):
+        for item in iter_jobs(path, **options, priority=priority):
             if isinstance(item, LineError):
                 report.rejected.append(item)
                 continue
             item.cache = cache
             chunk.append(item)
             if len(chunk) >= _CHUNK:
-                await self._enqueue_chunk(batch_id, chunk, report, priority)
+                await self._enqueue_chunk(batch_id, chunk, report)
                 chunk = []
         if chunk:
-            await self._enqueue_chunk(batch_id, chunk, report, priority)
+            await self._enqueue_chunk(batch_id, chunk, report)
         await self.redis.hset(
             keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id))
         )
@@ -98,7 +105,7 @@ class Batches:
         """Create the batch and list its jobs in input order without queueing them (the Batch API tier
         sends them to the provider itself, and stores their results as workers would)."""
         check_batch_id(batch_id)
-        await self._create(batch_id, source=source, max_cost=None, max_tokens=None)
+        await self._create(batch_id, source=source, max_cost=None, max_tokens=None, weight=1.0)
         for start in range(0, len(jobs), _CHUNK):
             await self._index_chunk(batch_id, jobs[start : start + _CHUNK])
         await self.redis.hset(
@@ -183,7 +190,7 @@ class Batches:
         return [raw.decode() for raw in await self.redis.zrange(keys.batches(), 0, -1)]
 
     async def _create(
-        self, batch_id: str, *, source: Path, max_cost: float | None, max_tokens: int | None
+        self, batch_id: str, *, source: Path, max_cost: float | None, max_tokens: int | None, weight: float
     ) -> None:
         settings: dict[str, Any] = {"source": str(source.resolve())}
         if max_cost is not None:
@@ -194,12 +201,11 @@ class Batches:
             pipe.hsetnx(keys.batch(batch_id), "created_at", time.time())
             pipe.hset(keys.batch(batch_id), mapping=settings)
             pipe.zadd(keys.batches(), {batch_id: time.time()}, nx=True)
+            set_weight(pipe, self.store.queue_name, lane_of(batch_id), weight)
             await pipe.execute()
 
-    async def _enqueue_chunk(
-        self, batch_id: str, chunk: list[Job], report: SubmitReport, priority: bool
-    ) -> None:
-        added = await self.store.enqueue(chunk, defer=-86400.0 if priority else 0.0)
+    async def _enqueue_chunk(self, batch_id: str, chunk: list[Job], report: SubmitReport) -> None:
+        added = await self.store.enqueue(chunk)
         report.submitted += sum(added)
         report.already_known += len(added) - sum(added)
         await self._index_chunk(batch_id, chunk)

@@ -16,6 +16,10 @@ if TYPE_CHECKING:  # the estimate module imports LiteLLM, which commands that on
     from llmqueue.batches.estimate import CostRange, Estimate
     from llmqueue.settings import LimitConfig
 from llmqueue.limits.limiter import ScopeState
+from llmqueue.models import PRIORITIES
+from llmqueue.queue.ready import PriorityCounts
+
+_PRIORITY_NAMES = {number: name for name, number in PRIORITIES.items()}
 
 
 class BatchProgress:
@@ -100,6 +104,20 @@ def status_table(status: BatchStatus) -> Table:
         rows.append(("state", "budget reached: no further job starts"))
     for name, value in rows:
         table.add_row(name, value)
+    return table
+
+
+def queue_table(queue_name: str, counts: list[PriorityCounts]) -> Table:
+    """The ``llmqueue status`` view of the whole queue: jobs per priority, highest first."""
+    table = Table(title=f"queue {queue_name}")
+    for column in ("priority", "ready", "deferred", "running"):
+        table.add_column(column, justify="left" if column == "priority" else "right")
+    for row in counts:
+        name = _PRIORITY_NAMES.get(row.priority)
+        label = f"{row.priority} ({name})" if name else str(row.priority)
+        table.add_row(label, str(row.ready), str(row.deferred), str(row.running))
+    if not counts:
+        table.add_row("-", "0", "0", "0")
     return table
 
 

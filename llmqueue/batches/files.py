@@ -7,7 +7,9 @@ Each non-blank input line is one request, in either of two forms:
 - the short form, the body itself with an optional ``custom_id``: ``{"messages": [...], ...}`` for chat,
   or ``{"input": ...}`` for embeddings.
 
-In both, ``model`` is optional and every other key becomes one of the job's ``params``. A line becomes a
+In both, ``model`` is optional and every other key becomes one of the job's ``params``, except the
+top-level ``priority`` (a name, ``batch``/``default``/``interactive``, or an integer 0-9; also written
+``{"llmqueue": {"priority": ...}}``), which sets the line's priority over the file's. A line becomes a
 ``Job`` whose id is derived from the batch id and the line number (``job_id_for``), so that
 submitting the same file again for the same batch names the same jobs. A line that cannot become a job
 becomes a ``LineError`` carrying its line number (1-based, blank lines counted) and the reason.
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llmqueue.errors import BatchFileError, InvalidBatchFileError, JobValidationError, LLMQueueError
-from llmqueue.models import Job, JobKind, JobResult
+from llmqueue.models import PRIORITIES, Job, JobKind, JobResult, parse_priority
 
 __all__ = [
     "BatchFileError",
@@ -49,6 +51,7 @@ MAX_STORED_ERRORS = 1000
 
 URL_KINDS: dict[str, JobKind] = {"/v1/chat/completions": "chat", "/v1/embeddings": "embedding"}
 _BATCH_API_KEYS = frozenset({"custom_id", "method", "url", "body"})
+_LLMQUEUE_KEYS = frozenset({"priority"})
 _INPUT_FIELD: dict[JobKind, str] = {"chat": "messages", "embedding": "input"}
 
 
@@ -95,18 +98,20 @@ def read_requests(
     batch_id: str,
     default_model: str | None = None,
     llm_config: str | None = None,
+    priority: int = PRIORITIES["batch"],
 ) -> Iterator[Job | LineError]:
     """Turn request lines into jobs, one at a time, in order; blank lines are skipped.
 
     ``default_model`` is the model of lines that name none (None leaves ``job.model`` unset, so the
     worker uses its configured model); ``llm_config`` names the settings group of every job.
+    ``priority`` is that of lines that set none.
     ``lines`` is consumed lazily: one line is read per value produced (plus any blank lines before it).
 
     Raises JobValidationError at once when the arguments themselves cannot make a valid job (a
     ``batch_id`` that cannot form a job id, an empty model or config name).
     """
     _check_arguments(batch_id, default_model, llm_config)
-    return _read(lines, batch_id, default_model, llm_config)
+    return _read(lines, batch_id, default_model, llm_config, priority)
 
 
 def iter_jobs(
@@ -115,6 +120,7 @@ def iter_jobs(
     batch_id: str,
     default_model: str | None = None,
     llm_config: str | None = None,
+    priority: int = PRIORITIES["batch"],
 ) -> Iterator[Job | LineError]:
     """``read_requests`` over the lines of the UTF-8 file at ``path``, read as they are needed.
 
@@ -122,7 +128,11 @@ def iter_jobs(
     """
     _check_readable(path)
     return read_requests(
-        _file_lines(path), batch_id=batch_id, default_model=default_model, llm_config=llm_config
+        _file_lines(path),
+        batch_id=batch_id,
+        default_model=default_model,
+        llm_config=llm_config,
+        priority=priority,
     )
 
 
@@ -235,7 +245,7 @@ def _check_arguments(batch_id: str, default_model: str | None, llm_config: str |
 
 
 def _read(
-    lines: Iterable[str], batch_id: str, default_model: str | None, llm_config: str | None
+    lines: Iterable[str], batch_id: str, default_model: str | None, llm_config: str | None, priority: int
 ) -> Iterator[Job | LineError]:
     seen: set[str] = set()
     for number, line in enumerate(lines, start=1):
@@ -247,7 +257,7 @@ def _read(
         item: Job | LineError
         try:
             request = _parse_line(text, number, seen)
-            item = _to_job(request, number, batch_id, default_model, llm_config)
+            item = _to_job(request, number, batch_id, default_model, llm_config, priority)
         except _RejectedLine as exc:
             item = LineError(line=number, reason=str(exc), raw=line.rstrip("\r\n")[:RAW_LIMIT])
         yield item
@@ -258,6 +268,7 @@ class _Request:
     custom_id: str
     kind: JobKind
     body: dict[str, Any]
+    priority: int | None = None
 
 
 def _parse_line(text: str, number: int, seen: set[str]) -> _Request:
@@ -277,11 +288,31 @@ def _parse_line(text: str, number: int, seen: set[str]) -> _Request:
     if custom_id in seen:
         raise _RejectedLine(f"duplicate custom_id {custom_id!r}")
     seen.add(custom_id)
+    priority = _line_priority(data)
     if _BATCH_API_KEYS.intersection(data):
         kind, body = _from_batch_api(data)
     else:
         kind, body = _kind_of(data), data
-    return _Request(custom_id=custom_id, kind=kind, body=body)
+    return _Request(custom_id=custom_id, kind=kind, body=body, priority=priority)
+
+
+def _line_priority(data: dict[str, Any]) -> int | None:
+    """The line's own priority (top-level ``priority`` or ``llmqueue.priority``), taken out of ``data``."""
+    options = data.pop("llmqueue", {})
+    if not isinstance(options, dict):
+        raise _RejectedLine(f"llmqueue must be a JSON object, got {_json_type(options)}")
+    unknown = sorted(set(options) - _LLMQUEUE_KEYS)
+    if unknown:
+        raise _RejectedLine(f"unknown llmqueue option(s) {', '.join(unknown)}; expected priority")
+    if "priority" in data and "priority" in options:
+        raise _RejectedLine("priority is set twice: top-level and in llmqueue; keep one")
+    value = data.pop("priority", options.get("priority"))
+    if value is None:
+        return None
+    try:
+        return parse_priority(value)
+    except ValueError as exc:
+        raise _RejectedLine(str(exc)) from None
 
 
 def _from_batch_api(data: dict[str, Any]) -> tuple[JobKind, dict[str, Any]]:
@@ -318,7 +349,12 @@ def _kind_of(body: dict[str, Any]) -> JobKind:
 
 
 def _to_job(
-    request: _Request, number: int, batch_id: str, default_model: str | None, llm_config: str | None
+    request: _Request,
+    number: int,
+    batch_id: str,
+    default_model: str | None,
+    llm_config: str | None,
+    priority: int,
 ) -> Job:
     body = dict(request.body)
     if "messages" in body and "input" in body:
@@ -335,6 +371,7 @@ def _to_job(
         "params": body,
         "metadata": {"custom_id": request.custom_id, "line": number},
         "batch_id": batch_id,
+        "priority": priority if request.priority is None else request.priority,
     }
     try:
         return Job.parse(payload)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +22,15 @@ from llmqueue.batches.display import BatchProgress
 from llmqueue.batches.files import check_file, invalid_file_error, write_rejects, write_results
 from llmqueue.cache.disk import DiskStore
 from llmqueue.errors import CacheError, LLMQueueError
+from llmqueue.models import PRIORITIES
 from llmqueue.ops.local_cluster import LocalCluster, run_dir
+from llmqueue.ops.registry import read_workers
 from llmqueue.producer import Producer
 from llmqueue.queue.ledger import BatchStatus
 from llmqueue.settings import Settings
+
+OTHER_WORKERS_AFTER = 3.0
+"""Seconds after the first worker came up that the others start even if it has made no call yet."""
 
 
 @dataclass
@@ -45,6 +51,8 @@ class RunOptions:
     max_tokens: int | None = None
     skip_invalid: bool = False
     rejects: Path | None = None
+    priority: int = PRIORITIES["batch"]
+    weight: float = 1.0
     redis_url: str | None = None
     config: Path | None = None
     via: str = "live"
@@ -116,13 +124,15 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
                     max_cost=options.max_cost,
                     max_tokens=options.max_tokens,
                     cache=use_cache,
+                    priority=options.priority,
+                    weight=options.weight,
                 )
                 _announce(console, batch_id, report)
                 if report.rejected:
                     write_rejects(
                         report.rejected, options.rejects or options.output.with_suffix(".rejected.jsonl")
                     )
-                status = await _watch(batches, batch_id, cluster, console)
+                status = await _watch(batches, batch_id, cluster, console, producer)
                 failures = await write_results(batches.results(batch_id), options.output)
                 finished = True
     finally:
@@ -177,11 +187,22 @@ def _announce(console: Console, batch_id: str, report: SubmitReport) -> None:
     )
 
 
-async def _watch(batches: Batches, batch_id: str, cluster: LocalCluster, console: Console) -> BatchStatus:
+async def _watch(
+    batches: Batches, batch_id: str, cluster: LocalCluster, console: Console, producer: Producer
+) -> BatchStatus:
+    first_seen: float | None = None
     with BatchProgress(console) as progress:
-        async for status in batches.follow(batch_id, interval=0.25):
+        async for status in batches.follow(batch_id, interval=0.1):
             progress.update(status)
             cluster.check_workers()
+            # The other workers start once the first is calling (their imports then no longer delay
+            # it), or a while after it came up if it has not called yet (limits, a spent budget).
+            if cluster.workers_waiting:
+                if first_seen is None and await read_workers(producer.redis):
+                    first_seen = time.monotonic()
+                waited = first_seen is not None and time.monotonic() - first_seen > OTHER_WORKERS_AFTER
+                if status.requests or status.finished or waited:
+                    cluster.start_other_workers()
     return status
 
 

@@ -20,7 +20,9 @@ from llmqueue.cli.common import (
     LLMConfigOption,
     ModelOption,
     NoCacheOption,
+    PriorityOption,
     RedisOption,
+    WeightOption,
     app,
     console,
     print_estimate,
@@ -31,6 +33,7 @@ from llmqueue.cli.common import (
 )
 from llmqueue.cli.tiers import Via, check_tier_options, submit_via_batch_api
 from llmqueue.errors import LLMQueueError
+from llmqueue.settings import Settings
 
 
 @app.command()
@@ -41,7 +44,8 @@ def submit(
     ] = None,
     model: ModelOption = None,
     llm_config: LLMConfigOption = None,
-    priority: Annotated[bool, typer.Option("--priority", help="Run ahead of jobs already queued.")] = False,
+    priority: PriorityOption = 0,
+    weight: WeightOption = 1.0,
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Queue the valid lines; write rejected ones to --rejects.")
     ] = False,
@@ -103,6 +107,7 @@ def submit(
             max_tokens=max_tokens if max_tokens is not None else settings.batch.max_tokens,
             priority=priority,
             cache=settings.cache.enabled and not no_cache,
+            weight=weight,
         ),
     )
     if report.rejected:
@@ -118,19 +123,26 @@ def submit(
 
 @app.command()
 def status(
-    batch: BatchArgument,
+    batch: Annotated[
+        str | None, typer.Argument(help="A batch id; without one, the queue's jobs per priority.")
+    ] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until the batch is done.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
-    """Counts, tokens, cost, throughput and ETA of a batch."""
+    """Counts, tokens, cost, throughput and ETA of a batch; or, without one, queued/running per priority."""
     from llmqueue.batches.control import Batches
     from llmqueue.batches.display import limits_table, status_table
     from llmqueue.cli.limit_commands import batch_limits
     from llmqueue.producer import Producer
 
     settings = settings_from(config, redis_url)
+    if batch is None:
+        if watch:
+            raise typer.BadParameter("--watch follows a batch: give its id")
+        _queue_status(settings, as_json)
+        return
     if as_json:
         current = with_batches(settings, lambda b: b.status(batch))
         limits = with_redis(settings, lambda redis: batch_limits(redis, batch))
@@ -151,6 +163,22 @@ def status(
                     live.update(status_table(current))
 
     asyncio.run(follow())
+
+
+def _queue_status(settings: Settings, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from llmqueue.batches.display import queue_table
+    from llmqueue.queue.ready import ReadyQueue
+
+    queue = settings.worker.queue_name
+    counts = with_batches(
+        settings, lambda b: ReadyQueue(b.redis, queue, claim_ttl=settings.worker.in_progress_ttl).counts()
+    )
+    if as_json:
+        typer.echo(json.dumps({"queue": queue, "priorities": [asdict(row) for row in counts]}, indent=2))
+    else:
+        Console().print(queue_table(queue, counts))
 
 
 @app.command()
@@ -242,6 +270,8 @@ def run(
     ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Stop starting jobs after this many tokens.")] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Run the valid lines only.")] = False,
+    priority: PriorityOption = 0,
+    weight: WeightOption = 1.0,
     rejects: Annotated[Path | None, typer.Option(help="Where --skip-invalid writes rejected lines.")] = None,
     simulate_provider: Annotated[
         bool,
@@ -319,6 +349,8 @@ def run(
         max_tokens=max_tokens if max_tokens is not None else settings.batch.max_tokens,
         skip_invalid=skip_invalid,
         rejects=rejects,
+        priority=priority,
+        weight=weight,
         redis_url=env_url,
         config=config,
         cache=not no_cache,

@@ -65,6 +65,33 @@ DryRunOption = Annotated[
 BatchArgument = Annotated[str, typer.Argument(help="The batch id (printed by submit/run).")]
 
 
+def _priority(value: str) -> int:
+    from llmqueue.models import parse_priority
+
+    try:
+        return parse_priority(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+PriorityOption = Annotated[
+    int,
+    typer.Option(
+        "--priority",
+        parser=_priority,
+        metavar="NAME|0-9",
+        help="Priority of lines that set none: batch (0, default), default (1), interactive (2) or 0-9; "
+        "higher runs first.",
+    ),
+]
+WeightOption = Annotated[
+    float,
+    typer.Option(
+        "--weight", min=0.001, help="The batch's share against other batches of its priority (default 1)."
+    ),
+]
+
+
 class LogFormatChoice(StrEnum):
     """``llmqueue worker --log-format``."""
 

@@ -46,6 +46,7 @@ class JobEvent:
     completion_tokens: int | None = None
     cost: float | None = None
     worker_id: str | None = None
+    priority: int | None = None
 
     def fields(self) -> dict[str, Any]:
         """The event's set fields, for structured logs."""

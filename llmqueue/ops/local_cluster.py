@@ -25,10 +25,13 @@ def run_dir(batch_id: str) -> Path:
 class LocalCluster:
     """Redis (given, or embedded in ``data_dir``) plus ``workers`` worker processes.
 
-    ``worker_env`` is added to each worker's environment (settings such as ``LLM_RPM``). Use it as a
-    context manager; on exit the workers get SIGTERM (they finish or put back their running calls
-    within their shutdown grace, and are killed after ``stop_timeout`` seconds) and an embedded Redis
-    is stopped, its data left in ``data_dir`` for the caller to keep (a resume) or remove.
+    ``worker_env`` is added to each worker's environment (settings such as ``LLM_RPM``). Only the first
+    worker starts at once: importing LiteLLM takes seconds of CPU, and several processes importing on a
+    small machine would each take several times longer, delaying the first call. The caller starts the
+    others with :meth:`start_other_workers` once the first is ready. Use it as a context manager; on
+    exit the workers get SIGTERM (they finish or put back their running calls within their shutdown
+    grace, and are killed after ``stop_timeout`` seconds) and an embedded Redis is stopped, its data
+    left in ``data_dir`` for the caller to keep (a resume) or remove.
     """
 
     def __init__(
@@ -68,7 +71,7 @@ class LocalCluster:
             self._redis = EmbeddedRedis(appendonly=True, data_dir=self.data_dir / "redis")
             self._redis.start()
         try:
-            self._start_workers()
+            self._start_workers(1)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -90,13 +93,22 @@ class LocalCluster:
                 log = self._log_path(index).read_text(errors="replace").splitlines()[-15:]
                 raise WorkerDiedError(f"worker {index} exited with code {code}:\n" + "\n".join(log))
 
+    @property
+    def workers_waiting(self) -> int:
+        """Workers not started yet (see :meth:`start_other_workers`)."""
+        return self.worker_count - len(self._workers)
+
+    def start_other_workers(self) -> None:
+        """Start the workers that wait for the first to be ready."""
+        self._start_workers(self.workers_waiting)
+
     def stop_workers(self) -> None:
         stop_processes(self._workers, timeout=self.stop_timeout)
         self._workers = []
 
-    def _start_workers(self) -> None:
+    def _start_workers(self, count: int) -> None:
         env = {**self.worker_env, "REDIS_URL": self.redis_url}
-        for index in range(self.worker_count):
+        for index in range(len(self._workers), len(self._workers) + count):
             with self._log_path(index).open("ab") as log:
                 # The user's own LLM_* settings reach the workers; the run's own come on top.
                 self._workers.append(start_worker(env, stdout=log, inherit_settings=True, own_session=True))

@@ -2,21 +2,22 @@
 
 :class:`WorkerMetrics` is an event sink: pass it to ``create_worker(settings, sinks=[..., metrics])``
 and serve it with :meth:`WorkerMetrics.serve` (``llmqueue worker --metrics-port 9100``). ``model`` is
-the LiteLLM model string a job used (empty for a job that could not be parsed); ``reason`` is the error
+the LiteLLM model string a job used (empty for a job that could not be parsed); ``priority`` is the
+job's priority, 0-9 (empty for a job that could not be parsed); ``reason`` is the error
 kind (``rate_limit``, ``timeout``, ``server_error``, ``auth`` …). Counters count this worker process's
 events since it started; Prometheus sums them across workers.
 
-- ``llmqueue_jobs_started_total{model}``: provider calls started (every attempt)
-- ``llmqueue_jobs_succeeded_total{model}``: jobs that ended succeeded
-- ``llmqueue_jobs_failed_total{model,reason}``: jobs that ended failed (retries spent, a permanent error,
-  or ``invalid_job``)
-- ``llmqueue_jobs_retried_total{model,reason}``: failed calls sent back to the queue to try again
-- ``llmqueue_jobs_deferred_total{model,reason}``: jobs sent back by the limiter (``limiter``) or a 429
-  cooldown (``cooldown``); not attempts
+- ``llmqueue_jobs_started_total{model,priority}``: provider calls started (every attempt)
+- ``llmqueue_jobs_succeeded_total{model,priority}``: jobs that ended succeeded
+- ``llmqueue_jobs_failed_total{model,priority,reason}``: jobs that ended failed (retries spent, a
+  permanent error, or ``invalid_job``)
+- ``llmqueue_jobs_retried_total{model,priority,reason}``: failed calls sent back to the queue to try again
+- ``llmqueue_jobs_deferred_total{model,priority,reason}``: jobs sent back by the limiter (``limiter``)
+  or a 429 cooldown (``cooldown``); not attempts
 - ``llmqueue_jobs_cancelled_total{reason}``: jobs of a cancelled or over-budget batch
 - ``llmqueue_jobs_interrupted_total{model}``: calls cut off by a worker stop (they run again)
 - ``llmqueue_rate_limited_total{model}``: provider answers with HTTP 429
-- ``llmqueue_limiter_wait_seconds{model,where}`` (histogram): limiter waits, ``inline`` (in a worker
+- ``llmqueue_limiter_wait_seconds{model,priority,where}`` (histogram): limiter waits, ``inline`` (in a worker
   slot) or ``deferred`` (the delay back in the queue)
 - ``llmqueue_call_duration_seconds{model}`` (histogram): provider call latency, answered or failed
 - ``llmqueue_tokens_total{model,kind}``: tokens the provider reported, ``prompt`` or ``completion``
@@ -52,6 +53,7 @@ __all__ = ["WorkerMetrics"]
 # Limiter waits run from milliseconds (an inline wait) to minutes (a long re-defer).
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+_BY_PRIORITY = ("model", "priority")
 _CALL_ENDS = frozenset({"succeeded", "failed", "retrying", "interrupted"})
 
 
@@ -73,16 +75,20 @@ class WorkerMetrics:
         def counter(name: str, doc: str, labels: tuple[str, ...] = ("model",)) -> Counter:
             return Counter(name, doc, labels, namespace="llmqueue", registry=registry)
 
-        self.started = counter("jobs_started", "Provider calls started (every attempt).")
-        self.succeeded = counter("jobs_succeeded", "Jobs that ended succeeded.")
-        self.failed = counter("jobs_failed", "Jobs that ended failed, by error kind.", ("model", "reason"))
+        self.started = counter("jobs_started", "Provider calls started (every attempt).", _BY_PRIORITY)
+        self.succeeded = counter("jobs_succeeded", "Jobs that ended succeeded.", _BY_PRIORITY)
+        self.failed = counter(
+            "jobs_failed", "Jobs that ended failed, by error kind.", ("model", "priority", "reason")
+        )
         self.retried = counter(
-            "jobs_retried", "Failed calls sent back to the queue to try again.", ("model", "reason")
+            "jobs_retried",
+            "Failed calls sent back to the queue to try again.",
+            ("model", "priority", "reason"),
         )
         self.deferred = counter(
             "jobs_deferred",
             "Jobs sent back to the queue by the limiter or a 429 cooldown (not attempts).",
-            ("model", "reason"),
+            ("model", "priority", "reason"),
         )
         self.cancelled = counter("jobs_cancelled", "Jobs of a cancelled or over-budget batch.", ("reason",))
         self.interrupted = counter("jobs_interrupted", "Calls cut off by a worker stop.")
@@ -90,7 +96,7 @@ class WorkerMetrics:
         self.limiter_wait = Histogram(
             "limiter_wait_seconds",
             "Seconds a job waited for the limiter: inline (in a worker slot) or deferred (in the queue).",
-            ("model", "where"),
+            ("model", "priority", "where"),
             namespace="llmqueue",
             registry=registry,
             buckets=WAIT_BUCKETS,
@@ -143,9 +149,10 @@ class WorkerMetrics:
     def __call__(self, event: JobEvent) -> None:
         """Count one job event."""
         model = event.model or ""
+        priority = "" if event.priority is None else str(event.priority)
         name = event.event
         if name == "started":
-            self.started.labels(model).inc()
+            self.started.labels(model, priority).inc()
             self.in_flight.labels(model).inc()
         elif name in _CALL_ENDS:
             self.in_flight.labels(model).dec()
@@ -155,7 +162,7 @@ class WorkerMetrics:
             self.call_duration.labels(model).observe(event.latency)
 
         if name == "succeeded":
-            self.succeeded.labels(model).inc()
+            self.succeeded.labels(model, priority).inc()
             if event.prompt_tokens:
                 self.tokens.labels(model, "prompt").inc(event.prompt_tokens)
             if event.completion_tokens:
@@ -163,17 +170,17 @@ class WorkerMetrics:
             if event.cost:
                 self.cost.labels(model).inc(event.cost)
         elif name == "failed":
-            self.failed.labels(model, event.reason or "error").inc()
+            self.failed.labels(model, priority, event.reason or "error").inc()
         elif name == "invalid":
-            self.failed.labels(model, event.reason or "invalid_job").inc()
+            self.failed.labels(model, priority, event.reason or "invalid_job").inc()
         elif name == "retrying":
-            self.retried.labels(model, event.reason or "error").inc()
+            self.retried.labels(model, priority, event.reason or "error").inc()
         elif name == "deferred":
-            self.deferred.labels(model, event.reason or "limiter").inc()
+            self.deferred.labels(model, priority, event.reason or "limiter").inc()
             if event.reason is None and event.wait is not None:
-                self.limiter_wait.labels(model, "deferred").observe(event.wait)
+                self.limiter_wait.labels(model, priority, "deferred").observe(event.wait)
         elif name == "limiter_wait" and event.wait is not None:
-            self.limiter_wait.labels(model, "inline").observe(event.wait)
+            self.limiter_wait.labels(model, priority, "inline").observe(event.wait)
         elif name == "cancelled":
             self.cancelled.labels(event.reason or "cancelled").inc()
         elif name == "interrupted":

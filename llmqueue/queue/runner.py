@@ -73,6 +73,13 @@ class JobRunner:
     """Ids of the jobs this worker is running now (the heartbeat keeps them claimed)."""
     cache: ResponseCache | None = None
     """The response cache, for jobs that ask for it (``job.cache``); None when it is turned off."""
+    release_on_finish: bool = False
+    """Set by llmqueue's worker: a final result also ends the job's run in the queue (one round trip
+    less); arq's own worker (``arq llmqueue.worker.WorkerSettings``) ends it itself."""
+    released: set[str] = field(default_factory=set)
+    """Jobs whose final result also ended their claim (the worker's ``finish_job`` has nothing to do)."""
+    starts: dict[str, AttemptStart] = field(default_factory=dict)
+    """What the worker's claim read for jobs about to start (saves ``begin_attempt``'s round trip)."""
     ledger: BatchLedger = field(init=False)
     feedback: LimitFeedback = field(init=False)
 
@@ -95,9 +102,10 @@ class JobRunner:
         try:
             job, llm = self._parse(job_id, payload)
         except (JobValidationError, ConfigError) as exc:
+            self.starts.pop(job_id, None)
             await self._finish_unrunnable(job_id, payload, str(exc))
             return
-        start = await self.store.begin_attempt(job_id, job.batch_id)
+        start = self.starts.pop(job_id, None) or await self.store.begin_attempt(job_id, job.batch_id)
         if start.has_result:
             return  # a restart after a crash that came after the result was stored
         if start.stop_reason is not None:
@@ -119,7 +127,7 @@ class JobRunner:
                 if self.feedback.needs_estimate(scope, limit)
                 else 0
             ),
-            priority=getattr(job, "priority", DEFAULT_PRIORITY),
+            priority=job.priority,
         )
         # Everything CPU-bound happens before admission, so the request leaves soon after it is admitted.
         kwargs = call_kwargs(job, llm, supports_caching=supports_prompt_caching(model))
@@ -149,9 +157,7 @@ class JobRunner:
             0.0,
             True,
         )
-        await self.store.finish(
-            result, reply_to=call.job.reply_to, was_retry_waiting=bool(call.start.failures)
-        )
+        await self._finish(result, reply_to=call.job.reply_to, was_retry_waiting=bool(call.start.failures))
         self._emit("cached", call, cost=0.0)
         return True
 
@@ -219,7 +225,7 @@ class JobRunner:
         result.cost = _cost(response)
         if call.cache_key is not None and self.cache is not None:
             await self.cache.store(call.cache_key, result.response)
-        await self.store.finish(result, reply_to=job.reply_to, was_calling=True)
+        await self._finish(result, reply_to=job.reply_to, was_calling=True)
         usage = result.usage
         self._emit(
             "succeeded",
@@ -250,13 +256,19 @@ class JobRunner:
             raise Retry(defer=summary.retry_in)
         result = self._result(call, "failed", errors=[*call.start.failures, summary])
         result.request = call.job.model_dump(mode="json", exclude={"reply_to"})
-        await self.store.finish(result, reply_to=call.job.reply_to, was_calling=True)
+        await self._finish(result, reply_to=call.job.reply_to, was_calling=True)
         self._emit("failed", call, message=error.message, **details)
 
     async def _interrupted(self, call: _Call, counting: asyncio.Future[None]) -> None:
         await counting
         await self.ledger.call_cut_short(call.job.batch_id, retrying=bool(call.start.failures))
         self._emit("interrupted", call)
+
+    async def _finish(self, result: JobResult, **options: Any) -> None:
+        """Store the final result (and, with ``release_on_finish``, end the job's run in the queue)."""
+        stored = await self.store.finish(result, release=self.release_on_finish, **options)
+        if stored and self.release_on_finish:
+            self.released.add(result.job_id)
 
     def _parse(self, job_id: str, payload: Any) -> tuple[Job, LLMConfig]:
         reason = invalid_reason(payload)
@@ -283,8 +295,18 @@ class JobRunner:
             metadata=job.metadata,
             request=job.model_dump(mode="json", exclude={"reply_to"}),
         )
-        await self.store.finish(result, reply_to=job.reply_to, was_retry_waiting=bool(failures))
-        emit(self.sinks, JobEvent("cancelled", job.id, job.batch_id, reason=reason, worker_id=self.worker_id))
+        await self._finish(result, reply_to=job.reply_to, was_retry_waiting=bool(failures))
+        emit(
+            self.sinks,
+            JobEvent(
+                "cancelled",
+                job.id,
+                job.batch_id,
+                reason=reason,
+                worker_id=self.worker_id,
+                priority=job.priority,
+            ),
+        )
 
     async def _finish_unrunnable(self, job_id: str, payload: Any, reason: str) -> None:
         """A job that cannot be run as given: record a failed result and keep the worker going."""
@@ -300,7 +322,7 @@ class JobRunner:
             timings=Timings(queued_at=datetime.now(UTC)),
             worker_id=self.worker_id,
         )
-        await self.store.finish(result, reply_to=reply_to if isinstance(reply_to, str) else None)
+        await self._finish(result, reply_to=reply_to if isinstance(reply_to, str) else None)
         emit(
             self.sinks,
             JobEvent(
@@ -337,6 +359,7 @@ class JobRunner:
                 scope=call.scope,
                 attempt=call.attempt,
                 worker_id=self.worker_id,
+                priority=call.job.priority,
                 **details,
             ),
         )

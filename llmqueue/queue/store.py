@@ -5,7 +5,6 @@ Producers and workers both go through this class, so the layout of a job's keys 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,9 +17,10 @@ from llmqueue import keys
 from llmqueue.models import AttemptError, Job, JobResult
 from llmqueue.queue import ledger, payload
 from llmqueue.queue.ledger import BatchLedger
+from llmqueue.queue.scripts import lane_of, now_ms, script
 
 _LUA = resources.files("llmqueue.queue").joinpath("lua")
-_ENQUEUE = _LUA.joinpath("enqueue.lua").read_text(encoding="utf-8")
+_ENQUEUE = script("enqueue.lua")
 _FINISH = _LUA.joinpath("finish.lua").read_text(encoding="utf-8")
 ENQUEUE_CHUNK = 2000
 WAKE_TOKENS = 16
@@ -36,6 +36,18 @@ class AttemptStart:
     stop_reason: str | None = None
     """``cancelled`` or ``budget_exceeded`` when the job's batch must not start more jobs."""
 
+    @classmethod
+    def from_replies(
+        cls, has_result: bool, started: bytes, errors: list[bytes], gate: list[bytes | None] | None
+    ) -> AttemptStart:
+        """From Redis's replies: the result's existence, ``started_at``, the errors, the batch gate."""
+        return cls(
+            has_result=has_result,
+            failures=[AttemptError.model_validate_json(raw) for raw in errors],
+            started_at=datetime.fromisoformat(started.decode()),
+            stop_reason=ledger.stop_reason(gate) if gate is not None else None,
+        )
+
 
 class JobStore:
     """Reads and writes one queue's jobs and results."""
@@ -49,17 +61,24 @@ class JobStore:
         self._finish = redis.register_script(_FINISH)
 
     async def enqueue(self, jobs: Sequence[Job], *, defer: float = 0.0) -> list[bool]:
-        """Queue the jobs, one script call per chunk of 2,000; False for an id that was already known."""
-        now = int(time.time() * 1000)
+        """Queue the jobs, one script call per chunk of 2,000; False for an id that was already known.
+
+        Each job waits in its priority's lane for its batch (``llmqueue.queue.ready``), after ``defer``
+        seconds when that is positive.
+        """
+        now = now_ms()
         score = now + int(defer * 1000)
+        prefix = keys.ready_prefix(self.queue_name)
         added: list[bool] = []
         for start in range(0, len(jobs), ENQUEUE_CHUNK):
             chunk = jobs[start : start + ENQUEUE_CHUNK]
-            args: list[Any] = [keys.arq_job(""), keys.result(""), self.job_ttl_ms]
+            args: list[Any] = [prefix, self.queue_name, now]
+            args += [keys.arq_job(""), keys.result(""), self.job_ttl_ms, len(chunk)]
             for job in chunk:
-                args += [job.id, payload.arq_job(job.model_dump(mode="json"), now), score]
+                data = payload.arq_job(job.model_dump(mode="json"), now)
+                args += [job.id, data, score, job.priority, lane_of(job.batch_id)]
             async with self.redis.pipeline(transaction=False) as pipe:
-                await self._enqueue(keys=[self.queue_name], args=args, client=pipe)
+                await self._enqueue(args=args, client=pipe)
                 # Wake idle workers now instead of at their next poll (a few tokens: one per worker
                 # that should look; the list is trimmed so it never grows).
                 wake = keys.wake(self.queue_name)
@@ -87,11 +106,8 @@ class JobStore:
                 pipe.hmget(keys.batch(batch_id), ledger.GATE_FIELDS)
             replies = await pipe.execute()
         has_result, _, started, _, errors = replies[:5]
-        return AttemptStart(
-            has_result=bool(has_result),
-            failures=[AttemptError.model_validate_json(raw) for raw in errors],
-            started_at=datetime.fromisoformat(started.decode()),
-            stop_reason=ledger.stop_reason(replies[5]) if batch_id is not None else None,
+        return AttemptStart.from_replies(
+            bool(has_result), started, errors, replies[5] if batch_id is not None else None
         )
 
     async def read_waiting(self, job_id: str) -> tuple[list[AttemptError], datetime]:
@@ -124,11 +140,13 @@ class JobStore:
         reply_to: str | None = None,
         was_calling: bool = False,
         was_retry_waiting: bool = False,
+        release: bool = False,
     ) -> bool:
         """Store the final result, wake whoever waits for it, and add it to the batch's totals.
 
         A job gets one result: False (and nothing changed) when it already had one. ``was_calling``
-        and ``was_retry_waiting`` say which of the batch's in-between counts the job leaves.
+        and ``was_retry_waiting`` say which of the batch's in-between counts the job leaves. With
+        ``release`` the job also leaves the queue in the same step (what arq's ``finish_job`` does).
         """
         job_id = result.job_id
         usage = result.usage
@@ -144,6 +162,7 @@ class JobStore:
                 keys.attempt_errors(job_id),
                 keys.batch(result.batch_id) if result.batch_id else "",
                 reply_to or "",
+                *(self._release_keys(job_id) if release else [""] * 7),
             ],
             args=[
                 result.model_dump_json(),
@@ -160,6 +179,17 @@ class JobStore:
             ],
         )
         return bool(stored)
+
+    def _release_keys(self, job_id: str) -> list[str]:
+        return [
+            keys.arq_job(job_id),
+            keys.arq_in_progress(job_id),
+            keys.arq_retry(job_id),
+            self.queue_name,
+            keys.claimed(self.queue_name),
+            keys.routes(self.queue_name),
+            keys.ARQ_ABORT,
+        ]
 
     async def get_result(self, job_id: str) -> JobResult | None:
         raw = await self.redis.get(keys.result(job_id))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -315,19 +316,49 @@ async def test_batch_id_with_spaces_is_rejected_before_anything_is_written(
     assert await redis.dbsize() == 0
 
 
-async def test_priority_jobs_are_picked_before_earlier_queued_normal_jobs(
-    batches: Batches, producer: Producer, redis_url: str, provider: RunningProvider, tmp_path: Path
+async def test_an_interactive_batch_runs_before_a_batch_queued_earlier(
+    batches: Batches, redis_url: str, provider: RunningProvider, tmp_path: Path
 ) -> None:
-    settings = make_settings(redis_url, provider.base_url, worker={"max_jobs": 1})
-    queue = settings.worker.queue_name
-    await batches.submit_file(chat_file(tmp_path / "normal.jsonl", 3), "normal")
-    await batches.submit_file(chat_file(tmp_path / "urgent.jsonl", 2), "urgent", priority=True)
-    normal_scores = [await producer.redis.zscore(queue, job_id_for("normal", n)) for n in (1, 2, 3)]
-    urgent_scores = [await producer.redis.zscore(queue, job_id_for("urgent", n)) for n in (1, 2)]
-    assert max(urgent_scores) < min(normal_scores)
+    settings = make_settings(redis_url, provider.base_url, worker={"max_jobs": 1, "reserved_slots": 0})
+    await batches.submit_file(chat_file(tmp_path / "eval.jsonl", 3), "eval")
+    await batches.submit_file(chat_file(tmp_path / "urgent.jsonl", 2), "urgent", priority=2)
     async with running_worker(settings):
-        await wait_done(batches, "normal")
+        await wait_done(batches, "eval")
     urgent = [r for _, _, r in await all_results(batches, "urgent")]
-    normal = [r for _, _, r in await all_results(batches, "normal")]
+    normal = [r for _, _, r in await all_results(batches, "eval")]
     assert all(r is not None for r in urgent + normal)
     assert max(r.timings.finished_at for r in urgent if r) < min(r.timings.finished_at for r in normal if r)
+
+
+async def test_two_batches_progress_together_in_the_ratio_of_their_weights(
+    batches: Batches, redis_url: str, provider: RunningProvider, tmp_path: Path
+) -> None:
+    settings = make_settings(redis_url, provider.base_url, worker={"max_jobs": 4})
+    await batches.submit_file(chat_file(tmp_path / "a.jsonl", 120), "team-a")
+    await batches.submit_file(chat_file(tmp_path / "b.jsonl", 120), "team-b", weight=2)
+    async with running_worker(settings):  # 240 jobs: more time than wait_done's on a busy machine
+        await asyncio.wait_for(batches.wait("team-a", interval=0.05), 60)
+        await asyncio.wait_for(batches.wait("team-b", interval=0.05), 60)
+    results = [r for b in ("team-a", "team-b") for _, _, r in await all_results(batches, b) if r is not None]
+    finished = sorted((r.timings.finished_at, r.batch_id) for r in results)
+    first = Counter(batch for _, batch in finished[:90])  # while both had jobs ready
+    assert abs(first["team-b"] - 60) <= 12 and abs(first["team-a"] - 30) <= 6, first
+
+
+async def test_a_line_may_set_its_own_priority(
+    batches: Batches, redis: Redis, settings: Settings, tmp_path: Path
+) -> None:
+    path = write_file(
+        tmp_path / "mixed.jsonl",
+        [
+            chat_line("bulk"),
+            {**chat_line("urgent"), "priority": "interactive"},
+            {**chat_line("very urgent"), "llmqueue": {"priority": 5}},
+        ],
+    )
+    await batches.submit_file(path, "mixed")
+    jobs = [
+        json.loads(await redis.get(keys.arq_job(job_id_for("mixed", n))) or b"")["a"][0] for n in (1, 2, 3)
+    ]
+    assert [job["priority"] for job in jobs] == [0, 2, 5]
+    assert all("priority" not in job["params"] for job in jobs)

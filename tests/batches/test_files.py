@@ -475,3 +475,33 @@ def test_write_jsonl_writes_one_json_object_per_line() -> None:
     assert written.endswith("\n")
     assert [json.loads(text) for text in written.splitlines()] == records
     assert "é" in written
+
+
+# ---- priority ------------------------------------------------------------------------------------
+
+
+def test_lines_take_the_files_priority_unless_they_set_their_own() -> None:
+    short = line({"messages": MESSAGES, "model": "anthropic/claude-3-5-haiku", "priority": "interactive"})
+    nested = line({**json.loads(chat_line("req-2")), "llmqueue": {"priority": 4}})
+    jobs = [item for item in read(chat_line("req-1"), short, nested, priority=1) if isinstance(item, Job)]
+    assert [job.priority for job in jobs] == [1, 2, 4]
+    assert jobs[1].params == {} and jobs[1].model == "anthropic/claude-3-5-haiku"
+
+
+def test_batch_lines_default_to_batch_priority() -> None:
+    assert one_job(chat_line()).priority == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"priority": "urgent"}, "priority 'urgent' is not one of batch=0, default=1, interactive=2"),
+        ({"priority": 10}, "priority 10 is not one of"),
+        ({"llmqueue": {"priority": 1}, "priority": 2}, "priority is set twice"),
+        ({"llmqueue": {"weight": 2}}, "unknown llmqueue option(s) weight"),
+        ({"llmqueue": "fast"}, "llmqueue must be a JSON object, got a string"),
+    ],
+)
+def test_a_bad_line_priority_rejects_the_line(extra: dict[str, Any], reason: str) -> None:
+    error = one_error(line({"messages": MESSAGES, **extra}))
+    assert reason in error.reason

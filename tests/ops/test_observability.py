@@ -90,7 +90,7 @@ async def wait_for_metrics(port: int, process: subprocess.Popen[str]) -> None:
 
 
 def event(name: Any, **fields: Any) -> JobEvent:
-    return JobEvent(name, "job-1", "batch-1", model=MODEL, scope=MODEL, attempt=1, **fields)
+    return JobEvent(name, "job-1", "batch-1", model=MODEL, scope=MODEL, attempt=1, priority=0, **fields)
 
 
 def test_metrics_count_each_kind_of_job_event() -> None:
@@ -113,17 +113,17 @@ def test_metrics_count_each_kind_of_job_event() -> None:
     def sample(name: str, **labels: str) -> float | None:
         return metrics.registry.get_sample_value(name, labels)
 
-    assert sample("llmqueue_jobs_started_total", model=MODEL) == 3
-    assert sample("llmqueue_jobs_succeeded_total", model=MODEL) == 1
-    assert sample("llmqueue_jobs_failed_total", model=MODEL, reason="auth") == 1
-    assert sample("llmqueue_jobs_failed_total", model="", reason="invalid_job") == 1
-    assert sample("llmqueue_jobs_retried_total", model=MODEL, reason="rate_limit") == 1
+    assert sample("llmqueue_jobs_started_total", model=MODEL, priority="0") == 3
+    assert sample("llmqueue_jobs_succeeded_total", model=MODEL, priority="0") == 1
+    assert sample("llmqueue_jobs_failed_total", model=MODEL, priority="0", reason="auth") == 1
+    assert sample("llmqueue_jobs_failed_total", model="", priority="", reason="invalid_job") == 1
+    assert sample("llmqueue_jobs_retried_total", model=MODEL, priority="0", reason="rate_limit") == 1
     assert sample("llmqueue_rate_limited_total", model=MODEL) == 1
-    assert sample("llmqueue_jobs_deferred_total", model=MODEL, reason="limiter") == 1
-    assert sample("llmqueue_jobs_deferred_total", model=MODEL, reason="cooldown") == 1
+    assert sample("llmqueue_jobs_deferred_total", model=MODEL, priority="0", reason="limiter") == 1
+    assert sample("llmqueue_jobs_deferred_total", model=MODEL, priority="0", reason="cooldown") == 1
     assert sample("llmqueue_jobs_cancelled_total", reason="budget_exceeded") == 1
-    assert sample("llmqueue_limiter_wait_seconds_count", model=MODEL, where="inline") == 1
-    assert sample("llmqueue_limiter_wait_seconds_sum", model=MODEL, where="deferred") == 12.0
+    assert sample("llmqueue_limiter_wait_seconds_count", model=MODEL, priority="0", where="inline") == 1
+    assert sample("llmqueue_limiter_wait_seconds_sum", model=MODEL, priority="0", where="deferred") == 12.0
     assert sample("llmqueue_call_duration_seconds_count", model=MODEL) == 3
     assert sample("llmqueue_tokens_total", model=MODEL, kind="prompt") == 12
     assert sample("llmqueue_tokens_total", model=MODEL, kind="completion") == 30

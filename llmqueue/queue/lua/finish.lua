@@ -6,6 +6,8 @@
 -- ARGV[9] 1 if the job was waiting for a retry (it leaves that count)
 -- ARGV[10] 1 if the job ends on a 429 (retried 429s were counted as they happened)
 -- ARGV[11] 1 if the result came from the response cache
+-- KEYS[7..13] (all "" to skip) arq's job, in-progress and retry keys, arq's queue, the claimed set,
+-- the routes hash and arq's abort set: the run's claim ends here too (as arq's finish_job would end it)
 -- returns 1 when stored, 0 when the job already had a result (nothing is changed then)
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   return 0
@@ -27,5 +29,12 @@ if KEYS[5] ~= '' then
   if ARGV[9] == '1' then redis.call('HINCRBY', KEYS[5], 'retry_waiting', -1) end
   if ARGV[10] == '1' then redis.call('HINCRBY', KEYS[5], 'rate_limited', 1) end
   if ARGV[11] == '1' then redis.call('HINCRBY', KEYS[5], 'cached', 1) end
+end
+if KEYS[7] ~= '' then
+  redis.call('DEL', KEYS[7], KEYS[8], KEYS[9])
+  redis.call('ZREM', KEYS[10], ARGV[3])
+  redis.call('ZREM', KEYS[11], ARGV[3])
+  redis.call('HDEL', KEYS[12], ARGV[3])
+  redis.call('ZREM', KEYS[13], ARGV[3])
 end
 return 1
