@@ -155,7 +155,8 @@ def output_record(result: JobResult | None, *, custom_id: str, job_id: str) -> d
     failed with an HTTP status, and is None otherwise; ``error`` is None for a succeeded job, else
     ``{"code", "message"}`` with code the failure kind (``"missing"`` when ``result`` is None: the job
     did not finish or its result expired). llmqueue's own details sit apart under ``"llmqueue"``:
-    status, attempts, cost (USD), latency_seconds (first start to end), usage, and every attempt's error.
+    status, deployment (the model_list deployment that answered, or None), attempts, cost (USD),
+    latency_seconds (first start to end), usage, and every attempt's error.
     """
     record: dict[str, Any] = {"id": f"batch_req_{job_id}", "custom_id": custom_id}
     if result is None:
@@ -163,6 +164,7 @@ def output_record(result: JobResult | None, *, custom_id: str, job_id: str) -> d
         record |= {"response": None, "error": {"code": "missing", "message": message}}
         record["llmqueue"] = {
             "status": "missing",
+            "deployment": None,
             "attempts": 0,
             "cost": None,
             "latency_seconds": None,
@@ -177,6 +179,7 @@ def output_record(result: JobResult | None, *, custom_id: str, job_id: str) -> d
         record |= _failure(result, job_id)
     record["llmqueue"] = {
         "status": result.status,
+        "deployment": result.deployment,
         "attempts": result.attempts,
         "cost": result.cost,
         "latency_seconds": result.timings.run_seconds,

@@ -44,6 +44,7 @@ class RunOptions:
     rejects: Path | None = None
     redis_url: str | None = None
     config: Path | None = None
+    litellm_config: Path | None = None
     worker_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -167,6 +168,8 @@ def _worker_env(options: RunOptions) -> dict[str, str]:
     env = dict(options.worker_env)
     if options.config is not None:
         env["LLMQUEUE_CONFIG"] = str(options.config.resolve())
+    if options.litellm_config is not None:
+        env["LLMQUEUE_LITELLM_CONFIG"] = str(options.litellm_config.resolve())
     if options.model:
         env["LLM_MODEL"] = options.model
     if options.rpm is not None:

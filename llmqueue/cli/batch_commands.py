@@ -15,6 +15,7 @@ from rich.live import Live
 from llmqueue.cli.common import (
     BatchArgument,
     ConfigOption,
+    LiteLLMConfigOption,
     LLMConfigOption,
     ModelOption,
     RedisOption,
@@ -196,6 +197,7 @@ def run(
     ] = False,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
+    litellm_config: LiteLLMConfigOption = None,
 ) -> None:
     """Run a JSONL file end to end: Redis, workers, progress, results; exit 0 only if every job succeeded.
 
@@ -206,7 +208,7 @@ def run(
     from llmqueue.batches.run import RunOptions, run_batch
 
     env_url = redis_url or os.environ.get("REDIS_URL")
-    settings = settings_from(config, env_url)
+    settings = settings_from(config, env_url, litellm_config=litellm_config)
     if env_url is None and "redis_url" in settings.model_fields_set:
         env_url = settings.redis_url.get_secret_value()
     options = RunOptions(
@@ -226,6 +228,7 @@ def run(
         rejects=rejects,
         redis_url=env_url,
         config=config,
+        litellm_config=litellm_config,
     )
     try:
         with ExitStack() as stack:

@@ -82,6 +82,10 @@ def status_table(status: BatchStatus) -> Table:
         ("elapsed", format_seconds(status.elapsed)),
         ("ETA", "done" if status.done else format_seconds(status.eta_seconds)),
     ]
+    rows += [
+        (f"  {name}", deployment_split(counts, status.deployments))
+        for name, counts in status.deployments.items()
+    ]
     if status.cancel_requested:
         rows.append(("state", "cancelled by request"))
     elif status.budget_exceeded:
@@ -89,6 +93,14 @@ def status_table(status: BatchStatus) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def deployment_split(counts: dict[str, int], every: dict[str, dict[str, int]]) -> str:
+    """One deployment's row of ``status``: its calls, their share of all, and how they ended."""
+    calls = sum(counts.values())
+    total = sum(sum(c.values()) for c in every.values()) or 1
+    ended = ", ".join(f"{n} {'answered' if kind == 'ok' else kind}" for kind, n in sorted(counts.items()))
+    return f"{calls} calls ({100 * calls / total:.0f}%): {ended}"
 
 
 def format_seconds(seconds: float | None) -> str:

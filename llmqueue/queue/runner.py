@@ -18,7 +18,9 @@ from arq.worker import Retry
 
 from llmqueue.batches.ledger import BatchLedger
 from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
+from llmqueue.limits.breaker import CircuitBreaker
 from llmqueue.limits.limiter import RateLimiter
+from llmqueue.limits.routing import Candidate, Deployments, deployment_kwargs
 from llmqueue.limits.tokens import estimate_tokens, usage_tokens
 from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.llm.call import call_kwargs, call_provider, job_model, supports_prompt_caching
@@ -40,7 +42,11 @@ _STOP_MESSAGES = {
 
 @dataclass
 class _Call:
-    """One job on its way to the provider: what the runner worked out before calling."""
+    """One job on its way to the provider: what the runner worked out before calling.
+
+    For a job routed over deployments, ``candidates`` lists them and admission picks ``deployment``
+    (whose name is then the ``scope``); otherwise the scope is the model's own.
+    """
 
     job: Job
     llm: LLMConfig
@@ -49,10 +55,16 @@ class _Call:
     limit: LimitConfig | None
     start: AttemptStart
     estimate: int
+    candidates: list[Candidate] = field(default_factory=list)
+    deployment: Candidate | None = None
 
     @property
     def attempt(self) -> int:
         return len(self.start.failures) + 1
+
+    @property
+    def deployment_name(self) -> str | None:
+        return self.deployment.scope if self.deployment else None
 
 
 @dataclass
@@ -62,12 +74,16 @@ class JobRunner:
     limiter: RateLimiter
     worker_id: str
     sinks: Sequence[EventSink] = ()
+    deployments: Deployments | None = None
+    """The model_list's deployments; jobs for one of its model names are routed over them."""
     in_flight: set[str] = field(default_factory=set)
     """Ids of the jobs this worker is running now (the heartbeat keeps them claimed)."""
     ledger: BatchLedger = field(init=False)
+    breaker: CircuitBreaker = field(init=False)
 
     def __post_init__(self) -> None:
         self.ledger = BatchLedger(self.store.redis)
+        self.breaker = CircuitBreaker(self.store.redis, self.limiter, self.settings.router_settings)
 
     async def handle(self, job_id: str, payload: Any) -> None:
         """Run one start of a job. Raises arq's Retry to re-enqueue it; returns once a result is stored."""
@@ -90,8 +106,16 @@ class JobRunner:
             await self._finish_stopped(job, start.stop_reason, start)
             return
         model = job_model(job, llm)
-        scope = llm.limit_scope or model
-        limit = self.settings.limit_for(scope, llm)
+        candidates = self.deployments.candidates(model) if self.deployments else []
+        if candidates:
+            scope, limit = model, None  # until admission picks a deployment
+            limited = any(c.limit and c.limit.tpm for c in candidates)
+            counted_as = candidates[0].model
+        else:
+            scope = llm.limit_scope or model
+            limit = self.settings.limit_for(scope, llm)
+            limited = bool(limit and limit.tpm)
+            counted_as = model
         call = _Call(
             job=job,
             llm=llm,
@@ -100,18 +124,35 @@ class JobRunner:
             limit=limit,
             start=start,
             # Counting tokens costs CPU on every job; only a token limit needs the estimate.
-            estimate=estimate_tokens(job, model, llm.default_completion_tokens) if limit and limit.tpm else 0,
+            estimate=estimate_tokens(job, counted_as, llm.default_completion_tokens) if limited else 0,
+            candidates=candidates,
         )
         # Everything CPU-bound happens before admission, so the request leaves soon after it is admitted.
-        kwargs = call_kwargs(job, llm, supports_caching=supports_prompt_caching(model))
+        caching = supports_prompt_caching(counted_as)
+        kwargs = call_kwargs(job, llm, supports_caching=caching)
         await self._admit(call)
+        if call.deployment is not None:
+            if supports_prompt_caching(call.deployment.model) != caching:
+                kwargs = call_kwargs(job, llm, supports_caching=not caching)
+            kwargs = deployment_kwargs(kwargs, call.deployment.deployment, job.params)
         await self._call(call, kwargs)
 
     async def _admit(self, call: _Call) -> None:
-        """Take the call's share of the limiter, waiting in place briefly or re-deferring the job."""
-        admission = await self.limiter.acquire(
-            call.scope, call.limit, tokens=call.estimate, max_wait=self.settings.worker.max_inline_wait
-        )
+        """Take the call's share of the limiter, waiting in place briefly or re-deferring the job.
+
+        A routed job is admitted by whichever of its deployments can take it soonest.
+        """
+        max_wait = self.settings.worker.max_inline_wait
+        if call.candidates:
+            admission = await self.limiter.acquire_any(
+                [(c.scope, c.limit) for c in call.candidates], tokens=call.estimate, max_wait=max_wait
+            )
+            call.deployment = call.candidates[admission.choice]
+            call.scope, call.limit = call.deployment.scope, call.deployment.limit
+        else:
+            admission = await self.limiter.acquire(
+                call.scope, call.limit, tokens=call.estimate, max_wait=max_wait
+            )
         if not admission.admitted:
             self._emit("deferred", call, wait=admission.wait)
             raise Retry(defer=admission.wait)  # not an attempt: the job frees its slot meanwhile
@@ -121,8 +162,10 @@ class JobRunner:
             # A 429 seen elsewhere while this job slept pauses it too, reservation or not.
             pause = await self.limiter.cooldown(call.scope, 0)
             if pause > 0:
-                self._emit("deferred", call, wait=pause, reason="cooldown")
-                raise Retry(defer=pause)
+                # A routed job goes back to be admitted by another deployment, if one can take it sooner.
+                defer = 0.0 if len(call.candidates) > 1 else pause
+                self._emit("deferred", call, wait=defer, reason="cooldown")
+                raise Retry(defer=defer)
 
     async def _call(self, call: _Call, kwargs: dict[str, Any]) -> None:
         job = call.job
@@ -131,8 +174,10 @@ class JobRunner:
         )
         self._emit("started", call)
         began = time.monotonic()
+        timeout = kwargs.get("timeout")
+        bound = float(timeout) if isinstance(timeout, int | float) else call.llm.timeout
         try:
-            response = await call_provider(job.kind, kwargs, timeout=call.llm.timeout + 5)
+            response = await call_provider(job.kind, kwargs, timeout=bound + 5)
         except asyncio.CancelledError:
             # The worker is stopping: arq puts the job back in the queue, and this was no attempt.
             await asyncio.shield(self._interrupted(call, counting))
@@ -141,10 +186,15 @@ class JobRunner:
             await counting
             await self.limiter.adjust(call.scope, call.limit, tokens=call.estimate)
             error = classify(exc, self._secrets(call.llm))
-            await self._handle_failure(call, error, latency=time.monotonic() - began)
+            latency = time.monotonic() - began
+            await self._count_deployment_call(call, error.kind)
+            if await self._rerouted(call, error, latency=latency):
+                raise Retry(defer=0) from None  # not an attempt: another deployment takes the job
+            await self._handle_failure(call, error, latency=latency)
             return
         latency = time.monotonic() - began
         await counting
+        await self._count_deployment_call(call, "ok")
         used = usage_tokens(response)
         if used is not None:
             await self.limiter.adjust(call.scope, call.limit, tokens=call.estimate - used)
@@ -185,6 +235,38 @@ class JobRunner:
         result.request = call.job.model_dump(mode="json", exclude={"reply_to"})
         await self.store.finish(result, reply_to=call.job.reply_to, was_calling=True)
         self._emit("failed", call, message=error.message, **details)
+
+    async def _rerouted(self, call: _Call, error: ProviderError, *, latency: float) -> bool:
+        """After a deployment's fault (connection error, 5xx, timeout, 401/404): take it out when the
+        breaker says so, and send the job to another deployment without spending an attempt.
+
+        False when the job cannot be rerouted (no deployment left in service, or it was rerouted as
+        often as its model has deployments, twice over): then the failure counts as usual.
+        """
+        if call.deployment is None or not self.breaker.is_deployment_fault(error.kind):
+            return False
+        if not await self.breaker.record_failure(call.scope, error.kind):
+            return False
+        others = [c for c in call.candidates if c is not call.deployment]
+        states = await self.breaker.down([c.scope for c in others]) if others else []
+        if all(state is not None for state in states):
+            return False
+        if await self.store.count_reroute(call.job.id) > 2 * len(call.candidates):
+            return False
+        await self.ledger.call_rerouted(call.job.batch_id, retrying=bool(call.start.failures))
+        self._emit(
+            "rerouted",
+            call,
+            latency=latency,
+            reason=error.kind,
+            status_code=error.status_code,
+            message=error.message,
+        )
+        return True
+
+    async def _count_deployment_call(self, call: _Call, outcome: str) -> None:
+        if call.deployment is not None and call.job.batch_id is not None:
+            await self.ledger.count_deployment_call(call.job.batch_id, call.deployment.scope, outcome)
 
     async def _interrupted(self, call: _Call, counting: asyncio.Future[None]) -> None:
         await counting
@@ -257,6 +339,7 @@ class JobRunner:
             timings=Timings(queued_at=call.job.created_at, started_at=call.start.started_at),
             worker_id=self.worker_id,
             metadata=call.job.metadata,
+            deployment=call.deployment_name,
         )
 
     def _emit(self, name: Any, call: _Call, **details: Any) -> None:
@@ -268,6 +351,7 @@ class JobRunner:
                 call.job.batch_id,
                 model=call.model,
                 scope=call.scope,
+                deployment=call.deployment_name,
                 attempt=call.attempt,
                 worker_id=self.worker_id,
                 **details,
@@ -275,7 +359,8 @@ class JobRunner:
         )
 
     def _secrets(self, llm: LLMConfig) -> list[str]:
-        return [llm.api_key.get_secret_value()] if llm.api_key else []
+        found = [llm.api_key.get_secret_value()] if llm.api_key else []
+        return found + (self.deployments.secrets if self.deployments else [])
 
 
 def _as_dict(response: Any) -> dict[str, Any]:

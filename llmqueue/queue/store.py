@@ -118,6 +118,14 @@ class JobStore:
                 BatchLedger.count_retry(pipe, batch_id, rate_limited=error.kind == "rate_limit")
             await pipe.execute()
 
+    async def count_reroute(self, job_id: str) -> int:
+        """Count that a job was sent to another deployment; returns how often it was so far."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(keys.state(job_id), "reroutes", 1)
+            pipe.expire(keys.state(job_id), self.job_ttl_ms // 1000)
+            count, _ = await pipe.execute()
+        return int(count)
+
     async def finish(
         self,
         result: JobResult,

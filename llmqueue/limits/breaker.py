@@ -1,0 +1,90 @@
+"""A circuit breaker per deployment, shared by every worker through Redis.
+
+A deployment that fails with a connection error, 401 or 404 is taken out at once; one answering 5xx
+or timing out is taken out after ``allowed_fails`` such failures within a minute. Taken out means two
+things: its limiter scope is paused (:meth:`RateLimiter.cooldown`, so routing sends jobs to the other
+deployments: the pause is part of the wait routing compares) and a ``down`` hash records why, expiring
+when the pause ends. A deployment that fails again soon after it came back is paused twice as long, up
+to ``max_cooldown_time`` (the limiter's escalation). A 429 is not a failure here: the limiter's own
+cooldown handles it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from llmqueue import keys
+from llmqueue.limits.limiter import RateLimiter
+from llmqueue.llm.deployments import RouterSettings
+
+# Error kinds (llmqueue.llm.classify) that say the deployment, not the request, is at fault.
+OPEN_AT_ONCE = frozenset({"connection", "auth", "not_found"})
+COUNTED = frozenset({"server_error", "timeout"})
+FAILURE_WINDOW = 60
+
+
+@dataclass(frozen=True)
+class DownState:
+    """Why a deployment is out and for how many more seconds."""
+
+    reason: str
+    remaining: float
+
+
+class CircuitBreaker:
+    """Takes failing deployments out of routing for a while; state in Redis, shared by workers."""
+
+    def __init__(self, redis: Redis, limiter: RateLimiter, settings: RouterSettings) -> None:
+        self._redis = redis
+        self._limiter = limiter
+        self._settings = settings
+
+    @staticmethod
+    def is_deployment_fault(kind: str) -> bool:
+        """Whether an error of this kind is about the deployment (rather than the request or a 429)."""
+        return kind in OPEN_AT_ONCE or kind in COUNTED
+
+    async def record_failure(self, scope: str, kind: str) -> bool:
+        """Count a failed call of the deployment ``scope``; True when it is (now) taken out."""
+        if kind in COUNTED:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.incr(keys.breaker_failures(scope))
+                pipe.expire(keys.breaker_failures(scope), FAILURE_WINDOW, nx=True)
+                count, _ = await pipe.execute()
+            if int(count) < self._settings.allowed_fails:
+                return bool(await self._redis.exists(keys.breaker_down(scope)))
+        elif kind not in OPEN_AT_ONCE:
+            return False
+        await self._open(scope, kind)
+        return True
+
+    async def down(self, scopes: Sequence[str]) -> list[DownState | None]:
+        """For each scope, why and how long it is out, or None when it is in service."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for scope in scopes:
+                pipe.hget(keys.breaker_down(scope), "reason")
+                pipe.pttl(keys.breaker_down(scope))
+            replies = await pipe.execute()
+        states: list[DownState | None] = []
+        for reason, ttl in zip(replies[::2], replies[1::2], strict=True):
+            if reason is None or int(ttl) <= 0:
+                states.append(None)
+            else:
+                states.append(DownState(reason.decode(), int(ttl) / 1000))
+        return states
+
+    async def _open(self, scope: str, kind: str) -> None:
+        settings = self._settings
+        remaining = await self._limiter.cooldown(
+            scope, settings.cooldown_time, longest=max(settings.cooldown_time, settings.max_cooldown_time)
+        )
+        down = keys.breaker_down(scope)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(down, mapping={"reason": kind})
+            pipe.pexpire(down, max(1, math.ceil(remaining * 1000)))
+            pipe.delete(keys.breaker_failures(scope))
+            await pipe.execute()
