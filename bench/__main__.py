@@ -23,6 +23,7 @@ BENCHMARKS = {
     "overhead": "bench.overhead",
     "latency": "bench.latency",
     "scale": "bench.scale",
+    "deployments": "bench.deployments",
 }
 EXTRA_MODULES = ("tenacity", "pyinstrument")  # llmqueue[bench]
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -84,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
     console.print(f"results written to {options.output} ({machine['total_seconds']:.0f} s)")
-    return 1 if any("error" in result for result in results.values()) else 0
+    failed = any("error" in result for result in results.values())
+    missed = any(row.get("met") is False for result in results.values() for row in result.get("rows", []))
+    return 1 if failed or missed else 0
 
 
 if __name__ == "__main__":

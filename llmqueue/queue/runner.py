@@ -60,7 +60,13 @@ class _Call:
 
     @property
     def attempt(self) -> int:
+        """This call's number among the job's provider calls (1 for the first)."""
         return len(self.start.failures) + 1
+
+    @property
+    def attempt_of_model(self) -> int:
+        """This call's number among the calls to its current model (a fallback's retries start afresh)."""
+        return self.attempt - self.start.fallback_after
 
     @property
     def deployment_name(self) -> str | None:
@@ -105,7 +111,7 @@ class JobRunner:
         if start.stop_reason is not None:
             await self._finish_stopped(job, start.stop_reason, start)
             return
-        model = job_model(job, llm)
+        model = self._model_of(job, llm, start)
         candidates = self.deployments.candidates(model) if self.deployments else []
         if candidates:
             scope, limit = model, None  # until admission picks a deployment
@@ -226,15 +232,34 @@ class JobRunner:
             attempt=call.attempt, kind=error.kind, message=error.message, status_code=error.status_code
         )
         details = {"latency": latency, "reason": error.kind, "status_code": error.status_code}
-        if error.retryable and policy.allows_retry(call.attempt):
-            summary.retry_in = policy.delay(call.attempt, retry_after)
+        if error.retryable and policy.allows_retry(call.attempt_of_model):
+            summary.retry_in = policy.delay(call.attempt_of_model, retry_after)
             await self.store.record_error(call.job.id, call.job.batch_id, summary)
             self._emit("retrying", call, wait=summary.retry_in, message=error.message, **details)
             raise Retry(defer=summary.retry_in)
+        fallback = self._next_fallback(call) if error.retryable else None
+        if fallback is not None:
+            summary.retry_in = 0.0
+            number = call.start.fallback + 1
+            await self.store.record_error(call.job.id, call.job.batch_id, summary, fallback=number)
+            message = f"{error.message} (retries spent: falling back to {fallback})"
+            self._emit("retrying", call, wait=0.0, message=message, **details)
+            raise Retry(defer=0)
         result = self._result(call, "failed", errors=[*call.start.failures, summary])
         result.request = call.job.model_dump(mode="json", exclude={"reply_to"})
         await self.store.finish(result, reply_to=call.job.reply_to, was_calling=True)
         self._emit("failed", call, message=error.message, **details)
+
+    def _model_of(self, job: Job, llm: LLMConfig, start: AttemptStart) -> str:
+        """The job's model, or the fallback it has moved on to."""
+        model = job_model(job, llm)
+        chain = self.settings.fallbacks.get(model, [])
+        return chain[min(start.fallback, len(chain)) - 1] if start.fallback and chain else model
+
+    def _next_fallback(self, call: _Call) -> str | None:
+        """The model a job whose retries are spent moves on to, if its model's fallbacks have one left."""
+        chain = self.settings.fallbacks.get(job_model(call.job, call.llm), [])
+        return chain[call.start.fallback] if call.start.fallback < len(chain) else None
 
     async def _rerouted(self, call: _Call, error: ProviderError, *, latency: float) -> bool:
         """After a deployment's fault (connection error, 5xx, timeout, 401/404): take it out when the
