@@ -69,6 +69,11 @@ def batch_deployments(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:deployments"
 
 
+def limit_scopes() -> str:
+    """Every limit scope a worker has acquired from (a set), for ``llmqueue limits``."""
+    return f"{PREFIX}:limit-scopes"
+
+
 def batch(batch_id: str) -> str:
     """A batch's hash: settings (budget caps, source file) and running totals (counts, tokens, cost)."""
     return f"{PREFIX}:batch:{batch_id}"

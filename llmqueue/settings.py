@@ -58,8 +58,16 @@ class LLMConfig(BaseModel):
     default_completion_tokens: int = Field(
         1024, ge=0, description="completion tokens assumed for the limiter when a job sets no max_tokens"
     )
-    rpm: float | None = Field(None, gt=0, description="requests/min for this model's default limit scope")
-    tpm: float | None = Field(None, gt=0, description="tokens/min for this model's default limit scope")
+    rpm: float | None = Field(
+        None,
+        gt=0,
+        description="requests/min for every scope jobs of this config run under (each its own bucket)",
+    )
+    tpm: float | None = Field(
+        None,
+        gt=0,
+        description="tokens/min for every scope jobs of this config run under (each its own bucket)",
+    )
     limit_scope: str | None = Field(None, description="limiter scope; defaults to the model string")
 
     @model_validator(mode="after")
@@ -86,6 +94,9 @@ class LimitConfig(BaseModel):
     tpm: float | None = Field(None, gt=0, description="tokens per minute")
     burst_seconds: float = Field(
         1.0, gt=0, description="bucket capacity, in seconds of the rate: how much may go out at once"
+    )
+    reserve: float = Field(
+        0.1, ge=0, lt=1, description="fraction of the bucket jobs below the default priority may not take"
     )
 
 
@@ -201,7 +212,7 @@ class Settings(BaseSettings):
         except KeyError:
             known = ", ".join(sorted(self.llm_groups)) or "none"
             raise ConfigError(f"unknown llm_config group {group!r} (configured groups: {known})") from None
-        # A group's limit is its own: [llm]'s rpm/tpm (LLM_RPM, LLM_TPM) belong to [llm]'s scope.
+        # A group inherits [llm]'s rpm/tpm (LLM_RPM, LLM_TPM) unless it sets its own; its scope is its own.
         inherited = self.llm.model_dump(exclude=set(NOT_INHERITED))
         try:
             return LLMConfig.model_validate({**inherited, **overrides})
@@ -209,20 +220,21 @@ class Settings(BaseSettings):
             raise ConfigError(f"[llm.{group}] over [llm]: {_inline(exc)}") from None
 
     def limit_for(self, scope: str, llm: LLMConfig) -> LimitConfig | None:
-        """The rate limit of ``scope``, or None when no limit is configured.
+        """The configured rate limit of ``scope``, or None when none is configured.
 
-        ``[limits."<scope>"]`` wins; otherwise ``rpm``/``tpm`` of the LLM config (``LLM_RPM``,
-        ``LLM_TPM``) limit that config's own scope.
+        ``[limits."<scope>"]`` wins; otherwise ``rpm``/``tpm`` of the LLM config the job runs under
+        (``LLM_RPM``, ``LLM_TPM``, ``--rpm``) limit whatever scope the job ends up in, whatever model it
+        names: each scope gets its own bucket of that size.
         """
         configured = self.limits.get(scope)
         if configured is not None:
             return configured
-        if scope == llm.scope and (llm.rpm is not None or llm.tpm is not None):
+        if llm.rpm is not None or llm.tpm is not None:
             return LimitConfig(rpm=llm.rpm, tpm=llm.tpm)
         return None
 
 
-NOT_INHERITED = frozenset({"rpm", "tpm", "limit_scope"})
+NOT_INHERITED = frozenset({"limit_scope"})
 
 
 def check_group_keys(name: str, group: dict[str, Any]) -> dict[str, Any]:

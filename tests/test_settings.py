@@ -290,21 +290,33 @@ def test_llm_rpm_and_tpm_limit_the_default_models_scope(monkeypatch: pytest.Monk
     assert settings.limit_for("gpt-4o", settings.llm) == LimitConfig(rpm=60, tpm=90000)
 
 
-def test_llm_rpm_does_not_limit_another_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_llm_rpm_limits_a_scope_of_another_model_named_by_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLM_RPM", "60")
     settings = load_settings()
 
-    assert settings.limit_for("gpt-4o-mini", settings.llm) is None
+    # A batch line naming its own model runs in that model's scope, under the same configured rate.
+    assert settings.limit_for("openai/gpt-4o-mini", settings.llm) == LimitConfig(rpm=60)
 
 
-def test_llm_rpm_does_not_limit_the_scope_of_a_group_with_another_model(
+def test_a_group_inherits_llm_rpm_for_its_own_scope(
     write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LLM_RPM", "60")
     settings = load_settings(write_config(GROUPS_TOML))
     cheap = settings.llm_for("cheap")
 
-    assert settings.limit_for(cheap.scope, cheap) is None
+    assert cheap.scope != settings.llm.scope
+    assert settings.limit_for(cheap.scope, cheap) == LimitConfig(rpm=60)
+
+
+def test_a_group_with_its_own_rpm_keeps_it(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLM_RPM", "60")
+    settings = load_settings(write_config('[llm.cheap]\nmodel = "gpt-4o-mini"\nrpm = 30\n'))
+    cheap = settings.llm_for("cheap")
+
+    assert settings.limit_for(cheap.scope, cheap) == LimitConfig(rpm=30)
 
 
 def test_llm_rpm_applies_to_the_configured_limit_scope(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -312,7 +324,6 @@ def test_llm_rpm_applies_to_the_configured_limit_scope(monkeypatch: pytest.Monke
     settings = load_settings(llm={"limit_scope": "shared-deployment"})
 
     assert settings.limit_for("shared-deployment", settings.llm) == LimitConfig(rpm=60)
-    assert settings.limit_for("gpt-4o", settings.llm) is None
 
 
 def test_limits_table_wins_over_llm_rpm(write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -200,6 +200,12 @@ def simulate_provider(
     api_key: Annotated[str | None, typer.Option(help="Require this bearer key.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the random faults.")] = None,
     completion_tokens: Annotated[int, typer.Option(help="Completion length in tokens.")] = 16,
+    rate_limit_headers: Annotated[
+        str, typer.Option(help="Rate-limit headers it sends: openai, anthropic or none.")
+    ] = "openai",
+    other_client_share: Annotated[
+        float, typer.Option(help="Fraction of both limits another client on the key takes, 0-1.")
+    ] = 0.0,
 ) -> None:
     """Serve a local OpenAI-compatible provider with rate limits and faults (no API key needed)."""
     from pydantic import ValidationError
@@ -219,6 +225,8 @@ def simulate_provider(
             api_key=api_key,
             seed=seed,
             completion_tokens=completion_tokens,
+            rate_limit_headers=rate_limit_headers,
+            other_client_share=other_client_share,
         )
     except ValidationError as exc:
         raise LLMQueueError(f"invalid simulated provider options: {exc}") from None

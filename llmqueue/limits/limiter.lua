@@ -1,45 +1,141 @@
--- Shared token buckets for one limit scope: requests and tokens, checked and taken together.
--- The clock is Redis TIME, so workers on machines with skewed clocks agree.
+-- Shared token buckets for one limit scope: requests and tokens, checked and taken together, with the
+-- limits the provider states in its headers learnt here for every worker. The clock is Redis TIME.
 --
--- KEYS[1]  the scope's hash: r/rts (request level and when it was last refilled), t/tts (the same for
---          tokens), cool (when the scope's cooldown ends). A bucket's fields are written only by calls
---          that carry its rate, so a caller without a limit never disturbs the buckets.
--- ARGV[1]  operation: "acquire" | "adjust" | "cooldown"
--- ARGV[2]  requests per minute (0 = unlimited)     ARGV[3] tokens per minute (0 = unlimited)
--- ARGV[4]  request capacity                        ARGV[5] token capacity
--- acquire:  ARGV[6] requests wanted, ARGV[7] tokens wanted, ARGV[8] longest wait the caller will reserve
---           returns {admitted (0|1), wait seconds as a string}. Admitted with a wait means the caller
---           holds a reservation and must sleep that long; not admitted means nothing was taken.
--- adjust:   ARGV[6] tokens to add back (negative: charge more); returns {1, "0"}
+-- KEYS[1]  the scope's hash:
+--   r/rts, t/tts   request and token levels and when they were last written
+--   cool, streak, pause   the 429 cooldown
+--   lrpm, ltpm     limits learnt from the provider's headers (per minute); hdr: 'yes' once headers were
+--                  seen, 'none' after a response without any (the scope is then unlimited)
+--   ra/rb, ta/tb   running sums whose ratio a/b is the learnt charge factor: what the provider counts per
+--                  unit we count (>= 1; another client on the key, or a provider counting more tokens)
+--   rgc/tgc, rgr/tgr   cumulative units granted, charged and as estimated; rsc/tsc, rsr/tsr: their
+--                  values at the last learning sample; rc/tc: cumulative corrections from headers
+--   probe, probe_ts    grants made while probing a scope with no limit yet
+--   crpm, ctpm, cburst the configured limit the last limited acquire carried (shown by inspect)
+--   w0..w9         until when a refused job of that priority expects to come back
+--   n0..n11 / e0..e11 with ns*/es*: grants and 429s in each 5 s slot of the last minute
+--
+-- ARGV[1] operation: acquire | adjust | cooldown | observe | inspect
+-- ARGV[2] configured requests/min (0: none)   ARGV[3] configured tokens/min (0: none)
+-- ARGV[4] burst seconds (bucket capacity in seconds of the rate)   ARGV[5] reserve (fraction of capacity
+--         jobs below the default priority may not take)
+-- acquire:  ARGV[6] requests, ARGV[7] tokens, ARGV[8] longest wait the caller will reserve, ARGV[9]
+--           priority (0-9), ARGV[10] longest reservation a low-priority job may hold (seconds).
+--           Returns {admitted, wait, state, rcharged, tcharged, rbelief, tbelief, rc, tc, rgc, tgc, rgr, tgr,
+--           chosen}. With several KEYS (deployments of one model: candidate 1's limit in ARGV[2..5], the
+--           others' four values each from ARGV[11]) the one that can admit soonest is chosen, and
+--           `chosen` is its position in KEYS (1-based); with one key it is 1.
+--           Admitted with a wait: the caller holds a reservation and sleeps that long. Not admitted:
+--           nothing was taken and wait says when to come back. state: limited | probing | unlimited.
+-- adjust:   ARGV[6] charged tokens to add back (negative: charge more), ARGV[7] the same as estimated
 -- cooldown: ARGV[6] seconds every caller must pause (0: only ask what is left), ARGV[7] the longest pause
---           (0: no escalation); returns {1, seconds remaining as a string}. A 429 that comes soon after
---           the last pause ended doubles the pause (up to ARGV[7]): the provider is still refusing.
+--           (0: no escalation); returns {1, seconds remaining}. A 429 soon after the last pause ended
+--           doubles the pause (up to ARGV[7]): the provider is still refusing.
+-- observe:  ARGV[6] limit-requests, ARGV[7] limit-tokens (0: not sent), ARGV[8] remaining-requests,
+--           ARGV[9] remaining-tokens (-1: not sent), ARGV[10..17] the ticket of the call (rbelief,
+--           tbelief, rc, tc, rgc, tgc, rgr, tgr; rbelief -1e308: no ticket). Returns {lrpm, ltpm}.
+-- inspect:  returns the scope's state (see limiter.py, ScopeState).
+
+local PROBE_REQUESTS, PROBE_WINDOW, PROBE_RETRY = 2, 5, 0.2
+local MAX_FACTOR, DECAY, TOLERANCE, GRACE, SLOT, SLOTS = 4, 0.95, 0.5, 0.2, 5, 12
+local DEFAULT_PRIORITY, MAX_PRIORITY = 1, 9
+local NO_TICKET = -1e300
+local unpack = unpack or table.unpack
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local op = ARGV[1]
-local rpm, tpm = tonumber(ARGV[2]), tonumber(ARGV[3])
-local rcap, tcap = tonumber(ARGV[4]), tonumber(ARGV[5])
+local cfg_rpm, cfg_tpm = tonumber(ARGV[2]), tonumber(ARGV[3])
+local burst, reserve = tonumber(ARGV[4]), tonumber(ARGV[5])
 local key = KEYS[1]
 
-local h = redis.call('HMGET', key, 'r', 'rts', 't', 'tts', 'cool', 'streak', 'pause')
-local cool = tonumber(h[5]) or 0
+local FIELDS = {'r', 'rts', 't', 'tts', 'cool', 'streak', 'pause', 'lrpm', 'ltpm', 'hdr',
+  'ra', 'rb', 'ta', 'tb', 'rgc', 'tgc', 'rgr', 'tgr', 'rsc', 'tsc', 'rsr', 'tsr', 'rc', 'tc',
+  'probe', 'probe_ts', 'crpm', 'ctpm', 'cburst'}
+for p = 0, MAX_PRIORITY do FIELDS[#FIELDS + 1] = 'w' .. p end
+local h, updates, cool = {}, {}, 0
+local function num(name, default) return tonumber(h[name]) or default end
+local function set(name, value) h[name] = tostring(value); updates[#updates + 1] = name; updates[#updates + 1] = tostring(value) end
+
+local function combine(configured, learnt)
+  if configured > 0 and learnt > 0 then return math.min(configured, learnt) end
+  if configured > 0 then return configured end
+  return learnt
+end
+local rpm, tpm, rcap, tcap
+local function shape()
+  rpm = combine(cfg_rpm, num('lrpm', 0))
+  tpm = combine(cfg_tpm, num('ltpm', 0))
+  rcap = math.max(1, rpm * burst / 60)
+  tcap = math.max(1, tpm * burst / 60)
+end
+
+-- Make candidate i (KEYS[i]) the scope every function below works on: its limit and its hash.
+-- Candidate 1's limit is ARGV[2..5]; with several KEYS (acquire over deployments) candidate i >= 2's
+-- is the four values from ARGV[11 + 4 * (i - 2)].
+local function load(i)
+  local base = i == 1 and 2 or 11 + 4 * (i - 2)
+  key = KEYS[i]
+  cfg_rpm, cfg_tpm = tonumber(ARGV[base]), tonumber(ARGV[base + 1])
+  burst, reserve = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  local values = redis.call('HMGET', key, unpack(FIELDS))
+  h, updates = {}, {}
+  for j, name in ipairs(FIELDS) do h[name] = values[j] end
+  cool = num('cool', 0)
+  shape()
+end
+load(1)
 
 -- A bucket's level at time `at`: refilled since its last write, never above capacity.
-local function level(value, stamp, rate, cap, at)
-  local lvl = tonumber(value) or cap
-  local since = tonumber(stamp) or at
+local function level(b, rate, cap, at)
+  local lvl = tonumber(h[b]) or cap
+  local since = tonumber(h[b .. 'ts']) or at
   return math.min(cap, lvl + math.max(0, at - since) * rate / 60)
 end
 
-local function keep_alive()
+local function factor(b)
+  local a, d = num(b .. 'a', 0), num(b .. 'b', 0)
+  if d <= 0 then return 1 end
+  return math.min(MAX_FACTOR, math.max(1, a / d))
+end
+
+local function count(kind, n)
+  local slot = math.floor(now / SLOT)
+  local i = slot % SLOTS
+  local stamp = redis.call('HGET', key, kind .. 's' .. i)
+  if tonumber(stamp) == slot then
+    redis.call('HINCRBY', key, kind .. i, n)
+  else
+    redis.call('HSET', key, kind .. i, n, kind .. 's' .. i, slot)
+  end
+end
+
+local function last_minute(kind)
+  local slot = math.floor(now / SLOT)
+  local total = 0
+  for i = 0, SLOTS - 1 do
+    local got = redis.call('HMGET', key, kind .. i, kind .. 's' .. i)
+    local s = tonumber(got[2])
+    if s and slot - s < SLOTS then total = total + (tonumber(got[1]) or 0) end
+  end
+  return total
+end
+
+local function save()
+  if #updates > 0 then redis.call('HSET', key, unpack(updates)) end
   redis.call('EXPIRE', key, 3600 + math.ceil(math.max(0, cool - now)))
+end
+
+local function state()
+  if rpm > 0 or tpm > 0 then return 'limited' end
+  if h.hdr == 'none' then return 'unlimited' end
+  return 'probing'
 end
 
 if op == 'cooldown' then
   local seconds, longest = tonumber(ARGV[6]), tonumber(ARGV[7]) or 0
   if seconds > 0 then
-    local streak, last = tonumber(h[6]) or 0, tonumber(h[7]) or 0
+    local streak, last = num('streak', 0), num('pause', 0)
     local pause = seconds
     if now < cool then
       -- Another answer from the same episode (a call sent before the pause began).
@@ -48,48 +144,212 @@ if op == 'cooldown' then
       if longest > 0 then pause = math.min(longest, math.max(seconds, seconds * 2 ^ streak)) end
     end
     cool = math.max(cool, now + pause)
-    redis.call('HSET', key, 'cool', tostring(cool), 'streak', streak, 'pause', tostring(pause))
-    keep_alive()
+    set('cool', cool); set('streak', streak); set('pause', pause)
+    count('e', 1)
+    save()
   end
   return {1, tostring(math.max(0, cool - now))}
 end
 
 if op == 'adjust' then
   if tpm > 0 then
-    local stamp = math.max(now, tonumber(h[4]) or now)
-    local tk = math.min(tcap, level(h[3], h[4], tpm, tcap, stamp) + tonumber(ARGV[6]))
-    redis.call('HSET', key, 't', tostring(tk), 'tts', tostring(stamp))
-    keep_alive()
+    local stamp = math.max(now, num('tts', now))
+    set('t', math.min(tcap, level('t', tpm, tcap, stamp) + tonumber(ARGV[6])))
+    set('tts', stamp)
+    set('tgc', num('tgc', 0) - tonumber(ARGV[6]))
+    set('tgr', num('tgr', 0) - tonumber(ARGV[7]))
+    save()
   end
   return {1, '0'}
+end
+
+if op == 'observe' then
+  local said_rpm, said_tpm = tonumber(ARGV[6]), tonumber(ARGV[7])
+  if said_rpm > 0 or said_tpm > 0 then
+    if said_rpm > 0 then set('lrpm', said_rpm) end
+    if said_tpm > 0 then set('ltpm', said_tpm) end
+    set('hdr', 'yes')
+    shape()
+  elseif h.hdr ~= 'yes' then
+    -- A successful answer that states no limit: the provider does not say, the scope stays unlimited.
+    set('hdr', 'none')
+  end
+  local ticket = {}
+  for i = 10, 17 do ticket[#ticket + 1] = tonumber(ARGV[i]) end
+  -- b: bucket prefix, rate/cap: its shape, left: the provider's remaining, belief/rc/gc/gr from the ticket
+  local function correct(b, rate, cap, left, belief, corr_at, gc_at, gr_at, whole)
+    if rate <= 0 or left < 0 then return end
+    if h[b] == nil then
+      -- The first sight of this bucket: start from what the provider says is left.
+      set(b, math.min(cap, left)); set(b .. 'ts', now)
+      set(b .. 'sc', num(b .. 'gc', 0)); set(b .. 'sr', num(b .. 'gr', 0))
+      return
+    end
+    if belief <= NO_TICKET then return end
+    if whole then belief = math.floor(belief + 1e-9) end
+    -- Negative: the provider had less left than this bucket believed, beyond what was corrected since.
+    local gap = (left - belief) + (num(b .. 'c', 0) - corr_at)
+    if gap < -TOLERANCE then
+      local stamp = math.max(now, num(b .. 'ts', now))
+      set(b, level(b, rate, cap, stamp) + gap); set(b .. 'ts', stamp)
+      set(b .. 'c', num(b .. 'c', 0) - gap)
+    end
+    local span_charged, span_raw = gc_at - num(b .. 'sc', 0), gr_at - num(b .. 'sr', 0)
+    if span_charged > 0 and span_raw > 0 then
+      local counted = math.max(span_charged * 0.5, span_charged - gap)
+      set(b .. 'a', num(b .. 'a', 0) * DECAY + counted)
+      set(b .. 'b', num(b .. 'b', 0) * DECAY + span_raw)
+      set(b .. 'sc', gc_at); set(b .. 'sr', gr_at)
+    end
+  end
+  correct('r', rpm, rcap, tonumber(ARGV[8]), ticket[1], ticket[3], ticket[5], ticket[7], true)
+  correct('t', tpm, tcap, tonumber(ARGV[9]), ticket[2], ticket[4], ticket[6], ticket[8], false)
+  save()
+  return {tostring(num('lrpm', 0)), tostring(num('ltpm', 0))}
+end
+
+if op == 'inspect' then
+  -- The limit the workers last acquired with, not the caller's.
+  cfg_rpm, cfg_tpm, burst = num('crpm', 0), num('ctpm', 0), num('cburst', burst)
+  shape()
+  return {state(), tostring(rpm), tostring(tpm), tostring(cfg_rpm), tostring(cfg_tpm),
+    tostring(num('lrpm', 0)), tostring(num('ltpm', 0)),
+    tostring(rpm > 0 and level('r', rpm, rcap, now) or 0), tostring(rcap),
+    tostring(tpm > 0 and level('t', tpm, tcap, now) or 0), tostring(tcap),
+    tostring(math.max(0, cool - now)), tostring(factor('r')), tostring(factor('t')),
+    tostring(last_minute('n')), tostring(last_minute('e'))}
 end
 
 if op ~= 'acquire' then
   return redis.error_reply('unknown limiter operation ' .. tostring(op))
 end
 
-local rcost, tcost, max_wait = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
--- During a cooldown the buckets are judged as of its end, so callers queued behind it leave it
--- spaced at the limit's rate instead of all at once.
-local at = math.max(now, cool)
-local bucket_wait = 0
-local r, tk
-if rpm > 0 then
-  r = level(h[1], h[2], rpm, rcap, at)
-  -- A cost above capacity is admitted from a full bucket, and the debt slows those that follow.
-  local need = math.min(rcost, rcap)
-  if r < need then bucket_wait = math.max(bucket_wait, (need - r) * 60 / rpm) end
+local rwant, twant, max_wait = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local priority, hold = tonumber(ARGV[9]), tonumber(ARGV[10])
+local low = priority < DEFAULT_PRIORITY
+
+-- The loaded scope's buckets at time `at` for this request: its cost (times the learnt factor), the
+-- wait until both buckets hold it, one refill of it, the levels, and the room left after it (0-1).
+local function buckets(at)
+  local b = {rcost = rwant * factor('r'), tcost = twant * factor('t'), wait = 0, refill = 0, room = 1}
+  if rpm > 0 then
+    b.r = level('r', rpm, rcap, at)
+    -- A cost above capacity is admitted from a full bucket, and the debt slows those that follow.
+    local need = math.min(b.rcost + (low and reserve * rcap or 0), rcap)
+    if b.r < need then b.wait = math.max(b.wait, (need - b.r) * 60 / rpm) end
+    b.refill = math.max(b.refill, b.rcost * 60 / rpm)
+    b.room = math.min(b.room, (b.r - b.rcost) / rcap)
+  end
+  if tpm > 0 then
+    b.tk = level('t', tpm, tcap, at)
+    local need = math.min(b.tcost + (low and reserve * tcap or 0), tcap)
+    if b.tk < need then b.wait = math.max(b.wait, (need - b.tk) * 60 / tpm) end
+    b.refill = math.max(b.refill, b.tcost * 60 / tpm)
+    b.room = math.min(b.room, (b.tk - b.tcost) / tcap)
+  end
+  return b
 end
-if tpm > 0 then
-  tk = level(h[3], h[4], tpm, tcap, at)
-  local need = math.min(tcost, tcap)
-  if tk < need then bucket_wait = math.max(bucket_wait, (need - tk) * 60 / tpm) end
+
+-- When a higher-priority job refused by the loaded scope is due back (0: none), plus the grace.
+local function higher_due()
+  local due = 0
+  for p = priority + 1, MAX_PRIORITY do
+    local back = num('w' .. p, 0)
+    if back + GRACE > now then due = math.max(due, back + GRACE) end
+  end
+  return due
 end
-local wait = (at - now) + bucket_wait
-if wait > max_wait then
-  return {0, tostring(wait)}
+
+-- Routing: with several KEYS (deployments of one model), the request goes to the scope that can take
+-- it soonest (cooldown, higher-priority jobs due, probing budget, buckets), the roomier on a tie.
+-- Nothing is written while they are compared; the chosen one is then loaded and acquired from.
+local chosen = 1
+if #KEYS > 1 then
+  local best_wait, best_room
+  for i = 1, #KEYS do
+    load(i)
+    local at = math.max(now, cool)
+    local soonest, room = math.max(at, higher_due()) - now, 1
+    if state() == 'limited' then
+      local b = buckets(at)
+      soonest, room = math.max(soonest, (at - now) + b.wait), b.room
+    elseif state() == 'probing' and now - num('probe_ts', 0) <= PROBE_WINDOW and num('probe', 0) >= PROBE_REQUESTS then
+      soonest = math.max(soonest, PROBE_RETRY)
+    end
+    if best_wait == nil or soonest < best_wait - 1e-6 or (soonest < best_wait + 1e-6 and room > best_room) then
+      chosen, best_wait, best_room = i, soonest, room
+    end
+  end
+  load(chosen)
 end
-if rpm > 0 then redis.call('HSET', key, 'r', tostring(r - rcost), 'rts', tostring(at)) end
-if tpm > 0 then redis.call('HSET', key, 't', tostring(tk - tcost), 'tts', tostring(at)) end
-if rpm > 0 or tpm > 0 then keep_alive() end
-return {1, tostring(wait)}
+
+local function acquire()
+  -- During a cooldown the buckets are judged as of its end, so callers queued behind it leave it
+  -- spaced at the limit's rate instead of all at once.
+  local at = math.max(now, cool)
+  local mode = state()
+  local refusal = {0, '', mode, '0', '0', '0', '0', '0', '0', '0', '0', '0', '0'}
+
+  -- A refused job of higher priority comes back at its time; lower ones leave the way clear until then.
+  local due = higher_due()
+  if due > 0 then
+    refusal[2] = tostring(math.max(at, due) - now)
+    return refusal
+  end
+
+  if mode ~= 'limited' then
+    if at - now > max_wait then
+      refusal[2] = tostring(at - now)
+      return refusal
+    end
+    if mode == 'probing' then
+      -- No limit configured or learnt yet: a few calls go out to read the provider's headers.
+      local probes = num('probe', 0)
+      if now - num('probe_ts', 0) > PROBE_WINDOW then probes = 0; set('probe_ts', now) end
+      if probes >= PROBE_REQUESTS then
+        refusal[2] = tostring(math.max(at - now, PROBE_RETRY))
+        save()
+        return refusal
+      end
+      set('probe', probes + 1)
+    end
+    count('n', rwant)
+    save()
+    return {1, tostring(at - now), mode, '0', '0', tostring(NO_TICKET), tostring(NO_TICKET), '0', '0', '0', '0', '0', '0'}
+  end
+
+  if num('crpm', 0) ~= cfg_rpm or num('ctpm', 0) ~= cfg_tpm or num('cburst', 0) ~= burst then
+    set('crpm', cfg_rpm); set('ctpm', cfg_tpm); set('cburst', burst)
+  end
+  local b = buckets(at)
+  local rcost, tcost, bucket_wait, refill, r, tk = b.rcost, b.tcost, b.wait, b.refill, b.r, b.tk
+  local wait = (at - now) + bucket_wait
+  -- Below the default priority a job may not hold a long reservation that higher ones would queue behind.
+  local longest = max_wait
+  if low then longest = math.min(max_wait, (at - now) + math.max(hold, refill)) end
+  if wait > longest then
+    if priority > 0 then set('w' .. priority, math.max(num('w' .. priority, 0), now + wait)); save() end
+    refusal[2] = tostring(wait)
+    return refusal
+  end
+  local rbelief, tbelief = NO_TICKET, NO_TICKET
+  if rpm > 0 then
+    set('r', r - rcost); set('rts', at)
+    set('rgc', num('rgc', 0) + rcost); set('rgr', num('rgr', 0) + rwant)
+    rbelief = r - rcost + bucket_wait * rpm / 60
+  end
+  if tpm > 0 then
+    set('t', tk - tcost); set('tts', at)
+    set('tgc', num('tgc', 0) + tcost); set('tgr', num('tgr', 0) + twant)
+    tbelief = tk - tcost + bucket_wait * tpm / 60
+  end
+  count('n', rwant)
+  save()
+  return {1, tostring(wait), mode, tostring(rcost), tostring(tcost), tostring(rbelief), tostring(tbelief),
+    tostring(num('rc', 0)), tostring(num('tc', 0)), tostring(num('rgc', 0)), tostring(num('tgc', 0)),
+    tostring(num('rgr', 0)), tostring(num('tgr', 0))}
+end
+
+local reply = acquire()
+reply[#reply + 1] = tostring(chosen)
+return reply

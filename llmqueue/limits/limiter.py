@@ -1,57 +1,157 @@
-"""A token-bucket rate limiter shared by every worker through Redis.
+"""A token-bucket rate limiter shared by every worker through Redis, taught by the provider's headers.
 
 Each limit scope has two buckets, requests and tokens, refilled continuously at ``rpm/60`` and
 ``tpm/60`` per second up to a capacity of ``burst_seconds`` of the rate. One Lua script
 (``limiter.lua``, run by SHA) checks and takes both atomically with Redis ``TIME`` as the clock,
 so workers on many machines never oversubscribe a scope together.
+
+The rate of a bucket is the configured one, the one the provider states in its headers
+(:meth:`RateLimiter.observe`), or the lower of the two. What the provider says is left lowers a bucket
+that believes it holds more, and the ratio between what the provider counts and what the workers
+estimate is learnt and charged from then on (another client on the key, a provider counting tokens its
+own way). A scope with neither a configured nor a learnt limit lets a few calls through to read the
+headers ("probing"); if the provider states no limit it is "unlimited", and only 429 cooldowns apply.
+
+Priorities are integers 0-9, higher is more urgent (:data:`PRIORITIES`). A job below the default
+priority may not take the scope's ``reserve`` (the last part of the bucket) nor hold a reservation
+longer than about one refill, and no job is admitted while a refused job of higher priority is due back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 
 from llmqueue import keys
+from llmqueue.limits.headers import ProviderLimits
 from llmqueue.settings import LimitConfig
 
 _SCRIPT = resources.files("llmqueue.limits").joinpath("limiter.lua").read_text(encoding="utf-8")
 UNLIMITED = LimitConfig()
+
+#: Named priorities; any integer from 0 to 9 is a priority, higher is more urgent.
+PRIORITIES = {"batch": 0, "default": 1, "interactive": 2}
+DEFAULT_PRIORITY = PRIORITIES["default"]
+MAX_PRIORITY = 9
+#: The longest reservation (seconds) a job below the default priority may hold, when one refill is shorter.
+LOW_PRIORITY_HOLD = 0.1
+
+LimitState = Literal["limited", "probing", "unlimited"]
+_NO_TICKET = -1e300
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What an admitted call took, and what the bucket believed was left when it went out.
+
+    Passed back to :meth:`RateLimiter.observe` with the provider's headers for that call, so the two
+    counts can be compared. ``*_charged`` is this call's charge (its estimate times the learnt factor),
+    ``*_granted`` and ``*_estimated`` the scope's running totals charged and estimated when it was taken.
+    """
+
+    requests_charged: float
+    tokens_charged: float
+    request_belief: float
+    token_belief: float
+    request_corrections: float
+    token_corrections: float
+    requests_granted: float
+    tokens_granted: float
+    requests_estimated: float
+    tokens_estimated: float
+    tokens_asked: int
+
+    def args(self) -> list[float]:
+        return [
+            self.request_belief,
+            self.token_belief,
+            self.request_corrections,
+            self.token_corrections,
+            self.requests_granted,
+            self.tokens_granted,
+            self.requests_estimated,
+            self.tokens_estimated,
+        ]
 
 
 @dataclass(frozen=True)
 class Admission:
     """The limiter's answer: ``admitted`` after sleeping ``wait`` seconds, or not admitted at all.
 
-    When not admitted nothing was taken, and ``wait`` is how long until the request could be.
+    When not admitted nothing was taken, and ``wait`` is how long until the request could be. ``state``
+    says whether the scope ran under a limit, was probing for one, or is unlimited; ``ticket`` is set
+    for a call admitted under a limit. ``choice`` is the position of the scope that answered among the
+    candidates of :meth:`RateLimiter.acquire_any` (0 for :meth:`RateLimiter.acquire`).
     """
 
     admitted: bool
     wait: float
+    state: LimitState = "limited"
+    ticket: Ticket | None = None
+    choice: int = 0
+
+
+@dataclass(frozen=True)
+class ScopeState:
+    """A scope as the workers see it now (``llmqueue limits``); rates per minute, 0 for none."""
+
+    scope: str
+    state: LimitState
+    rpm: float
+    tpm: float
+    configured_rpm: float
+    configured_tpm: float
+    learnt_rpm: float
+    learnt_tpm: float
+    request_level: float
+    request_capacity: float
+    token_level: float
+    token_capacity: float
+    cooldown: float
+    request_factor: float
+    token_factor: float
+    requests_last_minute: int
+    rate_limited_last_minute: int
+
+    @property
+    def source(self) -> str:
+        """``configured``, ``learnt``, ``both`` or ``none``: where the scope's limits come from."""
+        configured = self.configured_rpm > 0 or self.configured_tpm > 0
+        learnt = self.learnt_rpm > 0 or self.learnt_tpm > 0
+        return {(True, True): "both", (True, False): "configured", (False, True): "learnt"}.get(
+            (configured, learnt), "none"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["source"] = self.source
+        return data
 
 
 @dataclass(frozen=True)
 class BucketShape:
+    """The configured part of a scope's limit, as the script takes it."""
+
     rpm: float
     tpm: float
-    request_capacity: float
-    token_capacity: float
+    burst_seconds: float
+    reserve: float
 
     @classmethod
     def of(cls, limit: LimitConfig) -> BucketShape:
-        rpm, tpm = limit.rpm or 0.0, limit.tpm or 0.0
         return cls(
-            rpm=rpm,
-            tpm=tpm,
-            # At least one request must fit, or a low rpm with a short burst could never admit anything.
-            request_capacity=max(1.0, rpm * limit.burst_seconds / 60),
-            token_capacity=max(1.0, tpm * limit.burst_seconds / 60),
+            rpm=limit.rpm or 0.0,
+            tpm=limit.tpm or 0.0,
+            burst_seconds=limit.burst_seconds,
+            reserve=limit.reserve,
         )
 
     def args(self) -> list[Any]:
-        return [self.rpm, self.tpm, self.request_capacity, self.token_capacity]
+        return [self.rpm, self.tpm, self.burst_seconds, self.reserve]
 
 
 class RateLimiter:
@@ -60,25 +160,137 @@ class RateLimiter:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._script = redis.register_script(_SCRIPT)
+        self._known_scopes: set[str] = set()
 
     async def acquire(
-        self, scope: str, limit: LimitConfig | None, *, tokens: int, max_wait: float, requests: int = 1
+        self,
+        scope: str,
+        limit: LimitConfig | None,
+        *,
+        tokens: int,
+        max_wait: float,
+        requests: int = 1,
+        priority: int = DEFAULT_PRIORITY,
     ) -> Admission:
         """Take ``requests`` and ``tokens`` from the scope's buckets.
 
         If they will be available within ``max_wait`` seconds they are reserved now and the caller must
         sleep ``Admission.wait`` before calling the provider; otherwise nothing is taken. A scope in
-        cooldown (after a 429) waits out the cooldown either way. No limit means only the cooldown applies.
+        cooldown (after a 429) waits out the cooldown either way. ``limit`` is the configured limit (None:
+        none); a limit learnt from the provider's headers applies as well. ``priority`` is 0-9, higher
+        more urgent (``PRIORITIES``).
         """
-        shape = BucketShape.of(limit or UNLIMITED)
-        admitted, wait = await self._run(scope, "acquire", shape, requests, tokens, max_wait)
-        return Admission(admitted=bool(admitted), wait=float(wait))
+        return await self.acquire_any(
+            [(scope, limit)], tokens=tokens, max_wait=max_wait, requests=requests, priority=priority
+        )
 
-    async def adjust(self, scope: str, limit: LimitConfig | None, *, tokens: int) -> None:
-        """Return ``tokens`` to the token bucket (a negative number charges more) after a call."""
-        if limit is None or limit.tpm is None or tokens == 0:
+    async def acquire_any(
+        self,
+        candidates: Sequence[tuple[str, LimitConfig | None]],
+        *,
+        tokens: int,
+        max_wait: float,
+        requests: int = 1,
+        priority: int = DEFAULT_PRIORITY,
+    ) -> Admission:
+        """:meth:`acquire` from whichever of the candidate scopes (deployments of one model) can take
+        the request soonest, in one script call; ``Admission.choice`` says which.
+
+        The candidates are compared by their wait (cooldown, higher-priority jobs due back, buckets,
+        learnt limits included); on a tie the one with more room left in its buckets is taken, so idle
+        deployments share the load. Nothing is taken from the others.
+        """
+        if not candidates:
+            raise ValueError("acquire_any needs at least one candidate scope")
+        if not 0 <= priority <= MAX_PRIORITY:
+            raise ValueError(f"priority must be an integer from 0 to {MAX_PRIORITY}, not {priority!r}")
+        for scope, _ in candidates:
+            await self._remember(scope)
+        shapes = [BucketShape.of(limit or UNLIMITED) for _, limit in candidates]
+        raw = await self._script(
+            keys=[keys.limiter(scope) for scope, _ in candidates],
+            args=[
+                "acquire",
+                *shapes[0].args(),
+                requests,
+                tokens,
+                max_wait,
+                priority,
+                LOW_PRIORITY_HOLD,
+                *(arg for shape in shapes[1:] for arg in shape.args()),
+            ],
+        )
+        reply = [value.decode() if isinstance(value, bytes) else str(value) for value in raw]
+        admitted, wait, state = int(reply[0]), float(reply[1]), reply[2]
+        numbers = [float(value) for value in reply[3:13]]
+        ticket = None
+        if admitted and state == "limited":
+            ticket = Ticket(
+                requests_charged=numbers[0],
+                tokens_charged=numbers[1],
+                request_belief=numbers[2],
+                token_belief=numbers[3],
+                request_corrections=numbers[4],
+                token_corrections=numbers[5],
+                requests_granted=numbers[6],
+                tokens_granted=numbers[7],
+                requests_estimated=numbers[8],
+                tokens_estimated=numbers[9],
+                tokens_asked=tokens,
+            )
+        return Admission(
+            admitted=bool(admitted), wait=wait, state=_state(state), ticket=ticket, choice=int(reply[13]) - 1
+        )
+
+    async def adjust(
+        self, scope: str, limit: LimitConfig | None, *, tokens: float, ticket: Ticket | None = None
+    ) -> None:
+        """Return ``tokens`` (as estimated) to the token bucket (a negative number charges more).
+
+        With the call's ``ticket`` the amount is scaled by the charge factor the call was admitted at.
+        """
+        if tokens == 0:
             return
-        await self._run(scope, "adjust", BucketShape.of(limit), tokens)
+        charged = tokens
+        if ticket is not None and ticket.tokens_asked > 0:
+            charged = tokens * ticket.tokens_charged / ticket.tokens_asked
+        await self._run(scope, "adjust", BucketShape.of(limit or UNLIMITED), charged, tokens)
+
+    async def refund(self, scope: str, limit: LimitConfig | None, ticket: Ticket | None) -> None:
+        """Give back all the tokens a call took (the provider did not count it: a 429, no answer)."""
+        if ticket is not None and ticket.tokens_charged:
+            shape = BucketShape.of(limit or UNLIMITED)
+            await self._run(scope, "adjust", shape, ticket.tokens_charged, ticket.tokens_asked)
+
+    async def observe(
+        self, scope: str, limit: LimitConfig | None, said: ProviderLimits | None, ticket: Ticket | None
+    ) -> tuple[float, float]:
+        """Learn from one provider answer: its stated limits and what it says is left.
+
+        ``said`` None (a successful answer without rate-limit headers) marks a scope that has no learnt
+        limit as unlimited. Returns the learnt (rpm, tpm), 0 where the provider never stated one.
+        """
+        stated_rpm = stated_tpm = 0.0
+        left_requests = left_tokens = -1.0
+        if said is not None:
+            if said.requests is not None:
+                stated_rpm = said.requests.limit or 0.0
+                left_requests = -1.0 if said.requests.remaining is None else said.requests.remaining
+            if said.tokens is not None:
+                stated_tpm = said.tokens.limit or 0.0
+                left_tokens = -1.0 if said.tokens.remaining is None else said.tokens.remaining
+        ticket_args = ticket.args() if ticket is not None else [_NO_TICKET, _NO_TICKET, 0, 0, 0, 0, 0, 0]
+        reply = await self._run(
+            scope,
+            "observe",
+            BucketShape.of(limit or UNLIMITED),
+            stated_rpm,
+            stated_tpm,
+            left_requests,
+            left_tokens,
+            *ticket_args,
+        )
+        return float(reply[0]), float(reply[1])
 
     async def cooldown(self, scope: str, seconds: float, *, longest: float = 0.0) -> float:
         """Pause the whole scope for ``seconds`` (a 429 seen by one worker); returns the pause left.
@@ -87,9 +299,49 @@ class RateLimiter:
         up to ``longest`` seconds, so a provider that keeps refusing is probed less and less often.
         ``seconds=0`` only reads how much of the current pause is left.
         """
-        _, remaining = await self._run(scope, "cooldown", BucketShape.of(UNLIMITED), seconds, longest)
-        return float(remaining)
+        reply = await self._run(scope, "cooldown", BucketShape.of(UNLIMITED), seconds, longest)
+        return float(reply[1])
 
-    async def _run(self, scope: str, op: str, shape: BucketShape, *args: Any) -> tuple[int, str]:
-        admitted, value = await self._script(keys=[keys.limiter(scope)], args=[op, *shape.args(), *args])
-        return int(admitted), value.decode() if isinstance(value, bytes) else str(value)
+    async def inspect(self, scope: str) -> ScopeState:
+        """The scope's limits, levels, cooldown and last-minute counts, as the workers left them."""
+        reply = await self._run(scope, "inspect", BucketShape.of(UNLIMITED))
+        (state, rpm, tpm, crpm, ctpm, lrpm, ltpm, rlevel, rcap, tlevel, tcap, cool, rfac, tfac, n, e) = reply
+        return ScopeState(
+            scope=scope,
+            state=_state(state),
+            rpm=float(rpm),
+            tpm=float(tpm),
+            configured_rpm=float(crpm),
+            configured_tpm=float(ctpm),
+            learnt_rpm=float(lrpm),
+            learnt_tpm=float(ltpm),
+            request_level=float(rlevel),
+            request_capacity=float(rcap),
+            token_level=float(tlevel),
+            token_capacity=float(tcap),
+            cooldown=float(cool),
+            request_factor=float(rfac),
+            token_factor=float(tfac),
+            requests_last_minute=int(float(n)),
+            rate_limited_last_minute=int(float(e)),
+        )
+
+    async def scopes(self) -> list[str]:
+        """Every scope a worker has acquired from (while its buckets are kept), sorted."""
+        members = await self._redis.smembers(keys.limit_scopes())
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    async def _remember(self, scope: str) -> None:
+        if scope not in self._known_scopes:
+            await self._redis.sadd(keys.limit_scopes(), scope)
+            self._known_scopes.add(scope)
+
+    async def _run(self, scope: str, op: str, shape: BucketShape, *args: Any) -> list[str]:
+        reply = await self._script(keys=[keys.limiter(scope)], args=[op, *shape.args(), *args])
+        return [value.decode() if isinstance(value, bytes) else str(value) for value in reply]
+
+
+def _state(text: str) -> LimitState:
+    if text in ("limited", "probing", "unlimited"):
+        return text  # type: ignore[return-value]
+    raise ValueError(f"unknown limiter state {text!r}")

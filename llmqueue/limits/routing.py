@@ -39,9 +39,12 @@ class Deployments:
         self._by_name: dict[str, list[Candidate]] = {}
         for resolved in resolve(settings.model_list, environ):
             spec = resolved.deployment.litellm_params
+            # [limits."<name>"] first, then litellm_params' rpm/tpm, then [llm]'s (LLM_RPM) for each.
             limit = settings.limits.get(resolved.name)
             if limit is None and (spec.rpm is not None or spec.tpm is not None):
                 limit = LimitConfig(rpm=spec.rpm, tpm=spec.tpm)
+            if limit is None:
+                limit = settings.limit_for(resolved.name, settings.llm)
             candidate = Candidate(resolved, limit)
             self._by_name.setdefault(resolved.deployment.model_name, []).append(candidate)
 

@@ -19,7 +19,9 @@ from arq.worker import Retry
 from llmqueue.batches.ledger import BatchLedger
 from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
 from llmqueue.limits.breaker import CircuitBreaker
-from llmqueue.limits.limiter import RateLimiter
+from llmqueue.limits.feedback import LimitFeedback
+from llmqueue.limits.headers import exception_headers, response_headers
+from llmqueue.limits.limiter import DEFAULT_PRIORITY, RateLimiter, Ticket
 from llmqueue.limits.routing import Candidate, Deployments, deployment_kwargs
 from llmqueue.limits.tokens import estimate_tokens, usage_tokens
 from llmqueue.llm.backoff import RetryPolicy
@@ -55,6 +57,8 @@ class _Call:
     limit: LimitConfig | None
     start: AttemptStart
     estimate: int
+    priority: int = DEFAULT_PRIORITY
+    ticket: Ticket | None = None
     candidates: list[Candidate] = field(default_factory=list)
     deployment: Candidate | None = None
 
@@ -86,10 +90,12 @@ class JobRunner:
     """Ids of the jobs this worker is running now (the heartbeat keeps them claimed)."""
     ledger: BatchLedger = field(init=False)
     breaker: CircuitBreaker = field(init=False)
+    feedback: LimitFeedback = field(init=False)
 
     def __post_init__(self) -> None:
         self.ledger = BatchLedger(self.store.redis)
         self.breaker = CircuitBreaker(self.store.redis, self.limiter, self.settings.router_settings)
+        self.feedback = LimitFeedback(self.limiter)
 
     async def handle(self, job_id: str, payload: Any) -> None:
         """Run one start of a job. Raises arq's Retry to re-enqueue it; returns once a result is stored."""
@@ -115,12 +121,12 @@ class JobRunner:
         candidates = self.deployments.candidates(model) if self.deployments else []
         if candidates:
             scope, limit = model, None  # until admission picks a deployment
-            limited = any(c.limit and c.limit.tpm for c in candidates)
+            limited = any(self.feedback.needs_estimate(c.scope, c.limit) for c in candidates)
             counted_as = candidates[0].model
         else:
             scope = llm.limit_scope or model
             limit = self.settings.limit_for(scope, llm)
-            limited = bool(limit and limit.tpm)
+            limited = self.feedback.needs_estimate(scope, limit)
             counted_as = model
         call = _Call(
             job=job,
@@ -129,8 +135,9 @@ class JobRunner:
             scope=scope,
             limit=limit,
             start=start,
-            # Counting tokens costs CPU on every job; only a token limit needs the estimate.
+            # Counting tokens costs CPU on every job; only a token limit (configured or learnt) needs it.
             estimate=estimate_tokens(job, counted_as, llm.default_completion_tokens) if limited else 0,
+            priority=getattr(job, "priority", DEFAULT_PRIORITY),
             candidates=candidates,
         )
         # Everything CPU-bound happens before admission, so the request leaves soon after it is admitted.
@@ -151,23 +158,29 @@ class JobRunner:
         max_wait = self.settings.worker.max_inline_wait
         if call.candidates:
             admission = await self.limiter.acquire_any(
-                [(c.scope, c.limit) for c in call.candidates], tokens=call.estimate, max_wait=max_wait
+                [(c.scope, c.limit) for c in call.candidates],
+                tokens=call.estimate,
+                max_wait=max_wait,
+                priority=call.priority,
             )
             call.deployment = call.candidates[admission.choice]
             call.scope, call.limit = call.deployment.scope, call.deployment.limit
         else:
             admission = await self.limiter.acquire(
-                call.scope, call.limit, tokens=call.estimate, max_wait=max_wait
+                call.scope, call.limit, tokens=call.estimate, max_wait=max_wait, priority=call.priority
             )
         if not admission.admitted:
             self._emit("deferred", call, wait=admission.wait)
             raise Retry(defer=admission.wait)  # not an attempt: the job frees its slot meanwhile
+        call.ticket = admission.ticket
+        self.feedback.admitted(call.scope, admission)
         if admission.wait > 0:
             self._emit("limiter_wait", call, wait=admission.wait)
             await asyncio.sleep(admission.wait)
             # A 429 seen elsewhere while this job slept pauses it too, reservation or not.
             pause = await self.limiter.cooldown(call.scope, 0)
             if pause > 0:
+                await self.feedback.failed(call.scope, call.limit, call.ticket)
                 # A routed job goes back to be admitted by another deployment, if one can take it sooner.
                 defer = 0.0 if len(call.candidates) > 1 else pause
                 self._emit("deferred", call, wait=defer, reason="cooldown")
@@ -190,8 +203,11 @@ class JobRunner:
             raise
         except Exception as exc:
             await counting
-            await self.limiter.adjust(call.scope, call.limit, tokens=call.estimate)
             error = classify(exc, self._secrets(call.llm))
+            if isinstance(error, RateLimitedError):
+                await self.feedback.rate_limited(call.scope, call.limit, call.ticket, exception_headers(exc))
+            else:
+                await self.feedback.failed(call.scope, call.limit, call.ticket)
             latency = time.monotonic() - began
             await self._count_deployment_call(call, error.kind)
             if await self._rerouted(call, error, latency=latency):
@@ -201,9 +217,14 @@ class JobRunner:
         latency = time.monotonic() - began
         await counting
         await self._count_deployment_call(call, "ok")
-        used = usage_tokens(response)
-        if used is not None:
-            await self.limiter.adjust(call.scope, call.limit, tokens=call.estimate - used)
+        await self.feedback.answered(
+            call.scope,
+            call.limit,
+            call.ticket,
+            response_headers(response),
+            estimate=call.estimate,
+            used=usage_tokens(response),
+        )
         result = self._result(call, "succeeded", errors=call.start.failures)
         result.response = _as_dict(response)
         result.usage = _usage(response)

@@ -101,8 +101,6 @@ class JobStore:
             fallback_after=int(fallback_after or 0),
         )
 
-
-
     async def read_waiting(self, job_id: str) -> tuple[list[AttemptError], datetime]:
         """A queued job's failed calls so far and when it was queued; changes nothing."""
         async with self.redis.pipeline(transaction=False) as pipe:

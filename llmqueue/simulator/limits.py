@@ -13,7 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
+
+#: Which provider's rate-limit headers the simulated provider sends.
+HeaderFamily = Literal["openai", "anthropic", "none"]
 
 #: Tokens charged per message on top of its text (role, separators), like OpenAI's chat format.
 TOKENS_PER_MESSAGE = 3
@@ -70,6 +74,9 @@ class TokenBucket:
     ``take(amount, now)`` succeeds when the bucket holds ``amount``. An amount larger than the whole bucket
     is taken only when the bucket is full and leaves it in debt (a negative level), so such a request is
     not refused forever and the long-run rate still holds.
+
+    ``share(fraction, now)`` plays another client on the same key that takes ``fraction`` of the refill
+    from then on: the bucket refills at ``(1 - fraction)`` of the rate for everyone else.
     """
 
     def __init__(self, rate_per_minute: float, window_seconds: float, now: float) -> None:
@@ -80,16 +87,23 @@ class TokenBucket:
         self._per_second = rate_per_minute / 60
         self._level = self.capacity
         self._updated_at = now
+        self._others = 0.0
 
     def level(self, now: float) -> float:
         """Units in the bucket at ``now`` (negative while in debt)."""
         elapsed = max(now - self._updated_at, 0.0)
-        return min(self.capacity, self._level + elapsed * self._per_second)
+        return min(self.capacity, self._level + elapsed * self._per_second * (1 - self._others))
+
+    def share(self, fraction: float, now: float) -> None:
+        """From ``now`` on, another client takes ``fraction`` (0 to 1) of the refill."""
+        self._level = self.level(now)
+        self._updated_at = max(now, self._updated_at)
+        self._others = fraction
 
     def wait_for(self, amount: float, now: float) -> float:
         """Seconds from ``now`` until ``amount`` could be taken; 0.0 when it can be taken now."""
         needed = min(amount, self.capacity)
-        return max(needed - self.level(now), 0.0) / self._per_second
+        return max(needed - self.level(now), 0.0) / (self._per_second * max(1 - self._others, 1e-9))
 
     def take(self, amount: float, now: float) -> None:
         """Remove ``amount`` at ``now``; call only when ``wait_for(amount, now)`` is 0.0."""
@@ -98,7 +112,7 @@ class TokenBucket:
 
     def reset_in(self, now: float) -> float:
         """Seconds from ``now`` until the bucket is full again."""
-        return (self.capacity - self.level(now)) / self._per_second
+        return (self.capacity - self.level(now)) / (self._per_second * max(1 - self._others, 1e-9))
 
 
 @dataclass(frozen=True)
@@ -123,6 +137,12 @@ class RateLimits:
         self.requests = TokenBucket(rpm, window_seconds, now) if rpm is not None else None
         self.tokens = TokenBucket(tpm, window_seconds, now) if tpm is not None else None
 
+    def share(self, fraction: float, now: float) -> None:
+        """Another client on the same key takes ``fraction`` of both limits from ``now`` on."""
+        for bucket in (self.requests, self.tokens):
+            if bucket is not None:
+                bucket.share(fraction, now)
+
     def admit(self, tokens: int, now: float) -> Rejection | None:
         """Admit a request costing ``tokens`` at ``now``, or say why not (and consume nothing)."""
         request_wait = self.requests.wait_for(1, now) if self.requests else 0.0
@@ -138,14 +158,29 @@ class RateLimits:
             self.tokens.take(tokens, now)
         return None
 
-    def headers(self, now: float) -> dict[str, str]:
-        """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers for the limits set;
-        ``limit`` is per minute, ``remaining`` is what the current window's bucket holds."""
+    def headers(self, now: float, family: HeaderFamily = "openai", wall_clock: float = 0.0) -> dict[str, str]:
+        """The rate-limit headers of ``family`` for the limits set; ``limit`` is per minute, ``remaining``
+        what the current window's bucket holds.
+
+        ``openai``: ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``, reset as a duration.
+        ``anthropic``: ``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}``, reset as an
+        RFC 3339 time (``wall_clock`` is the Unix time at ``now``). ``none``: no headers.
+        """
         headers: dict[str, str] = {}
+        if family == "none":
+            return headers
         for kind, bucket in (("requests", self.requests), ("tokens", self.tokens)):
             if bucket is None:
                 continue
-            headers[f"x-ratelimit-limit-{kind}"] = f"{bucket.rate_per_minute:.10g}"
-            headers[f"x-ratelimit-remaining-{kind}"] = str(max(math.floor(bucket.level(now)), 0))
-            headers[f"x-ratelimit-reset-{kind}"] = format_duration(bucket.reset_in(now))
+            limit = f"{bucket.rate_per_minute:.10g}"
+            remaining = str(max(math.floor(bucket.level(now)), 0))
+            if family == "openai":
+                headers[f"x-ratelimit-limit-{kind}"] = limit
+                headers[f"x-ratelimit-remaining-{kind}"] = remaining
+                headers[f"x-ratelimit-reset-{kind}"] = format_duration(bucket.reset_in(now))
+            else:
+                reset = datetime.fromtimestamp(wall_clock + bucket.reset_in(now), UTC)
+                headers[f"anthropic-ratelimit-{kind}-limit"] = limit
+                headers[f"anthropic-ratelimit-{kind}-remaining"] = remaining
+                headers[f"anthropic-ratelimit-{kind}-reset"] = reset.isoformat(timespec="milliseconds")
         return headers

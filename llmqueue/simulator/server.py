@@ -29,6 +29,7 @@ import itertools
 import math
 import random
 import signal
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -38,7 +39,7 @@ from typing import Annotated, Any, Literal, Self
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from llmqueue.simulator.limits import RateLimits
+from llmqueue.simulator.limits import HeaderFamily, RateLimits
 from llmqueue.simulator.wire import (
     chat_body,
     chat_usage,
@@ -73,6 +74,12 @@ class ProviderConfig(BaseModel):
       hang ``hang_seconds`` before answering. Both drawn from ``random.Random(seed)``.
     - ``api_key``: when set, calls must send ``Authorization: Bearer <api_key>`` or get 401.
     - ``completion_tokens``: completion length of every chat answer, capped by the request's ``max_tokens``.
+      A chat call is charged its prompt's characters/4 plus ``max_tokens`` when it sets one (as OpenAI's
+      limiter counts), else plus its completion.
+    - ``rate_limit_headers``: the rate-limit headers every answer carries, OpenAI's (``x-ratelimit-*``),
+      Anthropic's (``anthropic-ratelimit-*``) or none.
+    - ``other_client_share``: the key is also used by another client, which takes this fraction of both
+      limits (the headers still state the whole key's limits, and what is left of them).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -88,6 +95,8 @@ class ProviderConfig(BaseModel):
     api_key: str | None = Field(default=None, repr=False)
     seed: int | None = None
     completion_tokens: int = Field(default=16, ge=0)
+    rate_limit_headers: HeaderFamily = "openai"
+    other_client_share: float = Field(default=0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> Self:
@@ -114,14 +123,21 @@ class RateLimitFor(BaseModel):
     retry_after: float | None = Field(default=None, ge=0)
 
 
+class ShareKey(BaseModel):
+    """From now on another client on the key takes ``share`` of both limits (0 stops it)."""
+
+    action: Literal["share_key"] = "share_key"
+    share: float = Field(ge=0, lt=1)
+
+
 class Reset(BaseModel):
     """Clear scripted faults, counters and rate-limit buckets."""
 
     action: Literal["reset"] = "reset"
 
 
-ControlCommand = Annotated[FailNext | RateLimitFor | Reset, Field(discriminator="action")]
-_CONTROL: TypeAdapter[FailNext | RateLimitFor | Reset] = TypeAdapter(ControlCommand)
+ControlCommand = Annotated[FailNext | RateLimitFor | ShareKey | Reset, Field(discriminator="action")]
+_CONTROL: TypeAdapter[FailNext | RateLimitFor | ShareKey | Reset] = TypeAdapter(ControlCommand)
 
 
 @dataclass(frozen=True)
@@ -191,12 +207,13 @@ class SimulatedProvider:
         """Clear scripted faults and counters, refill the rate-limit buckets and re-seed the randomness."""
         self.stats = ProviderStats()
         self._limits = RateLimits(self.config.rpm, self.config.tpm, self.config.window_seconds, self._clock())
+        self._limits.share(self.config.other_client_share, self._clock())
         self._random = random.Random(self.config.seed)
         self._pending: deque[FailNext] = deque()
         self._limited_until = -math.inf
         self._limited_retry_after: float | None = None
 
-    def control(self, command: FailNext | RateLimitFor | Reset) -> None:
+    def control(self, command: FailNext | RateLimitFor | ShareKey | Reset) -> None:
         """Apply a scripted-fault command (what ``POST /control`` does with its JSON body)."""
         if isinstance(command, FailNext):
             if command.count > 0:
@@ -204,6 +221,8 @@ class SimulatedProvider:
         elif isinstance(command, RateLimitFor):
             self._limited_until = self._clock() + command.seconds
             self._limited_retry_after = command.retry_after
+        elif isinstance(command, ShareKey):
+            self._limits.share(command.share, self._clock())
         else:
             self.reset()
 
@@ -283,21 +302,24 @@ class SimulatedProvider:
             return error_response(
                 429, "Rate limit reached (scripted).", retry_after=self._limited_retry_after
             )
-        rejection = self._limits.admit(usage.total_tokens, now)
+        rejection = self._limits.admit(usage.charged_tokens, now)
         if rejection is not None:
-            return rate_limit_response(rejection, self._limits.headers(now))
-        self.stats.tokens_admitted += usage.total_tokens
-        headers = self._limits.headers(now)
+            return rate_limit_response(rejection, self._headers(now))
+        self.stats.tokens_admitted += usage.charged_tokens
+        headers = self._headers(now)
         await asyncio.sleep(self._latency())
         fate = self._random.random()
         if fate < self.config.error_rate:
             return error_response(self._random.choice(RANDOM_ERROR_STATUSES), headers=headers)
         if fate < self.config.error_rate + self.config.timeout_rate:
             await asyncio.sleep(self.config.hang_seconds)
-        self.stats.arrivals.append(Arrival(now, usage.prompt_tokens, usage.total_tokens))
+        self.stats.arrivals.append(Arrival(now, usage.prompt_tokens, usage.charged_tokens))
         call_id = next(self._ids)
         payload = chat_body(body, usage, call_id) if endpoint == "chat" else embeddings_body(body, usage)
         return web.json_response(payload, headers=headers)
+
+    def _headers(self, now: float) -> dict[str, str]:
+        return self._limits.headers(now, self.config.rate_limit_headers, time.time())
 
     def _authorized(self, request: web.Request) -> bool:
         if self.config.api_key is None:

@@ -36,16 +36,24 @@ ECHO_CHARS = 200
 
 @dataclass(frozen=True)
 class Usage:
-    """Tokens a call is charged; ``capped`` when ``max_tokens`` cut the completion short."""
+    """Tokens a call uses; ``capped`` when ``max_tokens`` cut the completion short (``max_tokens``: asked)."""
 
     prompt_tokens: int
     completion_tokens: int = 0
     capped: bool = False
+    max_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
-        """Prompt plus completion tokens: what the call costs against the tokens-per-minute limit."""
+        """Prompt plus completion tokens, as reported in the answer's ``usage``."""
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def charged_tokens(self) -> int:
+        """What the call costs against the tokens-per-minute limit, counted the way OpenAI's limiter does:
+        the prompt's characters/4 estimate plus ``max_tokens`` when the request sets it (charged up front,
+        whatever the answer's length), else plus the completion."""
+        return self.prompt_tokens + (self.completion_tokens if self.max_tokens is None else self.max_tokens)
 
 
 def chat_usage(body: Mapping[str, Any], completion_tokens: int) -> Usage:
@@ -62,7 +70,7 @@ def chat_usage(body: Mapping[str, Any], completion_tokens: int) -> Usage:
         raise ValueError("'max_tokens' must be a positive integer")
     completion = completion_tokens if cap is None else min(cap, completion_tokens)
     capped = cap is not None and cap < completion_tokens
-    return Usage(estimate_prompt_tokens(messages), completion, capped)
+    return Usage(estimate_prompt_tokens(messages), completion, capped, cap)
 
 
 def embedding_usage(body: Mapping[str, Any]) -> Usage:

@@ -50,6 +50,11 @@ async def _acquire(
     return admission.wait
 
 
+async def _without_headers(limiter: RateLimiter, scope: str = "m") -> None:
+    """What a worker does after a successful call whose answer states no limit: the scope is unlimited."""
+    await limiter.observe(scope, None, None, None)
+
+
 async def _redis_now(client: AsyncRedis) -> float:
     seconds, microseconds = await client.time()
     return seconds + microseconds / 1_000_000
@@ -188,6 +193,7 @@ async def test_adjust_without_a_token_limit_writes_nothing(limiter: RateLimiter,
 
 
 async def test_cooldown_makes_every_caller_wait_even_without_a_limit(limiter: RateLimiter) -> None:
+    await _without_headers(limiter)
     assert await limiter.cooldown("m", 5) == pytest.approx(5.0, abs=CLOSE)
     waits = [await _acquire(limiter, None, max_wait=10) for _ in range(3)]
     assert waits == pytest.approx([5.0] * 3, abs=CLOSE)
@@ -197,6 +203,7 @@ async def test_cooldown_makes_every_caller_wait_even_without_a_limit(limiter: Ra
 
 
 async def test_shorter_cooldown_does_not_shorten_the_current_one(limiter: RateLimiter) -> None:
+    await _without_headers(limiter)
     await limiter.cooldown("m", 5)
     assert await limiter.cooldown("m", 1) == pytest.approx(5.0, abs=CLOSE)
     assert await _acquire(limiter, None) == pytest.approx(5.0, abs=CLOSE)
@@ -213,6 +220,7 @@ async def test_cooldown_delays_callers_of_a_limited_scope(limiter: RateLimiter) 
 
 
 async def test_cooldown_ends(limiter: RateLimiter) -> None:
+    await _without_headers(limiter)
     await limiter.cooldown("m", 0.2)
     await asyncio.sleep(0.25)
     assert await _acquire(limiter, None, max_wait=0) == 0.0
@@ -247,7 +255,8 @@ async def test_callers_queued_behind_a_cooldown_leave_it_no_faster_than_the_limi
 # ---- no limit, scopes, expiry --------------------------------------------------------------------
 
 
-async def test_no_limit_and_no_cooldown_admits_at_once(limiter: RateLimiter) -> None:
+async def test_an_unlimited_scope_without_cooldown_admits_at_once(limiter: RateLimiter) -> None:
+    await _without_headers(limiter)
     for limit in (None, LimitConfig()):
         assert [await _acquire(limiter, limit, tokens=10**6, max_wait=0) for _ in range(50)] == [0.0] * 50
 
@@ -258,6 +267,7 @@ async def test_scopes_are_independent(limiter: RateLimiter) -> None:
     assert await _acquire(limiter, ONE_PER_SECOND, scope="a") == pytest.approx(1.0, abs=CLOSE)
     await limiter.cooldown("a", 30)
     assert [await _acquire(limiter, ONE_PER_SECOND, max_wait=0, scope="b") for _ in range(5)] == [0.0] * 5
+    await _without_headers(limiter, "c")
     assert await _acquire(limiter, None, max_wait=0, scope="c") == 0.0
 
 

@@ -149,7 +149,7 @@ async def test_a_deployment_going_down_mid_batch_leaves_its_jobs_to_the_other_wi
         results = [await h.result(timeout=30) for h in handles]
 
     assert all(r.status == "succeeded" for r in results), [r.errors for r in results if not r.ok]
-    assert all(r.attempts == 1 and r.errors == [] for r in results)
+    assert all(r.attempts == 1 and r.errors == [] for r in results), [r.errors for r in results if r.errors]
     on_us = sum(r.deployment == "us" for r in results)
     assert 3 <= on_us < 40
     assert sum(r.deployment == "eu" for r in results) == 40 - on_us

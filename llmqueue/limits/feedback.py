@@ -1,0 +1,105 @@
+"""What a worker tells the shared limiter after each provider answer, and the warnings it gives once.
+
+After a success the provider's rate-limit headers (if any) teach the limiter the scope's limits and what
+is left; without token headers the call's reported usage reconciles the token estimate instead. After a
+429 the headers are read too, and the tokens the call took are given back: a refused call is not counted
+by the provider.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from llmqueue.limits.headers import ProviderLimits, parse_rate_limit_headers
+from llmqueue.limits.limiter import Admission, RateLimiter, Ticket
+from llmqueue.settings import LimitConfig
+
+logger = logging.getLogger("llmqueue.limits")
+
+
+class LimitFeedback:
+    """One worker's side of learning limits: reports answers to the limiter, warns once per scope."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+        self._learnt: dict[str, tuple[float, float]] = {}
+        self._warned: set[tuple[str, str]] = set()
+
+    def needs_estimate(self, scope: str, limit: LimitConfig | None) -> bool:
+        """Whether the scope may have a token limit, so a job's tokens must be estimated (CPU per job)."""
+        if limit is not None and limit.tpm is not None:
+            return True
+        learnt = self._learnt.get(scope)
+        return learnt is None or learnt[1] > 0
+
+    def admitted(self, scope: str, admission: Admission) -> None:
+        """Warn, once per scope, that calls go out with no limit at all."""
+        if admission.state == "unlimited":
+            self._warn_once(
+                scope,
+                "unlimited",
+                "scope %r runs unlimited: no rpm/tpm is configured for it and the provider's answers "
+                "state no rate limit; set LLM_RPM/LLM_TPM or [limits.%r] to limit it",
+                scope,
+                scope,
+            )
+
+    async def answered(
+        self,
+        scope: str,
+        limit: LimitConfig | None,
+        ticket: Ticket | None,
+        headers: Mapping[str, str],
+        *,
+        estimate: int,
+        used: int | None,
+    ) -> None:
+        """A successful answer: learn from its headers; reconcile tokens with ``used`` if it has none."""
+        said = parse_rate_limit_headers(headers, datetime.now(UTC))
+        await self._observe(scope, limit, said, ticket)
+        provider_counts_tokens = (
+            said is not None and said.tokens is not None and said.tokens.remaining is not None
+        )
+        took_tokens = ticket is not None and ticket.tokens_charged > 0
+        if used is not None and took_tokens and not provider_counts_tokens:
+            await self.limiter.adjust(scope, limit, tokens=estimate - used, ticket=ticket)
+
+    async def rate_limited(
+        self, scope: str, limit: LimitConfig | None, ticket: Ticket | None, headers: Mapping[str, str]
+    ) -> None:
+        """A 429: learn from its headers, if it has any, and give back the tokens the call took."""
+        said = parse_rate_limit_headers(headers, datetime.now(UTC))
+        if said is not None:
+            await self._observe(scope, limit, said, ticket)
+        await self.limiter.refund(scope, limit, ticket)
+
+    async def failed(self, scope: str, limit: LimitConfig | None, ticket: Ticket | None) -> None:
+        """Another failure: the tokens the call took are given back, as no answer was produced."""
+        await self.limiter.refund(scope, limit, ticket)
+
+    async def _observe(
+        self, scope: str, limit: LimitConfig | None, said: ProviderLimits | None, ticket: Ticket | None
+    ) -> None:
+        learnt_rpm, learnt_tpm = await self.limiter.observe(scope, limit, said, ticket)
+        self._learnt[scope] = (learnt_rpm, learnt_tpm)
+        if limit is None:
+            return
+        for name, configured, learnt in (("rpm", limit.rpm, learnt_rpm), ("tpm", limit.tpm, learnt_tpm)):
+            if configured is not None and 0 < learnt < configured:
+                self._warn_once(
+                    scope,
+                    f"above-{name}",
+                    "scope %r: the configured %s (%g) is above the provider's own limit (%g); the "
+                    "provider's is used",
+                    scope,
+                    name,
+                    configured,
+                    learnt,
+                )
+
+    def _warn_once(self, scope: str, what: str, message: str, *args: object) -> None:
+        if (scope, what) not in self._warned:
+            self._warned.add((scope, what))
+            logger.warning(message, *args)
