@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -85,18 +86,31 @@ def status(
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
-    """Counts, tokens, cost, throughput and ETA of a batch."""
+    """Counts, tokens, cost, throughput and ETA of a batch; with deployments, the calls of each and its
+    state now (in service, cooling down after a 429, taken out after failures)."""
     from llmqueue.batches.control import Batches
+    from llmqueue.limits.breaker import deployment_states
     from llmqueue.ops.display import status_table
     from llmqueue.producer import Producer
 
     settings = settings_from(config, redis_url)
+
+    async def states(batches: Batches, names: list[str]) -> dict[str, Any]:
+        return {s.name: s for s in await deployment_states(batches.redis, names)} if names else {}
+
+    async def view(batches: Batches) -> tuple[Any, dict[str, Any]]:
+        current = await batches.status(batch)
+        return current, await states(batches, list(current.deployments))
+
     if as_json:
-        current = with_batches(settings, lambda b: b.status(batch))
-        typer.echo(json.dumps(current.to_json(), indent=2))
+        current, now = with_batches(settings, view)
+        data = current.to_json()
+        data["deployment_states"] = {name: asdict(state) for name, state in now.items()}
+        typer.echo(json.dumps(data, indent=2))
         return
     if not watch:
-        Console().print(status_table(with_batches(settings, lambda b: b.status(batch))))
+        current, now = with_batches(settings, view)
+        Console().print(status_table(current, {name: state.describe() for name, state in now.items()}))
         return
 
     async def follow() -> None:
@@ -104,7 +118,8 @@ def status(
             batches = Batches(producer.store)
             with Live(console=Console(), refresh_per_second=4) as live:
                 async for current in batches.follow(batch, interval=1.0):
-                    live.update(status_table(current))
+                    now = await states(batches, list(current.deployments))
+                    live.update(status_table(current, {n: s.describe() for n, s in now.items()}))
 
     asyncio.run(follow())
 

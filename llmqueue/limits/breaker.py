@@ -35,6 +35,36 @@ class DownState:
     remaining: float
 
 
+@dataclass(frozen=True)
+class DeploymentState:
+    """A deployment as the workers left it: taken out or not, its pause, its limit and recent calls."""
+
+    name: str
+    down: DownState | None
+    pause: float
+    rpm: float
+    requests_last_minute: int
+
+    def describe(self) -> str:
+        """``in service, 588 rpm, 120 calls in the last minute`` or ``taken out for 4s (connection)``."""
+        if self.down is not None:
+            return f"taken out for {self.down.remaining:.0f}s ({self.down.reason})"
+        state = f"cooling down {self.pause:.1f}s (429)" if self.pause > 0 else "in service"
+        limit = f", {self.rpm:g} rpm" if self.rpm else ""
+        return f"{state}{limit}, {self.requests_last_minute} calls in the last minute"
+
+
+async def deployment_states(redis: Redis, names: Sequence[str]) -> list[DeploymentState]:
+    """The current state of each named deployment (for ``llmqueue status``)."""
+    limiter = RateLimiter(redis)
+    downs = await CircuitBreaker(redis, limiter, RouterSettings()).down(names)
+    states = []
+    for name, down in zip(names, downs, strict=True):
+        scope = await limiter.inspect(name)
+        states.append(DeploymentState(name, down, scope.cooldown, scope.rpm, scope.requests_last_minute))
+    return states
+
+
 class CircuitBreaker:
     """Takes failing deployments out of routing for a while; state in Redis, shared by workers."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import TracebackType
 
 from rich.console import Console
@@ -62,8 +63,8 @@ def progress_detail(status: BatchStatus) -> str:
     return " · ".join(parts)
 
 
-def status_table(status: BatchStatus) -> Table:
-    """The ``llmqueue status`` view of a batch."""
+def status_table(status: BatchStatus, deployments: Mapping[str, str] | None = None) -> Table:
+    """The ``llmqueue status`` view of a batch; ``deployments`` maps a deployment to its current state."""
     table = Table(title=f"batch {status.batch_id}", show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
@@ -82,10 +83,13 @@ def status_table(status: BatchStatus) -> Table:
         ("elapsed", format_seconds(status.elapsed)),
         ("ETA", "done" if status.done else format_seconds(status.eta_seconds)),
     ]
-    rows += [
-        (f"  {name}", deployment_split(counts, status.deployments))
-        for name, counts in status.deployments.items()
-    ]
+    if status.deployments:
+        rows.append(("deployments", "calls of this batch, and each deployment's state now"))
+    for name, counts in status.deployments.items():
+        now = (deployments or {}).get(name)
+        rows.append(
+            (f"  {name}", deployment_split(counts, status.deployments) + (f" · {now}" if now else ""))
+        )
     if status.cancel_requested:
         rows.append(("state", "cancelled by request"))
     elif status.budget_exceeded:
@@ -99,8 +103,15 @@ def deployment_split(counts: dict[str, int], every: dict[str, dict[str, int]]) -
     """One deployment's row of ``status``: its calls, their share of all, and how they ended."""
     calls = sum(counts.values())
     total = sum(sum(c.values()) for c in every.values()) or 1
-    ended = ", ".join(f"{n} {'answered' if kind == 'ok' else kind}" for kind, n in sorted(counts.items()))
+    ended = ", ".join(
+        f"{n} {'answered' if kind == 'ok' else kind}"
+        for kind, n in sorted(counts.items(), key=_answered_first)
+    )
     return f"{calls} calls ({100 * calls / total:.0f}%): {ended}"
+
+
+def _answered_first(item: tuple[str, int]) -> tuple[bool, str]:
+    return item[0] != "ok", item[0]
 
 
 def format_seconds(seconds: float | None) -> str:

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import fakeredis
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 from rich.console import Console
+from typer.testing import CliRunner
 
 from llmqueue import keys
 from llmqueue.batches.ledger import BatchLedger
+from llmqueue.cli import app
+from llmqueue.limits.breaker import CircuitBreaker
+from llmqueue.limits.limiter import RateLimiter
+from llmqueue.llm.deployments import RouterSettings
 from llmqueue.ops.display import deployment_split, status_table
 from llmqueue.ops.events import JobEvent
 from llmqueue.ops.metrics import WorkerMetrics
+from llmqueue.settings import LimitConfig
 
 
 async def test_batch_status_counts_calls_per_deployment_by_outcome(
@@ -85,3 +95,37 @@ def test_metrics_count_calls_per_deployment_and_outcome() -> None:
     assert value("us", "rerouted") == 1
     assert value("eu", "rate_limit") == 1
     assert metrics.registry.get_sample_value("llmqueue_in_flight", {"model": "gpt-4o"}) == 0
+
+
+async def _two_deployments_batch(redis_url: str) -> None:
+    """A batch whose calls went to eu and us; us then taken out by a refused connection."""
+    redis = Redis.from_url(redis_url)
+    try:
+        ledger = BatchLedger(redis)
+        await redis.hset(keys.batch("tickets"), mapping={"total": 4, "created_at": 1.0})
+        for name, outcome in [("eu", "ok"), ("eu", "ok"), ("us", "ok"), ("us", "connection")]:
+            await ledger.count_deployment_call("tickets", name, outcome)
+        limiter = RateLimiter(redis)
+        await CircuitBreaker(redis, limiter, RouterSettings(cooldown_time=30)).record_failure(
+            "us", "connection"
+        )
+        await limiter.acquire("eu", LimitConfig(rpm=600), tokens=0, max_wait=1)
+    finally:
+        await redis.aclose()
+
+
+def test_status_command_shows_each_deployments_split_and_state(redis_url: str) -> None:
+    asyncio.run(_two_deployments_batch(redis_url))
+
+    table = CliRunner().invoke(app, ["status", "tickets", "--redis-url", redis_url], env={"COLUMNS": "200"})
+    data = json.loads(
+        CliRunner().invoke(app, ["status", "tickets", "--json", "--redis-url", redis_url]).stdout
+    )
+
+    assert table.exit_code == 0, table.output
+    lines = {line.split()[0]: line for line in table.stdout.splitlines() if line.strip()}
+    assert "2 calls (50%): 2 answered · in service, 600 rpm, 1 calls in the last minute" in lines["eu"]
+    assert "1 answered, 1 connection · taken out for 30s (connection)" in lines["us"]
+    assert data["deployments"] == {"eu": {"ok": 2}, "us": {"connection": 1, "ok": 1}}
+    assert data["deployment_states"]["us"]["down"]["reason"] == "connection"
+    assert data["deployment_states"]["eu"]["down"] is None
