@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Batch, Workers, flush, producer_settings, run_batch, warm_up
-from llmqueue.batches.run import SIMULATED_HEADROOM
 from llmqueue.ops.embedded_redis import EmbeddedRedis
 from llmqueue.producer import Producer
+from llmqueue.simulator.demo import SIMULATED_HEADROOM
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
 

@@ -19,10 +19,10 @@ from typing import Any
 from bench.harness import QueueRun, Workers, queue_run, worker_env
 from bench.measures import provider_figures
 from bench.workloads import LONG_PROMPT_TOKENS, MODEL, Workload, jobs
-from llmqueue.batches.run import SIMULATED_HEADROOM
 from llmqueue.limits.tokens import estimate_tokens
 from llmqueue.models import Job
 from llmqueue.ops.embedded_redis import EmbeddedRedis
+from llmqueue.simulator.demo import SIMULATED_HEADROOM
 from llmqueue.simulator.limits import estimate_prompt_tokens
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig

@@ -92,6 +92,13 @@ class CircuitBreaker:
         await self._open(scope, kind)
         return True
 
+    async def taken_out_with_others_left(self, scope: str, kind: str, others: Sequence[str]) -> bool:
+        """Record a failed call of ``scope``; True when it is now out of service and at least one of
+        ``others`` (the same model's other deployments) is in service to take its jobs."""
+        if not self.is_deployment_fault(kind) or not await self.record_failure(scope, kind):
+            return False
+        return any(state is None for state in await self.down(others)) if others else False
+
     async def down(self, scopes: Sequence[str]) -> list[DownState | None]:
         """For each scope, why and how long it is out, or None when it is in service."""
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -58,6 +58,17 @@ class Deployments:
         return [s for group in self._by_name.values() for c in group for s in c.deployment.secrets]
 
 
+def fallback_model(fallbacks: Mapping[str, list[str]], model: str, moved_on: int) -> str:
+    """The model a job for ``model`` runs on after moving on ``moved_on`` times along its fallbacks."""
+    chain = fallbacks.get(model, [])
+    return chain[min(moved_on, len(chain)) - 1] if moved_on and chain else model
+
+
+def next_fallback(chain: list[str], moved_on: int) -> str | None:
+    """The fallback a job whose retries are spent moves on to next, if its chain has one left."""
+    return chain[moved_on] if moved_on < len(chain) else None
+
+
 def deployment_kwargs(
     kwargs: dict[str, Any], deployment: ResolvedDeployment, job_params: Mapping[str, Any]
 ) -> dict[str, Any]:

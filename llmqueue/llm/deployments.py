@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from llmqueue.errors import ConfigError
 
@@ -72,6 +72,15 @@ class LiteLLMParams(BaseModel):
     api_version: str | None = None
     rpm: float | None = Field(None, gt=0, description="requests per minute of this deployment")
     tpm: float | None = Field(None, gt=0, description="tokens per minute of this deployment")
+
+    @model_validator(mode="after")
+    def _hide_credentials(self) -> LiteLLMParams:
+        # Credentials written inline (aws_secret_access_key …) stay hidden in reprs and dumps.
+        extra = self.model_extra or {}
+        for key in SECRET_PARAMS.intersection(extra):
+            if isinstance(extra[key], str):
+                extra[key] = SecretStr(extra[key])
+        return self
 
 
 class Deployment(BaseModel):
@@ -262,6 +271,8 @@ def resolve(deployments: Sequence[Deployment], environ: Mapping[str, str]) -> li
         for key, value in values.items():
             if key in IGNORED_PARAMS:
                 continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             if isinstance(value, str) and value.startswith(ENV_PREFIX):
                 variable = value.removeprefix(ENV_PREFIX)
                 if variable not in environ:
@@ -284,6 +295,8 @@ def resolve(deployments: Sequence[Deployment], environ: Mapping[str, str]) -> li
 def _param_problems(deployment: Deployment) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for key, value in deployment.extra_params.items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         if isinstance(value, str) and value.startswith(ENV_PREFIX) and not value.removeprefix(ENV_PREFIX):
             problems.append((key, f"{ENV_PREFIX} needs a variable name"))
     spec = deployment.litellm_params

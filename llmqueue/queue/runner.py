@@ -22,7 +22,7 @@ from llmqueue.limits.breaker import CircuitBreaker
 from llmqueue.limits.feedback import LimitFeedback
 from llmqueue.limits.headers import exception_headers, response_headers
 from llmqueue.limits.limiter import DEFAULT_PRIORITY, RateLimiter, Ticket
-from llmqueue.limits.routing import Candidate, Deployments, deployment_kwargs
+from llmqueue.limits.routing import Candidate, Deployments, deployment_kwargs, fallback_model, next_fallback
 from llmqueue.limits.tokens import estimate_tokens, usage_tokens
 from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.llm.call import call_kwargs, call_provider, job_model, supports_prompt_caching
@@ -117,7 +117,7 @@ class JobRunner:
         if start.stop_reason is not None:
             await self._finish_stopped(job, start.stop_reason, start)
             return
-        model = self._model_of(job, llm, start)
+        model = fallback_model(self.settings.fallbacks, job_model(job, llm), start.fallback)
         candidates = self.deployments.candidates(model) if self.deployments else []
         if candidates:
             scope, limit = model, None  # until admission picks a deployment
@@ -258,7 +258,8 @@ class JobRunner:
             await self.store.record_error(call.job.id, call.job.batch_id, summary)
             self._emit("retrying", call, wait=summary.retry_in, message=error.message, **details)
             raise Retry(defer=summary.retry_in)
-        fallback = self._next_fallback(call) if error.retryable else None
+        chain = self.settings.fallbacks.get(job_model(call.job, call.llm), [])
+        fallback = next_fallback(chain, call.start.fallback) if error.retryable else None
         if fallback is not None:
             summary.retry_in = 0.0
             number = call.start.fallback + 1
@@ -271,17 +272,6 @@ class JobRunner:
         await self.store.finish(result, reply_to=call.job.reply_to, was_calling=True)
         self._emit("failed", call, message=error.message, **details)
 
-    def _model_of(self, job: Job, llm: LLMConfig, start: AttemptStart) -> str:
-        """The job's model, or the fallback it has moved on to."""
-        model = job_model(job, llm)
-        chain = self.settings.fallbacks.get(model, [])
-        return chain[min(start.fallback, len(chain)) - 1] if start.fallback and chain else model
-
-    def _next_fallback(self, call: _Call) -> str | None:
-        """The model a job whose retries are spent moves on to, if its model's fallbacks have one left."""
-        chain = self.settings.fallbacks.get(job_model(call.job, call.llm), [])
-        return chain[call.start.fallback] if call.start.fallback < len(chain) else None
-
     async def _rerouted(self, call: _Call, error: ProviderError, *, latency: float) -> bool:
         """After a deployment's fault (connection error, 5xx, timeout, 401/404): take it out when the
         breaker says so, and send the job to another deployment without spending an attempt.
@@ -289,13 +279,10 @@ class JobRunner:
         False when the job cannot be rerouted (no deployment left in service, or it was rerouted as
         often as its model has deployments, twice over): then the failure counts as usual.
         """
-        if call.deployment is None or not self.breaker.is_deployment_fault(error.kind):
+        if call.deployment is None:
             return False
-        if not await self.breaker.record_failure(call.scope, error.kind):
-            return False
-        others = [c for c in call.candidates if c is not call.deployment]
-        states = await self.breaker.down([c.scope for c in others]) if others else []
-        if all(state is not None for state in states):
+        others = [c.scope for c in call.candidates if c is not call.deployment]
+        if not await self.breaker.taken_out_with_others_left(call.scope, error.kind, others):
             return False
         if await self.store.count_reroute(call.job.id) > 2 * len(call.candidates):
             return False

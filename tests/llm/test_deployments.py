@@ -183,10 +183,12 @@ def test_litellm_proxy_yaml_gives_model_list_fallbacks_and_cooldowns(
 
     names = [d.name for d in settings.deployments_of("claude-sonnet")]
     assert names == ["claude-sonnet#0", "claude-sonnet#1"]
-    assert settings.model_list[1].extra_params == {
-        "aws_region_name": "us-east-1",
-        "aws_secret_access_key": "os.environ/AWS_SECRET",
-    }
+    extra = settings.model_list[1].extra_params
+    assert extra["aws_region_name"] == "us-east-1"
+    assert extra["aws_secret_access_key"].get_secret_value() == "os.environ/AWS_SECRET"
+    resolved = resolve(settings.model_list, {"ANTHROPIC_KEY_A": "ant-key-1", "AWS_SECRET": "aws-secret-2"})
+    assert resolved[1].params["aws_secret_access_key"] == "aws-secret-2"
+    assert resolved[1].secrets == ("aws-secret-2",)
     assert settings.fallbacks == {"claude-sonnet": ["claude-haiku"]}
     assert (settings.router_settings.cooldown_time, settings.router_settings.allowed_fails) == (12, 2)
     warning = caplog.text
@@ -274,3 +276,15 @@ def test_secrets_of_settings_include_model_list_credentials(tmp_path: Path) -> N
     secrets = secrets_of(settings, {"AZURE_EU_KEY": "azure-eu-secret-1", "OPENAI_KEY": "sk-openai-2"})
 
     assert {"azure-eu-secret-1", "sk-openai-2"} <= set(secrets)
+
+
+def test_an_inline_credential_is_hidden_in_settings_and_scrubbed_from_logs(tmp_path: Path) -> None:
+    text = (
+        '[[model_list]]\nmodel_name = "claude"\n'
+        'litellm_params = { model = "bedrock/claude", aws_secret_access_key = "inline-aws-secret-9" }\n'
+    )
+    settings = load_settings(write(tmp_path, "config.toml", text))
+
+    assert "inline-aws-secret-9" not in repr(settings)
+    assert "inline-aws-secret-9" in secrets_of(settings, {})
+    assert resolve(settings.model_list, {})[0].params["aws_secret_access_key"] == "inline-aws-secret-9"
