@@ -89,6 +89,11 @@ def batch_custom_ids(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:custom-ids"
 
 
+def batch_scopes(batch_id: str) -> str:
+    """The limit scopes a batch's jobs ran in (a set), for ``llmqueue status``."""
+    return f"{PREFIX}:batch:{batch_id}:scopes"
+
+
 def batches() -> str:
     """All batch ids, scored by creation time (a sorted set)."""
     return f"{PREFIX}:batches"

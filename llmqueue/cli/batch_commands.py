@@ -24,6 +24,7 @@ from llmqueue.cli.common import (
     console,
     settings_from,
     with_batches,
+    with_redis,
 )
 from llmqueue.errors import LLMQueueError
 
@@ -89,8 +90,9 @@ def status(
     """Counts, tokens, cost, throughput and ETA of a batch; with deployments, the calls of each and its
     state now (in service, cooling down after a 429, taken out after failures)."""
     from llmqueue.batches.control import Batches
+    from llmqueue.cli.limit_commands import batch_limits
     from llmqueue.limits.breaker import deployment_states
-    from llmqueue.ops.display import status_table
+    from llmqueue.ops.display import limits_table, status_table
     from llmqueue.producer import Producer
 
     settings = settings_from(config, redis_url)
@@ -104,13 +106,17 @@ def status(
 
     if as_json:
         current, now = with_batches(settings, view)
-        data = current.to_json()
+        limits = with_redis(settings, lambda redis: batch_limits(redis, batch))
+        data = {**current.to_json(), "limits": [s.to_json() for s in limits]}
         data["deployment_states"] = {name: asdict(state) for name, state in now.items()}
         typer.echo(json.dumps(data, indent=2))
         return
     if not watch:
         current, now = with_batches(settings, view)
         Console().print(status_table(current, {name: state.describe() for name, state in now.items()}))
+        limits = with_redis(settings, lambda redis: batch_limits(redis, batch))
+        if limits:
+            Console().print(limits_table(limits, title="limits it runs under"))
         return
 
     async def follow() -> None:

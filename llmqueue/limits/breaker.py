@@ -117,7 +117,10 @@ class CircuitBreaker:
     async def _open(self, scope: str, kind: str) -> None:
         settings = self._settings
         remaining = await self._limiter.cooldown(
-            scope, settings.cooldown_time, longest=max(settings.cooldown_time, settings.max_cooldown_time)
+            scope,
+            settings.cooldown_time,
+            longest=max(settings.cooldown_time, settings.max_cooldown_time),
+            rate_limited=False,
         )
         down = keys.breaker_down(scope)
         async with self._redis.pipeline(transaction=False) as pipe:

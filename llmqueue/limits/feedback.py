@@ -9,23 +9,50 @@ by the provider.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
 
 from llmqueue.limits.headers import ProviderLimits, parse_rate_limit_headers
-from llmqueue.limits.limiter import Admission, RateLimiter, Ticket
+from llmqueue.limits.limiter import Admission, RateLimiter, ScopeState, Ticket
 from llmqueue.settings import LimitConfig
 
 logger = logging.getLogger("llmqueue.limits")
+
+#: Seconds between two reports of one scope's state to the listeners (metrics).
+REPORT_INTERVAL = 5.0
+
+
+@runtime_checkable
+class LimitListener(Protocol):
+    """An event sink that also wants each scope's limit state now and then (the worker's metrics)."""
+
+    def observe_limits(self, state: ScopeState) -> None: ...
 
 
 class LimitFeedback:
     """One worker's side of learning limits: reports answers to the limiter, warns once per scope."""
 
-    def __init__(self, limiter: RateLimiter) -> None:
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        listeners: Sequence[Callable[[ScopeState], None]] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limiter = limiter
+        self.listeners = list(listeners)
+        self._clock = clock
         self._learnt: dict[str, tuple[float, float]] = {}
         self._warned: set[tuple[str, str]] = set()
+        self._reported: dict[str, float] = {}
+        self._batch_scopes: set[tuple[str, str]] = set()
+
+    async def ran_in_batch(self, batch_id: str | None, scope: str) -> None:
+        """Note once that a job of ``batch_id`` ran in ``scope`` (``llmqueue status`` shows its limits)."""
+        if batch_id is not None and (batch_id, scope) not in self._batch_scopes:
+            await self.limiter.note_batch_scope(batch_id, scope)
+            self._batch_scopes.add((batch_id, scope))
 
     def needs_estimate(self, scope: str, limit: LimitConfig | None) -> bool:
         """Whether the scope may have a token limit, so a job's tokens must be estimated (CPU per job)."""
@@ -84,6 +111,7 @@ class LimitFeedback:
     ) -> None:
         learnt_rpm, learnt_tpm = await self.limiter.observe(scope, limit, said, ticket)
         self._learnt[scope] = (learnt_rpm, learnt_tpm)
+        await self._report(scope)
         if limit is None:
             return
         for name, configured, learnt in (("rpm", limit.rpm, learnt_rpm), ("tpm", limit.tpm, learnt_tpm)):
@@ -98,6 +126,17 @@ class LimitFeedback:
                     configured,
                     learnt,
                 )
+
+    async def _report(self, scope: str) -> None:
+        if not self.listeners:
+            return
+        now = self._clock()
+        if now - self._reported.get(scope, -REPORT_INTERVAL) < REPORT_INTERVAL:
+            return
+        self._reported[scope] = now
+        state = await self.limiter.inspect(scope)
+        for listener in self.listeners:
+            listener(state)
 
     def _warn_once(self, scope: str, what: str, message: str, *args: object) -> None:
         if (scope, what) not in self._warned:

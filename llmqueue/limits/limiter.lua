@@ -6,8 +6,8 @@
 --   cool, streak, pause   the 429 cooldown
 --   lrpm, ltpm     limits learnt from the provider's headers (per minute); hdr: 'yes' once headers were
 --                  seen, 'none' after a response without any (the scope is then unlimited)
---   ra/rb, ta/tb   running sums whose ratio a/b is the learnt charge factor: what the provider counts per
---                  unit we count (>= 1; another client on the key, or a provider counting more tokens)
+--   ra/rb, ta/tb   decaying sums whose ratio a/b is the learnt charge factor: what the provider counts
+--                  per unit we count (>= 1; another client on the key, or a provider counting more tokens)
 --   rgc/tgc, rgr/tgr   cumulative units granted, charged and as estimated; rsc/tsc, rsr/tsr: their
 --                  values at the last learning sample; rc/tc: cumulative corrections from headers
 --   probe, probe_ts    grants made while probing a scope with no limit yet
@@ -30,14 +30,15 @@
 -- adjust:   ARGV[6] charged tokens to add back (negative: charge more), ARGV[7] the same as estimated
 -- cooldown: ARGV[6] seconds every caller must pause (0: only ask what is left), ARGV[7] the longest pause
 --           (0: no escalation); returns {1, seconds remaining}. A 429 soon after the last pause ended
---           doubles the pause (up to ARGV[7]): the provider is still refusing.
+--           doubles the pause (up to ARGV[7]): the provider is still refusing. ARGV[8] '0': the pause is
+--           not a 429 (a deployment taken out by the circuit breaker), so it is not counted as one.
 -- observe:  ARGV[6] limit-requests, ARGV[7] limit-tokens (0: not sent), ARGV[8] remaining-requests,
 --           ARGV[9] remaining-tokens (-1: not sent), ARGV[10..17] the ticket of the call (rbelief,
 --           tbelief, rc, tc, rgc, tgc, rgr, tgr; rbelief -1e308: no ticket). Returns {lrpm, ltpm}.
 -- inspect:  returns the scope's state (see limiter.py, ScopeState).
 
 local PROBE_REQUESTS, PROBE_WINDOW, PROBE_RETRY = 2, 5, 0.2
-local MAX_FACTOR, DECAY, TOLERANCE, GRACE, SLOT, SLOTS = 4, 0.95, 0.5, 0.2, 5, 12
+local MAX_FACTOR, LEARN_SECONDS, TOLERANCE, GRACE, SLOT, SLOTS = 4, 5, 0.5, 0.2, 5, 12
 local DEFAULT_PRIORITY, MAX_PRIORITY = 1, 9
 local NO_TICKET = -1e300
 local unpack = unpack or table.unpack
@@ -145,7 +146,7 @@ if op == 'cooldown' then
     end
     cool = math.max(cool, now + pause)
     set('cool', cool); set('streak', streak); set('pause', pause)
-    count('e', 1)
+    if ARGV[8] ~= '0' then count('e', 1) end
     save()
   end
   return {1, tostring(math.max(0, cool - now))}
@@ -179,7 +180,7 @@ if op == 'observe' then
   -- b: bucket prefix, rate/cap: its shape, left: the provider's remaining, belief/rc/gc/gr from the ticket
   local function correct(b, rate, cap, left, belief, corr_at, gc_at, gr_at, whole)
     if rate <= 0 or left < 0 then return end
-    if h[b] == nil then
+    if not h[b] then
       -- The first sight of this bucket: start from what the provider says is left.
       set(b, math.min(cap, left)); set(b .. 'ts', now)
       set(b .. 'sc', num(b .. 'gc', 0)); set(b .. 'sr', num(b .. 'gr', 0))
@@ -196,9 +197,13 @@ if op == 'observe' then
     end
     local span_charged, span_raw = gc_at - num(b .. 'sc', 0), gr_at - num(b .. 'sr', 0)
     if span_charged > 0 and span_raw > 0 then
+      -- Sums over about LEARN_SECONDS of traffic at the limit, starting as if that much had been seen
+      -- at a factor of 1, so one shortfall (another client's burst) moves the factor only a little.
+      local window = math.max(1, rate * LEARN_SECONDS / 60)
+      local keep = math.exp(-span_raw / window)
       local counted = math.max(span_charged * 0.5, span_charged - gap)
-      set(b .. 'a', num(b .. 'a', 0) * DECAY + counted)
-      set(b .. 'b', num(b .. 'b', 0) * DECAY + span_raw)
+      set(b .. 'a', num(b .. 'a', window) * keep + counted)
+      set(b .. 'b', num(b .. 'b', window) * keep + span_raw)
       set(b .. 'sc', gc_at); set(b .. 'sr', gr_at)
     end
   end

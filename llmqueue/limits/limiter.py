@@ -40,6 +40,9 @@ MAX_PRIORITY = 9
 #: The longest reservation (seconds) a job below the default priority may hold, when one refill is shorter.
 LOW_PRIORITY_HOLD = 0.1
 
+#: Seconds the record of which scopes a batch ran in is kept after its last job started.
+BATCH_SCOPES_TTL = 7 * 86400
+
 LimitState = Literal["limited", "probing", "unlimited"]
 _NO_TICKET = -1e300
 
@@ -292,14 +295,19 @@ class RateLimiter:
         )
         return float(reply[0]), float(reply[1])
 
-    async def cooldown(self, scope: str, seconds: float, *, longest: float = 0.0) -> float:
+    async def cooldown(
+        self, scope: str, seconds: float, *, longest: float = 0.0, rate_limited: bool = True
+    ) -> float:
         """Pause the whole scope for ``seconds`` (a 429 seen by one worker); returns the pause left.
 
         With ``longest`` set, a 429 that arrives soon after the previous pause ended doubles the pause,
         up to ``longest`` seconds, so a provider that keeps refusing is probed less and less often.
-        ``seconds=0`` only reads how much of the current pause is left.
+        ``seconds=0`` only reads how much of the current pause is left. ``rate_limited=False``: a pause
+        for another reason (a failing deployment), not counted among the scope's 429s.
         """
-        reply = await self._run(scope, "cooldown", BucketShape.of(UNLIMITED), seconds, longest)
+        reply = await self._run(
+            scope, "cooldown", BucketShape.of(UNLIMITED), seconds, longest, 1 if rate_limited else 0
+        )
         return float(reply[1])
 
     async def inspect(self, scope: str) -> ScopeState:
@@ -330,6 +338,23 @@ class RateLimiter:
         """Every scope a worker has acquired from (while its buckets are kept), sorted."""
         members = await self._redis.smembers(keys.limit_scopes())
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    async def note_batch_scope(self, batch_id: str, scope: str) -> None:
+        """Record that jobs of ``batch_id`` run in ``scope`` (kept as long as a queued job)."""
+        key = keys.batch_scopes(batch_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(key, scope)
+            pipe.expire(key, BATCH_SCOPES_TTL)
+            await pipe.execute()
+
+    async def batch_scopes(self, batch_id: str) -> list[str]:
+        """The scopes jobs of ``batch_id`` ran in, sorted."""
+        members = await self._redis.smembers(keys.batch_scopes(batch_id))
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    async def exists(self, scope: str) -> bool:
+        """Whether the scope's buckets are kept (a worker used it within the last hour)."""
+        return bool(await self._redis.exists(keys.limiter(scope)))
 
     async def _remember(self, scope: str) -> None:
         if scope not in self._known_scopes:

@@ -1,8 +1,8 @@
-"""How a batch's progress and status look in a terminal (rich)."""
+"""How a batch's progress and status, and the limits, look in a terminal (rich)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 from rich.console import Console
@@ -10,6 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from llmqueue.batches.ledger import BatchStatus
+from llmqueue.limits.breaker import DeploymentState
+from llmqueue.limits.limiter import ScopeState
 
 
 class BatchProgress:
@@ -135,3 +137,54 @@ def _budget(status: BatchStatus) -> str:
     if status.max_tokens is not None:
         caps.append(f"max {status.max_tokens} tokens")
     return f" ({', '.join(caps)})" if caps else ""
+
+
+def deployments_table(states: Sequence[DeploymentState], model_names: Mapping[str, str]) -> Table:
+    """The deployments part of ``llmqueue limits``: each one's model name and its state now."""
+    table = Table(title="deployments")
+    for column in ("deployment", "model name", "state"):
+        table.add_column(column)
+    for state in states:
+        table.add_row(state.name, model_names.get(state.name, ""), state.describe())
+    return table
+
+
+def limits_table(states: Sequence[ScopeState], title: str = "limits") -> Table:
+    """The ``llmqueue limits`` view: one row per scope, its limits, their source, level and last minute."""
+    table = Table(title=title)
+    for column in ("scope", "limit", "source", "level", "cooldown", "last minute"):
+        table.add_column(column)
+    for state in states:
+        if state.state == "limited":
+            parts = []
+            if state.rpm:
+                parts.append(f"{state.rpm:g} rpm")
+            if state.tpm:
+                parts.append(f"{state.tpm:g} tpm")
+            limit = ", ".join(parts)
+            level = " · ".join(
+                f"{current:.0f}/{capacity:.0f} {unit}"
+                for rate, current, capacity, unit in (
+                    (state.rpm, state.request_level, state.request_capacity, "req"),
+                    (state.tpm, state.token_level, state.token_capacity, "tok"),
+                )
+                if rate
+            )
+        else:
+            limit = state.state  # "unlimited", or "probing" until the provider's first answer
+            level = "-"
+        factors = [
+            f"{name} x{factor:.2f}"
+            for name, factor in (("req", state.request_factor), ("tok", state.token_factor))
+            if factor > 1.005
+        ]
+        source = state.source + (f" ({', '.join(factors)})" if factors else "")
+        table.add_row(
+            state.scope,
+            limit,
+            source,
+            level,
+            format_seconds(state.cooldown) if state.cooldown > 0 else "-",
+            f"{state.requests_last_minute} requests, {state.rate_limited_last_minute} answered 429",
+        )
+    return table

@@ -24,6 +24,11 @@ events since it started; Prometheus sums them across workers.
 - ``llmqueue_in_flight{model}`` (gauge): provider calls running in this worker now
 - ``llmqueue_deployment_calls_total{model,deployment,outcome}``: calls of jobs routed over a model_list,
   per deployment, by how they ended (``ok``, ``rerouted``, or the error kind: ``rate_limit`` …)
+- ``llmqueue_limit{scope,kind,source}`` (gauge): the rate a scope runs under, per minute (``kind``
+  ``requests`` or ``tokens``; ``source`` ``configured``, ``learnt``, ``both`` or ``none``; 0: none)
+- ``llmqueue_limit_level{scope,kind}`` (gauge): what the scope's shared bucket holds now
+
+The limit gauges are refreshed from Redis at most every 5 s per scope, after a provider answer.
 
 The registry also holds the usual ``process_*`` and ``python_*`` series of the worker process.
 """
@@ -41,6 +46,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from llmqueue.limits.limiter import ScopeState
 from llmqueue.ops.events import JobEvent
 
 __all__ = ["WorkerMetrics"]
@@ -114,6 +120,33 @@ class WorkerMetrics:
             namespace="llmqueue",
             registry=registry,
         )
+        self.limit = Gauge(
+            "limit",
+            "The rate a scope runs under, per minute (0: none), and where it comes from.",
+            ("scope", "kind", "source"),
+            namespace="llmqueue",
+            registry=registry,
+        )
+        self.limit_level = Gauge(
+            "limit_level",
+            "What the scope's shared bucket holds now (requests or tokens).",
+            ("scope", "kind"),
+            namespace="llmqueue",
+            registry=registry,
+        )
+        self._limit_sources: dict[str, str] = {}
+
+    def observe_limits(self, state: ScopeState) -> None:
+        """Set the limit gauges of one scope (called by the worker's limit feedback)."""
+        previous = self._limit_sources.get(state.scope)
+        if previous is not None and previous != state.source:
+            for kind in ("requests", "tokens"):
+                self.limit.remove(state.scope, kind, previous)
+        self._limit_sources[state.scope] = state.source
+        self.limit.labels(state.scope, "requests", state.source).set(state.rpm)
+        self.limit.labels(state.scope, "tokens", state.source).set(state.tpm)
+        self.limit_level.labels(state.scope, "requests").set(state.request_level)
+        self.limit_level.labels(state.scope, "tokens").set(state.token_level)
 
     def __call__(self, event: JobEvent) -> None:
         """Count one job event."""

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import litellm
 from arq.worker import Retry
@@ -19,7 +19,7 @@ from arq.worker import Retry
 from llmqueue.batches.ledger import BatchLedger
 from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
 from llmqueue.limits.breaker import CircuitBreaker
-from llmqueue.limits.feedback import LimitFeedback
+from llmqueue.limits.feedback import LimitFeedback, LimitListener
 from llmqueue.limits.headers import exception_headers, response_headers
 from llmqueue.limits.limiter import DEFAULT_PRIORITY, RateLimiter, Ticket
 from llmqueue.limits.routing import Candidate, Deployments, deployment_kwargs, fallback_model, next_fallback
@@ -95,7 +95,10 @@ class JobRunner:
     def __post_init__(self) -> None:
         self.ledger = BatchLedger(self.store.redis)
         self.breaker = CircuitBreaker(self.store.redis, self.limiter, self.settings.router_settings)
-        self.feedback = LimitFeedback(self.limiter)
+        listeners = [
+            cast(LimitListener, s).observe_limits for s in self.sinks if isinstance(s, LimitListener)
+        ]
+        self.feedback = LimitFeedback(self.limiter, listeners)
 
     async def handle(self, job_id: str, payload: Any) -> None:
         """Run one start of a job. Raises arq's Retry to re-enqueue it; returns once a result is stored."""
@@ -174,6 +177,7 @@ class JobRunner:
             raise Retry(defer=admission.wait)  # not an attempt: the job frees its slot meanwhile
         call.ticket = admission.ticket
         self.feedback.admitted(call.scope, admission)
+        await self.feedback.ran_in_batch(call.job.batch_id, call.scope)
         if admission.wait > 0:
             self._emit("limiter_wait", call, wait=admission.wait)
             await asyncio.sleep(admission.wait)

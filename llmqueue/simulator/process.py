@@ -61,8 +61,8 @@ class ProviderProcess:
         return data
 
     def control(self, action: str, **fields: Any) -> None:
-        """Script faults: ``fail_next`` (count, status, retry_after), ``rate_limit_for``, ``share_key``
-        (share), ``reset``."""
+        """Script the provider: ``fail_next`` (count, status, retry_after), ``rate_limit_for``,
+        ``share_key`` (share), ``reset``."""
         response = httpx.post(self._root() + "/control", json={"action": action, **fields}, timeout=10)
         response.raise_for_status()
 

@@ -29,6 +29,8 @@ async def test_a_connection_error_401_or_404_takes_the_deployment_out_at_once(
     assert 4.5 < state.remaining <= 5.0
     # The limiter's scope is paused as long: routing's wait for this deployment includes it.
     assert 4.5 < await RateLimiter(fake_redis).cooldown("eu", 0) <= 5.0
+    # Taken out is not rate limited: the scope's last-minute 429 count stays at zero.
+    assert (await RateLimiter(fake_redis).inspect("eu")).rate_limited_last_minute == 0
 
 
 async def test_server_errors_take_it_out_only_after_allowed_fails(breaker: CircuitBreaker) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import fakeredis
 from prometheus_client import CollectorRegistry
@@ -129,3 +130,25 @@ def test_status_command_shows_each_deployments_split_and_state(redis_url: str) -
     assert data["deployments"] == {"eu": {"ok": 2}, "us": {"connection": 1, "ok": 1}}
     assert data["deployment_states"]["us"]["down"]["reason"] == "connection"
     assert data["deployment_states"]["eu"]["down"] is None
+
+
+def test_limits_command_lists_each_deployment_of_the_model_list(redis_url: str, tmp_path: Path) -> None:
+    asyncio.run(_two_deployments_batch(redis_url))
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "".join(
+            f'[[model_list]]\nmodel_name = "gpt-4o"\nmodel_info = {{ id = "{name}" }}\n'
+            f'litellm_params = {{ model = "openai/gpt-4o", api_key = "os.environ/{name.upper()}_KEY" }}\n\n'
+            for name in ("eu", "us")
+        ),
+        encoding="utf-8",
+    )
+
+    out = CliRunner().invoke(
+        app, ["limits", "--config", str(config), "--redis-url", redis_url], env={"COLUMNS": "200"}
+    )
+
+    assert out.exit_code == 0, out.output
+    rows = {line.split()[1]: line for line in out.stdout.splitlines() if line.startswith("│ ")}
+    assert "gpt-4o" in rows["eu"] and "in service, 600 rpm" in rows["eu"]
+    assert "taken out for 30s (connection)" in rows["us"]

@@ -1,0 +1,145 @@
+"""Limits learnt from the provider's headers: probing, learnt and configured limits, what is left, the
+charge factor, and what ``inspect`` shows. On fakeredis and a real Redis; waits read from the answers.
+"""
+
+import time
+
+import pytest
+from redis.asyncio import Redis as AsyncRedis
+
+from llmqueue.limits.headers import ProviderLimits, Reading
+from llmqueue.limits.limiter import Admission, RateLimiter
+from llmqueue.settings import LimitConfig
+from llmqueue.simulator.limits import RateLimits
+
+CLOSE = 0.05
+
+
+@pytest.fixture(params=["fake", "real"])
+def limiter(request: pytest.FixtureRequest) -> RateLimiter:
+    client: AsyncRedis = request.getfixturevalue("fake_redis" if request.param == "fake" else "redis")
+    return RateLimiter(client)
+
+
+def said(
+    rpm: float | None = None,
+    requests_left: float | None = None,
+    tpm: float | None = None,
+    tokens_left: float | None = None,
+) -> ProviderLimits:
+    requests = Reading(limit=rpm, remaining=requests_left) if rpm or requests_left is not None else None
+    tokens = Reading(limit=tpm, remaining=tokens_left) if tpm or tokens_left is not None else None
+    return ProviderLimits("openai", requests=requests, tokens=tokens)
+
+
+async def admitted(limiter: RateLimiter, limit: LimitConfig | None, *, tokens: int = 0) -> Admission:
+    admission = await limiter.acquire("m", limit, tokens=tokens, max_wait=60)
+    assert admission.admitted, admission
+    return admission
+
+
+async def test_a_scope_with_no_limit_probes_with_a_few_calls_until_an_answer_says(
+    limiter: RateLimiter,
+) -> None:
+    first = [await limiter.acquire("m", None, tokens=0, max_wait=2) for _ in range(3)]
+    assert [a.admitted for a in first] == [True, True, False]
+    assert {a.state for a in first} == {"probing"}
+    assert first[2].wait == pytest.approx(0.2, abs=CLOSE)
+
+    await limiter.observe("m", None, said(rpm=600, requests_left=7), None)
+
+    # Learnt: 10 a second, starting from the 7 the provider said were left.
+    waits = [(await admitted(limiter, None)).wait for _ in range(9)]
+    assert waits[:7] == [0.0] * 7
+    assert waits[7:] == pytest.approx([0.1, 0.2], abs=CLOSE)
+    state = await limiter.inspect("m")
+    assert (state.state, state.source, state.rpm, state.learnt_rpm) == ("limited", "learnt", 600, 600)
+
+
+async def test_a_scope_whose_provider_states_no_limit_is_unlimited(limiter: RateLimiter) -> None:
+    await limiter.observe("m", None, None, None)
+    answers = [await limiter.acquire("m", None, tokens=10**6, max_wait=0) for _ in range(50)]
+    assert all(a.admitted and a.wait == 0.0 and a.state == "unlimited" for a in answers)
+    state = await limiter.inspect("m")
+    assert (state.state, state.source, state.requests_last_minute) == ("unlimited", "none", 50)
+
+
+async def test_a_configured_limit_above_the_providers_gives_way_to_it(limiter: RateLimiter) -> None:
+    configured = LimitConfig(rpm=1200)  # 20 a second; the key allows 10
+    ticket = (await admitted(limiter, configured)).ticket
+    learnt = await limiter.observe("m", configured, said(rpm=600, requests_left=9), ticket)
+    assert learnt == (600, 0)
+    state = await limiter.inspect("m")
+    assert (state.rpm, state.configured_rpm, state.learnt_rpm, state.source) == (600, 1200, 600, "both")
+    assert state.request_capacity == 10
+
+
+async def test_a_configured_limit_below_the_providers_is_kept(limiter: RateLimiter) -> None:
+    configured = LimitConfig(rpm=300)
+    ticket = (await admitted(limiter, configured)).ticket
+    await limiter.observe("m", configured, said(rpm=600, requests_left=9), ticket)
+    assert (await limiter.inspect("m")).rpm == 300
+
+
+async def test_remaining_below_what_the_bucket_believes_lowers_it_at_once(limiter: RateLimiter) -> None:
+    limit = LimitConfig(rpm=600)  # a bucket of 10
+    ticket = (await admitted(limiter, limit)).ticket
+    assert ticket is not None and ticket.request_belief == pytest.approx(9, abs=0.1)
+    # Another client took 5 of the key: the provider had 4 left after this call, not 9.
+    await limiter.observe("m", limit, said(rpm=600, requests_left=4), ticket)
+    state = await limiter.inspect("m")
+    assert state.request_level == pytest.approx(4, abs=0.2)
+    # One shortfall is a burst, not a rate: the charge factor moves only a little.
+    assert 1.0 < state.request_factor < 1.2
+
+
+async def test_remaining_above_the_belief_never_raises_the_bucket(limiter: RateLimiter) -> None:
+    limit = LimitConfig(rpm=600)
+    for _ in range(9):
+        ticket = (await admitted(limiter, limit)).ticket
+    await limiter.observe("m", limit, said(rpm=600, requests_left=9), ticket)
+    assert (await admitted(limiter, limit)).wait == 0.0
+    assert (await admitted(limiter, limit)).wait == pytest.approx(0.1, abs=CLOSE)
+
+
+async def test_a_correction_is_not_applied_twice_by_calls_in_flight_together(limiter: RateLimiter) -> None:
+    limit = LimitConfig(rpm=600)
+    first = (await admitted(limiter, limit)).ticket  # belief 9
+    second = (await admitted(limiter, limit)).ticket  # belief 8
+    # The provider had 3 fewer than believed at both calls: one shortfall, seen twice.
+    await limiter.observe("m", limit, said(rpm=600, requests_left=6), first)
+    await limiter.observe("m", limit, said(rpm=600, requests_left=5), second)
+    assert (await limiter.inspect("m")).request_level == pytest.approx(5, abs=0.2)
+
+
+async def test_the_providers_own_token_count_is_learnt_and_charged(limiter: RateLimiter) -> None:
+    # 1,000 tokens a second in buckets of 30 s (provider's and ours), so 25 calls need no refill.
+    limit = LimitConfig(tpm=60_000, burst_seconds=30)
+    provider = RateLimits(None, 60_000, 30.0, time.monotonic())
+    for _ in range(25):
+        admission = await admitted(limiter, limit, tokens=500)
+        # The provider counts twice what the workers estimate.
+        assert provider.admit(1000, time.monotonic()) is None
+        left = provider.tokens.level(time.monotonic()) if provider.tokens else 0
+        await limiter.observe("m", limit, said(tpm=60_000, tokens_left=int(left)), admission.ticket)
+    state = await limiter.inspect("m")
+    assert state.token_factor == pytest.approx(2.0, abs=0.2)
+    later = await admitted(limiter, limit, tokens=500)
+    assert later.ticket is not None and later.ticket.tokens_charged == pytest.approx(1000, abs=100)
+    # What the bucket holds follows the provider's count, not the estimate.
+    assert (await limiter.inspect("m")).token_level == pytest.approx(30_000 - 26_000, abs=300)
+
+
+async def test_inspect_counts_requests_and_429s_of_the_last_minute(limiter: RateLimiter) -> None:
+    limit = LimitConfig(rpm=600, tpm=60_000)
+    for _ in range(3):
+        await admitted(limiter, limit, tokens=10)
+    await limiter.cooldown("m", 1.5)
+    await limiter.cooldown("m", 1.5)
+    state = await limiter.inspect("m")
+    assert (state.requests_last_minute, state.rate_limited_last_minute) == (3, 2)
+    assert state.cooldown == pytest.approx(1.5, abs=0.1)
+    assert (state.configured_rpm, state.configured_tpm, state.source) == (600, 60_000, "configured")
+    assert state.request_level == pytest.approx(7, abs=0.2)
+    assert 965 <= state.token_level <= 1000  # 30 taken, a few refilled since
+    assert await limiter.scopes() == ["m"]
