@@ -166,8 +166,14 @@ def median_row(scenario: str, rounds: list[dict[str, Any]], count: int) -> dict[
     """The round with the median goodput, with the check against its scenario's target."""
     ordered = sorted(rounds, key=lambda r: r["goodput"])
     row = {"scenario": scenario, **ordered[len(ordered) // 2]}
-    row["rounds_goodput"] = [r["goodput"] for r in rounds]
-    row["median_goodput"] = statistics.median(row["rounds_goodput"])
+    row["rounds"] = [
+        {
+            k: r[k]
+            for k in ("goodput", "rate_limited_share", "eu_share", "us_share", "failed", "spent_attempts")
+        }
+        for r in rounds
+    ]
+    row["median_goodput"] = statistics.median(r["goodput"] for r in rounds)
     if scenario == "both up":
         row["target"] = (
             f"goodput ≥ {GOODPUT_TARGET:g} of {2 * RPM} RPM, 429s ≤ {RATE_LIMITED_TARGET:.1%}, "

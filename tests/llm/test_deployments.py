@@ -288,3 +288,36 @@ def test_an_inline_credential_is_hidden_in_settings_and_scrubbed_from_logs(tmp_p
     assert "inline-aws-secret-9" not in repr(settings)
     assert "inline-aws-secret-9" in secrets_of(settings, {})
     assert resolve(settings.model_list, {})[0].params["aws_secret_access_key"] == "inline-aws-secret-9"
+
+
+def test_a_worker_without_a_deployments_key_does_not_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from llmqueue.cli import app
+
+    monkeypatch.delenv("AZURE_EU_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_KEY", "sk-openai-2")
+    yaml = write(tmp_path, "proxy.yaml", PROXY_YAML)
+    toml = write(
+        tmp_path, "regions.toml", TWO_REGIONS
+    )  # not ./config.toml, which --litellm-config would meet
+
+    from_yaml = CliRunner().invoke(
+        app, ["worker", "--litellm-config", str(yaml), "--redis-url", "redis://127.0.0.1:1"]
+    )
+    from_toml = CliRunner().invoke(
+        app, ["worker", "--config", str(toml), "--redis-url", "redis://127.0.0.1:1"]
+    )
+
+    assert isinstance(from_yaml.exception, ConfigError)
+    assert (
+        "model_list[0] (claude-sonnet) litellm_params.api_key: environment variable ANTHROPIC_KEY_A"
+        in str(from_yaml.exception)
+    )
+    assert isinstance(from_toml.exception, ConfigError)
+    assert (
+        "model_list[0] (gpt-4o) litellm_params.api_key: environment variable AZURE_EU_KEY is not set"
+        in str(from_toml.exception)
+    )
