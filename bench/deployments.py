@@ -33,7 +33,7 @@ RATE_LIMITED_TARGET = 0.005
 SHARE_TARGET = 0.40
 DOWN_TARGET = 0.95  # of the live provider's rate
 
-FULL = {"jobs": 800, "rounds": 3, "down_rounds": 1}
+FULL = {"jobs": 800, "rounds": 3, "down_rounds": 3}
 QUICK = {"jobs": 200, "rounds": 1, "down_rounds": 1}
 
 COLUMNS = {
