@@ -14,7 +14,7 @@ from llmqueue.settings import LimitConfig
 # 1 request/s with room for 5 at once: waits are whole seconds, far above the time the calls take.
 ONE_PER_SECOND = LimitConfig(rpm=60, burst_seconds=5)
 TWO_PER_SECOND = LimitConfig(rpm=120, burst_seconds=5)
-CLOSE = 0.1
+CLOSE = 0.3  # seconds: waits here are whole seconds apart, and the machine may be busy
 EU_US = [("eu", ONE_PER_SECOND), ("us", ONE_PER_SECOND)]
 
 
@@ -84,16 +84,23 @@ async def test_nothing_is_taken_from_the_deployments_not_chosen(limiter: RateLim
 
 
 async def test_refused_everywhere_takes_nothing_and_says_the_shortest_wait(limiter: RateLimiter) -> None:
-    candidates = [("eu", ONE_PER_SECOND), ("us", TWO_PER_SECOND)]
+    # One request each a minute (eu) or half a minute (us): the set-up's own time does not matter.
+    candidates = [("eu", LimitConfig(rpm=1)), ("us", LimitConfig(rpm=2))]
     for scope, limit in candidates:
-        for _ in range(10):
-            await limiter.acquire(scope, limit, tokens=0, max_wait=0)
+        await limiter.acquire(scope, limit, tokens=0, max_wait=0)
 
     admission = await limiter.acquire_any(candidates, tokens=0, max_wait=0)
 
     assert not admission.admitted
     assert candidates[admission.choice][0] == "us"
-    assert admission.wait == pytest.approx(0.5, abs=CLOSE)
+    assert admission.wait == pytest.approx(30, abs=1)
+    # Nothing was taken: us still admits its next request at the same time, eu a minute after its first.
+    assert (await limiter.acquire("us", LimitConfig(rpm=2), tokens=0, max_wait=60)).wait == pytest.approx(
+        30, abs=1
+    )
+    assert (await limiter.acquire("eu", LimitConfig(rpm=1), tokens=0, max_wait=60)).wait == pytest.approx(
+        60, abs=1
+    )
 
 
 async def test_each_candidate_keeps_its_own_limit(limiter: RateLimiter) -> None:

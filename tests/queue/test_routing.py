@@ -82,12 +82,14 @@ def routed_settings(redis_url: str, providers: Providers, *, rpm: float = 600, *
     return Settings(
         redis_url=redis_url,
         llm=LLMConfig(
-            model="gpt-4o",
-            retry_min_wait=0.1,
-            retry_max_wait=0.4,
-            retry_multiplier=0.1,
-            timeout=10,
-            **llm,
+            **{
+                "model": "gpt-4o",
+                "retry_min_wait": 0.1,
+                "retry_max_wait": 0.4,
+                "retry_multiplier": 0.1,
+                "timeout": 10,
+                **llm,
+            }
         ),
         worker=WorkerConfig(poll_delay=0.01, warm_up=False),
         model_list=parse_model_list(entries, "test"),
@@ -123,17 +125,26 @@ async def test_jobs_for_a_model_name_are_spread_over_its_deployments(
 async def test_a_429_cools_down_only_that_deployment(
     redis_url: str, providers: Providers, redis: Redis
 ) -> None:
-    settings = routed_settings(redis_url, providers)
-    providers.eu.rate_limit_for(5, retry_after=5)
-
-    results = await run_jobs(settings, 12)
-
-    assert all(r.status == "succeeded" for r in results)
-    assert providers.eu.stats.rate_limited >= 1
+    # retry_max_wait above the provider's retry-after, so the pause is the 3 s it asks for.
+    settings = routed_settings(redis_url, providers, retry_max_wait=6)
+    providers.eu.rate_limit_for(3, retry_after=3)
     limiter = RateLimiter(redis)
-    assert await limiter.cooldown("eu", 0) > 2  # still paused by the provider's retry-after
-    assert await limiter.cooldown("us", 0) == 0
-    # Once eu refused, us took the rest: at most the calls admitted before the first 429 went to eu.
+    loop = asyncio.get_running_loop()
+
+    async with Producer(settings) as producer, running_worker(settings):
+        handles = await producer.submit_many(chat(n) for n in range(12))
+        while providers.eu.stats.rate_limited == 0:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.1)  # the worker records the pause
+        paused_at = loop.time()
+        eu_pause, us_pause = await limiter.cooldown("eu", 0), await limiter.cooldown("us", 0)
+        results = [await h.result(timeout=30) for h in handles]
+
+    assert 2 < eu_pause <= 3 and us_pause == 0
+    assert all(r.status == "succeeded" for r in results)
+    # While eu cooled down nothing was sent to it; us took the jobs, the refused ones included.
+    assert not [t for t in providers.eu.stats.request_times if paused_at + 0.3 < t < paused_at + 2]
+    assert providers.us.stats.rate_limited == 0
     assert providers.us.stats.succeeded >= 12 - providers.eu.stats.requests
 
 
