@@ -19,6 +19,7 @@ from bench import report
 # Name → module; each module's ``run(quick)`` returns its figures.
 BENCHMARKS = {
     "ratelimit": "bench.ratelimit",
+    "limits": "bench.limits",
     "alternatives": "bench.alternatives",
     "overhead": "bench.overhead",
     "latency": "bench.latency",
@@ -85,9 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
     console.print(f"results written to {options.output} ({machine['total_seconds']:.0f} s)")
-    failed = any("error" in result for result in results.values())
-    missed = any(row.get("met") is False for result in results.values() for row in result.get("rows", []))
-    return 1 if failed or missed else 0
+    missed = [
+        name
+        for name, result in results.items()
+        if any(row.get("met") is False for row in result.get("rows", []))
+    ]
+    if missed:
+        console.print(f"[red]targets missed:[/red] {', '.join(missed)}")
+    return 1 if missed or any("error" in result for result in results.values()) else 0
 
 
 if __name__ == "__main__":

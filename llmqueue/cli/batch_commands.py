@@ -211,8 +211,8 @@ def run(
         typer.Option(
             "--simulate-provider",
             help=(
-                "Send the jobs to the bundled simulated provider (no API key needed); it enforces limits "
-                "2% above --rpm/--tpm, as a key whose limits the workers are set just under."
+                "Send the jobs to the bundled simulated provider (no API key needed): a key whose limits "
+                "are --rpm/--tpm, stated in its answers' rate-limit headers."
             ),
         ),
     ] = False,

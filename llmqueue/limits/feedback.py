@@ -1,7 +1,8 @@
 """What a worker tells the shared limiter after each provider answer, and the warnings it gives once.
 
 After a success the provider's rate-limit headers (if any) teach the limiter the scope's limits and what
-is left; without token headers the call's reported usage reconciles the token estimate instead. After a
+is left, and the call's reported usage reconciles the token estimate where the provider's limiter does
+the same (see :meth:`LimitFeedback.answered`). After a
 429 the headers are read too, and the tokens the call took are given back: a refused call is not counted
 by the provider.
 """
@@ -82,15 +83,22 @@ class LimitFeedback:
         *,
         estimate: int,
         used: int | None,
+        sets_max_tokens: bool,
     ) -> None:
-        """A successful answer: learn from its headers; reconcile tokens with ``used`` if it has none."""
+        """A successful answer: learn from its headers, and give back the tokens the provider's limiter
+        does not keep.
+
+        OpenAI's limiter (and the ones that copy its headers) charges a call that sets ``max_tokens``
+        its prompt plus ``max_tokens`` up front, whatever the answer's length: nothing is given back,
+        and the learnt charge factor corrects the prompt estimate. Otherwise (no ``max_tokens``, an
+        Anthropic key, whose output limit counts what was produced, or no headers at all) the estimate is
+        reconciled with the reported usage.
+        """
         said = parse_rate_limit_headers(headers, datetime.now(UTC))
         await self._observe(scope, limit, said, ticket)
-        provider_counts_tokens = (
-            said is not None and said.tokens is not None and said.tokens.remaining is not None
-        )
+        charged_up_front = sets_max_tokens and said is not None and said.family == "openai"
         took_tokens = ticket is not None and ticket.tokens_charged > 0
-        if used is not None and took_tokens and not provider_counts_tokens:
+        if used is not None and took_tokens and not charged_up_front:
             await self.limiter.adjust(scope, limit, tokens=estimate - used, ticket=ticket)
 
     async def rate_limited(
@@ -99,17 +107,27 @@ class LimitFeedback:
         """A 429: learn from its headers, if it has any, and give back the tokens the call took."""
         said = parse_rate_limit_headers(headers, datetime.now(UTC))
         if said is not None:
-            await self._observe(scope, limit, said, ticket)
-        await self.limiter.refund(scope, limit, ticket)
+            await self._observe(scope, limit, said, ticket, refused=True)
+        await self.limiter.refund(scope, limit, ticket, requests=True)
 
     async def failed(self, scope: str, limit: LimitConfig | None, ticket: Ticket | None) -> None:
         """Another failure: the tokens the call took are given back, as no answer was produced."""
         await self.limiter.refund(scope, limit, ticket)
 
+    async def not_sent(self, scope: str, limit: LimitConfig | None, ticket: Ticket | None) -> None:
+        """An admitted call that was not sent after all (a cooldown began while it waited)."""
+        await self.limiter.refund(scope, limit, ticket, requests=True)
+
     async def _observe(
-        self, scope: str, limit: LimitConfig | None, said: ProviderLimits | None, ticket: Ticket | None
+        self,
+        scope: str,
+        limit: LimitConfig | None,
+        said: ProviderLimits | None,
+        ticket: Ticket | None,
+        *,
+        refused: bool = False,
     ) -> None:
-        learnt_rpm, learnt_tpm = await self.limiter.observe(scope, limit, said, ticket)
+        learnt_rpm, learnt_tpm = await self.limiter.observe(scope, limit, said, ticket, refused=refused)
         self._learnt[scope] = (learnt_rpm, learnt_tpm)
         await self._report(scope)
         if limit is None:

@@ -22,24 +22,28 @@
 -- acquire:  ARGV[6] requests, ARGV[7] tokens, ARGV[8] longest wait the caller will reserve, ARGV[9]
 --           priority (0-9), ARGV[10] longest reservation a low-priority job may hold (seconds).
 --           Returns {admitted, wait, state, rcharged, tcharged, rbelief, tbelief, rc, tc, rgc, tgc, rgr, tgr,
---           chosen}. With several KEYS (deployments of one model: candidate 1's limit in ARGV[2..5], the
---           others' four values each from ARGV[11]) the one that can admit soonest is chosen, and
---           `chosen` is its position in KEYS (1-based); with one key it is 1.
+--           now, chosen} (refusals and unlimited scopes fill the numbers with '0'). With several KEYS
+--           (deployments of one model: candidate 1's limit in ARGV[2..5], the others' four values each
+--           from ARGV[11]) the one that can admit soonest is chosen, and `chosen` is its position in
+--           KEYS (1-based); with one key it is 1.
 --           Admitted with a wait: the caller holds a reservation and sleeps that long. Not admitted:
 --           nothing was taken and wait says when to come back. state: limited | probing | unlimited.
--- adjust:   ARGV[6] charged tokens to add back (negative: charge more), ARGV[7] the same as estimated
+-- adjust:   ARGV[6] charged tokens to add back (negative: charge more), ARGV[7] the same as estimated,
+--           ARGV[8..9] the same for requests (optional)
 -- cooldown: ARGV[6] seconds every caller must pause (0: only ask what is left), ARGV[7] the longest pause
---           (0: no escalation); returns {1, seconds remaining}. A 429 soon after the last pause ended
+--           (0: no escalation); returns {1, seconds remaining, time of the last 429, now}. A 429 soon
+--           after the last pause ended
 --           doubles the pause (up to ARGV[7]): the provider is still refusing. ARGV[8] '0': the pause is
---           not a 429 (a deployment taken out by the circuit breaker), so it is not counted as one.
+--           not a 429 (a deployment taken out by the circuit breaker): not counted or dated as one.
 -- observe:  ARGV[6] limit-requests, ARGV[7] limit-tokens (0: not sent), ARGV[8] remaining-requests,
 --           ARGV[9] remaining-tokens (-1: not sent), ARGV[10..17] the ticket of the call (rbelief,
---           tbelief, rc, tc, rgc, tgc, rgr, tgr; rbelief -1e308: no ticket). Returns {lrpm, ltpm}.
+--           tbelief, rc, tc, rgc, tgc, rgr, tgr; rbelief -1e300: no ticket), ARGV[18] 1 when the call was
+--           refused (429), ARGV[19..20] the requests and tokens it was charged. Returns {lrpm, ltpm}.
 -- inspect:  returns the scope's state (see limiter.py, ScopeState).
 
 local PROBE_REQUESTS, PROBE_WINDOW, PROBE_RETRY = 2, 5, 0.2
-local MAX_FACTOR, LEARN_SECONDS, TOLERANCE, GRACE, SLOT, SLOTS = 4, 5, 0.5, 0.2, 5, 12
-local DEFAULT_PRIORITY, MAX_PRIORITY = 1, 9
+local MAX_FACTOR, LEARN_SECONDS, TOLERANCE, REORDER_SECONDS, GRACE, SLOT, SLOTS = 4, 2, 0.5, 0.1, 0.2, 5, 12
+local DEFAULT_PRIORITY, MAX_PRIORITY, REFUSAL_STEP = 1, 9, 0.1
 local NO_TICKET = -1e300
 local unpack = unpack or table.unpack
 
@@ -52,7 +56,7 @@ local key = KEYS[1]
 
 local FIELDS = {'r', 'rts', 't', 'tts', 'cool', 'streak', 'pause', 'lrpm', 'ltpm', 'hdr',
   'ra', 'rb', 'ta', 'tb', 'rgc', 'tgc', 'rgr', 'tgr', 'rsc', 'tsc', 'rsr', 'tsr', 'rc', 'tc',
-  'probe', 'probe_ts', 'crpm', 'ctpm', 'cburst'}
+  'probe', 'probe_ts', 'crpm', 'ctpm', 'cburst', 'refused_at'}
 for p = 0, MAX_PRIORITY do FIELDS[#FIELDS + 1] = 'w' .. p end
 local h, updates, cool = {}, {}, 0
 local function num(name, default) return tonumber(h[name]) or default end
@@ -146,21 +150,26 @@ if op == 'cooldown' then
     end
     cool = math.max(cool, now + pause)
     set('cool', cool); set('streak', streak); set('pause', pause)
-    if ARGV[8] ~= '0' then count('e', 1) end
+    if ARGV[8] ~= '0' then set('refused_at', now); count('e', 1) end
     save()
   end
-  return {1, tostring(math.max(0, cool - now))}
+  return {1, tostring(math.max(0, cool - now)), tostring(num('refused_at', 0)), tostring(now)}
 end
 
 if op == 'adjust' then
-  if tpm > 0 then
-    local stamp = math.max(now, num('tts', now))
-    set('t', math.min(tcap, level('t', tpm, tcap, stamp) + tonumber(ARGV[6])))
-    set('tts', stamp)
-    set('tgc', num('tgc', 0) - tonumber(ARGV[6]))
-    set('tgr', num('tgr', 0) - tonumber(ARGV[7]))
-    save()
+  local back = {{'t', tpm, tcap, tonumber(ARGV[6]), tonumber(ARGV[7])},
+    {'r', rpm, rcap, tonumber(ARGV[8]) or 0, tonumber(ARGV[9]) or 0}}
+  for _, item in ipairs(back) do
+    local b, rate, cap, charged, raw = item[1], item[2], item[3], item[4], item[5]
+    if rate > 0 and charged ~= 0 then
+      local stamp = math.max(now, num(b .. 'ts', now))
+      set(b, math.min(cap, level(b, rate, cap, stamp) + charged))
+      set(b .. 'ts', stamp)
+      set(b .. 'gc', num(b .. 'gc', 0) - charged)
+      set(b .. 'gr', num(b .. 'gr', 0) - raw)
+    end
   end
+  if #updates > 0 then save() end
   return {1, '0'}
 end
 
@@ -177,8 +186,10 @@ if op == 'observe' then
   end
   local ticket = {}
   for i = 10, 17 do ticket[#ticket + 1] = tonumber(ARGV[i]) end
+  -- A refused call (429) took nothing at the provider: compare with what the bucket held before it.
+  local refused = tonumber(ARGV[18]) or 0
   -- b: bucket prefix, rate/cap: its shape, left: the provider's remaining, belief/rc/gc/gr from the ticket
-  local function correct(b, rate, cap, left, belief, corr_at, gc_at, gr_at, whole)
+  local function correct(b, rate, cap, left, belief, charged, corr_at, gc_at, gr_at, whole)
     if rate <= 0 or left < 0 then return end
     if not h[b] then
       -- The first sight of this bucket: start from what the provider says is left.
@@ -187,10 +198,16 @@ if op == 'observe' then
       return
     end
     if belief <= NO_TICKET then return end
+    if refused == 1 then belief = belief + charged end
     if whole then belief = math.floor(belief + 1e-9) end
     -- Negative: the provider had less left than this bucket believed, beyond what was corrected since.
+    -- Calls in flight together reach the provider in any order, so a gap of what arrives within
+    -- REORDER_SECONDS is no evidence either way. (At a saturated key both sides read 0: only 429s tell.)
     local gap = (left - belief) + (num(b .. 'c', 0) - corr_at)
-    if gap < -TOLERANCE then
+    local tolerance = math.max(TOLERANCE, rate * REORDER_SECONDS / 60)
+    -- Within it nothing is learnt either: the span and its gap carry on to the next answer.
+    if math.abs(gap) <= tolerance then return end
+    if gap < 0 then
       local stamp = math.max(now, num(b .. 'ts', now))
       set(b, level(b, rate, cap, stamp) + gap); set(b .. 'ts', stamp)
       set(b .. 'c', num(b .. 'c', 0) - gap)
@@ -207,8 +224,21 @@ if op == 'observe' then
       set(b .. 'sc', gc_at); set(b .. 'sr', gr_at)
     end
   end
-  correct('r', rpm, rcap, tonumber(ARGV[8]), ticket[1], ticket[3], ticket[5], ticket[7], true)
-  correct('t', tpm, tcap, tonumber(ARGV[9]), ticket[2], ticket[4], ticket[6], ticket[8], false)
+  correct('r', rpm, rcap, tonumber(ARGV[8]), ticket[1], tonumber(ARGV[19]), ticket[3], ticket[5], ticket[7], true)
+  correct('t', tpm, tcap, tonumber(ARGV[9]), ticket[2], tonumber(ARGV[20]), ticket[4], ticket[6], ticket[8], false)
+  if refused == 1 and ticket[1] > NO_TICKET then
+    -- A 429 says only that the provider had less than one call's worth: at a saturated key that is
+    -- all the headers can show, so each refusal raises the charge factor of the refused bucket(s) by a
+    -- tenth; answers showing more left than believed bring it back down.
+    for _, b in ipairs({'r', 't'}) do
+      local rate = (b == 'r') and rpm or tpm
+      if rate > 0 and (b == 'r' or tonumber(ARGV[20]) > 0) then
+        local window = math.max(1, rate * LEARN_SECONDS / 60)
+        local d = num(b .. 'b', window)
+        set(b .. 'a', math.min(num(b .. 'a', window) + REFUSAL_STEP * d, MAX_FACTOR * d)); set(b .. 'b', d)
+      end
+    end
+  end
   save()
   return {tostring(num('lrpm', 0)), tostring(num('ltpm', 0))}
 end
@@ -275,10 +305,11 @@ if #KEYS > 1 then
     load(i)
     local at = math.max(now, cool)
     local soonest, room = math.max(at, higher_due()) - now, 1
-    if state() == 'limited' then
+    local mode = state()
+    if mode == 'limited' then
       local b = buckets(at)
       soonest, room = math.max(soonest, (at - now) + b.wait), b.room
-    elseif state() == 'probing' and now - num('probe_ts', 0) <= PROBE_WINDOW and num('probe', 0) >= PROBE_REQUESTS then
+    elseif mode == 'probing' and now - num('probe_ts', 0) <= PROBE_WINDOW and num('probe', 0) >= PROBE_REQUESTS then
       soonest = math.max(soonest, PROBE_RETRY)
     end
     if best_wait == nil or soonest < best_wait - 1e-6 or (soonest < best_wait + 1e-6 and room > best_room) then
@@ -341,20 +372,23 @@ local function acquire()
   if rpm > 0 then
     set('r', r - rcost); set('rts', at)
     set('rgc', num('rgc', 0) + rcost); set('rgr', num('rgr', 0) + rwant)
-    rbelief = r - rcost + bucket_wait * rpm / 60
+    -- What the provider should have left after this call when it arrives (its level is capped too).
+    rbelief = math.min(rcap, r + bucket_wait * rpm / 60) - rcost
   end
   if tpm > 0 then
     set('t', tk - tcost); set('tts', at)
     set('tgc', num('tgc', 0) + tcost); set('tgr', num('tgr', 0) + twant)
-    tbelief = tk - tcost + bucket_wait * tpm / 60
+    tbelief = math.min(tcap, tk + bucket_wait * tpm / 60) - tcost
   end
   count('n', rwant)
   save()
   return {1, tostring(wait), mode, tostring(rcost), tostring(tcost), tostring(rbelief), tostring(tbelief),
     tostring(num('rc', 0)), tostring(num('tc', 0)), tostring(num('rgc', 0)), tostring(num('tgc', 0)),
-    tostring(num('rgr', 0)), tostring(num('tgr', 0))}
+    tostring(num('rgr', 0)), tostring(num('tgr', 0)), tostring(now)}
 end
 
+-- Every reply has the same length, with the chosen candidate last.
 local reply = acquire()
-reply[#reply + 1] = tostring(chosen)
+for i = #reply + 1, 14 do reply[i] = '0' end
+reply[15] = tostring(chosen)
 return reply

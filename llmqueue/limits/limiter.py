@@ -40,6 +40,8 @@ MAX_PRIORITY = 9
 #: The longest reservation (seconds) a job below the default priority may hold, when one refill is shorter.
 LOW_PRIORITY_HOLD = 0.1
 
+#: Seconds a call whose reservation a 429 made stale waits before it takes a new one.
+REACQUIRE_DELAY = 0.01
 #: Seconds the record of which scopes a batch ran in is kept after its last job started.
 BATCH_SCOPES_TTL = 7 * 86400
 
@@ -67,6 +69,8 @@ class Ticket:
     requests_estimated: float
     tokens_estimated: float
     tokens_asked: int
+    granted_at: float = 0.0
+    """Redis time of the grant, seconds."""
 
     def args(self) -> list[float]:
         return [
@@ -225,7 +229,7 @@ class RateLimiter:
         )
         reply = [value.decode() if isinstance(value, bytes) else str(value) for value in raw]
         admitted, wait, state = int(reply[0]), float(reply[1]), reply[2]
-        numbers = [float(value) for value in reply[3:13]]
+        numbers = [float(value) for value in reply[3:14]]
         ticket = None
         if admitted and state == "limited":
             ticket = Ticket(
@@ -240,9 +244,10 @@ class RateLimiter:
                 requests_estimated=numbers[8],
                 tokens_estimated=numbers[9],
                 tokens_asked=tokens,
+                granted_at=numbers[10],
             )
         return Admission(
-            admitted=bool(admitted), wait=wait, state=_state(state), ticket=ticket, choice=int(reply[13]) - 1
+            admitted=bool(admitted), wait=wait, state=_state(state), ticket=ticket, choice=int(reply[14]) - 1
         )
 
     async def adjust(
@@ -259,19 +264,32 @@ class RateLimiter:
             charged = tokens * ticket.tokens_charged / ticket.tokens_asked
         await self._run(scope, "adjust", BucketShape.of(limit or UNLIMITED), charged, tokens)
 
-    async def refund(self, scope: str, limit: LimitConfig | None, ticket: Ticket | None) -> None:
-        """Give back all the tokens a call took (the provider did not count it: a 429, no answer)."""
-        if ticket is not None and ticket.tokens_charged:
-            shape = BucketShape.of(limit or UNLIMITED)
-            await self._run(scope, "adjust", shape, ticket.tokens_charged, ticket.tokens_asked)
+    async def refund(
+        self, scope: str, limit: LimitConfig | None, ticket: Ticket | None, *, requests: bool = False
+    ) -> None:
+        """Give back the tokens a call took, and with ``requests`` its request too: the provider did not
+        count it (a 429, or a call never sent)."""
+        if ticket is None or not (ticket.tokens_charged or (requests and ticket.requests_charged)):
+            return
+        args: list[Any] = [ticket.tokens_charged, ticket.tokens_asked]
+        if requests:
+            args += [ticket.requests_charged, 1]
+        await self._run(scope, "adjust", BucketShape.of(limit or UNLIMITED), *args)
 
     async def observe(
-        self, scope: str, limit: LimitConfig | None, said: ProviderLimits | None, ticket: Ticket | None
+        self,
+        scope: str,
+        limit: LimitConfig | None,
+        said: ProviderLimits | None,
+        ticket: Ticket | None,
+        *,
+        refused: bool = False,
     ) -> tuple[float, float]:
         """Learn from one provider answer: its stated limits and what it says is left.
 
         ``said`` None (a successful answer without rate-limit headers) marks a scope that has no learnt
-        limit as unlimited. Returns the learnt (rpm, tpm), 0 where the provider never stated one.
+        limit as unlimited. ``refused``: the answer was a 429, so the call took nothing at the provider.
+        Returns the learnt (rpm, tpm), 0 where the provider never stated one.
         """
         stated_rpm = stated_tpm = 0.0
         left_requests = left_tokens = -1.0
@@ -283,6 +301,7 @@ class RateLimiter:
                 stated_tpm = said.tokens.limit or 0.0
                 left_tokens = -1.0 if said.tokens.remaining is None else said.tokens.remaining
         ticket_args = ticket.args() if ticket is not None else [_NO_TICKET, _NO_TICKET, 0, 0, 0, 0, 0, 0]
+        charged = [ticket.requests_charged, ticket.tokens_charged] if ticket is not None else [0, 0]
         reply = await self._run(
             scope,
             "observe",
@@ -292,8 +311,23 @@ class RateLimiter:
             left_requests,
             left_tokens,
             *ticket_args,
+            int(refused),
+            *charged,
         )
         return float(reply[0]), float(reply[1])
+
+    async def recheck(self, scope: str, ticket: Ticket | None) -> float:
+        """Before sending a call admitted with a wait: seconds it must still pause, or 0 to go.
+
+        A scope in cooldown answers what is left of it. A call admitted before the provider answered 429
+        to another call answers at least a moment: its reservation was made on a count the provider has
+        since shown to be too high, and it should take a new one.
+        """
+        reply = await self._run(scope, "cooldown", BucketShape.of(UNLIMITED), 0, 0)
+        pause, refused_at = float(reply[1]), float(reply[2])
+        if ticket is not None and refused_at > ticket.granted_at:
+            return max(pause, REACQUIRE_DELAY)
+        return pause
 
     async def cooldown(
         self, scope: str, seconds: float, *, longest: float = 0.0, rate_limited: bool = True

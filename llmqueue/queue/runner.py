@@ -181,10 +181,10 @@ class JobRunner:
         if admission.wait > 0:
             self._emit("limiter_wait", call, wait=admission.wait)
             await asyncio.sleep(admission.wait)
-            # A 429 seen elsewhere while this job slept pauses it too, reservation or not.
-            pause = await self.limiter.cooldown(call.scope, 0)
+            # A 429 seen elsewhere while this job slept pauses it too, and voids its reservation.
+            pause = await self.limiter.recheck(call.scope, call.ticket)
             if pause > 0:
-                await self.feedback.failed(call.scope, call.limit, call.ticket)
+                await self.feedback.not_sent(call.scope, call.limit, call.ticket)
                 # A routed job goes back to be admitted by another deployment, if one can take it sooner.
                 defer = 0.0 if len(call.candidates) > 1 else pause
                 self._emit("deferred", call, wait=defer, reason="cooldown")
@@ -228,6 +228,7 @@ class JobRunner:
             response_headers(response),
             estimate=call.estimate,
             used=usage_tokens(response),
+            sets_max_tokens=bool({"max_tokens", "max_completion_tokens"} & set(job.params)),
         )
         result = self._result(call, "succeeded", errors=call.start.failures)
         result.response = _as_dict(response)

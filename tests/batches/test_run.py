@@ -205,6 +205,38 @@ def test_500_lines_through_provider_429s_all_succeed_in_input_order(tmp_path: Pa
     )
 
 
+# ---- --rpm limits the models the lines name (issue 11) --------------------------------------------
+
+
+def test_rpm_limits_batch_lines_that_name_another_model(tmp_path: Path, batch_name: str) -> None:
+    source = tmp_path / "openai-batch.jsonl"
+    with source.open("w", encoding="utf-8") as out:
+        for n in range(120):
+            body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": f"q {n}"}]}
+            line = {"custom_id": f"r{n}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+            out.write(json.dumps(line) + "\n")
+    output = tmp_path / "out.jsonl"
+    # The key allows 20 requests/s; its answers state no limit, so only --rpm can hold the workers to it.
+    config = ProviderConfig(
+        api_key=TEST_API_KEY, rpm=1200, latency=0.05, latency_jitter=0.5, rate_limit_headers="none"
+    )
+    with ProviderProcess(config) as provider:
+        env = run_env(**provider_env(provider), **FAST_RETRIES, WORKER_POLL_DELAY="0.01")
+        code, stderr = run(
+            [str(source), "-o", str(output), "--workers", "2", "--rpm", "1200", "--batch", batch_name],
+            env,
+            tmp_path,
+        )
+        stats = provider.stats()
+
+    assert code == 0, stderr
+    records = read_jsonl(output)
+    assert all(r["llmqueue"]["status"] == "succeeded" for r in records)
+    assert {r["response"]["body"]["model"] for r in records} == {"gpt-4o-mini"}
+    # Unlimited, the 120 lines would go out at once and about 100 would be answered 429.
+    assert stats["rate_limited"] <= 2, stats["rate_limited"]
+
+
 # ---- the README's first command ------------------------------------------------------------------
 
 

@@ -90,7 +90,7 @@ async def test_remaining_below_what_the_bucket_believes_lowers_it_at_once(limite
     state = await limiter.inspect("m")
     assert state.request_level == pytest.approx(4, abs=0.2)
     # One shortfall is a burst, not a rate: the charge factor moves only a little.
-    assert 1.0 < state.request_factor < 1.2
+    assert 1.0 < state.request_factor < 1.3
 
 
 async def test_remaining_above_the_belief_never_raises_the_bucket(limiter: RateLimiter) -> None:
