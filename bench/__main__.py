@@ -28,6 +28,7 @@ BENCHMARKS = {
     "economics": "bench.economics",
     "priority": "bench.priority",
     "startup": "bench.startup",
+    "deployments": "bench.deployments",
 }
 EXTRA_MODULES = ("tenacity", "pyinstrument")  # llmqueue[bench]
 RESULTS = Path(__file__).resolve().parent / "results.json"

@@ -97,6 +97,21 @@ def limiter(scope: str) -> str:
     return f"{PREFIX}:limit:{{{scope}}}"
 
 
+def breaker_failures(scope: str) -> str:
+    """A counter of one deployment's recent failures (5xx, timeouts), expiring a minute after the first."""
+    return f"{PREFIX}:breaker:{{{scope}}}:fails"
+
+
+def breaker_down(scope: str) -> str:
+    """A hash set while a deployment is taken out (reason, times out), expiring when it comes back."""
+    return f"{PREFIX}:breaker:{{{scope}}}:down"
+
+
+def batch_deployments(batch_id: str) -> str:
+    """A batch's calls per deployment (a hash: ``<deployment>:<outcome>`` → count)."""
+    return f"{PREFIX}:batch:{batch_id}:deployments"
+
+
 def limit_scopes() -> str:
     """Every limit scope a worker has acquired from (a set), for ``llmqueue limits``."""
     return f"{PREFIX}:limit-scopes"

@@ -167,6 +167,9 @@ class JobResult(BaseModel):
     batch_id: str | None = None
     status: ResultStatus
     model: str | None = None
+    deployment: str | None = Field(
+        None, description="the model_list deployment that answered (its name, never its key)"
+    )
     response: dict[str, Any] | None = Field(None, description="the OpenAI-shaped response body")
     usage: Usage | None = None
     cost: float | None = Field(None, description="USD, from LiteLLM's price table; None when unknown")

@@ -25,6 +25,13 @@ from pydantic import (
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from llmqueue.errors import ConfigError
+from llmqueue.llm.deployments import (
+    Deployment,
+    RouterSettings,
+    parse_fallbacks,
+    parse_model_list,
+    read_litellm_config,
+)
 
 DEFAULT_CONFIG_FILE = Path("config.toml")
 
@@ -213,6 +220,13 @@ class Settings(BaseSettings):
     worker: WorkerConfig = WorkerConfig()
     batch: BatchConfig = BatchConfig()
     cache: CacheConfig = CacheConfig()
+    model_list: list[Deployment] = Field(
+        default_factory=list, description="deployments by model_name, in LiteLLM's shape (llm/deployments.py)"
+    )
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict, description="model names tried in turn when a job's retries are spent"
+    )
+    router_settings: RouterSettings = RouterSettings()
 
     @field_validator("llm_groups")
     @classmethod
@@ -223,6 +237,10 @@ class Settings(BaseSettings):
     @classmethod
     def _cache_flag(cls, value: Any) -> Any:
         return _cache_section(value)
+
+    def deployments_of(self, model_name: str) -> list[Deployment]:
+        """The deployments serving ``model_name`` (empty when it is a plain LiteLLM model string)."""
+        return [d for d in self.model_list if d.model_name == model_name]
 
     @model_validator(mode="after")
     def _groups_valid_over_llm(self) -> Settings:
@@ -337,6 +355,9 @@ class _FileSchema(BaseModel):
     worker: WorkerConfig | None = None
     batch: BatchConfig | None = None
     cache: CacheConfig | None = None
+    model_list: list[Deployment] | None = None
+    fallbacks: dict[str, list[str]] | None = None
+    router_settings: RouterSettings | None = None
 
     @field_validator("llm_groups")
     @classmethod
@@ -362,6 +383,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if isinstance(llm_table, dict):
         data["llm"] = {k: v for k, v in llm_table.items() if not isinstance(v, dict)}
         data["llm_groups"] = {k: v for k, v in llm_table.items() if isinstance(v, dict)}
+    # Checked apart, so an error names the entry (index and model_name), not only a position.
+    if "model_list" in data:
+        data["model_list"] = parse_model_list(data["model_list"], str(path))
+    if "fallbacks" in data:
+        data["fallbacks"] = parse_fallbacks(data["fallbacks"], str(path))
     try:
         _FileSchema.model_validate(data)
     except ValidationError as exc:
@@ -369,17 +395,30 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 
 
-def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
+def load_settings(
+    config_path: Path | None = None, *, litellm_config: Path | None = None, **overrides: Any
+) -> Settings:
     """Build the settings from defaults, a config file, the environment and ``overrides``.
 
-    ``config_path`` None means ``./config.toml`` when it exists. Raises ConfigError with a message
-    naming each bad key and where it came from, never a pydantic traceback.
+    ``config_path`` None means ``./config.toml`` when it exists. ``litellm_config`` is a LiteLLM proxy
+    config whose ``model_list`` (and fallbacks, cooldowns) are used; config.toml must then set none of
+    them. Raises ConfigError with a message naming each bad key and where it came from, never a
+    pydantic traceback.
     """
     path = config_path
     if path is None and DEFAULT_CONFIG_FILE.is_file():
         path = DEFAULT_CONFIG_FILE
     global _file_data
-    _file_data = read_config_file(path) if path is not None else {}
+    data = read_config_file(path) if path is not None else {}
+    if litellm_config is not None:
+        from_yaml = read_litellm_config(litellm_config)
+        both = sorted(set(from_yaml) & set(data))
+        if both:
+            raise ConfigError(
+                f"{', '.join(both)} set in both {path} and {litellm_config}: keep them in one file"
+            )
+        data.update(from_yaml)
+    _file_data = data
     try:
         return Settings(**overrides)
     except ValidationError as exc:

@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from llmqueue import keys
 from llmqueue.cache import ResponseCache, open_store
 from llmqueue.limits.limiter import RateLimiter
+from llmqueue.limits.routing import Deployments
 from llmqueue.llm.call import warm_up
 from llmqueue.ops.events import EventSink, log_event
 from llmqueue.queue import payload
@@ -236,6 +237,8 @@ def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)
     """Keyword arguments for ``arq.Worker`` (also the attributes of :data:`WorkerSettings`)."""
     worker = settings.worker
     worker_id = new_worker_id()
+    # os.environ/NAME values of the model_list are read here, once, from the worker's environment.
+    deployments = Deployments(settings, os.environ) if settings.model_list else None
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         store = JobStore(
@@ -256,6 +259,7 @@ def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)
             worker_id=worker_id,
             sinks=list(sinks),
             cache=cache,
+            deployments=deployments,
         )
         ctx["llmqueue_runner"] = runner
         heartbeat = Heartbeat(
@@ -322,13 +326,22 @@ def create_worker(
 
 
 def _longest_llm_timeout(settings: Settings) -> float:
-    return max([settings.llm.timeout, *(settings.llm_for(name).timeout for name in settings.llm_groups)])
+    timeouts = [settings.llm.timeout, *(settings.llm_for(name).timeout for name in settings.llm_groups)]
+    for deployment in settings.model_list:
+        timeout = deployment.extra_params.get("timeout")
+        if isinstance(timeout, int | float):
+            timeouts.append(float(timeout))
+    return max(timeouts)
 
 
 def __getattr__(name: str) -> Any:
     # ``arq llmqueue.worker.WorkerSettings``: the settings are read when arq asks for the class.
     if name == "WorkerSettings":
         config = os.environ.get("LLMQUEUE_CONFIG")
-        options = worker_options(load_settings(Path(config) if config else None))
+        litellm_config = os.environ.get("LLMQUEUE_LITELLM_CONFIG")
+        settings = load_settings(
+            Path(config) if config else None, litellm_config=Path(litellm_config) if litellm_config else None
+        )
+        options = worker_options(settings)
         return type("WorkerSettings", (), options)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -10,14 +10,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from llmqueue.limits.breaker import DeploymentState
+from llmqueue.limits.limiter import ScopeState
+from llmqueue.models import PRIORITIES
 from llmqueue.queue.ledger import BatchStatus
+from llmqueue.queue.ready import PriorityCounts
 
 if TYPE_CHECKING:  # the estimate module imports LiteLLM, which commands that only show status never need
     from llmqueue.batches.estimate import CostRange, Estimate
     from llmqueue.settings import LimitConfig
-from llmqueue.limits.limiter import ScopeState
-from llmqueue.models import PRIORITIES
-from llmqueue.queue.ready import PriorityCounts
 
 _PRIORITY_NAMES = {number: name for name, number in PRIORITIES.items()}
 
@@ -75,8 +76,8 @@ def progress_detail(status: BatchStatus) -> str:
     return " · ".join(parts)
 
 
-def status_table(status: BatchStatus) -> Table:
-    """The ``llmqueue status`` view of a batch."""
+def status_table(status: BatchStatus, deployments: Mapping[str, str] | None = None) -> Table:
+    """The ``llmqueue status`` view of a batch; ``deployments`` maps a deployment to its current state."""
     table = Table(title=f"batch {status.batch_id}", show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
@@ -98,6 +99,13 @@ def status_table(status: BatchStatus) -> Table:
         ("elapsed", format_seconds(status.elapsed)),
         ("ETA", "done" if status.done else format_seconds(status.eta_seconds)),
     ]
+    if status.deployments:
+        rows.append(("deployments", "calls of this batch, and each deployment's state now"))
+    for name, counts in status.deployments.items():
+        now = (deployments or {}).get(name)
+        rows.append(
+            (f"  {name}", deployment_split(counts, status.deployments) + (f" · {now}" if now else ""))
+        )
     if status.cancel_requested:
         rows.append(("state", "cancelled by request"))
     elif status.budget_exceeded:
@@ -119,6 +127,21 @@ def queue_table(queue_name: str, counts: list[PriorityCounts]) -> Table:
     if not counts:
         table.add_row("-", "0", "0", "0")
     return table
+
+
+def deployment_split(counts: dict[str, int], every: dict[str, dict[str, int]]) -> str:
+    """One deployment's row of ``status``: its calls, their share of all, and how they ended."""
+    calls = sum(counts.values())
+    total = sum(sum(c.values()) for c in every.values()) or 1
+    ended = ", ".join(
+        f"{n} {'answered' if kind == 'ok' else kind}"
+        for kind, n in sorted(counts.items(), key=_answered_first)
+    )
+    return f"{calls} calls ({100 * calls / total:.0f}%): {ended}"
+
+
+def _answered_first(item: tuple[str, int]) -> tuple[bool, str]:
+    return item[0] != "ok", item[0]
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -195,6 +218,16 @@ def _total_cost(costs: list[CostRange | None]) -> str:
     if len(known) < len(costs):
         return "unknown (a model has no LiteLLM price)"
     return f"{format_usd(sum(c.low for c in known))} to {format_usd(sum(c.high for c in known))}"
+
+
+def deployments_table(states: Sequence[DeploymentState], model_names: Mapping[str, str]) -> Table:
+    """The deployments part of ``llmqueue limits``: each one's model name and its state now."""
+    table = Table(title="deployments")
+    for column in ("deployment", "model name", "state"):
+        table.add_column(column)
+    for state in states:
+        table.add_row(state.name, model_names.get(state.name, ""), state.describe())
+    return table
 
 
 def limits_table(states: Sequence[ScopeState], title: str = "limits") -> Table:

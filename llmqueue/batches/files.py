@@ -165,8 +165,9 @@ def output_record(result: JobResult | None, *, custom_id: str, job_id: str) -> d
     failed with an HTTP status, and is None otherwise; ``error`` is None for a succeeded job, else
     ``{"code", "message"}`` with code the failure kind (``"missing"`` when ``result`` is None: the job
     did not finish or its result expired). llmqueue's own details sit apart under ``"llmqueue"``:
-    status, attempts, cached (answered from the response cache), via (``live`` or ``batch-api``),
-    cost (USD), latency_seconds (first start to end), usage, and every attempt's error.
+    status, deployment (the model_list deployment that answered, or None), attempts, cached (answered
+    from the response cache), via (``live`` or ``batch-api``), cost (USD), latency_seconds (first start
+    to end), usage, and every attempt's error.
     """
     record: dict[str, Any] = {"id": f"batch_req_{job_id}", "custom_id": custom_id}
     if result is None:
@@ -174,6 +175,7 @@ def output_record(result: JobResult | None, *, custom_id: str, job_id: str) -> d
         record |= {"response": None, "error": {"code": "missing", "message": message}}
         record["llmqueue"] = {
             "status": "missing",
+            "deployment": None,
             "attempts": 0,
             "cached": False,
             "via": None,
@@ -190,6 +192,7 @@ def output_record(result: JobResult | None, *, custom_id: str, job_id: str) -> d
         record |= _failure(result, job_id)
     record["llmqueue"] = {
         "status": result.status,
+        "deployment": result.deployment,
         "attempts": result.attempts,
         "cached": result.cached,
         "via": result.via,

@@ -66,6 +66,7 @@ class RunOptions:
     cache_dir: Path | None = None
     cache: bool = True
     """Answer lines from the response cache and keep new answers there (``--no-cache``: False)."""
+    litellm_config: Path | None = None
     worker_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -242,6 +243,8 @@ def _worker_env(options: RunOptions) -> dict[str, str]:
     env = dict(options.worker_env)
     if options.config is not None:
         env["LLMQUEUE_CONFIG"] = str(options.config.resolve())
+    if options.litellm_config is not None:
+        env["LLMQUEUE_LITELLM_CONFIG"] = str(options.litellm_config.resolve())
     if options.model:
         env["LLM_MODEL"] = options.model
     if options.rpm is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +18,7 @@ from llmqueue.cli.common import (
     CacheDirOption,
     ConfigOption,
     DryRunOption,
+    LiteLLMConfigOption,
     LLMConfigOption,
     ModelOption,
     NoCacheOption,
@@ -131,10 +133,12 @@ def status(
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
-    """Counts, tokens, cost, throughput and ETA of a batch; or, without one, queued/running per priority."""
+    """Counts, tokens, cost, throughput and ETA of a batch, with the calls of each deployment and its
+    state now; or, without a batch, queued/running per priority."""
     from llmqueue.batches.control import Batches
     from llmqueue.batches.display import limits_table, status_table
     from llmqueue.cli.limit_commands import batch_limits
+    from llmqueue.limits.breaker import deployment_states
     from llmqueue.producer import Producer
 
     settings = settings_from(config, redis_url)
@@ -143,13 +147,24 @@ def status(
             raise typer.BadParameter("--watch follows a batch: give its id")
         _queue_status(settings, as_json)
         return
+
+    async def states(batches: Batches, names: list[str]) -> dict[str, Any]:
+        return {s.name: s for s in await deployment_states(batches.redis, names)} if names else {}
+
+    async def view(batches: Batches) -> tuple[Any, dict[str, Any]]:
+        current = await batches.status(batch)
+        return current, await states(batches, list(current.deployments))
+
     if as_json:
-        current = with_batches(settings, lambda b: b.status(batch))
+        current, now = with_batches(settings, view)
         limits = with_redis(settings, lambda redis: batch_limits(redis, batch))
-        typer.echo(json.dumps({**current.to_json(), "limits": [s.to_json() for s in limits]}, indent=2))
+        data = {**current.to_json(), "limits": [s.to_json() for s in limits]}
+        data["deployment_states"] = {name: asdict(state) for name, state in now.items()}
+        typer.echo(json.dumps(data, indent=2))
         return
     if not watch:
-        Console().print(status_table(with_batches(settings, lambda b: b.status(batch))))
+        current, now = with_batches(settings, view)
+        Console().print(status_table(current, {name: state.describe() for name, state in now.items()}))
         limits = with_redis(settings, lambda redis: batch_limits(redis, batch))
         if limits:
             Console().print(limits_table(limits, title="limits it runs under"))
@@ -160,7 +175,8 @@ def status(
             batches = Batches(producer.store)
             with Live(console=Console(), refresh_per_second=4) as live:
                 async for current in batches.follow(batch, interval=1.0):
-                    live.update(status_table(current))
+                    now = await states(batches, list(current.deployments))
+                    live.update(status_table(current, {n: s.describe() for n, s in now.items()}))
 
     asyncio.run(follow())
 
@@ -307,6 +323,7 @@ def run(
     ] = None,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
+    litellm_config: LiteLLMConfigOption = None,
 ) -> None:
     """Run a JSONL file end to end: Redis, workers, progress, results; exit 0 only if every job succeeded.
 
@@ -320,7 +337,7 @@ def run(
         via, fallback, poll_interval, enqueued_token_limit, rpm, tpm, concurrency, max_cost, max_tokens
     )
     env_url = redis_url or os.environ.get("REDIS_URL")
-    settings = with_cache_dir(settings_from(config, env_url), cache_dir)
+    settings = with_cache_dir(settings_from(config, env_url, litellm_config=litellm_config), cache_dir)
     if dry_run:
         if file is None:
             raise LLMQueueError("--dry-run needs the JSONL file")
@@ -359,6 +376,7 @@ def run(
         fallback=fallback.value,
         poll_interval=poll_interval,
         enqueued_token_limit=enqueued_token_limit,
+        litellm_config=litellm_config,
     )
     try:
         with ExitStack() as stack:

@@ -37,6 +37,15 @@ ConfigOption = Annotated[
         dir_okay=False,
     ),
 ]
+LiteLLMConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--litellm-config",
+        envvar="LLMQUEUE_LITELLM_CONFIG",
+        help="A LiteLLM proxy config.yaml whose model_list (deployments, fallbacks) to use.",
+        dir_okay=False,
+    ),
+]
 RedisOption = Annotated[
     str | None, typer.Option("--redis-url", help="Redis URL (default: REDIS_URL or the config file).")
 ]
@@ -99,10 +108,16 @@ class LogFormatChoice(StrEnum):
     json = "json"
 
 
-def settings_from(config: Path | None, redis_url: str | None = None, **overrides: Any) -> Settings:
+def settings_from(
+    config: Path | None,
+    redis_url: str | None = None,
+    *,
+    litellm_config: Path | None = None,
+    **overrides: Any,
+) -> Settings:
     if redis_url:
         overrides["redis_url"] = redis_url
-    return load_settings(config, **overrides)
+    return load_settings(config, litellm_config=litellm_config, **overrides)
 
 
 def with_cache_dir(settings: Settings, cache_dir: Path | None) -> Settings:

@@ -8,7 +8,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from llmqueue.cli.common import ConfigOption, RedisOption, app, settings_from, with_redis
+from llmqueue.cli.common import (
+    ConfigOption,
+    LiteLLMConfigOption,
+    RedisOption,
+    app,
+    settings_from,
+    with_redis,
+)
 from llmqueue.limits.limiter import RateLimiter, ScopeState
 
 
@@ -33,18 +40,27 @@ def limits(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
+    litellm_config: LiteLLMConfigOption = None,
 ) -> None:
     """Every limit scope seen: its limits and their source (configured, learnt, both), the level of its
     shared bucket, its cooldown, and the requests and 429s of the last minute. A scope with no limit at
-    all shows as "unlimited"."""
-    settings = settings_from(config, redis_url)
+    all shows as "unlimited". With a model_list (--litellm-config or config.toml), each deployment's
+    state follows: in service, cooling down after a 429, or taken out after failures."""
+    settings = settings_from(config, redis_url, litellm_config=litellm_config)
     states = with_redis(settings, scope_states)
     if as_json:
         typer.echo(json.dumps([state.to_json() for state in states], indent=2))
         return
-    if not states:
-        typer.echo("no limit scope in use (no worker has taken from the limiter in the last hour)")
-        return
-    from llmqueue.batches.display import limits_table
+    from llmqueue.batches.display import deployments_table, limits_table
 
-    Console().print(limits_table(states))
+    if states:
+        Console().print(limits_table(states))
+    else:
+        typer.echo("no limit scope in use (no worker has taken from the limiter in the last hour)")
+    if settings.model_list:
+        from llmqueue.limits.breaker import deployment_states
+
+        names = [d.name for d in settings.model_list]
+        found = with_redis(settings, lambda redis: deployment_states(redis, names))
+        model_names = {d.name: d.model_name for d in settings.model_list}
+        Console().print(deployments_table(found, model_names))

@@ -12,6 +12,7 @@ from rich.console import Console
 from llmqueue.batches.display import format_seconds
 from llmqueue.cli.common import (
     ConfigOption,
+    LiteLLMConfigOption,
     LLMConfigOption,
     LogFormatChoice,
     ModelOption,
@@ -38,6 +39,7 @@ def worker(
     log_format: Annotated[
         LogFormatChoice, typer.Option(help="text, or json: one JSON object per line, every job event.")
     ] = LogFormatChoice.text,
+    litellm_config: LiteLLMConfigOption = None,
 ) -> None:
     """Run a worker that takes jobs from Redis and calls the provider through LiteLLM."""
     from llmqueue.ops.events import EventSink
@@ -48,7 +50,12 @@ def worker(
         worker_overrides["max_jobs"] = max_jobs
     if queue is not None:
         worker_overrides["queue_name"] = queue
-    settings = settings_from(config, redis_url, **({"worker": worker_overrides} if worker_overrides else {}))
+    settings = settings_from(
+        config,
+        redis_url,
+        litellm_config=litellm_config,
+        **({"worker": worker_overrides} if worker_overrides else {}),
+    )
     secrets = secrets_of(settings)
     configure_logging(log_format.value, verbose=verbose, secrets=secrets)
     sinks: list[EventSink] = [JobLog(secrets)]

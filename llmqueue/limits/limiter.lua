@@ -22,7 +22,10 @@
 -- acquire:  ARGV[6] requests, ARGV[7] tokens, ARGV[8] longest wait the caller will reserve, ARGV[9]
 --           priority (0-9), ARGV[10] longest reservation a low-priority job may hold (seconds).
 --           Returns {admitted, wait, state, rcharged, tcharged, rbelief, tbelief, rc, tc, rgc, tgc, rgr, tgr,
---           now}.
+--           now, chosen} (refusals and unlimited scopes fill the numbers with '0'). With several KEYS
+--           (deployments of one model: candidate 1's limit in ARGV[2..5], the others' four values each
+--           from ARGV[11]) the one that can admit soonest is chosen, and `chosen` is its position in
+--           KEYS (1-based); with one key it is 1.
 --           Admitted with a wait: the caller holds a reservation and sleeps that long. Not admitted:
 --           nothing was taken and wait says when to come back. state: limited | probing | unlimited.
 -- adjust:   ARGV[6] charged tokens to add back (negative: charge more), ARGV[7] the same as estimated,
@@ -30,7 +33,8 @@
 -- cooldown: ARGV[6] seconds every caller must pause (0: only ask what is left), ARGV[7] the longest pause
 --           (0: no escalation); returns {1, seconds remaining, time of the last 429, now}. A 429 soon
 --           after the last pause ended
---           doubles the pause (up to ARGV[7]): the provider is still refusing.
+--           doubles the pause (up to ARGV[7]): the provider is still refusing. ARGV[8] '0': the pause is
+--           not a 429 (a deployment taken out by the circuit breaker): not counted or dated as one.
 -- observe:  ARGV[6] limit-requests, ARGV[7] limit-tokens (0: not sent), ARGV[8] remaining-requests,
 --           ARGV[9] remaining-tokens (-1: not sent), ARGV[10..17] the ticket of the call (rbelief,
 --           tbelief, rc, tc, rgc, tgc, rgr, tgr; rbelief -1e300: no ticket), ARGV[18] 1 when the call was
@@ -54,14 +58,9 @@ local FIELDS = {'r', 'rts', 't', 'tts', 'cool', 'streak', 'pause', 'lrpm', 'ltpm
   'ra', 'rb', 'ta', 'tb', 'rgc', 'tgc', 'rgr', 'tgr', 'rsc', 'tsc', 'rsr', 'tsr', 'rc', 'tc',
   'probe', 'probe_ts', 'crpm', 'ctpm', 'cburst', 'refused_at'}
 for p = 0, MAX_PRIORITY do FIELDS[#FIELDS + 1] = 'w' .. p end
-local values = redis.call('HMGET', key, unpack(FIELDS))
-local h = {}
-for i, name in ipairs(FIELDS) do h[name] = values[i] end
+local h, updates, cool = {}, {}, 0
 local function num(name, default) return tonumber(h[name]) or default end
-local updates = {}
 local function set(name, value) h[name] = tostring(value); updates[#updates + 1] = name; updates[#updates + 1] = tostring(value) end
-
-local cool = num('cool', 0)
 
 local function combine(configured, learnt)
   if configured > 0 and learnt > 0 then return math.min(configured, learnt) end
@@ -75,7 +74,22 @@ local function shape()
   rcap = math.max(1, rpm * burst / 60)
   tcap = math.max(1, tpm * burst / 60)
 end
-shape()
+
+-- Make candidate i (KEYS[i]) the scope every function below works on: its limit and its hash.
+-- Candidate 1's limit is ARGV[2..5]; with several KEYS (acquire over deployments) candidate i >= 2's
+-- is the four values from ARGV[11 + 4 * (i - 2)].
+local function load(i)
+  local base = i == 1 and 2 or 11 + 4 * (i - 2)
+  key = KEYS[i]
+  cfg_rpm, cfg_tpm = tonumber(ARGV[base]), tonumber(ARGV[base + 1])
+  burst, reserve = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  local values = redis.call('HMGET', key, unpack(FIELDS))
+  h, updates = {}, {}
+  for j, name in ipairs(FIELDS) do h[name] = values[j] end
+  cool = num('cool', 0)
+  shape()
+end
+load(1)
 
 -- A bucket's level at time `at`: refilled since its last write, never above capacity.
 local function level(b, rate, cap, at)
@@ -135,8 +149,8 @@ if op == 'cooldown' then
       if longest > 0 then pause = math.min(longest, math.max(seconds, seconds * 2 ^ streak)) end
     end
     cool = math.max(cool, now + pause)
-    set('cool', cool); set('streak', streak); set('pause', pause); set('refused_at', now)
-    count('e', 1)
+    set('cool', cool); set('streak', streak); set('pause', pause)
+    if ARGV[8] ~= '0' then set('refused_at', now); count('e', 1) end
     save()
   end
   -- A 429 voids earlier reservations only where it changed how calls are charged (headers were read).
@@ -251,85 +265,134 @@ end
 
 local rwant, twant, max_wait = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local priority, hold = tonumber(ARGV[9]), tonumber(ARGV[10])
--- During a cooldown the buckets are judged as of its end, so callers queued behind it leave it
--- spaced at the limit's rate instead of all at once.
-local at = math.max(now, cool)
-local mode = state()
-local refusal = {0, '', mode, '0', '0', '0', '0', '0', '0', '0', '0', '0', '0'}
+local low = priority < DEFAULT_PRIORITY
 
--- A refused job of higher priority comes back at its time; lower ones leave the way clear until then.
-for p = priority + 1, MAX_PRIORITY do
-  local back = num('w' .. p, 0)
-  if back + GRACE > now then
-    refusal[2] = tostring(math.max(at, back + GRACE) - now)
-    return refusal
+-- The loaded scope's buckets at time `at` for this request: its cost (times the learnt factor), the
+-- wait until both buckets hold it, one refill of it, the levels, and the room left after it (0-1).
+local function buckets(at)
+  local b = {rcost = rwant * factor('r'), tcost = twant * factor('t'), wait = 0, refill = 0, room = 1}
+  if rpm > 0 then
+    b.r = level('r', rpm, rcap, at)
+    -- A cost above capacity is admitted from a full bucket, and the debt slows those that follow.
+    local need = math.min(b.rcost + (low and reserve * rcap or 0), rcap)
+    if b.r < need then b.wait = math.max(b.wait, (need - b.r) * 60 / rpm) end
+    b.refill = math.max(b.refill, b.rcost * 60 / rpm)
+    b.room = math.min(b.room, (b.r - b.rcost) / rcap)
   end
+  if tpm > 0 then
+    b.tk = level('t', tpm, tcap, at)
+    local need = math.min(b.tcost + (low and reserve * tcap or 0), tcap)
+    if b.tk < need then b.wait = math.max(b.wait, (need - b.tk) * 60 / tpm) end
+    b.refill = math.max(b.refill, b.tcost * 60 / tpm)
+    b.room = math.min(b.room, (b.tk - b.tcost) / tcap)
+  end
+  return b
 end
 
-if mode ~= 'limited' then
-  if at - now > max_wait then
-    refusal[2] = tostring(at - now)
+-- When a higher-priority job refused by the loaded scope is due back (0: none), plus the grace.
+local function higher_due()
+  local due = 0
+  for p = priority + 1, MAX_PRIORITY do
+    local back = num('w' .. p, 0)
+    if back + GRACE > now then due = math.max(due, back + GRACE) end
+  end
+  return due
+end
+
+-- Routing: with several KEYS (deployments of one model), the request goes to the scope that can take
+-- it soonest (cooldown, higher-priority jobs due, probing budget, buckets), the roomier on a tie.
+-- Nothing is written while they are compared; the chosen one is then loaded and acquired from.
+local chosen = 1
+if #KEYS > 1 then
+  local best_wait, best_room
+  for i = 1, #KEYS do
+    load(i)
+    local at = math.max(now, cool)
+    local soonest, room = math.max(at, higher_due()) - now, 1
+    local mode = state()
+    if mode == 'limited' then
+      local b = buckets(at)
+      soonest, room = math.max(soonest, (at - now) + b.wait), b.room
+    elseif mode == 'probing' and now - num('probe_ts', 0) <= PROBE_WINDOW and num('probe', 0) >= PROBE_REQUESTS then
+      soonest = math.max(soonest, PROBE_RETRY)
+    end
+    if best_wait == nil or soonest < best_wait - 1e-6 or (soonest < best_wait + 1e-6 and room > best_room) then
+      chosen, best_wait, best_room = i, soonest, room
+    end
+  end
+  load(chosen)
+end
+
+local function acquire()
+  -- During a cooldown the buckets are judged as of its end, so callers queued behind it leave it
+  -- spaced at the limit's rate instead of all at once.
+  local at = math.max(now, cool)
+  local mode = state()
+  local refusal = {0, '', mode, '0', '0', '0', '0', '0', '0', '0', '0', '0', '0'}
+
+  -- A refused job of higher priority comes back at its time; lower ones leave the way clear until then.
+  local due = higher_due()
+  if due > 0 then
+    refusal[2] = tostring(math.max(at, due) - now)
     return refusal
   end
-  if mode == 'probing' then
-    -- No limit configured or learnt yet: a few calls go out to read the provider's headers.
-    local probes = num('probe', 0)
-    if now - num('probe_ts', 0) > PROBE_WINDOW then probes = 0; set('probe_ts', now) end
-    if probes >= PROBE_REQUESTS then
-      refusal[2] = tostring(math.max(at - now, PROBE_RETRY))
-      save()
+
+  if mode ~= 'limited' then
+    if at - now > max_wait then
+      refusal[2] = tostring(at - now)
       return refusal
     end
-    set('probe', probes + 1)
+    if mode == 'probing' then
+      -- No limit configured or learnt yet: a few calls go out to read the provider's headers.
+      local probes = num('probe', 0)
+      if now - num('probe_ts', 0) > PROBE_WINDOW then probes = 0; set('probe_ts', now) end
+      if probes >= PROBE_REQUESTS then
+        refusal[2] = tostring(math.max(at - now, PROBE_RETRY))
+        save()
+        return refusal
+      end
+      set('probe', probes + 1)
+    end
+    count('n', rwant)
+    save()
+    return {1, tostring(at - now), mode, '0', '0', tostring(NO_TICKET), tostring(NO_TICKET), '0', '0', '0', '0', '0', '0'}
+  end
+
+  if num('crpm', 0) ~= cfg_rpm or num('ctpm', 0) ~= cfg_tpm or num('cburst', 0) ~= burst then
+    set('crpm', cfg_rpm); set('ctpm', cfg_tpm); set('cburst', burst)
+  end
+  local b = buckets(at)
+  local rcost, tcost, bucket_wait, refill, r, tk = b.rcost, b.tcost, b.wait, b.refill, b.r, b.tk
+  local wait = (at - now) + bucket_wait
+  -- Below the default priority a job may not hold a long reservation that higher ones would queue behind.
+  local longest = max_wait
+  if low then longest = math.min(max_wait, (at - now) + math.max(hold, refill)) end
+  if wait > longest then
+    if priority > 0 then set('w' .. priority, math.max(num('w' .. priority, 0), now + wait)); save() end
+    refusal[2] = tostring(wait)
+    return refusal
+  end
+  local rbelief, tbelief = NO_TICKET, NO_TICKET
+  if rpm > 0 then
+    set('r', r - rcost); set('rts', at)
+    set('rgc', num('rgc', 0) + rcost); set('rgr', num('rgr', 0) + rwant)
+    -- What the provider should have left after this call when it arrives (its level is capped too).
+    rbelief = math.min(rcap, r + bucket_wait * rpm / 60) - rcost
+  end
+  if tpm > 0 then
+    set('t', tk - tcost); set('tts', at)
+    set('tgc', num('tgc', 0) + tcost); set('tgr', num('tgr', 0) + twant)
+    tbelief = math.min(tcap, tk + bucket_wait * tpm / 60) - tcost
   end
   count('n', rwant)
   save()
-  return {1, tostring(at - now), mode, '0', '0', tostring(NO_TICKET), tostring(NO_TICKET), '0', '0', '0', '0', '0', '0'}
+  return {1, tostring(wait), mode, tostring(rcost), tostring(tcost), tostring(rbelief), tostring(tbelief),
+    tostring(num('rc', 0)), tostring(num('tc', 0)), tostring(num('rgc', 0)), tostring(num('tgc', 0)),
+    tostring(num('rgr', 0)), tostring(num('tgr', 0)), tostring(now)}
 end
 
-local low = priority < DEFAULT_PRIORITY
-if num('crpm', 0) ~= cfg_rpm or num('ctpm', 0) ~= cfg_tpm or num('cburst', 0) ~= burst then
-  set('crpm', cfg_rpm); set('ctpm', cfg_tpm); set('cburst', burst)
-end
-local rcost, tcost = rwant * factor('r'), twant * factor('t')
-local bucket_wait, refill = 0, 0
-local r, tk
-if rpm > 0 then
-  r = level('r', rpm, rcap, at)
-  -- A cost above capacity is admitted from a full bucket, and the debt slows those that follow.
-  local need = math.min(rcost + (low and reserve * rcap or 0), rcap)
-  if r < need then bucket_wait = math.max(bucket_wait, (need - r) * 60 / rpm) end
-  refill = math.max(refill, rcost * 60 / rpm)
-end
-if tpm > 0 then
-  tk = level('t', tpm, tcap, at)
-  local need = math.min(tcost + (low and reserve * tcap or 0), tcap)
-  if tk < need then bucket_wait = math.max(bucket_wait, (need - tk) * 60 / tpm) end
-  refill = math.max(refill, tcost * 60 / tpm)
-end
-local wait = (at - now) + bucket_wait
--- Below the default priority a job may not hold a long reservation that higher ones would queue behind.
-local longest = max_wait
-if low then longest = math.min(max_wait, (at - now) + math.max(hold, refill)) end
-if wait > longest then
-  if priority > 0 then set('w' .. priority, math.max(num('w' .. priority, 0), now + wait)); save() end
-  refusal[2] = tostring(wait)
-  return refusal
-end
-local rbelief, tbelief = NO_TICKET, NO_TICKET
-if rpm > 0 then
-  set('r', r - rcost); set('rts', at)
-  set('rgc', num('rgc', 0) + rcost); set('rgr', num('rgr', 0) + rwant)
-  -- What the provider should have left after this call when it arrives (its level is capped too).
-  rbelief = math.min(rcap, r + bucket_wait * rpm / 60) - rcost
-end
-if tpm > 0 then
-  set('t', tk - tcost); set('tts', at)
-  set('tgc', num('tgc', 0) + tcost); set('tgr', num('tgr', 0) + twant)
-  tbelief = math.min(tcap, tk + bucket_wait * tpm / 60) - tcost
-end
-count('n', rwant)
-save()
-return {1, tostring(wait), mode, tostring(rcost), tostring(tcost), tostring(rbelief), tostring(tbelief),
-  tostring(num('rc', 0)), tostring(num('tc', 0)), tostring(num('rgc', 0)), tostring(num('tgc', 0)),
-  tostring(num('rgr', 0)), tostring(num('tgr', 0)), tostring(now)}
+-- Every reply has the same length, with the chosen candidate last.
+local reply = acquire()
+for i = #reply + 1, 14 do reply[i] = '0' end
+reply[15] = tostring(chosen)
+return reply

@@ -19,6 +19,7 @@ longer than about one refill, and no job is admitted while a refused job of high
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
@@ -90,13 +91,15 @@ class Admission:
 
     When not admitted nothing was taken, and ``wait`` is how long until the request could be. ``state``
     says whether the scope ran under a limit, was probing for one, or is unlimited; ``ticket`` is set
-    for a call admitted under a limit.
+    for a call admitted under a limit. ``choice`` is the position of the scope that answered among the
+    candidates of :meth:`RateLimiter.acquire_any` (0 for :meth:`RateLimiter.acquire`).
     """
 
     admitted: bool
     wait: float
     state: LimitState = "limited"
     ticket: Ticket | None = None
+    choice: int = 0
 
 
 @dataclass(frozen=True)
@@ -184,21 +187,49 @@ class RateLimiter:
         none); a limit learnt from the provider's headers applies as well. ``priority`` is 0-9, higher
         more urgent (``PRIORITIES``).
         """
+        return await self.acquire_any(
+            [(scope, limit)], tokens=tokens, max_wait=max_wait, requests=requests, priority=priority
+        )
+
+    async def acquire_any(
+        self,
+        candidates: Sequence[tuple[str, LimitConfig | None]],
+        *,
+        tokens: int,
+        max_wait: float,
+        requests: int = 1,
+        priority: int = DEFAULT_PRIORITY,
+    ) -> Admission:
+        """:meth:`acquire` from whichever of the candidate scopes (deployments of one model) can take
+        the request soonest, in one script call; ``Admission.choice`` says which.
+
+        The candidates are compared by their wait (cooldown, higher-priority jobs due back, buckets,
+        learnt limits included); on a tie the one with more room left in its buckets is taken, so idle
+        deployments share the load. Nothing is taken from the others.
+        """
+        if not candidates:
+            raise ValueError("acquire_any needs at least one candidate scope")
         if not 0 <= priority <= MAX_PRIORITY:
             raise ValueError(f"priority must be an integer from 0 to {MAX_PRIORITY}, not {priority!r}")
-        await self._remember(scope)
-        reply = await self._run(
-            scope,
-            "acquire",
-            BucketShape.of(limit or UNLIMITED),
-            requests,
-            tokens,
-            max_wait,
-            priority,
-            LOW_PRIORITY_HOLD,
+        for scope, _ in candidates:
+            await self._remember(scope)
+        shapes = [BucketShape.of(limit or UNLIMITED) for _, limit in candidates]
+        raw = await self._script(
+            keys=[keys.limiter(scope) for scope, _ in candidates],
+            args=[
+                "acquire",
+                *shapes[0].args(),
+                requests,
+                tokens,
+                max_wait,
+                priority,
+                LOW_PRIORITY_HOLD,
+                *(arg for shape in shapes[1:] for arg in shape.args()),
+            ],
         )
+        reply = [value.decode() if isinstance(value, bytes) else str(value) for value in raw]
         admitted, wait, state = int(reply[0]), float(reply[1]), reply[2]
-        numbers = [float(value) for value in reply[3:]]
+        numbers = [float(value) for value in reply[3:14]]
         ticket = None
         if admitted and state == "limited":
             ticket = Ticket(
@@ -215,7 +246,9 @@ class RateLimiter:
                 tokens_asked=tokens,
                 granted_at=numbers[10],
             )
-        return Admission(admitted=bool(admitted), wait=wait, state=_state(state), ticket=ticket)
+        return Admission(
+            admitted=bool(admitted), wait=wait, state=_state(state), ticket=ticket, choice=int(reply[14]) - 1
+        )
 
     async def adjust(
         self, scope: str, limit: LimitConfig | None, *, tokens: float, ticket: Ticket | None = None
@@ -296,14 +329,19 @@ class RateLimiter:
             return max(pause, REACQUIRE_DELAY)
         return pause
 
-    async def cooldown(self, scope: str, seconds: float, *, longest: float = 0.0) -> float:
+    async def cooldown(
+        self, scope: str, seconds: float, *, longest: float = 0.0, rate_limited: bool = True
+    ) -> float:
         """Pause the whole scope for ``seconds`` (a 429 seen by one worker); returns the pause left.
 
         With ``longest`` set, a 429 that arrives soon after the previous pause ended doubles the pause,
         up to ``longest`` seconds, so a provider that keeps refusing is probed less and less often.
-        ``seconds=0`` only reads how much of the current pause is left.
+        ``seconds=0`` only reads how much of the current pause is left. ``rate_limited=False``: a pause
+        for another reason (a failing deployment), not counted among the scope's 429s.
         """
-        reply = await self._run(scope, "cooldown", BucketShape.of(UNLIMITED), seconds, longest)
+        reply = await self._run(
+            scope, "cooldown", BucketShape.of(UNLIMITED), seconds, longest, 1 if rate_limited else 0
+        )
         return float(reply[1])
 
     async def inspect(self, scope: str) -> ScopeState:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import httpx
 from litellm import exceptions as llm_errors
 
 from llmqueue.errors import (
@@ -48,6 +49,10 @@ def classify(exc: BaseException, secrets: Iterable[str] = ()) -> ProviderError:
     status = _status_code(exc)
     if isinstance(exc, llm_errors.RateLimitError) or status == 429:
         return RateLimitedError(message, retry_after=retry_after_seconds(_headers(exc)))
+    if not isinstance(exc, llm_errors.Timeout | asyncio.TimeoutError) and _lost_connection(exc):
+        # LiteLLM reports a refused or dropped connection as a 500 ("Connection error."); it is the
+        # endpoint that is unreachable, which routing treats differently from a server's 5xx answer.
+        return RetryableProviderError(message, kind="connection")
     for cls, kind in _TRANSIENT:
         if isinstance(exc, cls):
             return RetryableProviderError(message, kind=kind, status_code=status)
@@ -85,6 +90,18 @@ def retry_after_seconds(headers: Mapping[str, str] | None, now: float | None = N
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """Whether a connection to the provider failed (refused, reset, dropped) under ``exc``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, httpx.NetworkError | httpx.RemoteProtocolError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _status_code(exc: BaseException) -> int | None:

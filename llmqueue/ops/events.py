@@ -24,6 +24,7 @@ EventName = Literal[
     "cancelled",  # its batch was cancelled or spent
     "invalid",  # the payload could not be run
     "interrupted",  # the worker stopped during the call; the job will run again
+    "rerouted",  # its deployment failed and was taken out; another one takes the job, no attempt spent
 ]
 
 
@@ -36,6 +37,7 @@ class JobEvent:
     batch_id: str | None = None
     model: str | None = None
     scope: str | None = None
+    deployment: str | None = None
     attempt: int = 0
     latency: float | None = None
     wait: float | None = None

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from llmqueue.llm.deployments import resolve
 from llmqueue.ops.events import JobEvent, log_event
 from llmqueue.ops.redaction import redact
 from llmqueue.settings import Settings
@@ -35,9 +37,13 @@ LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def secrets_of(settings: Settings) -> list[str]:
-    """What must never reach a log: every configured API key and the Redis password."""
+def secrets_of(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
+    """What must never reach a log: every configured API key (model_list credentials too, read from
+    ``environ``, by default this process's environment) and the Redis password."""
     found: list[str] = []
+    if settings.model_list:
+        resolved = resolve(settings.model_list, os.environ if environ is None else environ)
+        found += [secret for deployment in resolved for secret in deployment.secrets]
     for llm in [settings.llm, *(settings.llm_for(name) for name in settings.llm_groups)]:
         if llm.api_key is not None:
             found.append(llm.api_key.get_secret_value())

@@ -23,6 +23,8 @@ events since it started; Prometheus sums them across workers.
 - ``llmqueue_tokens_total{model,kind}``: tokens the provider reported, ``prompt`` or ``completion``
 - ``llmqueue_cost_usd_total{model}``: LiteLLM's price of the successful calls, in USD
 - ``llmqueue_in_flight{model}`` (gauge): provider calls running in this worker now
+- ``llmqueue_deployment_calls_total{model,deployment,outcome}``: calls of jobs routed over a model_list,
+  per deployment, by how they ended (``ok``, ``rerouted``, or the error kind: ``rate_limit`` …)
 - ``llmqueue_limit{scope,kind,source}`` (gauge): the rate a scope runs under, per minute (``kind``
   ``requests`` or ``tokens``; ``source`` ``configured``, ``learnt``, ``both`` or ``none``; 0: none)
 - ``llmqueue_limit_level{scope,kind}`` (gauge): what the scope's shared bucket holds now
@@ -55,6 +57,8 @@ WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120
 CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 _BY_PRIORITY = ("model", "priority")
 _CALL_ENDS = frozenset({"succeeded", "failed", "retrying", "interrupted"})
+_CALL_ENDS = frozenset({"succeeded", "failed", "retrying", "interrupted", "rerouted"})
+_DEPLOYMENT_OUTCOMES = frozenset({"succeeded", "failed", "retrying", "rerouted"})
 
 
 class WorkerMetrics:
@@ -111,6 +115,11 @@ class WorkerMetrics:
         )
         self.tokens = counter("tokens", "Tokens the provider reported.", ("model", "kind"))
         self.cost = counter("cost_usd", "LiteLLM's price of the successful calls, in USD.")
+        self.deployment_calls = counter(
+            "deployment_calls",
+            "Calls per model_list deployment, by outcome (ok, rerouted, or the error kind).",
+            ("model", "deployment", "outcome"),
+        )
         self.in_flight = Gauge(
             "in_flight",
             "Provider calls running in this worker now.",
@@ -160,6 +169,9 @@ class WorkerMetrics:
             self.rate_limited.labels(model).inc()
         if event.latency is not None and name in _CALL_ENDS:
             self.call_duration.labels(model).observe(event.latency)
+        if event.deployment is not None and name in _DEPLOYMENT_OUTCOMES:
+            outcome = "ok" if name == "succeeded" else name if name == "rerouted" else event.reason or "error"
+            self.deployment_calls.labels(model, event.deployment, outcome).inc()
 
         if name == "succeeded":
             self.succeeded.labels(model, priority).inc()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -72,6 +72,8 @@ class BatchStatus:
     """Finished jobs per second since the batch was created."""
     eta_seconds: float | None
     source: str | None
+    deployments: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Provider calls per model_list deployment, by outcome (``ok``, ``rate_limit``, ``connection`` …)."""
 
     @property
     def finished(self) -> int:
@@ -117,9 +119,26 @@ class BatchLedger:
         if rate_limited:
             pipe.hincrby(keys.batch(batch_id), "rate_limited", 1)
 
+    async def call_rerouted(self, batch_id: str | None, *, retrying: bool) -> None:
+        """A call failed on a deployment that was taken out; the job waits for another (no attempt)."""
+        if batch_id is None:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(keys.batch(batch_id), "running", -1)
+            if retrying:  # call_started took it out of retry_waiting; the next start will again
+                pipe.hincrby(keys.batch(batch_id), "retry_waiting", 1)
+            await pipe.execute()
+
+    async def count_deployment_call(self, batch_id: str, deployment: str, outcome: str) -> None:
+        """Count one ended call of a batch on a deployment: ``ok`` or the error kind."""
+        await self.redis.hincrby(keys.batch_deployments(batch_id), f"{deployment}\t{outcome}", 1)
+
     async def status(self, batch_id: str) -> BatchStatus:
         """The batch's counts, usage, cost, throughput and ETA. Raises BatchError for an unknown batch."""
-        raw = await self.redis.hgetall(keys.batch(batch_id))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.batch(batch_id))
+            pipe.hgetall(keys.batch_deployments(batch_id))
+            raw, per_deployment = await pipe.execute()
         if not raw:
             raise BatchError(f"no batch named {batch_id!r} in this Redis")
         fields = {k.decode(): v.decode() for k, v in raw.items()}
@@ -166,6 +185,7 @@ class BatchLedger:
             if throughput > 0 and remaining
             else (0.0 if not remaining else None),
             source=fields.get("source"),
+            deployments=_deployment_counts(per_deployment),
         )
 
     async def _add_call(self, batch_id: str, sign: int, retrying: bool) -> None:
@@ -175,3 +195,11 @@ class BatchLedger:
             if retrying:
                 pipe.hincrby(keys.batch(batch_id), "retry_waiting", -sign)
             await pipe.execute()
+
+
+def _deployment_counts(raw: dict[bytes, bytes]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for key, value in sorted(raw.items()):
+        name, _, outcome = key.decode().rpartition("\t")
+        counts.setdefault(name, {})[outcome] = int(value)
+    return counts

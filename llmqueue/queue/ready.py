@@ -168,9 +168,9 @@ class ReadyQueue:
 
 
 def _attempt_start(reply: list[object]) -> AttemptStart:
-    has_result, started, errors, gate = reply
-    assert isinstance(started, bytes) and isinstance(errors, list) and isinstance(gate, list)
-    return AttemptStart.from_replies(bool(has_result), started, errors, gate or None)
+    has_result, fields, errors, gate = reply
+    assert isinstance(fields, list) and isinstance(errors, list) and isinstance(gate, list)
+    return AttemptStart.from_replies(bool(has_result), fields, errors, gate or None)
 
 
 def set_weight(pipe: Pipeline, queue_name: str, lane: str, weight: float) -> None:

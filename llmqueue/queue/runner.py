@@ -18,9 +18,11 @@ from arq.worker import Retry
 
 from llmqueue.cache import ResponseCache, request_key
 from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
+from llmqueue.limits.breaker import CircuitBreaker
 from llmqueue.limits.feedback import LimitFeedback, LimitListener
 from llmqueue.limits.headers import exception_headers, response_headers
 from llmqueue.limits.limiter import DEFAULT_PRIORITY, RateLimiter, Ticket
+from llmqueue.limits.routing import Candidate, Deployments, deployment_kwargs, fallback_model, next_fallback
 from llmqueue.limits.tokens import estimate_tokens, usage_tokens
 from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.llm.call import call_kwargs, call_provider, job_model, supports_prompt_caching
@@ -43,7 +45,11 @@ _STOP_MESSAGES = {
 
 @dataclass
 class _Call:
-    """One job on its way to the provider: what the runner worked out before calling."""
+    """One job on its way to the provider: what the runner worked out before calling.
+
+    For a job routed over deployments, ``candidates`` lists them and admission picks ``deployment``
+    (whose name is then the ``scope``); otherwise the scope is the model's own.
+    """
 
     job: Job
     llm: LLMConfig
@@ -56,10 +62,22 @@ class _Call:
     """Set when this call's answer goes to the response cache (the job asked, and missed)."""
     priority: int = DEFAULT_PRIORITY
     ticket: Ticket | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+    deployment: Candidate | None = None
 
     @property
     def attempt(self) -> int:
+        """This call's number among the job's provider calls (1 for the first)."""
         return len(self.start.failures) + 1
+
+    @property
+    def attempt_of_model(self) -> int:
+        """This call's number among the calls to its current model (a fallback's retries start afresh)."""
+        return self.attempt - self.start.fallback_after
+
+    @property
+    def deployment_name(self) -> str | None:
+        return self.deployment.scope if self.deployment else None
 
 
 @dataclass
@@ -69,6 +87,8 @@ class JobRunner:
     limiter: RateLimiter
     worker_id: str
     sinks: Sequence[EventSink] = ()
+    deployments: Deployments | None = None
+    """The model_list's deployments; jobs for one of its model names are routed over them."""
     in_flight: set[str] = field(default_factory=set)
     """Ids of the jobs this worker is running now (the heartbeat keeps them claimed)."""
     cache: ResponseCache | None = None
@@ -81,10 +101,12 @@ class JobRunner:
     starts: dict[str, AttemptStart] = field(default_factory=dict)
     """What the worker's claim read for jobs about to start (saves ``begin_attempt``'s round trip)."""
     ledger: BatchLedger = field(init=False)
+    breaker: CircuitBreaker = field(init=False)
     feedback: LimitFeedback = field(init=False)
 
     def __post_init__(self) -> None:
         self.ledger = BatchLedger(self.store.redis)
+        self.breaker = CircuitBreaker(self.store.redis, self.limiter, self.settings.router_settings)
         listeners = [
             cast(LimitListener, s).observe_limits for s in self.sinks if isinstance(s, LimitListener)
         ]
@@ -111,9 +133,17 @@ class JobRunner:
         if start.stop_reason is not None:
             await self._finish_stopped(job, start.stop_reason, start)
             return
-        model = job_model(job, llm)
-        scope = llm.limit_scope or model
-        limit = self.settings.limit_for(scope, llm)
+        model = fallback_model(self.settings.fallbacks, job_model(job, llm), start.fallback)
+        candidates = self.deployments.candidates(model) if self.deployments else []
+        if candidates:
+            scope, limit = model, None  # until admission picks a deployment
+            limited = any(self.feedback.needs_estimate(c.scope, c.limit) for c in candidates)
+            counted_as = candidates[0].model
+        else:
+            scope = llm.limit_scope or model
+            limit = self.settings.limit_for(scope, llm)
+            limited = self.feedback.needs_estimate(scope, limit)
+            counted_as = model
         call = _Call(
             job=job,
             llm=llm,
@@ -122,19 +152,21 @@ class JobRunner:
             limit=limit,
             start=start,
             # Counting tokens costs CPU on every job; only a token limit (configured or learnt) needs it.
-            estimate=(
-                estimate_tokens(job, model, llm.default_completion_tokens)
-                if self.feedback.needs_estimate(scope, limit)
-                else 0
-            ),
+            estimate=estimate_tokens(job, counted_as, llm.default_completion_tokens) if limited else 0,
             priority=job.priority,
+            candidates=candidates,
         )
         # Everything CPU-bound happens before admission, so the request leaves soon after it is admitted.
-        kwargs = call_kwargs(job, llm, supports_caching=supports_prompt_caching(model))
+        caching = supports_prompt_caching(counted_as)
+        kwargs = call_kwargs(job, llm, supports_caching=caching)
         if job.cache and self.cache is not None and await self._answered_from_cache(call, kwargs):
             return
         try:
             await self._admit(call)
+            if call.deployment is not None:
+                if supports_prompt_caching(call.deployment.model) != caching:
+                    kwargs = call_kwargs(job, llm, supports_caching=not caching)
+                kwargs = deployment_kwargs(kwargs, call.deployment.deployment, job.params)
             await self._call(call, kwargs)
         finally:
             if call.cache_key is not None and self.cache is not None:
@@ -162,14 +194,24 @@ class JobRunner:
         return True
 
     async def _admit(self, call: _Call) -> None:
-        """Take the call's share of the limiter, waiting in place briefly or re-deferring the job."""
-        admission = await self.limiter.acquire(
-            call.scope,
-            call.limit,
-            tokens=call.estimate,
-            max_wait=self.settings.worker.max_inline_wait,
-            priority=call.priority,
-        )
+        """Take the call's share of the limiter, waiting in place briefly or re-deferring the job.
+
+        A routed job is admitted by whichever of its deployments can take it soonest.
+        """
+        max_wait = self.settings.worker.max_inline_wait
+        if call.candidates:
+            admission = await self.limiter.acquire_any(
+                [(c.scope, c.limit) for c in call.candidates],
+                tokens=call.estimate,
+                max_wait=max_wait,
+                priority=call.priority,
+            )
+            call.deployment = call.candidates[admission.choice]
+            call.scope, call.limit = call.deployment.scope, call.deployment.limit
+        else:
+            admission = await self.limiter.acquire(
+                call.scope, call.limit, tokens=call.estimate, max_wait=max_wait, priority=call.priority
+            )
         if not admission.admitted:
             self._emit("deferred", call, wait=admission.wait)
             raise Retry(defer=admission.wait)  # not an attempt: the job frees its slot meanwhile
@@ -183,8 +225,10 @@ class JobRunner:
             pause = await self.limiter.recheck(call.scope, call.ticket)
             if pause > 0:
                 await self.feedback.not_sent(call.scope, call.limit, call.ticket)
-                self._emit("deferred", call, wait=pause, reason="cooldown")
-                raise Retry(defer=pause)
+                # A routed job goes back to be admitted by another deployment, if one can take it sooner.
+                defer = 0.0 if len(call.candidates) > 1 else pause
+                self._emit("deferred", call, wait=defer, reason="cooldown")
+                raise Retry(defer=defer)
 
     async def _call(self, call: _Call, kwargs: dict[str, Any]) -> None:
         job = call.job
@@ -193,8 +237,10 @@ class JobRunner:
         )
         self._emit("started", call)
         began = time.monotonic()
+        timeout = kwargs.get("timeout")
+        bound = float(timeout) if isinstance(timeout, int | float) else call.llm.timeout
         try:
-            response = await call_provider(job.kind, kwargs, timeout=call.llm.timeout + 5)
+            response = await call_provider(job.kind, kwargs, timeout=bound + 5)
         except asyncio.CancelledError:
             # The worker is stopping: arq puts the job back in the queue, and this was no attempt.
             await asyncio.shield(self._interrupted(call, counting))
@@ -206,10 +252,15 @@ class JobRunner:
                 await self.feedback.rate_limited(call.scope, call.limit, call.ticket, exception_headers(exc))
             else:
                 await self.feedback.failed(call.scope, call.limit, call.ticket)
-            await self._handle_failure(call, error, latency=time.monotonic() - began)
+            latency = time.monotonic() - began
+            await self._count_deployment_call(call, error.kind)
+            if await self._rerouted(call, error, latency=latency):
+                raise Retry(defer=0) from None  # not an attempt: another deployment takes the job
+            await self._handle_failure(call, error, latency=latency)
             return
         latency = time.monotonic() - began
         await counting
+        await self._count_deployment_call(call, "ok")
         await self.feedback.answered(
             call.scope,
             call.limit,
@@ -249,15 +300,53 @@ class JobRunner:
             attempt=call.attempt, kind=error.kind, message=error.message, status_code=error.status_code
         )
         details = {"latency": latency, "reason": error.kind, "status_code": error.status_code}
-        if error.retryable and policy.allows_retry(call.attempt):
-            summary.retry_in = policy.delay(call.attempt, retry_after)
+        if error.retryable and policy.allows_retry(call.attempt_of_model):
+            summary.retry_in = policy.delay(call.attempt_of_model, retry_after)
             await self.store.record_error(call.job.id, call.job.batch_id, summary)
             self._emit("retrying", call, wait=summary.retry_in, message=error.message, **details)
             raise Retry(defer=summary.retry_in)
+        chain = self.settings.fallbacks.get(job_model(call.job, call.llm), [])
+        fallback = next_fallback(chain, call.start.fallback) if error.retryable else None
+        if fallback is not None:
+            summary.retry_in = 0.0
+            number = call.start.fallback + 1
+            await self.store.record_error(call.job.id, call.job.batch_id, summary, fallback=number)
+            message = f"{error.message} (retries spent: falling back to {fallback})"
+            self._emit("retrying", call, wait=0.0, message=message, **details)
+            raise Retry(defer=0)
         result = self._result(call, "failed", errors=[*call.start.failures, summary])
         result.request = call.job.model_dump(mode="json", exclude={"reply_to"})
         await self._finish(result, reply_to=call.job.reply_to, was_calling=True)
         self._emit("failed", call, message=error.message, **details)
+
+    async def _rerouted(self, call: _Call, error: ProviderError, *, latency: float) -> bool:
+        """After a deployment's fault (connection error, 5xx, timeout, 401/404): take it out when the
+        breaker says so, and send the job to another deployment without spending an attempt.
+
+        False when the job cannot be rerouted (no deployment left in service, or it was rerouted as
+        often as its model has deployments, twice over): then the failure counts as usual.
+        """
+        if call.deployment is None:
+            return False
+        others = [c.scope for c in call.candidates if c is not call.deployment]
+        if not await self.breaker.taken_out_with_others_left(call.scope, error.kind, others):
+            return False
+        if await self.store.count_reroute(call.job.id) > 2 * len(call.candidates):
+            return False
+        await self.ledger.call_rerouted(call.job.batch_id, retrying=bool(call.start.failures))
+        self._emit(
+            "rerouted",
+            call,
+            latency=latency,
+            reason=error.kind,
+            status_code=error.status_code,
+            message=error.message,
+        )
+        return True
+
+    async def _count_deployment_call(self, call: _Call, outcome: str) -> None:
+        if call.deployment is not None and call.job.batch_id is not None:
+            await self.ledger.count_deployment_call(call.job.batch_id, call.deployment.scope, outcome)
 
     async def _interrupted(self, call: _Call, counting: asyncio.Future[None]) -> None:
         await counting
@@ -346,6 +435,7 @@ class JobRunner:
             timings=Timings(queued_at=call.job.created_at, started_at=call.start.started_at),
             worker_id=self.worker_id,
             metadata=call.job.metadata,
+            deployment=call.deployment_name,
         )
 
     def _emit(self, name: Any, call: _Call, **details: Any) -> None:
@@ -357,6 +447,7 @@ class JobRunner:
                 call.job.batch_id,
                 model=call.model,
                 scope=call.scope,
+                deployment=call.deployment_name,
                 attempt=call.attempt,
                 worker_id=self.worker_id,
                 priority=call.job.priority,
@@ -365,7 +456,8 @@ class JobRunner:
         )
 
     def _secrets(self, llm: LLMConfig) -> list[str]:
-        return [llm.api_key.get_secret_value()] if llm.api_key else []
+        found = [llm.api_key.get_secret_value()] if llm.api_key else []
+        return found + (self.deployments.secrets if self.deployments else [])
 
 
 def _as_dict(response: Any) -> dict[str, Any]:

@@ -35,17 +35,30 @@ class AttemptStart:
     started_at: datetime
     stop_reason: str | None = None
     """``cancelled`` or ``budget_exceeded`` when the job's batch must not start more jobs."""
+    fallback: int = 0
+    """How many of its model's ``fallbacks`` the job has moved on by (0: still its own model)."""
+    fallback_after: int = 0
+    """Failed calls before the current fallback began: its retries are counted from there."""
 
     @classmethod
     def from_replies(
-        cls, has_result: bool, started: bytes, errors: list[bytes], gate: list[bytes | None] | None
+        cls,
+        has_result: bool,
+        state: list[bytes | None],
+        errors: list[bytes],
+        gate: list[bytes | None] | None,
     ) -> AttemptStart:
-        """From Redis's replies: the result's existence, ``started_at``, the errors, the batch gate."""
+        """From Redis's replies: the result's existence, the state hash's ``started_at``, ``fallback`` and
+        ``fallback_after``, the errors, the batch gate."""
+        started, fallback, fallback_after = state
+        assert started is not None  # set (HSETNX) in the same round trip
         return cls(
             has_result=has_result,
             failures=[AttemptError.model_validate_json(raw) for raw in errors],
             started_at=datetime.fromisoformat(started.decode()),
             stop_reason=ledger.stop_reason(gate) if gate is not None else None,
+            fallback=int(fallback or 0),
+            fallback_after=int(fallback_after or 0),
         )
 
 
@@ -99,15 +112,15 @@ class JobStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.exists(keys.result(job_id))
             pipe.hsetnx(state, "started_at", now)
-            pipe.hget(state, "started_at")
+            pipe.hmget(state, ["started_at", "fallback", "fallback_after"])
             pipe.expire(state, self.job_ttl_ms // 1000)
             pipe.lrange(keys.attempt_errors(job_id), 0, -1)
             if batch_id is not None:
                 pipe.hmget(keys.batch(batch_id), ledger.GATE_FIELDS)
             replies = await pipe.execute()
-        has_result, _, started, _, errors = replies[:5]
+        has_result, _, fields, _, errors = replies[:5]
         return AttemptStart.from_replies(
-            bool(has_result), started, errors, replies[5] if batch_id is not None else None
+            bool(has_result), fields, errors, replies[5] if batch_id is not None else None
         )
 
     async def read_waiting(self, job_id: str) -> tuple[list[AttemptError], datetime]:
@@ -124,14 +137,31 @@ class JobStore:
         )
         return [AttemptError.model_validate_json(e) for e in errors], queued_at or datetime.now(UTC)
 
-    async def record_error(self, job_id: str, batch_id: str | None, error: AttemptError) -> None:
-        """Keep a failed call's summary before the job is re-enqueued; these count against num_retries."""
+    async def record_error(
+        self, job_id: str, batch_id: str | None, error: AttemptError, *, fallback: int | None = None
+    ) -> None:
+        """Keep a failed call's summary before the job is re-enqueued; these count against num_retries.
+
+        With ``fallback`` (1-based) the job moves on to that entry of its model's fallbacks, whose
+        retries are counted afresh from this call on.
+        """
         async with self.redis.pipeline(transaction=False) as pipe:
+            if fallback is not None:
+                pipe.hset(keys.state(job_id), mapping={"fallback": fallback, "fallback_after": error.attempt})
+                pipe.expire(keys.state(job_id), self.job_ttl_ms // 1000)
             pipe.rpush(keys.attempt_errors(job_id), error.model_dump_json())
             pipe.expire(keys.attempt_errors(job_id), self.job_ttl_ms // 1000)
             if batch_id is not None:
                 BatchLedger.count_retry(pipe, batch_id, rate_limited=error.kind == "rate_limit")
             await pipe.execute()
+
+    async def count_reroute(self, job_id: str) -> int:
+        """Count that a job was sent to another deployment; returns how often it was so far."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(keys.state(job_id), "reroutes", 1)
+            pipe.expire(keys.state(job_id), self.job_ttl_ms // 1000)
+            count, _ = await pipe.execute()
+        return int(count)
 
     async def finish(
         self,

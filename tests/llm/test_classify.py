@@ -271,3 +271,28 @@ def test_retry_after_seconds_falls_back_to_seconds_when_ms_is_garbage() -> None:
 @pytest.mark.parametrize("headers", [None, {}, {"content-type": "application/json"}])
 def test_retry_after_seconds_without_retry_headers_is_none(headers: dict[str, str] | None) -> None:
     assert retry_after_seconds(headers) is None
+
+
+def _raised_from(cause: BaseException) -> BaseException:
+    """LiteLLM's InternalServerError as it reaches the worker when the connection failed under it."""
+    exc = litellm.InternalServerError(
+        "OpenAIException - Connection error.", llm_provider=PROVIDER, model=MODEL
+    )
+    exc.__context__ = cause
+    return exc
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [httpx.ConnectError("All connection attempts failed"), httpx.ReadError("server disconnected")],
+)
+def test_a_refused_or_dropped_connection_reported_as_500_is_a_connection_error(cause: Exception) -> None:
+    error = classify(_raised_from(cause))
+
+    assert error.retryable and error.kind == "connection"
+
+
+def test_a_500_answer_stays_a_server_error() -> None:
+    error = classify(litellm.InternalServerError("boom", llm_provider=PROVIDER, model=MODEL))
+
+    assert error.kind == "server_error" and error.status_code == 500

@@ -5,7 +5,8 @@
 -- ARGV[8] sweep interval (ms)  ARGV[9] arq queue members checked per sweep
 -- ARGV[10..13] llmqueue's result, state, errors and batch key prefixes  ARGV[14] now (ISO time)
 -- ARGV[15] state ttl (s)  ARGV[16..] a batch's gate fields
--- returns {id, arq score, priority, {has result, first start, failed attempts, batch gate}, ...}:
+-- returns {id, arq score, priority, {has result, {first start, fallback, fallback after}, failed
+-- attempts, batch gate}, ...}:
 -- what JobStore.begin_attempt reads, read here so that a claimed job starts without a round trip.
 local RESULT, STATE, ERRORS, BATCH = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 local GATE = {}
@@ -14,7 +15,7 @@ for i = 16, #ARGV do GATE[#GATE + 1] = ARGV[i] end
 local function attempt_start(id, lane)
   local state = STATE .. id
   redis.call('HSETNX', state, 'started_at', ARGV[14])
-  local started = redis.call('HGET', state, 'started_at')
+  local started = redis.call('HMGET', state, 'started_at', 'fallback', 'fallback_after')
   redis.call('EXPIRE', state, ARGV[15])
   local gate = {}
   if lane ~= '' then gate = redis.call('HMGET', BATCH .. lane, unpack(GATE)) end
