@@ -120,8 +120,13 @@ class WorkerConfig(BaseModel):
         return self
 
     def job_timeout(self, llm_timeout: float) -> float:
-        """arq's hard timeout: longer than the LLM call's own timeout plus the longest inline wait."""
-        return llm_timeout + self.max_inline_wait + 30.0
+        """arq's hard timeout: longer than the LLM call's own timeout plus the longest inline wait, plus
+        the time a worker keeps retrying to store a result it paid for (``RESULT_STORE_PATIENCE``)."""
+        return llm_timeout + self.max_inline_wait + 30.0 + RESULT_STORE_PATIENCE
+
+
+RESULT_STORE_PATIENCE = 60.0
+"""Seconds a worker keeps trying to store the result of a paid call while Redis refuses writes."""
 
 
 class BatchConfig(BaseModel):

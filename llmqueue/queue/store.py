@@ -12,12 +12,13 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
+from pydantic_core import PydanticSerializationError
 from redis.asyncio import Redis
 
 from llmqueue import keys
 from llmqueue.batches import ledger
 from llmqueue.batches.ledger import BatchLedger
-from llmqueue.models import AttemptError, Job, JobResult
+from llmqueue.models import AttemptError, Job, JobResult, replace_lone_surrogates
 from llmqueue.queue import payload
 
 _LUA = resources.files("llmqueue.queue").joinpath("lua")
@@ -147,7 +148,7 @@ class JobStore:
                 reply_to or "",
             ],
             args=[
-                result.model_dump_json(),
+                result_json(result),
                 self.result_ttl,
                 job_id,
                 result.status,
@@ -171,3 +172,13 @@ class JobStore:
             return []
         raws = await self.redis.mget([keys.result(job_id) for job_id in job_ids])
         return [None if raw is None else JobResult.model_validate_json(raw) for raw in raws]
+
+
+def result_json(result: JobResult) -> str:
+    """The result as stored: JSON in UTF-8. Text that UTF-8 cannot hold (a lone surrogate in a provider's
+    answer) becomes U+FFFD, so a result is never lost to its own encoding."""
+    try:
+        return result.model_dump_json()
+    except PydanticSerializationError:
+        data = replace_lone_surrogates(result.model_dump(mode="json"))
+        return JobResult.model_validate(data).model_dump_json()
