@@ -19,7 +19,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue import keys
-from llmqueue.errors import RedisUnavailableError, ResultTimeoutError
+from llmqueue.errors import JobValidationError, RedisUnavailableError, ResultTimeoutError
+from llmqueue.llm.policy import submission_refusal
 from llmqueue.models import Job, JobResult
 from llmqueue.ops.redaction import redact_url
 from llmqueue.queue.store import JobStore
@@ -155,8 +156,18 @@ class Producer:
 
     def _prepare(self, job: JobLike) -> Job:
         if isinstance(job, Job):
-            return job.model_copy(update={"reply_to": self.inbox})
-        return Job.parse({**job, "reply_to": self.inbox})
+            prepared = job.model_copy(update={"reply_to": self.inbox})
+        else:
+            prepared = Job.parse({**job, "reply_to": self.inbox})
+        self.check(prepared)
+        return prepared
+
+    def check(self, job: Job) -> None:
+        """Raise JobValidationError if the workers would refuse ``job`` (a param not allowed, a model of
+        another provider than their credentials'), when this producer's settings are theirs."""
+        refused = submission_refusal(job, self.settings)
+        if refused is not None:
+            raise JobValidationError(f"invalid job: {refused}")
 
     async def _await_inbox(self, job_id: str) -> JobResult:
         future = self._waiters.get(job_id)

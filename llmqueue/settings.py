@@ -54,6 +54,14 @@ class LLMConfig(BaseModel):
     rpm: float | None = Field(None, gt=0, description="requests/min for this model's default limit scope")
     tpm: float | None = Field(None, gt=0, description="tokens/min for this model's default limit scope")
     limit_scope: str | None = Field(None, description="limiter scope; defaults to the model string")
+    allowed_models: list[str] = Field(
+        default_factory=list,
+        description="fnmatch patterns of models a job may name beyond this config's provider "
+        "(its credentials go with the call)",
+    )
+    allowed_params: list[str] = Field(
+        default_factory=list, description="job params passed to LiteLLM beyond OpenAI's and provider extras"
+    )
 
     @model_validator(mode="after")
     def _waits_ordered(self) -> LLMConfig:
@@ -209,7 +217,8 @@ class Settings(BaseSettings):
         return None
 
 
-NOT_INHERITED = frozenset({"rpm", "tpm", "limit_scope"})
+# A group's limit is its own, and so is what its credentials may be sent to.
+NOT_INHERITED = frozenset({"rpm", "tpm", "limit_scope", "allowed_models"})
 
 
 def check_group_keys(name: str, group: dict[str, Any]) -> dict[str, Any]:

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from llmqueue import keys
-from llmqueue.batches.files import LineError, check_file, invalid_file_error, iter_jobs
+from llmqueue.batches.files import LineError, Refuser, check_file, invalid_file_error, iter_jobs
 from llmqueue.batches.ledger import BatchLedger, BatchStatus
 from llmqueue.errors import BatchError
+from llmqueue.llm.policy import submission_refusal
 from llmqueue.models import AttemptError, Job, JobResult, Timings
 from llmqueue.queue.store import JobStore
+from llmqueue.settings import Settings
 
 BATCH_ID_PATTERN = re.compile(r"^[\w.@-]{1,100}$")
 _CHUNK = 1000
@@ -40,8 +42,10 @@ class SubmitReport:
 class Batches:
     """Batch operations on one queue, through a :class:`JobStore`."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, settings: Settings | None = None) -> None:
+        """``settings``, when they are the workers', let submission refuse what workers would refuse."""
         self.store = store
+        self.settings = settings
         self.redis = store.redis
         self.ledger = BatchLedger(store.redis)
 
@@ -68,6 +72,7 @@ class Batches:
             "batch_id": batch_id,
             "default_model": default_model,
             "llm_config": llm_config,
+            "refuse": self._refuser(),
         }
         if not skip_invalid:
             check = check_file(path, **options)
@@ -90,6 +95,12 @@ class Batches:
             keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id))
         )
         return report
+
+    def _refuser(self) -> Refuser | None:
+        settings = self.settings
+        if settings is None:
+            return None
+        return lambda job: submission_refusal(job, settings)
 
     async def status(self, batch_id: str) -> BatchStatus:
         """The batch's counts, usage, cost, throughput and ETA. Raises BatchError for an unknown batch."""

@@ -18,7 +18,7 @@ Nothing here touches Redis; files are read line by line and only the custom ids 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -50,6 +50,10 @@ MAX_STORED_ERRORS = 1000
 URL_KINDS: dict[str, JobKind] = {"/v1/chat/completions": "chat", "/v1/embeddings": "embedding"}
 _BATCH_API_KEYS = frozenset({"custom_id", "method", "url", "body"})
 _INPUT_FIELD: dict[JobKind, str] = {"chat": "messages", "embedding": "input"}
+
+
+Refuser = Callable[[Job], "str | None"]
+"""Why a valid job may still not run (``llmqueue.llm.policy.submission_refusal``), or None."""
 
 
 class _RejectedLine(LLMQueueError):
@@ -95,18 +99,20 @@ def read_requests(
     batch_id: str,
     default_model: str | None = None,
     llm_config: str | None = None,
+    refuse: Refuser | None = None,
 ) -> Iterator[Job | LineError]:
     """Turn request lines into jobs, one at a time, in order; blank lines are skipped.
 
     ``default_model`` is the model of lines that name none (None leaves ``job.model`` unset, so the
     worker uses its configured model); ``llm_config`` names the settings group of every job.
     ``lines`` is consumed lazily: one line is read per value produced (plus any blank lines before it).
+    ``refuse`` says why a valid job may still not run (the workers' policy), making its line a LineError.
 
     Raises JobValidationError at once when the arguments themselves cannot make a valid job (a
     ``batch_id`` that cannot form a job id, an empty model or config name).
     """
     _check_arguments(batch_id, default_model, llm_config)
-    return _read(lines, batch_id, default_model, llm_config)
+    return _read(lines, batch_id, default_model, llm_config, refuse)
 
 
 def iter_jobs(
@@ -115,6 +121,7 @@ def iter_jobs(
     batch_id: str,
     default_model: str | None = None,
     llm_config: str | None = None,
+    refuse: Refuser | None = None,
 ) -> Iterator[Job | LineError]:
     """``read_requests`` over the lines of the UTF-8 file at ``path``, read as they are needed.
 
@@ -122,7 +129,11 @@ def iter_jobs(
     """
     _check_readable(path)
     return read_requests(
-        _file_lines(path), batch_id=batch_id, default_model=default_model, llm_config=llm_config
+        _file_lines(path),
+        batch_id=batch_id,
+        default_model=default_model,
+        llm_config=llm_config,
+        refuse=refuse,
     )
 
 
@@ -133,10 +144,13 @@ def check_file(
     default_model: str | None = None,
     llm_config: str | None = None,
     max_errors: int = MAX_STORED_ERRORS,
+    refuse: Refuser | None = None,
 ) -> FileCheck:
     """Validate every line of ``path``, keeping no jobs: the counts and the first ``max_errors`` errors."""
     check = FileCheck()
-    items = iter_jobs(path, batch_id=batch_id, default_model=default_model, llm_config=llm_config)
+    items = iter_jobs(
+        path, batch_id=batch_id, default_model=default_model, llm_config=llm_config, refuse=refuse
+    )
     for item in items:
         check.lines += 1
         if isinstance(item, LineError):
@@ -230,7 +244,11 @@ def _check_arguments(batch_id: str, default_model: str | None, llm_config: str |
 
 
 def _read(
-    lines: Iterable[str], batch_id: str, default_model: str | None, llm_config: str | None
+    lines: Iterable[str],
+    batch_id: str,
+    default_model: str | None,
+    llm_config: str | None,
+    refuse: Refuser | None,
 ) -> Iterator[Job | LineError]:
     seen: set[str] = set()
     for number, line in enumerate(lines, start=1):
@@ -243,6 +261,9 @@ def _read(
         try:
             request = _parse_line(text, number, seen)
             item = _to_job(request, number, batch_id, default_model, llm_config)
+            refused = refuse(item) if refuse is not None else None
+            if refused is not None:
+                raise _RejectedLine(f"invalid job: {refused}")
         except _RejectedLine as exc:
             item = LineError(line=number, reason=str(exc), raw=line.rstrip("\r\n")[:RAW_LIMIT])
         yield item

@@ -18,6 +18,7 @@ from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_
 from llmqueue.batches.files import check_file, invalid_file_error, write_rejects, write_results
 from llmqueue.batches.ledger import BatchStatus
 from llmqueue.errors import LLMQueueError
+from llmqueue.llm.policy import submission_refusal
 from llmqueue.ops.display import BatchProgress
 from llmqueue.ops.local_cluster import LocalCluster, run_dir
 from llmqueue.producer import Producer
@@ -63,7 +64,7 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
     """Run a batch file end to end; see the module docstring."""
     batch_id = _batch_id(options)
     if not options.resume and not options.skip_invalid:
-        _check_before_starting(options, batch_id)
+        _check_before_starting(options, batch_id, settings)
     data_dir = (
         run_dir(batch_id) if options.redis_url is None else Path(tempfile.mkdtemp(prefix="llmqueue-run-"))
     )
@@ -78,7 +79,7 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
         )
         with cluster:
             async with Producer(settings, redis_url=cluster.redis_url) as producer:
-                batches = Batches(producer.store)
+                batches = Batches(producer.store, producer.settings)
                 source = await _source_file(batches, options, batch_id)
                 resumable = True
                 report = await batches.submit_file(
@@ -105,11 +106,15 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
     return RunSummary(batch_id=batch_id, status=status, output=options.output, failures=failures)
 
 
-def _check_before_starting(options: RunOptions, batch_id: str) -> None:
+def _check_before_starting(options: RunOptions, batch_id: str, settings: Settings) -> None:
     """A bad file stops the run before any Redis or worker is started."""
     assert options.file is not None
     check = check_file(
-        options.file, batch_id=batch_id, default_model=options.model, llm_config=options.llm_config
+        options.file,
+        batch_id=batch_id,
+        default_model=options.model,
+        llm_config=options.llm_config,
+        refuse=lambda job: submission_refusal(job, settings),
     )
     if not check.ok:
         raise invalid_file_error(check, options.file)

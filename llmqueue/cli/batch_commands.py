@@ -100,7 +100,7 @@ def status(
 
     async def follow() -> None:
         async with Producer(settings) as producer:
-            batches = Batches(producer.store)
+            batches = Batches(producer.store, producer.settings)
             with Live(console=Console(), refresh_per_second=4) as live:
                 async for current in batches.follow(batch, interval=1.0):
                     live.update(status_table(current))

@@ -68,7 +68,7 @@ def with_batches(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T
 
     async def go() -> T:
         async with Producer(settings) as producer:
-            return await action(Batches(producer.store))
+            return await action(Batches(producer.store, producer.settings))
 
     return asyncio.run(go())
 

@@ -22,6 +22,7 @@ from llmqueue.batches.ledger import BatchLedger
 from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
 from llmqueue.limits.limiter import RateLimiter
 from llmqueue.limits.tokens import estimate_tokens, usage_tokens
+from llmqueue.llm import policy
 from llmqueue.llm.answers import missing_answer
 from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.llm.call import call_kwargs, call_provider, job_model, supports_prompt_caching
@@ -222,7 +223,11 @@ class JobRunner:
         # Run under another id, the job's result would land where no one waits for it, or pre-empt that job's.
         if job.id != job_id:
             raise JobValidationError(f"payload id {job.id!r} does not match the id it was queued under")
-        return job, self.settings.llm_for(job.llm_config)
+        llm = self.settings.llm_for(job.llm_config)
+        refused = policy.refusal(job, llm, policy.configured_model_for(job, llm))
+        if refused is not None:
+            raise JobValidationError(refused)
+        return job, llm
 
     async def _finish_stopped(self, job: Job, reason: str, start: AttemptStart) -> None:
         """A job of a cancelled or spent batch: it ends as cancelled without calling the provider."""
