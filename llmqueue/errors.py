@@ -7,7 +7,8 @@
     ├── ResultTimeoutError     a result did not arrive within the time asked for
     ├── BatchError             a batch operation that cannot be done (unknown batch, bad id)
     │   ├── BatchFileError         a batch file that cannot be read at all
-    │   └── InvalidBatchFileError  a batch file with bad lines; nothing was queued
+    │   ├── InvalidBatchFileError  a batch file with bad lines; nothing was queued
+    │   └── BatchStalledError      a batch that can no longer finish (jobs neither queued nor done)
     ├── WorkerDiedError        a worker process that ``llmqueue run`` started exited
     └── ProviderError          a provider call failed; ``retryable`` says whether trying again may help
         ├── RetryableProviderError
@@ -93,6 +94,10 @@ class InvalidBatchFileError(BatchError):
     def __init__(self, message: str, check: Any) -> None:
         super().__init__(message)
         self.check = check
+
+
+class BatchStalledError(BatchError):
+    """A batch that can no longer finish as it is: the message says why and how to complete it."""
 
 
 class WorkerDiedError(LLMQueueError):

@@ -23,12 +23,15 @@ from llmqueue.errors import JobValidationError, RedisUnavailableError, ResultTim
 from llmqueue.llm.policy import submission_refusal
 from llmqueue.models import Job, JobResult
 from llmqueue.ops.redaction import redact_url
+from llmqueue.ops.registry import no_worker_reason
 from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings, load_settings
 
 JobLike = Job | Mapping[str, Any]
 _LISTEN_BLOCK_SECONDS = 1
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+NO_WORKER_NOTICE = 3.0
+"""Seconds a result is awaited before the producer checks that some worker is running."""
 _RECONNECT_DELAY = 1.0  # seconds between attempts while Redis is unreachable
 logger = logging.getLogger("llmqueue.producer")
 
@@ -49,10 +52,26 @@ class JobHandle:
 
         Raises ResultTimeoutError if it has not arrived by then; the job itself keeps running.
         """
+        notice = asyncio.ensure_future(self._notice_no_worker())
         try:
             return await asyncio.wait_for(self._wait(), timeout)
         except TimeoutError:
             raise ResultTimeoutError(f"job {self.job_id} has no result after {timeout:g}s") from None
+        finally:
+            notice.cancel()
+
+    async def _notice_no_worker(self) -> None:
+        """Log a warning if, after ``NO_WORKER_NOTICE`` seconds, no worker is running to do the job."""
+        await asyncio.sleep(NO_WORKER_NOTICE)
+        settings = self.producer.settings.worker
+        try:
+            reason = await no_worker_reason(
+                self.producer.redis, settings.queue_name, heartbeat_interval=settings.heartbeat_interval
+            )
+        except _REDIS_DOWN:
+            return  # _wait reports Redis itself
+        if reason is not None:
+            logger.warning("job %s is waiting: %s", self.job_id, reason)
 
     async def _wait(self) -> JobResult:
         if self._via_inbox:

@@ -11,22 +11,34 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio.client import Pipeline
+
 from llmqueue import keys
-from llmqueue.batches.files import LineError, Refuser, check_file, invalid_file_error, iter_jobs
+from llmqueue.batches.files import (
+    LineError,
+    Refuser,
+    check_file,
+    invalid_file_error,
+    iter_jobs,
+    require_requests,
+)
 from llmqueue.batches.ledger import BatchLedger, BatchStatus
-from llmqueue.errors import BatchError
+from llmqueue.errors import BatchError, BatchFileError, BatchStalledError
 from llmqueue.llm.policy import submission_refusal
 from llmqueue.models import AttemptError, Job, JobResult, Timings
+from llmqueue.ops.registry import no_worker_reason
 from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings
 
 BATCH_ID_PATTERN = re.compile(r"^[\w.@-]{1,100}$")
 _CHUNK = 1000
+STALL_CHECK_SECONDS = 5.0
+"""A batch that finished no job for this long is checked for what holds it up (and again as often)."""
 
 
 @dataclass
@@ -78,6 +90,7 @@ class Batches:
             check = check_file(path, **options)
             if not check.ok:
                 raise invalid_file_error(check, path)
+        require_requests(path)
         await self._create(batch_id, source=path, max_cost=max_cost, max_tokens=max_tokens)
         report = SubmitReport(batch_id=batch_id, submitted=0, already_known=0, rejected=[])
         chunk: list[Job] = []
@@ -91,6 +104,12 @@ class Batches:
                 chunk = []
         if chunk:
             await self._enqueue_chunk(batch_id, chunk, report, priority)
+        if report.submitted + report.already_known == 0:
+            await self._forget(batch_id)
+            shown = "; ".join(f"line {e.line}: {e.reason}" for e in report.rejected[:3])
+            raise BatchFileError(
+                f"{path}: none of its {len(report.rejected)} request line(s) is valid ({shown})"
+            )
         await self.redis.hset(
             keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id))
         )
@@ -155,23 +174,83 @@ class Batches:
             await self.store.enqueue(chunk)
         return len(jobs)
 
-    async def follow(self, batch_id: str, interval: float = 0.5) -> AsyncIterator[BatchStatus]:
-        """Yield the batch's status now and every ``interval`` seconds, the last one when it is done."""
+    async def follow(
+        self,
+        batch_id: str,
+        interval: float = 0.5,
+        on_stall: Callable[[str], None] | None = None,
+    ) -> AsyncIterator[BatchStatus]:
+        """Yield the batch's status now and every ``interval`` seconds, the last one when it is done.
+
+        When no job finished for ``STALL_CHECK_SECONDS``, it looks for why: no live worker on the queue
+        is told to ``on_stall`` (once, and again if it comes back after workers were seen); jobs that are
+        neither queued, running nor finished raise BatchStalledError, as the batch can never be done.
+        """
+        progress_at, finished, warned = time.monotonic(), -1, None
         while True:
             status = await self.status(batch_id)
             yield status
             if status.done:
                 return
+            now = time.monotonic()
+            if status.finished != finished:
+                progress_at, finished = now, status.finished
+            elif now - progress_at >= STALL_CHECK_SECONDS:
+                progress_at = now  # checked again after as long, not at every poll
+                reason = await self.stall_reason(batch_id)
+                if reason != warned and reason is not None and on_stall is not None:
+                    on_stall(reason)
+                warned = reason
             await asyncio.sleep(interval)
+
+    async def stall_reason(self, batch_id: str) -> str | None:
+        """Why the batch is not progressing now, if something other than waiting explains it.
+
+        Raises BatchStalledError when some of its jobs are neither queued, running nor finished (lost:
+        a submission cut short, a job deleted); returns the reason when no worker is running.
+        """
+        lost = await self.lost_jobs(batch_id)
+        if lost:
+            await asyncio.sleep(1.0)  # a job between two keys (retry_failed re-queueing it) is not lost
+            lost = await self._without_trace(lost)
+        if lost:
+            raise BatchStalledError(
+                f"batch {batch_id}: {len(lost)} job(s) are neither queued, running nor finished (e.g. "
+                f"{lost[0]}), so it can never be done; submit its file again to the same batch "
+                f"(`llmqueue submit FILE --batch-id {batch_id}` or `llmqueue run --resume {batch_id}`) "
+                "to queue them"
+            )
+        interval = self.settings.worker.heartbeat_interval if self.settings else 5.0
+        return await no_worker_reason(self.redis, self.store.queue_name, heartbeat_interval=interval)
+
+    async def lost_jobs(self, batch_id: str) -> list[str]:
+        """Ids of the batch's jobs with no result and no queued job behind them."""
+        lost: list[str] = []
+        start = 0
+        while True:
+            members = await self.redis.zrange(keys.batch_jobs(batch_id), start, start + _CHUNK - 1)
+            if not members:
+                return lost
+            lost += await self._without_trace([member.decode() for member in members])
+            start += len(members)
+
+    async def _without_trace(self, job_ids: list[str]) -> list[str]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(keys.result(job_id), keys.arq_job(job_id))
+            found = await pipe.execute()
+        return [job_id for job_id, count in zip(job_ids, found, strict=True) if not count]
 
     async def wait(
         self,
         batch_id: str,
         on_progress: Callable[[BatchStatus], None] | None = None,
         interval: float = 0.5,
+        on_stall: Callable[[str], None] | None = None,
     ) -> BatchStatus:
-        """Return once every job of the batch has a result, calling ``on_progress`` each ``interval``."""
-        async for status in self.follow(batch_id, interval):
+        """Return once every job of the batch has a result, calling ``on_progress`` each ``interval``
+        (and ``on_stall`` as ``follow`` does)."""
+        async for status in self.follow(batch_id, interval, on_stall):
             if on_progress is not None:
                 on_progress(status)
         return status
@@ -193,20 +272,33 @@ class Batches:
             pipe.zadd(keys.batches(), {batch_id: time.time()}, nx=True)
             await pipe.execute()
 
+    async def _forget(self, batch_id: str) -> None:
+        """Remove a batch that got no job (a batch of nothing would never be done)."""
+        if not await self.redis.exists(keys.batch_jobs(batch_id)):
+            await self.redis.delete(keys.batch(batch_id))
+            await self.redis.zrem(keys.batches(), batch_id)
+
     async def _enqueue_chunk(
         self, batch_id: str, chunk: list[Job], report: SubmitReport, priority: bool
     ) -> None:
-        added = await self.store.enqueue(chunk, defer=-86400.0 if priority else 0.0)
-        report.submitted += sum(added)
-        report.already_known += len(added) - sum(added)
-        # Registered by line number, so a resubmission (a line fixed since) lands in input order, once.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(keys.batch_jobs(batch_id), {job.id: job.metadata["line"] for job in chunk})
+        """Queue a chunk and register it with the batch in one transaction: ``total`` always counts
+        what was queued, and a submission cut short (Redis full) is completed by submitting again."""
+        members = keys.batch_jobs(batch_id)
+        scores = await self.redis.zmscore(members, [job.id for job in chunk])
+        new_members = sum(1 for score in scores if score is None)
+
+        def register(pipe: Pipeline, jobs: Sequence[Job]) -> None:
+            # By line number, so a resubmission (a line fixed since) lands in input order, once.
+            pipe.zadd(members, {job.id: job.metadata["line"] for job in jobs})
             pipe.hset(
                 keys.batch_custom_ids(batch_id),
-                mapping={job.id: str(job.metadata.get("custom_id", "")) for job in chunk},
+                mapping={job.id: str(job.metadata.get("custom_id", "")) for job in jobs},
             )
-            await pipe.execute()
+            pipe.hincrby(keys.batch(batch_id), "total", new_members)
+
+        added = await self.store.enqueue(chunk, defer=-86400.0 if priority else 0.0, also=register)
+        report.submitted += sum(added)
+        report.already_known += len(added) - sum(added)
 
     async def _end_cancelled(self, job_id: str, batch_id: str) -> int:
         failures, queued_at = await self.store.read_waiting(job_id)

@@ -15,7 +15,13 @@ from pathlib import Path
 from rich.console import Console
 
 from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_batch_id
-from llmqueue.batches.files import check_file, invalid_file_error, write_rejects, write_results
+from llmqueue.batches.files import (
+    check_file,
+    invalid_file_error,
+    require_requests,
+    write_rejects,
+    write_results,
+)
 from llmqueue.batches.ledger import BatchStatus
 from llmqueue.errors import LLMQueueError
 from llmqueue.llm.policy import submission_refusal
@@ -82,6 +88,7 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
                 batches = Batches(producer.store, producer.settings)
                 source = await _source_file(batches, options, batch_id)
                 resumable = True
+                console.print(f"batch [bold]{batch_id}[/bold]: submitting {source}")
                 report = await batches.submit_file(
                     source,
                     batch_id,
@@ -118,6 +125,7 @@ def _check_before_starting(options: RunOptions, batch_id: str, settings: Setting
     )
     if not check.ok:
         raise invalid_file_error(check, options.file)
+    require_requests(options.file)
 
 
 def _announce(console: Console, batch_id: str, report: SubmitReport) -> None:
@@ -130,7 +138,7 @@ def _announce(console: Console, batch_id: str, report: SubmitReport) -> None:
 
 async def _watch(batches: Batches, batch_id: str, cluster: LocalCluster, console: Console) -> BatchStatus:
     with BatchProgress(console) as progress:
-        async for status in batches.follow(batch_id, interval=0.25):
+        async for status in batches.follow(batch_id, interval=0.25, on_stall=progress.warn):
             progress.update(status)
             cluster.check_workers()
     return status

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.live import Live
 
@@ -24,6 +25,7 @@ from llmqueue.cli.common import (
     with_batches,
 )
 from llmqueue.errors import LLMQueueError
+from llmqueue.ops.redaction import redis_error_line
 
 
 @app.command()
@@ -52,19 +54,27 @@ def submit(
 
     settings = settings_from(config, redis_url)
     batch_id = batch or new_batch_id(file)
-    report = with_batches(
-        settings,
-        lambda b: b.submit_file(
-            file,
-            batch_id,
-            default_model=model,
-            llm_config=llm_config,
-            skip_invalid=skip_invalid,
-            max_cost=max_cost if max_cost is not None else settings.batch.max_cost,
-            max_tokens=max_tokens if max_tokens is not None else settings.batch.max_tokens,
-            priority=priority,
-        ),
-    )
+    console.print(f"batch {batch_id}: submitting {file}")  # first: a submission cut short is completed by id
+    try:
+        report = with_batches(
+            settings,
+            lambda b: b.submit_file(
+                file,
+                batch_id,
+                default_model=model,
+                llm_config=llm_config,
+                skip_invalid=skip_invalid,
+                max_cost=max_cost if max_cost is not None else settings.batch.max_cost,
+                max_tokens=max_tokens if max_tokens is not None else settings.batch.max_tokens,
+                priority=priority,
+            ),
+        )
+    except RedisError as exc:
+        raise LLMQueueError(
+            f"batch {batch_id}: submission stopped by a Redis error ({redis_error_line(exc)}); every chunk "
+            f"queued so far is counted in its total. Run `llmqueue submit {file} --batch {batch_id}` again "
+            "to queue the rest"
+        ) from None
     if report.rejected:
         path = rejects or file.with_suffix(".rejected.jsonl")
         write_rejects(report.rejected, path)
@@ -132,7 +142,7 @@ def results(
     async def go(batches: Any) -> list[str]:
         if wait:
             with BatchProgress(console) as progress:
-                await batches.wait(batch, on_progress=progress.update)
+                await batches.wait(batch, on_progress=progress.update, on_stall=progress.warn)
         return await write_results(batches.results(batch), output, failed_only=failed_only)
 
     failures = with_batches(settings, go)

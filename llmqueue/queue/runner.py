@@ -29,7 +29,7 @@ from llmqueue.llm.call import call_kwargs, call_provider, job_model, supports_pr
 from llmqueue.llm.classify import classify, invalid_response, short_message
 from llmqueue.models import AttemptError, Job, JobResult, ResultStatus, Timings, Usage
 from llmqueue.ops.events import EventSink, JobEvent, emit
-from llmqueue.ops.redaction import redact
+from llmqueue.ops.redaction import redact, redis_error_line
 from llmqueue.queue.payload import invalid_reason
 from llmqueue.queue.store import AttemptStart, JobStore
 from llmqueue.settings import RESULT_STORE_PATIENCE, LimitConfig, LLMConfig, Settings
@@ -287,7 +287,10 @@ class JobRunner:
                 if time.monotonic() + delay > deadline:
                     raise
                 if not self.writes_refused:
-                    logger.warning("Redis refuses to store a paid result (%s); retrying, no new calls", exc)
+                    logger.warning(
+                        "Redis refuses to store a paid result (%s); retrying, no new calls",
+                        redis_error_line(exc),
+                    )
                 self.writes_refused = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -301,7 +304,8 @@ class JobRunner:
         If even that result cannot be stored (Redis refuses it), the job is put back in the queue instead.
         """
         secrets = [s for llm in self._all_llm() for s in self._secrets(llm)]
-        reason = short_message(redact(f"{type(exc).__name__}: {exc}", secrets))
+        described = redis_error_line(exc) if isinstance(exc, RedisError) else f"{type(exc).__name__}: {exc}"
+        reason = short_message(redact(described, secrets))
         logger.error("job %s failed inside the worker: %s", job_id, reason)
         fields = payload if isinstance(payload, dict) else {}
         batch_id = fields.get("batch_id")
@@ -325,7 +329,11 @@ class JobRunner:
         try:
             await self.store.finish(result, reply_to=reply_to if isinstance(reply_to, str) else None)
         except RedisError as store_error:
-            logger.warning("job %s: its failed result cannot be stored (%s); put back", job_id, store_error)
+            logger.warning(
+                "job %s: its failed result cannot be stored (%s); put back",
+                job_id,
+                redis_error_line(store_error),
+            )
             raise Retry(defer=REQUEUE_AFTER_STORE_ERROR) from None
         emit(
             self.sinks,

@@ -6,7 +6,7 @@ Producers and workers both go through this class, so the layout of a job's keys 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic_core import PydanticSerializationError
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from llmqueue import keys
 from llmqueue.batches import ledger
@@ -25,6 +26,8 @@ _LUA = resources.files("llmqueue.queue").joinpath("lua")
 _ENQUEUE = _LUA.joinpath("enqueue.lua").read_text(encoding="utf-8")
 _FINISH = _LUA.joinpath("finish.lua").read_text(encoding="utf-8")
 ENQUEUE_CHUNK = 2000
+ChunkCommands = Callable[[Pipeline, Sequence[Job]], None]
+"""Commands queued in the transaction of one chunk of jobs being enqueued."""
 WAKE_TOKENS = 16
 
 
@@ -50,8 +53,14 @@ class JobStore:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._finish = redis.register_script(_FINISH)
 
-    async def enqueue(self, jobs: Sequence[Job], *, defer: float = 0.0) -> list[bool]:
-        """Queue the jobs, one script call per chunk of 2,000; False for an id that was already known."""
+    async def enqueue(
+        self, jobs: Sequence[Job], *, defer: float = 0.0, also: ChunkCommands | None = None
+    ) -> list[bool]:
+        """Queue the jobs, one transaction per chunk of 2,000; False for an id that was already known.
+
+        ``also(pipe, chunk)`` adds commands to each chunk's transaction (a batch registering its jobs):
+        a chunk is queued whole with them, or not at all (Redis out of memory, connection lost).
+        """
         now = int(time.time() * 1000)
         score = now + int(defer * 1000)
         added: list[bool] = []
@@ -60,14 +69,16 @@ class JobStore:
             args: list[Any] = [keys.arq_job(""), keys.result(""), self.job_ttl_ms]
             for job in chunk:
                 args += [job.id, payload.arq_job(job.model_dump(mode="json"), now), score]
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self.redis.pipeline(transaction=True) as pipe:
                 await self._enqueue(keys=[self.queue_name], args=args, client=pipe)
+                if also is not None:
+                    also(pipe, chunk)
                 # Wake idle workers now instead of at their next poll (a few tokens: one per worker
                 # that should look; the list is trimmed so it never grows).
                 wake = keys.wake(self.queue_name)
                 pipe.lpush(wake, *([b"1"] * min(WAKE_TOKENS, len(chunk))))
                 pipe.ltrim(wake, 0, WAKE_TOKENS - 1)
-                flags, _, _ = await pipe.execute()
+                flags = (await pipe.execute())[0]
             added += [bool(flag) for flag in flags]
         return added
 
