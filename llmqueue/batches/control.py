@@ -217,7 +217,7 @@ class Batches:
             raise BatchStalledError(
                 f"batch {batch_id}: {len(lost)} job(s) are neither queued, running nor finished (e.g. "
                 f"{lost[0]}), so it can never be done; submit its file again to the same batch "
-                f"(`llmqueue submit FILE --batch-id {batch_id}` or `llmqueue run --resume {batch_id}`) "
+                f"(`llmqueue submit FILE --batch {batch_id}` or `llmqueue run --resume {batch_id}`) "
                 "to queue them"
             )
         interval = self.settings.worker.heartbeat_interval if self.settings else 5.0

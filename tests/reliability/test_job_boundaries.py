@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -39,10 +39,8 @@ class _Listener:
         self.port = 0
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
+        with suppress(TimeoutError):
             self.received += await asyncio.wait_for(reader.read(65536), 5)
-        except TimeoutError:
-            pass
         writer.close()
 
 
