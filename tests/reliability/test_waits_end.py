@@ -171,3 +171,20 @@ async def test_small_faults_gzip_unknown_batch_and_line_separators(redis_url: st
         json.loads(line)["response"]["body"]["choices"][0]["message"]["content"] for line in text.splitlines()
     ]
     assert answers == ["echo: one\u2028two", "echo: three\x85four", "echo: five\u2029six"]
+
+
+async def test_a_worker_refused_by_redis_exits_at_once_with_one_line(redis_url: str, tmp_path: Path) -> None:
+    host = redis_url.removeprefix("redis://").split("/")[0]
+    wrong = {
+        "password": f"redis://alice:not-her-password@{host}/0",
+        "database": f"redis://{host}/999",
+    }
+    for what, url in wrong.items():
+        began = time.monotonic()
+        done = llmqueue("worker", cwd=tmp_path, env=child_env(REDIS_URL=url, LLM_MODEL=MODEL), timeout=60)
+        took = time.monotonic() - began
+        print(f"\nworker with a wrong {what}: exit {done.returncode} after {took:.1f} s: {said(done)!r}")
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) <= 4, done.stderr
+        assert "refused" in said(done) and "not-her-password" not in done.stderr
+        assert took < 20
