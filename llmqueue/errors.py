@@ -8,7 +8,8 @@
     ├── BatchError             a batch operation that cannot be done (unknown batch, bad id)
     │   ├── BatchFileError         a batch file that cannot be read at all
     │   ├── InvalidBatchFileError  a batch file with bad lines; nothing was queued
-    │   └── BatchStalledError      a batch that can no longer finish (jobs neither queued nor done)
+    │   ├── BatchStalledError      a batch that can no longer finish (jobs neither queued nor done)
+    │   └── BatchBusyError         a batch another ``llmqueue run`` is running
     ├── WorkerDiedError        a worker process that ``llmqueue run`` started exited
     └── ProviderError          a provider call failed; ``retryable`` says whether trying again may help
         ├── RetryableProviderError
@@ -98,6 +99,10 @@ class InvalidBatchFileError(BatchError):
 
 class BatchStalledError(BatchError):
     """A batch that can no longer finish as it is: the message says why and how to complete it."""
+
+
+class BatchBusyError(BatchError):
+    """Another ``llmqueue run`` is running this batch: a second one is refused, not merged with it."""
 
 
 class WorkerDiedError(LLMQueueError):

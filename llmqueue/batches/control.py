@@ -72,12 +72,15 @@ class Batches:
         max_cost: float | None = None,
         max_tokens: int | None = None,
         priority: bool = False,
+        on_queueing: Callable[[], None] | None = None,
     ) -> SubmitReport:
         """Check (unless ``skip_invalid``) and enqueue every request of a JSONL file as one batch.
 
         By default a file with any bad line enqueues nothing and raises InvalidBatchFileError; with
         ``skip_invalid`` the good lines are enqueued and the bad ones returned in the report. The file is
         streamed twice at most, never held in memory. ``priority`` puts the jobs ahead of queued ones.
+        ``on_queueing()`` is called once the file is checked, before anything is queued (to say the
+        batch id first: a submission cut short is completed by submitting again to the same id).
         """
         check_batch_id(batch_id)
         options: dict[str, Any] = {
@@ -91,6 +94,8 @@ class Batches:
             if not check.ok:
                 raise invalid_file_error(check, path)
         require_requests(path)
+        if on_queueing is not None:
+            on_queueing()
         await self._create(batch_id, source=path, max_cost=max_cost, max_tokens=max_tokens)
         report = SubmitReport(batch_id=batch_id, submitted=0, already_known=0, rejected=[])
         chunk: list[Job] = []

@@ -7,12 +7,15 @@ Redis so ``llmqueue run --resume BATCH`` goes on without redoing finished jobs.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_batch_id
 from llmqueue.batches.files import (
@@ -23,6 +26,7 @@ from llmqueue.batches.files import (
     write_results,
 )
 from llmqueue.batches.ledger import BatchStatus
+from llmqueue.batches.run_lock import DirectoryLock, RedisRunLock
 from llmqueue.errors import LLMQueueError
 from llmqueue.llm.policy import submission_refusal
 from llmqueue.ops.display import BatchProgress
@@ -74,6 +78,14 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
     data_dir = (
         run_dir(batch_id) if options.redis_url is None else Path(tempfile.mkdtemp(prefix="llmqueue-run-"))
     )
+    # An embedded run's lock is its directory's, taken before its Redis starts on that directory.
+    with DirectoryLock(data_dir, batch_id) if options.redis_url is None else contextlib.nullcontext():
+        return await _run_locked(options, settings, console, batch_id, data_dir)
+
+
+async def _run_locked(
+    options: RunOptions, settings: Settings, console: Console, batch_id: str, data_dir: Path
+) -> RunSummary:
     finished = resumable = False
     try:
         cluster = LocalCluster(
@@ -82,13 +94,16 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
             data_dir=data_dir,
             worker_env=_worker_env(options),
             stop_timeout=settings.worker.shutdown_grace + 15,
+            on_stopping=lambda message: console.print(f"[yellow]{escape(message)}[/yellow]"),
         )
         with cluster:
-            async with Producer(settings, redis_url=cluster.redis_url) as producer:
+            async with (
+                Producer(settings, redis_url=cluster.redis_url) as producer,
+                _redis_lock(producer, batch_id, shared=options.redis_url is not None) as lock,
+            ):
                 batches = Batches(producer.store, producer.settings)
                 source = await _source_file(batches, options, batch_id)
                 resumable = True
-                console.print(f"batch [bold]{batch_id}[/bold]: submitting {source}")
                 report = await batches.submit_file(
                     source,
                     batch_id,
@@ -97,13 +112,14 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
                     skip_invalid=options.skip_invalid,
                     max_cost=options.max_cost,
                     max_tokens=options.max_tokens,
+                    on_queueing=lambda: console.print(f"batch [bold]{batch_id}[/bold]: queueing {source}"),
                 )
                 _announce(console, batch_id, report)
                 if report.rejected:
                     write_rejects(
                         report.rejected, options.rejects or options.output.with_suffix(".rejected.jsonl")
                     )
-                status = await _watch(batches, batch_id, cluster, console)
+                status = await _watch(batches, batch_id, cluster, console, lock)
                 failures = await write_results(batches.results(batch_id), options.output)
                 finished = True
     finally:
@@ -136,12 +152,32 @@ def _announce(console: Console, batch_id: str, report: SubmitReport) -> None:
     )
 
 
-async def _watch(batches: Batches, batch_id: str, cluster: LocalCluster, console: Console) -> BatchStatus:
+async def _watch(
+    batches: Batches, batch_id: str, cluster: LocalCluster, console: Console, lock: RedisRunLock | None
+) -> BatchStatus:
     with BatchProgress(console) as progress:
         async for status in batches.follow(batch_id, interval=0.25, on_stall=progress.warn):
             progress.update(status)
             cluster.check_workers()
+            if lock is not None:
+                await lock.refresh()
     return status
+
+
+@contextlib.asynccontextmanager
+async def _redis_lock(
+    producer: Producer, batch_id: str, *, shared: bool
+) -> AsyncIterator[RedisRunLock | None]:
+    """The run lock in a shared Redis (``--redis-url``); an embedded Redis is locked by its directory."""
+    if not shared:
+        yield None
+        return
+    lock = RedisRunLock(producer.redis, batch_id)
+    await lock.acquire()
+    try:
+        yield lock
+    finally:
+        await lock.release()
 
 
 def _batch_id(options: RunOptions) -> str:
@@ -153,6 +189,8 @@ def _batch_id(options: RunOptions) -> str:
         raise LLMQueueError("give the JSONL file to run, or --resume BATCH")
     batch_id = check_batch_id(options.batch_id) if options.batch_id else new_batch_id(options.file)
     if options.redis_url is None and run_dir(batch_id).exists():
+        with DirectoryLock(run_dir(batch_id), batch_id):  # a run going on now says so
+            pass
         raise LLMQueueError(
             f"batch {batch_id} was started before and not finished: use `llmqueue run --resume {batch_id}`"
         )

@@ -54,7 +54,6 @@ def submit(
 
     settings = settings_from(config, redis_url)
     batch_id = batch or new_batch_id(file)
-    console.print(f"batch {batch_id}: submitting {file}")  # first: a submission cut short is completed by id
     try:
         report = with_batches(
             settings,
@@ -67,6 +66,7 @@ def submit(
                 max_cost=max_cost if max_cost is not None else settings.batch.max_cost,
                 max_tokens=max_tokens if max_tokens is not None else settings.batch.max_tokens,
                 priority=priority,
+                on_queueing=lambda: console.print(f"batch {batch_id}: queueing {file}"),
             ),
         )
     except RedisError as exc:
