@@ -188,7 +188,9 @@ def first_unencodable(value: Any, path: str = "") -> str | None:
         return None
     if isinstance(value, dict):
         for key, item in value.items():
-            found = first_unencodable(key, path) or first_unencodable(item, f"{path}.{key}")
+            found = first_unencodable(key, f"{path} (a key)")
+            if found is None:
+                found = first_unencodable(item, f"{path}.{key}")
             if found is not None:
                 return found
     elif isinstance(value, list | tuple):
