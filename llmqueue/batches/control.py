@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,21 +146,53 @@ class Batches:
                 yield job_id, custom_id.decode() if custom_id else "", result
             start += len(members)
 
-    async def cancel(self, batch_id: str) -> int:
+    async def cancel(self, batch_id: str, on_progress: Callable[[int, int], None] | None = None) -> int:
         """Cancel the batch: queued and retry-waiting jobs end as cancelled now, running ones finish.
 
         Workers also check the batch's cancel flag before each start, so a job picked up while this
-        runs is cancelled too. Returns how many jobs this call cancelled.
+        runs is cancelled too. Works in chunks of 1,000 jobs, a few round trips each, calling
+        ``on_progress(jobs looked at, jobs cancelled)`` after each. Returns how many jobs it cancelled.
         """
         await self.status(batch_id)
         await self.redis.hset(keys.batch(batch_id), "cancel_requested", 1)
-        cancelled = 0
-        async for job_id, _custom_id, result in self.results(batch_id):
-            if result is not None or await self.redis.exists(keys.arq_in_progress(job_id)):
-                continue
-            if await self.redis.zrem(self.store.queue_name, job_id):
-                cancelled += await self._end_cancelled(job_id, batch_id)
-        return cancelled
+        cancelled = seen = 0
+        start = 0
+        while True:
+            members = await self.redis.zrange(keys.batch_jobs(batch_id), start, start + _CHUNK - 1)
+            if not members:
+                return cancelled
+            job_ids = [member.decode() for member in members]
+            cancelled += await self._cancel_chunk(batch_id, job_ids)
+            seen += len(job_ids)
+            start += len(members)
+            if on_progress is not None:
+                on_progress(seen, cancelled)
+
+    async def _cancel_chunk(self, batch_id: str, job_ids: list[str]) -> int:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(keys.result(job_id), keys.arq_in_progress(job_id))
+            found = await pipe.execute()
+        waiting = [job_id for job_id, count in zip(job_ids, found, strict=True) if not count]
+        if not waiting:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in waiting:
+                pipe.zrem(self.store.queue_name, job_id)
+            removed = [job_id for job_id, n in zip(waiting, await pipe.execute(), strict=True) if n]
+        if not removed:
+            return 0
+        states = await self.store.read_waiting_many(removed)
+        results = [
+            (self._cancelled_result(job_id, batch_id, failures, queued_at), bool(failures))
+            for job_id, (failures, queued_at) in zip(removed, states, strict=True)
+        ]
+        stored = await self.store.finish_many(results)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in removed:
+                pipe.delete(keys.arq_job(job_id), keys.arq_retry(job_id))
+            await pipe.execute()
+        return sum(stored)
 
     async def retry_failed(self, batch_id: str) -> int:
         """Queue the batch's failed jobs again, with a fresh retry budget. Returns how many."""
@@ -305,9 +338,11 @@ class Batches:
         report.submitted += sum(added)
         report.already_known += len(added) - sum(added)
 
-    async def _end_cancelled(self, job_id: str, batch_id: str) -> int:
-        failures, queued_at = await self.store.read_waiting(job_id)
-        result = JobResult(
+    @staticmethod
+    def _cancelled_result(
+        job_id: str, batch_id: str, failures: list[AttemptError], queued_at: datetime
+    ) -> JobResult:
+        return JobResult(
             job_id=job_id,
             batch_id=batch_id,
             status="cancelled",
@@ -318,9 +353,6 @@ class Batches:
             ],
             timings=Timings(queued_at=queued_at),
         )
-        stored = await self.store.finish(result, was_retry_waiting=bool(failures))
-        await self.redis.delete(keys.arq_job(job_id), keys.arq_retry(job_id))
-        return 1 if stored else 0
 
 
 def check_batch_id(batch_id: str) -> str:

@@ -152,7 +152,14 @@ def results(
 @app.command()
 def cancel(batch: BatchArgument, config: ConfigOption = None, redis_url: RedisOption = None) -> None:
     """Cancel a batch: queued and retry-waiting jobs end as cancelled, running ones finish."""
-    count = with_batches(settings_from(config, redis_url), lambda b: b.cancel(batch))
+    with console.status(f"cancelling batch {batch}") as spinner:
+
+        def progress(seen: int, cancelled: int) -> None:
+            spinner.update(f"cancelling batch {batch}: {seen} job(s) looked at, {cancelled} cancelled")
+
+        count = with_batches(
+            settings_from(config, redis_url), lambda b: b.cancel(batch, on_progress=progress)
+        )
     console.print(f"{count} job(s) cancelled; running jobs will finish")
 
 

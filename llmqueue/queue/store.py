@@ -113,13 +113,7 @@ class JobStore:
             pipe.lrange(keys.attempt_errors(job_id), 0, -1)
             pipe.get(keys.arq_job(job_id))
             errors, raw = await pipe.execute()
-        queued_ms = payload.deserialize_job(raw).get("et") if raw is not None else None
-        queued_at = (
-            datetime.fromtimestamp(queued_ms / 1000, UTC)
-            if isinstance(queued_ms, int) and queued_ms
-            else None
-        )
-        return [AttemptError.model_validate_json(e) for e in errors], queued_at or datetime.now(UTC)
+        return _waiting(errors, raw)
 
     async def record_error(self, job_id: str, batch_id: str | None, error: AttemptError) -> None:
         """Keep a failed call's summary before the job is re-enqueued; these count against num_retries."""
@@ -143,14 +137,40 @@ class JobStore:
         A job gets one result: False (and nothing changed) when it already had one. ``was_calling``
         and ``was_retry_waiting`` say which of the batch's in-between counts the job leaves.
         """
+        script_keys, args = self._finish_arguments(result, reply_to, was_calling, was_retry_waiting)
+        return bool(await self._finish(keys=script_keys, args=args))
+
+    async def finish_many(self, results: Sequence[tuple[JobResult, bool]]) -> list[bool]:
+        """``finish`` for many jobs that were not calling, in one round trip: ``(result,
+        was_retry_waiting)`` pairs; True for each result stored."""
+        if not results:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for result, was_retry_waiting in results:
+                script_keys, args = self._finish_arguments(result, None, False, was_retry_waiting)
+                await self._finish(keys=script_keys, args=args, client=pipe)
+            return [bool(stored) for stored in await pipe.execute()]
+
+    async def read_waiting_many(self, job_ids: Sequence[str]) -> list[tuple[list[AttemptError], datetime]]:
+        """``read_waiting`` for many jobs in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.lrange(keys.attempt_errors(job_id), 0, -1)
+                pipe.get(keys.arq_job(job_id))
+            replies = await pipe.execute()
+        return [_waiting(replies[i], replies[i + 1]) for i in range(0, len(replies), 2)]
+
+    def _finish_arguments(
+        self, result: JobResult, reply_to: str | None, was_calling: bool, was_retry_waiting: bool
+    ) -> tuple[list[str], list[Any]]:
         job_id = result.job_id
         usage = result.usage
         # A retried 429 was counted when it was recorded; a final one is counted here.
         final_429 = (
             result.status == "failed" and bool(result.errors) and result.errors[-1].kind == "rate_limit"
         )
-        stored = await self._finish(
-            keys=[
+        return (
+            [
                 keys.result(job_id),
                 keys.done(job_id),
                 keys.state(job_id),
@@ -158,7 +178,7 @@ class JobStore:
                 keys.batch(result.batch_id) if result.batch_id else "",
                 reply_to or "",
             ],
-            args=[
+            [
                 result_json(result),
                 self.result_ttl,
                 job_id,
@@ -171,7 +191,6 @@ class JobStore:
                 1 if final_429 else 0,
             ],
         )
-        return bool(stored)
 
     async def get_result(self, job_id: str) -> JobResult | None:
         raw = await self.redis.get(keys.result(job_id))
@@ -183,6 +202,14 @@ class JobStore:
             return []
         raws = await self.redis.mget([keys.result(job_id) for job_id in job_ids])
         return [None if raw is None else JobResult.model_validate_json(raw) for raw in raws]
+
+
+def _waiting(errors: list[bytes], raw: bytes | None) -> tuple[list[AttemptError], datetime]:
+    queued_ms = payload.deserialize_job(raw).get("et") if raw is not None else None
+    queued_at = (
+        datetime.fromtimestamp(queued_ms / 1000, UTC) if isinstance(queued_ms, int) and queued_ms else None
+    )
+    return [AttemptError.model_validate_json(e) for e in errors], queued_at or datetime.now(UTC)
 
 
 def result_json(result: JobResult) -> str:

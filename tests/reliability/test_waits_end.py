@@ -188,3 +188,24 @@ async def test_a_worker_refused_by_redis_exits_at_once_with_one_line(redis_url: 
         assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) <= 4, done.stderr
         assert "refused" in said(done) and "not-her-password" not in done.stderr
         assert took < 20
+
+
+async def test_cancelling_50000_queued_jobs_takes_seconds(redis_url: str, tmp_path: Path) -> None:
+    jobs = 50_000
+    source = _lines(
+        tmp_path / "many.jsonl",
+        [{"messages": [{"role": "user", "content": f"Frage {n}"}]} for n in range(jobs)],
+    )
+    async with Producer(make_settings(redis_url, "http://127.0.0.1:9/v1")) as producer:
+        batches = Batches(producer.store)
+        await batches.submit_file(source, "many")
+        began = time.monotonic()
+        cancelled = llmqueue("cancel", "many", cwd=tmp_path, env=child_env(REDIS_URL=redis_url), timeout=120)
+        took = time.monotonic() - began
+        status = await batches.status("many")
+        queued = await producer.redis.zcard("llmqueue:queue")
+    print(f"\ncancel of {jobs} queued jobs: {took:.1f} s ({said(cancelled)[-60:]!r})")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"{jobs} job(s) cancelled" in said(cancelled)
+    assert status.cancelled == jobs and status.done and queued == 0
+    assert took < 60  # 150 s before, one job at a time
