@@ -25,7 +25,7 @@ from llmqueue.models import Job, JobResult
 from llmqueue.ops.redaction import redact_url
 from llmqueue.ops.registry import no_worker_reason
 from llmqueue.queue.store import JobStore
-from llmqueue.settings import Settings, load_settings
+from llmqueue.settings import Settings, WorkerConfig, load_settings
 
 JobLike = Job | Mapping[str, Any]
 _LISTEN_BLOCK_SECONDS = 1
@@ -63,13 +63,7 @@ class JobHandle:
     async def _notice_no_worker(self) -> None:
         """Log a warning if, after ``NO_WORKER_NOTICE`` seconds, no worker is running to do the job."""
         await asyncio.sleep(NO_WORKER_NOTICE)
-        settings = self.producer.settings.worker
-        try:
-            reason = await no_worker_reason(
-                self.producer.redis, settings.queue_name, heartbeat_interval=settings.heartbeat_interval
-            )
-        except _REDIS_DOWN:
-            return  # _wait reports Redis itself
+        reason = await self.producer._no_worker_reason()
         if reason is not None:
             logger.warning("job %s is waiting: %s", self.job_id, reason)
 
@@ -113,6 +107,8 @@ class Producer:
         self.inbox = keys.inbox(uuid.uuid4().hex)
         self._waiters: dict[str, asyncio.Future[JobResult]] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._worker_check: tuple[float, asyncio.Future[str | None]] | None = None
+        self._reported_no_worker: str | None = None
 
     async def __aenter__(self) -> Producer:
         try:
@@ -131,6 +127,8 @@ class Producer:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
             self._listener = None
+        if self._worker_check is not None:
+            self._worker_check[1].cancel()
         for waiter in self._waiters.values():
             waiter.cancel()
         self._waiters.clear()
@@ -172,6 +170,27 @@ class Producer:
         finally:
             for future in pending:
                 future.cancel()
+
+    async def _no_worker_reason(self) -> str | None:
+        """Why no job would run now (no live worker), looked up at most once per ``NO_WORKER_NOTICE``
+        seconds however many handles ask, and said once: None after the first report."""
+        loop = asyncio.get_running_loop()
+        if self._worker_check is None or loop.time() - self._worker_check[0] > NO_WORKER_NOTICE:
+            settings = self.settings.worker
+            self._worker_check = (loop.time(), asyncio.ensure_future(self._read_no_worker(settings)))
+        try:
+            reason = await asyncio.shield(self._worker_check[1])
+        except _REDIS_DOWN:
+            return None  # a waiting handle reports Redis itself
+        if reason is None or reason == self._reported_no_worker:
+            return None
+        self._reported_no_worker = reason
+        return reason
+
+    async def _read_no_worker(self, settings: WorkerConfig) -> str | None:
+        return await no_worker_reason(
+            self.redis, settings.queue_name, heartbeat_interval=settings.heartbeat_interval
+        )
 
     def _prepare(self, job: JobLike) -> Job:
         if isinstance(job, Job):
