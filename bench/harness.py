@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import redis
 
 from bench.workloads import API_KEY, MODEL
 from llmqueue.models import JobResult
-from llmqueue.ops.processes import stop_processes
+from llmqueue.ops.processes import start_worker, stop_processes
 from llmqueue.producer import Producer
 from llmqueue.settings import Settings, WorkerConfig
 from llmqueue.simulator.process import ProviderProcess
@@ -64,9 +63,9 @@ class Workers:
     """
 
     def __init__(self, env: dict[str, str], workdir: Path, command: Sequence[str] | None = None) -> None:
-        self.env = child_env(**env)
+        self.env = {**env, "PYTHONPATH": child_env()["PYTHONPATH"]}
         self.workdir = workdir
-        self.command = list(command or [sys.executable, "-m", "llmqueue", "worker"])
+        self.command = list(command) if command else None
         self.processes: list[subprocess.Popen[bytes]] = []
         self._logs: dict[int, Path] = {}
 
@@ -87,14 +86,7 @@ class Workers:
         while len(self.processes) < count:
             log_path = self.workdir / f"worker-{time.monotonic_ns()}.log"
             with log_path.open("wb") as log:
-                process = subprocess.Popen(
-                    self.command,
-                    env=self.env,
-                    cwd=self.workdir,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
+                process = start_worker(self.env, stdout=log, cwd=self.workdir, command=self.command)
             self._logs[process.pid] = log_path
             self.processes.append(process)
 

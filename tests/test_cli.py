@@ -24,7 +24,7 @@ import llmqueue
 from llmqueue import keys
 from llmqueue.batches.control import Batches
 from llmqueue.cli import app
-from llmqueue.ops.processes import stop_processes
+from llmqueue.ops.processes import start_worker, stop_processes
 from llmqueue.producer import Producer
 from llmqueue.settings import WorkerConfig
 from llmqueue.simulator.process import ProviderProcess
@@ -86,7 +86,7 @@ def process_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
-def llmqueue_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def llmqueue_process(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """``python -m llmqueue ARGS`` as a real process, through ``main()``."""
     return subprocess.run(
         [sys.executable, "-m", "llmqueue", *args],
@@ -94,7 +94,7 @@ def llmqueue_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=SUBPROCESS_TIMEOUT,
         cwd=cwd,
-        env=process_env(),
+        env=process_env(**env),
     )
 
 
@@ -171,6 +171,13 @@ def test_main_help_lists_every_command(tmp_path: Path) -> None:
     process = llmqueue_process("--help", cwd=tmp_path)
     assert process.returncode == 0, process.stderr
     assert all(command in process.stdout for command in COMMANDS)
+
+
+def test_help_texts_keep_config_section_names(tmp_path: Path) -> None:
+    process = llmqueue_process("run", "--help", cwd=tmp_path, COLUMNS="200")
+    assert process.returncode == 0, process.stderr
+    assert "(default: [llm] model)" in process.stdout
+    assert "A named [llm.<name>] group." in process.stdout
 
 
 def test_main_without_arguments_prints_the_help(tmp_path: Path) -> None:
@@ -446,13 +453,7 @@ def worker_process(redis_url: str, base_url: str, cwd: Path) -> Iterator[subproc
         WORKER_POLL_DELAY="0.01",
         WORKER_WARM_UP="false",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llmqueue", "worker", "--redis-url", redis_url],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    process = start_worker(env, args=["--redis-url", redis_url], cwd=cwd, stderr=subprocess.PIPE)
     try:
         yield process
     finally:

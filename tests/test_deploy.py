@@ -31,7 +31,7 @@ import yaml
 from typer.testing import CliRunner
 
 from llmqueue.cli import app
-from llmqueue.ops.processes import stop_processes
+from llmqueue.ops.processes import start_worker, stop_processes
 from llmqueue.producer import Producer
 from llmqueue.settings import LLMConfig, WorkerConfig, load_settings
 from tests.support.settings import make_settings
@@ -406,8 +406,9 @@ def test_image_install_in_a_clean_venv_runs_llmqueue_help(
         [
             str(venv / "bin" / "python"),
             "-c",
-            "import importlib.resources as r; print(sorted(p.name for p in "
-            "r.files('llmqueue').joinpath('lua').iterdir()))",
+            "import importlib.resources as r; print(sorted("
+            "[p.name for p in r.files('llmqueue.queue').joinpath('lua').iterdir()]"
+            " + [p.name for p in r.files('llmqueue.limits').iterdir()]))",
         ],
         env=bare_env,
         capture_output=True,
@@ -415,7 +416,7 @@ def test_image_install_in_a_clean_venv_runs_llmqueue_help(
         check=True,
         timeout=120,
     )
-    assert "limiter.lua" in lua.stdout
+    assert all(name in lua.stdout for name in ("limiter.lua", "enqueue.lua", "finish.lua"))
     installed = subprocess.run(
         [str(venv / "bin" / "pip"), "list", "--format=json"],
         env=pip_env,
@@ -448,10 +449,9 @@ def with_option(command: list[str], option: str, value: str) -> list[str]:
 @contextmanager
 def service_process(command: list[str], env: Mapping[str, str]) -> Iterator[subprocess.Popen[str]]:
     """``llmqueue COMMAND`` as the image's entrypoint would run it; SIGTERM on exit."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_", "REDIS_URL"))}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llmqueue", *command],
-        env={**base, **env},
+    process = start_worker(
+        env,
+        command=[sys.executable, "-m", "llmqueue", *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from llmqueue import keys
 from llmqueue.llm.backoff import RetryPolicy
-from llmqueue.ops.processes import stop_processes
+from llmqueue.ops.processes import start_worker, stop_processes
 from llmqueue.producer import Producer
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig, run_provider
@@ -33,16 +33,7 @@ WORKER_ENV = {
 
 @contextmanager
 def worker_processes(count: int, env: dict[str, str]) -> Iterator[list[subprocess.Popen[bytes]]]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_"))}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "llmqueue", "worker"],
-            env={**base, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for _ in range(count)
-    ]
+    processes = [start_worker(env, stderr=subprocess.PIPE) for _ in range(count)]
     try:
         yield processes
     finally:

@@ -1,1 +1,1 @@
-"""Batches: JSONL files in and out, the bookkeeping of a batch in Redis, and ``llmqueue run``."""
+"""Batches: JSONL files in and out, submit/status/cancel/retry, ``llmqueue run`` and its display."""

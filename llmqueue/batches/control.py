@@ -28,11 +28,11 @@ from llmqueue.batches.files import (
     iter_jobs,
     require_requests,
 )
-from llmqueue.batches.ledger import BatchLedger, BatchStatus
 from llmqueue.errors import BatchError, BatchFileError, BatchStalledError
 from llmqueue.llm.policy import submission_refusal
 from llmqueue.models import AttemptError, Job, JobResult, Timings
 from llmqueue.ops.registry import no_worker_reason
+from llmqueue.queue.ledger import BatchLedger, BatchStatus
 from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings
 

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_batch_id
+from llmqueue.batches.display import BatchProgress
 from llmqueue.batches.files import (
     check_file,
     invalid_file_error,
@@ -25,13 +26,12 @@ from llmqueue.batches.files import (
     write_rejects,
     write_results,
 )
-from llmqueue.batches.ledger import BatchStatus
 from llmqueue.batches.run_lock import DirectoryLock, RedisRunLock
 from llmqueue.errors import LLMQueueError
 from llmqueue.llm.policy import submission_refusal
-from llmqueue.ops.display import BatchProgress
 from llmqueue.ops.local_cluster import LocalCluster, run_dir
 from llmqueue.producer import Producer
+from llmqueue.queue.ledger import BatchStatus
 from llmqueue.settings import Settings
 
 

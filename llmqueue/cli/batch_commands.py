@@ -96,7 +96,7 @@ def status(
 ) -> None:
     """Counts, tokens, cost, throughput and ETA of a batch."""
     from llmqueue.batches.control import Batches
-    from llmqueue.ops.display import status_table
+    from llmqueue.batches.display import status_table
     from llmqueue.producer import Producer
 
     settings = settings_from(config, redis_url)
@@ -134,8 +134,8 @@ def results(
     redis_url: RedisOption = None,
 ) -> None:
     """Write a batch's results in input order (jobs not finished yet appear with error "missing")."""
+    from llmqueue.batches.display import BatchProgress
     from llmqueue.batches.files import write_results
-    from llmqueue.ops.display import BatchProgress
 
     settings = settings_from(config, redis_url)
 

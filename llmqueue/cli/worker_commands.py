@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from llmqueue.batches.display import format_seconds
 from llmqueue.cli.common import (
     ConfigOption,
     LLMConfigOption,
@@ -21,7 +22,6 @@ from llmqueue.cli.common import (
     with_redis,
 )
 from llmqueue.errors import LLMQueueError
-from llmqueue.ops.display import format_seconds
 
 
 @app.command()

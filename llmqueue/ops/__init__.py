@@ -1,1 +1,1 @@
-"""Operations: local Redis and worker processes, job events, logs, metrics, the worker registry, display."""
+"""Operations: local Redis and worker processes, job events, logs, metrics, the worker registry, redaction."""

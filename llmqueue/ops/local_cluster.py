@@ -18,7 +18,7 @@ from types import TracebackType
 
 from llmqueue.errors import LLMQueueError, WorkerDiedError
 from llmqueue.ops.embedded_redis import EmbeddedRedis
-from llmqueue.ops.processes import die_with_parent, stop_processes
+from llmqueue.ops.processes import start_worker, stop_processes
 
 
 def run_dir(batch_id: str) -> Path:
@@ -142,20 +142,11 @@ class LocalCluster:
         )
 
     def _start_workers(self) -> None:
-        env = {**os.environ, **self.worker_env, "REDIS_URL": self.redis_url}
+        env = {**self.worker_env, "REDIS_URL": self.redis_url}
         for index in range(self.worker_count):
             with self._log_path(index).open("ab") as log:
-                self._workers.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "llmqueue", "worker"],
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        # Own process group: the terminal's Ctrl-C reaches the run, which stops them.
-                        start_new_session=True,
-                        preexec_fn=die_with_parent,
-                    )
-                )
+                # The user's own LLM_* settings reach the workers; the run's own come on top.
+                self._workers.append(start_worker(env, stdout=log, inherit_settings=True, own_session=True))
 
     def _log_path(self, index: int) -> Path:
         return self.data_dir / f"worker-{index}.log"

@@ -1,15 +1,24 @@
-"""Child processes that do not outlive the process that started them."""
+"""Worker processes, and child processes that do not outlive the process that started them.
+
+:func:`start_worker` is the one way llmqueue (``llmqueue run``), its benchmarks and its tests start a
+worker process, with one environment policy (:func:`worker_environment`).
+"""
 
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
 
 _PR_SET_PDEATHSIG = 1
+#: Environment variables that configure llmqueue or LiteLLM: a worker started with ``inherit_settings=False``
+#: sees none of this process's, only those it is given.
+SETTING_PREFIXES = ("LLM_", "WORKER_", "LLMQUEUE_", "REDIS_URL", "LITELLM_LOG")
 
 
 def die_with_parent() -> None:
@@ -42,3 +51,47 @@ def stop_processes(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def worker_environment(settings: Mapping[str, str], *, inherit_settings: bool) -> dict[str, str]:
+    """The environment of a worker process: this process's, then ``settings`` over it.
+
+    ``inherit_settings`` keeps this process's llmqueue and LiteLLM variables (``llmqueue run`` hands
+    the user's ``LLM_*`` to its workers); without it they are dropped, so a test or benchmark worker runs
+    with exactly the settings given. LiteLLM's bundled price map is used unless asked otherwise.
+    """
+    base = dict(os.environ)
+    if not inherit_settings:
+        base = {k: v for k, v in base.items() if not k.startswith(SETTING_PREFIXES)}
+    base.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    return {**base, **settings}
+
+
+def start_worker(
+    settings: Mapping[str, str],
+    *,
+    stdout: IO[Any] | int | None = subprocess.DEVNULL,
+    stderr: IO[Any] | int | None = subprocess.STDOUT,
+    args: Sequence[str] = (),
+    cwd: Path | None = None,
+    inherit_settings: bool = False,
+    own_session: bool = False,
+    command: Sequence[str] | None = None,
+    text: bool = False,
+) -> subprocess.Popen[Any]:
+    """Start ``llmqueue worker ARGS`` (or ``command``) with :func:`worker_environment`.
+
+    The child dies with this process (Linux). ``own_session`` puts it in its own process group, so a
+    terminal's Ctrl-C reaches only the parent, which then stops its workers in order.
+    """
+    return subprocess.Popen(
+        list(command or [sys.executable, "-m", "llmqueue", "worker"]) + list(args),
+        env=worker_environment(settings, inherit_settings=inherit_settings),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        text=text,
+        start_new_session=own_session,
+        preexec_fn=die_with_parent,
+    )

@@ -1,1 +1,1 @@
-"""The queue: jobs in Redis (arq's keys, JSON payloads), and what a worker does with each one."""
+"""The queue: jobs and batch counters in Redis (arq's keys, JSON payloads), what a worker does with one."""

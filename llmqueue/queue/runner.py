@@ -18,7 +18,6 @@ import litellm
 from arq.worker import Retry
 from redis.exceptions import RedisError
 
-from llmqueue.batches.ledger import BatchLedger
 from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
 from llmqueue.limits.limiter import RateLimiter
 from llmqueue.limits.tokens import estimate_tokens, usage_tokens
@@ -30,6 +29,7 @@ from llmqueue.llm.classify import classify, invalid_response, short_message
 from llmqueue.models import AttemptError, Job, JobResult, ResultStatus, Timings, Usage
 from llmqueue.ops.events import EventSink, JobEvent, emit
 from llmqueue.ops.redaction import redact, redis_error_line
+from llmqueue.queue.ledger import BatchLedger
 from llmqueue.queue.payload import invalid_reason
 from llmqueue.queue.store import AttemptStart, JobStore
 from llmqueue.settings import RESULT_STORE_PATIENCE, LimitConfig, LLMConfig, Settings

@@ -17,10 +17,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from llmqueue import keys
-from llmqueue.batches import ledger
-from llmqueue.batches.ledger import BatchLedger
 from llmqueue.models import AttemptError, Job, JobResult, replace_lone_surrogates
-from llmqueue.queue import payload
+from llmqueue.queue import ledger, payload
+from llmqueue.queue.ledger import BatchLedger
 
 _LUA = resources.files("llmqueue.queue").joinpath("lua")
 _ENQUEUE = _LUA.joinpath("enqueue.lua").read_text(encoding="utf-8")

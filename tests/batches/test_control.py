@@ -13,10 +13,10 @@ from redis.asyncio import Redis
 from llmqueue import keys
 from llmqueue.batches.control import Batches
 from llmqueue.batches.files import job_id_for
-from llmqueue.batches.ledger import BatchStatus
 from llmqueue.errors import BatchError, InvalidBatchFileError
 from llmqueue.models import JobResult
 from llmqueue.producer import Producer
+from llmqueue.queue.ledger import BatchStatus
 from llmqueue.settings import Settings
 from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
 from llmqueue.simulator.wire import chat_usage

@@ -10,7 +10,6 @@ import asyncio
 import io
 import json
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from llmqueue.cli import app
 from llmqueue.ops.events import JobEvent
 from llmqueue.ops.logs import JobLog, JsonFormatter, RedactingFormatter, secrets_of
 from llmqueue.ops.metrics import WorkerMetrics
-from llmqueue.ops.processes import stop_processes
+from llmqueue.ops.processes import start_worker, stop_processes
 from llmqueue.ops.registry import WorkerInfo, arq_health, live_workers, read_workers
 from llmqueue.producer import Producer
 from llmqueue.settings import Settings
@@ -67,14 +66,7 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 @contextmanager
 def worker_process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
     """``llmqueue worker ARGS`` with only ``env`` for settings; stopped with SIGTERM on exit."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_", "REDIS_URL"))}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llmqueue", "worker", *args],
-        env={**base, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_worker(env, args=args, stderr=subprocess.PIPE, text=True)
     try:
         yield process
     finally:
@@ -216,17 +208,17 @@ def test_metrics_port_in_use_is_a_clear_error(redis_url: str) -> None:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {**os.environ, "REDIS_URL": redis_url, "WORKER_WARM_UP": "false"}
-        done = subprocess.run(
-            [sys.executable, "-m", "llmqueue", "worker", "--metrics-port", str(port)],
-            env=env,
-            capture_output=True,
+        process = start_worker(
+            {"REDIS_URL": redis_url, "WORKER_WARM_UP": "false"},
+            args=["--metrics-port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=60,
         )
-    assert done.returncode == 2
-    assert f"cannot serve metrics on port {port}" in done.stderr
-    assert "Traceback" not in done.stderr
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert f"cannot serve metrics on port {port}" in stderr
+    assert "Traceback" not in stderr
 
 
 # ---- logs ----------------------------------------------------------------------------------------

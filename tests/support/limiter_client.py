@@ -4,7 +4,7 @@
 ``limiter-test:ready`` and waits until the key ``limiter-test:go`` exists (so every process starts at
 once), then ``TASKS`` concurrent tasks make
 ``COUNT`` acquisitions in all from the shared bucket of ``SCOPE``, each followed by one chat request to
-the provider. Prints ``{"admitted": n, "deferred": m}`` as JSON.
+the provider. Prints the admissions it counted and the deferrals, ``{"admitted": n, "deferred": m}``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ async def main(redis_url: str, scope: str, rpm: float, count: int, tasks: int, p
     limiter = RateLimiter(redis)
     limit = LimitConfig(rpm=rpm)
     remaining = count
-    deferred = 0
+    admitted = deferred = 0
     await redis.incr("limiter-test:ready")
     while not await redis.exists("limiter-test:go"):
         await asyncio.sleep(0.01)
@@ -35,13 +35,14 @@ async def main(redis_url: str, scope: str, rpm: float, count: int, tasks: int, p
     async with httpx.AsyncClient(base_url=provider_url, timeout=30) as client:
 
         async def contend() -> None:
-            nonlocal remaining, deferred
+            nonlocal remaining, admitted, deferred
             while remaining > 0:
                 remaining -= 1
                 while True:
                     admission = await limiter.acquire(scope, limit, tokens=0, max_wait=MAX_WAIT)
                     await asyncio.sleep(admission.wait)
                     if admission.admitted:
+                        admitted += 1
                         break
                     deferred += 1
                 body = {"model": "sim-model", "messages": [{"role": "user", "content": "x"}]}
@@ -50,7 +51,7 @@ async def main(redis_url: str, scope: str, rpm: float, count: int, tasks: int, p
 
         await asyncio.gather(*(contend() for _ in range(tasks)))
     await redis.aclose()
-    print(json.dumps({"admitted": count, "deferred": deferred}))
+    print(json.dumps({"admitted": admitted, "deferred": deferred}))
 
 
 if __name__ == "__main__":

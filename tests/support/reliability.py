@@ -11,10 +11,8 @@ the ``conftest`` module the other test files import from.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -28,7 +26,7 @@ from redis.asyncio import Redis
 
 from llmqueue import keys
 from llmqueue.models import JobResult
-from llmqueue.ops.processes import stop_processes
+from llmqueue.ops.processes import start_worker, stop_processes, worker_environment
 
 MODEL = "openai/sim-model"
 # ``llmqueue worker`` with LiteLLM's debug logging on: LITELLM_LOG only sets the level of LiteLLM's own
@@ -43,9 +41,7 @@ _ARQ_MARKS = {"→": "picked", "←": "finished", "↻": "requeued", "!": "arq_f
 
 def child_env(**settings: str) -> dict[str, str]:
     """This process's environment without any llmqueue or LiteLLM settings, plus ``settings``."""
-    dropped = ("LLM_", "WORKER_", "LLMQUEUE_", "REDIS_URL", "LITELLM_LOG")
-    base = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
-    return {**base, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **settings}
+    return worker_environment(settings, inherit_settings=False)
 
 
 def worker_env(redis_url: str, base_url: str, api_key: str, **settings: Any) -> dict[str, str]:
@@ -89,15 +85,10 @@ class WorkerProcess:
         self.name = name
         self.stdout_path = workdir / f"{name}.out"
         self.stderr_path = workdir / f"{name}.err"
-        entry = ["-c", _LITELLM_DEBUG_MAIN] if litellm_debug else ["-m", "llmqueue"]
+        command = [sys.executable, "-c", _LITELLM_DEBUG_MAIN, "worker"] if litellm_debug else None
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.process = subprocess.Popen(
-                [sys.executable, *entry, "worker", "-v", *args],
-                env=dict(env),
-                cwd=workdir,
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
+            self.process = start_worker(
+                env, stdout=out, stderr=err, cwd=workdir, args=["-v", *args], command=command
             )
         self.killed_at: float | None = None
         self.terminated = False

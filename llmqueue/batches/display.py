@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llmqueue.batches.ledger import BatchStatus
+from llmqueue.queue.ledger import BatchStatus
 
 
 class BatchProgress:
