@@ -7,7 +7,9 @@
     ├── ResultTimeoutError     a result did not arrive within the time asked for
     ├── BatchError             a batch operation that cannot be done (unknown batch, bad id)
     │   ├── BatchFileError         a batch file that cannot be read at all
-    │   └── InvalidBatchFileError  a batch file with bad lines; nothing was queued
+    │   ├── InvalidBatchFileError  a batch file with bad lines; nothing was queued
+    │   ├── BatchStalledError      a batch that can no longer finish (jobs neither queued nor done)
+    │   └── BatchBusyError         a batch another ``llmqueue run`` is running
     ├── WorkerDiedError        a worker process that ``llmqueue run`` started exited
     ├── CacheError             the response cache cannot be opened or used where it was asked for
     └── ProviderError          a provider call failed; ``retryable`` says whether trying again may help
@@ -98,6 +100,14 @@ class InvalidBatchFileError(BatchError):
 
 class CacheError(LLMQueueError):
     """The response cache cannot be used: an unwritable directory, a damaged file, a misplaced backend."""
+
+
+class BatchStalledError(BatchError):
+    """A batch that can no longer finish as it is: the message says why and how to complete it."""
+
+
+class BatchBusyError(BatchError):
+    """Another ``llmqueue run`` is running this batch: a second one is refused, not merged with it."""
 
 
 class WorkerDiedError(LLMQueueError):

@@ -137,6 +137,11 @@ def batch_scopes(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:scopes"
 
 
+def batch_run_lock(batch_id: str) -> str:
+    """Held by the ``llmqueue run`` running a batch (a string naming it, with a short TTL it refreshes)."""
+    return f"{PREFIX}:batch:{batch_id}:run-lock"
+
+
 def batches() -> str:
     """All batch ids, scored by creation time (a sorted set)."""
     return f"{PREFIX}:batches"

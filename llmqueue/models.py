@@ -114,6 +114,18 @@ class Job(BaseModel):
         return params
 
     @model_validator(mode="after")
+    def _text_is_encodable(self) -> Job:
+        # A lone surrogate ("\ud800" in JSON) is valid JSON but no provider can be sent it as UTF-8.
+        for name in ("messages", "input", "params", "metadata"):
+            where = first_unencodable(getattr(self, name))
+            if where is not None:
+                raise ValueError(
+                    f"{name}{where} holds text that cannot be encoded as UTF-8 (a lone surrogate such as "
+                    "\\ud800): no provider can be sent it"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _has_input(self) -> Job:
         if self.kind == "chat" and not self.messages:
             raise ValueError("a chat job needs at least one message")
@@ -203,6 +215,43 @@ class JobResult(BaseModel):
             return None
         content = (choices[0].get("message") or {}).get("content")
         return content if isinstance(content, str) else None
+
+
+def first_unencodable(value: Any, path: str = "") -> str | None:
+    """Where in ``value`` (a JSON-like structure) a string holds a lone surrogate, e.g. ``[0].content``;
+    None when all its text can be encoded as UTF-8."""
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = first_unencodable(key, f"{path} (a key)")
+            if found is None:
+                found = first_unencodable(item, f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = first_unencodable(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def replace_lone_surrogates(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings replaced by U+FFFD (keys included)."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {replace_lone_surrogates(k): replace_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [replace_lone_surrogates(item) for item in value]
+    return value
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -20,14 +20,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue import keys
 from llmqueue.errors import JobValidationError, RedisUnavailableError, ResultTimeoutError
+from llmqueue.llm.policy import submission_refusal
 from llmqueue.models import Job, JobResult, parse_priority
 from llmqueue.ops.redaction import redact_url
+from llmqueue.ops.registry import no_worker_reason
 from llmqueue.queue.store import JobStore
-from llmqueue.settings import Settings, load_settings
+from llmqueue.settings import Settings, WorkerConfig, load_settings
 
 JobLike = Job | Mapping[str, Any]
 _LISTEN_BLOCK_SECONDS = 1
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+NO_WORKER_NOTICE = 3.0
+"""Seconds a result is awaited before the producer checks that some worker is running."""
 _RECONNECT_DELAY = 1.0  # seconds between attempts while Redis is unreachable
 logger = logging.getLogger("llmqueue.producer")
 
@@ -48,10 +52,20 @@ class JobHandle:
 
         Raises ResultTimeoutError if it has not arrived by then; the job itself keeps running.
         """
+        notice = asyncio.ensure_future(self._notice_no_worker())
         try:
             return await asyncio.wait_for(self._wait(), timeout)
         except TimeoutError:
             raise ResultTimeoutError(f"job {self.job_id} has no result after {timeout:g}s") from None
+        finally:
+            notice.cancel()
+
+    async def _notice_no_worker(self) -> None:
+        """Log a warning if, after ``NO_WORKER_NOTICE`` seconds, no worker is running to do the job."""
+        await asyncio.sleep(NO_WORKER_NOTICE)
+        reason = await self.producer._no_worker_reason()
+        if reason is not None:
+            logger.warning("job %s is waiting: %s", self.job_id, reason)
 
     async def _wait(self) -> JobResult:
         if self._via_inbox:
@@ -93,6 +107,8 @@ class Producer:
         self.inbox = keys.inbox(uuid.uuid4().hex)
         self._waiters: dict[str, asyncio.Future[JobResult]] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._worker_check: tuple[float, asyncio.Future[str | None]] | None = None
+        self._reported_no_worker: str | None = None
 
     async def __aenter__(self) -> Producer:
         try:
@@ -111,6 +127,8 @@ class Producer:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
             self._listener = None
+        if self._worker_check is not None:
+            self._worker_check[1].cancel()
         for waiter in self._waiters.values():
             waiter.cancel()
         self._waiters.clear()
@@ -165,10 +183,38 @@ class Producer:
             for future in pending:
                 future.cancel()
 
+    async def _no_worker_reason(self) -> str | None:
+        """Why no job would run now (no live worker), looked up at most once per ``NO_WORKER_NOTICE``
+        seconds however many handles ask, and said once: None after the first report."""
+        loop = asyncio.get_running_loop()
+        if self._worker_check is None or loop.time() - self._worker_check[0] > NO_WORKER_NOTICE:
+            settings = self.settings.worker
+            self._worker_check = (loop.time(), asyncio.ensure_future(self._read_no_worker(settings)))
+        try:
+            reason = await asyncio.shield(self._worker_check[1])
+        except _REDIS_DOWN:
+            return None  # a waiting handle reports Redis itself
+        if reason is None or reason == self._reported_no_worker:
+            return None
+        self._reported_no_worker = reason
+        return reason
+
+    async def _read_no_worker(self, settings: WorkerConfig) -> str | None:
+        return await no_worker_reason(
+            self.redis, settings.queue_name, heartbeat_interval=settings.heartbeat_interval
+        )
+
     def _prepare(self, job: JobLike, update: dict[str, Any]) -> Job:
-        if isinstance(job, Job):
-            return job.model_copy(update=update)
-        return Job.parse({**job, **update})
+        prepared = job.model_copy(update=update) if isinstance(job, Job) else Job.parse({**job, **update})
+        self.check(prepared)
+        return prepared
+
+    def check(self, job: Job) -> None:
+        """Raise JobValidationError if the workers would refuse ``job`` (a param not allowed, a model of
+        another provider than their credentials'), when this producer's settings are theirs."""
+        refused = submission_refusal(job, self.settings)
+        if refused is not None:
+            raise JobValidationError(f"invalid job: {refused}")
 
     async def _await_inbox(self, job_id: str) -> JobResult:
         future = self._waiters.get(job_id)

@@ -70,6 +70,14 @@ class LLMConfig(BaseModel):
         description="tokens/min for every scope jobs of this config run under (each its own bucket)",
     )
     limit_scope: str | None = Field(None, description="limiter scope; defaults to the model string")
+    allowed_models: list[str] = Field(
+        default_factory=list,
+        description="fnmatch patterns of models a job may name beyond this config's provider "
+        "(its credentials go with the call)",
+    )
+    allowed_params: list[str] = Field(
+        default_factory=list, description="job params passed to LiteLLM beyond OpenAI's and provider extras"
+    )
 
     @model_validator(mode="after")
     def _waits_ordered(self) -> LLMConfig:
@@ -160,8 +168,13 @@ class WorkerConfig(BaseModel):
         return max(1, self.max_jobs // 10) if self.max_jobs > 1 else 0
 
     def job_timeout(self, llm_timeout: float) -> float:
-        """arq's hard timeout: longer than the LLM call's own timeout plus the longest inline wait."""
-        return llm_timeout + self.max_inline_wait + 30.0
+        """arq's hard timeout: longer than the LLM call's own timeout plus the longest inline wait, plus
+        the time a worker keeps retrying to store a result it paid for (``RESULT_STORE_PATIENCE``)."""
+        return llm_timeout + self.max_inline_wait + 30.0 + RESULT_STORE_PATIENCE
+
+
+RESULT_STORE_PATIENCE = 60.0
+"""Seconds a worker keeps trying to store the result of a paid call while Redis refuses writes."""
 
 
 class BatchConfig(BaseModel):
@@ -293,7 +306,8 @@ class Settings(BaseSettings):
         return None
 
 
-NOT_INHERITED = frozenset({"limit_scope"})
+# A group's limit scope is its own, and so is what its credentials may be sent to.
+NOT_INHERITED = frozenset({"limit_scope", "allowed_models"})
 
 
 def check_group_keys(name: str, group: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from llmqueue.models import (
     JobResult,
     Timings,
     Usage,
+    replace_lone_surrogates,
 )
 
 USER_HI = [{"role": "user", "content": "hi"}]
@@ -265,3 +266,29 @@ def test_priority_accepts_names_and_integers_and_defaults_to_default() -> None:
 @pytest.mark.parametrize("bad", [-1, 10, "high", True, 1.5])
 def test_priority_outside_names_and_0_to_9_is_rejected(bad: Any) -> None:
     assert "priority: priority" in parse_error({"messages": USER_HI, "priority": bad})
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"messages": [{"role": "user", "content": "tail \ud800"}]}, "messages[0].content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]},
+            "messages[0].content[0].text",
+        ),
+        ({"kind": "embedding", "input": ["fine", "bad \ud800"]}, "input[1]"),
+        ({"params": {"stop": ["\ud800"]}}, "params.stop[0]"),
+        ({"metadata": {"key \ud800": "value"}}, "metadata (a key)"),
+    ],
+)
+def test_text_that_utf8_cannot_encode_is_refused_naming_where(fields: dict[str, Any], where: str) -> None:
+    data = {"messages": [{"role": "user", "content": "hi"}], **fields}
+    with pytest.raises(JobValidationError, match="cannot be encoded as UTF-8") as refused:
+        Job.parse(data)
+    assert where in str(refused.value)
+
+
+def test_a_surrogate_pair_and_unusual_unicode_are_fine() -> None:
+    job = Job.parse({"messages": [{"role": "user", "content": "😀 \u2028 مرحبا \x00 \uffff"}]})
+    assert job.messages[0]["content"].startswith("😀")
+    assert replace_lone_surrogates({"a": ["x\ud800", "\ud83d\ude00"]}) == {"a": ["x\ufffd", "😀"]}

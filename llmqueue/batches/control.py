@@ -11,22 +11,37 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio.client import Pipeline
+
 from llmqueue import keys
-from llmqueue.batches.files import LineError, check_file, invalid_file_error, iter_jobs
-from llmqueue.errors import BatchError
+from llmqueue.batches.files import (
+    LineError,
+    Refuser,
+    check_file,
+    invalid_file_error,
+    iter_jobs,
+    require_requests,
+)
+from llmqueue.errors import BatchError, BatchFileError, BatchStalledError
+from llmqueue.llm.policy import submission_refusal
 from llmqueue.models import PRIORITIES, AttemptError, Job, JobResult, Timings
+from llmqueue.ops.registry import no_worker_reason
 from llmqueue.queue.ledger import BatchLedger, BatchStatus
 from llmqueue.queue.ready import set_weight
 from llmqueue.queue.scripts import lane_of
 from llmqueue.queue.store import JobStore
+from llmqueue.settings import Settings
 
 BATCH_ID_PATTERN = re.compile(r"^[\w.@-]{1,100}$")
 _CHUNK = 1000
+STALL_CHECK_SECONDS = 5.0
+"""A batch that finished no job for this long is checked for what holds it up (and again as often)."""
 
 
 @dataclass
@@ -42,8 +57,10 @@ class SubmitReport:
 class Batches:
     """Batch operations on one queue, through a :class:`JobStore`."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, settings: Settings | None = None) -> None:
+        """``settings``, when they are the workers', let submission refuse what workers would refuse."""
         self.store = store
+        self.settings = settings
         self.redis = store.redis
         self.ledger = BatchLedger(store.redis)
 
@@ -60,6 +77,7 @@ class Batches:
         priority: int = PRIORITIES["batch"],
         weight: float = 1.0,
         cache: bool = True,
+        on_queueing: Callable[[], None] | None = None,
     ) -> SubmitReport:
         """Check (unless ``skip_invalid``) and enqueue every request of a JSONL file as one batch.
 
@@ -69,6 +87,8 @@ class Batches:
         that set none; ``weight`` is the batch's share against other batches of the same priority
         (a batch of weight 2 gets twice the jobs of a batch of weight 1 while both have jobs ready).
         ``cache`` lets workers answer lines from the response cache (and keep their answers there).
+        ``on_queueing()`` is called once the file is checked, before anything is queued (to say the
+        batch id first: a submission cut short is completed by submitting again to the same id).
         """
         check_batch_id(batch_id)
         if not weight > 0:
@@ -77,11 +97,15 @@ class Batches:
             "batch_id": batch_id,
             "default_model": default_model,
             "llm_config": llm_config,
+            "refuse": self._refuser(),
         }
         if not skip_invalid:
             check = check_file(path, **options)
             if not check.ok:
                 raise invalid_file_error(check, path)
+        require_requests(path)
+        if on_queueing is not None:
+            on_queueing()
         await self._create(batch_id, source=path, max_cost=max_cost, max_tokens=max_tokens, weight=weight)
         report = SubmitReport(batch_id=batch_id, submitted=0, already_known=0, rejected=[])
         chunk: list[Job] = []
@@ -96,6 +120,12 @@ class Batches:
                 chunk = []
         if chunk:
             await self._enqueue_chunk(batch_id, chunk, report)
+        if report.submitted + report.already_known == 0:
+            await self._forget(batch_id)
+            shown = "; ".join(f"line {e.line}: {e.reason}" for e in report.rejected[:3])
+            raise BatchFileError(
+                f"{path}: none of its {len(report.rejected)} request line(s) is valid ({shown})"
+            )
         await self.redis.hset(
             keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id))
         )
@@ -111,6 +141,12 @@ class Batches:
         await self.redis.hset(
             keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id))
         )
+
+    def _refuser(self) -> Refuser | None:
+        settings = self.settings
+        if settings is None:
+            return None
+        return lambda job: submission_refusal(job, settings)
 
     async def status(self, batch_id: str) -> BatchStatus:
         """The batch's counts, usage, cost, throughput and ETA. Raises BatchError for an unknown batch."""
@@ -131,21 +167,53 @@ class Batches:
                 yield job_id, custom_id.decode() if custom_id else "", result
             start += len(members)
 
-    async def cancel(self, batch_id: str) -> int:
+    async def cancel(self, batch_id: str, on_progress: Callable[[int, int], None] | None = None) -> int:
         """Cancel the batch: queued and retry-waiting jobs end as cancelled now, running ones finish.
 
         Workers also check the batch's cancel flag before each start, so a job picked up while this
-        runs is cancelled too. Returns how many jobs this call cancelled.
+        runs is cancelled too. Works in chunks of 1,000 jobs, a few round trips each, calling
+        ``on_progress(jobs looked at, jobs cancelled)`` after each. Returns how many jobs it cancelled.
         """
         await self.status(batch_id)
         await self.redis.hset(keys.batch(batch_id), "cancel_requested", 1)
-        cancelled = 0
-        async for job_id, _custom_id, result in self.results(batch_id):
-            if result is not None or await self.redis.exists(keys.arq_in_progress(job_id)):
-                continue
-            if await self.redis.zrem(self.store.queue_name, job_id):
-                cancelled += await self._end_cancelled(job_id, batch_id)
-        return cancelled
+        cancelled = seen = 0
+        start = 0
+        while True:
+            members = await self.redis.zrange(keys.batch_jobs(batch_id), start, start + _CHUNK - 1)
+            if not members:
+                return cancelled
+            job_ids = [member.decode() for member in members]
+            cancelled += await self._cancel_chunk(batch_id, job_ids)
+            seen += len(job_ids)
+            start += len(members)
+            if on_progress is not None:
+                on_progress(seen, cancelled)
+
+    async def _cancel_chunk(self, batch_id: str, job_ids: list[str]) -> int:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(keys.result(job_id), keys.arq_in_progress(job_id))
+            found = await pipe.execute()
+        waiting = [job_id for job_id, count in zip(job_ids, found, strict=True) if not count]
+        if not waiting:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in waiting:
+                pipe.zrem(self.store.queue_name, job_id)
+            removed = [job_id for job_id, n in zip(waiting, await pipe.execute(), strict=True) if n]
+        if not removed:
+            return 0
+        states = await self.store.read_waiting_many(removed)
+        results = [
+            (self._cancelled_result(job_id, batch_id, failures, queued_at), bool(failures))
+            for job_id, (failures, queued_at) in zip(removed, states, strict=True)
+        ]
+        stored = await self.store.finish_many(results)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in removed:
+                pipe.delete(keys.arq_job(job_id), keys.arq_retry(job_id))
+            await pipe.execute()
+        return sum(stored)
 
     async def retry_failed(self, batch_id: str) -> int:
         """Queue the batch's failed jobs again, with a fresh retry budget. Returns how many."""
@@ -165,23 +233,83 @@ class Batches:
             await self.store.enqueue(chunk)
         return len(jobs)
 
-    async def follow(self, batch_id: str, interval: float = 0.5) -> AsyncIterator[BatchStatus]:
-        """Yield the batch's status now and every ``interval`` seconds, the last one when it is done."""
+    async def follow(
+        self,
+        batch_id: str,
+        interval: float = 0.5,
+        on_stall: Callable[[str], None] | None = None,
+    ) -> AsyncIterator[BatchStatus]:
+        """Yield the batch's status now and every ``interval`` seconds, the last one when it is done.
+
+        When no job finished for ``STALL_CHECK_SECONDS``, it looks for why: no live worker on the queue
+        is told to ``on_stall`` (once, and again if it comes back after workers were seen); jobs that are
+        neither queued, running nor finished raise BatchStalledError, as the batch can never be done.
+        """
+        progress_at, finished, warned = time.monotonic(), -1, None
         while True:
             status = await self.status(batch_id)
             yield status
             if status.done:
                 return
+            now = time.monotonic()
+            if status.finished != finished:
+                progress_at, finished = now, status.finished
+            elif now - progress_at >= STALL_CHECK_SECONDS:
+                progress_at = now  # checked again after as long, not at every poll
+                reason = await self.stall_reason(batch_id)
+                if reason != warned and reason is not None and on_stall is not None:
+                    on_stall(reason)
+                warned = reason
             await asyncio.sleep(interval)
+
+    async def stall_reason(self, batch_id: str) -> str | None:
+        """Why the batch is not progressing now, if something other than waiting explains it.
+
+        Raises BatchStalledError when some of its jobs are neither queued, running nor finished (lost:
+        a submission cut short, a job deleted); returns the reason when no worker is running.
+        """
+        lost = await self.lost_jobs(batch_id)
+        if lost:
+            await asyncio.sleep(1.0)  # a job between two keys (retry_failed re-queueing it) is not lost
+            lost = await self._without_trace(lost)
+        if lost:
+            raise BatchStalledError(
+                f"batch {batch_id}: {len(lost)} job(s) are neither queued, running nor finished (e.g. "
+                f"{lost[0]}), so it can never be done; submit its file again to the same batch "
+                f"(`llmqueue submit FILE --batch {batch_id}` or `llmqueue run --resume {batch_id}`) "
+                "to queue them"
+            )
+        interval = self.settings.worker.heartbeat_interval if self.settings else 5.0
+        return await no_worker_reason(self.redis, self.store.queue_name, heartbeat_interval=interval)
+
+    async def lost_jobs(self, batch_id: str) -> list[str]:
+        """Ids of the batch's jobs with no result and no queued job behind them."""
+        lost: list[str] = []
+        start = 0
+        while True:
+            members = await self.redis.zrange(keys.batch_jobs(batch_id), start, start + _CHUNK - 1)
+            if not members:
+                return lost
+            lost += await self._without_trace([member.decode() for member in members])
+            start += len(members)
+
+    async def _without_trace(self, job_ids: list[str]) -> list[str]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(keys.result(job_id), keys.arq_job(job_id))
+            found = await pipe.execute()
+        return [job_id for job_id, count in zip(job_ids, found, strict=True) if not count]
 
     async def wait(
         self,
         batch_id: str,
         on_progress: Callable[[BatchStatus], None] | None = None,
         interval: float = 0.5,
+        on_stall: Callable[[str], None] | None = None,
     ) -> BatchStatus:
-        """Return once every job of the batch has a result, calling ``on_progress`` each ``interval``."""
-        async for status in self.follow(batch_id, interval):
+        """Return once every job of the batch has a result, calling ``on_progress`` each ``interval``
+        (and ``on_stall`` as ``follow`` does)."""
+        async for status in self.follow(batch_id, interval, on_stall):
             if on_progress is not None:
                 on_progress(status)
         return status
@@ -204,25 +332,46 @@ class Batches:
             set_weight(pipe, self.store.queue_name, lane_of(batch_id), weight)
             await pipe.execute()
 
+    async def _forget(self, batch_id: str) -> None:
+        """Remove a batch that got no job (a batch of nothing would never be done)."""
+        if not await self.redis.exists(keys.batch_jobs(batch_id)):
+            await self.redis.delete(keys.batch(batch_id))
+            await self.redis.zrem(keys.batches(), batch_id)
+
     async def _enqueue_chunk(self, batch_id: str, chunk: list[Job], report: SubmitReport) -> None:
-        added = await self.store.enqueue(chunk)
+        """Queue a chunk and register it with the batch in one transaction: ``total`` always counts
+        what was queued, and a submission cut short (Redis full) is completed by submitting again."""
+        members = keys.batch_jobs(batch_id)
+        scores = await self.redis.zmscore(members, [job.id for job in chunk])
+        new_members = sum(1 for score in scores if score is None)
+
+        def register(pipe: Pipeline, jobs: Sequence[Job]) -> None:
+            self._index(pipe, batch_id, jobs)
+            pipe.hincrby(keys.batch(batch_id), "total", new_members)
+
+        added = await self.store.enqueue(chunk, also=register)
         report.submitted += sum(added)
         report.already_known += len(added) - sum(added)
-        await self._index_chunk(batch_id, chunk)
 
-    async def _index_chunk(self, batch_id: str, chunk: list[Job]) -> None:
-        # Registered by line number, so a resubmission (a line fixed since) lands in input order, once.
+    async def _index_chunk(self, batch_id: str, chunk: Sequence[Job]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(keys.batch_jobs(batch_id), {job.id: job.metadata["line"] for job in chunk})
-            pipe.hset(
-                keys.batch_custom_ids(batch_id),
-                mapping={job.id: str(job.metadata.get("custom_id", "")) for job in chunk},
-            )
+            self._index(pipe, batch_id, chunk)
             await pipe.execute()
 
-    async def _end_cancelled(self, job_id: str, batch_id: str) -> int:
-        failures, queued_at = await self.store.read_waiting(job_id)
-        result = JobResult(
+    @staticmethod
+    def _index(pipe: Pipeline, batch_id: str, jobs: Sequence[Job]) -> None:
+        # By line number, so a resubmission (a line fixed since) lands in input order, once.
+        pipe.zadd(keys.batch_jobs(batch_id), {job.id: job.metadata["line"] for job in jobs})
+        pipe.hset(
+            keys.batch_custom_ids(batch_id),
+            mapping={job.id: str(job.metadata.get("custom_id", "")) for job in jobs},
+        )
+
+    @staticmethod
+    def _cancelled_result(
+        job_id: str, batch_id: str, failures: list[AttemptError], queued_at: datetime
+    ) -> JobResult:
+        return JobResult(
             job_id=job_id,
             batch_id=batch_id,
             status="cancelled",
@@ -233,9 +382,6 @@ class Batches:
             ],
             timings=Timings(queued_at=queued_at),
         )
-        stored = await self.store.finish(result, was_retry_waiting=bool(failures))
-        await self.redis.delete(keys.arq_job(job_id), keys.arq_retry(job_id))
-        return 1 if stored else 0
 
 
 def check_batch_id(batch_id: str) -> str:

@@ -7,6 +7,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -47,6 +48,10 @@ class BatchProgress:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._progress.stop()
+
+    def warn(self, message: str) -> None:
+        """Print a line above the bar (why the batch is not progressing)."""
+        self._progress.console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
 
     def update(self, status: BatchStatus) -> None:
         self._progress.update(

@@ -20,7 +20,8 @@ Nothing here touches Redis; files are read line by line and only the custom ids 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, Iterable, Iterator
+import re
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,6 +39,7 @@ __all__ = [
     "output_record",
     "read_requests",
     "rejected_record",
+    "require_requests",
     "write_jsonl",
     "write_rejects",
     "write_results",
@@ -53,6 +55,10 @@ URL_KINDS: dict[str, JobKind] = {"/v1/chat/completions": "chat", "/v1/embeddings
 _BATCH_API_KEYS = frozenset({"custom_id", "method", "url", "body"})
 _LLMQUEUE_KEYS = frozenset({"priority"})
 _INPUT_FIELD: dict[JobKind, str] = {"chat": "messages", "embedding": "input"}
+
+
+Refuser = Callable[[Job], "str | None"]
+"""Why a valid job may still not run (``llmqueue.llm.policy.submission_refusal``), or None."""
 
 
 class _RejectedLine(LLMQueueError):
@@ -99,6 +105,7 @@ def read_requests(
     default_model: str | None = None,
     llm_config: str | None = None,
     priority: int = PRIORITIES["batch"],
+    refuse: Refuser | None = None,
 ) -> Iterator[Job | LineError]:
     """Turn request lines into jobs, one at a time, in order; blank lines are skipped.
 
@@ -106,12 +113,13 @@ def read_requests(
     worker uses its configured model); ``llm_config`` names the settings group of every job.
     ``priority`` is that of lines that set none.
     ``lines`` is consumed lazily: one line is read per value produced (plus any blank lines before it).
+    ``refuse`` says why a valid job may still not run (the workers' policy), making its line a LineError.
 
     Raises JobValidationError at once when the arguments themselves cannot make a valid job (a
     ``batch_id`` that cannot form a job id, an empty model or config name).
     """
     _check_arguments(batch_id, default_model, llm_config)
-    return _read(lines, batch_id, default_model, llm_config, priority)
+    return _read(lines, batch_id, default_model, llm_config, priority, refuse)
 
 
 def iter_jobs(
@@ -121,6 +129,7 @@ def iter_jobs(
     default_model: str | None = None,
     llm_config: str | None = None,
     priority: int = PRIORITIES["batch"],
+    refuse: Refuser | None = None,
 ) -> Iterator[Job | LineError]:
     """``read_requests`` over the lines of the UTF-8 file at ``path``, read as they are needed.
 
@@ -133,6 +142,7 @@ def iter_jobs(
         default_model=default_model,
         llm_config=llm_config,
         priority=priority,
+        refuse=refuse,
     )
 
 
@@ -143,10 +153,13 @@ def check_file(
     default_model: str | None = None,
     llm_config: str | None = None,
     max_errors: int = MAX_STORED_ERRORS,
+    refuse: Refuser | None = None,
 ) -> FileCheck:
     """Validate every line of ``path``, keeping no jobs: the counts and the first ``max_errors`` errors."""
     check = FileCheck()
-    items = iter_jobs(path, batch_id=batch_id, default_model=default_model, llm_config=llm_config)
+    items = iter_jobs(
+        path, batch_id=batch_id, default_model=default_model, llm_config=llm_config, refuse=refuse
+    )
     for item in items:
         check.lines += 1
         if isinstance(item, LineError):
@@ -210,12 +223,25 @@ def rejected_record(err: LineError) -> dict[str, Any]:
 
 
 def write_jsonl(records: Iterable[dict[str, Any]], out: TextIO) -> int:
-    """Write each record as one line of JSON (UTF-8 kept as is) to ``out``; returns how many were written."""
+    """Write each record as one line of JSON to ``out``; returns how many were written.
+
+    UTF-8 is kept as is, except what some readers take for a line break (U+0085, U+2028, U+2029, which
+    ``str.splitlines()`` splits on) and lone surrogates (which UTF-8 cannot hold): those are written as
+    ``\\uXXXX`` escapes, so every record is exactly one line whichever way the file is read.
+    """
     count = 0
     for record in records:
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.write(json_line(record) + "\n")
         count += 1
     return count
+
+
+_LINE_BREAKING = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
+
+
+def json_line(record: Any) -> str:
+    """``record`` as one line of JSON text (see ``write_jsonl``)."""
+    return _LINE_BREAKING.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(record, ensure_ascii=False))
 
 
 def _failure(result: JobResult, job_id: str) -> dict[str, Any]:
@@ -248,7 +274,12 @@ def _check_arguments(batch_id: str, default_model: str | None, llm_config: str |
 
 
 def _read(
-    lines: Iterable[str], batch_id: str, default_model: str | None, llm_config: str | None, priority: int
+    lines: Iterable[str],
+    batch_id: str,
+    default_model: str | None,
+    llm_config: str | None,
+    priority: int,
+    refuse: Refuser | None,
 ) -> Iterator[Job | LineError]:
     seen: set[str] = set()
     for number, line in enumerate(lines, start=1):
@@ -261,6 +292,9 @@ def _read(
         try:
             request = _parse_line(text, number, seen)
             item = _to_job(request, number, batch_id, default_model, llm_config, priority)
+            refused = refuse(item) if refuse is not None else None
+            if refused is not None:
+                raise _RejectedLine(f"invalid job: {refused}")
         except _RejectedLine as exc:
             item = LineError(line=number, reason=str(exc), raw=line.rstrip("\r\n")[:RAW_LIMIT])
         yield item
@@ -413,12 +447,43 @@ def _file_lines(path: Path) -> Iterator[str]:
                 try:
                     yield raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
+                    compression = _compression(raw) if number == 1 else None
+                    if compression is not None:
+                        raise BatchFileError(
+                            f"{path}: is {compression}-compressed, not JSONL text; decompress it first"
+                        ) from None
                     raise BatchFileError(
                         f"{path}: line {number} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
                         "save the file as UTF-8"
                     ) from None
     except OSError as exc:
         raise BatchFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def require_requests(path: Path) -> None:
+    """Raise BatchFileError when ``path`` holds no request line (empty, or blank lines only): a batch of
+    nothing would never be done. Reads only up to the first request line."""
+    for number, line in enumerate(_file_lines(path), start=1):
+        text = line.strip()
+        if number == 1:
+            text = text.removeprefix("\ufeff").strip()
+        if text:
+            return
+    raise BatchFileError(f"{path}: holds no requests (it is empty or has only blank lines); nothing to run")
+
+
+_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"PK\x03\x04": "zip",
+}
+
+
+def _compression(start: bytes) -> str | None:
+    """The compression format whose magic number ``start`` begins with, if any."""
+    return next((name for magic, name in _MAGIC.items() if start.startswith(magic)), None)
 
 
 def invalid_file_error(check: FileCheck, path: Path) -> InvalidBatchFileError:
@@ -443,14 +508,18 @@ async def write_results(
     failures: list[str] = []
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
-    with tmp.open("w", encoding="utf-8") as out:
-        async for job_id, custom_id, result in results:
-            if result is None or not result.ok:
-                reason = result.errors[-1].message if result and result.errors else "no result"
-                failures.append(f"{custom_id}: {reason}")
-            elif failed_only:
-                continue
-            write_jsonl([output_record(result, custom_id=custom_id, job_id=job_id)], out)
+    try:
+        with tmp.open("w", encoding="utf-8") as out:
+            async for job_id, custom_id, result in results:
+                if result is None or not result.ok:
+                    reason = result.errors[-1].message if result and result.errors else "no result"
+                    failures.append(f"{custom_id}: {reason}")
+                elif failed_only:
+                    continue
+                write_jsonl([output_record(result, custom_id=custom_id, job_id=job_id)], out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written file left behind (an unknown batch, an interrupt)
+        raise
     tmp.replace(output)
     return failures
 

@@ -7,21 +7,32 @@ Redis so ``llmqueue run --resume BATCH`` goes on without redoing finished jobs.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from llmqueue import keys
 from llmqueue.batches.batch_api_tier import BatchApiTier
 from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_batch_id
 from llmqueue.batches.display import BatchProgress
-from llmqueue.batches.files import check_file, invalid_file_error, write_rejects, write_results
+from llmqueue.batches.files import (
+    check_file,
+    invalid_file_error,
+    require_requests,
+    write_rejects,
+    write_results,
+)
+from llmqueue.batches.run_lock import DirectoryLock, RedisRunLock
 from llmqueue.cache.disk import DiskStore
 from llmqueue.errors import CacheError, LLMQueueError
+from llmqueue.llm.policy import submission_refusal
 from llmqueue.models import PRIORITIES
 from llmqueue.ops.local_cluster import LocalCluster, run_dir
 from llmqueue.ops.registry import read_workers
@@ -86,13 +97,26 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
     """Run a batch file end to end; see the module docstring."""
     batch_id = _batch_id(options)
     if not options.resume and not options.skip_invalid:
-        _check_before_starting(options, batch_id)
+        _check_before_starting(options, batch_id, settings)
     use_cache = options.cache and settings.cache.enabled
     if use_cache:
         await _check_cache(options, settings)
     data_dir = (
         run_dir(batch_id) if options.redis_url is None else Path(tempfile.mkdtemp(prefix="llmqueue-run-"))
     )
+    # An embedded run's lock is its directory's, taken before its Redis starts on that directory.
+    with DirectoryLock(data_dir, batch_id) if options.redis_url is None else contextlib.nullcontext():
+        return await _run_locked(options, settings, console, batch_id, data_dir, use_cache)
+
+
+async def _run_locked(
+    options: RunOptions,
+    settings: Settings,
+    console: Console,
+    batch_id: str,
+    data_dir: Path,
+    use_cache: bool,
+) -> RunSummary:
     finished = resumable = False
     tier = BatchApiTier(options, settings, batch_id, use_cache) if options.via == "batch-api" else None
     try:
@@ -102,10 +126,14 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
             data_dir=data_dir,
             worker_env=_worker_env(options),
             stop_timeout=settings.worker.shutdown_grace + 15,
+            on_stopping=lambda message: console.print(f"[yellow]{escape(message)}[/yellow]"),
         )
         with cluster:
-            async with Producer(settings, redis_url=cluster.redis_url) as producer:
-                batches = Batches(producer.store)
+            async with (
+                Producer(settings, redis_url=cluster.redis_url) as producer,
+                _redis_lock(producer, batch_id, shared=options.redis_url is not None) as lock,
+            ):
+                batches = Batches(producer.store, producer.settings)
                 source = await _source_file(batches, options, batch_id)
                 resumable = True
                 await _check_same_tier(batches, options, batch_id)
@@ -127,13 +155,14 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
                     cache=use_cache,
                     priority=options.priority,
                     weight=options.weight,
+                    on_queueing=lambda: console.print(f"batch [bold]{batch_id}[/bold]: queueing {source}"),
                 )
                 _announce(console, batch_id, report)
                 if report.rejected:
                     write_rejects(
                         report.rejected, options.rejects or options.output.with_suffix(".rejected.jsonl")
                     )
-                status = await _watch(batches, batch_id, cluster, console, producer)
+                status = await _watch(batches, batch_id, cluster, console, producer, lock)
                 failures = await write_results(batches.results(batch_id), options.output)
                 finished = True
     finally:
@@ -143,14 +172,19 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
     return RunSummary(batch_id=batch_id, status=status, output=options.output, failures=failures)
 
 
-def _check_before_starting(options: RunOptions, batch_id: str) -> None:
+def _check_before_starting(options: RunOptions, batch_id: str, settings: Settings) -> None:
     """A bad file stops the run before any Redis or worker is started."""
     assert options.file is not None
     check = check_file(
-        options.file, batch_id=batch_id, default_model=options.model, llm_config=options.llm_config
+        options.file,
+        batch_id=batch_id,
+        default_model=options.model,
+        llm_config=options.llm_config,
+        refuse=lambda job: submission_refusal(job, settings),
     )
     if not check.ok:
         raise invalid_file_error(check, options.file)
+    require_requests(options.file)
 
 
 async def _check_cache(options: RunOptions, settings: Settings) -> None:
@@ -189,13 +223,20 @@ def _announce(console: Console, batch_id: str, report: SubmitReport) -> None:
 
 
 async def _watch(
-    batches: Batches, batch_id: str, cluster: LocalCluster, console: Console, producer: Producer
+    batches: Batches,
+    batch_id: str,
+    cluster: LocalCluster,
+    console: Console,
+    producer: Producer,
+    lock: RedisRunLock | None,
 ) -> BatchStatus:
     first_seen: float | None = None
     with BatchProgress(console) as progress:
-        async for status in batches.follow(batch_id, interval=0.1):
+        async for status in batches.follow(batch_id, interval=0.1, on_stall=progress.warn):
             progress.update(status)
             cluster.check_workers()
+            if lock is not None:
+                await lock.refresh()
             # The other workers start once the first is calling (their imports then no longer delay
             # it), or a while after it came up if it has not called yet (limits, a spent budget).
             if cluster.workers_waiting:
@@ -207,6 +248,22 @@ async def _watch(
     return status
 
 
+@contextlib.asynccontextmanager
+async def _redis_lock(
+    producer: Producer, batch_id: str, *, shared: bool
+) -> AsyncIterator[RedisRunLock | None]:
+    """The run lock in a shared Redis (``--redis-url``); an embedded Redis is locked by its directory."""
+    if not shared:
+        yield None
+        return
+    lock = RedisRunLock(producer.redis, batch_id)
+    await lock.acquire()
+    try:
+        yield lock
+    finally:
+        await lock.release()
+
+
 def _batch_id(options: RunOptions) -> str:
     if options.resume:
         if not options.batch_id:
@@ -216,6 +273,8 @@ def _batch_id(options: RunOptions) -> str:
         raise LLMQueueError("give the JSONL file to run, or --resume BATCH")
     batch_id = check_batch_id(options.batch_id) if options.batch_id else new_batch_id(options.file)
     if options.redis_url is None and run_dir(batch_id).exists():
+        with DirectoryLock(run_dir(batch_id), batch_id):  # a run going on now says so
+            pass
         raise LLMQueueError(
             f"batch {batch_id} was started before and not finished: use `llmqueue run --resume {batch_id}`"
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.live import Live
 
@@ -35,6 +36,7 @@ from llmqueue.cli.common import (
 )
 from llmqueue.cli.tiers import Via, check_tier_options, submit_via_batch_api
 from llmqueue.errors import LLMQueueError
+from llmqueue.ops.redaction import redis_error_line
 from llmqueue.settings import Settings
 
 
@@ -97,21 +99,29 @@ def submit(
         )
         typer.echo(batch_id)
         return
-    report = with_batches(
-        settings,
-        lambda b: b.submit_file(
-            file,
-            batch_id,
-            default_model=model,
-            llm_config=llm_config,
-            skip_invalid=skip_invalid,
-            max_cost=max_cost if max_cost is not None else settings.batch.max_cost,
-            max_tokens=max_tokens if max_tokens is not None else settings.batch.max_tokens,
-            priority=priority,
-            cache=settings.cache.enabled and not no_cache,
-            weight=weight,
-        ),
-    )
+    try:
+        report = with_batches(
+            settings,
+            lambda b: b.submit_file(
+                file,
+                batch_id,
+                default_model=model,
+                llm_config=llm_config,
+                skip_invalid=skip_invalid,
+                max_cost=max_cost if max_cost is not None else settings.batch.max_cost,
+                max_tokens=max_tokens if max_tokens is not None else settings.batch.max_tokens,
+                priority=priority,
+                cache=settings.cache.enabled and not no_cache,
+                weight=weight,
+                on_queueing=lambda: console.print(f"batch {batch_id}: queueing {file}"),
+            ),
+        )
+    except RedisError as exc:
+        raise LLMQueueError(
+            f"batch {batch_id}: submission stopped by a Redis error ({redis_error_line(exc)}); every chunk "
+            f"queued so far is counted in its total. Run `llmqueue submit {file} --batch {batch_id}` again "
+            "to queue the rest"
+        ) from None
     if report.rejected:
         path = rejects or file.with_suffix(".rejected.jsonl")
         write_rejects(report.rejected, path)
@@ -172,7 +182,7 @@ def status(
 
     async def follow() -> None:
         async with Producer(settings) as producer:
-            batches = Batches(producer.store)
+            batches = Batches(producer.store, producer.settings)
             with Live(console=Console(), refresh_per_second=4) as live:
                 async for current in batches.follow(batch, interval=1.0):
                     now = await states(batches, list(current.deployments))
@@ -221,7 +231,7 @@ def results(
     async def go(batches: Any) -> list[str]:
         if wait:
             with BatchProgress(console) as progress:
-                await batches.wait(batch, on_progress=progress.update)
+                await batches.wait(batch, on_progress=progress.update, on_stall=progress.warn)
         return await write_results(batches.results(batch), output, failed_only=failed_only)
 
     failures = with_batches(settings, go)
@@ -237,12 +247,16 @@ def cancel(batch: BatchArgument, config: ConfigOption = None, redis_url: RedisOp
     from llmqueue.batches.batch_api import cancel_provider_batches
 
     settings = settings_from(config, redis_url)
+    with console.status(f"cancelling batch {batch}") as spinner:
 
-    async def go(batches: Any) -> tuple[int, int]:
-        count = await batches.cancel(batch)
-        return count, await cancel_provider_batches(batches, batch, settings.llm)
+        def progress(seen: int, cancelled: int) -> None:
+            spinner.update(f"cancelling batch {batch}: {seen} job(s) looked at, {cancelled} cancelled")
 
-    count, provider = with_batches(settings, go)
+        async def go(batches: Any) -> tuple[int, int]:
+            count = await batches.cancel(batch, on_progress=progress)
+            return count, await cancel_provider_batches(batches, batch, settings.llm)
+
+        count, provider = with_batches(settings, go)
     console.print(
         f"{count} job(s) cancelled; running jobs will finish"
         + (f"; {provider} provider batch(es) asked to cancel" if provider else "")

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.markup import escape
 
 from llmqueue.errors import LLMQueueError
+from llmqueue.ops.redaction import redis_error_line
 from llmqueue.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -147,7 +149,7 @@ def with_batches(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T
 
     async def go() -> T:
         async with Producer(settings) as producer:
-            return await action(Batches(producer.store))
+            return await action(Batches(producer.store, producer.settings))
 
     return asyncio.run(go())
 
@@ -184,6 +186,9 @@ def main() -> None:
         app()
     except LLMQueueError as exc:
         console.print(f"[red]llmqueue:[/red] {escape(str(exc))}", highlight=False)
+        sys.exit(2)
+    except RedisError as exc:
+        console.print(f"[red]llmqueue:[/red] Redis error: {escape(redis_error_line(exc))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -68,6 +68,11 @@ def worker(
         except OSError as exc:
             raise LLMQueueError(f"cannot serve metrics on port {metrics_port}: {exc}") from None
         sinks.append(metrics)
+    from llmqueue.ops.preflight import redis_refusal
+
+    refused = asyncio.run(redis_refusal(settings.redis_url.get_secret_value()))
+    if refused is not None:
+        raise LLMQueueError(refused)  # not retried: a wrong password or database does not heal
     from llmqueue.worker import create_worker  # LiteLLM's import takes seconds: after the quick checks
 
     create_worker(settings, burst=burst, sinks=sinks).run()

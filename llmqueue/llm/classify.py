@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
+import openai
 from litellm import exceptions as llm_errors
 
 from llmqueue.errors import (
@@ -17,7 +19,28 @@ from llmqueue.errors import (
     RateLimitedError,
     RetryableProviderError,
 )
+from llmqueue.models import replace_lone_surrogates
 from llmqueue.ops.redaction import redact
+
+MAX_MESSAGE_CHARS = 500
+"""An error's message is cut to this many characters (after any Python traceback in it is dropped)."""
+
+# LiteLLM's words when a 2xx answer's body is not a response it can read (its OpenAI-compatible path).
+_UNREADABLE_PHRASES = (
+    "Invalid response object",
+    "Empty or invalid response",
+    "returned a response with no 'choices'",
+)
+# Python errors LiteLLM raises while parsing a body; seen with no HTTP error under them, they mean the
+# provider answered 2xx with a body that is not what it should be.
+_PARSE_ERRORS = (json.JSONDecodeError, KeyError, AttributeError, TypeError)
+# Evidence that the failure was an HTTP status or the connection, not the body of a 2xx answer.
+_HTTP_FAILURES = (
+    openai.APIStatusError,
+    openai.APIConnectionError,
+    httpx.HTTPStatusError,
+    httpx.TransportError,
+)
 
 _TRANSIENT_STATUS = frozenset({408, 409, 500, 502, 503, 504, 529})
 
@@ -45,7 +68,9 @@ def classify(exc: BaseException, secrets: Iterable[str] = ()) -> ProviderError:
     """Map a provider call's exception to a ProviderError; ``secrets`` are scrubbed from the message."""
     if isinstance(exc, ProviderError):
         return exc
-    message = redact(f"{type(exc).__name__}: {exc}", secrets)
+    message = short_message(redact(f"{type(exc).__name__}: {exc}", secrets))
+    if is_unreadable_response(exc):
+        return invalid_response(message)
     status = _status_code(exc)
     if isinstance(exc, llm_errors.RateLimitError) or status == 429:
         return RateLimitedError(message, retry_after=retry_after_seconds(_headers(exc)))
@@ -66,6 +91,42 @@ def classify(exc: BaseException, secrets: Iterable[str] = ()) -> ProviderError:
     if isinstance(exc, ConnectionError | OSError):
         return RetryableProviderError(message, kind="connection")
     return PermanentProviderError(message, kind="error", status_code=status)
+
+
+def invalid_response(message: str) -> PermanentProviderError:
+    """The error for a 2xx answer without a usable response (``invalid_response``, status 200).
+
+    Not retried: the provider answered, so the call was most likely billed; ``llmqueue retry`` queues
+    such jobs again on purpose.
+    """
+    return PermanentProviderError(message, kind="invalid_response", status_code=200)
+
+
+def is_unreadable_response(exc: BaseException) -> bool:
+    """True when LiteLLM failed on the body of a 2xx answer (truncated JSON, HTML, no ``choices`` …)
+    rather than on an HTTP status or the connection."""
+    # LiteLLM's own exceptions subclass the OpenAI SDK's status errors: only what lies under them tells.
+    causes = _chain(exc)[1:]
+    if any(isinstance(link, _HTTP_FAILURES) for link in causes):
+        return False
+    if any(phrase in str(link) for link in causes for phrase in _UNREADABLE_PHRASES):
+        return True
+    return any(isinstance(link, _PARSE_ERRORS) for link in causes)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in seen and len(seen) < 20:
+        seen.append(link)
+        link = link.__cause__ or link.__context__
+    return seen
+
+
+def short_message(message: str) -> str:
+    """The message without a Python traceback pasted into it, at most ``MAX_MESSAGE_CHARS`` long."""
+    message = replace_lone_surrogates(message.split("Traceback (most recent call last)")[0].rstrip())
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def retry_after_seconds(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:

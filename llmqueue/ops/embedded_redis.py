@@ -71,6 +71,9 @@ class EmbeddedRedis:
     ``data_dir`` keeps the server's files in that directory, which :meth:`close` then leaves in
     place (a later server given the same directory resumes from its AOF).
 
+    ``dies_with_parent=False`` lets the server outlive this process (the kernel does not SIGTERM it when
+    the parent dies): for a caller that arranges its shutdown otherwise (``llmqueue.ops.reaper``).
+
     Use it as a context manager, or call :meth:`start` and finally :meth:`close`. A server still
     running when the interpreter exits is killed by an ``atexit`` hook.
     """
@@ -83,8 +86,10 @@ class EmbeddedRedis:
         binary: Path | None = None,
         startup_timeout: float = 10.0,
         data_dir: Path | None = None,
+        dies_with_parent: bool = True,
     ) -> None:
         self.appendonly = appendonly
+        self.dies_with_parent = dies_with_parent
         self.data_dir = data_dir
         self.password = password
         self.binary = binary if binary is not None else find_redis_server()
@@ -215,7 +220,7 @@ class EmbeddedRedis:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
-                    preexec_fn=die_with_parent,
+                    preexec_fn=die_with_parent if self.dies_with_parent else None,
                 )
             except OSError as exc:
                 raise RedisUnavailableError(f"Could not run {self.binary}: {exc}") from exc

@@ -6,9 +6,13 @@ live in a directory named after the batch, so an interrupted run can be resumed 
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import subprocess
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -30,8 +34,12 @@ class LocalCluster:
     small machine would each take several times longer, delaying the first call. The caller starts the
     others with :meth:`start_other_workers` once the first is ready. Use it as a context manager; on
     exit the workers get SIGTERM (they finish or put back their running calls within their shutdown
-    grace, and are killed after ``stop_timeout`` seconds) and an embedded Redis is stopped, its data
-    left in ``data_dir`` for the caller to keep (a resume) or remove.
+    grace, and are killed after ``stop_timeout`` seconds) and only then is an embedded Redis stopped,
+    its data left in ``data_dir`` for the caller to keep (a resume) or remove. A KeyboardInterrupt while
+    the workers finish (a second Ctrl-C) kills them at once; Redis is still stopped after them. If this
+    process is killed, ``llmqueue.ops.reaper`` keeps that order.
+
+    ``on_stopping(message)`` is told, as the workers are asked to stop, how long it may take.
     """
 
     def __init__(
@@ -42,6 +50,7 @@ class LocalCluster:
         data_dir: Path,
         worker_env: Mapping[str, str] | None = None,
         stop_timeout: float = 45.0,
+        on_stopping: Callable[[str], None] | None = None,
     ) -> None:
         if workers < 1:
             raise LLMQueueError("--workers must be at least 1")
@@ -52,6 +61,8 @@ class LocalCluster:
         self._given_url = redis_url
         self._redis: EmbeddedRedis | None = None
         self._workers: list[subprocess.Popen[bytes]] = []
+        self._reaper: subprocess.Popen[bytes] | None = None
+        self.on_stopping = on_stopping
 
     @property
     def embedded(self) -> bool:
@@ -68,10 +79,13 @@ class LocalCluster:
     def __enter__(self) -> LocalCluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.embedded:
-            self._redis = EmbeddedRedis(appendonly=True, data_dir=self.data_dir / "redis")
+            self._redis = EmbeddedRedis(
+                appendonly=True, data_dir=self.data_dir / "redis", dies_with_parent=False
+            )
             self._redis.start()
         try:
             self._start_workers(1)
+            self._start_reaper()
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -80,10 +94,18 @@ class LocalCluster:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop_workers()
-        if self._redis is not None:
-            self._redis.close()
-            self._redis = None
+        interrupted = exc_type is not None and issubclass(
+            exc_type, KeyboardInterrupt | asyncio.CancelledError
+        )
+        try:
+            self.stop_workers(announce=interrupted)
+        finally:
+            if self._redis is not None:
+                self._redis.close()
+                self._redis = None
+            if self._reaper is not None:
+                stop_processes([self._reaper], timeout=5)  # it exits by itself once Redis is gone
+                self._reaper = None
 
     def check_workers(self) -> None:
         """Raise WorkerDiedError, with the end of its log, if any worker has exited."""
@@ -99,12 +121,40 @@ class LocalCluster:
         return self.worker_count - len(self._workers)
 
     def start_other_workers(self) -> None:
-        """Start the workers that wait for the first to be ready."""
+        """Start the workers that wait for the first to be ready (the reaper then watches them too)."""
         self._start_workers(self.workers_waiting)
+        if self._reaper is not None:
+            stop_processes([self._reaper], timeout=5)
+            self._start_reaper()
 
-    def stop_workers(self) -> None:
-        stop_processes(self._workers, timeout=self.stop_timeout)
-        self._workers = []
+    def stop_workers(self, *, announce: bool = False) -> None:
+        """SIGTERM the workers and wait for them to store or put back their calls in flight; a
+        KeyboardInterrupt meanwhile (a second Ctrl-C) kills them at once, then is raised again.
+        ``announce`` tells ``on_stopping`` (an interrupted run: the user waits for this)."""
+        running = [worker for worker in self._workers if worker.poll() is None]
+        if announce and running and self.on_stopping is not None:
+            self.on_stopping(
+                f"stopping {len(running)} worker(s): calls in flight may finish for up to "
+                f"{self.stop_timeout:g} s and their results are kept. Press Ctrl-C again to stop at once "
+                "(calls in flight are then lost and paid again by a resume)"
+            )
+        try:
+            stop_processes(self._workers, timeout=self.stop_timeout)
+        except KeyboardInterrupt:
+            stop_processes(self._workers, timeout=5, stop_signal=signal.SIGKILL)
+            raise
+        finally:
+            self._workers = [worker for worker in self._workers if worker.poll() is None]
+
+    def _start_reaper(self) -> None:
+        if self._redis is None or self._redis.pid is None:
+            return
+        pids = [str(self._redis.pid), *(str(worker.pid) for worker in self._workers)]
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-m", "llmqueue.ops.reaper", str(os.getpid()), f"{self.stop_timeout:g}", *pids],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # neither a terminal's Ctrl-C nor this process's death stops it
+        )
 
     def _start_workers(self, count: int) -> None:
         env = {**self.worker_env, "REDIS_URL": self.redis_url}

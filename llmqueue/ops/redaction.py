@@ -24,3 +24,22 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 def redact_url(url: str) -> str:
     """A URL safe to print: the password part replaced by ``***``."""
     return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", url)
+
+
+_PIPELINE_PREFIX = " of pipeline caused error: "
+REDIS_ERROR_CHARS = 300
+
+
+def redis_error_line(exc: BaseException) -> str:
+    """A Redis error as one short line without the command that caused it.
+
+    redis-py writes a failed pipeline command, with all its arguments (job payloads, prompts), into the
+    exception's message; only the error Redis sent is kept, at most ``REDIS_ERROR_CHARS`` characters.
+    """
+    message = str(exc.args[0]) if exc.args else str(exc)
+    if message.startswith("Command # ") and _PIPELINE_PREFIX in message:
+        message = message.rpartition(_PIPELINE_PREFIX)[2].strip("(),'\" ")
+    message = " ".join(redact(message).split())
+    if len(message) > REDIS_ERROR_CHARS:
+        message = message[: REDIS_ERROR_CHARS - 1] + "…"
+    return f"{type(exc).__name__}: {message}"

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from llmqueue import keys
 
-__all__ = ["WorkerInfo", "arq_health", "live_workers", "read_workers"]
+__all__ = ["WorkerInfo", "arq_health", "live_workers", "no_worker_reason", "read_workers"]
 
 logger = logging.getLogger("llmqueue.ops.registry")
 
@@ -97,6 +97,15 @@ def live_workers(
         for w in workers
         if w.age(now) <= max_age and (queue is None or w.queue == queue) and (host is None or w.host == host)
     ]
+
+
+async def no_worker_reason(redis: Redis, queue: str, *, heartbeat_interval: float) -> str | None:
+    """Why nothing will run jobs on ``queue`` now (no worker has sent a heartbeat for three intervals),
+    or None when a worker is alive."""
+    alive = live_workers(await read_workers(redis), max_age=3 * heartbeat_interval, queue=queue)
+    if alive:
+        return None
+    return f"no llmqueue worker is running on queue {queue}: start one with `llmqueue worker`"
 
 
 async def arq_health(redis: Redis, queue_name: str) -> str | None:

@@ -7,6 +7,7 @@ llmqueue counts only provider calls that failed, kept in Redis with the job.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any, cast
 
 import litellm
 from arq.worker import Retry
+from redis.exceptions import RedisError
 
 from llmqueue.cache import ResponseCache, request_key
 from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
@@ -24,18 +26,26 @@ from llmqueue.limits.headers import exception_headers, response_headers
 from llmqueue.limits.limiter import DEFAULT_PRIORITY, RateLimiter, Ticket
 from llmqueue.limits.routing import Candidate, Deployments, deployment_kwargs, fallback_model, next_fallback
 from llmqueue.limits.tokens import estimate_tokens, usage_tokens
+from llmqueue.llm import policy
+from llmqueue.llm.answers import missing_answer
 from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.llm.call import call_kwargs, call_provider, job_model, supports_prompt_caching
-from llmqueue.llm.classify import classify
+from llmqueue.llm.classify import classify, invalid_response, short_message
 from llmqueue.models import AttemptError, Job, JobResult, ResultStatus, Timings, Usage
 from llmqueue.ops.events import EventSink, JobEvent, emit
+from llmqueue.ops.redaction import redact, redis_error_line
 from llmqueue.queue.ledger import BatchLedger
 from llmqueue.queue.payload import invalid_reason
 from llmqueue.queue.store import AttemptStart, JobStore
-from llmqueue.settings import LimitConfig, LLMConfig, Settings
+from llmqueue.settings import RESULT_STORE_PATIENCE, LimitConfig, LLMConfig, Settings
+
+logger = logging.getLogger("llmqueue.worker")
 
 # The scope-wide pause after a 429 that came without a retry-after header, in seconds.
 DEFAULT_COOLDOWN = 1.0
+
+# Seconds before a job whose result Redis refused is tried again.
+REQUEUE_AFTER_STORE_ERROR = 5.0
 
 _STOP_MESSAGES = {
     "cancelled": "the batch was cancelled",
@@ -100,6 +110,8 @@ class JobRunner:
     """Jobs whose final result also ended their claim (the worker's ``finish_job`` has nothing to do)."""
     starts: dict[str, AttemptStart] = field(default_factory=dict)
     """What the worker's claim read for jobs about to start (saves ``begin_attempt``'s round trip)."""
+    writes_refused: bool = False
+    """True while Redis refuses to store a result this worker paid for: no new call starts meanwhile."""
     ledger: BatchLedger = field(init=False)
     breaker: CircuitBreaker = field(init=False)
     feedback: LimitFeedback = field(init=False)
@@ -117,10 +129,18 @@ class JobRunner:
         self.in_flight.add(job_id)
         try:
             await self._attempt(job_id, payload)
+        except (Retry, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            # Whatever went wrong, the job ends with a result: arq would otherwise drop it silently.
+            await self._finish_after_error(job_id, payload, exc)
         finally:
             self.in_flight.discard(job_id)
 
     async def _attempt(self, job_id: str, payload: Any) -> None:
+        if self.writes_refused:
+            # Redis would not keep what the call brings back: pay for nothing until it does.
+            raise Retry(defer=REQUEUE_AFTER_STORE_ERROR)
         try:
             job, llm = self._parse(job_id, payload)
         except (JobValidationError, ConfigError) as exc:
@@ -260,6 +280,12 @@ class JobRunner:
             return
         latency = time.monotonic() - began
         await counting
+        problem = missing_answer(job.kind, response)
+        if problem is not None:
+            await self.feedback.failed(call.scope, call.limit, call.ticket)
+            await self._count_deployment_call(call, "invalid_response")
+            await self._handle_failure(call, invalid_response(problem), latency=latency)
+            return
         await self._count_deployment_call(call, "ok")
         await self.feedback.answered(
             call.scope,
@@ -276,7 +302,7 @@ class JobRunner:
         result.cost = _cost(response)
         if call.cache_key is not None and self.cache is not None:
             await self.cache.store(call.cache_key, result.response)
-        await self._finish(result, reply_to=job.reply_to, was_calling=True)
+        await self._keep_paid(result, reply_to=job.reply_to)
         usage = result.usage
         self._emit(
             "succeeded",
@@ -316,7 +342,7 @@ class JobRunner:
             raise Retry(defer=0)
         result = self._result(call, "failed", errors=[*call.start.failures, summary])
         result.request = call.job.model_dump(mode="json", exclude={"reply_to"})
-        await self._finish(result, reply_to=call.job.reply_to, was_calling=True)
+        await self._keep_paid(result, reply_to=call.job.reply_to)
         self._emit("failed", call, message=error.message, **details)
 
     async def _rerouted(self, call: _Call, error: ProviderError, *, latency: float) -> bool:
@@ -367,7 +393,11 @@ class JobRunner:
         # Run under another id, the job's result would land where no one waits for it, or pre-empt that job's.
         if job.id != job_id:
             raise JobValidationError(f"payload id {job.id!r} does not match the id it was queued under")
-        return job, self.settings.llm_for(job.llm_config)
+        llm = self.settings.llm_for(job.llm_config)
+        refused = policy.refusal(job, llm, policy.configured_model_for(job, llm))
+        if refused is not None:
+            raise JobValidationError(refused)
+        return job, llm
 
     async def _finish_stopped(self, job: Job, reason: str, start: AttemptStart) -> None:
         """A job of a cancelled or spent batch: it ends as cancelled without calling the provider."""
@@ -423,6 +453,82 @@ class JobRunner:
                 worker_id=self.worker_id,
             ),
         )
+
+    async def _keep_paid(self, result: JobResult, *, reply_to: str | None) -> None:
+        """Store the result of a provider call, retrying while Redis refuses it (full, read-only,
+        restarting) for up to ``RESULT_STORE_PATIENCE`` seconds: the call was paid for, running the job
+        again would pay twice. Meanwhile this worker starts no provider call (``writes_refused``)."""
+        deadline = time.monotonic() + RESULT_STORE_PATIENCE
+        delay = 0.25
+        while True:
+            try:
+                await self._finish(result, reply_to=reply_to, was_calling=True)
+            except RedisError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                if not self.writes_refused:
+                    logger.warning(
+                        "Redis refuses to store a paid result (%s); retrying, no new calls",
+                        redis_error_line(exc),
+                    )
+                self.writes_refused = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.writes_refused = False
+            return
+
+    async def _finish_after_error(self, job_id: str, payload: Any, exc: Exception) -> None:
+        """End a job that raised on its way from payload to stored result as ``failed`` (``internal_error``).
+
+        If even that result cannot be stored (Redis refuses it), the job is put back in the queue instead.
+        """
+        secrets = [s for llm in self._all_llm() for s in self._secrets(llm)]
+        described = redis_error_line(exc) if isinstance(exc, RedisError) else f"{type(exc).__name__}: {exc}"
+        reason = short_message(redact(described, secrets))
+        logger.error("job %s failed inside the worker: %s", job_id, reason)
+        fields = payload if isinstance(payload, dict) else {}
+        batch_id = fields.get("batch_id")
+        reply_to = fields.get("reply_to")
+        failures: list[AttemptError] = []
+        try:
+            failures, _queued_at = await self.store.read_waiting(job_id)
+            request = Job.model_validate(fields).model_dump(mode="json", exclude={"reply_to"})
+        except Exception:  # an invalid job keeps no request; its failures are read when Redis answers
+            request = None
+        result = JobResult(
+            job_id=job_id,
+            batch_id=batch_id if isinstance(batch_id, str) else None,
+            status="failed",
+            attempts=len(failures),
+            errors=[*failures, AttemptError(attempt=len(failures), kind="internal_error", message=reason)],
+            timings=Timings(queued_at=datetime.now(UTC)),
+            worker_id=self.worker_id,
+            request=request,
+        )
+        try:
+            await self._finish(result, reply_to=reply_to if isinstance(reply_to, str) else None)
+        except RedisError as store_error:
+            logger.warning(
+                "job %s: its failed result cannot be stored (%s); put back",
+                job_id,
+                redis_error_line(store_error),
+            )
+            raise Retry(defer=REQUEUE_AFTER_STORE_ERROR) from None
+        emit(
+            self.sinks,
+            JobEvent(
+                "failed",
+                job_id,
+                result.batch_id,
+                reason="internal_error",
+                message=reason,
+                worker_id=self.worker_id,
+            ),
+        )
+
+    def _all_llm(self) -> list[LLMConfig]:
+        return [self.settings.llm, *(self.settings.llm_for(name) for name in self.settings.llm_groups)]
 
     def _result(self, call: _Call, status: ResultStatus, *, errors: list[AttemptError]) -> JobResult:
         return JobResult(

@@ -5,16 +5,18 @@ Producers and workers both go through this class, so the layout of a job's keys 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
+from pydantic_core import PydanticSerializationError
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from llmqueue import keys
-from llmqueue.models import AttemptError, Job, JobResult
+from llmqueue.models import AttemptError, Job, JobResult, replace_lone_surrogates
 from llmqueue.queue import ledger, payload
 from llmqueue.queue.ledger import BatchLedger
 from llmqueue.queue.scripts import lane_of, now_ms, script
@@ -23,6 +25,8 @@ _LUA = resources.files("llmqueue.queue").joinpath("lua")
 _ENQUEUE = script("enqueue.lua")
 _FINISH = _LUA.joinpath("finish.lua").read_text(encoding="utf-8")
 ENQUEUE_CHUNK = 2000
+ChunkCommands = Callable[[Pipeline, Sequence[Job]], None]
+"""Commands queued in the transaction of one chunk of jobs being enqueued."""
 WAKE_TOKENS = 16
 
 
@@ -73,11 +77,15 @@ class JobStore:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._finish = redis.register_script(_FINISH)
 
-    async def enqueue(self, jobs: Sequence[Job], *, defer: float = 0.0) -> list[bool]:
-        """Queue the jobs, one script call per chunk of 2,000; False for an id that was already known.
+    async def enqueue(
+        self, jobs: Sequence[Job], *, defer: float = 0.0, also: ChunkCommands | None = None
+    ) -> list[bool]:
+        """Queue the jobs, one transaction per chunk of 2,000; False for an id that was already known.
 
         Each job waits in its priority's lane for its batch (``llmqueue.queue.ready``), after ``defer``
-        seconds when that is positive.
+        seconds when that is positive. ``also(pipe, chunk)`` adds commands to each chunk's transaction
+        (a batch registering its jobs): a chunk is queued whole with them, or not at all (Redis out of
+        memory, connection lost).
         """
         now = now_ms()
         score = now + int(defer * 1000)
@@ -90,14 +98,16 @@ class JobStore:
             for job in chunk:
                 data = payload.arq_job(job.model_dump(mode="json"), now)
                 args += [job.id, data, score, job.priority, lane_of(job.batch_id)]
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self.redis.pipeline(transaction=True) as pipe:
                 await self._enqueue(args=args, client=pipe)
+                if also is not None:
+                    also(pipe, chunk)
                 # Wake idle workers now instead of at their next poll (a few tokens: one per worker
                 # that should look; the list is trimmed so it never grows).
                 wake = keys.wake(self.queue_name)
                 pipe.lpush(wake, *([b"1"] * min(WAKE_TOKENS, len(chunk))))
                 pipe.ltrim(wake, 0, WAKE_TOKENS - 1)
-                flags, _, _ = await pipe.execute()
+                flags = (await pipe.execute())[0]
             added += [bool(flag) for flag in flags]
         return added
 
@@ -129,13 +139,7 @@ class JobStore:
             pipe.lrange(keys.attempt_errors(job_id), 0, -1)
             pipe.get(keys.arq_job(job_id))
             errors, raw = await pipe.execute()
-        queued_ms = payload.deserialize_job(raw).get("et") if raw is not None else None
-        queued_at = (
-            datetime.fromtimestamp(queued_ms / 1000, UTC)
-            if isinstance(queued_ms, int) and queued_ms
-            else None
-        )
-        return [AttemptError.model_validate_json(e) for e in errors], queued_at or datetime.now(UTC)
+        return _waiting(errors, raw)
 
     async def record_error(
         self, job_id: str, batch_id: str | None, error: AttemptError, *, fallback: int | None = None
@@ -178,14 +182,48 @@ class JobStore:
         and ``was_retry_waiting`` say which of the batch's in-between counts the job leaves. With
         ``release`` the job also leaves the queue in the same step (what arq's ``finish_job`` does).
         """
+        script_keys, args = self._finish_arguments(
+            result, reply_to, was_calling, was_retry_waiting, release=release
+        )
+        return bool(await self._finish(keys=script_keys, args=args))
+
+    async def finish_many(self, results: Sequence[tuple[JobResult, bool]]) -> list[bool]:
+        """``finish`` for many jobs that were not calling, in one round trip: ``(result,
+        was_retry_waiting)`` pairs; True for each result stored."""
+        if not results:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for result, was_retry_waiting in results:
+                script_keys, args = self._finish_arguments(result, None, False, was_retry_waiting)
+                await self._finish(keys=script_keys, args=args, client=pipe)
+            return [bool(stored) for stored in await pipe.execute()]
+
+    async def read_waiting_many(self, job_ids: Sequence[str]) -> list[tuple[list[AttemptError], datetime]]:
+        """``read_waiting`` for many jobs in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.lrange(keys.attempt_errors(job_id), 0, -1)
+                pipe.get(keys.arq_job(job_id))
+            replies = await pipe.execute()
+        return [_waiting(replies[i], replies[i + 1]) for i in range(0, len(replies), 2)]
+
+    def _finish_arguments(
+        self,
+        result: JobResult,
+        reply_to: str | None,
+        was_calling: bool,
+        was_retry_waiting: bool,
+        *,
+        release: bool = False,
+    ) -> tuple[list[str], list[Any]]:
         job_id = result.job_id
         usage = result.usage
         # A retried 429 was counted when it was recorded; a final one is counted here.
         final_429 = (
             result.status == "failed" and bool(result.errors) and result.errors[-1].kind == "rate_limit"
         )
-        stored = await self._finish(
-            keys=[
+        return (
+            [
                 keys.result(job_id),
                 keys.done(job_id),
                 keys.state(job_id),
@@ -194,8 +232,8 @@ class JobStore:
                 reply_to or "",
                 *(self._release_keys(job_id) if release else [""] * 7),
             ],
-            args=[
-                result.model_dump_json(),
+            [
+                result_json(result),
                 self.result_ttl,
                 job_id,
                 result.status,
@@ -208,7 +246,6 @@ class JobStore:
                 1 if result.cached else 0,
             ],
         )
-        return bool(stored)
 
     def _release_keys(self, job_id: str) -> list[str]:
         return [
@@ -231,3 +268,21 @@ class JobStore:
             return []
         raws = await self.redis.mget([keys.result(job_id) for job_id in job_ids])
         return [None if raw is None else JobResult.model_validate_json(raw) for raw in raws]
+
+
+def _waiting(errors: list[bytes], raw: bytes | None) -> tuple[list[AttemptError], datetime]:
+    queued_ms = payload.deserialize_job(raw).get("et") if raw is not None else None
+    queued_at = (
+        datetime.fromtimestamp(queued_ms / 1000, UTC) if isinstance(queued_ms, int) and queued_ms else None
+    )
+    return [AttemptError.model_validate_json(e) for e in errors], queued_at or datetime.now(UTC)
+
+
+def result_json(result: JobResult) -> str:
+    """The result as stored: JSON in UTF-8. Text that UTF-8 cannot hold (a lone surrogate in a provider's
+    answer) becomes U+FFFD, so a result is never lost to its own encoding."""
+    try:
+        return result.model_dump_json()
+    except PydanticSerializationError:
+        data = replace_lone_surrogates(result.model_dump(mode="json"))
+        return JobResult.model_validate(data).model_dump_json()

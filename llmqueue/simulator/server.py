@@ -42,6 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from llmqueue.simulator.batch_api import BatchApi
 from llmqueue.simulator.limits import HeaderFamily, RateLimits
 from llmqueue.simulator.wire import (
+    BROKEN_HEADER,
+    BrokenShape,
+    broken_response,
     chat_body,
     chat_usage,
     embedding_usage,
@@ -53,6 +56,7 @@ from llmqueue.simulator.wire import (
 
 __all__ = [
     "Arrival",
+    "BrokenNext",
     "ProviderConfig",
     "ProviderStats",
     "RunningProvider",
@@ -135,14 +139,30 @@ class ShareKey(BaseModel):
     share: float = Field(ge=0, lt=1)
 
 
+class BrokenNext(BaseModel):
+    """Answer the next ``count`` chat/embedding calls with HTTP 200 and a malformed body of ``shape``.
+
+    Shapes (see ``llmqueue.simulator.wire.broken_body``): ``empty_choices`` (``choices: []``),
+    ``no_choices`` (the key left out), ``no_message`` (a choice without ``message``), ``truncated`` (JSON
+    cut off half-way), ``html`` (a proxy's error page), ``empty`` (no body at all), and ``lone_surrogate``: a
+    well-formed answer whose text holds ``\\ud800``, valid JSON that UTF-8 cannot encode. These calls skip
+    the rate limits and are counted in ``stats.broken``, not ``succeeded``.
+    """
+
+    action: Literal["broken_next"] = "broken_next"
+    count: int = Field(default=1, ge=0)
+    shape: BrokenShape
+
+
 class Reset(BaseModel):
     """Clear scripted faults, counters and rate-limit buckets."""
 
     action: Literal["reset"] = "reset"
 
 
-ControlCommand = Annotated[FailNext | RateLimitFor | ShareKey | Reset, Field(discriminator="action")]
-_CONTROL: TypeAdapter[FailNext | RateLimitFor | ShareKey | Reset] = TypeAdapter(ControlCommand)
+AnyCommand = FailNext | BrokenNext | RateLimitFor | ShareKey | Reset
+ControlCommand = Annotated[AnyCommand, Field(discriminator="action")]
+_CONTROL: TypeAdapter[AnyCommand] = TypeAdapter(ControlCommand)
 
 
 @dataclass(frozen=True)
@@ -158,7 +178,8 @@ class Arrival:
 class ProviderStats:
     """Counters of chat/embedding calls since start or ``reset()``.
 
-    ``errors`` counts every non-200 answer by status, 429s included; ``tokens_admitted`` sums the tokens
+    ``errors`` counts every non-200 answer by status, 429s included; ``broken`` the 200s sent with a
+    malformed body (``BrokenNext``), which ``succeeded`` does not count; ``tokens_admitted`` sums the tokens
     charged to admitted calls; ``arrivals`` lists successful calls in completion order, and
     ``request_times`` the arrival time of every call, refused ones included.
     """
@@ -166,6 +187,7 @@ class ProviderStats:
     requests: int = 0
     succeeded: int = 0
     rate_limited: int = 0
+    broken: int = 0
     errors: dict[int, int] = field(default_factory=dict)
     tokens_admitted: int = 0
     arrivals: list[Arrival] = field(default_factory=list)
@@ -215,19 +237,24 @@ class SimulatedProvider:
         """Answer 429 to every chat/embedding call for the next ``seconds``, with ``retry-after`` if given."""
         self.control(RateLimitFor(seconds=seconds, retry_after=retry_after))
 
+    def broken_next(self, count: int, shape: BrokenShape) -> None:
+        """Answer the next ``count`` calls 200 with a malformed body of ``shape`` (see ``BrokenNext``).
+        Queued with ``fail_next`` faults, in the order they were asked for."""
+        self.control(BrokenNext(count=count, shape=shape))
+
     def reset(self) -> None:
         """Clear scripted faults and counters, refill the rate-limit buckets and re-seed the randomness."""
         self.stats = ProviderStats()
         self._limits = RateLimits(self.config.rpm, self.config.tpm, self.config.window_seconds, self._clock())
         self._limits.share(self.config.other_client_share, self._clock())
         self._random = random.Random(self.config.seed)
-        self._pending: deque[FailNext] = deque()
+        self._pending: deque[FailNext | BrokenNext] = deque()
         self._limited_until = -math.inf
         self._limited_retry_after: float | None = None
 
-    def control(self, command: FailNext | RateLimitFor | ShareKey | Reset) -> None:
+    def control(self, command: AnyCommand) -> None:
         """Apply a scripted-fault command (what ``POST /control`` does with its JSON body)."""
-        if isinstance(command, FailNext):
+        if isinstance(command, FailNext | BrokenNext):
             if command.count > 0:
                 self._pending.append(command)
         elif isinstance(command, RateLimitFor):
@@ -290,7 +317,9 @@ class SimulatedProvider:
             response = await self._answer(request, endpoint)
         finally:
             stats.in_flight -= 1
-        if response.status == 200:
+        if response.status == 200 and response.headers.get(BROKEN_HEADER):
+            stats.broken += 1
+        elif response.status == 200:
             stats.succeeded += 1
         else:
             stats.errors[response.status] = stats.errors.get(response.status, 0) + 1
@@ -313,7 +342,7 @@ class SimulatedProvider:
         except ValueError as exc:
             return error_response(400, str(exc))
         if self._pending:
-            return self._scripted_failure()
+            return self._scripted_failure(body)
         now = self._clock()
         if now < self._limited_until:
             return error_response(
@@ -344,12 +373,14 @@ class SimulatedProvider:
         expected = f"Bearer {self.config.api_key}".encode()
         return hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected)
 
-    def _scripted_failure(self) -> web.Response:
+    def _scripted_failure(self, body: dict[str, Any]) -> web.Response:
         fault = self._pending[0]
         if fault.count > 1:
             self._pending[0] = fault.model_copy(update={"count": fault.count - 1})
         else:
             self._pending.popleft()
+        if isinstance(fault, BrokenNext):
+            return broken_response(fault.shape, body, next(self._ids))
         return error_response(fault.status, fault.message, retry_after=fault.retry_after)
 
     def _latency(self) -> float:
@@ -383,6 +414,10 @@ class RunningProvider:
     def rate_limit_for(self, seconds: float, retry_after: float | None = None) -> None:
         """See ``SimulatedProvider.rate_limit_for``."""
         self.provider.rate_limit_for(seconds, retry_after)
+
+    def broken_next(self, count: int, shape: BrokenShape) -> None:
+        """See ``SimulatedProvider.broken_next``."""
+        self.provider.broken_next(count, shape)
 
     def reset(self) -> None:
         """See ``SimulatedProvider.reset``."""

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import math
 import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -32,6 +33,13 @@ MODELS = ("sim-model", "sim-embedding")
 EMBEDDING_DIMENSIONS = 8
 #: Characters of the last user message a chat answer echoes.
 ECHO_CHARS = 200
+
+
+BrokenShape = Literal[
+    "empty_choices", "no_choices", "no_message", "truncated", "html", "empty", "lone_surrogate"
+]
+#: Header marking a 200 sent with a broken body on purpose (so the provider's stats can count it).
+BROKEN_HEADER = "x-simulator-broken"
 
 
 @dataclass(frozen=True)
@@ -182,3 +190,41 @@ def models_body() -> dict[str, Any]:
     """The ``GET /v1/models`` list."""
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "llmqueue"} for name in MODELS]
     return {"object": "list", "data": data}
+
+
+def broken_response(shape: BrokenShape, body: Mapping[str, Any], call_id: int) -> web.Response:
+    """HTTP 200 with a malformed body, as a faulty provider or proxy sends: see ``BrokenNext``."""
+    headers = {BROKEN_HEADER: shape}
+    complete = {
+        "id": f"chatcmpl-sim-{call_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "sim-model"),
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "lost"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+    if shape == "html":
+        page = "<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"
+        return web.Response(status=200, text=page, content_type="text/html", headers=headers)
+    if shape == "empty":
+        return web.Response(status=200, body=b"", content_type="application/json", headers=headers)
+    if shape == "truncated":
+        text = json.dumps(complete)
+        return web.Response(
+            status=200, text=text[: len(text) // 2], content_type="application/json", headers=headers
+        )
+    if shape == "lone_surrogate":
+        # Valid JSON whose text UTF-8 cannot hold: "\ud800" escaped, as json.dumps writes it.
+        complete["choices"][0]["message"]["content"] = "half a pair: \ud800 end"
+        return web.Response(
+            status=200, text=json.dumps(complete), content_type="application/json", headers=headers
+        )
+    if shape == "empty_choices":
+        complete["choices"] = []
+    elif shape == "no_choices":
+        del complete["choices"]
+    else:
+        del complete["choices"][0]["message"]
+    return web.json_response(complete, headers=headers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 from collections.abc import Iterator
@@ -18,9 +19,11 @@ from llmqueue.batches.files import (
     check_file,
     iter_jobs,
     job_id_for,
+    json_line,
     output_record,
     read_requests,
     rejected_record,
+    require_requests,
     write_jsonl,
 )
 from llmqueue.errors import JobValidationError, LLMQueueError
@@ -505,3 +508,28 @@ def test_batch_lines_default_to_batch_priority() -> None:
 def test_a_bad_line_priority_rejects_the_line(extra: dict[str, Any], reason: str) -> None:
     error = one_error(line({"messages": MESSAGES, **extra}))
     assert reason in error.reason
+
+
+def test_output_lines_escape_what_splitlines_would_split_on() -> None:
+    record = {"text": "a\u2028b\u2029c\x85d\ud800e é 😀"}
+    line = json_line(record)
+    assert len(line.splitlines()) == 1
+    assert "é 😀" in line  # other UTF-8 is kept as is
+    assert json.loads(line) == record
+
+
+def test_a_compressed_file_is_reported_as_compressed(tmp_path: Path) -> None:
+    packed = tmp_path / "batch.jsonl.gz"
+    packed.write_bytes(gzip.compress(b'{"messages": [{"role": "user", "content": "hi"}]}\n'))
+    with pytest.raises(BatchFileError, match="gzip-compressed"):
+        check_file(packed, batch_id="b")
+
+
+def test_a_file_without_requests_is_refused(tmp_path: Path) -> None:
+    for text in ("", "\n\n", "\ufeff  \n\t\n"):
+        path = tmp_path / "empty.jsonl"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(BatchFileError, match="holds no requests"):
+            require_requests(path)
+    path.write_text('\n{"messages": []}\n', encoding="utf-8")
+    require_requests(path)  # a request line, even an invalid one, is for the line check to judge

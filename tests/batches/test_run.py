@@ -369,7 +369,7 @@ def test_interrupted_run_stops_everything_and_resumes_without_redoing_finished_j
                 assert process.poll() is None, process.communicate()[1]
                 assert time.monotonic() < deadline, "no progress within 60 s"
                 time.sleep(0.1)
-            started = children_of(process.pid)  # the redis-server and the two workers
+            started = children_of(process.pid)  # the redis-server, the two workers and their reaper
             process.send_signal(signal.SIGINT)
             interrupted = time.monotonic()
             code, stderr = finish(process, timeout=STOP_TIMEOUT)
@@ -381,7 +381,7 @@ def test_interrupted_run_stops_everything_and_resumes_without_redoing_finished_j
         assert code == 130, stderr
         assert f"Resume with: llmqueue run --resume {batch_name}" in stderr
         assert "Traceback" not in stderr
-        assert len(started) == 3, started
+        assert len(started) == 4, started
         assert [pid for pid in started if is_alive(pid)] == []
         assert processes_mentioning(str(directory)) == []
         assert directory.is_dir()  # the embedded Redis's data, to resume from

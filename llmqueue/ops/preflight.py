@@ -1,0 +1,34 @@
+"""Checks a process makes before it starts: errors that waiting cannot heal are said at once, in one line.
+
+A worker's start-up waits for Redis through ``redis_connect_retries`` attempts, right for a Redis that is
+starting, wrong for one that refuses the password or has no such database: those are refused here.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from llmqueue.ops.redaction import redact_url, redis_error_line
+
+
+async def redis_refusal(url: str, *, timeout: float = 5.0) -> str | None:
+    """Why Redis at ``url`` will not serve this process however long it waits, or None (it answered, or
+    cannot be reached yet: a transient state the caller's retries are for)."""
+    client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        await client.ping()
+    except AuthenticationError as exc:
+        return (
+            f"Redis at {redact_url(url)} refused the credentials ({redis_error_line(exc)}): check the "
+            "user and password in the Redis URL"
+        )
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        return None
+    except ResponseError as exc:
+        return f"Redis at {redact_url(url)} refused the connection ({redis_error_line(exc)})"
+    finally:
+        await client.aclose()
+    return None

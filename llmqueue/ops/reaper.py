@@ -1,0 +1,70 @@
+"""Stops what ``llmqueue run`` started, in order, if ``run`` itself dies (SIGKILL, a crash).
+
+Workers get SIGTERM from the kernel when their parent dies (``die_with_parent``) and finish their calls in
+flight within their shutdown grace; their results need Redis for that long. So the embedded Redis does
+not die with ``run``: this small process, started in a session of its own, watches ``run``, and once it
+is gone waits for the workers to exit (killing those still there after ``grace`` seconds), then stops
+Redis (SIGTERM, SIGKILL after ``REDIS_STOP_SECONDS``). Nothing outlives ``run`` by more than ``grace``
+plus ``REDIS_STOP_SECONDS`` seconds. When ``run`` stops Redis itself, the reaper exits.
+
+Run as ``python -m llmqueue.ops.reaper PARENT_PID GRACE REDIS_PID WORKER_PID...``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable
+
+POLL_SECONDS = 0.2
+REDIS_STOP_SECONDS = 5.0
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists (and is not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_gone(pids: Iterable[int], seconds: float) -> list[int]:
+    """Wait up to ``seconds`` for the processes to end; the pids still alive then."""
+    left = [pid for pid in pids if alive(pid)]
+    deadline = time.monotonic() + seconds
+    while left and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+        left = [pid for pid in left if alive(pid)]
+    return left
+
+
+def signal_all(pids: Iterable[int], signum: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):  # gone already
+            os.kill(pid, signum)
+
+
+def reap(parent: int, grace: float, redis_pid: int, workers: list[int]) -> None:
+    """Watch ``parent``; once it is gone, stop ``workers`` and then ``redis_pid`` (see the module doc)."""
+    while alive(parent) and os.getppid() == parent:
+        if not alive(redis_pid):
+            return  # ``run`` stopped Redis itself: it shut down in order
+        time.sleep(POLL_SECONDS)
+    signal_all(workers, signal.SIGTERM)  # they have it already from the kernel; harmless twice
+    signal_all(wait_gone(workers, grace), signal.SIGKILL)
+    wait_gone(workers, REDIS_STOP_SECONDS)
+    signal_all([redis_pid], signal.SIGTERM)
+    signal_all(wait_gone([redis_pid], REDIS_STOP_SECONDS), signal.SIGKILL)
+
+
+def main(argv: list[str]) -> None:
+    parent, grace, redis_pid, *workers = argv
+    reap(int(parent), float(grace), int(redis_pid), [int(pid) for pid in workers])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

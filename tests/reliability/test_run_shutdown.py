@@ -1,0 +1,116 @@
+"""``llmqueue run`` stops what it started in order (workers, then Redis) even when it is killed, pays for
+no call twice on resume, tells about the second Ctrl-C, and runs a batch only once at a time.
+
+Real processes: ``llmqueue run`` with its embedded Redis and workers, the simulated provider in its own
+process with a latency, so that calls are in flight when ``run`` is stopped.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from llmqueue.ops.reaper import REDIS_STOP_SECONDS
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
+from tests.batches.test_run import (
+    batch_name,
+    chat_file,
+    children_of,
+    finish,
+    is_alive,
+    provider_env,
+    read_jsonl,
+    run,
+    run_env,
+    start_run,
+    stop,
+)
+from tests.support.settings import TEST_API_KEY
+
+pytestmark = pytest.mark.timeout(300)
+__all__ = ["batch_name"]  # a fixture, imported for the tests below
+
+GRACE = 10  # WORKER_SHUTDOWN_GRACE; run gives its workers this + 15 s before killing them
+JOBS = 40
+
+
+def _wait_for_calls(provider: ProviderProcess, process: subprocess.Popen[str], count: int) -> None:
+    deadline = time.monotonic() + 90
+    while provider.stats()["succeeded"] < count or provider.stats()["in_flight"] == 0:
+        assert time.monotonic() < deadline, "no calls in flight within 90 s"
+        assert process.poll() is None, "run ended early"
+        time.sleep(0.1)
+
+
+def test_a_killed_run_stops_workers_before_redis_and_a_resume_pays_no_call_twice(
+    tmp_path: Path, batch_name: str
+) -> None:
+    source, ids = chat_file(tmp_path / "slow.jsonl", JOBS)
+    output = tmp_path / "out.jsonl"
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=1.5)) as provider:
+        env = run_env(
+            **provider_env(provider),
+            WORKER_SHUTDOWN_GRACE=str(GRACE),
+            WORKER_MAX_JOBS="4",
+            WORKER_POLL_DELAY="0.01",
+        )
+        process = start_run([str(source), "-o", str(output), "--batch", batch_name], env, tmp_path)
+        try:
+            _wait_for_calls(provider, process, 8)
+            started = children_of(process.pid)  # redis-server, two workers, the reaper
+            in_flight = provider.stats()["in_flight"]
+            process.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            deadline = killed + GRACE + 15 + REDIS_STOP_SECONDS + 10
+            while any(is_alive(pid) for pid in started):
+                assert time.monotonic() < deadline, [pid for pid in started if is_alive(pid)]
+                time.sleep(0.1)
+            outlived = time.monotonic() - killed
+        finally:
+            stop(process)
+        paid_before = provider.stats()["succeeded"]
+        code, stderr = run(["--resume", batch_name, "-o", str(output)], env, tmp_path)
+        paid = provider.stats()["succeeded"]
+    print(
+        f"\nrun killed with {in_flight} calls in flight: its {len(started)} children gone "
+        f"{outlived:.1f} s later; {paid_before} calls paid before the resume, {paid} in all for {JOBS} jobs"
+    )
+    assert len(started) == 4
+    assert outlived <= GRACE + 15 + REDIS_STOP_SECONDS + 2
+    assert code == 0, stderr
+    assert [r["custom_id"] for r in read_jsonl(output)] == ids
+    assert paid == JOBS  # the calls in flight at the kill were stored, not paid again
+
+
+def test_a_second_run_of_a_batch_is_refused_and_ctrl_c_tells_about_the_second(
+    tmp_path: Path, batch_name: str, redis_url: str
+) -> None:
+    source, ids = chat_file(tmp_path / "twice.jsonl", JOBS)
+    output = tmp_path / "out.jsonl"
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=0.5)) as provider:
+        env = run_env(**provider_env(provider), WORKER_MAX_JOBS="2", WORKER_POLL_DELAY="0.01")
+        for shared in ([], ["--redis-url", redis_url]):
+            provider.control("reset")
+            first = start_run([str(source), "-o", str(output), "--batch", batch_name, *shared], env, tmp_path)
+            try:
+                _wait_for_calls(provider, first, 2)
+                again = run([str(source), "-o", str(output), "--batch", batch_name, *shared], env, tmp_path)
+                resumed = run(["--resume", batch_name, "-o", str(output), *shared], env, tmp_path)
+                first.send_signal(signal.SIGINT)
+                code, stderr = finish(first)
+            finally:
+                stop(first)
+            for refused_code, refused in (again, resumed):
+                assert refused_code == 2, refused
+                assert f"batch {batch_name} is being run by another `llmqueue run`" in refused, refused
+            assert code == 130
+            assert "Press Ctrl-C again to stop at once" in stderr, stderr
+            code, stderr = run(["--resume", batch_name, "-o", str(output), *shared], env, tmp_path)
+            assert code == 0, stderr
+            assert [r["custom_id"] for r in read_jsonl(output)] == ids
+            assert provider.stats()["succeeded"] == JOBS  # one run's calls, none twice
