@@ -136,8 +136,9 @@ def test_run_dry_run_prints_the_estimate_and_queues_nothing(tmp_path: Path) -> N
     assert "prompt tokens 22 · completion tokens up to 1034" in out  # 10 + the default 1024
     low, high = 22 * MINI_IN, 22 * MINI_IN + 1034 * MINI_OUT
     assert f"cost ${low:.6f} to ${high:.6f}" in out
-    assert "time at the limits: 4s (30 rpm)" in out  # --rpm limits the run's model
-    assert "gpt-4o: 1 line(s)" in out and "time at the limits: no limit set" in out
+    assert "time at the limits: 4s (30 rpm)" in out
+    # --rpm limits every model the file names, each in a bucket of its own (the gpt-4o line too).
+    assert "gpt-4o: 1 line(s)" in out and "time at the limits: 2s (30 rpm)" in out
     assert not (tmp_path / "results.jsonl").exists()
 
 
