@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,13 +11,11 @@ from llmqueue import keys
 from llmqueue.batches.batch_api import BatchApiRun, FileLimits, check_supported
 from llmqueue.batches.control import Batches
 from llmqueue.batches.files import iter_jobs
+from llmqueue.batches.options import RunOptions, run_settings
 from llmqueue.cache import ResponseCache, open_store
 from llmqueue.models import Job
 from llmqueue.queue.ledger import BatchStatus
 from llmqueue.settings import LLMConfig, Settings
-
-if TYPE_CHECKING:
-    from llmqueue.batches.run import RunOptions
 
 # The worker settings ``run`` passes in the environment that the tier, running in this process, needs.
 _LLM_ENV = {"LLM_MODEL": "model", "LLM_BASE_URL": "base_url", "LLM_API_KEY": "api_key"}
@@ -28,8 +25,6 @@ class BatchApiTier:
     """One ``run --via batch-api``: checks what it can before anything starts, then runs the batch."""
 
     def __init__(self, options: RunOptions, settings: Settings, batch_id: str, use_cache: bool) -> None:
-        from llmqueue.batches.run import run_settings
-
         self.options = options
         self.batch_id = batch_id
         self.use_cache = use_cache

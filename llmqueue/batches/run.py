@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -29,11 +29,11 @@ from llmqueue.batches.files import (
     write_rejects,
     write_results,
 )
+from llmqueue.batches.options import RunOptions
 from llmqueue.batches.run_lock import DirectoryLock, RedisRunLock
 from llmqueue.cache.disk import DiskStore
 from llmqueue.errors import CacheError, LLMQueueError
 from llmqueue.llm.policy import submission_refusal
-from llmqueue.models import PRIORITIES
 from llmqueue.ops.local_cluster import LocalCluster, run_dir
 from llmqueue.ops.registry import read_workers
 from llmqueue.producer import Producer
@@ -42,43 +42,6 @@ from llmqueue.settings import Settings
 
 OTHER_WORKERS_AFTER = 3.0
 """Seconds after the first worker came up that the others start even if it has made no call yet."""
-
-
-@dataclass
-class RunOptions:
-    """What ``llmqueue run`` was asked to do."""
-
-    file: Path | None
-    output: Path
-    batch_id: str | None = None
-    resume: bool = False
-    workers: int = 2
-    concurrency: int | None = None
-    rpm: float | None = None
-    tpm: float | None = None
-    model: str | None = None
-    llm_config: str | None = None
-    max_cost: float | None = None
-    max_tokens: int | None = None
-    skip_invalid: bool = False
-    rejects: Path | None = None
-    priority: int = PRIORITIES["batch"]
-    weight: float = 1.0
-    redis_url: str | None = None
-    config: Path | None = None
-    via: str = "live"
-    """``live`` (workers call the provider) or ``batch-api`` (the provider's Batch API, at its price)."""
-    fallback: str = "batch-api"
-    """``batch-api``: unanswered lines go out in another provider batch; ``live``: to the workers."""
-    poll_interval: float = 10.0
-    enqueued_token_limit: int | None = None
-    """``batch-api``: the provider's enqueued-token limit per model (files are cut and paced to it)."""
-    """Seconds between two looks at the provider's batches (``batch-api``)."""
-    cache_dir: Path | None = None
-    cache: bool = True
-    """Answer lines from the response cache and keep new answers there (``--no-cache``: False)."""
-    litellm_config: Path | None = None
-    worker_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -315,15 +278,3 @@ def _worker_env(options: RunOptions) -> dict[str, str]:
     if options.cache_dir is not None:
         env["CACHE_DIR"] = str(options.cache_dir.resolve())
     return env
-
-
-def run_settings(settings: Settings, *, model: str | None, rpm: float | None, tpm: float | None) -> Settings:
-    """The settings the run's workers will have: ``--model``, ``--rpm`` and ``--tpm`` laid over ``[llm]``."""
-    update: dict[str, object] = {}
-    if model:
-        update["model"] = model
-    if rpm is not None:
-        update["rpm"] = rpm
-    if tpm is not None:
-        update["tpm"] = tpm
-    return settings.model_copy(update={"llm": settings.llm.model_copy(update=update)})

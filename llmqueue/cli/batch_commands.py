@@ -345,7 +345,8 @@ def run(
     """
     from contextlib import ExitStack
 
-    from llmqueue.batches.run import RunOptions, run_batch, run_settings
+    from llmqueue.batches.options import RunOptions, run_settings
+    from llmqueue.batches.run import run_batch
 
     check_tier_options(
         via, fallback, poll_interval, enqueued_token_limit, rpm, tpm, concurrency, max_cost, max_tokens

@@ -56,7 +56,7 @@ def submit_via_batch_api(
 ) -> None:
     from llmqueue.batches.batch_api_tier import BatchApiTier
     from llmqueue.batches.files import check_file, invalid_file_error
-    from llmqueue.batches.run import RunOptions
+    from llmqueue.batches.options import RunOptions
 
     check = check_file(file, batch_id=batch_id, default_model=model, llm_config=llm_config)
     if not check.ok:

@@ -135,12 +135,15 @@ async def test_a_429_cools_down_only_that_deployment(
         handles = await producer.submit_many(chat(n) for n in range(12))
         while providers.eu.stats.rate_limited == 0:
             await asyncio.sleep(0.005)
-        await asyncio.sleep(0.1)  # the worker records the pause
+        refused_at = loop.time()
+        # The worker records the pause once the 429 reaches it (later on a busy machine).
+        while (eu_pause := await limiter.cooldown("eu", 0)) == 0 and loop.time() < refused_at + 1:
+            await asyncio.sleep(0.01)
         paused_at = loop.time()
-        eu_pause, us_pause = await limiter.cooldown("eu", 0), await limiter.cooldown("us", 0)
+        us_pause = await limiter.cooldown("us", 0)
         results = [await h.result(timeout=30) for h in handles]
 
-    assert 2 < eu_pause <= 3 and us_pause == 0
+    assert 1.9 < eu_pause <= 3 and us_pause == 0
     assert all(r.status == "succeeded" for r in results)
     # While eu cooled down nothing was sent to it; us took the jobs, the refused ones included.
     assert not [t for t in providers.eu.stats.request_times if paused_at + 0.3 < t < paused_at + 2]

@@ -22,6 +22,9 @@ LATENCY = 3.0
 EXIT_MARGIN = 5.0  # closing connections and leaving the interpreter, on a busy machine
 
 pytestmark = pytest.mark.timeout(240)
+# A limit that never binds: with none, a scope probes the provider's headers with two calls at first,
+# and the jobs waiting for the probe would hold worker slots this test counts as in flight.
+UNBINDING_RPM = 60_000
 
 
 async def test_sigterm_lets_calls_in_flight_finish_and_takes_no_new_job(
@@ -31,7 +34,12 @@ async def test_sigterm_lets_calls_in_flight_finish_and_takes_no_new_job(
     jobs = 12
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=LATENCY)) as provider:
         env = worker_env(
-            redis_url, provider.base_url, TEST_API_KEY, worker_max_jobs=4, worker_shutdown_grace=grace
+            redis_url,
+            provider.base_url,
+            TEST_API_KEY,
+            worker_max_jobs=4,
+            worker_shutdown_grace=grace,
+            llm_rpm=UNBINDING_RPM,
         )
         with worker_processes(env, tmp_path) as workers:
             stopping, other = await workers.start_ready(2)
@@ -75,7 +83,12 @@ async def test_calls_longer_than_the_grace_period_go_back_and_finish_elsewhere(
     jobs = 8
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=LATENCY)) as provider:
         env = worker_env(
-            redis_url, provider.base_url, TEST_API_KEY, worker_max_jobs=4, worker_shutdown_grace=grace
+            redis_url,
+            provider.base_url,
+            TEST_API_KEY,
+            worker_max_jobs=4,
+            worker_shutdown_grace=grace,
+            llm_rpm=UNBINDING_RPM,
         )
         with worker_processes(env, tmp_path) as workers:
             stopping, other = await workers.start_ready(2)

@@ -96,7 +96,8 @@ async def test_results_paid_for_while_redis_refuses_writes_are_kept_and_stored_o
 ) -> None:
     jobs = 8
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=2.0)) as provider:
-        env = worker_env(redis_url, provider.base_url, TEST_API_KEY)
+        # A limit that never binds: unlimited, the scope would send two probing calls, not eight.
+        env = worker_env(redis_url, provider.base_url, TEST_API_KEY, llm_rpm=60_000)
         with worker_processes(env, tmp_path) as workers:
             (worker,) = await workers.start_ready(1)
             async with Producer(make_settings(redis_url, provider.base_url)) as producer:

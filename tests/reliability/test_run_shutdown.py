@@ -94,7 +94,8 @@ def test_a_second_run_of_a_batch_is_refused_and_ctrl_c_tells_about_the_second(
     output = tmp_path / "out.jsonl"
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=0.5)) as provider:
         env = run_env(**provider_env(provider), WORKER_MAX_JOBS="2", WORKER_POLL_DELAY="0.01")
-        for shared in ([], ["--redis-url", redis_url]):
+        # --no-cache: the second round sends the same lines, which the response cache would answer.
+        for shared in (["--no-cache"], ["--no-cache", "--redis-url", redis_url]):
             provider.control("reset")
             first = start_run([str(source), "-o", str(output), "--batch", batch_name, *shared], env, tmp_path)
             try:
