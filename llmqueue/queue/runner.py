@@ -7,9 +7,10 @@ llmqueue counts only provider calls that failed, kept in Redis with the job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -286,22 +287,26 @@ class JobRunner:
             await self._count_deployment_call(call, "invalid_response")
             await self._handle_failure(call, invalid_response(problem), latency=latency)
             return
-        await self._count_deployment_call(call, "ok")
-        await self.feedback.answered(
-            call.scope,
-            call.limit,
-            call.ticket,
-            response_headers(response),
-            estimate=call.estimate,
-            used=usage_tokens(response),
-            sets_max_tokens=bool({"max_tokens", "max_completion_tokens"} & set(job.params)),
-        )
         result = self._result(call, "succeeded", errors=call.start.failures)
         result.response = _as_dict(response)
         result.usage = _usage(response)
         result.cost = _cost(response)
+        # The answer is paid for: what follows the call may not stand between it and its stored result,
+        # so bookkeeping that Redis refuses (full, restarting) is logged and skipped, not raised.
+        async with _best_effort("limit feedback"):
+            await self._count_deployment_call(call, "ok")
+            await self.feedback.answered(
+                call.scope,
+                call.limit,
+                call.ticket,
+                response_headers(response),
+                estimate=call.estimate,
+                used=usage_tokens(response),
+                sets_max_tokens=bool({"max_tokens", "max_completion_tokens"} & set(job.params)),
+            )
         if call.cache_key is not None and self.cache is not None:
-            await self.cache.store(call.cache_key, result.response)
+            async with _best_effort("response cache"):
+                await self.cache.store(call.cache_key, result.response)
         await self._keep_paid(result, reply_to=job.reply_to)
         usage = result.usage
         self._emit(
@@ -564,6 +569,15 @@ class JobRunner:
     def _secrets(self, llm: LLMConfig) -> list[str]:
         found = [llm.api_key.get_secret_value()] if llm.api_key else []
         return found + (self.deployments.secrets if self.deployments else [])
+
+
+@contextlib.asynccontextmanager
+async def _best_effort(what: str) -> AsyncIterator[None]:
+    """Log and skip a Redis error in bookkeeping that must not cost a paid result."""
+    try:
+        yield
+    except RedisError as exc:
+        logger.warning("%s skipped: %s", what, redis_error_line(exc))
 
 
 def _as_dict(response: Any) -> dict[str, Any]:
