@@ -175,7 +175,9 @@ def test_500_lines_through_provider_429s_all_succeed_in_input_order(tmp_path: Pa
         api_key=TEST_API_KEY, rpm=1200, latency=0.05, latency_jitter=0.5, rate_limit_headers="none"
     )
     with ProviderProcess(config) as provider:
-        env = run_env(**provider_env(provider), **FAST_RETRIES, WORKER_POLL_DELAY="0.01")
+        # Half the calls are refused, so a line may meet many 429s in a row: retries enough for all.
+        retries = {**FAST_RETRIES, "LLM_NUM_RETRIES": "20"}
+        env = run_env(**provider_env(provider), **retries, WORKER_POLL_DELAY="0.01")
         began = time.monotonic()
         code, stderr = run(
             [str(source), "-o", str(output), "--rpm", "2400", "--batch", batch_name], env, tmp_path
