@@ -159,7 +159,7 @@ def _timed_run(source: Path, root: Path, env: dict[str, str], provider: Provider
     reader.start()
     workers_up = None
     while process.poll() is None:
-        if workers_up is None and len(client.keys(keys.WORKER_PATTERN)) >= 2:
+        if workers_up is None and client.keys(keys.WORKER_PATTERN):  # the first worker (others join later)
             workers_up = time.monotonic()
         time.sleep(0.01)
     ended = time.monotonic()

@@ -30,7 +30,6 @@ from bench.workloads import chat_job
 from llmqueue.batches.control import Batches
 from llmqueue.ops.embedded_redis import EmbeddedRedis
 from llmqueue.producer import Producer
-from llmqueue.simulator.demo import SIMULATED_HEADROOM
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
 
@@ -68,12 +67,12 @@ def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="llmqueue-bench-") as scratch:
         workdir = Path(scratch)
         with EmbeddedRedis() as redis, ProviderProcess(provider_config) as provider:
-            env = worker_env(redis.url, provider.base_url, llm_rpm=RPM * (1 - SIMULATED_HEADROOM))
+            env = worker_env(redis.url, provider.base_url, llm_rpm=RPM)
             with Workers(env, workdir) as workers:
                 workers.scale_to(WORKERS)
                 agents = asyncio.run(_agents_beside_a_batch(redis.url, workers, workdir, sizes))
         with EmbeddedRedis() as redis, ProviderProcess(provider_config) as provider:
-            env = worker_env(redis.url, provider.base_url, llm_rpm=RPM * (1 - SIMULATED_HEADROOM))
+            env = worker_env(redis.url, provider.base_url, llm_rpm=RPM)
             with Workers(env, workdir) as workers:
                 workers.scale_to(WORKERS)
                 pair = asyncio.run(_two_batches(redis.url, workers, workdir, sizes))
