@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from llmqueue.errors import ConfigError
-from llmqueue.llm.deployments import (
+from llmqueue.model_list import (
     Deployment,
     RouterSettings,
     parse_fallbacks,
@@ -234,7 +234,7 @@ class Settings(BaseSettings):
     batch: BatchConfig = BatchConfig()
     cache: CacheConfig = CacheConfig()
     model_list: list[Deployment] = Field(
-        default_factory=list, description="deployments by model_name, in LiteLLM's shape (llm/deployments.py)"
+        default_factory=list, description="deployments by model_name, in LiteLLM's shape (model_list.py)"
     )
     fallbacks: dict[str, list[str]] = Field(
         default_factory=dict, description="model names tried in turn when a job's retries are spent"

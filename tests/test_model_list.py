@@ -8,7 +8,7 @@ import pytest
 
 from llmqueue.errors import ConfigError
 from llmqueue.limits.routing import Deployments, deployment_kwargs
-from llmqueue.llm.deployments import resolve
+from llmqueue.model_list import resolve
 from llmqueue.ops.logs import secrets_of
 from llmqueue.settings import load_settings
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from llmqueue.ops.redaction import MASK, redact, redact_url
+from llmqueue.redaction import MASK, redact, redact_url
 
 
 def test_given_secret_is_replaced_everywhere_it_occurs() -> None:

@@ -16,15 +16,22 @@ from rich.live import Live
 
 from llmqueue.cli.common import (
     BatchArgument,
+    BatchIdOption,
     CacheDirOption,
     ConfigOption,
     DryRunOption,
+    EnqueuedTokenLimitOption,
     LiteLLMConfigOption,
     LLMConfigOption,
+    MaxCostOption,
+    MaxTokensOption,
     ModelOption,
     NoCacheOption,
+    PollIntervalOption,
     PriorityOption,
     RedisOption,
+    RejectsOption,
+    SkipInvalidOption,
     WeightOption,
     app,
     console,
@@ -36,28 +43,22 @@ from llmqueue.cli.common import (
 )
 from llmqueue.cli.tiers import Via, check_tier_options, submit_via_batch_api
 from llmqueue.errors import LLMQueueError
-from llmqueue.ops.redaction import redis_error_line
+from llmqueue.redaction import redis_error_line
 from llmqueue.settings import Settings
 
 
 @app.command()
 def submit(
     file: Annotated[Path, typer.Argument(help="JSONL file: OpenAI Batch requests or short-form lines.")],
-    batch: Annotated[
-        str | None, typer.Option("--batch", help="Batch id (default: file name + time).")
-    ] = None,
+    batch: BatchIdOption = None,
     model: ModelOption = None,
     llm_config: LLMConfigOption = None,
     priority: PriorityOption = 0,
     weight: WeightOption = 1.0,
-    skip_invalid: Annotated[
-        bool, typer.Option("--skip-invalid", help="Queue the valid lines; write rejected ones to --rejects.")
-    ] = False,
-    rejects: Annotated[Path | None, typer.Option(help="Where --skip-invalid writes rejected lines.")] = None,
-    max_cost: Annotated[
-        float | None, typer.Option(help="Stop starting jobs once the batch spent USD.")
-    ] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Stop starting jobs after this many tokens.")] = None,
+    skip_invalid: SkipInvalidOption = False,
+    rejects: RejectsOption = None,
+    max_cost: MaxCostOption = None,
+    max_tokens: MaxTokensOption = None,
     no_cache: NoCacheOption = False,
     cache_dir: CacheDirOption = None,
     dry_run: DryRunOption = False,
@@ -68,15 +69,8 @@ def submit(
             "(submit again with the same --batch to resume)."
         ),
     ] = Via.live,
-    poll_interval: Annotated[
-        float, typer.Option(help="--via batch-api: seconds between looks at the provider's batches.")
-    ] = 10.0,
-    enqueued_token_limit: Annotated[
-        int | None,
-        typer.Option(
-            help="--via batch-api: the provider's enqueued-token limit per model; files are paced to it."
-        ),
-    ] = None,
+    poll_interval: PollIntervalOption = 10.0,
+    enqueued_token_limit: EnqueuedTokenLimitOption = None,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
@@ -285,24 +279,30 @@ def run(
     ),
     workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 2,
     concurrency: Annotated[int | None, typer.Option(help="Concurrent jobs per worker.")] = None,
-    rpm: Annotated[float | None, typer.Option(help="Requests per minute for the model.")] = None,
-    tpm: Annotated[float | None, typer.Option(help="Tokens per minute for the model.")] = None,
+    rpm: Annotated[
+        float | None,
+        typer.Option(
+            help=r"Requests per minute for each model the lines name (unless \[limits] sets its own)."
+        ),
+    ] = None,
+    tpm: Annotated[
+        float | None,
+        typer.Option(
+            help=r"Tokens per minute for each model the lines name (unless \[limits] sets its own)."
+        ),
+    ] = None,
     model: ModelOption = None,
     llm_config: LLMConfigOption = None,
-    batch: Annotated[
-        str | None, typer.Option("--batch", help="Batch id (default: file name + time).")
-    ] = None,
+    batch: BatchIdOption = None,
     resume: Annotated[
         str | None, typer.Option("--resume", help="Resume an interrupted run of BATCH.")
     ] = None,
-    max_cost: Annotated[
-        float | None, typer.Option(help="Stop starting jobs once the batch spent USD.")
-    ] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Stop starting jobs after this many tokens.")] = None,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Run the valid lines only.")] = False,
+    max_cost: MaxCostOption = None,
+    max_tokens: MaxTokensOption = None,
+    skip_invalid: SkipInvalidOption = False,
     priority: PriorityOption = 0,
     weight: WeightOption = 1.0,
-    rejects: Annotated[Path | None, typer.Option(help="Where --skip-invalid writes rejected lines.")] = None,
+    rejects: RejectsOption = None,
     simulate_provider: Annotated[
         bool,
         typer.Option(
@@ -326,15 +326,8 @@ def run(
         Via,
         typer.Option(help="--via batch-api: where lines an expired or failed provider batch left go next."),
     ] = Via.batch_api,
-    poll_interval: Annotated[
-        float, typer.Option(help="--via batch-api: seconds between looks at the provider's batches.")
-    ] = 10.0,
-    enqueued_token_limit: Annotated[
-        int | None,
-        typer.Option(
-            help="--via batch-api: the provider's enqueued-token limit per model; files are paced to it."
-        ),
-    ] = None,
+    poll_interval: PollIntervalOption = 10.0,
+    enqueued_token_limit: EnqueuedTokenLimitOption = None,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
     litellm_config: LiteLLMConfigOption = None,

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from llmqueue.errors import LLMQueueError
-from llmqueue.ops.redaction import redis_error_line
+from llmqueue.redaction import redis_error_line
 from llmqueue.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -74,6 +74,22 @@ DryRunOption = Annotated[
     ),
 ]
 BatchArgument = Annotated[str, typer.Argument(help="The batch id (printed by submit/run).")]
+BatchIdOption = Annotated[str | None, typer.Option("--batch", help="Batch id (default: file name + time).")]
+MaxCostOption = Annotated[float | None, typer.Option(help="Stop starting jobs once the batch spent USD.")]
+MaxTokensOption = Annotated[int | None, typer.Option(help="Stop starting jobs after this many tokens.")]
+SkipInvalidOption = Annotated[
+    bool, typer.Option("--skip-invalid", help="Take the valid lines only; write rejected ones to --rejects.")
+]
+RejectsOption = Annotated[Path | None, typer.Option(help="Where --skip-invalid writes rejected lines.")]
+PollIntervalOption = Annotated[
+    float, typer.Option(help="--via batch-api: seconds between looks at the provider's batches.")
+]
+EnqueuedTokenLimitOption = Annotated[
+    int | None,
+    typer.Option(
+        help="--via batch-api: the provider's enqueued-token limit per model; files are paced to it."
+    ),
+]
 
 
 def _priority(value: str) -> int:
@@ -161,7 +177,7 @@ def with_redis(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from llmqueue.errors import RedisUnavailableError
-    from llmqueue.ops.redaction import redact_url
+    from llmqueue.redaction import redact_url
 
     url = settings.redis_url.get_secret_value()
 

@@ -219,28 +219,13 @@ def simulate_provider(
     ] = 0.0,
 ) -> None:
     """Serve a local OpenAI-compatible provider with rate limits and faults (no API key needed)."""
+    options = {name: value for name, value in locals().items() if name not in ("port", "host")}
     from pydantic import ValidationError
 
     from llmqueue.simulator.server import ProviderConfig, serve
 
     try:
-        config = ProviderConfig(
-            rpm=rpm,
-            tpm=tpm,
-            window_seconds=window_seconds,
-            latency=latency,
-            latency_jitter=latency_jitter,
-            error_rate=error_rate,
-            timeout_rate=timeout_rate,
-            hang_seconds=hang_seconds,
-            api_key=api_key,
-            seed=seed,
-            completion_tokens=completion_tokens,
-            batch_validating_seconds=batch_validating_seconds,
-            batch_in_progress_seconds=batch_in_progress_seconds,
-            rate_limit_headers=rate_limit_headers,
-            other_client_share=other_client_share,
-        )
+        config = ProviderConfig(**options)
     except ValidationError as exc:
         raise LLMQueueError(f"invalid simulated provider options: {exc}") from None
     serve(config, host=host, port=port)

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from llmqueue import keys
 from llmqueue.limits.limiter import RateLimiter
-from llmqueue.llm.deployments import RouterSettings
+from llmqueue.model_list import RouterSettings
 
 # Error kinds (llmqueue.llm.classify) that say the deployment, not the request, is at fault.
 OPEN_AT_ONCE = frozenset({"connection", "auth", "not_found"})

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from llmqueue.llm.deployments import ResolvedDeployment, resolve
+from llmqueue.model_list import ResolvedDeployment, resolve
 from llmqueue.settings import LimitConfig, Settings
 
 

@@ -20,7 +20,7 @@ from llmqueue.errors import (
     RetryableProviderError,
 )
 from llmqueue.models import replace_lone_surrogates
-from llmqueue.ops.redaction import redact
+from llmqueue.redaction import redact
 
 MAX_MESSAGE_CHARS = 500
 """An error's message is cut to this many characters (after any Python traceback in it is dropped)."""

@@ -12,7 +12,7 @@ line of a job event holds the event's set fields, for example::
 ``event`` is the step (``started``, ``succeeded``, ``failed``, ``retrying``, ``deferred`` …, see
 ``llmqueue.ops.events``), ``status_code`` the provider's HTTP status on a failed call, ``message`` its error.
 Other log records become ``{"time", "level", "logger", "message"}``. Every string is passed through
-:func:`llmqueue.ops.redaction.redact` with the configured API keys, in both formats.
+:func:`llmqueue.redaction.redact` with the configured API keys, in both formats.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from llmqueue.llm.deployments import resolve
+from llmqueue.model_list import resolve
 from llmqueue.ops.events import JobEvent, log_event
-from llmqueue.ops.redaction import redact
+from llmqueue.redaction import redact
 from llmqueue.settings import Settings
 
 __all__ = ["JobLog", "JsonFormatter", "LogFormat", "RedactingFormatter", "configure_logging", "secrets_of"]

@@ -11,7 +11,7 @@ from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from llmqueue.ops.redaction import redact_url, redis_error_line
+from llmqueue.redaction import redact_url, redis_error_line
 
 
 async def redis_refusal(url: str, *, timeout: float = 5.0) -> str | None:

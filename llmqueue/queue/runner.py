@@ -34,10 +34,10 @@ from llmqueue.llm.call import call_kwargs, call_provider, job_model, supports_pr
 from llmqueue.llm.classify import classify, invalid_response, short_message
 from llmqueue.models import AttemptError, Job, JobResult, ResultStatus, Timings, Usage
 from llmqueue.ops.events import EventSink, JobEvent, emit
-from llmqueue.ops.redaction import redact, redis_error_line
 from llmqueue.queue.ledger import BatchLedger
 from llmqueue.queue.payload import invalid_reason
 from llmqueue.queue.store import AttemptStart, JobStore
+from llmqueue.redaction import redact, redis_error_line
 from llmqueue.settings import RESULT_STORE_PATIENCE, LimitConfig, LLMConfig, Settings
 
 logger = logging.getLogger("llmqueue.worker")

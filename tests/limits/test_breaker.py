@@ -8,7 +8,7 @@ from redis.asyncio import Redis as AsyncRedis
 from llmqueue import keys
 from llmqueue.limits.breaker import CircuitBreaker
 from llmqueue.limits.limiter import RateLimiter
-from llmqueue.llm.deployments import RouterSettings
+from llmqueue.model_list import RouterSettings
 
 SETTINGS = RouterSettings(allowed_fails=3, cooldown_time=5, max_cooldown_time=20)
 

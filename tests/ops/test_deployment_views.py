@@ -17,7 +17,7 @@ from llmqueue.batches.display import deployment_split, status_table
 from llmqueue.cli import app
 from llmqueue.limits.breaker import CircuitBreaker
 from llmqueue.limits.limiter import RateLimiter
-from llmqueue.llm.deployments import RouterSettings
+from llmqueue.model_list import RouterSettings
 from llmqueue.ops.events import JobEvent
 from llmqueue.ops.metrics import WorkerMetrics
 from llmqueue.queue.ledger import BatchLedger

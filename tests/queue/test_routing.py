@@ -17,11 +17,12 @@ import pytest
 from redis.asyncio import Redis
 
 from llmqueue.limits.limiter import RateLimiter
-from llmqueue.llm.deployments import parse_model_list
+from llmqueue.model_list import parse_model_list
 from llmqueue.models import JobResult
 from llmqueue.producer import Producer
 from llmqueue.settings import LLMConfig, Settings, WorkerConfig
 from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
+from tests.support.redis_dump import everything_in
 from tests.support.settings import running_worker
 
 EU_KEY = "sk-eu-deployment-7c1d9e2f4a"
@@ -260,7 +261,7 @@ async def test_keys_never_reach_redis_results_or_logs(
 
     with caplog.at_level(logging.DEBUG):
         results = await run_jobs(settings, 6)
-        dump = await dump_redis(redis)
+        dump = await everything_in(redis)
 
     assert all(r.ok for r in results)
     secrets = [EU_KEY, "sk-revoked-key-0000"]
@@ -269,24 +270,3 @@ async def test_keys_never_reach_redis_results_or_logs(
         assert secret not in caplog.text
         assert all(secret not in r.model_dump_json() for r in results)
     assert "rerouted" in caplog.text  # the 401 was logged, without the key
-
-
-async def dump_redis(redis: Redis) -> str:
-    """Every key and value in the database, as text."""
-    parts: list[str] = []
-    async for key in redis.scan_iter():
-        kind = (await redis.type(key)).decode()
-        if kind == "string":
-            value: Any = await redis.get(key)
-        elif kind == "hash":
-            value = await redis.hgetall(key)
-        elif kind == "list":
-            value = await redis.lrange(key, 0, -1)
-        elif kind == "zset":
-            value = await redis.zrange(key, 0, -1, withscores=True)
-        elif kind == "set":
-            value = await redis.smembers(key)
-        else:
-            value = kind
-        parts.append(f"{key!r} {value!r}")
-    return "\n".join(parts)

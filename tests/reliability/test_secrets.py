@@ -16,12 +16,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from redis.asyncio import Redis
 
 from llmqueue.ops.embedded_redis import EmbeddedRedis
 from llmqueue.producer import Producer
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
+from tests.support.redis_dump import everything_in
 from tests.support.reliability import chat_jobs, wait_for_results, worker_env, worker_processes
 from tests.support.settings import make_settings
 
@@ -66,7 +66,7 @@ async def test_keys_and_passwords_never_reach_redis_or_the_logs(tmp_path: Path) 
                 failing = await producer.submit_many(chat_jobs(8, "leaky"))
                 results = await wait_for_results(producer.redis, [h.job_id for h in [*relayed, *failing]], 60)
                 await asyncio.sleep(0.5)  # the last log lines
-                stored = await _everything_in(producer.redis)
+                stored = await everything_in(producer.redis)
             logs = {w.name: w.output() for w in workers.all}
             assert text_log[0].alive and json_log[0].alive
         stats = provider.stats()
@@ -93,24 +93,3 @@ async def test_keys_and_passwords_never_reach_redis_or_the_logs(tmp_path: Path) 
     assert any("***" in e.message for r in results.values() for e in r.errors)
     assert debug_lines > 0  # LiteLLM's debug logging was on
     assert found == {"API key": [], "URL password": [], "Redis password": []}
-
-
-async def _everything_in(redis: Redis) -> str:
-    """Every key and value in the database, as one text."""
-    parts: list[str] = []
-    async for key in redis.scan_iter(count=1000):
-        kind = (await redis.type(key)).decode()
-        if kind == "string":
-            value: object = await redis.get(key)
-        elif kind == "hash":
-            value = await redis.hgetall(key)
-        elif kind == "list":
-            value = await redis.lrange(key, 0, -1)
-        elif kind == "zset":
-            value = await redis.zrange(key, 0, -1, withscores=True)
-        elif kind == "set":
-            value = await redis.smembers(key)
-        else:
-            value = kind
-        parts.append(f"{key!r} {value!r}")
-    return "\n".join(parts)
