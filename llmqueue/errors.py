@@ -4,7 +4,9 @@
     ├── ConfigError            bad settings or config.toml (names the key and the file)
     ├── JobValidationError     a job that cannot be run as given (names the fields)
     ├── RedisUnavailableError  Redis could not be reached or started
+    │   └── RedisRefusedError      Redis refused this process (credentials, ACL): waiting cannot heal it
     ├── ResultTimeoutError     a result did not arrive within the time asked for
+    ├── JobNotFoundError       an awaited job that Redis no longer holds (unknown id, expired)
     ├── BatchError             a batch operation that cannot be done (unknown batch, bad id)
     │   ├── BatchFileError         a batch file that cannot be read at all
     │   ├── InvalidBatchFileError  a batch file with bad lines; nothing was queued
@@ -39,6 +41,18 @@ class JobValidationError(LLMQueueError):
 
 class RedisUnavailableError(LLMQueueError):
     """Redis could not be reached (or an embedded server could not be started)."""
+
+
+class RedisRefusedError(RedisUnavailableError):
+    """Redis answered but refused this process (credentials, permissions): retrying cannot help."""
+
+
+class JobNotFoundError(LLMQueueError, LookupError):
+    """An awaited job Redis no longer holds: neither queued, running nor finished.
+
+    An id that was never submitted (or submitted to another Redis), a job whose payload expired before
+    a worker took it (``job_ttl``), or a result kept past ``result_ttl``.
+    """
 
 
 class ResultTimeoutError(LLMQueueError, TimeoutError):

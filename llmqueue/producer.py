@@ -8,6 +8,7 @@ interval. A handle for a job submitted elsewhere blocks on that job's own ``done
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -19,12 +20,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue import keys
-from llmqueue.errors import JobValidationError, RedisUnavailableError, ResultTimeoutError
+from llmqueue.errors import (
+    JobNotFoundError,
+    JobValidationError,
+    RedisUnavailableError,
+    ResultTimeoutError,
+)
 from llmqueue.llm.policy import submission_refusal
 from llmqueue.models import Job, JobResult, parse_priority
-from llmqueue.ops.redaction import redact_url
 from llmqueue.ops.registry import no_worker_reason
 from llmqueue.queue.store import JobStore
+from llmqueue.redaction import redact_url
 from llmqueue.settings import Settings, WorkerConfig, load_settings
 
 JobLike = Job | Mapping[str, Any]
@@ -32,6 +38,8 @@ _LISTEN_BLOCK_SECONDS = 1
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 NO_WORKER_NOTICE = 3.0
 """Seconds a result is awaited before the producer checks that some worker is running."""
+GONE_CHECK = 5.0
+"""Seconds between checks that an awaited job is still in Redis (queued, running or finished)."""
 _RECONNECT_DELAY = 1.0  # seconds between attempts while Redis is unreachable
 logger = logging.getLogger("llmqueue.producer")
 
@@ -50,15 +58,28 @@ class JobHandle:
     async def result(self, timeout: float | None = None) -> JobResult:
         """The job's result, waiting up to ``timeout`` seconds (None: forever).
 
-        Raises ResultTimeoutError if it has not arrived by then; the job itself keeps running.
+        Raises ResultTimeoutError if it has not arrived by then (the job itself keeps running), and
+        JobNotFoundError when Redis no longer holds the job nor its result (it will never have one).
         """
         notice = asyncio.ensure_future(self._notice_no_worker())
         try:
-            return await asyncio.wait_for(self._wait(), timeout)
+            return await asyncio.wait_for(self._wait_unless_gone(), timeout)
         except TimeoutError:
             raise ResultTimeoutError(f"job {self.job_id} has no result after {timeout:g}s") from None
         finally:
             notice.cancel()
+
+    async def _wait_unless_gone(self) -> JobResult:
+        waiting = asyncio.ensure_future(self._wait())
+        gone = self.producer._watch_gone(self.job_id)
+        try:
+            await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting.done():
+                return waiting.result()
+            return gone.result()  # raises JobNotFoundError, or the result found on the last look
+        finally:
+            waiting.cancel()
+            self.producer._unwatch_gone(self.job_id, gone)
 
     async def _notice_no_worker(self) -> None:
         """Log a warning if, after ``NO_WORKER_NOTICE`` seconds, no worker is running to do the job."""
@@ -109,6 +130,8 @@ class Producer:
         self._listener: asyncio.Task[None] | None = None
         self._worker_check: tuple[float, asyncio.Future[str | None]] | None = None
         self._reported_no_worker: str | None = None
+        self._gone_watch: dict[str, list[asyncio.Future[JobResult]]] = {}
+        self._gone_checker: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Producer:
         try:
@@ -129,6 +152,10 @@ class Producer:
             self._listener = None
         if self._worker_check is not None:
             self._worker_check[1].cancel()
+        if self._gone_checker is not None:
+            self._gone_checker.cancel()
+            await asyncio.gather(self._gone_checker, return_exceptions=True)
+            self._gone_checker = None
         for waiter in self._waiters.values():
             waiter.cancel()
         self._waiters.clear()
@@ -182,6 +209,55 @@ class Producer:
         finally:
             for future in pending:
                 future.cancel()
+
+    def _watch_gone(self, job_id: str) -> asyncio.Future[JobResult]:
+        """A future that fails with JobNotFoundError once Redis holds neither the job nor its result.
+
+        One task checks every awaited job each ``GONE_CHECK`` seconds, in one round trip for all of
+        them, however many handles wait.
+        """
+        future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
+        self._gone_watch.setdefault(job_id, []).append(future)
+        if self._gone_checker is None or self._gone_checker.done():
+            self._gone_checker = asyncio.create_task(self._check_gone_forever())
+        return future
+
+    def _unwatch_gone(self, job_id: str, future: asyncio.Future[JobResult]) -> None:
+        future.cancel()
+        watching = self._gone_watch.get(job_id, [])
+        if future in watching:
+            watching.remove(future)
+        if not watching:
+            self._gone_watch.pop(job_id, None)
+
+    async def _check_gone_forever(self) -> None:
+        while self._gone_watch:
+            await asyncio.sleep(GONE_CHECK)
+            with contextlib.suppress(*_REDIS_DOWN):  # the waiting side reports Redis itself
+                await self._check_gone()
+
+    async def _check_gone(self) -> None:
+        job_ids = list(self._gone_watch)
+        present = await self.store.exists_many(job_ids)
+        missing = [job_id for job_id, here in zip(job_ids, present, strict=True) if not here]
+        # A result may have been stored and its job released between two reads: a last look.
+        results = await self.store.get_results(missing)
+        ttl = self.settings.worker
+        for job_id, result in zip(missing, results, strict=True):
+            self._waiters.pop(job_id, None)  # nothing will arrive in the inbox for it
+            for future in self._gone_watch.pop(job_id, []):
+                if future.done():
+                    continue
+                if result is not None:
+                    future.set_result(result)
+                    continue
+                future.set_exception(
+                    JobNotFoundError(
+                        f"job {job_id} is not in Redis: neither queued, running nor finished (an unknown "
+                        f"id, a job no worker took within job_ttl={ttl.job_ttl:g}s, or a result kept past "
+                        f"result_ttl={ttl.result_ttl:g}s)"
+                    )
+                )
 
     async def _no_worker_reason(self) -> str | None:
         """Why no job would run now (no live worker), looked up at most once per ``NO_WORKER_NOTICE``

@@ -20,12 +20,19 @@ from arq.connections import RedisSettings, create_pool
 from arq.worker import Worker, func
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue import keys
 from llmqueue.cache import ResponseCache, open_store
+from llmqueue.errors import RedisRefusedError
 from llmqueue.limits.limiter import RateLimiter
 from llmqueue.limits.routing import Deployments
 from llmqueue.llm.call import warm_up
@@ -35,6 +42,7 @@ from llmqueue.queue.heartbeat import Heartbeat
 from llmqueue.queue.ready import LOW_PRIORITY_BELOW, Claimed, ReadyQueue
 from llmqueue.queue.runner import JobRunner
 from llmqueue.queue.store import JobStore
+from llmqueue.redaction import redis_error_line
 from llmqueue.settings import Settings, load_settings
 
 logger = logging.getLogger("llmqueue.worker")
@@ -123,9 +131,11 @@ class LLMQueueWorker(Worker):
         if runner is not None:
             runner.release_on_finish = True
         wake_key = keys.wake(self.queue_name)
+        outage = RedisOutage(self.redis_settings)
         while True:
             try:
                 await self._poll_iteration()
+                outage.ended()
                 if self.burst and await self._burst_done():
                     return
                 if self.job_counter < self.max_jobs:
@@ -133,8 +143,15 @@ class LLMQueueWorker(Worker):
                 else:
                     await asyncio.sleep(self.poll_delay_s)
             except (RedisError, OSError) as exc:
-                logger.warning("Redis unavailable (%s); polling again in 1s", exc)
-                await asyncio.sleep(1)
+                await asyncio.sleep(outage.wait_after(exc))
+
+    async def close(self) -> None:
+        # arq's close writes to Redis (its health key); a worker stopping because Redis refuses it must
+        # still end with the reason it stopped, not with that write's error.
+        try:
+            await super().close()
+        except (RedisError, OSError) as exc:
+            logger.warning("could not tidy up in Redis on the way out (%s)", redis_error_line(exc))
 
     async def _poll_iteration(self) -> None:
         # arq's Worker._poll_iteration with one claim script in place of its poll and start_jobs.
@@ -231,6 +248,55 @@ class LLMQueueWorker(Worker):
             await asyncio.gather(*self.tasks.values())
             return True
         return False
+
+
+class RedisOutage:
+    """How the poll loop meets Redis errors: it waits through what can heal and stops on what cannot.
+
+    - A lost connection or a Redis restarting: polled again after 1 s, doubling to 30 s.
+    - Redis refusing writes (out of memory under ``noeviction``, a read-only replica): the claim script
+      is refused before it takes a job, so the worker takes none (it would pay for answers it could not
+      store) and asks again with the same backoff, said once until Redis accepts writes again.
+    - Refused credentials or permissions (a changed password, an ACL): waiting cannot heal them; the
+      worker stops with :class:`RedisRefusedError` after its running jobs end.
+    """
+
+    first_delay = 1.0
+    max_delay = 30.0
+
+    def __init__(self, connection: RedisSettings | None) -> None:
+        self._where = (
+            "" if connection is None else f"{connection.host}:{connection.port}/{connection.database}"
+        )
+        self._said: str | None = None
+        self._delay = self.first_delay
+
+    def wait_after(self, exc: BaseException) -> float:
+        """Seconds to wait before the next poll; raises RedisRefusedError for what cannot heal."""
+        line = redis_error_line(exc)
+        if isinstance(exc, AuthenticationError | NoPermissionError):
+            raise RedisRefusedError(
+                f"Redis at {self._where} refused this worker ({line}): check the user, password and ACL "
+                "in the Redis URL; the worker stopped"
+            ) from None
+        if line != self._said:
+            if isinstance(exc, OutOfMemoryError | ReadOnlyError):
+                logger.error(
+                    "Redis at %s refuses writes (%s): taking no job until it accepts them", self._where, line
+                )
+            else:
+                logger.warning("Redis at %s unavailable (%s); polling again", self._where, line)
+            self._said = line
+        delay = self._delay
+        self._delay = min(self._delay * 2, self.max_delay)
+        return delay
+
+    def ended(self) -> None:
+        """A poll went through: the next error starts a new outage."""
+        if self._said is not None:
+            logger.warning("Redis at %s answers again; taking jobs", self._where)
+            self._said = None
+        self._delay = self.first_delay
 
 
 def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from llmqueue import keys
+from llmqueue.redaction import redis_error_line
 
 logger = logging.getLogger("llmqueue.worker")
 
@@ -81,9 +82,14 @@ class Heartbeat:
             await pipe.execute()
 
     async def _beat_forever(self) -> None:
+        failing: str | None = None  # said once per outage, not every beat
         while True:
             try:
                 await self.beat()
+                failing = None
             except (RedisError, OSError) as exc:
-                logger.warning("heartbeat failed (%s); retrying in %.0fs", exc, self.interval)
+                line = redis_error_line(exc)
+                if line != failing:
+                    logger.warning("heartbeat failed (%s); retrying every %.0fs", line, self.interval)
+                    failing = line
             await asyncio.sleep(self.interval)

@@ -258,6 +258,13 @@ class JobStore:
             keys.ARQ_ABORT,
         ]
 
+    async def exists_many(self, job_ids: Sequence[str]) -> list[bool]:
+        """For each job, True while Redis holds it (queued, deferred or running) or its result."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(keys.arq_job(job_id), keys.result(job_id))
+            return [bool(count) for count in await pipe.execute()]
+
     async def get_result(self, job_id: str) -> JobResult | None:
         raw = await self.redis.get(keys.result(job_id))
         return None if raw is None else JobResult.model_validate_json(raw)

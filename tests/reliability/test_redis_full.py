@@ -123,3 +123,26 @@ async def test_results_paid_for_while_redis_refuses_writes_are_kept_and_stored_o
     assert all(r.ok and r.attempts == 1 for r in results.values())
     assert after["requests"] == jobs  # nothing paid twice
     assert "Redis refuses to store a paid result" in worker.stderr()
+
+
+async def test_an_idle_worker_facing_a_full_redis_says_so_once_and_takes_jobs_when_it_has_room(
+    full_redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
+        env = worker_env(redis_url, provider.base_url, TEST_API_KEY, llm_rpm=60_000)
+        with worker_processes(env, tmp_path) as workers:
+            (worker,) = await workers.start_ready(1)
+            await full_redis.config_set("maxmemory", 1)
+            await asyncio.sleep(8)  # a poll every 10 ms before: now a backoff, said once
+            during = worker.stderr()
+            await full_redis.config_set("maxmemory", 0)
+            async with Producer(make_settings(redis_url, provider.base_url)) as producer:
+                handles = await producer.submit_many(chat_jobs(4, "after"))
+                results = await wait_for_results(full_redis, [h.job_id for h in handles], 60)
+            assert worker.alive
+        after = worker.stderr()
+    refusals = [line for line in during.splitlines() if "refuses writes" in line]
+    print(f"\nidle worker, Redis full for 8 s: {len(refusals)} line(s): {refusals[:1]!r}")
+    assert len(refusals) == 1 and "taking no job" in refusals[0]
+    assert "answers again" in after
+    assert all(r.ok for r in results.values())

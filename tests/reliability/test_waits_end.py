@@ -12,13 +12,17 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from llmqueue import keys
 from llmqueue.batches.control import Batches
-from llmqueue.producer import Producer
+from llmqueue.errors import JobNotFoundError
+from llmqueue.producer import GONE_CHECK, Producer
+from llmqueue.settings import Settings
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
 from tests.support.reliability import child_env, worker_env, worker_processes
@@ -188,6 +192,47 @@ async def test_a_worker_refused_by_redis_exits_at_once_with_one_line(redis_url: 
         assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) <= 4, done.stderr
         assert "refused" in said(done) and "not-her-password" not in done.stderr
         assert took < 20
+
+
+async def test_a_worker_whose_redis_password_changes_mid_run_stops_with_one_line(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    user, password = f"llmqueue-test-{uuid.uuid4().hex[:8]}", "first-password-123"
+    await redis.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all")
+    try:
+        host_and_db = redis_url.removeprefix("redis://")
+        env = child_env(REDIS_URL=f"redis://{user}:{password}@{host_and_db}", LLM_MODEL=MODEL)
+        with worker_processes(env, tmp_path) as workers:
+            (worker,) = await workers.start_ready(1)
+            await redis.execute_command("ACL", "SETUSER", user, "resetpass", ">another-password-456")
+            began = time.monotonic()
+            await redis.execute_command("CLIENT", "KILL", "USER", user)
+            code = await worker.wait_exit(60)
+            took = time.monotonic() - began
+        err = worker.stderr()
+    finally:
+        await redis.execute_command("ACL", "DELUSER", user)
+    refused = [line for line in err.splitlines() if "refused" in line]
+    print(f"\nworker whose password changed: exit {code} after {took:.1f} s: {refused[-1:]!r}")
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err and password not in err
+    assert "refused this worker" in err and "the worker stopped" in err
+    assert err.count("unavailable") <= 1  # not retried as a transient outage
+    assert took < 45
+
+
+async def test_an_awaited_job_redis_no_longer_holds_ends_the_wait(redis: Redis, settings: Settings) -> None:
+    async with Producer(settings) as producer:
+        (handle,) = await producer.submit_many([{"messages": [{"role": "user", "content": "lost"}]}])
+        unknown = producer.handle("never-submitted")
+        # The job's payload expires before any worker takes it (as job_ttl would have it).
+        await redis.delete(keys.arq_job(handle.job_id))
+        began = time.monotonic()
+        for waiting in (handle, unknown):
+            with pytest.raises(JobNotFoundError, match="not in Redis"):
+                await waiting.result(timeout=30)
+        took = time.monotonic() - began
+    assert took < 2 * GONE_CHECK + 2
 
 
 async def test_cancelling_50000_queued_jobs_takes_seconds(redis_url: str, tmp_path: Path) -> None:
