@@ -107,6 +107,12 @@ class LimitConfig(BaseModel):
     reserve: float = Field(
         0.1, ge=0, lt=1, description="fraction of the bucket jobs below the default priority may not take"
     )
+    spread_seconds: float = Field(
+        0.1,
+        ge=0,
+        description="seconds of the rate every admission leaves in the bucket (at most a quarter of it): "
+        "calls reach the provider unevenly, and a bucket run down to empty at both ends sees that as 429s",
+    )
 
 
 class WorkerConfig(BaseModel):

@@ -18,32 +18,38 @@
 -- ARGV[1] operation: acquire | adjust | cooldown | observe | inspect
 -- ARGV[2] configured requests/min (0: none)   ARGV[3] configured tokens/min (0: none)
 -- ARGV[4] burst seconds (bucket capacity in seconds of the rate)   ARGV[5] reserve (fraction of capacity
---         jobs below the default priority may not take)
--- acquire:  ARGV[6] requests, ARGV[7] tokens, ARGV[8] longest wait the caller will reserve, ARGV[9]
---           priority (0-9), ARGV[10] longest reservation a low-priority job may hold (seconds).
+--         jobs below the default priority may not take)   ARGV[6] spread (seconds of the rate every
+--         admission leaves in the bucket)
+-- acquire:  ARGV[7] requests, ARGV[8] tokens, ARGV[9] longest wait the caller will reserve, ARGV[10]
+--           priority (0-9), ARGV[11] longest reservation a low-priority job may hold (seconds).
 --           Returns {admitted, wait, state, rcharged, tcharged, rbelief, tbelief, rc, tc, rgc, tgc, rgr, tgr,
 --           now, chosen} (refusals and unlimited scopes fill the numbers with '0'). With several KEYS
---           (deployments of one model: candidate 1's limit in ARGV[2..5], the others' four values each
---           from ARGV[11]) the one that can admit soonest is chosen, and `chosen` is its position in
+--           (deployments of one model: candidate 1's limit in ARGV[2..6], the others' five values each
+--           from ARGV[12]) the one that can admit soonest is chosen, and `chosen` is its position in
 --           KEYS (1-based); with one key it is 1.
 --           Admitted with a wait: the caller holds a reservation and sleeps that long. Not admitted:
 --           nothing was taken and wait says when to come back. state: limited | probing | unlimited.
--- adjust:   ARGV[6] charged tokens to add back (negative: charge more), ARGV[7] the same as estimated,
---           ARGV[8..9] the same for requests (optional)
--- cooldown: ARGV[6] seconds every caller must pause (0: only ask what is left), ARGV[7] the longest pause
+-- adjust:   ARGV[7] charged tokens to add back (negative: charge more), ARGV[8] the same as estimated,
+--           ARGV[9..10] the same for requests (optional)
+-- cooldown: ARGV[7] seconds every caller must pause (0: only ask what is left), ARGV[8] the longest pause
 --           (0: no escalation); returns {1, seconds remaining, time of the last 429, now}. A 429 soon
 --           after the last pause ended
---           doubles the pause (up to ARGV[7]): the provider is still refusing. ARGV[8] '0': the pause is
+--           doubles the pause (up to ARGV[8]): the provider is still refusing. ARGV[9] '0': the pause is
 --           not a 429 (a deployment taken out by the circuit breaker): not counted or dated as one.
--- observe:  ARGV[6] limit-requests, ARGV[7] limit-tokens (0: not sent), ARGV[8] remaining-requests,
---           ARGV[9] remaining-tokens (-1: not sent), ARGV[10..17] the ticket of the call (rbelief,
---           tbelief, rc, tc, rgc, tgc, rgr, tgr; rbelief -1e300: no ticket), ARGV[18] 1 when the call was
---           refused (429), ARGV[19..20] the requests and tokens it was charged. Returns {lrpm, ltpm}.
+-- observe:  ARGV[7] limit-requests, ARGV[8] limit-tokens (0: not sent), ARGV[9] remaining-requests,
+--           ARGV[10] remaining-tokens (-1: not sent), ARGV[11..18] the ticket of the call (rbelief,
+--           tbelief, rc, tc, rgc, tgc, rgr, tgr; rbelief -1e300: no ticket), ARGV[19] 1 when the call was
+--           refused (429), ARGV[20..21] the requests and tokens it was charged. Returns {lrpm, ltpm}.
 -- inspect:  returns the scope's state (see limiter.py, ScopeState).
 
 local PROBE_REQUESTS, PROBE_WINDOW, PROBE_RETRY = 2, 5, 0.2
 local MAX_FACTOR, LEARN_SECONDS, TOLERANCE, REORDER_SECONDS, GRACE, SLOT, SLOTS = 4, 2, 0.5, 0.1, 0.2, 5, 12
 local DEFAULT_PRIORITY, MAX_PRIORITY, REFUSAL_STEP = 1, 9, 0.1
+-- Calls admitted at the rate reach the provider a little unevenly (event loop, request building, the
+-- network): a bucket run down to empty at both ends would see that unevenness as 429s. Every admission
+-- leaves `spread` seconds of the rate in the bucket (at most SPREAD_SHARE of it), so the provider's
+-- bucket keeps that slack; the rate, and so the throughput, stays the provider's.
+local SPREAD_SHARE = 0.25
 local NO_TICKET = -1e300
 local unpack = unpack or table.unpack
 
@@ -52,6 +58,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local op = ARGV[1]
 local cfg_rpm, cfg_tpm = tonumber(ARGV[2]), tonumber(ARGV[3])
 local burst, reserve = tonumber(ARGV[4]), tonumber(ARGV[5])
+local spread = tonumber(ARGV[6])
 local key = KEYS[1]
 
 local FIELDS = {'r', 'rts', 't', 'tts', 'cool', 'streak', 'pause', 'lrpm', 'ltpm', 'hdr',
@@ -79,10 +86,11 @@ end
 -- Candidate 1's limit is ARGV[2..5]; with several KEYS (acquire over deployments) candidate i >= 2's
 -- is the four values from ARGV[11 + 4 * (i - 2)].
 local function load(i)
-  local base = i == 1 and 2 or 11 + 4 * (i - 2)
+  local base = i == 1 and 2 or 12 + 5 * (i - 2)
   key = KEYS[i]
   cfg_rpm, cfg_tpm = tonumber(ARGV[base]), tonumber(ARGV[base + 1])
   burst, reserve = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  spread = tonumber(ARGV[base + 4])
   local values = redis.call('HMGET', key, unpack(FIELDS))
   h, updates = {}, {}
   for j, name in ipairs(FIELDS) do h[name] = values[j] end
@@ -138,7 +146,7 @@ local function state()
 end
 
 if op == 'cooldown' then
-  local seconds, longest = tonumber(ARGV[6]), tonumber(ARGV[7]) or 0
+  local seconds, longest = tonumber(ARGV[7]), tonumber(ARGV[8]) or 0
   if seconds > 0 then
     local streak, last = num('streak', 0), num('pause', 0)
     local pause = seconds
@@ -150,7 +158,7 @@ if op == 'cooldown' then
     end
     cool = math.max(cool, now + pause)
     set('cool', cool); set('streak', streak); set('pause', pause)
-    if ARGV[8] ~= '0' then set('refused_at', now); count('e', 1) end
+    if ARGV[9] ~= '0' then set('refused_at', now); count('e', 1) end
     save()
   end
   -- A 429 voids earlier reservations only where it changed how calls are charged (headers were read).
@@ -159,8 +167,8 @@ if op == 'cooldown' then
 end
 
 if op == 'adjust' then
-  local back = {{'t', tpm, tcap, tonumber(ARGV[6]), tonumber(ARGV[7])},
-    {'r', rpm, rcap, tonumber(ARGV[8]) or 0, tonumber(ARGV[9]) or 0}}
+  local back = {{'t', tpm, tcap, tonumber(ARGV[7]), tonumber(ARGV[8])},
+    {'r', rpm, rcap, tonumber(ARGV[9]) or 0, tonumber(ARGV[10]) or 0}}
   for _, item in ipairs(back) do
     local b, rate, cap, charged, raw = item[1], item[2], item[3], item[4], item[5]
     if rate > 0 and charged ~= 0 then
@@ -176,7 +184,7 @@ if op == 'adjust' then
 end
 
 if op == 'observe' then
-  local said_rpm, said_tpm = tonumber(ARGV[6]), tonumber(ARGV[7])
+  local said_rpm, said_tpm = tonumber(ARGV[7]), tonumber(ARGV[8])
   if said_rpm > 0 or said_tpm > 0 then
     if said_rpm > 0 then set('lrpm', said_rpm) end
     if said_tpm > 0 then set('ltpm', said_tpm) end
@@ -187,9 +195,9 @@ if op == 'observe' then
     set('hdr', 'none')
   end
   local ticket = {}
-  for i = 10, 17 do ticket[#ticket + 1] = tonumber(ARGV[i]) end
+  for i = 11, 18 do ticket[#ticket + 1] = tonumber(ARGV[i]) end
   -- A refused call (429) took nothing at the provider: compare with what the bucket held before it.
-  local refused = tonumber(ARGV[18]) or 0
+  local refused = tonumber(ARGV[19]) or 0
   -- b: bucket prefix, rate/cap: its shape, left: the provider's remaining, belief/rc/gc/gr from the ticket
   local function correct(b, rate, cap, left, belief, charged, corr_at, gc_at, gr_at, whole)
     if rate <= 0 or left < 0 then return end
@@ -228,15 +236,15 @@ if op == 'observe' then
       set(b .. 'sc', gc_at); set(b .. 'sr', gr_at)
     end
   end
-  correct('r', rpm, rcap, tonumber(ARGV[8]), ticket[1], tonumber(ARGV[19]), ticket[3], ticket[5], ticket[7], true)
-  correct('t', tpm, tcap, tonumber(ARGV[9]), ticket[2], tonumber(ARGV[20]), ticket[4], ticket[6], ticket[8], false)
+  correct('r', rpm, rcap, tonumber(ARGV[9]), ticket[1], tonumber(ARGV[20]), ticket[3], ticket[5], ticket[7], true)
+  correct('t', tpm, tcap, tonumber(ARGV[10]), ticket[2], tonumber(ARGV[21]), ticket[4], ticket[6], ticket[8], false)
   if refused == 1 and ticket[1] > NO_TICKET then
     -- A 429 says only that the provider had less than one call's worth: at a saturated key that is
     -- all the headers can show, so each refusal raises the charge factor of the refused bucket(s) by a
     -- tenth; answers showing more left than believed bring it back down.
     for _, b in ipairs({'r', 't'}) do
       local rate = (b == 'r') and rpm or tpm
-      if rate > 0 and (b == 'r' or tonumber(ARGV[20]) > 0) then
+      if rate > 0 and (b == 'r' or tonumber(ARGV[21]) > 0) then
         local window = math.max(1, rate * LEARN_SECONDS / 60)
         local d = num(b .. 'b', window)
         set(b .. 'a', math.min(num(b .. 'a', window) + REFUSAL_STEP * d, MAX_FACTOR * d)); set(b .. 'b', d)
@@ -263,8 +271,8 @@ if op ~= 'acquire' then
   return redis.error_reply('unknown limiter operation ' .. tostring(op))
 end
 
-local rwant, twant, max_wait = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local priority, hold = tonumber(ARGV[9]), tonumber(ARGV[10])
+local rwant, twant, max_wait = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local priority, hold = tonumber(ARGV[10]), tonumber(ARGV[11])
 local low = priority < DEFAULT_PRIORITY
 
 -- The loaded scope's buckets at time `at` for this request: its cost (times the learnt factor), the
@@ -274,14 +282,14 @@ local function buckets(at)
   if rpm > 0 then
     b.r = level('r', rpm, rcap, at)
     -- A cost above capacity is admitted from a full bucket, and the debt slows those that follow.
-    local need = math.min(b.rcost + (low and reserve * rcap or 0), rcap)
+    local need = math.min(b.rcost + math.min(rpm * spread / 60, SPREAD_SHARE * rcap) + (low and reserve * rcap or 0), rcap)
     if b.r < need then b.wait = math.max(b.wait, (need - b.r) * 60 / rpm) end
     b.refill = math.max(b.refill, b.rcost * 60 / rpm)
     b.room = math.min(b.room, (b.r - b.rcost) / rcap)
   end
   if tpm > 0 then
     b.tk = level('t', tpm, tcap, at)
-    local need = math.min(b.tcost + (low and reserve * tcap or 0), tcap)
+    local need = math.min(b.tcost + math.min(tpm * spread / 60, SPREAD_SHARE * tcap) + (low and reserve * tcap or 0), tcap)
     if b.tk < need then b.wait = math.max(b.wait, (need - b.tk) * 60 / tpm) end
     b.refill = math.max(b.refill, b.tcost * 60 / tpm)
     b.room = math.min(b.room, (b.tk - b.tcost) / tcap)

@@ -147,6 +147,7 @@ class BucketShape:
     tpm: float
     burst_seconds: float
     reserve: float
+    spread_seconds: float
 
     @classmethod
     def of(cls, limit: LimitConfig) -> BucketShape:
@@ -155,10 +156,11 @@ class BucketShape:
             tpm=limit.tpm or 0.0,
             burst_seconds=limit.burst_seconds,
             reserve=limit.reserve,
+            spread_seconds=limit.spread_seconds,
         )
 
     def args(self) -> list[Any]:
-        return [self.rpm, self.tpm, self.burst_seconds, self.reserve]
+        return [self.rpm, self.tpm, self.burst_seconds, self.reserve, self.spread_seconds]
 
 
 class RateLimiter:

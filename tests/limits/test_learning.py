@@ -14,7 +14,7 @@ from llmqueue.simulator.limits import RateLimits
 
 CLOSE = 0.2  # seconds: a loaded machine may take this long between two calls
 # 1 request a second in a bucket of 10, so the time the test itself takes barely refills it.
-SLOW = LimitConfig(rpm=60, burst_seconds=10)
+SLOW = LimitConfig(rpm=60, burst_seconds=10, spread_seconds=0)
 
 
 @pytest.fixture(params=["fake", "real"])
@@ -50,10 +50,10 @@ async def test_a_scope_with_no_limit_probes_with_a_few_calls_until_an_answer_say
 
     await limiter.observe("m", None, said(rpm=120, requests_left=1), None)
 
-    # Learnt: 2 a second in a bucket of 2, starting from the 1 the provider said was left.
+    # Learnt: 2 a second in a bucket of 2, starting from the 1 the provider said was left; each
+    # admission leaves the default spread (0.1 s of the rate: 0.2 of a request) in the bucket.
     waits = [(await admitted(limiter, None)).wait for _ in range(3)]
-    assert waits[0] == 0.0
-    assert waits[1:] == pytest.approx([0.5, 1.0], abs=CLOSE)
+    assert waits == pytest.approx([0.1, 0.6, 1.1], abs=0.04)
     state = await limiter.inspect("m")
     assert (state.state, state.source, state.rpm, state.learnt_rpm) == ("limited", "learnt", 120, 120)
 
@@ -67,7 +67,7 @@ async def test_a_scope_whose_provider_states_no_limit_is_unlimited(limiter: Rate
 
 
 async def test_a_configured_limit_above_the_providers_gives_way_to_it(limiter: RateLimiter) -> None:
-    configured = LimitConfig(rpm=1200)  # 20 a second; the key allows 10
+    configured = LimitConfig(rpm=1200, spread_seconds=0)  # 20 a second; the key allows 10
     ticket = (await admitted(limiter, configured)).ticket
     learnt = await limiter.observe("m", configured, said(rpm=600, requests_left=9), ticket)
     assert learnt == (600, 0)
@@ -77,14 +77,15 @@ async def test_a_configured_limit_above_the_providers_gives_way_to_it(limiter: R
 
 
 async def test_a_configured_limit_below_the_providers_is_kept(limiter: RateLimiter) -> None:
-    configured = LimitConfig(rpm=300)
+    configured = LimitConfig(rpm=300, spread_seconds=0)
     ticket = (await admitted(limiter, configured)).ticket
     await limiter.observe("m", configured, said(rpm=600, requests_left=9), ticket)
     assert (await limiter.inspect("m")).rpm == 300
 
 
 async def test_remaining_below_what_the_bucket_believes_lowers_it_at_once(limiter: RateLimiter) -> None:
-    limit = LimitConfig(rpm=600)  # a bucket of 10, 2 s of traffic (20 requests) to learn a factor over
+    # A bucket of 10, 2 s of traffic (20 requests) to learn a factor over.
+    limit = LimitConfig(rpm=600, spread_seconds=0)
     ticket = (await admitted(limiter, limit)).ticket
     assert ticket is not None and ticket.request_belief == pytest.approx(9, abs=0.1)
     # Another client took 5 of the key: the provider had 4 left after this call, not 9.
@@ -114,7 +115,7 @@ async def test_a_correction_is_not_applied_twice_by_calls_in_flight_together(lim
 
 async def test_the_providers_own_token_count_is_learnt_and_charged(limiter: RateLimiter) -> None:
     # 1,000 tokens a second in buckets of 30 s (provider's and ours), so 25 calls need no refill.
-    limit = LimitConfig(tpm=60_000, burst_seconds=30)
+    limit = LimitConfig(tpm=60_000, burst_seconds=30, spread_seconds=0)
     provider = RateLimits(None, 60_000, 30.0, time.monotonic())
     for _ in range(25):
         admission = await admitted(limiter, limit, tokens=500)
@@ -131,7 +132,7 @@ async def test_the_providers_own_token_count_is_learnt_and_charged(limiter: Rate
 
 
 async def test_inspect_counts_requests_and_429s_of_the_last_minute(limiter: RateLimiter) -> None:
-    limit = LimitConfig(rpm=600, tpm=60_000)
+    limit = LimitConfig(rpm=600, tpm=60_000, spread_seconds=0)
     for _ in range(3):
         await admitted(limiter, limit, tokens=10)
     await limiter.cooldown("m", 1.5)

@@ -19,9 +19,9 @@ from llmqueue.limits.limiter import RateLimiter
 from llmqueue.settings import LimitConfig
 
 # 1 request/s with room for 5 at once: waits are whole seconds, far above the time the calls take.
-ONE_PER_SECOND = LimitConfig(rpm=60, burst_seconds=5)
+ONE_PER_SECOND = LimitConfig(rpm=60, burst_seconds=5, spread_seconds=0)
 # 10 tokens/s with room for 100 at once.
-TEN_TOKENS_PER_SECOND = LimitConfig(tpm=600, burst_seconds=10)
+TEN_TOKENS_PER_SECOND = LimitConfig(tpm=600, burst_seconds=10, spread_seconds=0)
 CLOSE = 0.1  # seconds of slack for the time the calls themselves take
 
 
@@ -73,19 +73,19 @@ async def test_fresh_bucket_admits_capacity_at_once_then_spaces_requests(limiter
 
 
 async def test_a_rate_below_one_per_burst_still_admits_one_request(limiter: RateLimiter) -> None:
-    one_per_minute = LimitConfig(rpm=1)  # capacity 1/60 of a request, raised to 1
+    one_per_minute = LimitConfig(rpm=1, spread_seconds=0)  # capacity 1/60 of a request, raised to 1
     assert await _acquire(limiter, one_per_minute, max_wait=0) == 0.0
     assert await _acquire(limiter, one_per_minute) == pytest.approx(60.0, abs=CLOSE)
 
 
 async def test_default_burst_of_one_second_caps_a_cold_start(limiter: RateLimiter) -> None:
-    ten_per_second = LimitConfig(rpm=600)
+    ten_per_second = LimitConfig(rpm=600, spread_seconds=0)
     assert [await _acquire(limiter, ten_per_second, max_wait=0) for _ in range(10)] == [0.0] * 10
     eleventh = await limiter.acquire("m", ten_per_second, tokens=0, max_wait=0)
     assert not eleventh.admitted
     assert eleventh.wait == pytest.approx(0.1, abs=0.05)
 
-    thousand_tokens_per_second = LimitConfig(tpm=60_000)
+    thousand_tokens_per_second = LimitConfig(tpm=60_000, spread_seconds=0)
     assert await _acquire(limiter, thousand_tokens_per_second, tokens=1000, max_wait=0, scope="t") == 0.0
     more = await limiter.acquire("t", thousand_tokens_per_second, tokens=100, max_wait=0)
     assert not more.admitted
@@ -148,7 +148,8 @@ async def test_cost_above_capacity_waits_only_until_the_bucket_is_full(limiter: 
 
 
 async def test_with_both_limits_the_binding_one_decides(limiter: RateLimiter) -> None:
-    both = LimitConfig(rpm=60, tpm=600, burst_seconds=10)  # 10 requests (1/s), 100 tokens (10/s)
+    # 10 requests (1/s), 100 tokens (10/s)
+    both = LimitConfig(rpm=60, tpm=600, burst_seconds=10, spread_seconds=0)
 
     assert await _acquire(limiter, both, tokens=100, scope="token-bound") == 0.0
     # 9 requests left, but 0 of the 50 tokens: 5 s.
@@ -234,7 +235,7 @@ async def test_cooldown_on_a_fresh_scope_leaves_its_buckets_full(limiter: RateLi
 
 
 async def test_cooldown_keeps_the_refill_accrued_before_it(limiter: RateLimiter) -> None:
-    ten_per_second = LimitConfig(rpm=600)
+    ten_per_second = LimitConfig(rpm=600, spread_seconds=0)
     for _ in range(10):
         await _acquire(limiter, ten_per_second)
     await asyncio.sleep(0.3)  # about 3 requests refill
@@ -257,7 +258,7 @@ async def test_callers_queued_behind_a_cooldown_leave_it_no_faster_than_the_limi
 
 async def test_an_unlimited_scope_without_cooldown_admits_at_once(limiter: RateLimiter) -> None:
     await _without_headers(limiter)
-    for limit in (None, LimitConfig()):
+    for limit in (None, LimitConfig(spread_seconds=0)):
         assert [await _acquire(limiter, limit, tokens=10**6, max_wait=0) for _ in range(50)] == [0.0] * 50
 
 
@@ -281,7 +282,7 @@ async def test_bucket_hash_expires(limiter: RateLimiter, client: AsyncRedis) -> 
 
 # ---- concurrency (real Redis only) ---------------------------------------------------------------
 
-CONTENDED = LimitConfig(rpm=1200, burst_seconds=1)  # capacity 20, 20 requests/s
+CONTENDED = LimitConfig(rpm=1200, burst_seconds=1, spread_seconds=0)  # capacity 20, 20 requests/s
 CONTENDED_CAPACITY, CONTENDED_RATE = 20, 20.0
 
 
@@ -348,3 +349,19 @@ def test_real_redis_concurrent_processes_never_oversubscribe(redis_url: str) -> 
     # The bucket is first touched after the earliest start and last touched before the latest end.
     elapsed = max(end for _, _, end in reports) - min(start for _, start, _ in reports)
     _assert_rate_held(sum(admitted for admitted, _, _ in reports), elapsed)
+
+
+async def test_every_admission_leaves_the_spread_in_the_bucket(limiter: RateLimiter) -> None:
+    """Calls reach the provider unevenly: the bucket is never run down below ``spread_seconds`` of the
+    rate, so the provider's own bucket keeps that slack, while the rate stays the same."""
+    ten_per_second = LimitConfig(rpm=600, spread_seconds=0.2)  # a bucket of 10, 2 requests kept
+    at_once = [await limiter.acquire("m", ten_per_second, tokens=0, max_wait=0) for _ in range(10)]
+    assert [a.admitted for a in at_once] == [True] * 8 + [False] * 2
+    queued = [await _acquire(limiter, ten_per_second) for _ in range(5)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(queued)]
+    assert queued[0] == pytest.approx(0.1, abs=0.05)
+    assert gaps == pytest.approx([0.1] * 4, abs=0.02)  # the rate is unchanged
+
+    capped = LimitConfig(rpm=600, spread_seconds=5)  # at most a quarter of the bucket is kept
+    admitted = [await limiter.acquire("c", capped, tokens=0, max_wait=0) for _ in range(10)]
+    assert sum(a.admitted for a in admitted) == 7

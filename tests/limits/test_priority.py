@@ -11,7 +11,7 @@ from llmqueue.settings import LimitConfig
 
 BATCH, DEFAULT, INTERACTIVE = PRIORITIES["batch"], PRIORITIES["default"], PRIORITIES["interactive"]
 # 10 requests a second, a bucket of 10 whose last 2 are the reserve.
-TEN_PER_SECOND = LimitConfig(rpm=600, reserve=0.2)
+TEN_PER_SECOND = LimitConfig(rpm=600, reserve=0.2, spread_seconds=0)
 CLOSE = 0.05
 
 
@@ -77,7 +77,7 @@ async def test_a_refused_higher_priority_job_is_admitted_before_lower_ones(limit
 
 
 async def test_the_reserve_also_holds_for_tokens(limiter: RateLimiter) -> None:
-    tokens = LimitConfig(tpm=60_000, reserve=0.1)  # 1000 tokens a second, 100 reserved
+    tokens = LimitConfig(tpm=60_000, reserve=0.1, spread_seconds=0)  # 1000 tokens a second, 100 reserved
     first = await limiter.acquire("t", tokens, tokens=900, max_wait=0, priority=BATCH)
     assert first.admitted
     refused = await limiter.acquire("t", tokens, tokens=50, max_wait=0, priority=BATCH)

@@ -12,8 +12,10 @@ from llmqueue.limits.limiter import RateLimiter
 from llmqueue.settings import LimitConfig
 
 # 1 request/s with room for 5 at once: waits are whole seconds, far above the time the calls take.
-ONE_PER_SECOND = LimitConfig(rpm=60, burst_seconds=5)
-TWO_PER_SECOND = LimitConfig(rpm=120, burst_seconds=5)
+ONE_PER_SECOND = LimitConfig(rpm=60, burst_seconds=5, spread_seconds=0)
+TWO_PER_SECOND = LimitConfig(rpm=120, burst_seconds=5, spread_seconds=0)
+EU, US = LimitConfig(rpm=1, spread_seconds=0), LimitConfig(rpm=2, spread_seconds=0)
+HUNDRED_TOKENS = LimitConfig(tpm=6000, spread_seconds=0)  # a second
 CLOSE = 0.3  # seconds: waits here are whole seconds apart, and the machine may be busy
 EU_US = [("eu", ONE_PER_SECOND), ("us", ONE_PER_SECOND)]
 
@@ -85,7 +87,7 @@ async def test_nothing_is_taken_from_the_deployments_not_chosen(limiter: RateLim
 
 async def test_refused_everywhere_takes_nothing_and_says_the_shortest_wait(limiter: RateLimiter) -> None:
     # One request each a minute (eu) or half a minute (us): the set-up's own time does not matter.
-    candidates = [("eu", LimitConfig(rpm=1)), ("us", LimitConfig(rpm=2))]
+    candidates = [("eu", EU), ("us", US)]
     for scope, limit in candidates:
         await limiter.acquire(scope, limit, tokens=0, max_wait=0)
 
@@ -95,12 +97,8 @@ async def test_refused_everywhere_takes_nothing_and_says_the_shortest_wait(limit
     assert candidates[admission.choice][0] == "us"
     assert admission.wait == pytest.approx(30, abs=1)
     # Nothing was taken: us still admits its next request at the same time, eu a minute after its first.
-    assert (await limiter.acquire("us", LimitConfig(rpm=2), tokens=0, max_wait=60)).wait == pytest.approx(
-        30, abs=1
-    )
-    assert (await limiter.acquire("eu", LimitConfig(rpm=1), tokens=0, max_wait=60)).wait == pytest.approx(
-        60, abs=1
-    )
+    assert (await limiter.acquire("us", US, tokens=0, max_wait=60)).wait == pytest.approx(30, abs=1)
+    assert (await limiter.acquire("eu", EU, tokens=0, max_wait=60)).wait == pytest.approx(60, abs=1)
 
 
 async def test_each_candidate_keeps_its_own_limit(limiter: RateLimiter) -> None:
@@ -123,7 +121,7 @@ async def test_no_candidate_is_an_error(limiter: RateLimiter) -> None:
 
 
 async def test_token_limits_route_by_tokens_too(limiter: RateLimiter) -> None:
-    tokens = [("eu", LimitConfig(tpm=6000)), ("us", LimitConfig(tpm=6000))]  # 100 tokens a second each
+    tokens = [("eu", HUNDRED_TOKENS), ("us", HUNDRED_TOKENS)]  # 100 tokens a second each
     first = await limiter.acquire_any(tokens, tokens=90, max_wait=0)
     second = await limiter.acquire_any(tokens, tokens=90, max_wait=0)
 
