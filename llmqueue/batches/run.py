@@ -14,12 +14,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 
 from llmqueue import keys
-from llmqueue.batches.batch_api_tier import BatchApiTier
 from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_batch_id
 from llmqueue.batches.display import BatchProgress
 from llmqueue.batches.files import (
@@ -39,6 +39,9 @@ from llmqueue.ops.registry import read_workers
 from llmqueue.producer import Producer
 from llmqueue.queue.ledger import BatchStatus
 from llmqueue.settings import Settings
+
+if TYPE_CHECKING:
+    from llmqueue.batches.batch_api_tier import BatchApiTier
 
 OTHER_WORKERS_AFTER = 3.0
 """Seconds after the first worker came up that the others start even if it has made no call yet."""
@@ -81,7 +84,12 @@ async def _run_locked(
     use_cache: bool,
 ) -> RunSummary:
     finished = resumable = False
-    tier = BatchApiTier(options, settings, batch_id, use_cache) if options.via == "batch-api" else None
+    tier: BatchApiTier | None = None
+    if options.via == "batch-api":
+        # Imported only here: it loads LiteLLM, seconds of CPU a live run spends in its workers instead.
+        from llmqueue.batches.batch_api_tier import BatchApiTier
+
+        tier = BatchApiTier(options, settings, batch_id, use_cache)
     try:
         cluster = LocalCluster(
             redis_url=options.redis_url,

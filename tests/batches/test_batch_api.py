@@ -132,19 +132,27 @@ async def test_cached_lines_are_not_uploaded(
     assert [r["llmqueue"]["cached"] for r in records] == [True] * 3
 
 
-async def test_resume_collects_the_provider_batch_of_an_interrupted_run(
-    producer: Producer, settings: Settings, provider: RunningProvider, tmp_path: Path
-) -> None:
-    provider.provider.batch_api.in_progress_seconds = 1.0
+async def tier_run_underway(
+    producer: Producer, settings: Settings, tmp_path: Path
+) -> tuple[Batches, list[Job], asyncio.Task[None]]:
+    """Batch ``b1`` of two lines sent through the Batch API tier, once the provider holds its batch."""
     path = review_file(tmp_path / "in.jsonl", ["a", "b"])
     batches = Batches(producer.store)
     jobs = jobs_of(path, "b1")
     await batches.register("b1", jobs, source=path)
-    first = asyncio.create_task(
+    running = asyncio.create_task(
         BatchApiRun(batches, settings, cache=None, poll_interval=0.05).run("b1", jobs, None)
     )
     while not await producer.redis.hlen(keys.batch_api("b1")):
         await asyncio.sleep(0.02)
+    return batches, jobs, running
+
+
+async def test_resume_collects_the_provider_batch_of_an_interrupted_run(
+    producer: Producer, settings: Settings, provider: RunningProvider, tmp_path: Path
+) -> None:
+    provider.provider.batch_api.in_progress_seconds = 1.0
+    batches, jobs, first = await tier_run_underway(producer, settings, tmp_path)
     first.cancel()  # Ctrl-C while the provider works on the batch
     await asyncio.gather(first, return_exceptions=True)
     assert (await batches.status("b1")).finished == 0
@@ -159,15 +167,7 @@ async def test_cancel_stops_the_provider_batches_and_the_lines_end_cancelled(
     producer: Producer, settings: Settings, provider: RunningProvider, tmp_path: Path
 ) -> None:
     provider.provider.batch_api.in_progress_seconds = 5.0
-    path = review_file(tmp_path / "in.jsonl", ["a", "b"])
-    batches = Batches(producer.store)
-    jobs = jobs_of(path, "b1")
-    await batches.register("b1", jobs, source=path)
-    running = asyncio.create_task(
-        BatchApiRun(batches, settings, cache=None, poll_interval=0.05).run("b1", jobs, None)
-    )
-    while not await producer.redis.hlen(keys.batch_api("b1")):
-        await asyncio.sleep(0.02)
+    batches, _, running = await tier_run_underway(producer, settings, tmp_path)
     await batches.cancel("b1")
     assert await cancel_provider_batches(batches, "b1", settings.llm) == 1
     await asyncio.wait_for(running, WAIT)

@@ -33,15 +33,7 @@ async def test_sigterm_lets_calls_in_flight_finish_and_takes_no_new_job(
     grace = 8.0  # longer than the calls
     jobs = 12
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=LATENCY)) as provider:
-        env = worker_env(
-            redis_url,
-            provider.base_url,
-            TEST_API_KEY,
-            worker_max_jobs=4,
-            worker_shutdown_grace=grace,
-            llm_rpm=UNBINDING_RPM,
-        )
-        with worker_processes(env, tmp_path) as workers:
+        with worker_processes(_env(redis_url, provider.base_url, grace), tmp_path) as workers:
             stopping, other = await workers.start_ready(2)
             async with Producer(make_settings(redis_url, provider.base_url)) as producer:
                 await producer.submit_many(chat_jobs(jobs, "term"))
@@ -82,15 +74,7 @@ async def test_calls_longer_than_the_grace_period_go_back_and_finish_elsewhere(
     grace = 1.0  # shorter than the calls
     jobs = 8
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=LATENCY)) as provider:
-        env = worker_env(
-            redis_url,
-            provider.base_url,
-            TEST_API_KEY,
-            worker_max_jobs=4,
-            worker_shutdown_grace=grace,
-            llm_rpm=UNBINDING_RPM,
-        )
-        with worker_processes(env, tmp_path) as workers:
+        with worker_processes(_env(redis_url, provider.base_url, grace), tmp_path) as workers:
             stopping, other = await workers.start_ready(2)
             async with Producer(make_settings(redis_url, provider.base_url)) as producer:
                 await producer.submit_many(chat_jobs(jobs, "cut"))
@@ -122,3 +106,15 @@ async def test_calls_longer_than_the_grace_period_go_back_and_finish_elsewhere(
     assert all(r.attempts == 1 and r.errors == [] for r in results.values())  # a cut call is no attempt
     assert len(result_keys) == jobs
     assert stats["requests"] == jobs + len(interrupted)  # the cut calls were made again
+
+
+def _env(redis_url: str, base_url: str, grace: float) -> dict[str, str]:
+    """Two-worker settings: 4 slots each, ``grace`` seconds to stop, a limit that never binds."""
+    return worker_env(
+        redis_url,
+        base_url,
+        TEST_API_KEY,
+        worker_max_jobs=4,
+        worker_shutdown_grace=grace,
+        llm_rpm=UNBINDING_RPM,
+    )
