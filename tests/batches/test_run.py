@@ -404,3 +404,15 @@ def test_interrupted_run_stops_everything_and_resumes_without_redoing_finished_j
         f"\ninterrupt: stopped in {stopped_after:.1f} s with {done_before_resume}/300 done; "
         f"{total_calls} provider calls in all"
     )
+
+
+def test_a_live_run_does_not_import_litellm_before_its_workers_do() -> None:
+    """LiteLLM's import takes seconds of CPU; the `run` process of a live batch never needs it, and
+    paying it there would delay Redis, the workers and the first call."""
+    script = (
+        "import sys; import llmqueue.cli.batch_commands, llmqueue.batches.run, llmqueue.ops.local_cluster; "
+        "print('litellm' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
