@@ -92,7 +92,7 @@ def test_a_second_run_of_a_batch_is_refused_and_ctrl_c_tells_about_the_second(
 ) -> None:
     source, ids = chat_file(tmp_path / "twice.jsonl", JOBS)
     output = tmp_path / "out.jsonl"
-    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=0.5)) as provider:
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=1.0)) as provider:
         env = run_env(**provider_env(provider), WORKER_MAX_JOBS="2", WORKER_POLL_DELAY="0.01")
         # --no-cache: the second round sends the same lines, which the response cache would answer.
         for shared in (["--no-cache"], ["--no-cache", "--redis-url", redis_url]):
@@ -102,6 +102,7 @@ def test_a_second_run_of_a_batch_is_refused_and_ctrl_c_tells_about_the_second(
                 _wait_for_calls(provider, first, 2)
                 again = run([str(source), "-o", str(output), "--batch", batch_name, *shared], env, tmp_path)
                 resumed = run(["--resume", batch_name, "-o", str(output), *shared], env, tmp_path)
+                assert first.poll() is None, "the first run ended before it could be interrupted"
                 first.send_signal(signal.SIGINT)
                 code, stderr = finish(first)
             finally:
@@ -109,7 +110,7 @@ def test_a_second_run_of_a_batch_is_refused_and_ctrl_c_tells_about_the_second(
             for refused_code, refused in (again, resumed):
                 assert refused_code == 2, refused
                 assert f"batch {batch_name} is being run by another `llmqueue run`" in refused, refused
-            assert code == 130
+            assert code == 130, stderr
             assert "Press Ctrl-C again to stop at once" in stderr, stderr
             code, stderr = run(["--resume", batch_name, "-o", str(output), *shared], env, tmp_path)
             assert code == 0, stderr
