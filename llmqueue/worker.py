@@ -279,14 +279,15 @@ class RedisOutage:
                 f"Redis at {self._where} refused this worker ({line}): check the user, password and ACL "
                 "in the Redis URL; the worker stopped"
             ) from None
-        if line != self._said:
+        kind = type(exc).__name__  # one line per kind: Redis words one refusal differently in a script
+        if kind != self._said:
             if isinstance(exc, OutOfMemoryError | ReadOnlyError):
                 logger.error(
                     "Redis at %s refuses writes (%s): taking no job until it accepts them", self._where, line
                 )
             else:
                 logger.warning("Redis at %s unavailable (%s); polling again", self._where, line)
-            self._said = line
+            self._said = kind
         delay = self._delay
         self._delay = min(self._delay * 2, self.max_delay)
         return delay

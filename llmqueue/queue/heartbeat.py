@@ -88,8 +88,8 @@ class Heartbeat:
                 await self.beat()
                 failing = None
             except (RedisError, OSError) as exc:
-                line = redis_error_line(exc)
-                if line != failing:
+                if type(exc).__name__ != failing:
+                    line = redis_error_line(exc)
                     logger.warning("heartbeat failed (%s); retrying every %.0fs", line, self.interval)
-                    failing = line
+                    failing = type(exc).__name__
             await asyncio.sleep(self.interval)
