@@ -36,9 +36,9 @@ class RunOptions:
     fallback: str = "batch-api"
     """``batch-api``: unanswered lines go out in another provider batch; ``live``: to the workers."""
     poll_interval: float = 10.0
+    """Seconds between two looks at the provider's batches (``batch-api``)."""
     enqueued_token_limit: int | None = None
     """``batch-api``: the provider's enqueued-token limit per model (files are cut and paced to it)."""
-    """Seconds between two looks at the provider's batches (``batch-api``)."""
     cache_dir: Path | None = None
     cache: bool = True
     """Answer lines from the response cache and keep new answers there (``--no-cache``: False)."""
