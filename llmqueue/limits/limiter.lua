@@ -6,8 +6,11 @@
 --   cool, streak, pause   the 429 cooldown
 --   lrpm, ltpm     limits learnt from the provider's headers (per minute); hdr: 'yes' once headers were
 --                  seen, 'none' after a response without any (the scope is then unlimited)
---   ra/rb, ta/tb   decaying sums whose ratio a/b is the learnt charge factor: what the provider counts
---                  per unit we count (>= 1; another client on the key, or a provider counting more tokens)
+--   ta/tb          decaying sums whose ratio a/b is the token charge factor: what the provider counts
+--                  per token we estimate (>= 1; a provider counting tokens its own way)
+--   rshare         the share of the request rate another client on the key takes (0 to MAX_SHARE): the
+--                  request bucket refills at rpm * (1 - rshare); rspan/rbase: when the request bucket's
+--                  last learning sample was taken, and the gap it left uncorrected (provider above us)
 --   rgc/tgc, rgr/tgr   cumulative units granted, charged and as estimated; rsc/tsc, rsr/tsr: their
 --                  values at the last learning sample; rc/tc: cumulative corrections from headers
 --   probe, probe_ts    grants made while probing a scope with no limit yet
@@ -43,6 +46,9 @@
 -- inspect:  returns the scope's state (see limiter.py, ScopeState).
 
 local PROBE_REQUESTS, PROBE_WINDOW, PROBE_RETRY = 2, 5, 0.2
+-- Another client takes a rate, not a share of every call: learnt as a slower refill of the request
+-- bucket, so a full bucket still holds a full burst, as the provider's does.
+local MAX_SHARE, SHARE_SECONDS = 0.75, 5
 local MAX_FACTOR, LEARN_SECONDS, TOLERANCE, REORDER_SECONDS, GRACE, SLOT, SLOTS = 4, 2, 0.5, 0.1, 0.2, 5, 12
 local DEFAULT_PRIORITY, MAX_PRIORITY, REFUSAL_STEP = 1, 9, 0.1
 -- Calls admitted at the rate reach the provider a little unevenly (event loop, request building, the
@@ -62,7 +68,7 @@ local spread = tonumber(ARGV[6])
 local key = KEYS[1]
 
 local FIELDS = {'r', 'rts', 't', 'tts', 'cool', 'streak', 'pause', 'lrpm', 'ltpm', 'hdr',
-  'ra', 'rb', 'ta', 'tb', 'rgc', 'tgc', 'rgr', 'tgr', 'rsc', 'tsc', 'rsr', 'tsr', 'rc', 'tc',
+  'rshare', 'rspan', 'rbase', 'ta', 'tb', 'rgc', 'tgc', 'rgr', 'tgr', 'rsc', 'tsc', 'rsr', 'tsr', 'rc', 'tc',
   'probe', 'probe_ts', 'crpm', 'ctpm', 'cburst', 'refused_at'}
 for p = 0, MAX_PRIORITY do FIELDS[#FIELDS + 1] = 'w' .. p end
 local h, updates, cool = {}, {}, 0
@@ -74,17 +80,19 @@ local function combine(configured, learnt)
   if configured > 0 then return configured end
   return learnt
 end
-local rpm, tpm, rcap, tcap
+local rpm, tpm, rcap, tcap, rrate
 local function shape()
   rpm = combine(cfg_rpm, num('lrpm', 0))
   tpm = combine(cfg_tpm, num('ltpm', 0))
+  -- The request bucket's refill: the rate, less what another client on the key was seen to take.
+  rrate = rpm * (1 - math.min(MAX_SHARE, math.max(0, num('rshare', 0))))
   rcap = math.max(1, rpm * burst / 60)
   tcap = math.max(1, tpm * burst / 60)
 end
 
 -- Make candidate i (KEYS[i]) the scope every function below works on: its limit and its hash.
--- Candidate 1's limit is ARGV[2..5]; with several KEYS (acquire over deployments) candidate i >= 2's
--- is the four values from ARGV[11 + 4 * (i - 2)].
+-- Candidate 1's limit is ARGV[2..6]; with several KEYS (acquire over deployments) candidate i >= 2's
+-- is the five values from ARGV[12 + 5 * (i - 2)].
 local function load(i)
   local base = i == 1 and 2 or 12 + 5 * (i - 2)
   key = KEYS[i]
@@ -107,6 +115,7 @@ local function level(b, rate, cap, at)
 end
 
 local function factor(b)
+  if b == 'r' then return 1 end  -- a request is one request to every provider
   local a, d = num(b .. 'a', 0), num(b .. 'b', 0)
   if d <= 0 then return 1 end
   return math.min(MAX_FACTOR, math.max(1, a / d))
@@ -168,7 +177,7 @@ end
 
 if op == 'adjust' then
   local back = {{'t', tpm, tcap, tonumber(ARGV[7]), tonumber(ARGV[8])},
-    {'r', rpm, rcap, tonumber(ARGV[9]) or 0, tonumber(ARGV[10]) or 0}}
+    {'r', rrate, rcap, tonumber(ARGV[9]) or 0, tonumber(ARGV[10]) or 0}}
   for _, item in ipairs(back) do
     local b, rate, cap, charged, raw = item[1], item[2], item[3], item[4], item[5]
     if rate > 0 and charged ~= 0 then
@@ -236,19 +245,56 @@ if op == 'observe' then
       set(b .. 'sc', gc_at); set(b .. 'sr', gr_at)
     end
   end
-  correct('r', rpm, rcap, tonumber(ARGV[9]), ticket[1], tonumber(ARGV[20]), ticket[3], ticket[5], ticket[7], true)
+  -- The request bucket: what the provider lost beyond what this bucket expected, over the time since the
+  -- last sample, is another client's rate; learnt over about SHARE_SECONDS, so one burst moves it little.
+  local function correct_requests(left, belief, charged, corr_at)
+    if rpm <= 0 or left < 0 then return end
+    if not h.r then
+      set('r', math.min(rcap, left)); set('rts', now); set('rspan', now); set('rbase', 0)
+      return
+    end
+    if belief <= NO_TICKET then return end
+    if refused == 1 then belief = belief + charged end
+    belief = math.floor(math.min(belief, rcap) + 1e-9)
+    local gap = (left - belief) + (num('rc', 0) - corr_at)
+    local tolerance = math.max(TOLERANCE, rpm * REORDER_SECONDS / 60)
+    -- A gap above the belief is never added to the bucket, so it stays; only its change is news.
+    local drift = gap - num('rbase', 0)
+    local since = now - num('rspan', num('rts', now))
+    if gap > tolerance and left >= rcap - 1 - tolerance then
+      -- The provider's bucket is full and this one is not: the gap stopped growing only because the
+      -- provider's level is capped. The other client took less than learnt for all that time.
+      set('rshare', num('rshare', 0) * math.exp(-math.max(0, since) / SHARE_SECONDS))
+      set('rspan', now); set('rbase', gap)
+      return
+    end
+    local lower = gap < -tolerance
+    if not lower and math.abs(drift) <= tolerance then return end
+    if lower then
+      local stamp = math.max(now, num('rts', now))
+      set('r', level('r', rrate, rcap, stamp) + gap); set('rts', stamp)
+      set('rc', num('rc', 0) - gap)
+    end
+    if since > 0 then
+      local weight = 1 - math.exp(-since / SHARE_SECONDS)
+      local share = num('rshare', 0) + weight * (-drift / since) / (rpm / 60)
+      set('rshare', math.min(MAX_SHARE, math.max(0, share)))
+    end
+    set('rspan', now); set('rbase', lower and 0 or gap)
+  end
+  correct_requests(tonumber(ARGV[9]), ticket[1], tonumber(ARGV[20]), ticket[3])
   correct('t', tpm, tcap, tonumber(ARGV[10]), ticket[2], tonumber(ARGV[21]), ticket[4], ticket[6], ticket[8], false)
   if refused == 1 and ticket[1] > NO_TICKET then
     -- A 429 says only that the provider had less than one call's worth: at a saturated key that is
-    -- all the headers can show, so each refusal raises the charge factor of the refused bucket(s) by a
-    -- tenth; answers showing more left than believed bring it back down.
-    for _, b in ipairs({'r', 't'}) do
-      local rate = (b == 'r') and rpm or tpm
-      if rate > 0 and (b == 'r' or tonumber(ARGV[21]) > 0) then
-        local window = math.max(1, rate * LEARN_SECONDS / 60)
-        local d = num(b .. 'b', window)
-        set(b .. 'a', math.min(num(b .. 'a', window) + REFUSAL_STEP * d, MAX_FACTOR * d)); set(b .. 'b', d)
-      end
+    -- all the headers can show, so each refusal slows the request refill by a tenth and raises the
+    -- token charge factor by a tenth; answers showing more left than believed bring them back.
+    if rpm > 0 then
+      set('rshare', math.min(MAX_SHARE, 1 - (1 - num('rshare', 0)) / (1 + REFUSAL_STEP)))
+    end
+    if tpm > 0 and tonumber(ARGV[21]) > 0 then
+      local window = math.max(1, tpm * LEARN_SECONDS / 60)
+      local d = num('tb', window)
+      set('ta', math.min(num('ta', window) + REFUSAL_STEP * d, MAX_FACTOR * d)); set('tb', d)
     end
   end
   save()
@@ -261,9 +307,9 @@ if op == 'inspect' then
   shape()
   return {state(), tostring(rpm), tostring(tpm), tostring(cfg_rpm), tostring(cfg_tpm),
     tostring(num('lrpm', 0)), tostring(num('ltpm', 0)),
-    tostring(rpm > 0 and level('r', rpm, rcap, now) or 0), tostring(rcap),
+    tostring(rpm > 0 and level('r', rrate, rcap, now) or 0), tostring(rcap),
     tostring(tpm > 0 and level('t', tpm, tcap, now) or 0), tostring(tcap),
-    tostring(math.max(0, cool - now)), tostring(factor('r')), tostring(factor('t')),
+    tostring(math.max(0, cool - now)), tostring(num('rshare', 0)), tostring(factor('t')),
     tostring(last_minute('n')), tostring(last_minute('e'))}
 end
 
@@ -280,11 +326,11 @@ local low = priority < DEFAULT_PRIORITY
 local function buckets(at)
   local b = {rcost = rwant * factor('r'), tcost = twant * factor('t'), wait = 0, refill = 0, room = 1}
   if rpm > 0 then
-    b.r = level('r', rpm, rcap, at)
+    b.r = level('r', rrate, rcap, at)
     -- A cost above capacity is admitted from a full bucket, and the debt slows those that follow.
     local need = math.min(b.rcost + math.min(rpm * spread / 60, SPREAD_SHARE * rcap) + (low and reserve * rcap or 0), rcap)
-    if b.r < need then b.wait = math.max(b.wait, (need - b.r) * 60 / rpm) end
-    b.refill = math.max(b.refill, b.rcost * 60 / rpm)
+    if b.r < need then b.wait = math.max(b.wait, (need - b.r) * 60 / rrate) end
+    b.refill = math.max(b.refill, b.rcost * 60 / rrate)
     b.room = math.min(b.room, (b.r - b.rcost) / rcap)
   end
   if tpm > 0 then
@@ -385,7 +431,7 @@ local function acquire()
     set('r', r - rcost); set('rts', at)
     set('rgc', num('rgc', 0) + rcost); set('rgr', num('rgr', 0) + rwant)
     -- What the provider should have left after this call when it arrives (its level is capped too).
-    rbelief = math.min(rcap, r + bucket_wait * rpm / 60) - rcost
+    rbelief = math.min(rcap, r + bucket_wait * rrate / 60) - rcost
   end
   if tpm > 0 then
     set('t', tk - tcost); set('tts', at)

@@ -7,10 +7,11 @@ so workers on many machines never oversubscribe a scope together.
 
 The rate of a bucket is the configured one, the one the provider states in its headers
 (:meth:`RateLimiter.observe`), or the lower of the two. What the provider says is left lowers a bucket
-that believes it holds more, and the ratio between what the provider counts and what the workers
-estimate is learnt and charged from then on (another client on the key, a provider counting tokens its
-own way). A scope with neither a configured nor a learnt limit lets a few calls through to read the
-headers ("probing"); if the provider states no limit it is "unlimited", and only 429 cooldowns apply.
+that believes it holds more. A request shortfall that goes on is another client on the key: its share
+of the rate is learnt and the request bucket refills that much slower. A token shortfall is a provider
+counting tokens its own way: the ratio between its count and the workers' estimate is learnt and
+charged from then on. A scope with neither a configured nor a learnt limit lets a few calls through to
+read the headers ("probing"); if the provider states no limit it is "unlimited", and only 429 cooldowns apply.
 
 Priorities are integers 0-9, higher is more urgent (:data:`PRIORITIES`). A job below the default
 priority may not take the scope's ``reserve`` (the last part of the bucket) nor hold a reservation
@@ -119,8 +120,10 @@ class ScopeState:
     token_level: float
     token_capacity: float
     cooldown: float
-    request_factor: float
+    others_request_share: float
+    """The share of the request rate another client on the key was seen to take (0 to 0.75)."""
     token_factor: float
+    """What the provider counts per token the workers estimate (1 to 4)."""
     requests_last_minute: int
     rate_limited_last_minute: int
 
@@ -349,7 +352,7 @@ class RateLimiter:
     async def inspect(self, scope: str) -> ScopeState:
         """The scope's limits, levels, cooldown and last-minute counts, as the workers left them."""
         reply = await self._run(scope, "inspect", BucketShape.of(UNLIMITED))
-        (state, rpm, tpm, crpm, ctpm, lrpm, ltpm, rlevel, rcap, tlevel, tcap, cool, rfac, tfac, n, e) = reply
+        state, rpm, tpm, crpm, ctpm, lrpm, ltpm, rlevel, rcap, tlevel, tcap, cool, rshare, tfac, n, e = reply
         return ScopeState(
             scope=scope,
             state=_state(state),
@@ -364,7 +367,7 @@ class RateLimiter:
             token_level=float(tlevel),
             token_capacity=float(tcap),
             cooldown=float(cool),
-            request_factor=float(rfac),
+            others_request_share=float(rshare),
             token_factor=float(tfac),
             requests_last_minute=int(float(n)),
             rate_limited_last_minute=int(float(e)),

@@ -1,7 +1,9 @@
 """Limits learnt from the provider's headers: probing, learnt and configured limits, what is left, the
-charge factor, and what ``inspect`` shows. On fakeredis and a real Redis; waits read from the answers.
+share of another client, the token charge factor, and what ``inspect`` shows. On fakeredis and a real
+Redis; waits read from the answers.
 """
 
+import asyncio
 import time
 
 import pytest
@@ -92,8 +94,8 @@ async def test_remaining_below_what_the_bucket_believes_lowers_it_at_once(limite
     await limiter.observe("m", limit, said(rpm=600, requests_left=4), ticket)
     state = await limiter.inspect("m")
     assert state.request_level == pytest.approx(4, abs=1.0)  # not 9; refilled 10/s since
-    # One shortfall is a burst, not a rate: the charge factor moves only a little.
-    assert 1.0 < state.request_factor < 1.3
+    # One shortfall is a burst, not a rate: the share learnt for another client moves only a little.
+    assert 0.0 < state.others_request_share < 0.15
 
 
 async def test_remaining_above_the_belief_never_raises_the_bucket(limiter: RateLimiter) -> None:
@@ -144,3 +146,39 @@ async def test_inspect_counts_requests_and_429s_of_the_last_minute(limiter: Rate
     assert state.request_level == pytest.approx(7, abs=0.2)
     assert 965 <= state.token_level <= 1000  # 30 taken, a few refilled since
     assert await limiter.scopes() == ["m"]
+
+
+async def test_another_clients_share_is_learnt_as_a_slower_refill_that_full_buckets_do_not_undo(
+    redis: AsyncRedis,
+) -> None:
+    # The key allows 100 requests a second over a 1 s bucket, and another client takes 30% of it.
+    limiter = RateLimiter(redis)
+    limit = LimitConfig(rpm=6000)
+    start = time.monotonic()
+    provider = RateLimits(6000, None, 1.0, start)
+    provider.share(0.3, start)
+    tally = {"sent": 0, "refused": 0}
+
+    async def calls_for(seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            admission = await admitted(limiter, limit)
+            await asyncio.sleep(admission.wait)
+            now = time.monotonic()
+            refusal = provider.admit(0, now)
+            tally["sent"] += 1
+            tally["refused"] += refusal is not None
+            left = int(provider.requests.level(now)) if provider.requests else 0
+            answer = said(rpm=6000, requests_left=left)
+            await limiter.observe("m", limit, answer, admission.ticket, refused=refusal is not None)
+
+    await calls_for(6)
+    learnt = (await limiter.inspect("m")).others_request_share
+    assert learnt == pytest.approx(0.3, abs=0.08)
+    # Both buckets fill up again while the workers are idle: a full bucket holds a whole burst at the
+    # provider too, so the bursts that follow are no sign that the other client has gone.
+    for _ in range(2):
+        await asyncio.sleep(1.2)
+        await calls_for(1)
+    assert (await limiter.inspect("m")).others_request_share == pytest.approx(0.3, abs=0.08)
+    assert tally["refused"] <= 0.02 * tally["sent"], tally

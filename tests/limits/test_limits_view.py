@@ -77,6 +77,25 @@ def test_limits_table_says_unlimited(redis_url: str) -> None:
     assert "50 rpm, 40000 tpm" in rows["anthropic/claude"] and "learnt" in rows["anthropic/claude"]
 
 
+def test_limits_show_the_share_another_client_was_seen_to_take(redis_url: str) -> None:
+    async def shortfall() -> None:
+        redis = Redis.from_url(redis_url)
+        limiter = RateLimiter(redis)
+        limit = LimitConfig(rpm=600, spread_seconds=0)
+        admission = await limiter.acquire("openai/gpt-4o", limit, tokens=0, max_wait=1)
+        # The bucket believes 9 are left after this call; the provider has none: others took them.
+        said = ProviderLimits("openai", requests=Reading(limit=600, remaining=0))
+        await limiter.observe("openai/gpt-4o", limit, said, admission.ticket)
+        await redis.aclose()
+
+    asyncio.run(shortfall())
+    listed = runner.invoke(app, ["limits", "--json", "--redis-url", redis_url])
+    (entry,) = json.loads(listed.stdout)
+    assert 0.1 < entry["others_request_share"] < 0.3
+    table = runner.invoke(app, ["limits", "--redis-url", redis_url])
+    assert f"others take {entry['others_request_share']:.0%} of req" in table.stdout
+
+
 def test_limits_with_no_scope_in_use_says_so(redis_url: str) -> None:
     result = runner.invoke(app, ["limits", "--redis-url", redis_url])
     assert result.exit_code == 0 and "no limit scope in use" in result.stdout
