@@ -251,8 +251,9 @@ def test_error_message_with_brackets_from_the_file_is_printed_as_it_is(
 
 
 def test_submit_skip_invalid_queues_the_good_lines_and_writes_the_rejects_file(
-    redis_url: str, tmp_path: Path
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLUMNS", "40")  # a narrow terminal: the path must still come out whole
     good = {"messages": [{"role": "user", "content": "hi"}]}
     source = write_lines(tmp_path / "mixed.jsonl", [good, "[1, 2]", good, "{not json", good])
 
@@ -360,7 +361,10 @@ def test_status_watch_returns_once_the_batch_is_done(redis_url: str, tmp_path: P
 # ---- results, retry ------------------------------------------------------------------------------
 
 
-def test_results_writes_openai_batch_output_in_input_order(redis_url: str, tmp_path: Path) -> None:
+def test_results_writes_openai_batch_output_in_input_order(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "40")  # a narrow terminal: the path must still come out whole
     submit(redis_url, chat_file(tmp_path / "in.jsonl", 12), "done")
     drain(redis_url, "done")
     output = tmp_path / "out" / "results.jsonl"

@@ -26,7 +26,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
+# Messages are not wrapped at the terminal's width: a file path in one must survive a copy and paste.
+console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 ConfigOption = Annotated[
