@@ -40,6 +40,15 @@ def pytest_report_header() -> str:
     return f"redis: private redis-server for this session ({binary}); set {TEST_REDIS_URL_ENV} to use another"
 
 
+# ---- order: the slow tests first ------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (real processes, provider latency, retry schedules) run first: under
+    pytest-xdist they then overlap the many quick ones instead of running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 # ---- slow set-up started early --------------------------------------------------------------------
 
 _BACKGROUND: dict[str, Any] = {}
@@ -47,6 +56,8 @@ _BACKGROUND: dict[str, Any] = {}
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start each selected test module's ``start_in_background()`` now, to run alongside the suite."""
+    if session.config.option.collectonly:
+        return
     for item in session.items:
         module = getattr(item, "module", None)
         starter = getattr(module, "start_in_background", None)

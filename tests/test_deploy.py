@@ -344,13 +344,18 @@ class CleanInstall:
 
     Slow (it unpacks LiteLLM and the other runtime dependencies), so conftest starts it in the
     background as soon as the test is collected (``start_in_background``) and the test waits for it.
+    Under pytest-xdist every worker collects this module; the first to create the run's directory
+    starts the one install, and whichever worker runs the test waits for its exit-code file.
     """
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.venv = workdir / "venv"
         self.log = workdir / "install.log"
-        context = workdir / "src"
+        self.exit_code = workdir / "exit-code"
+
+    def start(self) -> None:
+        context = self.workdir / "src"
         context.mkdir(parents=True)
         for source in build_stage_copies():
             path = ROOT / source
@@ -358,23 +363,39 @@ class CleanInstall:
                 shutil.copytree(path, context / source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             else:
                 shutil.copy2(path, context / source)
-        script = f"{sys.executable} -m venv {self.venv} && {self.venv}/bin/pip install -q ."
+        script = (
+            f"{sys.executable} -m venv {self.venv} && {self.venv}/bin/pip install -q .; "
+            f"echo $? > {self.exit_code}.tmp && mv {self.exit_code}.tmp {self.exit_code}"
+        )
         with self.log.open("w") as log:
-            self.process = subprocess.Popen(
+            subprocess.Popen(
                 ["bash", "-c", script],
                 cwd=context,
                 env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def wait(self, timeout: float) -> tuple[int, str]:
-        code = self.process.wait(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while not self.exit_code.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the clean install in {self.workdir} did not end in {timeout} s")
+            time.sleep(0.5)
+        code = int(self.exit_code.read_text().strip())
         return code, self.log.read_text(errors="replace")[-3000:]
 
 
 def start_in_background() -> CleanInstall:
-    return CleanInstall(Path(tempfile.mkdtemp(prefix="llmqueue-clean-install-")))
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"{os.getpid()}-{time.time_ns()}"
+    install = CleanInstall(Path(tempfile.gettempdir()) / f"llmqueue-clean-install-{run_id}")
+    try:
+        install.workdir.mkdir()
+    except FileExistsError:
+        return install  # another xdist worker of this run started it
+    install.start()
+    return install
 
 
 @pytest.mark.timeout(900)

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 from redis.asyncio import Redis
 
 from llmqueue import keys
@@ -18,6 +19,8 @@ from llmqueue.producer import Producer
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig, run_provider
 from tests.support.settings import TEST_API_KEY, make_settings
+
+pytestmark = pytest.mark.slow
 
 RPM = 1200  # 20 requests/s, 20 at once: well below 200 jobs offered at once
 WORKER_ENV = {

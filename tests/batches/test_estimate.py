@@ -19,6 +19,8 @@ from llmqueue.llm.call import call_kwargs, supports_prompt_caching
 from llmqueue.models import Job
 from llmqueue.settings import CacheConfig, LimitConfig, LLMConfig, Settings
 
+pytestmark = pytest.mark.slow
+
 # Hand count (OpenAI's chat format, as LiteLLM's token_counter applies it to gpt-4o models): 3 tokens per
 # message + its role (1) + its content, and 3 to prime the reply. "hello world" is 2 tokens, "hello" and
 # "world" 1 each. So [user "hello world"] = 3+1+2+3 = 9 and [system "hello", user "world"] = 4+1+4+1+3 = 13.

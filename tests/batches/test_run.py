@@ -37,7 +37,7 @@ FAST_RETRIES = {
     "LLM_NUM_RETRIES": "8",
 }
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -235,8 +235,9 @@ def test_rpm_limits_batch_lines_that_name_another_model(tmp_path: Path, batch_na
     records = read_jsonl(output)
     assert all(r["llmqueue"]["status"] == "succeeded" for r in records)
     assert {r["response"]["body"]["model"] for r in records} == {"gpt-4o-mini"}
-    # Unlimited, the 120 lines would go out at once and about 100 would be answered 429.
-    assert stats["rate_limited"] <= 2, stats["rate_limited"]
+    # Unlimited, the 120 lines would go out at once and about 100 would be answered 429; at the limit a
+    # loaded machine that delays some calls more than the bucket's spread sees a few.
+    assert stats["rate_limited"] <= 6, stats["rate_limited"]
 
 
 # ---- the README's first command ------------------------------------------------------------------

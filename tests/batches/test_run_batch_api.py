@@ -18,7 +18,7 @@ from tests.batches.test_run import batch_name, provider_env, read_jsonl, run, ru
 from tests.support.settings import TEST_API_KEY
 
 __all__ = ["batch_name"]  # the fixture, shared with test_run
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
 
 
 def eval_file(path: Path, count: int) -> Path:

@@ -14,7 +14,7 @@ from llmqueue.simulator.server import ProviderConfig
 from tests.batches.test_run import provider_env, read_jsonl, run, run_env
 from tests.support.settings import TEST_API_KEY
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
 
 LINES = 30
 

@@ -19,7 +19,7 @@ from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
 from tests.support.settings import TEST_API_KEY, running_worker
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 KEY_RPM = 600  # 10 requests a second over a 1 s bucket
 JOBS = 60  # 6 s at the key's limit; unlimited they would all go in the first second

@@ -28,7 +28,7 @@ HEARTBEAT = 1.0
 RECOVERY_MARGIN = 2.5
 
 # Worker start-up (importing LiteLLM) takes seconds, more on a busy CI machine.
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 
 async def test_jobs_of_killed_workers_run_again_within_the_in_progress_ttl(

@@ -21,7 +21,7 @@ from llmqueue.simulator.server import ProviderConfig
 from tests.support.reliability import wait_for_results, worker_env, worker_processes
 from tests.support.settings import TEST_API_KEY, make_settings
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 QUEUE = "llmqueue:queue"
 BROKEN_SHAPES = ("empty_choices", "no_choices", "no_message", "truncated", "html", "empty")

@@ -21,7 +21,7 @@ from tests.support.settings import TEST_API_KEY, make_settings
 LATENCY = 3.0
 EXIT_MARGIN = 5.0  # closing connections and leaving the interpreter, on a busy machine
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 # A limit that never binds: with none, a scope probes the provider's headers with two calls at first,
 # and the jobs waiting for the probe would hold worker slots this test counts as in flight.
 UNBINDING_RPM = 60_000

@@ -25,7 +25,7 @@ from llmqueue.simulator.server import ProviderConfig
 from tests.support.reliability import wait_for_results, worker_env, worker_processes
 from tests.support.settings import TEST_API_KEY, make_settings
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 QUEUE = "llmqueue:queue"
 OLLAMA_JOB = {"model": "ollama_chat/llama3", "messages": [{"role": "user", "content": "Wie spät ist es?"}]}

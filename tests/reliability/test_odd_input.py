@@ -33,7 +33,7 @@ from llmqueue.simulator.server import ProviderConfig
 from tests.support.reliability import wait_for_results, worker_env, worker_processes
 from tests.support.settings import TEST_API_KEY, make_settings
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 QUEUE = "llmqueue:queue"
 JOBS = 120

@@ -21,7 +21,7 @@ from llmqueue.simulator.server import ProviderConfig
 from tests.support.reliability import Workers, chat_jobs, wait_for_results, worker_env, worker_processes
 from tests.support.settings import TEST_API_KEY, make_settings
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 STORM = 15.0  # seconds of nothing but 429s
 RPM = 300

@@ -24,7 +24,7 @@ from llmqueue.simulator.server import ProviderConfig
 from tests.support.reliability import chat_jobs, wait_for_results, wait_until, worker_env, worker_processes
 from tests.support.settings import TEST_API_KEY, make_settings
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 MODEL = "openai/sim-model"
 

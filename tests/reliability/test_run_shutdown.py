@@ -32,7 +32,7 @@ from tests.batches.test_run import (
 )
 from tests.support.settings import TEST_API_KEY
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 __all__ = ["batch_name"]  # a fixture, imported for the tests below
 
 GRACE = 10  # WORKER_SHUTDOWN_GRACE; run gives its workers this + 15 s before killing them

@@ -25,7 +25,7 @@ from tests.support.redis_dump import everything_in
 from tests.support.reliability import chat_jobs, wait_for_results, worker_env, worker_processes
 from tests.support.settings import make_settings
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 API_KEY = secrets.token_hex(
     16

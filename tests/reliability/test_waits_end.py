@@ -28,7 +28,7 @@ from llmqueue.simulator.server import ProviderConfig
 from tests.support.reliability import child_env, worker_env, worker_processes
 from tests.support.settings import TEST_API_KEY, make_settings
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 MODEL = "openai/sim-model"
 
