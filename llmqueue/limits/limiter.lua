@@ -48,7 +48,7 @@
 local PROBE_REQUESTS, PROBE_WINDOW, PROBE_RETRY = 2, 5, 0.2
 -- Another client takes a rate, not a share of every call: learnt as a slower refill of the request
 -- bucket, so a full bucket still holds a full burst, as the provider's does.
-local MAX_SHARE, SHARE_SECONDS = 0.75, 5
+local MAX_SHARE, SHARE_SECONDS = 0.75, 10
 local MAX_FACTOR, LEARN_SECONDS, TOLERANCE, REORDER_SECONDS, GRACE, SLOT, SLOTS = 4, 2, 0.5, 0.1, 0.2, 5, 12
 local DEFAULT_PRIORITY, MAX_PRIORITY, REFUSAL_STEP = 1, 9, 0.1
 -- Calls admitted at the rate reach the provider a little unevenly (event loop, request building, the
