@@ -9,8 +9,9 @@
 --   ta/tb          decaying sums whose ratio a/b is the token charge factor: what the provider counts
 --                  per token we estimate (>= 1; a provider counting tokens its own way)
 --   rshare         the share of the request rate another client on the key takes (0 to MAX_SHARE): the
---                  request bucket refills at rpm * (1 - rshare); rspan/rbase: when the request bucket's
---                  last learning sample was taken, and the gap it left uncorrected (provider above us)
+--                  request bucket refills at rpm * (1 - rshare); rspan/rbase/rpend: when the request
+--                  bucket's last learning sample was taken, the gap left uncorrected (provider above us),
+--                  and the net drift seen since that sample
 --   rgc/tgc, rgr/tgr   cumulative units granted, charged and as estimated; rsc/tsc, rsr/tsr: their
 --                  values at the last learning sample; rc/tc: cumulative corrections from headers
 --   probe, probe_ts    grants made while probing a scope with no limit yet
@@ -68,7 +69,7 @@ local spread = tonumber(ARGV[6])
 local key = KEYS[1]
 
 local FIELDS = {'r', 'rts', 't', 'tts', 'cool', 'streak', 'pause', 'lrpm', 'ltpm', 'hdr',
-  'rshare', 'rspan', 'rbase', 'ta', 'tb', 'rgc', 'tgc', 'rgr', 'tgr', 'rsc', 'tsc', 'rsr', 'tsr', 'rc', 'tc',
+  'rshare', 'rspan', 'rbase', 'rpend', 'ta', 'tb', 'rgc', 'tgc', 'rgr', 'tgr', 'rsc', 'tsc', 'rsr', 'tsr', 'rc', 'tc',
   'probe', 'probe_ts', 'crpm', 'ctpm', 'cburst', 'refused_at'}
 for p = 0, MAX_PRIORITY do FIELDS[#FIELDS + 1] = 'w' .. p end
 local h, updates, cool = {}, {}, 0
@@ -265,7 +266,7 @@ if op == 'observe' then
       -- The provider's bucket is full and this one is not: the gap stopped growing only because the
       -- provider's level is capped. The other client took less than learnt for all that time.
       set('rshare', num('rshare', 0) * math.exp(-math.max(0, since) / SHARE_SECONDS))
-      set('rspan', now); set('rbase', gap)
+      set('rspan', now); set('rbase', gap); set('rpend', 0)
       return
     end
     local lower = gap < -tolerance
@@ -275,12 +276,15 @@ if op == 'observe' then
       set('r', level('r', rrate, rcap, stamp) + gap); set('rts', stamp)
       set('rc', num('rc', 0) - gap)
     end
-    if since > 0 then
-      local weight = 1 - math.exp(-since / SHARE_SECONDS)
-      local share = num('rshare', 0) + weight * (-drift / since) / (rpm / 60)
-      set('rshare', math.min(MAX_SHARE, math.max(0, share)))
-    end
-    set('rspan', now); set('rbase', lower and 0 or gap)
+    set('rbase', lower and 0 or gap)
+    -- A call overtaken in flight shows a shortfall and its overtakers a surplus: they cancel in the net
+    -- drift since the last sample, which is learnt from only once it exceeds both.
+    local pending = num('rpend', 0) + drift
+    if math.abs(pending) <= 2 * tolerance or since <= 0 then set('rpend', pending); return end
+    local weight = 1 - math.exp(-since / SHARE_SECONDS)
+    local share = num('rshare', 0) + weight * (-pending / since) / (rpm / 60)
+    set('rshare', math.min(MAX_SHARE, math.max(0, share)))
+    set('rspan', now); set('rpend', 0)
   end
   correct_requests(tonumber(ARGV[9]), ticket[1], tonumber(ARGV[20]), ticket[3])
   correct('t', tpm, tcap, tonumber(ARGV[10]), ticket[2], tonumber(ARGV[21]), ticket[4], ticket[6], ticket[8], false)
