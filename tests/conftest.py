@@ -97,7 +97,7 @@ def redis_server_url() -> Iterator[str]:
     external = os.environ.get(TEST_REDIS_URL_ENV)
     if external:
         if os.environ.get("PYTEST_XDIST_WORKER"):
-            raise pytest.UsageError(f"{TEST_REDIS_URL_ENV} is flushed by every test: run with -n 0 or -n auto")
+            raise pytest.UsageError(f"{TEST_REDIS_URL_ENV} is flushed by every test: run with -n 0")
         yield external
         return
     with EmbeddedRedis() as server:
