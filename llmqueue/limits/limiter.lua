@@ -12,8 +12,8 @@
 --                  request bucket refills at rpm * (1 - rshare); rspan/rbase/rpend: when the request
 --                  bucket's last learning sample was taken, the gap left uncorrected (provider above us),
 --                  and the net drift seen since that sample
---   rgc/tgc, rgr/tgr   cumulative units granted, charged and as estimated; rsc/tsc, rsr/tsr: their
---                  values at the last learning sample; rc/tc: cumulative corrections from headers
+--   rgc/tgc, rgr/tgr   cumulative units granted, charged and as estimated; tsc/tsr: the token ones at
+--                  the last learning sample; rc/tc: cumulative corrections from headers
 --   probe, probe_ts    grants made while probing a scope with no limit yet
 --   crpm, ctpm, cburst the configured limit the last limited acquire carried (shown by inspect)
 --   w0..w9         until when a refused job of that priority expects to come back
@@ -69,7 +69,7 @@ local spread = tonumber(ARGV[6])
 local key = KEYS[1]
 
 local FIELDS = {'r', 'rts', 't', 'tts', 'cool', 'streak', 'pause', 'lrpm', 'ltpm', 'hdr',
-  'rshare', 'rspan', 'rbase', 'rpend', 'ta', 'tb', 'rgc', 'tgc', 'rgr', 'tgr', 'rsc', 'tsc', 'rsr', 'tsr', 'rc', 'tc',
+  'rshare', 'rspan', 'rbase', 'rpend', 'ta', 'tb', 'rgc', 'tgc', 'rgr', 'tgr', 'tsc', 'tsr', 'rc', 'tc',
   'probe', 'probe_ts', 'crpm', 'ctpm', 'cburst', 'refused_at'}
 for p = 0, MAX_PRIORITY do FIELDS[#FIELDS + 1] = 'w' .. p end
 local h, updates, cool = {}, {}, 0
@@ -115,9 +115,9 @@ local function level(b, rate, cap, at)
   return math.min(cap, lvl + math.max(0, at - since) * rate / 60)
 end
 
-local function factor(b)
-  if b == 'r' then return 1 end  -- a request is one request to every provider
-  local a, d = num(b .. 'a', 0), num(b .. 'b', 0)
+-- The token charge factor (a request is one request to every provider: requests have none).
+local function token_factor()
+  local a, d = num('ta', 0), num('tb', 0)
   if d <= 0 then return 1 end
   return math.min(MAX_FACTOR, math.max(1, a / d))
 end
@@ -208,42 +208,48 @@ if op == 'observe' then
   for i = 11, 18 do ticket[#ticket + 1] = tonumber(ARGV[i]) end
   -- A refused call (429) took nothing at the provider: compare with what the bucket held before it.
   local refused = tonumber(ARGV[19]) or 0
-  -- b: bucket prefix, rate/cap: its shape, left: the provider's remaining, belief/rc/gc/gr from the ticket
-  local function correct(b, rate, cap, left, belief, charged, corr_at, gc_at, gr_at, whole)
-    if rate <= 0 or left < 0 then return end
-    if not h[b] then
-      -- The first sight of this bucket: start from what the provider says is left.
-      set(b, math.min(cap, left)); set(b .. 'ts', now)
-      set(b .. 'sc', num(b .. 'gc', 0)); set(b .. 'sr', num(b .. 'gr', 0))
-      return
-    end
-    if belief <= NO_TICKET then return end
+  -- What the provider had left after the ticket's call against what bucket b believed then, net of the
+  -- corrections made since; negative: the provider had less. Calls in flight together reach the
+  -- provider in any order, so a gap within the tolerance (what arrives within REORDER_SECONDS) is no
+  -- evidence either way. (At a saturated key both sides read 0: only 429s tell.)
+  local function gap_of(b, rate, cap, left, belief, charged, corr_at, whole)
     if refused == 1 then belief = belief + charged end
     -- A bucket the provider's stated limit just made smaller holds no more than its new capacity.
     belief = math.min(belief, cap)
     if whole then belief = math.floor(belief + 1e-9) end
-    -- Negative: the provider had less left than this bucket believed, beyond what was corrected since.
-    -- Calls in flight together reach the provider in any order, so a gap of what arrives within
-    -- REORDER_SECONDS is no evidence either way. (At a saturated key both sides read 0: only 429s tell.)
-    local gap = (left - belief) + (num(b .. 'c', 0) - corr_at)
-    local tolerance = math.max(TOLERANCE, rate * REORDER_SECONDS / 60)
+    return (left - belief) + (num(b .. 'c', 0) - corr_at), math.max(TOLERANCE, rate * REORDER_SECONDS / 60)
+  end
+  -- Lower bucket b (refilling at rate) by a negative gap at once, counted so later answers net it out.
+  local function lower_by(b, rate, cap, gap)
+    local stamp = math.max(now, num(b .. 'ts', now))
+    set(b, level(b, rate, cap, stamp) + gap); set(b .. 'ts', stamp)
+    set(b .. 'c', num(b .. 'c', 0) - gap)
+  end
+  -- The token bucket: a shortfall that goes on is the provider counting tokens its own way, learnt as
+  -- the charge factor over the tokens granted and estimated since the last sample (gc/gr from the ticket).
+  local function correct_tokens(left, belief, charged, corr_at, gc_at, gr_at)
+    if tpm <= 0 or left < 0 then return end
+    if not h.t then
+      -- The first sight of this bucket: start from what the provider says is left.
+      set('t', math.min(tcap, left)); set('tts', now)
+      set('tsc', num('tgc', 0)); set('tsr', num('tgr', 0))
+      return
+    end
+    if belief <= NO_TICKET then return end
+    local gap, tolerance = gap_of('t', tpm, tcap, left, belief, charged, corr_at, false)
     -- Within it nothing is learnt either: the span and its gap carry on to the next answer.
     if math.abs(gap) <= tolerance then return end
-    if gap < 0 then
-      local stamp = math.max(now, num(b .. 'ts', now))
-      set(b, level(b, rate, cap, stamp) + gap); set(b .. 'ts', stamp)
-      set(b .. 'c', num(b .. 'c', 0) - gap)
-    end
-    local span_charged, span_raw = gc_at - num(b .. 'sc', 0), gr_at - num(b .. 'sr', 0)
+    if gap < 0 then lower_by('t', tpm, tcap, gap) end
+    local span_charged, span_raw = gc_at - num('tsc', 0), gr_at - num('tsr', 0)
     if span_charged > 0 and span_raw > 0 then
       -- Sums over about LEARN_SECONDS of traffic at the limit, starting as if that much had been seen
-      -- at a factor of 1, so one shortfall (another client's burst) moves the factor only a little.
-      local window = math.max(1, rate * LEARN_SECONDS / 60)
+      -- at a factor of 1, so one shortfall moves the factor only a little.
+      local window = math.max(1, tpm * LEARN_SECONDS / 60)
       local keep = math.exp(-span_raw / window)
       local counted = math.max(span_charged * 0.5, span_charged - gap)
-      set(b .. 'a', num(b .. 'a', window) * keep + counted)
-      set(b .. 'b', num(b .. 'b', window) * keep + span_raw)
-      set(b .. 'sc', gc_at); set(b .. 'sr', gr_at)
+      set('ta', num('ta', window) * keep + counted)
+      set('tb', num('tb', window) * keep + span_raw)
+      set('tsc', gc_at); set('tsr', gr_at)
     end
   end
   -- The request bucket: what the provider lost beyond what this bucket expected, over the time since the
@@ -255,10 +261,7 @@ if op == 'observe' then
       return
     end
     if belief <= NO_TICKET then return end
-    if refused == 1 then belief = belief + charged end
-    belief = math.floor(math.min(belief, rcap) + 1e-9)
-    local gap = (left - belief) + (num('rc', 0) - corr_at)
-    local tolerance = math.max(TOLERANCE, rpm * REORDER_SECONDS / 60)
+    local gap, tolerance = gap_of('r', rpm, rcap, left, belief, charged, corr_at, true)
     -- A gap above the belief is never added to the bucket, so it stays; only its change is news.
     local drift = gap - num('rbase', 0)
     local since = now - num('rspan', num('rts', now))
@@ -271,11 +274,7 @@ if op == 'observe' then
     end
     local lower = gap < -tolerance
     if not lower and math.abs(drift) <= tolerance then return end
-    if lower then
-      local stamp = math.max(now, num('rts', now))
-      set('r', level('r', rrate, rcap, stamp) + gap); set('rts', stamp)
-      set('rc', num('rc', 0) - gap)
-    end
+    if lower then lower_by('r', rrate, rcap, gap) end
     set('rbase', lower and 0 or gap)
     -- A call overtaken in flight shows a shortfall and its overtakers a surplus: they cancel in the net
     -- drift since the last sample, which is learnt from only once it exceeds both.
@@ -287,7 +286,7 @@ if op == 'observe' then
     set('rspan', now); set('rpend', 0)
   end
   correct_requests(tonumber(ARGV[9]), ticket[1], tonumber(ARGV[20]), ticket[3])
-  correct('t', tpm, tcap, tonumber(ARGV[10]), ticket[2], tonumber(ARGV[21]), ticket[4], ticket[6], ticket[8], false)
+  correct_tokens(tonumber(ARGV[10]), ticket[2], tonumber(ARGV[21]), ticket[4], ticket[6], ticket[8])
   if refused == 1 and ticket[1] > NO_TICKET then
     -- A 429 says only that the provider had less than one call's worth: at a saturated key that is
     -- all the headers can show, so each refusal slows the request refill by a tenth and raises the
@@ -313,7 +312,7 @@ if op == 'inspect' then
     tostring(num('lrpm', 0)), tostring(num('ltpm', 0)),
     tostring(rpm > 0 and level('r', rrate, rcap, now) or 0), tostring(rcap),
     tostring(tpm > 0 and level('t', tpm, tcap, now) or 0), tostring(tcap),
-    tostring(math.max(0, cool - now)), tostring(num('rshare', 0)), tostring(factor('t')),
+    tostring(math.max(0, cool - now)), tostring(num('rshare', 0)), tostring(token_factor()),
     tostring(last_minute('n')), tostring(last_minute('e'))}
 end
 
@@ -328,7 +327,7 @@ local low = priority < DEFAULT_PRIORITY
 -- The loaded scope's buckets at time `at` for this request: its cost (times the learnt factor), the
 -- wait until both buckets hold it, one refill of it, the levels, and the room left after it (0-1).
 local function buckets(at)
-  local b = {rcost = rwant * factor('r'), tcost = twant * factor('t'), wait = 0, refill = 0, room = 1}
+  local b = {rcost = rwant, tcost = twant * token_factor(), wait = 0, refill = 0, room = 1}
   if rpm > 0 then
     b.r = level('r', rrate, rcap, at)
     -- A cost above capacity is admitted from a full bucket, and the debt slows those that follow.
