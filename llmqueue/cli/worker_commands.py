@@ -194,6 +194,12 @@ def simulate_provider(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     rpm: Annotated[float | None, typer.Option(help="Requests per minute it allows (default: any).")] = None,
     tpm: Annotated[float | None, typer.Option(help="Tokens per minute it allows (default: any).")] = None,
+    itpm: Annotated[
+        float | None, typer.Option(help="Input tokens per minute it allows, as Anthropic limits them.")
+    ] = None,
+    otpm: Annotated[
+        float | None, typer.Option(help="Output tokens per minute it allows (max_tokens must fit).")
+    ] = None,
     window_seconds: Annotated[
         float, typer.Option("--window-seconds", "--window", help="Rate-limit bucket window, seconds.")
     ] = 1.0,

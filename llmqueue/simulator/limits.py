@@ -115,61 +115,106 @@ class TokenBucket:
         return (self.capacity - self.level(now)) / (self._per_second * max(1 - self._others, 1e-9))
 
 
+LimitKind = Literal["requests", "tokens", "input-tokens", "output-tokens"]
+
+
 @dataclass(frozen=True)
 class Rejection:
-    """Why a request was refused: which limit (``"requests"`` or ``"tokens"``), the limit per minute,
-    what the request asked for, and the seconds until it would be admitted."""
+    """Why a request was refused: which limit (:data:`LimitKind`), the limit per minute, what the request
+    asked for, and the seconds until it would be admitted."""
 
-    kind: Literal["requests", "tokens"]
+    kind: LimitKind
     limit_per_minute: float
     requested: int
     wait_seconds: float
 
 
 class RateLimits:
-    """The provider's request and token limits, each ``None`` for unlimited.
+    """The provider's limits, each ``None`` for unlimited: requests, tokens, and (as Anthropic has them)
+    input tokens and output tokens per minute.
 
-    ``admit`` takes one request and ``tokens`` tokens from both buckets, or nothing at all and returns
-    the ``Rejection`` that names the limit that was short (requests first, when both are).
+    ``admit`` takes what a request costs from every bucket, or nothing at all and returns the
+    ``Rejection`` that names the limit that was short (in the order above, when several are). The output
+    bucket must hold the request's output reserve (its ``max_tokens``) and is charged what the answer
+    produced, as Anthropic's output limit counts.
     """
 
-    def __init__(self, rpm: float | None, tpm: float | None, window_seconds: float, now: float) -> None:
+    def __init__(
+        self,
+        rpm: float | None,
+        tpm: float | None,
+        window_seconds: float,
+        now: float,
+        *,
+        itpm: float | None = None,
+        otpm: float | None = None,
+    ) -> None:
         self.requests = TokenBucket(rpm, window_seconds, now) if rpm is not None else None
         self.tokens = TokenBucket(tpm, window_seconds, now) if tpm is not None else None
+        self.input_tokens = TokenBucket(itpm, window_seconds, now) if itpm is not None else None
+        self.output_tokens = TokenBucket(otpm, window_seconds, now) if otpm is not None else None
+
+    def _buckets(self) -> list[tuple[LimitKind, TokenBucket | None]]:
+        return [
+            ("requests", self.requests),
+            ("tokens", self.tokens),
+            ("input-tokens", self.input_tokens),
+            ("output-tokens", self.output_tokens),
+        ]
 
     def share(self, fraction: float, now: float) -> None:
-        """Another client on the same key takes ``fraction`` of both limits from ``now`` on."""
-        for bucket in (self.requests, self.tokens):
+        """Another client on the same key takes ``fraction`` of every limit from ``now`` on."""
+        for _, bucket in self._buckets():
             if bucket is not None:
                 bucket.share(fraction, now)
 
-    def admit(self, tokens: int, now: float) -> Rejection | None:
-        """Admit a request costing ``tokens`` at ``now``, or say why not (and consume nothing)."""
-        request_wait = self.requests.wait_for(1, now) if self.requests else 0.0
-        token_wait = self.tokens.wait_for(tokens, now) if self.tokens else 0.0
-        wait = max(request_wait, token_wait)
-        if self.requests and request_wait > 0:
-            return Rejection("requests", self.requests.rate_per_minute, 1, wait)
-        if self.tokens and token_wait > 0:
-            return Rejection("tokens", self.tokens.rate_per_minute, tokens, wait)
-        if self.requests:
-            self.requests.take(1, now)
-        if self.tokens:
-            self.tokens.take(tokens, now)
+    def admit(
+        self,
+        tokens: int,
+        now: float,
+        *,
+        input_tokens: int = 0,
+        output_reserve: int = 0,
+        output_tokens: int = 0,
+    ) -> Rejection | None:
+        """Admit a request costing ``tokens`` (its ``input_tokens``, and ``output_tokens`` produced of an
+        ``output_reserve`` asked for) at ``now``, or say why not (and consume nothing)."""
+        asks = {"requests": 1, "tokens": tokens, "input-tokens": input_tokens}
+        takes = {**asks, "output-tokens": output_tokens}
+        asks["output-tokens"] = output_reserve
+        waits = {kind: bucket.wait_for(asks[kind], now) for kind, bucket in self._buckets() if bucket}
+        wait = max(waits.values(), default=0.0)
+        for kind, bucket in self._buckets():
+            if bucket is not None and waits[kind] > 0:
+                return Rejection(kind, bucket.rate_per_minute, asks[kind], wait)
+        for kind, bucket in self._buckets():
+            if bucket is not None:
+                bucket.take(takes[kind], now)
         return None
 
     def headers(self, now: float, family: HeaderFamily = "openai", wall_clock: float = 0.0) -> dict[str, str]:
         """The rate-limit headers of ``family`` for the limits set; ``limit`` is per minute, ``remaining``
         what the current window's bucket holds.
 
-        ``openai``: ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``, reset as a duration.
-        ``anthropic``: ``anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}``, reset as an
-        RFC 3339 time (``wall_clock`` is the Unix time at ``now``). ``none``: no headers.
+        ``openai``: ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``, reset as a duration (OpenAI
+        has no input/output limits to state). ``anthropic``:
+        ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}``, reset
+        as an RFC 3339 time (``wall_clock`` is the Unix time at ``now``); with input and output limits
+        and no combined one, ``tokens`` states the most restrictive of the two, as Anthropic does.
+        ``none``: no headers.
         """
         headers: dict[str, str] = {}
         if family == "none":
             return headers
-        for kind, bucket in (("requests", self.requests), ("tokens", self.tokens)):
+        stated = self._buckets()
+        if family == "openai":
+            stated = stated[:2]
+        elif self.tokens is None:
+            split = [bucket for _, bucket in stated[2:] if bucket is not None]
+            if split:
+                tightest = min(split, key=lambda bucket: bucket.level(now) / bucket.capacity)
+                stated = [stated[0], ("tokens", tightest), *stated[2:]]
+        for kind, bucket in stated:
             if bucket is None:
                 continue
             limit = f"{bucket.rate_per_minute:.10g}"

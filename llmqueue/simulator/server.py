@@ -72,7 +72,10 @@ class ProviderConfig(BaseModel):
     """How the simulated provider behaves; negative values are rejected.
 
     - ``rpm``, ``tpm``: requests and tokens per minute, ``None`` for unlimited; enforced as buckets of
-      ``rate * window_seconds / 60`` that start full (see ``llmqueue.simulator.limits``).
+      ``rate * window_seconds / 60`` that start full (see ``llmqueue.simulator.limits``). ``itpm``,
+      ``otpm``: input and output tokens per minute, as Anthropic limits them: a call needs its prompt
+      in the input bucket and its ``max_tokens`` in the output bucket, which is charged what the answer
+      produced.
     - ``latency``: mean seconds before an admitted call is answered, uniform in
       ``latency * (1 ± latency_jitter)``.
     - ``error_rate``: fraction of admitted calls answered 500, 502 or 503; ``timeout_rate``: fraction that
@@ -93,6 +96,8 @@ class ProviderConfig(BaseModel):
 
     rpm: float | None = Field(default=None, gt=0)
     tpm: float | None = Field(default=None, gt=0)
+    itpm: float | None = Field(default=None, gt=0)
+    otpm: float | None = Field(default=None, gt=0)
     window_seconds: float = Field(default=1.0, gt=0)
     latency: float = Field(default=0.0, ge=0)
     latency_jitter: float = Field(default=0.0, ge=0, le=1)
@@ -245,7 +250,10 @@ class SimulatedProvider:
     def reset(self) -> None:
         """Clear scripted faults and counters, refill the rate-limit buckets and re-seed the randomness."""
         self.stats = ProviderStats()
-        self._limits = RateLimits(self.config.rpm, self.config.tpm, self.config.window_seconds, self._clock())
+        config = self.config
+        self._limits = RateLimits(
+            config.rpm, config.tpm, config.window_seconds, self._clock(), itpm=config.itpm, otpm=config.otpm
+        )
         self._limits.share(self.config.other_client_share, self._clock())
         self._random = random.Random(self.config.seed)
         self._pending: deque[FailNext | BrokenNext] = deque()
@@ -348,7 +356,13 @@ class SimulatedProvider:
             return error_response(
                 429, "Rate limit reached (scripted).", retry_after=self._limited_retry_after
             )
-        rejection = self._limits.admit(usage.charged_tokens, now)
+        rejection = self._limits.admit(
+            usage.charged_tokens,
+            now,
+            input_tokens=usage.prompt_tokens,
+            output_reserve=usage.completion_tokens if usage.max_tokens is None else usage.max_tokens,
+            output_tokens=usage.completion_tokens,
+        )
         if rejection is not None:
             return rate_limit_response(rejection, self._headers(now))
         self.stats.tokens_admitted += usage.charged_tokens

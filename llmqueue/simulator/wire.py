@@ -159,11 +159,15 @@ def error_response(
     return web.json_response({"error": error}, status=status, headers=all_headers)
 
 
+_LIMIT_UNITS = {"requests": "RPM", "tokens": "TPM", "input-tokens": "ITPM", "output-tokens": "OTPM"}
+
+
 def rate_limit_response(rejection: Rejection, headers: Mapping[str, str]) -> web.Response:
     """The 429 for a call the rate limits refused, worded like OpenAI's."""
-    unit = "RPM" if rejection.kind == "requests" else "TPM"
+    unit = _LIMIT_UNITS[rejection.kind]
+    what = rejection.kind.replace("-", " ")
     message = (
-        f"Rate limit reached for {rejection.kind} per min ({unit}): Limit {rejection.limit_per_minute:.10g}, "
+        f"Rate limit reached for {what} per min ({unit}): Limit {rejection.limit_per_minute:.10g}, "
         f"Requested {rejection.requested}. Please try again in {format_duration(rejection.wait_seconds)}."
     )
     return error_response(429, message, retry_after=rejection.wait_seconds, headers=headers)

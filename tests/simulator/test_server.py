@@ -455,6 +455,26 @@ async def test_anthropic_header_family_states_limits_and_reset_times() -> None:
     assert not any(name.startswith("llm_provider-x-ratelimit") for name in headers)
 
 
+def test_input_and_output_limits_count_the_prompt_and_what_the_answer_produced() -> None:
+    # Anthropic's way: 600 input and 120 output tokens a minute over 1 s: buckets of 10 and 2.
+    limits = RateLimits(rpm=None, tpm=None, window_seconds=1, now=0.0, itpm=600, otpm=120)
+    assert limits.admit(0, now=0.0, input_tokens=4, output_reserve=2, output_tokens=1) is None
+    # The output bucket needs the whole reserve (max_tokens) but was charged the 1 produced.
+    assert limits.headers(now=0.0, family="anthropic")["anthropic-ratelimit-output-tokens-remaining"] == "1"
+    rejection = limits.admit(0, now=0.0, input_tokens=4, output_reserve=2, output_tokens=1)
+    assert rejection is not None and rejection.kind == "output-tokens"
+    assert limits.admit(0, now=0.0, input_tokens=4, output_reserve=1, output_tokens=1) is None
+    rejection = limits.admit(0, now=0.0, input_tokens=4)  # 2 input tokens left
+    assert rejection is not None and rejection.kind == "input-tokens"
+    assert rejection.wait_seconds == pytest.approx(0.2)
+    headers = limits.headers(now=0.0, family="anthropic")
+    assert headers["anthropic-ratelimit-input-tokens-limit"] == "600"
+    assert headers["anthropic-ratelimit-output-tokens-limit"] == "120"
+    # No combined token limit: "tokens" states the tightest of the two (output: 0 of 2 left).
+    assert headers["anthropic-ratelimit-tokens-limit"] == "120"
+    assert "x-ratelimit-limit-tokens" not in limits.headers(now=0.0, family="openai")
+
+
 async def test_no_rate_limit_headers_when_asked_for_none() -> None:
     async with run_provider(ProviderConfig(rpm=600, rate_limit_headers="none")) as provider:
         response = await chat(provider, "hi")
