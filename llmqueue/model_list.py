@@ -61,7 +61,8 @@ SECRET_PARAMS = frozenset(
 class LiteLLMParams(BaseModel):
     """``litellm_params`` of one deployment: ``model`` and any other ``litellm.acompletion`` argument.
 
-    ``rpm``/``tpm`` (per minute) are this deployment's limit, enforced by llmqueue and not sent on.
+    ``rpm``/``tpm`` (per minute), and ``itpm``/``otpm`` where the provider limits input and output tokens
+    apart, are this deployment's limit, enforced by llmqueue and not sent on.
     """
 
     model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
@@ -72,6 +73,8 @@ class LiteLLMParams(BaseModel):
     api_version: str | None = None
     rpm: float | None = Field(None, gt=0, description="requests per minute of this deployment")
     tpm: float | None = Field(None, gt=0, description="tokens per minute of this deployment")
+    itpm: float | None = Field(None, gt=0, description="input tokens per minute of this deployment")
+    otpm: float | None = Field(None, gt=0, description="output tokens per minute of this deployment")
 
     @model_validator(mode="after")
     def _hide_credentials(self) -> LiteLLMParams:
@@ -106,7 +109,7 @@ class Deployment(BaseModel):
 
     @property
     def extra_params(self) -> dict[str, Any]:
-        """The LiteLLM arguments besides model, api_key, api_base, api_version, rpm and tpm."""
+        """The LiteLLM arguments besides model, api_key, api_base, api_version and the limits."""
         return dict(self.litellm_params.model_extra or {})
 
 

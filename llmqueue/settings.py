@@ -69,6 +69,12 @@ class LLMConfig(BaseModel):
         gt=0,
         description="tokens/min for every scope jobs of this config run under (each its own bucket)",
     )
+    itpm: float | None = Field(
+        None, gt=0, description="input tokens/min, as rpm (for providers that limit input and output apart)"
+    )
+    otpm: float | None = Field(
+        None, gt=0, description="output tokens/min, as rpm (for providers that limit input and output apart)"
+    )
     limit_scope: str | None = Field(None, description="limiter scope; defaults to the model string")
     allowed_models: list[str] = Field(
         default_factory=list,
@@ -101,6 +107,8 @@ class LimitConfig(BaseModel):
 
     rpm: float | None = Field(None, gt=0, description="requests per minute")
     tpm: float | None = Field(None, gt=0, description="tokens per minute")
+    itpm: float | None = Field(None, gt=0, description="input tokens per minute (Anthropic's ITPM)")
+    otpm: float | None = Field(None, gt=0, description="output tokens per minute (Anthropic's OTPM)")
     burst_seconds: float = Field(
         1.0, gt=0, description="bucket capacity, in seconds of the rate: how much may go out at once"
     )
@@ -290,7 +298,8 @@ class Settings(BaseSettings):
         except KeyError:
             known = ", ".join(sorted(self.llm_groups)) or "none"
             raise ConfigError(f"unknown llm_config group {group!r} (configured groups: {known})") from None
-        # A group inherits [llm]'s rpm/tpm (LLM_RPM, LLM_TPM) unless it sets its own; its scope is its own.
+        # A group inherits [llm]'s rpm/tpm/itpm/otpm (LLM_RPM, ...) unless it sets its own; its scope is
+        # its own.
         inherited = self.llm.model_dump(exclude=set(NOT_INHERITED))
         try:
             return LLMConfig.model_validate({**inherited, **overrides})
@@ -300,15 +309,16 @@ class Settings(BaseSettings):
     def limit_for(self, scope: str, llm: LLMConfig) -> LimitConfig | None:
         """The configured rate limit of ``scope``, or None when none is configured.
 
-        ``[limits."<scope>"]`` wins; otherwise ``rpm``/``tpm`` of the LLM config the job runs under
-        (``LLM_RPM``, ``LLM_TPM``, ``--rpm``) limit whatever scope the job ends up in, whatever model it
-        names: each scope gets its own bucket of that size.
+        ``[limits."<scope>"]`` wins; otherwise ``rpm``/``tpm``/``itpm``/``otpm`` of the LLM config the job
+        runs under (``LLM_RPM``, ``LLM_TPM``, ``--rpm``, ...) limit whatever scope the job ends up in,
+        whatever model it names: each scope gets its own bucket of that size.
         """
         configured = self.limits.get(scope)
         if configured is not None:
             return configured
-        if llm.rpm is not None or llm.tpm is not None:
-            return LimitConfig(rpm=llm.rpm, tpm=llm.tpm)
+        rates = {"rpm": llm.rpm, "tpm": llm.tpm, "itpm": llm.itpm, "otpm": llm.otpm}
+        if any(rate is not None for rate in rates.values()):
+            return LimitConfig(**rates)
         return None
 
 

@@ -210,12 +210,15 @@ def format_usd(amount: float) -> str:
 
 
 def _limit(limit: LimitConfig | None) -> str:
-    parts = []
-    if limit is not None and limit.rpm:
-        parts.append(f"{limit.rpm:g} rpm")
-    if limit is not None and limit.tpm:
-        parts.append(f"{limit.tpm:g} tpm")
-    return ", ".join(parts)
+    if limit is None:
+        return ""
+    return _rates(limit.rpm, limit.tpm, limit.itpm, limit.otpm)
+
+
+def _rates(*rates: float | None) -> str:
+    """``600 rpm, 80000 itpm``: the rates given (requests, tokens, input and output tokens per minute)."""
+    units = ("rpm", "tpm", "itpm", "otpm")
+    return ", ".join(f"{rate:g} {unit}" for rate, unit in zip(rates, units, strict=True) if rate)
 
 
 def _total_cost(costs: list[CostRange | None]) -> str:
@@ -242,17 +245,14 @@ def limits_table(states: Sequence[ScopeState], title: str = "limits") -> Table:
         table.add_column(column)
     for state in states:
         if state.state == "limited":
-            parts = []
-            if state.rpm:
-                parts.append(f"{state.rpm:g} rpm")
-            if state.tpm:
-                parts.append(f"{state.tpm:g} tpm")
-            limit = ", ".join(parts)
+            limit = _rates(state.rpm, state.tpm, state.itpm, state.otpm)
             level = " · ".join(
                 f"{current:.0f}/{capacity:.0f} {unit}"
                 for rate, current, capacity, unit in (
                     (state.rpm, state.request_level, state.request_capacity, "req"),
                     (state.tpm, state.token_level, state.token_capacity, "tok"),
+                    (state.itpm, state.input_level, state.input_capacity, "in"),
+                    (state.otpm, state.output_level, state.output_capacity, "out"),
                 )
                 if rate
             )

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from llmqueue.batches.files import check_file, invalid_file_error, iter_jobs
 from llmqueue.cache import CacheStore, open_store, request_key
-from llmqueue.limits.tokens import completion_allowance, estimate_tokens
+from llmqueue.limits.tokens import estimate_split
 from llmqueue.llm.call import call_kwargs, job_model, supports_prompt_caching
 from llmqueue.models import Job
 from llmqueue.settings import LimitConfig, Settings
@@ -87,30 +87,34 @@ async def estimate_jobs(jobs: Iterable[Job], settings: Settings, cache: CacheSto
             if await cache.has(request_key(job.kind, kwargs)):
                 entry.cache_hits += 1
                 continue
-        total = estimate_tokens(job, model, llm.default_completion_tokens)
-        completion = completion_allowance(job, llm.default_completion_tokens)
-        entry.prompt_tokens += total - completion
-        entry.completion_tokens += completion
-        requests_tokens = scope_use.setdefault(scope, [0.0, 0.0])
-        requests_tokens[0] += 1
-        requests_tokens[1] += total
+        tokens = estimate_split(job, model, llm.default_completion_tokens)
+        entry.prompt_tokens += tokens.prompt
+        entry.completion_tokens += tokens.completion
+        use = scope_use.setdefault(scope, [0.0, 0.0, 0.0, 0.0])
+        for i, amount in enumerate((1, tokens.total, tokens.prompt, tokens.completion)):
+            use[i] += amount
     for entry in by_model.values():
         # Prices are per token, so the totals' cost is the sum of the lines' costs.
         entry.cost = _standard_cost(entry.model, entry.prompt_tokens, entry.completion_tokens)
         entry.batch_cost = _batch_cost(entry.model, entry.prompt_tokens, entry.completion_tokens)
     scope_seconds = {
-        m.scope: _seconds(m.limit, *scope_use.get(m.scope, [0.0, 0.0])) for m in by_model.values()
+        m.scope: _seconds(m.limit, *scope_use.get(m.scope, [0.0, 0.0, 0.0, 0.0])) for m in by_model.values()
     }
     return Estimate(models=sorted(by_model.values(), key=lambda m: m.model), scope_seconds=scope_seconds)
 
 
-def _seconds(limit: LimitConfig | None, requests: float, tokens: float) -> float | None:
-    """Time for ``requests`` calls of ``tokens`` tokens in all at ``limit``'s rates (None: no limit)."""
+def _seconds(
+    limit: LimitConfig | None, requests: float, tokens: float, prompt: float, completion: float
+) -> float | None:
+    """Time for ``requests`` calls of ``tokens`` tokens in all (``prompt`` in and ``completion`` out) at
+    ``limit``'s rates (None: no limit)."""
     if limit is None:
         return None
     minutes = max(
         requests / limit.rpm if limit.rpm else 0.0,
         tokens / limit.tpm if limit.tpm else 0.0,
+        prompt / limit.itpm if limit.itpm else 0.0,
+        completion / limit.otpm if limit.otpm else 0.0,
     )
     return minutes * 60
 

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from llmqueue.limits.headers import ProviderLimits, parse_rate_limit_headers
-from llmqueue.limits.limiter import Admission, RateLimiter, ScopeState, Ticket
+from llmqueue.limits.limiter import Admission, Learnt, RateLimiter, ScopeState, Ticket
+from llmqueue.limits.tokens import TokenEstimate
 from llmqueue.settings import LimitConfig
 
 logger = logging.getLogger("llmqueue.limits")
@@ -44,7 +45,7 @@ class LimitFeedback:
         self.limiter = limiter
         self.listeners = list(listeners)
         self._clock = clock
-        self._learnt: dict[str, tuple[float, float]] = {}
+        self._learnt: dict[str, Learnt] = {}
         self._warned: set[tuple[str, str]] = set()
         self._reported: dict[str, float] = {}
         self._batch_scopes: set[tuple[str, str]] = set()
@@ -57,10 +58,10 @@ class LimitFeedback:
 
     def needs_estimate(self, scope: str, limit: LimitConfig | None) -> bool:
         """Whether the scope may have a token limit, so a job's tokens must be estimated (CPU per job)."""
-        if limit is not None and limit.tpm is not None:
+        if limit is not None and (limit.tpm or limit.itpm or limit.otpm):
             return True
         learnt = self._learnt.get(scope)
-        return learnt is None or learnt[1] > 0
+        return learnt is None or bool(learnt.tpm or learnt.itpm or learnt.otpm)
 
     def admitted(self, scope: str, admission: Admission) -> None:
         """Warn, once per scope, that calls go out with no limit at all."""
@@ -81,9 +82,11 @@ class LimitFeedback:
         ticket: Ticket | None,
         headers: Mapping[str, str],
         *,
-        estimate: int,
+        estimate: TokenEstimate,
         used: int | None,
         sets_max_tokens: bool,
+        used_prompt: int | None = None,
+        used_completion: int | None = None,
     ) -> None:
         """A successful answer: learn from its headers, and give back the tokens the provider's limiter
         does not keep.
@@ -92,14 +95,22 @@ class LimitFeedback:
         its prompt plus ``max_tokens`` up front, whatever the answer's length: nothing is given back,
         and the learnt charge factor corrects the prompt estimate. Otherwise (no ``max_tokens``, an
         Anthropic key, whose output limit counts what was produced, or no headers at all) the estimate is
-        reconciled with the reported usage.
+        reconciled with the reported usage. Input and output token buckets (Anthropic's ITPM and OTPM)
+        are always reconciled with the prompt and completion tokens reported, as that provider counts.
         """
         said = parse_rate_limit_headers(headers, datetime.now(UTC))
         await self._observe(scope, limit, said, ticket)
         charged_up_front = sets_max_tokens and said is not None and said.family == "openai"
         took_tokens = ticket is not None and ticket.tokens_charged > 0
-        if used is not None and took_tokens and not charged_up_front:
-            await self.limiter.adjust(scope, limit, tokens=estimate - used, ticket=ticket)
+        back = estimate.total - used if used is not None and took_tokens and not charged_up_front else 0
+        input_back = output_back = 0
+        if ticket is not None and ticket.input_charged and used_prompt is not None:
+            input_back = estimate.prompt - used_prompt
+        if ticket is not None and ticket.output_charged and used_completion is not None:
+            output_back = estimate.completion - used_completion
+        await self.limiter.adjust(
+            scope, limit, tokens=back, ticket=ticket, input_tokens=input_back, output_tokens=output_back
+        )
 
     async def rate_limited(
         self, scope: str, limit: LimitConfig | None, ticket: Ticket | None, headers: Mapping[str, str]
@@ -128,13 +139,14 @@ class LimitFeedback:
         *,
         refused: bool = False,
     ) -> None:
-        learnt_rpm, learnt_tpm = await self.limiter.observe(scope, limit, said, ticket, refused=refused)
-        self._learnt[scope] = (learnt_rpm, learnt_tpm)
+        learnt = await self.limiter.observe(scope, limit, said, ticket, refused=refused)
+        self._learnt[scope] = learnt
         await self._report(scope)
         if limit is None:
             return
-        for name, configured, learnt in (("rpm", limit.rpm, learnt_rpm), ("tpm", limit.tpm, learnt_tpm)):
-            if configured is not None and 0 < learnt < configured:
+        for name in ("rpm", "tpm", "itpm", "otpm"):
+            configured, stated = getattr(limit, name), getattr(learnt, name)
+            if configured is not None and 0 < stated < configured:
                 self._warn_once(
                     scope,
                     f"above-{name}",
@@ -143,7 +155,7 @@ class LimitFeedback:
                     scope,
                     name,
                     configured,
-                    learnt,
+                    stated,
                 )
 
     async def _report(self, scope: str) -> None:

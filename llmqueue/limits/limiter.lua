@@ -1,10 +1,12 @@
--- Shared token buckets for one limit scope: requests and tokens, checked and taken together, with the
--- limits the provider states in its headers learnt here for every worker. The clock is Redis TIME.
+-- Shared token buckets for one limit scope: requests and tokens (and, where the provider limits them
+-- apart, input and output tokens), checked and taken together, with the limits the provider states in its
+-- headers learnt here for every worker. The clock is Redis TIME.
 --
 -- KEYS[1]  the scope's hash:
---   r/rts, t/tts   request and token levels and when they were last written
+--   r/rts, t/tts   request and token levels and when they were last written; i/its, o/ots the input
+--                  and output token levels (Anthropic's ITPM/OTPM)
 --   cool, streak, pause   the 429 cooldown
---   lrpm, ltpm     limits learnt from the provider's headers (per minute); hdr: 'yes' once headers were
+--   lrpm, ltpm, litpm, lotpm   limits learnt from the provider's headers (per minute); hdr: 'yes' once headers were
 --                  seen, 'none' after a response without any (the scope is then unlimited)
 --   ta/tb          decaying sums whose ratio a/b is the token charge factor: what the provider counts
 --                  per token we estimate (>= 1; a provider counting tokens its own way)
@@ -13,37 +15,40 @@
 --                  bucket's last learning sample was taken, the gap left uncorrected (provider above us),
 --                  and the net drift seen since that sample
 --   rgc/tgc, rgr/tgr   cumulative units granted, charged and as estimated; tsc/tsr: the token ones at
---                  the last learning sample; rc/tc: cumulative corrections from headers
+--                  the last learning sample; rc/tc/ic/oc: cumulative corrections from headers
 --   probe, probe_ts    grants made while probing a scope with no limit yet
---   crpm, ctpm, cburst the configured limit the last limited acquire carried (shown by inspect)
+--   crpm, ctpm, citpm, cotpm, cburst   the configured limit the last limited acquire carried (inspect)
 --   w0..w9         until when a refused job of that priority expects to come back
 --   n0..n11 / e0..e11 with ns*/es*: grants and 429s in each 5 s slot of the last minute
 --
 -- ARGV[1] operation: acquire | adjust | cooldown | observe | inspect
--- ARGV[2] configured requests/min (0: none)   ARGV[3] configured tokens/min (0: none)
--- ARGV[4] burst seconds (bucket capacity in seconds of the rate)   ARGV[5] reserve (fraction of capacity
---         jobs below the default priority may not take)   ARGV[6] spread (seconds of the rate every
+-- ARGV[2..8] the configured limit (its shape): requests/min, tokens/min, input tokens/min, output
+--         tokens/min (0: none), burst seconds (bucket capacity in seconds of the rate), reserve (fraction
+--         of capacity jobs below the default priority may not take), spread (seconds of the rate every
 --         admission leaves in the bucket)
--- acquire:  ARGV[7] requests, ARGV[8] tokens, ARGV[9] longest wait the caller will reserve, ARGV[10]
---           priority (0-9), ARGV[11] longest reservation a low-priority job may hold (seconds).
---           Returns {admitted, wait, state, rcharged, tcharged, rbelief, tbelief, rc, tc, rgc, tgc, rgr, tgr,
---           now, chosen} (refusals and unlimited scopes fill the numbers with '0'). With several KEYS
---           (deployments of one model: candidate 1's limit in ARGV[2..6], the others' five values each
---           from ARGV[12]) the one that can admit soonest is chosen, and `chosen` is its position in
---           KEYS (1-based); with one key it is 1.
+-- The operation's own arguments follow from ARGV[9]; below, A[n] is ARGV[8 + n].
+-- acquire:  A[1] requests, A[2] tokens, A[3] longest wait the caller will reserve, A[4] priority (0-9),
+--           A[5] longest reservation a low-priority job may hold (seconds), A[6] input tokens, A[7] output
+--           tokens. Returns {admitted, wait, state, rcharged, tcharged, rbelief, tbelief, rc, tc, rgc, tgc,
+--           rgr, tgr, now, icharged, ocharged, ibelief, obelief, ic, oc, chosen} (refusals and unlimited
+--           scopes fill the numbers with '0'). With several KEYS (deployments of one model: candidate 1's
+--           shape in ARGV[2..8], the others' seven values each from A[8]) the one that can admit soonest
+--           is chosen, and `chosen` is its position in KEYS (1-based); with one key it is 1.
 --           Admitted with a wait: the caller holds a reservation and sleeps that long. Not admitted:
 --           nothing was taken and wait says when to come back. state: limited | probing | unlimited.
--- adjust:   ARGV[7] charged tokens to add back (negative: charge more), ARGV[8] the same as estimated,
---           ARGV[9..10] the same for requests (optional)
--- cooldown: ARGV[7] seconds every caller must pause (0: only ask what is left), ARGV[8] the longest pause
+-- adjust:   A[1] charged tokens to add back (negative: charge more), A[2] the same as estimated,
+--           A[3..4] the same for requests, A[5] input and A[6] output tokens to add back (all optional)
+-- cooldown: A[1] seconds every caller must pause (0: only ask what is left), A[2] the longest pause
 --           (0: no escalation); returns {1, seconds remaining, time of the last 429, now}. A 429 soon
---           after the last pause ended
---           doubles the pause (up to ARGV[8]): the provider is still refusing. ARGV[9] '0': the pause is
---           not a 429 (a deployment taken out by the circuit breaker): not counted or dated as one.
--- observe:  ARGV[7] limit-requests, ARGV[8] limit-tokens (0: not sent), ARGV[9] remaining-requests,
---           ARGV[10] remaining-tokens (-1: not sent), ARGV[11..18] the ticket of the call (rbelief,
---           tbelief, rc, tc, rgc, tgc, rgr, tgr; rbelief -1e300: no ticket), ARGV[19] 1 when the call was
---           refused (429), ARGV[20..21] the requests and tokens it was charged. Returns {lrpm, ltpm}.
+--           after the last pause ended doubles the pause (up to A[2]): the provider is still refusing.
+--           A[3] '0': the pause is not a 429 (a deployment taken out by the circuit breaker): not counted
+--           or dated as one.
+-- observe:  A[1] limit-requests, A[2] limit-tokens (0: not sent), A[3] remaining-requests, A[4]
+--           remaining-tokens (-1: not sent), A[5..12] the ticket of the call (rbelief, tbelief, rc, tc,
+--           rgc, tgc, rgr, tgr; rbelief -1e300: no ticket), A[13] 1 when the call was refused (429),
+--           A[14..15] the requests and tokens it was charged; A[16..17] limit-input-tokens and
+--           limit-output-tokens, A[18..19] their remaining, A[20..23] the ticket's ibelief, obelief, ic,
+--           oc, A[24..25] the input and output tokens it was charged. Returns {lrpm, ltpm, litpm, lotpm}.
 -- inspect:  returns the scope's state (see limiter.py, ScopeState).
 
 local PROBE_REQUESTS, PROBE_WINDOW, PROBE_RETRY = 2, 5, 0.2
@@ -63,14 +68,16 @@ local unpack = unpack or table.unpack
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local op = ARGV[1]
-local cfg_rpm, cfg_tpm = tonumber(ARGV[2]), tonumber(ARGV[3])
-local burst, reserve = tonumber(ARGV[4]), tonumber(ARGV[5])
-local spread = tonumber(ARGV[6])
+local SHAPE, OP_ARGS = 7, 8
+local A = {}
+for n = OP_ARGS + 1, #ARGV do A[n - OP_ARGS] = ARGV[n] end
+local cfg_rpm, cfg_tpm, cfg_itpm, cfg_otpm, burst, reserve, spread
 local key = KEYS[1]
 
 local FIELDS = {'r', 'rts', 't', 'tts', 'cool', 'streak', 'pause', 'lrpm', 'ltpm', 'hdr',
   'rshare', 'rspan', 'rbase', 'rpend', 'ta', 'tb', 'rgc', 'tgc', 'rgr', 'tgr', 'tsc', 'tsr', 'rc', 'tc',
-  'probe', 'probe_ts', 'crpm', 'ctpm', 'cburst', 'refused_at'}
+  'probe', 'probe_ts', 'crpm', 'ctpm', 'cburst', 'refused_at',
+  'i', 'its', 'o', 'ots', 'litpm', 'lotpm', 'ic', 'oc', 'citpm', 'cotpm'}
 for p = 0, MAX_PRIORITY do FIELDS[#FIELDS + 1] = 'w' .. p end
 local h, updates, cool = {}, {}, 0
 local function num(name, default) return tonumber(h[name]) or default end
@@ -81,25 +88,30 @@ local function combine(configured, learnt)
   if configured > 0 then return configured end
   return learnt
 end
-local rpm, tpm, rcap, tcap, rrate
+local rpm, tpm, itpm, otpm, rcap, tcap, icap, ocap, rrate
 local function shape()
   rpm = combine(cfg_rpm, num('lrpm', 0))
   tpm = combine(cfg_tpm, num('ltpm', 0))
+  itpm = combine(cfg_itpm, num('litpm', 0))
+  otpm = combine(cfg_otpm, num('lotpm', 0))
   -- The request bucket's refill: the rate, less what another client on the key was seen to take.
   rrate = rpm * (1 - math.min(MAX_SHARE, math.max(0, num('rshare', 0))))
   rcap = math.max(1, rpm * burst / 60)
   tcap = math.max(1, tpm * burst / 60)
+  icap = math.max(1, itpm * burst / 60)
+  ocap = math.max(1, otpm * burst / 60)
 end
 
 -- Make candidate i (KEYS[i]) the scope every function below works on: its limit and its hash.
--- Candidate 1's limit is ARGV[2..6]; with several KEYS (acquire over deployments) candidate i >= 2's
--- is the five values from ARGV[12 + 5 * (i - 2)].
+-- Candidate 1's shape is ARGV[2..8]; with several KEYS (acquire over deployments) candidate i >= 2's
+-- is the seven values from A[8 + SHAPE * (i - 2)].
 local function load(i)
-  local base = i == 1 and 2 or 12 + 5 * (i - 2)
+  local base = i == 1 and 2 or OP_ARGS + 8 + SHAPE * (i - 2)
   key = KEYS[i]
   cfg_rpm, cfg_tpm = tonumber(ARGV[base]), tonumber(ARGV[base + 1])
-  burst, reserve = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-  spread = tonumber(ARGV[base + 4])
+  cfg_itpm, cfg_otpm = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  burst, reserve = tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5])
+  spread = tonumber(ARGV[base + 6])
   local values = redis.call('HMGET', key, unpack(FIELDS))
   h, updates = {}, {}
   for j, name in ipairs(FIELDS) do h[name] = values[j] end
@@ -150,13 +162,13 @@ local function save()
 end
 
 local function state()
-  if rpm > 0 or tpm > 0 then return 'limited' end
+  if rpm > 0 or tpm > 0 or itpm > 0 or otpm > 0 then return 'limited' end
   if h.hdr == 'none' then return 'unlimited' end
   return 'probing'
 end
 
 if op == 'cooldown' then
-  local seconds, longest = tonumber(ARGV[7]), tonumber(ARGV[8]) or 0
+  local seconds, longest = tonumber(A[1]), tonumber(A[2]) or 0
   if seconds > 0 then
     local streak, last = num('streak', 0), num('pause', 0)
     local pause = seconds
@@ -168,7 +180,7 @@ if op == 'cooldown' then
     end
     cool = math.max(cool, now + pause)
     set('cool', cool); set('streak', streak); set('pause', pause)
-    if ARGV[9] ~= '0' then set('refused_at', now); count('e', 1) end
+    if A[3] ~= '0' then set('refused_at', now); count('e', 1) end
     save()
   end
   -- A 429 voids earlier reservations only where it changed how calls are charged (headers were read).
@@ -177,16 +189,19 @@ if op == 'cooldown' then
 end
 
 if op == 'adjust' then
-  local back = {{'t', tpm, tcap, tonumber(ARGV[7]), tonumber(ARGV[8])},
-    {'r', rrate, rcap, tonumber(ARGV[9]) or 0, tonumber(ARGV[10]) or 0}}
+  local back = {{'t', tpm, tcap, tonumber(A[1]), tonumber(A[2])},
+    {'r', rrate, rcap, tonumber(A[3]) or 0, tonumber(A[4]) or 0},
+    {'i', itpm, icap, tonumber(A[5]) or 0}, {'o', otpm, ocap, tonumber(A[6]) or 0}}
   for _, item in ipairs(back) do
     local b, rate, cap, charged, raw = item[1], item[2], item[3], item[4], item[5]
     if rate > 0 and charged ~= 0 then
       local stamp = math.max(now, num(b .. 'ts', now))
       set(b, math.min(cap, level(b, rate, cap, stamp) + charged))
       set(b .. 'ts', stamp)
-      set(b .. 'gc', num(b .. 'gc', 0) - charged)
-      set(b .. 'gr', num(b .. 'gr', 0) - raw)
+      if raw then
+        set(b .. 'gc', num(b .. 'gc', 0) - charged)
+        set(b .. 'gr', num(b .. 'gr', 0) - raw)
+      end
     end
   end
   if #updates > 0 then save() end
@@ -194,10 +209,13 @@ if op == 'adjust' then
 end
 
 if op == 'observe' then
-  local said_rpm, said_tpm = tonumber(ARGV[7]), tonumber(ARGV[8])
-  if said_rpm > 0 or said_tpm > 0 then
+  local said_rpm, said_tpm = tonumber(A[1]), tonumber(A[2])
+  local said_itpm, said_otpm = tonumber(A[16]) or 0, tonumber(A[17]) or 0
+  if said_rpm > 0 or said_tpm > 0 or said_itpm > 0 or said_otpm > 0 then
     if said_rpm > 0 then set('lrpm', said_rpm) end
     if said_tpm > 0 then set('ltpm', said_tpm) end
+    if said_itpm > 0 then set('litpm', said_itpm) end
+    if said_otpm > 0 then set('lotpm', said_otpm) end
     set('hdr', 'yes')
     shape()
   elseif h.hdr ~= 'yes' then
@@ -205,9 +223,9 @@ if op == 'observe' then
     set('hdr', 'none')
   end
   local ticket = {}
-  for i = 11, 18 do ticket[#ticket + 1] = tonumber(ARGV[i]) end
+  for i = 5, 12 do ticket[#ticket + 1] = tonumber(A[i]) end
   -- A refused call (429) took nothing at the provider: compare with what the bucket held before it.
-  local refused = tonumber(ARGV[19]) or 0
+  local refused = tonumber(A[13]) or 0
   -- What the provider had left after the ticket's call against what bucket b believed then, net of the
   -- corrections made since; negative: the provider had less. Calls in flight together reach the
   -- provider in any order, so a gap within the tolerance (what arrives within REORDER_SECONDS) is no
@@ -285,8 +303,19 @@ if op == 'observe' then
     set('rshare', math.min(MAX_SHARE, math.max(0, share)))
     set('rspan', now); set('rpend', 0)
   end
-  correct_requests(tonumber(ARGV[9]), ticket[1], tonumber(ARGV[20]), ticket[3])
-  correct_tokens(tonumber(ARGV[10]), ticket[2], tonumber(ARGV[21]), ticket[4], ticket[6], ticket[8])
+  -- Input and output tokens: what the provider says is left lowers the bucket at once; their counts
+  -- are reconciled with the answer's usage (as the provider does), so nothing else is learnt.
+  local function correct_plain(b, rate, cap, left, belief, charged, corr_at)
+    if rate <= 0 or not left or left < 0 then return end
+    if not h[b] then set(b, math.min(cap, left)); set(b .. 'ts', now); return end
+    if not belief or belief <= NO_TICKET then return end
+    local gap, tolerance = gap_of(b, rate, cap, left, belief, charged or 0, corr_at or 0, false)
+    if gap < -tolerance then lower_by(b, rate, cap, gap) end
+  end
+  correct_requests(tonumber(A[3]), ticket[1], tonumber(A[14]), ticket[3])
+  correct_tokens(tonumber(A[4]), ticket[2], tonumber(A[15]), ticket[4], ticket[6], ticket[8])
+  correct_plain('i', itpm, icap, tonumber(A[18]), tonumber(A[20]), tonumber(A[24]), tonumber(A[22]))
+  correct_plain('o', otpm, ocap, tonumber(A[19]), tonumber(A[21]), tonumber(A[25]), tonumber(A[23]))
   if refused == 1 and ticket[1] > NO_TICKET then
     -- A 429 says only that the provider had less than one call's worth: at a saturated key that is
     -- all the headers can show, so each refusal slows the request refill by a tenth and raises the
@@ -294,34 +323,40 @@ if op == 'observe' then
     if rpm > 0 then
       set('rshare', math.min(MAX_SHARE, 1 - (1 - num('rshare', 0)) / (1 + REFUSAL_STEP)))
     end
-    if tpm > 0 and tonumber(ARGV[21]) > 0 then
+    if tpm > 0 and tonumber(A[15]) > 0 then
       local window = math.max(1, tpm * LEARN_SECONDS / 60)
       local d = num('tb', window)
       set('ta', math.min(num('ta', window) + REFUSAL_STEP * d, MAX_FACTOR * d)); set('tb', d)
     end
   end
   save()
-  return {tostring(num('lrpm', 0)), tostring(num('ltpm', 0))}
+  return {tostring(num('lrpm', 0)), tostring(num('ltpm', 0)), tostring(num('litpm', 0)), tostring(num('lotpm', 0))}
 end
 
 if op == 'inspect' then
   -- The limit the workers last acquired with, not the caller's.
   cfg_rpm, cfg_tpm, burst = num('crpm', 0), num('ctpm', 0), num('cburst', burst)
+  cfg_itpm, cfg_otpm = num('citpm', 0), num('cotpm', 0)
   shape()
   return {state(), tostring(rpm), tostring(tpm), tostring(cfg_rpm), tostring(cfg_tpm),
     tostring(num('lrpm', 0)), tostring(num('ltpm', 0)),
     tostring(rpm > 0 and level('r', rrate, rcap, now) or 0), tostring(rcap),
     tostring(tpm > 0 and level('t', tpm, tcap, now) or 0), tostring(tcap),
     tostring(math.max(0, cool - now)), tostring(num('rshare', 0)), tostring(token_factor()),
-    tostring(last_minute('n')), tostring(last_minute('e'))}
+    tostring(last_minute('n')), tostring(last_minute('e')),
+    tostring(itpm), tostring(otpm), tostring(cfg_itpm), tostring(cfg_otpm),
+    tostring(num('litpm', 0)), tostring(num('lotpm', 0)),
+    tostring(itpm > 0 and level('i', itpm, icap, now) or 0), tostring(icap),
+    tostring(otpm > 0 and level('o', otpm, ocap, now) or 0), tostring(ocap)}
 end
 
 if op ~= 'acquire' then
   return redis.error_reply('unknown limiter operation ' .. tostring(op))
 end
 
-local rwant, twant, max_wait = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local priority, hold = tonumber(ARGV[10]), tonumber(ARGV[11])
+local rwant, twant, max_wait = tonumber(A[1]), tonumber(A[2]), tonumber(A[3])
+local priority, hold = tonumber(A[4]), tonumber(A[5])
+local iwant, owant = tonumber(A[6]) or 0, tonumber(A[7]) or 0
 local low = priority < DEFAULT_PRIORITY
 
 -- The loaded scope's buckets at time `at` for this request: its cost (times the learnt factor), the
@@ -336,13 +371,18 @@ local function buckets(at)
     b.refill = math.max(b.refill, b.rcost * 60 / rrate)
     b.room = math.min(b.room, (b.r - b.rcost) / rcap)
   end
-  if tpm > 0 then
-    b.tk = level('t', tpm, tcap, at)
-    local need = math.min(b.tcost + math.min(tpm * spread / 60, SPREAD_SHARE * tcap) + (low and reserve * tcap or 0), tcap)
-    if b.tk < need then b.wait = math.max(b.wait, (need - b.tk) * 60 / tpm) end
-    b.refill = math.max(b.refill, b.tcost * 60 / tpm)
-    b.room = math.min(b.room, (b.tk - b.tcost) / tcap)
+  -- A token bucket (combined, input or output): its level at `at` and what it adds to the wait.
+  local function fit(name, cost, rate, cap)
+    local lvl = level(name, rate, cap, at)
+    local need = math.min(cost + math.min(rate * spread / 60, SPREAD_SHARE * cap) + (low and reserve * cap or 0), cap)
+    if lvl < need then b.wait = math.max(b.wait, (need - lvl) * 60 / rate) end
+    b.refill = math.max(b.refill, cost * 60 / rate)
+    b.room = math.min(b.room, (lvl - cost) / cap)
+    return lvl
   end
+  if tpm > 0 then b.tk = fit('t', b.tcost, tpm, tcap) end
+  if itpm > 0 then b.ik = fit('i', iwant, itpm, icap) end
+  if otpm > 0 then b.ok = fit('o', owant, otpm, ocap) end
   return b
 end
 
@@ -385,7 +425,7 @@ local function acquire()
   -- spaced at the limit's rate instead of all at once.
   local at = math.max(now, cool)
   local mode = state()
-  local refusal = {0, '', mode, '0', '0', '0', '0', '0', '0', '0', '0', '0', '0'}
+  local refusal = {0, '', mode}
 
   -- A refused job of higher priority comes back at its time; lower ones leave the way clear until then.
   local due = higher_due()
@@ -412,11 +452,12 @@ local function acquire()
     end
     count('n', rwant)
     save()
-    return {1, tostring(at - now), mode, '0', '0', tostring(NO_TICKET), tostring(NO_TICKET), '0', '0', '0', '0', '0', '0'}
+    return {1, tostring(at - now), mode}
   end
 
-  if num('crpm', 0) ~= cfg_rpm or num('ctpm', 0) ~= cfg_tpm or num('cburst', 0) ~= burst then
-    set('crpm', cfg_rpm); set('ctpm', cfg_tpm); set('cburst', burst)
+  if num('crpm', 0) ~= cfg_rpm or num('ctpm', 0) ~= cfg_tpm or num('cburst', 0) ~= burst
+    or num('citpm', 0) ~= cfg_itpm or num('cotpm', 0) ~= cfg_otpm then
+    set('crpm', cfg_rpm); set('ctpm', cfg_tpm); set('cburst', burst); set('citpm', cfg_itpm); set('cotpm', cfg_otpm)
   end
   local b = buckets(at)
   local rcost, tcost, bucket_wait, refill, r, tk = b.rcost, b.tcost, b.wait, b.refill, b.r, b.tk
@@ -441,15 +482,29 @@ local function acquire()
     set('tgc', num('tgc', 0) + tcost); set('tgr', num('tgr', 0) + twant)
     tbelief = math.min(tcap, tk + bucket_wait * tpm / 60) - tcost
   end
+  -- Input and output tokens are charged as asked: their counts are reconciled with the answer's usage.
+  local split = {}
+  for _, item in ipairs({{'i', iwant, itpm, icap, b.ik}, {'o', owant, otpm, ocap, b.ok}}) do
+    local name, cost, rate, cap, lvl = item[1], item[2], item[3], item[4], item[5]
+    local charged, belief = 0, NO_TICKET
+    if rate > 0 then
+      set(name, lvl - cost); set(name .. 'ts', at)
+      charged, belief = cost, math.min(cap, lvl + bucket_wait * rate / 60) - cost
+    end
+    split[name] = {charged, belief}
+  end
   count('n', rwant)
   save()
   return {1, tostring(wait), mode, tostring(rcost), tostring(tcost), tostring(rbelief), tostring(tbelief),
     tostring(num('rc', 0)), tostring(num('tc', 0)), tostring(num('rgc', 0)), tostring(num('tgc', 0)),
-    tostring(num('rgr', 0)), tostring(num('tgr', 0)), tostring(now)}
+    tostring(num('rgr', 0)), tostring(num('tgr', 0)), tostring(now),
+    tostring(split.i[1]), tostring(split.o[1]), tostring(split.i[2]), tostring(split.o[2]),
+    tostring(num('ic', 0)), tostring(num('oc', 0))}
 end
 
 -- Every reply has the same length, with the chosen candidate last.
+local REPLY = 20
 local reply = acquire()
-for i = #reply + 1, 14 do reply[i] = '0' end
-reply[15] = tostring(chosen)
+for i = 4, REPLY do reply[i] = reply[i] or '0' end
+reply[REPLY + 1] = tostring(chosen)
 return reply

@@ -1,8 +1,9 @@
 """A token-bucket rate limiter shared by every worker through Redis, taught by the provider's headers.
 
 Each limit scope has two buckets, requests and tokens, refilled continuously at ``rpm/60`` and
-``tpm/60`` per second up to a capacity of ``burst_seconds`` of the rate. One Lua script
-(``limiter.lua``, run by SHA) checks and takes both atomically with Redis ``TIME`` as the clock,
+``tpm/60`` per second up to a capacity of ``burst_seconds`` of the rate, and two more where the provider
+limits input and output tokens apart (``itpm``/``otpm``, as Anthropic does). One Lua script
+(``limiter.lua``, run by SHA) checks and takes them all atomically with Redis ``TIME`` as the clock,
 so workers on many machines never oversubscribe a scope together.
 
 The rate of a bucket is the configured one, the one the provider states in its headers
@@ -72,6 +73,12 @@ class Ticket:
     tokens_asked: int
     granted_at: float = 0.0
     """Redis time of the grant, seconds."""
+    input_charged: float = 0.0
+    output_charged: float = 0.0
+    input_belief: float = _NO_TICKET
+    output_belief: float = _NO_TICKET
+    input_corrections: float = 0.0
+    output_corrections: float = 0.0
 
     def args(self) -> list[float]:
         return [
@@ -84,6 +91,10 @@ class Ticket:
             self.requests_estimated,
             self.tokens_estimated,
         ]
+
+    def split_args(self) -> list[float]:
+        """The input and output token part of the ticket, as ``observe`` takes it."""
+        return [self.input_belief, self.output_belief, self.input_corrections, self.output_corrections]
 
 
 @dataclass(frozen=True)
@@ -126,14 +137,25 @@ class ScopeState:
     """What the provider counts per token the workers estimate (1 to 4)."""
     requests_last_minute: int
     rate_limited_last_minute: int
+    itpm: float = 0.0
+    """Input tokens per minute (Anthropic's ITPM), 0 for none; the same for output below."""
+    otpm: float = 0.0
+    configured_itpm: float = 0.0
+    configured_otpm: float = 0.0
+    learnt_itpm: float = 0.0
+    learnt_otpm: float = 0.0
+    input_level: float = 0.0
+    input_capacity: float = 0.0
+    output_level: float = 0.0
+    output_capacity: float = 0.0
 
     @property
     def source(self) -> str:
         """``configured``, ``learnt``, ``both`` or ``none``: where the scope's limits come from."""
-        configured = self.configured_rpm > 0 or self.configured_tpm > 0
-        learnt = self.learnt_rpm > 0 or self.learnt_tpm > 0
+        configured = max(self.configured_rpm, self.configured_tpm, self.configured_itpm, self.configured_otpm)
+        learnt = max(self.learnt_rpm, self.learnt_tpm, self.learnt_itpm, self.learnt_otpm)
         return {(True, True): "both", (True, False): "configured", (False, True): "learnt"}.get(
-            (configured, learnt), "none"
+            (configured > 0, learnt > 0), "none"
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -148,6 +170,8 @@ class BucketShape:
 
     rpm: float
     tpm: float
+    itpm: float
+    otpm: float
     burst_seconds: float
     reserve: float
     spread_seconds: float
@@ -157,17 +181,37 @@ class BucketShape:
         return cls(
             rpm=limit.rpm or 0.0,
             tpm=limit.tpm or 0.0,
+            itpm=limit.itpm or 0.0,
+            otpm=limit.otpm or 0.0,
             burst_seconds=limit.burst_seconds,
             reserve=limit.reserve,
             spread_seconds=limit.spread_seconds,
         )
 
     def args(self) -> list[Any]:
-        return [self.rpm, self.tpm, self.burst_seconds, self.reserve, self.spread_seconds]
+        return [
+            self.rpm,
+            self.tpm,
+            self.itpm,
+            self.otpm,
+            self.burst_seconds,
+            self.reserve,
+            self.spread_seconds,
+        ]
+
+
+@dataclass(frozen=True)
+class Learnt:
+    """The limits (per minute) the provider stated for a scope, 0 where it never stated one."""
+
+    rpm: float = 0.0
+    tpm: float = 0.0
+    itpm: float = 0.0
+    otpm: float = 0.0
 
 
 class RateLimiter:
-    """Shared request and token buckets, one pair per scope, kept in Redis."""
+    """Shared request and token buckets, one set per scope, kept in Redis."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
@@ -183,8 +227,11 @@ class RateLimiter:
         max_wait: float,
         requests: int = 1,
         priority: int = DEFAULT_PRIORITY,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
     ) -> Admission:
-        """Take ``requests`` and ``tokens`` from the scope's buckets.
+        """Take ``requests`` and ``tokens`` from the scope's buckets (``input_tokens`` and
+        ``output_tokens``, the same tokens split, from its input and output buckets where it has them).
 
         If they will be available within ``max_wait`` seconds they are reserved now and the caller must
         sleep ``Admission.wait`` before calling the provider; otherwise nothing is taken. A scope in
@@ -193,7 +240,13 @@ class RateLimiter:
         more urgent (``PRIORITIES``).
         """
         return await self.acquire_any(
-            [(scope, limit)], tokens=tokens, max_wait=max_wait, requests=requests, priority=priority
+            [(scope, limit)],
+            tokens=tokens,
+            max_wait=max_wait,
+            requests=requests,
+            priority=priority,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
         )
 
     async def acquire_any(
@@ -204,6 +257,8 @@ class RateLimiter:
         max_wait: float,
         requests: int = 1,
         priority: int = DEFAULT_PRIORITY,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
     ) -> Admission:
         """:meth:`acquire` from whichever of the candidate scopes (deployments of one model) can take
         the request soonest, in one script call; ``Admission.choice`` says which.
@@ -229,12 +284,14 @@ class RateLimiter:
                 max_wait,
                 priority,
                 LOW_PRIORITY_HOLD,
+                input_tokens,
+                output_tokens,
                 *(arg for shape in shapes[1:] for arg in shape.args()),
             ],
         )
         reply = [value.decode() if isinstance(value, bytes) else str(value) for value in raw]
         admitted, wait, state = int(reply[0]), float(reply[1]), reply[2]
-        numbers = [float(value) for value in reply[3:14]]
+        numbers = [float(value) for value in reply[3:20]]
         ticket = None
         if admitted and state == "limited":
             ticket = Ticket(
@@ -250,36 +307,53 @@ class RateLimiter:
                 tokens_estimated=numbers[9],
                 tokens_asked=tokens,
                 granted_at=numbers[10],
+                input_charged=numbers[11],
+                output_charged=numbers[12],
+                input_belief=numbers[13],
+                output_belief=numbers[14],
+                input_corrections=numbers[15],
+                output_corrections=numbers[16],
             )
         return Admission(
-            admitted=bool(admitted), wait=wait, state=_state(state), ticket=ticket, choice=int(reply[14]) - 1
+            admitted=bool(admitted), wait=wait, state=_state(state), ticket=ticket, choice=int(reply[20]) - 1
         )
 
     async def adjust(
-        self, scope: str, limit: LimitConfig | None, *, tokens: float, ticket: Ticket | None = None
+        self,
+        scope: str,
+        limit: LimitConfig | None,
+        *,
+        tokens: float,
+        ticket: Ticket | None = None,
+        input_tokens: float = 0,
+        output_tokens: float = 0,
     ) -> None:
-        """Return ``tokens`` (as estimated) to the token bucket (a negative number charges more).
+        """Return ``tokens`` (as estimated) to the token bucket (a negative number charges more), and
+        ``input_tokens``/``output_tokens`` to the input and output buckets.
 
         With the call's ``ticket`` the amount is scaled by the charge factor the call was admitted at.
         """
-        if tokens == 0:
+        if tokens == 0 and input_tokens == 0 and output_tokens == 0:
             return
         charged = tokens
         if ticket is not None and ticket.tokens_asked > 0:
             charged = tokens * ticket.tokens_charged / ticket.tokens_asked
-        await self._run(scope, "adjust", BucketShape.of(limit or UNLIMITED), charged, tokens)
+        shape = BucketShape.of(limit or UNLIMITED)
+        await self._run(scope, "adjust", shape, charged, tokens, 0, 0, input_tokens, output_tokens)
 
     async def refund(
         self, scope: str, limit: LimitConfig | None, ticket: Ticket | None, *, requests: bool = False
     ) -> None:
         """Give back the tokens a call took, and with ``requests`` its request too: the provider did not
         count it (a 429, or a call never sent)."""
-        if ticket is None or not (ticket.tokens_charged or (requests and ticket.requests_charged)):
+        if ticket is None:
+            return
+        split = [ticket.input_charged, ticket.output_charged]
+        if not (ticket.tokens_charged or any(split) or (requests and ticket.requests_charged)):
             return
         args: list[Any] = [ticket.tokens_charged, ticket.tokens_asked]
-        if requests:
-            args += [ticket.requests_charged, 1]
-        await self._run(scope, "adjust", BucketShape.of(limit or UNLIMITED), *args)
+        args += [ticket.requests_charged, 1] if requests else [0, 0]
+        await self._run(scope, "adjust", BucketShape.of(limit or UNLIMITED), *args, *split)
 
     async def observe(
         self,
@@ -289,37 +363,52 @@ class RateLimiter:
         ticket: Ticket | None,
         *,
         refused: bool = False,
-    ) -> tuple[float, float]:
+    ) -> Learnt:
         """Learn from one provider answer: its stated limits and what it says is left.
 
         ``said`` None (a successful answer without rate-limit headers) marks a scope that has no learnt
         limit as unlimited. ``refused``: the answer was a 429, so the call took nothing at the provider.
-        Returns the learnt (rpm, tpm), 0 where the provider never stated one.
+        Where the provider states input and output token limits apart (Anthropic), those are learnt and
+        its combined ``tokens`` figure, the tighter of the two, is not a limit of its own.
         """
-        stated_rpm = stated_tpm = 0.0
-        left_requests = left_tokens = -1.0
+        stated = {"requests": (0.0, -1.0), "tokens": (0.0, -1.0), "input": (0.0, -1.0), "output": (0.0, -1.0)}
         if said is not None:
-            if said.requests is not None:
-                stated_rpm = said.requests.limit or 0.0
-                left_requests = -1.0 if said.requests.remaining is None else said.requests.remaining
-            if said.tokens is not None:
-                stated_tpm = said.tokens.limit or 0.0
-                left_tokens = -1.0 if said.tokens.remaining is None else said.tokens.remaining
-        ticket_args = ticket.args() if ticket is not None else [_NO_TICKET, _NO_TICKET, 0, 0, 0, 0, 0, 0]
-        charged = [ticket.requests_charged, ticket.tokens_charged] if ticket is not None else [0, 0]
+            split = said.input_tokens is not None or said.output_tokens is not None
+            readings = {
+                "requests": said.requests,
+                "tokens": None if split else said.tokens,
+                "input": said.input_tokens,
+                "output": said.output_tokens,
+            }
+            for name, reading in readings.items():
+                if reading is not None:
+                    left = -1.0 if reading.remaining is None else reading.remaining
+                    stated[name] = (reading.limit or 0.0, left)
+        if ticket is not None:
+            ticket_args = ticket.args()
+            charged = [ticket.requests_charged, ticket.tokens_charged]
+            split_ticket = [*ticket.split_args(), ticket.input_charged, ticket.output_charged]
+        else:
+            ticket_args, charged = [_NO_TICKET, _NO_TICKET, 0, 0, 0, 0, 0, 0], [0, 0]
+            split_ticket = [_NO_TICKET, _NO_TICKET, 0, 0, 0, 0]
         reply = await self._run(
             scope,
             "observe",
             BucketShape.of(limit or UNLIMITED),
-            stated_rpm,
-            stated_tpm,
-            left_requests,
-            left_tokens,
+            stated["requests"][0],
+            stated["tokens"][0],
+            stated["requests"][1],
+            stated["tokens"][1],
             *ticket_args,
             int(refused),
             *charged,
+            stated["input"][0],
+            stated["output"][0],
+            stated["input"][1],
+            stated["output"][1],
+            *split_ticket,
         )
-        return float(reply[0]), float(reply[1])
+        return Learnt(*(float(value) for value in reply[:4]))
 
     async def recheck(self, scope: str, ticket: Ticket | None) -> float:
         """Before sending a call admitted with a wait: seconds it must still pause, or 0 to go.
@@ -352,7 +441,10 @@ class RateLimiter:
     async def inspect(self, scope: str) -> ScopeState:
         """The scope's limits, levels, cooldown and last-minute counts, as the workers left them."""
         reply = await self._run(scope, "inspect", BucketShape.of(UNLIMITED))
-        state, rpm, tpm, crpm, ctpm, lrpm, ltpm, rlevel, rcap, tlevel, tcap, cool, rshare, tfac, n, e = reply
+        state, rpm, tpm, crpm, ctpm, lrpm, ltpm, rlevel, rcap, tlevel, tcap, cool, rshare, tfac, n, e = reply[
+            :16
+        ]
+        split = [float(value) for value in reply[16:26]]
         return ScopeState(
             scope=scope,
             state=_state(state),
@@ -371,6 +463,16 @@ class RateLimiter:
             token_factor=float(tfac),
             requests_last_minute=int(float(n)),
             rate_limited_last_minute=int(float(e)),
+            itpm=split[0],
+            otpm=split[1],
+            configured_itpm=split[2],
+            configured_otpm=split[3],
+            learnt_itpm=split[4],
+            learnt_otpm=split[5],
+            input_level=split[6],
+            input_capacity=split[7],
+            output_level=split[8],
+            output_capacity=split[9],
         )
 
     async def scopes(self) -> list[str]:

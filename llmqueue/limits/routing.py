@@ -39,10 +39,12 @@ class Deployments:
         self._by_name: dict[str, list[Candidate]] = {}
         for resolved in resolve(settings.model_list, environ):
             spec = resolved.deployment.litellm_params
-            # [limits."<name>"] first, then litellm_params' rpm/tpm, then [llm]'s (LLM_RPM) for each.
+            # [limits."<name>"] first, then litellm_params' rpm/tpm/itpm/otpm, then [llm]'s (LLM_RPM) for
+            # each.
             limit = settings.limits.get(resolved.name)
-            if limit is None and (spec.rpm is not None or spec.tpm is not None):
-                limit = LimitConfig(rpm=spec.rpm, tpm=spec.tpm)
+            rates = {"rpm": spec.rpm, "tpm": spec.tpm, "itpm": spec.itpm, "otpm": spec.otpm}
+            if limit is None and any(rate is not None for rate in rates.values()):
+                limit = LimitConfig(**rates)
             if limit is None:
                 limit = settings.limit_for(resolved.name, settings.llm)
             candidate = Candidate(resolved, limit)

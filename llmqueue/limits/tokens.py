@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import litellm
@@ -10,16 +11,38 @@ import litellm
 from llmqueue.models import Job
 
 
-def estimate_tokens(job: Job, model: str, default_completion_tokens: int) -> int:
-    """Prompt tokens (LiteLLM's counter for the model) plus the completion the job may produce.
+@dataclass(frozen=True)
+class TokenEstimate:
+    """A job's tokens before the call: its prompt, and the completion it may produce."""
+
+    prompt: int = 0
+    completion: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+
+NO_ESTIMATE = TokenEstimate()
+
+
+def estimate_split(job: Job, model: str, default_completion_tokens: int) -> TokenEstimate:
+    """Prompt tokens (LiteLLM's counter for the model), and the completion the job may produce.
 
     The completion part is the job's ``max_tokens`` (or ``max_completion_tokens``) when set, else
     ``default_completion_tokens``. Embedding jobs have no completion.
     """
     if job.kind == "embedding":
         texts = [job.input] if isinstance(job.input, str) else list(job.input or [])
-        return sum(_count_text(model, text) for text in texts)
-    return _count_messages(model, job.messages) + completion_allowance(job, default_completion_tokens)
+        return TokenEstimate(sum(_count_text(model, text) for text in texts))
+    return TokenEstimate(
+        _count_messages(model, job.messages), completion_allowance(job, default_completion_tokens)
+    )
+
+
+def estimate_tokens(job: Job, model: str, default_completion_tokens: int) -> int:
+    """Prompt plus completion tokens of :func:`estimate_split`."""
+    return estimate_split(job, model, default_completion_tokens).total
 
 
 def completion_allowance(job: Job, default_completion_tokens: int) -> int:
@@ -30,15 +53,16 @@ def completion_allowance(job: Job, default_completion_tokens: int) -> int:
     return int(limit) if isinstance(limit, int | float) else default_completion_tokens
 
 
-def usage_tokens(response: Any) -> int | None:
-    """Total tokens the provider reports having used, or None when it reports none."""
+def usage_tokens(response: Any, field: str = "total_tokens") -> int | None:
+    """Tokens the provider reports having used (``total_tokens``, or ``prompt_tokens``,
+    ``completion_tokens``), or None when it reports none."""
     usage = getattr(response, "usage", None)
     if usage is None and isinstance(response, dict):
         usage = response.get("usage")
     if usage is None:
         return None
-    total = usage.get("total_tokens") if isinstance(usage, dict) else getattr(usage, "total_tokens", None)
-    return int(total) if total is not None else None
+    value = usage.get(field) if isinstance(usage, dict) else getattr(usage, field, None)
+    return int(value) if isinstance(value, int | float) else None
 
 
 def _count_messages(model: str, messages: list[dict[str, Any]]) -> int:

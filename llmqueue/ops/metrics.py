@@ -26,7 +26,8 @@ events since it started; Prometheus sums them across workers.
 - ``llmqueue_deployment_calls_total{model,deployment,outcome}``: calls of jobs routed over a model_list,
   per deployment, by how they ended (``ok``, ``rerouted``, or the error kind: ``rate_limit`` …)
 - ``llmqueue_limit{scope,kind,source}`` (gauge): the rate a scope runs under, per minute (``kind``
-  ``requests`` or ``tokens``; ``source`` ``configured``, ``learnt``, ``both`` or ``none``; 0: none)
+  ``requests`` or ``tokens``, and ``input_tokens``/``output_tokens`` where the provider limits them apart;
+  ``source`` ``configured``, ``learnt``, ``both`` or ``none``; 0: none)
 - ``llmqueue_limit_level{scope,kind}`` (gauge): what the scope's shared bucket holds now
 
 The limit gauges are refreshed from Redis at most every 5 s per scope, after a provider answer.
@@ -35,6 +36,8 @@ The registry also holds the usual ``process_*`` and ``python_*`` series of the w
 """
 
 from __future__ import annotations
+
+from contextlib import suppress
 
 from prometheus_client import (
     CollectorRegistry,
@@ -49,6 +52,20 @@ from prometheus_client import (
 
 from llmqueue.limits.limiter import ScopeState
 from llmqueue.ops.events import JobEvent
+
+LIMIT_KINDS = ("requests", "tokens", "input_tokens", "output_tokens")
+
+
+def _limit_kinds(state: ScopeState) -> list[tuple[str, float, float]]:
+    """(kind, rate, level) of a scope's buckets: requests and tokens, and input and output tokens where
+    the scope has those limits."""
+    kinds = [("requests", state.rpm, state.request_level), ("tokens", state.tpm, state.token_level)]
+    if state.itpm:
+        kinds.append(("input_tokens", state.itpm, state.input_level))
+    if state.otpm:
+        kinds.append(("output_tokens", state.otpm, state.output_level))
+    return kinds
+
 
 __all__ = ["WorkerMetrics"]
 
@@ -147,13 +164,13 @@ class WorkerMetrics:
         """Set the limit gauges of one scope (called by the worker's limit feedback)."""
         previous = self._limit_sources.get(state.scope)
         if previous is not None and previous != state.source:
-            for kind in ("requests", "tokens"):
-                self.limit.remove(state.scope, kind, previous)
+            for kind in LIMIT_KINDS:
+                with suppress(KeyError):  # input/output only where the scope had them
+                    self.limit.remove(state.scope, kind, previous)
         self._limit_sources[state.scope] = state.source
-        self.limit.labels(state.scope, "requests", state.source).set(state.rpm)
-        self.limit.labels(state.scope, "tokens", state.source).set(state.tpm)
-        self.limit_level.labels(state.scope, "requests").set(state.request_level)
-        self.limit_level.labels(state.scope, "tokens").set(state.token_level)
+        for kind, rate, level in _limit_kinds(state):
+            self.limit.labels(state.scope, kind, state.source).set(rate)
+            self.limit_level.labels(state.scope, kind).set(level)
 
     def __call__(self, event: JobEvent) -> None:
         """Count one job event."""

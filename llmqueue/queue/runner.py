@@ -26,7 +26,7 @@ from llmqueue.limits.feedback import LimitFeedback, LimitListener
 from llmqueue.limits.headers import exception_headers, response_headers
 from llmqueue.limits.limiter import DEFAULT_PRIORITY, RateLimiter, Ticket
 from llmqueue.limits.routing import Candidate, Deployments, deployment_kwargs, fallback_model, next_fallback
-from llmqueue.limits.tokens import estimate_tokens, usage_tokens
+from llmqueue.limits.tokens import NO_ESTIMATE, TokenEstimate, estimate_split, usage_tokens
 from llmqueue.llm import policy
 from llmqueue.llm.answers import missing_answer
 from llmqueue.llm.backoff import RetryPolicy
@@ -68,7 +68,7 @@ class _Call:
     scope: str
     limit: LimitConfig | None
     start: AttemptStart
-    estimate: int
+    estimate: TokenEstimate
     cache_key: str | None = None
     """Set when this call's answer goes to the response cache (the job asked, and missed)."""
     priority: int = DEFAULT_PRIORITY
@@ -173,7 +173,9 @@ class JobRunner:
             limit=limit,
             start=start,
             # Counting tokens costs CPU on every job; only a token limit (configured or learnt) needs it.
-            estimate=estimate_tokens(job, counted_as, llm.default_completion_tokens) if limited else 0,
+            estimate=(
+                estimate_split(job, counted_as, llm.default_completion_tokens) if limited else NO_ESTIMATE
+            ),
             priority=job.priority,
             candidates=candidates,
         )
@@ -223,15 +225,23 @@ class JobRunner:
         if call.candidates:
             admission = await self.limiter.acquire_any(
                 [(c.scope, c.limit) for c in call.candidates],
-                tokens=call.estimate,
+                tokens=call.estimate.total,
                 max_wait=max_wait,
                 priority=call.priority,
+                input_tokens=call.estimate.prompt,
+                output_tokens=call.estimate.completion,
             )
             call.deployment = call.candidates[admission.choice]
             call.scope, call.limit = call.deployment.scope, call.deployment.limit
         else:
             admission = await self.limiter.acquire(
-                call.scope, call.limit, tokens=call.estimate, max_wait=max_wait, priority=call.priority
+                call.scope,
+                call.limit,
+                tokens=call.estimate.total,
+                max_wait=max_wait,
+                priority=call.priority,
+                input_tokens=call.estimate.prompt,
+                output_tokens=call.estimate.completion,
             )
         if not admission.admitted:
             self._emit("deferred", call, wait=admission.wait)
@@ -302,6 +312,8 @@ class JobRunner:
                 response_headers(response),
                 estimate=call.estimate,
                 used=usage_tokens(response),
+                used_prompt=usage_tokens(response, "prompt_tokens"),
+                used_completion=usage_tokens(response, "completion_tokens"),
                 sets_max_tokens=bool({"max_tokens", "max_completion_tokens"} & set(job.params)),
             )
         if call.cache_key is not None and self.cache is not None:

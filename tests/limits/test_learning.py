@@ -72,7 +72,7 @@ async def test_a_configured_limit_above_the_providers_gives_way_to_it(limiter: R
     configured = LimitConfig(rpm=1200, spread_seconds=0)  # 20 a second; the key allows 10
     ticket = (await admitted(limiter, configured)).ticket
     learnt = await limiter.observe("m", configured, said(rpm=600, requests_left=9), ticket)
-    assert learnt == (600, 0)
+    assert (learnt.rpm, learnt.tpm) == (600, 0)
     state = await limiter.inspect("m")
     assert (state.rpm, state.configured_rpm, state.learnt_rpm, state.source) == (600, 1200, 600, "both")
     assert state.request_capacity == 10
@@ -182,3 +182,76 @@ async def test_another_clients_share_is_learnt_as_a_slower_refill_that_full_buck
         await calls_for(1)
     assert (await limiter.inspect("m")).others_request_share == pytest.approx(0.3, abs=0.08)
     assert tally["refused"] <= 0.02 * tally["sent"], tally
+
+
+# --- input and output tokens limited apart (Anthropic's ITPM and OTPM) ---
+
+
+def said_apart(itpm: float, input_left: float, otpm: float, output_left: float) -> ProviderLimits:
+    """Anthropic's headers: input and output limits, and ``tokens`` stating the tighter of the two."""
+    return ProviderLimits(
+        "anthropic",
+        requests=Reading(limit=600, remaining=9),
+        tokens=Reading(limit=otpm, remaining=output_left),
+        input_tokens=Reading(limit=itpm, remaining=input_left),
+        output_tokens=Reading(limit=otpm, remaining=output_left),
+    )
+
+
+async def test_input_and_output_limits_are_each_a_bucket_of_their_own(limiter: RateLimiter) -> None:
+    # 10 input and 2 output tokens a second, in buckets of one second.
+    limit = LimitConfig(itpm=600, otpm=120, spread_seconds=0)
+    first = await limiter.acquire("m", limit, tokens=6, input_tokens=4, output_tokens=2, max_wait=60)
+    assert (first.admitted, first.wait) == (True, 0)
+    assert first.ticket is not None and (first.ticket.input_charged, first.ticket.output_charged) == (4, 2)
+    # The output bucket is empty: one more output token waits half a second, input has room.
+    second = await limiter.acquire("m", limit, tokens=2, input_tokens=1, output_tokens=1, max_wait=0)
+    assert not second.admitted and second.wait == pytest.approx(0.5, abs=CLOSE)
+    # A prompt bigger than what is left of the input bucket waits for input.
+    third = await limiter.acquire("m", limit, tokens=9, input_tokens=9, output_tokens=0, max_wait=0)
+    assert not third.admitted and third.wait == pytest.approx(0.3, abs=CLOSE)
+    state = await limiter.inspect("m")
+    assert (state.state, state.source) == ("limited", "configured")
+    assert (state.itpm, state.otpm, state.tpm) == (600, 120, 0)
+    assert state.input_level == pytest.approx(6, abs=2) and state.output_capacity == 2
+
+
+async def test_answers_give_back_what_the_call_did_not_use_of_input_and_output(limiter: RateLimiter) -> None:
+    limit = LimitConfig(itpm=60, otpm=60, burst_seconds=100, spread_seconds=0)  # buckets of 100, 1 a second
+    admission = await limiter.acquire("m", limit, tokens=80, input_tokens=20, output_tokens=60, max_wait=60)
+    await limiter.adjust("m", limit, tokens=0, input_tokens=2, output_tokens=55, ticket=admission.ticket)
+    state = await limiter.inspect("m")
+    assert state.input_level == pytest.approx(82, abs=1) and state.output_level == pytest.approx(95, abs=1)
+    # A 429 or a failure gives back all of both.
+    admission = await limiter.acquire("m", limit, tokens=80, input_tokens=20, output_tokens=60, max_wait=60)
+    await limiter.refund("m", limit, admission.ticket)
+    state = await limiter.inspect("m")
+    assert state.input_level == pytest.approx(82, abs=1) and state.output_level == pytest.approx(95, abs=1)
+
+
+async def test_input_and_output_limits_are_learnt_from_anthropic_headers_not_their_tighter_tokens(
+    limiter: RateLimiter,
+) -> None:
+    await limiter.observe("m", None, said_apart(80_000, 80_000, 16_000, 16_000), None)
+    learnt = await limiter.observe("m", None, said_apart(80_000, 80_000, 16_000, 16_000), None)
+    # "tokens" states the tighter of the two (16,000): learnt as a combined limit it would hold the
+    # input to 16,000 a minute as well.
+    assert (learnt.itpm, learnt.otpm, learnt.tpm, learnt.rpm) == (80_000, 16_000, 0, 600)
+    state = await limiter.inspect("m")
+    assert (state.state, state.source) == ("limited", "learnt")
+    assert (state.tpm, state.itpm, state.otpm) == (0, 80_000, 16_000)
+    admission = await limiter.acquire(
+        "m", None, tokens=5000, input_tokens=4000, output_tokens=1000, max_wait=0
+    )
+    assert admission.admitted and admission.wait == 0
+
+
+async def test_input_left_below_what_the_bucket_believes_lowers_it_at_once(limiter: RateLimiter) -> None:
+    limit = LimitConfig(itpm=600, otpm=600, burst_seconds=100, spread_seconds=0)  # buckets of 1000
+    admission = await limiter.acquire("m", limit, tokens=110, input_tokens=100, output_tokens=10, max_wait=60)
+    # The provider says 500 input tokens are left where the bucket believes 900: another program uses
+    # the key. Output is as believed.
+    await limiter.observe("m", limit, said_apart(600, 500, 600, 990), admission.ticket)
+    state = await limiter.inspect("m")
+    assert state.input_level == pytest.approx(500, abs=15)
+    assert state.output_level == pytest.approx(990, abs=15)
