@@ -200,7 +200,8 @@ class RateLimits:
         has no input/output limits to state). ``anthropic``:
         ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}``, reset
         as an RFC 3339 time (``wall_clock`` is the Unix time at ``now``); with input and output limits
-        and no combined one, ``tokens`` states the most restrictive of the two, as Anthropic does.
+        and no combined one, ``tokens`` states the one with the fewest tokens remaining, as Anthropic
+        does.
         ``none``: no headers.
         """
         headers: dict[str, str] = {}
@@ -212,7 +213,7 @@ class RateLimits:
         elif self.tokens is None:
             split = [bucket for _, bucket in stated[2:] if bucket is not None]
             if split:
-                tightest = min(split, key=lambda bucket: bucket.level(now) / bucket.capacity)
+                tightest = min(split, key=lambda bucket: bucket.level(now))
                 stated = [stated[0], ("tokens", tightest), *stated[2:]]
         for kind, bucket in stated:
             if bucket is None:

@@ -75,7 +75,7 @@ class ProviderConfig(BaseModel):
       ``rate * window_seconds / 60`` that start full (see ``llmqueue.simulator.limits``). ``itpm``,
       ``otpm``: input and output tokens per minute, as Anthropic limits them: a call needs its prompt
       in the input bucket and its ``max_tokens`` in the output bucket, which is charged what the answer
-      produced.
+      produced; Anthropic's ``tokens`` headers state whichever of the two has fewer tokens left.
     - ``latency``: mean seconds before an admitted call is answered, uniform in
       ``latency * (1 ± latency_jitter)``.
     - ``error_rate``: fraction of admitted calls answered 500, 502 or 503; ``timeout_rate``: fraction that

@@ -158,3 +158,45 @@ async def test_a_second_client_eating_half_the_key_slows_the_workers_instead_of_
     assert elapsed >= 0.8 * JOBS / (KEY_RPM / 60 / 2)
     state = await RateLimiter(redis).inspect("openai/gpt-4o-mini")
     assert state.others_request_share > 0.3
+
+
+async def test_anthropic_input_and_output_limits_are_learnt_apart_and_run_at_the_input_rate(
+    redis_url: str, redis: Redis
+) -> None:
+    # Anthropic's way: 60,000 input tokens a minute (1,000 a second) and 12,000 output tokens (200 a
+    # second), no combined limit; its "tokens" headers state whichever has fewer tokens left.
+    provider_config = ProviderConfig(
+        api_key=TEST_API_KEY,
+        itpm=60_000,
+        otpm=12_000,
+        latency=0.05,
+        completion_tokens=16,
+        rate_limit_headers="anthropic",
+    )
+    prompt = "Grade this answer to the question about the capital of France, please. " * 5  # ~90 tokens
+    job_list = [
+        {
+            "model": "openai/claude-sim",
+            "params": {"max_tokens": 20},
+            "messages": [{"role": "user", "content": f"{n} {prompt}"}],
+        }
+        for n in range(JOBS)
+    ]
+    with ProviderProcess(provider_config) as provider:
+        settings = settings_for(redis_url, provider.base_url)
+        elapsed = await run_all(settings, job_list)
+        stats = provider.stats()
+    state = await RateLimiter(redis).inspect("openai/claude-sim")
+    assert (state.state, state.source, state.itpm, state.otpm, state.tpm) == (
+        "limited",
+        "learnt",
+        60_000,
+        12_000,
+        0,
+    )
+    # About 10 calls a second by input (~95 tokens each), 12 by output (16 produced of 20 asked): the
+    # run goes at the input rate (6.0 s measured). Taking "tokens" (12,000) as a combined limit of
+    # prompt + max_tokens allows about 1.7 calls a second: the limiter before itpm/otpm took 32 s.
+    assert elapsed <= 20, elapsed
+    assert elapsed >= 0.8 * (JOBS - 10) / 10.5, elapsed
+    assert stats["rate_limited"] <= 6, stats["rate_limited"]

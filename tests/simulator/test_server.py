@@ -470,7 +470,7 @@ def test_input_and_output_limits_count_the_prompt_and_what_the_answer_produced()
     headers = limits.headers(now=0.0, family="anthropic")
     assert headers["anthropic-ratelimit-input-tokens-limit"] == "600"
     assert headers["anthropic-ratelimit-output-tokens-limit"] == "120"
-    # No combined token limit: "tokens" states the tightest of the two (output: 0 of 2 left).
+    # No combined token limit: "tokens" states the one with the fewest left (output: 0 of 2).
     assert headers["anthropic-ratelimit-tokens-limit"] == "120"
     assert "x-ratelimit-limit-tokens" not in limits.headers(now=0.0, family="openai")
 
