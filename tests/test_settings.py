@@ -290,6 +290,16 @@ def test_llm_rpm_and_tpm_limit_the_default_models_scope(monkeypatch: pytest.Monk
     assert settings.limit_for("gpt-4o", settings.llm) == LimitConfig(rpm=60, tpm=90000)
 
 
+def test_llm_itpm_and_otpm_limit_input_and_output_tokens_of_every_scope(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLM_ITPM", "80000")
+    settings = load_settings(write_config('[llm]\notpm = 16000\n[limits."anthropic/claude"]\nitpm = 40000\n'))
+
+    assert settings.limit_for("openai/other", settings.llm) == LimitConfig(itpm=80000, otpm=16000)
+    assert settings.limit_for("anthropic/claude", settings.llm) == LimitConfig(itpm=40000)
+
+
 def test_llm_rpm_limits_a_scope_of_another_model_named_by_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLM_RPM", "60")
     settings = load_settings()

@@ -9,8 +9,10 @@ import time
 import pytest
 from redis.asyncio import Redis as AsyncRedis
 
+from llmqueue.limits.feedback import LimitFeedback
 from llmqueue.limits.headers import ProviderLimits, Reading
 from llmqueue.limits.limiter import Admission, RateLimiter
+from llmqueue.limits.tokens import TokenEstimate
 from llmqueue.settings import LimitConfig
 from llmqueue.simulator.limits import RateLimits
 
@@ -255,3 +257,30 @@ async def test_input_left_below_what_the_bucket_believes_lowers_it_at_once(limit
     state = await limiter.inspect("m")
     assert state.input_level == pytest.approx(500, abs=15)
     assert state.output_level == pytest.approx(990, abs=15)
+
+
+async def test_an_answer_reconciles_input_and_output_with_its_usage_whatever_the_family(
+    limiter: RateLimiter,
+) -> None:
+    limit = LimitConfig(itpm=60, otpm=60, burst_seconds=100, spread_seconds=0)  # buckets of 100
+    estimate = TokenEstimate(prompt=30, completion=60)
+    admission = await limiter.acquire(
+        "m", limit, tokens=estimate.total, input_tokens=30, output_tokens=60, max_wait=60
+    )
+    feedback = LimitFeedback(limiter)
+    # OpenAI's headers and max_tokens set: the combined bucket keeps its up-front charge, but input
+    # and output are what the provider counted: 34 in (more than estimated), 5 out of the 60 asked.
+    await feedback.answered(
+        "m",
+        limit,
+        admission.ticket,
+        {"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "599"},
+        estimate=estimate,
+        used=39,
+        sets_max_tokens=True,
+        used_prompt=34,
+        used_completion=5,
+    )
+    state = await limiter.inspect("m")
+    assert state.input_level == pytest.approx(100 - 34, abs=1)
+    assert state.output_level == pytest.approx(100 - 5, abs=1)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from llmqueue.cli import app
 from llmqueue.limits.headers import ProviderLimits, Reading
-from llmqueue.limits.limiter import RateLimiter
+from llmqueue.limits.limiter import RateLimiter, ScopeState
 from llmqueue.ops.metrics import WorkerMetrics
 from llmqueue.settings import LimitConfig
 
@@ -96,6 +96,29 @@ def test_limits_show_the_share_another_client_was_seen_to_take(redis_url: str) -
     assert f"others take {entry['others_request_share']:.0%} of req" in table.stdout
 
 
+def test_limits_show_input_and_output_limits_learnt_from_anthropic(redis_url: str) -> None:
+    async def learn() -> None:
+        redis = Redis.from_url(redis_url)
+        limiter = RateLimiter(redis)
+        await limiter.acquire("anthropic/claude", None, tokens=0, max_wait=1)
+        said = ProviderLimits(
+            "anthropic",
+            requests=Reading(50, 49),
+            tokens=Reading(8000, 7000),
+            input_tokens=Reading(40000, 39000),
+            output_tokens=Reading(8000, 7000),
+        )
+        await limiter.observe("anthropic/claude", None, said, None)
+        await redis.aclose()
+
+    asyncio.run(learn())
+    (entry,) = json.loads(runner.invoke(app, ["limits", "--json", "--redis-url", redis_url]).stdout)
+    assert (entry["itpm"], entry["otpm"], entry["tpm"], entry["source"]) == (40000, 8000, 0, "learnt")
+    table = runner.invoke(app, ["limits", "--redis-url", redis_url]).stdout
+    assert "50 rpm, 40000 itpm, 8000 otpm" in table
+    assert "39000/667 in" not in table and "/667 in" in table and "/133 out" in table
+
+
 def test_limits_with_no_scope_in_use_says_so(redis_url: str) -> None:
     result = runner.invoke(app, ["limits", "--redis-url", redis_url])
     assert result.exit_code == 0 and "no limit scope in use" in result.stdout
@@ -143,3 +166,27 @@ def test_status_of_a_batch_shows_the_limits_its_jobs_run_under(redis_url: str, t
     table = runner.invoke(app, ["status", "b1", "--redis-url", redis_url])
     assert "limits it runs under" in table.stdout and "openai/gpt-4o" in table.stdout
     assert "anthropic/claude" not in table.stdout
+
+
+def test_metrics_have_input_and_output_gauges_where_a_scope_has_those_limits() -> None:
+    async def state() -> ScopeState:
+        import fakeredis
+
+        limiter = RateLimiter(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer()))
+        await limiter.acquire(
+            "m",
+            LimitConfig(itpm=600, otpm=8000, burst_seconds=60),
+            tokens=120,
+            max_wait=1,
+            input_tokens=100,
+            output_tokens=20,
+        )
+        return await limiter.inspect("m")
+
+    metrics = WorkerMetrics()
+    metrics.observe_limits(asyncio.run(state()))
+    sample = metrics.registry.get_sample_value
+    assert sample("llmqueue_limit", {"scope": "m", "kind": "input_tokens", "source": "configured"}) == 600
+    assert sample("llmqueue_limit", {"scope": "m", "kind": "output_tokens", "source": "configured"}) == 8000
+    level = sample("llmqueue_limit_level", {"scope": "m", "kind": "input_tokens"})
+    assert level is not None and 499 < level < 530  # 600 less the 100 taken, refilled 10 a second
