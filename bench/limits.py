@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
+
 from bench.harness import Workers, queue_run, worker_env
 from bench.ratelimit import rate_figures
 from bench.workloads import jobs
+from llmqueue.limits.limiter import RateLimiter
 from llmqueue.ops.embedded_redis import EmbeddedRedis
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
@@ -70,6 +73,7 @@ COLUMNS = {
     "rate_limited": "429s",
     "rate_limited_share": "429s / requests",
     "failed": "failed",
+    "others_share": "others' share learnt",
     "rounds": "rounds",
     "target": "target",
     "met": "met",
@@ -136,7 +140,18 @@ def measure(
         **rate_figures(
             count, outcome.batch.seconds, outcome.batch.succeeded, outcome.stats, rpm=RPM, tpm=tpm
         ),
+        "others_share": asyncio.run(others_share(redis_url)),
     }
+
+
+async def others_share(redis_url: str) -> float:
+    """The share of the key the workers learnt another client takes, at the end of a round (0 where
+    there is none: a share learnt there costs goodput)."""
+    redis = Redis.from_url(redis_url)
+    try:
+        return (await RateLimiter(redis).inspect(OWN_MODEL)).others_request_share
+    finally:
+        await redis.aclose()
 
 
 def median_row(scenario: Scenario, measured: list[dict[str, Any]]) -> dict[str, Any]:
@@ -145,6 +160,7 @@ def median_row(scenario: Scenario, measured: list[dict[str, Any]]) -> dict[str, 
     row = {**ordered[len(ordered) // 2], "scenario": scenario.name, "rounds": len(measured)}
     row["goodput_rounds"] = [m["goodput"] for m in measured]
     row["rate_limited_rounds"] = [m["rate_limited_share"] for m in measured]
+    row["others_share_rounds"] = [m["others_share"] for m in measured]
     met = row["rate_limited_share"] <= scenario.rate_limited_target and row["failed"] == 0
     target = f"429s ≤ {scenario.rate_limited_target:.1%}, none failed"
     if scenario.goodput_target is not None:
