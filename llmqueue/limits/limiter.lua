@@ -10,8 +10,9 @@
 --                  seen, 'none' after a response without any (the scope is then unlimited)
 --   ta/tb          decaying sums whose ratio a/b is the token charge factor: what the provider counts
 --                  per token we estimate (>= 1; a provider counting tokens its own way)
---   rshare         the share of the request rate another client on the key takes (0 to MAX_SHARE): the
---                  request bucket refills at rpm * (1 - rshare); rspan/rbase/rpend: when the request
+--   rshare         the share of the request rate another client on the key takes (-SHARE_CREDIT to
+--                  MAX_SHARE; below 0 it counts as 0): the request bucket refills at
+--                  rpm * (1 - max(0, rshare)); rspan/rbase/rpend: when the request
 --                  bucket's last learning sample was taken, the gap left uncorrected (provider above us),
 --                  and the net drift seen since that sample
 --   rgc/tgc, rgr/tgr   cumulative units granted, charged and as estimated; tsc/tsr: the token ones at
@@ -55,6 +56,10 @@ local PROBE_REQUESTS, PROBE_WINDOW, PROBE_RETRY = 2, 5, 0.2
 -- Another client takes a rate, not a share of every call: learnt as a slower refill of the request
 -- bucket, so a full bucket still holds a full burst, as the provider's does.
 local MAX_SHARE, SHARE_SECONDS = 0.75, 10
+-- With no other client, shortfalls and surpluses from calls arriving unevenly come and go in equal
+-- measure. A share held at 0 would keep every shortfall and drop every surplus, and so drift up to a
+-- share nobody takes; it may go this far below 0 instead, where the two cancel out.
+local SHARE_CREDIT = 0.05
 local MAX_FACTOR, LEARN_SECONDS, TOLERANCE, REORDER_SECONDS, GRACE, SLOT, SLOTS = 4, 2, 0.5, 0.1, 0.2, 5, 12
 local DEFAULT_PRIORITY, MAX_PRIORITY, REFUSAL_STEP = 1, 9, 0.1
 -- Calls admitted at the rate reach the provider a little unevenly (event loop, request building, the
@@ -88,6 +93,11 @@ local function combine(configured, learnt)
   if configured > 0 then return configured end
   return learnt
 end
+-- The share of the request rate another client takes, as the request bucket's refill uses it.
+local function others_share()
+  return math.min(MAX_SHARE, math.max(0, num('rshare', 0)))
+end
+
 local rpm, tpm, itpm, otpm, rcap, tcap, icap, ocap, rrate
 local function shape()
   rpm = combine(cfg_rpm, num('lrpm', 0))
@@ -95,7 +105,7 @@ local function shape()
   itpm = combine(cfg_itpm, num('litpm', 0))
   otpm = combine(cfg_otpm, num('lotpm', 0))
   -- The request bucket's refill: the rate, less what another client on the key was seen to take.
-  rrate = rpm * (1 - math.min(MAX_SHARE, math.max(0, num('rshare', 0))))
+  rrate = rpm * (1 - others_share())
   rcap = math.max(1, rpm * burst / 60)
   tcap = math.max(1, tpm * burst / 60)
   icap = math.max(1, itpm * burst / 60)
@@ -300,7 +310,7 @@ if op == 'observe' then
     if math.abs(pending) <= 2 * tolerance or since <= 0 then set('rpend', pending); return end
     local weight = 1 - math.exp(-since / SHARE_SECONDS)
     local share = num('rshare', 0) + weight * (-pending / since) / (rpm / 60)
-    set('rshare', math.min(MAX_SHARE, math.max(0, share)))
+    set('rshare', math.min(MAX_SHARE, math.max(-SHARE_CREDIT, share)))
     set('rspan', now); set('rpend', 0)
   end
   -- Input and output tokens: what the provider says is left lowers the bucket at once; their counts
@@ -321,7 +331,7 @@ if op == 'observe' then
     -- all the headers can show, so each refusal slows the request refill by a tenth and raises the
     -- token charge factor by a tenth; answers showing more left than believed bring them back.
     if rpm > 0 then
-      set('rshare', math.min(MAX_SHARE, 1 - (1 - num('rshare', 0)) / (1 + REFUSAL_STEP)))
+      set('rshare', math.min(MAX_SHARE, 1 - (1 - others_share()) / (1 + REFUSAL_STEP)))
     end
     if tpm > 0 and tonumber(A[15]) > 0 then
       local window = math.max(1, tpm * LEARN_SECONDS / 60)
@@ -342,7 +352,7 @@ if op == 'inspect' then
     tostring(num('lrpm', 0)), tostring(num('ltpm', 0)),
     tostring(rpm > 0 and level('r', rrate, rcap, now) or 0), tostring(rcap),
     tostring(tpm > 0 and level('t', tpm, tcap, now) or 0), tostring(tcap),
-    tostring(math.max(0, cool - now)), tostring(num('rshare', 0)), tostring(token_factor()),
+    tostring(math.max(0, cool - now)), tostring(others_share()), tostring(token_factor()),
     tostring(last_minute('n')), tostring(last_minute('e')),
     tostring(itpm), tostring(otpm), tostring(cfg_itpm), tostring(cfg_otpm),
     tostring(num('litpm', 0)), tostring(num('lotpm', 0)),

@@ -4,6 +4,7 @@ Redis; waits read from the answers.
 """
 
 import asyncio
+import math
 import time
 
 import pytest
@@ -184,6 +185,25 @@ async def test_another_clients_share_is_learnt_as_a_slower_refill_that_full_buck
         await calls_for(1)
     assert (await limiter.inspect("m")).others_request_share == pytest.approx(0.3, abs=0.08)
     assert tally["refused"] <= 0.02 * tally["sent"], tally
+
+
+async def test_a_passing_surplus_teaches_no_share_where_no_other_client_is(limiter: RateLimiter) -> None:
+    # Calls held up on a busy machine reach the provider late: it has refilled more than the bucket
+    # believed (a surplus), then the backlog lands and its count is back to the belief. Nobody else
+    # took anything.
+    limit = LimitConfig(rpm=600, burst_seconds=10, spread_seconds=0)  # a bucket of 100, 10 a second
+    half = await limiter.acquire("m", limit, tokens=0, requests=50, max_wait=60)
+    assert half.ticket is not None
+    await limiter.observe(
+        "m", limit, said(rpm=600, requests_left=int(half.ticket.request_belief)), half.ticket
+    )
+    for surplus in (5, 0):
+        ticket = (await admitted(limiter, limit)).ticket
+        assert ticket is not None
+        left = math.floor(ticket.request_belief) + surplus
+        await limiter.observe("m", limit, said(rpm=600, requests_left=left), ticket)
+    # A share held at 0 kept the drift back down and dropped the surplus before it: 5% learnt.
+    assert (await limiter.inspect("m")).others_request_share < 0.01
 
 
 # --- input and output tokens limited apart (Anthropic's ITPM and OTPM) ---
