@@ -6,7 +6,8 @@
 --   r/rts, t/tts   request and token levels and when they were last written; i/its, o/ots the input
 --                  and output token levels (Anthropic's ITPM/OTPM)
 --   cool, streak, pause   the 429 cooldown
---   lrpm, ltpm, litpm, lotpm   limits learnt from the provider's headers (per minute); hdr: 'yes' once headers were
+--   lrpm, ltpm, litpm, lotpm   limits learnt from the provider's headers (per minute); lset: when what
+--                  they made of the scope's limits last changed; hdr: 'yes' once headers were
 --                  seen, 'none' after a response without any (the scope is then unlimited)
 --   ta/tb          decaying sums whose ratio a/b is the token charge factor: what the provider counts
 --                  per token we estimate (>= 1; a provider counting tokens its own way)
@@ -49,7 +50,8 @@
 --           rgc, tgc, rgr, tgr; rbelief -1e300: no ticket), A[13] 1 when the call was refused (429),
 --           A[14..15] the requests and tokens it was charged; A[16..17] limit-input-tokens and
 --           limit-output-tokens, A[18..19] their remaining, A[20..23] the ticket's ibelief, obelief, ic,
---           oc, A[24..25] the input and output tokens it was charged. Returns {lrpm, ltpm, litpm, lotpm}.
+--           oc, A[24..25] the input and output tokens it was charged, A[26] when it was granted (Redis
+--           time; 0: no ticket). Returns {lrpm, ltpm, litpm, lotpm}.
 -- inspect:  returns the scope's state (see limiter.py, ScopeState).
 
 local PROBE_REQUESTS, PROBE_WINDOW, PROBE_RETRY = 2, 5, 0.2
@@ -82,7 +84,7 @@ local key = KEYS[1]
 local FIELDS = {'r', 'rts', 't', 'tts', 'cool', 'streak', 'pause', 'lrpm', 'ltpm', 'hdr',
   'rshare', 'rspan', 'rbase', 'rpend', 'ta', 'tb', 'rgc', 'tgc', 'rgr', 'tgr', 'tsc', 'tsr', 'rc', 'tc',
   'probe', 'probe_ts', 'crpm', 'ctpm', 'cburst', 'refused_at',
-  'i', 'its', 'o', 'ots', 'litpm', 'lotpm', 'ic', 'oc', 'citpm', 'cotpm'}
+  'i', 'its', 'o', 'ots', 'litpm', 'lotpm', 'ic', 'oc', 'citpm', 'cotpm', 'lset'}
 for p = 0, MAX_PRIORITY do FIELDS[#FIELDS + 1] = 'w' .. p end
 local h, updates, cool = {}, {}, 0
 local function num(name, default) return tonumber(h[name]) or default end
@@ -221,6 +223,7 @@ end
 if op == 'observe' then
   local said_rpm, said_tpm = tonumber(A[1]), tonumber(A[2])
   local said_itpm, said_otpm = tonumber(A[16]) or 0, tonumber(A[17]) or 0
+  local before = {rpm, tpm, itpm, otpm}
   if said_rpm > 0 or said_tpm > 0 or said_itpm > 0 or said_otpm > 0 then
     if said_rpm > 0 then set('lrpm', said_rpm) end
     if said_tpm > 0 then set('ltpm', said_tpm) end
@@ -232,8 +235,25 @@ if op == 'observe' then
     -- A successful answer that states no limit: the provider does not say, the scope stays unlimited.
     set('hdr', 'none')
   end
+  if rpm ~= before[1] or tpm ~= before[2] or itpm ~= before[3] or otpm ~= before[4] then set('lset', now) end
   local ticket = {}
   for i = 5, 12 do ticket[#ticket + 1] = tonumber(A[i]) end
+  local granted_at = tonumber(A[26]) or 0
+  if ticket[1] > NO_TICKET and granted_at > 0 and granted_at < num('lset', 0) then
+    -- Admitted under another limit (a configured one above the provider's, before its answers said
+    -- so): its belief and its refusal tell nothing about other clients, and learning from a burst of
+    -- them would teach a share nobody takes. The buckets only never hold more than is left.
+    local stated = {{'r', rrate, rcap, A[3]}, {'t', tpm, tcap, A[4]}, {'i', itpm, icap, A[18]}, {'o', otpm, ocap, A[19]}}
+    for _, item in ipairs(stated) do
+      local b, rate, cap, left = item[1], item[2], item[3], tonumber(item[4])
+      if rate > 0 and left and left >= 0 and h[b] then
+        local stamp = math.max(now, num(b .. 'ts', now))
+        if level(b, rate, cap, stamp) > left then set(b, left); set(b .. 'ts', stamp) end
+      end
+    end
+    save()
+    return {tostring(num('lrpm', 0)), tostring(num('ltpm', 0)), tostring(num('litpm', 0)), tostring(num('lotpm', 0))}
+  end
   -- A refused call (429) took nothing at the provider: compare with what the bucket held before it.
   local refused = tonumber(A[13]) or 0
   -- What the provider had left after the ticket's call against what bucket b believed then, net of the

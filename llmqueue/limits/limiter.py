@@ -387,10 +387,15 @@ class RateLimiter:
         if ticket is not None:
             ticket_args = ticket.args()
             charged = [ticket.requests_charged, ticket.tokens_charged]
-            split_ticket = [*ticket.split_args(), ticket.input_charged, ticket.output_charged]
+            split_ticket = [
+                *ticket.split_args(),
+                ticket.input_charged,
+                ticket.output_charged,
+                ticket.granted_at,
+            ]
         else:
             ticket_args, charged = [_NO_TICKET, _NO_TICKET, 0, 0, 0, 0, 0, 0], [0, 0]
-            split_ticket = [_NO_TICKET, _NO_TICKET, 0, 0, 0, 0]
+            split_ticket = [_NO_TICKET, _NO_TICKET, 0, 0, 0, 0, 0]
         reply = await self._run(
             scope,
             "observe",

@@ -206,6 +206,24 @@ async def test_a_passing_surplus_teaches_no_share_where_no_other_client_is(limit
     assert (await limiter.inspect("m")).others_request_share < 0.01
 
 
+async def test_refusals_of_calls_admitted_under_a_configured_limit_too_high_teach_no_share(
+    limiter: RateLimiter,
+) -> None:
+    # Configured at 40 a second where the key allows 10: the first burst of 40 goes out before any
+    # answer; the key takes 10 and refuses 30. None of that is another client.
+    limit = LimitConfig(rpm=2400, spread_seconds=0)
+    tickets = [(await admitted(limiter, limit)).ticket for _ in range(40)]
+    for n, ticket in enumerate(tickets):
+        refused = n >= 10
+        answer = said(rpm=600, requests_left=0 if refused else 9 - n)
+        await limiter.observe("m", limit, answer, ticket, refused=refused)
+    state = await limiter.inspect("m")
+    # Learning from them taught a share of 75% (30 refusals): a quarter of the key's rate from then on.
+    assert state.others_request_share == 0
+    assert (state.rpm, state.request_capacity) == (600, 10)
+    assert 0 <= state.request_level <= 3
+
+
 # --- input and output tokens limited apart (Anthropic's ITPM and OTPM) ---
 
 

@@ -134,13 +134,16 @@ async def test_a_configured_limit_above_the_providers_gives_way_with_a_warning(
         settings = settings_for(redis_url, provider.base_url, rpm=4 * KEY_RPM)
         elapsed = await run_all(settings, jobs(JOBS, model="openai/gpt-4o-mini"))
         stats = provider.stats()
-    # The first burst goes out at the configured bucket's size before the provider's answers (50 ms
-    # later) lower it, and some of its refused calls are refused again on their retry: issue 11 leaves
-    # this start open. After it the run is paced at the provider's rate, not the configured one.
-    assert stats["rate_limited"] <= JOBS, stats["rate_limited"]
+    # The first burst goes out at the configured bucket's size (40) before the provider's answers (50 ms
+    # later) lower it to the key's 10: 30 refused, and some more before the buckets agree (39-42
+    # measured). After it the run is paced at the provider's rate, not the configured one.
+    assert stats["rate_limited"] <= 0.8 * JOBS, stats["rate_limited"]
     assert elapsed >= (JOBS - 4 * KEY_RPM / 60) / (KEY_RPM / 60) * 0.9
     state = await RateLimiter(redis).inspect("openai/gpt-4o-mini")
     assert (state.source, state.rpm, state.configured_rpm) == ("both", KEY_RPM, 4 * KEY_RPM)
+    # The burst's refusals are no other client: learnt as one, they slowed the rest of the run to
+    # 78% of the key's rate (a share of 0.22, and 10.7-18 s in all where 7.1-7.5 s is measured now).
+    assert state.others_request_share < 0.05, state.others_request_share
     assert any("above the provider's own limit" in r.getMessage() for r in caplog.records)
 
 
