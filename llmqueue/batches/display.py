@@ -53,6 +53,10 @@ class BatchProgress:
         """Print a line above the bar (why the batch is not progressing)."""
         self._progress.console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
 
+    def note(self, message: str) -> None:
+        """Print a line above the bar that explains a wait nothing needs to be done about."""
+        self._progress.console.print(f"[dim]{escape(message)}[/dim]", highlight=False)
+
     def update(self, status: BatchStatus) -> None:
         self._progress.update(
             self._task,

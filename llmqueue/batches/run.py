@@ -203,7 +203,13 @@ async def _watch(
 ) -> BatchStatus:
     first_seen: float | None = None
     with BatchProgress(console) as progress:
-        async for status in batches.follow(batch_id, interval=0.1, on_stall=progress.warn):
+
+        def on_stall(reason: str) -> None:
+            # The only stall a run is told of is "no worker is running", and its workers are alive
+            # (check_workers raises otherwise): they are starting, and `llmqueue worker` is no advice.
+            progress.note(cluster.starting_message())
+
+        async for status in batches.follow(batch_id, interval=0.1, on_stall=on_stall):
             progress.update(status)
             cluster.check_workers()
             if lock is not None:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -61,6 +62,7 @@ class LocalCluster:
         self._given_url = redis_url
         self._redis: EmbeddedRedis | None = None
         self._workers: list[subprocess.Popen[bytes]] = []
+        self._first_started_at: float | None = None
         self._reaper: subprocess.Popen[bytes] | None = None
         self.on_stopping = on_stopping
 
@@ -115,6 +117,14 @@ class LocalCluster:
                 log = self._log_path(index).read_text(errors="replace").splitlines()[-15:]
                 raise WorkerDiedError(f"worker {index} exited with code {code}:\n" + "\n".join(log))
 
+    def starting_message(self) -> str:
+        """Why no worker of the cluster has come up yet, while they are alive (``check_workers``)."""
+        age = 0.0 if self._first_started_at is None else time.monotonic() - self._first_started_at
+        return (
+            f"waiting for the run's first worker: started {age:.0f} s ago, it is still importing LiteLLM "
+            f"(its log: {self._log_path(0)})"
+        )
+
     @property
     def workers_waiting(self) -> int:
         """Workers not started yet (see :meth:`start_other_workers`)."""
@@ -158,6 +168,8 @@ class LocalCluster:
 
     def _start_workers(self, count: int) -> None:
         env = {**self.worker_env, "REDIS_URL": self.redis_url}
+        if self._first_started_at is None:
+            self._first_started_at = time.monotonic()
         for index in range(len(self._workers), len(self._workers) + count):
             with self._log_path(index).open("ab") as log:
                 # The user's own LLM_* settings reach the workers; the run's own come on top.

@@ -238,6 +238,9 @@ def test_rpm_limits_batch_lines_that_name_another_model(tmp_path: Path, batch_na
     # Unlimited, the 120 lines would go out at once and about 100 would be answered 429; at the limit a
     # loaded machine that delays some calls more than the bucket's spread sees a few.
     assert stats["rate_limited"] <= 6, stats["rate_limited"]
+    # The run's workers take seconds to import LiteLLM: while they start, the run says so instead of
+    # telling the user to start a worker of their own.
+    assert "start one with `llmqueue worker`" not in stderr, stderr
 
 
 # ---- the README's first command ------------------------------------------------------------------
