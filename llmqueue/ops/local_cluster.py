@@ -121,8 +121,8 @@ class LocalCluster:
         """Why no worker of the cluster has come up yet, while they are alive (``check_workers``)."""
         age = 0.0 if self._first_started_at is None else time.monotonic() - self._first_started_at
         return (
-            f"waiting for the run's first worker: started {age:.0f} s ago, it is still importing LiteLLM "
-            f"(its log: {self._log_path(0)})"
+            f"waiting for the run's first worker: started {age:.0f} s ago, still starting (it imports "
+            f"LiteLLM first; its log: {self._log_path(0)})"
         )
 
     @property
