@@ -99,18 +99,19 @@ class LimitFeedback:
         are always reconciled with the prompt and completion tokens reported, as that provider counts.
         """
         said = parse_rate_limit_headers(headers, datetime.now(UTC))
-        await self._observe(scope, limit, said, ticket)
-        charged_up_front = sets_max_tokens and said is not None and said.family == "openai"
-        took_tokens = ticket is not None and ticket.tokens_charged > 0
-        back = estimate.total - used if used is not None and took_tokens and not charged_up_front else 0
         input_back = output_back = 0
         if ticket is not None and ticket.input_charged and used_prompt is not None:
             input_back = estimate.prompt - used_prompt
         if ticket is not None and ticket.output_charged and used_completion is not None:
             output_back = estimate.completion - used_completion
-        await self.limiter.adjust(
-            scope, limit, tokens=back, ticket=ticket, input_tokens=input_back, output_tokens=output_back
-        )
+        # Input and output first: the provider's count of this call is then the bucket's too, and the
+        # headers' remaining shows only what others did (else its own shortfall is taken off twice).
+        await self.limiter.adjust(scope, limit, tokens=0, input_tokens=input_back, output_tokens=output_back)
+        await self._observe(scope, limit, said, ticket)
+        charged_up_front = sets_max_tokens and said is not None and said.family == "openai"
+        took_tokens = ticket is not None and ticket.tokens_charged > 0
+        if used is not None and took_tokens and not charged_up_front:
+            await self.limiter.adjust(scope, limit, tokens=estimate.total - used, ticket=ticket)
 
     async def rate_limited(
         self, scope: str, limit: LimitConfig | None, ticket: Ticket | None, headers: Mapping[str, str]

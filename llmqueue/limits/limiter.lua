@@ -208,11 +208,17 @@ if op == 'adjust' then
     local b, rate, cap, charged, raw = item[1], item[2], item[3], item[4], item[5]
     if rate > 0 and charged ~= 0 then
       local stamp = math.max(now, num(b .. 'ts', now))
-      set(b, math.min(cap, level(b, rate, cap, stamp) + charged))
+      local was = level(b, rate, cap, stamp)
+      local now_at = math.min(cap, was + charged)
+      set(b, now_at)
       set(b .. 'ts', stamp)
       if raw then
         set(b .. 'gc', num(b .. 'gc', 0) - charged)
         set(b .. 'gr', num(b .. 'gr', 0) - raw)
+      else
+        -- Input and output are reconciled with the provider's own count: answers to calls granted
+        -- before this see the change at the provider too, and net it out as a correction.
+        set(b .. 'c', num(b .. 'c', 0) - (now_at - was))
       end
     end
   end
@@ -238,22 +244,6 @@ if op == 'observe' then
   if rpm ~= before[1] or tpm ~= before[2] or itpm ~= before[3] or otpm ~= before[4] then set('lset', now) end
   local ticket = {}
   for i = 5, 12 do ticket[#ticket + 1] = tonumber(A[i]) end
-  local granted_at = tonumber(A[26]) or 0
-  if ticket[1] > NO_TICKET and granted_at > 0 and granted_at < num('lset', 0) then
-    -- Admitted under another limit (a configured one above the provider's, before its answers said
-    -- so): its belief and its refusal tell nothing about other clients, and learning from a burst of
-    -- them would teach a share nobody takes. The buckets only never hold more than is left.
-    local stated = {{'r', rrate, rcap, A[3]}, {'t', tpm, tcap, A[4]}, {'i', itpm, icap, A[18]}, {'o', otpm, ocap, A[19]}}
-    for _, item in ipairs(stated) do
-      local b, rate, cap, left = item[1], item[2], item[3], tonumber(item[4])
-      if rate > 0 and left and left >= 0 and h[b] then
-        local stamp = math.max(now, num(b .. 'ts', now))
-        if level(b, rate, cap, stamp) > left then set(b, left); set(b .. 'ts', stamp) end
-      end
-    end
-    save()
-    return {tostring(num('lrpm', 0)), tostring(num('ltpm', 0)), tostring(num('litpm', 0)), tostring(num('lotpm', 0))}
-  end
   -- A refused call (429) took nothing at the provider: compare with what the bucket held before it.
   local refused = tonumber(A[13]) or 0
   -- What the provider had left after the ticket's call against what bucket b believed then, net of the
@@ -273,16 +263,17 @@ if op == 'observe' then
     set(b, level(b, rate, cap, stamp) + gap); set(b .. 'ts', stamp)
     set(b .. 'c', num(b .. 'c', 0) - gap)
   end
+  -- The first answer seen for bucket b: it starts from what the provider says is left.
+  local function first_sight(b, cap, left)
+    set(b, math.min(cap, left)); set(b .. 'ts', now)
+    if b == 't' then set('tsc', num('tgc', 0)); set('tsr', num('tgr', 0)) end
+    if b == 'r' then set('rspan', now); set('rbase', 0) end
+  end
   -- The token bucket: a shortfall that goes on is the provider counting tokens its own way, learnt as
   -- the charge factor over the tokens granted and estimated since the last sample (gc/gr from the ticket).
   local function correct_tokens(left, belief, charged, corr_at, gc_at, gr_at)
     if tpm <= 0 or left < 0 then return end
-    if not h.t then
-      -- The first sight of this bucket: start from what the provider says is left.
-      set('t', math.min(tcap, left)); set('tts', now)
-      set('tsc', num('tgc', 0)); set('tsr', num('tgr', 0))
-      return
-    end
+    if not h.t then first_sight('t', tcap, left); return end
     if belief <= NO_TICKET then return end
     local gap, tolerance = gap_of('t', tpm, tcap, left, belief, charged, corr_at, false)
     -- Within it nothing is learnt either: the span and its gap carry on to the next answer.
@@ -304,10 +295,7 @@ if op == 'observe' then
   -- last sample, is another client's rate; learnt over about SHARE_SECONDS, so one burst moves it little.
   local function correct_requests(left, belief, charged, corr_at)
     if rpm <= 0 or left < 0 then return end
-    if not h.r then
-      set('r', math.min(rcap, left)); set('rts', now); set('rspan', now); set('rbase', 0)
-      return
-    end
+    if not h.r then first_sight('r', rcap, left); return end
     if belief <= NO_TICKET then return end
     local gap, tolerance = gap_of('r', rpm, rcap, left, belief, charged, corr_at, true)
     -- A gap above the belief is never added to the bucket, so it stays; only its change is news.
@@ -337,10 +325,34 @@ if op == 'observe' then
   -- are reconciled with the answer's usage (as the provider does), so nothing else is learnt.
   local function correct_plain(b, rate, cap, left, belief, charged, corr_at)
     if rate <= 0 or not left or left < 0 then return end
-    if not h[b] then set(b, math.min(cap, left)); set(b .. 'ts', now); return end
+    if not h[b] then first_sight(b, cap, left); return end
     if not belief or belief <= NO_TICKET then return end
     local gap, tolerance = gap_of(b, rate, cap, left, belief, charged or 0, corr_at or 0, false)
     if gap < -tolerance then lower_by(b, rate, cap, gap) end
+  end
+  local granted_at = tonumber(A[26]) or 0
+  if ticket[1] > NO_TICKET and granted_at > 0 and granted_at < num('lset', 0) then
+    -- Admitted under another limit (a configured one above the provider's, before its answers said
+    -- so): its belief and its refusal tell nothing about other clients, and learning from a burst of
+    -- them would teach a share nobody takes. The buckets only never hold more than is left (less the
+    -- tokens a refused call is about to be given back), lowered as a correction so that answers to
+    -- calls granted since net it out.
+    local stated = {{'r', rrate, rcap, A[3], 0}, {'t', tpm, tcap, A[4], A[15]},
+      {'i', itpm, icap, A[18], A[24]}, {'o', otpm, ocap, A[19], A[25]}}
+    for _, item in ipairs(stated) do
+      local b, rate, cap, left = item[1], item[2], item[3], tonumber(item[4])
+      if rate > 0 and left and left >= 0 then
+        if not h[b] then
+          first_sight(b, cap, left)
+        else
+          local target = left - (refused == 1 and (tonumber(item[5]) or 0) or 0)
+          local gap = target - level(b, rate, cap, math.max(now, num(b .. 'ts', now)))
+          if gap < 0 then lower_by(b, rate, cap, gap) end
+        end
+      end
+    end
+    save()
+    return {tostring(num('lrpm', 0)), tostring(num('ltpm', 0)), tostring(num('litpm', 0)), tostring(num('lotpm', 0))}
   end
   correct_requests(tonumber(A[3]), ticket[1], tonumber(A[14]), ticket[3])
   correct_tokens(tonumber(A[4]), ticket[2], tonumber(A[15]), ticket[4], ticket[6], ticket[8])

@@ -65,6 +65,27 @@ def usage_tokens(response: Any, field: str = "total_tokens") -> int | None:
     return int(value) if isinstance(value, int | float) else None
 
 
+def uncached_prompt_tokens(response: Any) -> int | None:
+    """Prompt tokens less those read from the provider's prompt cache (``prompt_tokens_details.
+    cached_tokens``, where LiteLLM also puts Anthropic's ``cache_read_input_tokens``): what an input
+    token limit counts (Anthropic's ITPM leaves cache reads out). None when no usage is reported."""
+    prompt = usage_tokens(response, "prompt_tokens")
+    if prompt is None:
+        return None
+    usage = getattr(response, "usage", None)
+    if usage is None and isinstance(response, dict):
+        usage = response.get("usage")
+    details = (
+        usage.get("prompt_tokens_details")
+        if isinstance(usage, dict)
+        else getattr(usage, "prompt_tokens_details", None)
+    )
+    cached = (
+        details.get("cached_tokens") if isinstance(details, dict) else getattr(details, "cached_tokens", None)
+    )
+    return max(0, prompt - int(cached)) if isinstance(cached, int | float) else prompt
+
+
 def _count_messages(model: str, messages: list[dict[str, Any]]) -> int:
     try:
         return int(litellm.token_counter(model=model, messages=messages))

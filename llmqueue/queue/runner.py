@@ -26,7 +26,13 @@ from llmqueue.limits.feedback import LimitFeedback, LimitListener
 from llmqueue.limits.headers import exception_headers, response_headers
 from llmqueue.limits.limiter import DEFAULT_PRIORITY, RateLimiter, Ticket
 from llmqueue.limits.routing import Candidate, Deployments, deployment_kwargs, fallback_model, next_fallback
-from llmqueue.limits.tokens import NO_ESTIMATE, TokenEstimate, estimate_split, usage_tokens
+from llmqueue.limits.tokens import (
+    NO_ESTIMATE,
+    TokenEstimate,
+    estimate_split,
+    uncached_prompt_tokens,
+    usage_tokens,
+)
 from llmqueue.llm import policy
 from llmqueue.llm.answers import missing_answer
 from llmqueue.llm.backoff import RetryPolicy
@@ -312,7 +318,7 @@ class JobRunner:
                 response_headers(response),
                 estimate=call.estimate,
                 used=usage_tokens(response),
-                used_prompt=usage_tokens(response, "prompt_tokens"),
+                used_prompt=uncached_prompt_tokens(response),
                 used_completion=usage_tokens(response, "completion_tokens"),
                 sets_max_tokens=bool({"max_tokens", "max_completion_tokens"} & set(job.params)),
             )

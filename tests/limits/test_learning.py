@@ -224,6 +224,56 @@ async def test_refusals_of_calls_admitted_under_a_configured_limit_too_high_teac
     assert 0 <= state.request_level <= 3
 
 
+async def test_a_late_answer_under_the_old_limit_is_netted_out_of_answers_granted_since(
+    limiter: RateLimiter,
+) -> None:
+    limit = LimitConfig(rpm=2400, spread_seconds=0)  # 40 a second; the key allows 10
+    stale = [(await admitted(limiter, limit)).ticket for _ in range(20)]
+    await limiter.observe("m", limit, said(rpm=600, requests_left=9), stale[0])  # the key's limit: 10
+    fresh = (await admitted(limiter, limit)).ticket
+    assert fresh is not None
+    # A call of the old burst lands late and shows 2 left: the bucket comes down to it ...
+    await limiter.observe("m", limit, said(rpm=600, requests_left=2), stale[1])
+    # ... and the call granted since shows 1 left after it: no news, as the late answer said so.
+    await limiter.observe("m", limit, said(rpm=600, requests_left=1), fresh)
+    state = await limiter.inspect("m")
+    assert state.others_request_share == 0
+    assert state.request_level >= 0
+
+
+async def test_the_first_answer_stating_a_new_limit_starts_its_bucket_at_what_is_left(
+    limiter: RateLimiter,
+) -> None:
+    limit = LimitConfig(rpm=600, spread_seconds=0)
+    ticket = (await admitted(limiter, limit)).ticket
+    # The key also limits input tokens: 1,000 a second, of which 500 are left.
+    await limiter.observe("m", limit, said_apart(60_000, 500, 12_000, 200), ticket)
+    state = await limiter.inspect("m")
+    assert state.input_level == pytest.approx(500, abs=30)
+    assert state.output_level == pytest.approx(200, abs=10)
+
+
+async def test_calls_that_used_more_input_than_estimated_are_charged_it_once(limiter: RateLimiter) -> None:
+    limit = LimitConfig(itpm=60, burst_seconds=1000, spread_seconds=0)  # a bucket of 1,000, 1 a second
+    estimate = TokenEstimate(prompt=200, completion=0)
+    tickets = [
+        (await limiter.acquire("m", limit, tokens=200, input_tokens=200, max_wait=60)).ticket
+        for _ in range(2)
+    ]
+    feedback = LimitFeedback(limiter)
+    # The provider counted 230 for each: 770 left after the first, 540 after the second.
+    for ticket, left in zip(tickets, (770, 540), strict=True):
+        headers = {
+            "anthropic-ratelimit-input-tokens-limit": "60",
+            "anthropic-ratelimit-input-tokens-remaining": str(left),
+        }
+        await feedback.answered(
+            "m", limit, ticket, headers, estimate=estimate, used=230, sets_max_tokens=False, used_prompt=230
+        )
+    # Its own shortfall taken off twice (by the headers and by the usage) left it at 480 or 510.
+    assert (await limiter.inspect("m")).input_level == pytest.approx(540, abs=5)
+
+
 # --- input and output tokens limited apart (Anthropic's ITPM and OTPM) ---
 
 

@@ -6,7 +6,7 @@ import litellm
 import pytest
 from litellm.types.utils import Usage
 
-from llmqueue.limits.tokens import estimate_tokens, usage_tokens
+from llmqueue.limits.tokens import estimate_tokens, uncached_prompt_tokens, usage_tokens
 from llmqueue.models import Job
 
 MODEL = "gpt-4o"
@@ -184,3 +184,12 @@ def test_usage_tokens_of_zero_usage_is_zero_not_none() -> None:
 )
 def test_usage_tokens_is_none_when_no_total_is_reported(response: Any) -> None:
     assert usage_tokens(response) is None
+
+
+def test_input_tokens_counted_leave_out_prompt_cache_reads() -> None:
+    # As LiteLLM builds an Anthropic answer's usage: cache reads are in prompt_tokens and in its details.
+    usage = Usage(prompt_tokens=1200, completion_tokens=10, total_tokens=1210, cache_read_input_tokens=1000)
+    response = litellm.ModelResponse(usage=usage)
+    assert uncached_prompt_tokens(response) == 200
+    assert uncached_prompt_tokens({"usage": {"prompt_tokens": 30, "completion_tokens": 2}}) == 30
+    assert uncached_prompt_tokens({"choices": []}) is None
