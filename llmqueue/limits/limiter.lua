@@ -58,6 +58,9 @@ local PROBE_REQUESTS, PROBE_WINDOW, PROBE_RETRY = 2, 5, 0.2
 -- Another client takes a rate, not a share of every call: learnt as a slower refill of the request
 -- bucket, so a full bucket still holds a full burst, as the provider's does.
 local MAX_SHARE, SHARE_SECONDS = 0.75, 10
+-- Seconds over which a lowering of the request bucket may be given back by a surplus (about a call's
+-- time in flight, and the delays of a busy machine).
+local OWED_SECONDS = 1
 -- With no other client, shortfalls and surpluses from calls arriving unevenly come and go in equal
 -- measure. A share held at 0 would keep every shortfall and drop every surplus, and so drift up to a
 -- share nobody takes; it may go this far below 0 instead, where the two cancel out.
@@ -84,7 +87,7 @@ local key = KEYS[1]
 local FIELDS = {'r', 'rts', 't', 'tts', 'cool', 'streak', 'pause', 'lrpm', 'ltpm', 'hdr',
   'rshare', 'rspan', 'rbase', 'rpend', 'ta', 'tb', 'rgc', 'tgc', 'rgr', 'tgr', 'tsc', 'tsr', 'rc', 'tc',
   'probe', 'probe_ts', 'crpm', 'ctpm', 'cburst', 'refused_at',
-  'i', 'its', 'o', 'ots', 'litpm', 'lotpm', 'ic', 'oc', 'citpm', 'cotpm', 'lset'}
+  'i', 'its', 'o', 'ots', 'litpm', 'lotpm', 'ic', 'oc', 'citpm', 'cotpm', 'lset', 'rowed', 'rowed_ts'}
 for p = 0, MAX_PRIORITY do FIELDS[#FIELDS + 1] = 'w' .. p end
 local h, updates, cool = {}, {}, 0
 local function num(name, default) return tonumber(h[name]) or default end
@@ -260,7 +263,7 @@ if op == 'observe' then
   -- Lower bucket b (refilling at rate) by a negative gap at once, counted so later answers net it out.
   local function lower_by(b, rate, cap, gap)
     local stamp = math.max(now, num(b .. 'ts', now))
-    set(b, level(b, rate, cap, stamp) + gap); set(b .. 'ts', stamp)
+    set(b, math.min(cap, level(b, rate, cap, stamp) + gap)); set(b .. 'ts', stamp)
     set(b .. 'c', num(b .. 'c', 0) - gap)
   end
   -- The first answer seen for bucket b: it starts from what the provider says is left.
@@ -310,8 +313,22 @@ if op == 'observe' then
     end
     local lower = gap < -tolerance
     if not lower and math.abs(drift) <= tolerance then return end
-    if lower then lower_by('r', rrate, rcap, gap) end
-    set('rbase', lower and 0 or gap)
+    -- What was lowered lately is owed back when a surplus shows the shortfall was a call overtaken in
+    -- flight (a busy machine delays some calls past the tolerance): else each one costs its capacity.
+    local owed = num('rowed', 0) * math.exp(-math.max(0, now - num('rowed_ts', now)) / OWED_SECONDS)
+    local base = gap
+    if lower then
+      lower_by('r', rrate, rcap, gap)
+      set('rowed', owed - gap); set('rowed_ts', now)
+      base = 0
+    elseif gap > tolerance and owed > 0 then
+      -- Only what the surplus shows beyond the tolerance: another client's shortfalls stay lowered.
+      local give = math.min(owed, gap - tolerance)
+      lower_by('r', rrate, rcap, give)
+      set('rowed', owed - give); set('rowed_ts', now)
+      base = gap - give
+    end
+    set('rbase', base)
     -- A call overtaken in flight shows a shortfall and its overtakers a surplus: they cancel in the net
     -- drift since the last sample, which is learnt from only once it exceeds both.
     local pending = num('rpend', 0) + drift

@@ -187,6 +187,30 @@ async def test_another_clients_share_is_learnt_as_a_slower_refill_that_full_buck
     assert tally["refused"] <= 0.02 * tally["sent"], tally
 
 
+async def test_a_shortfall_that_a_surplus_shows_was_reordering_is_given_back(limiter: RateLimiter) -> None:
+    # Two calls in flight: the first shows 5 fewer left than believed, as if someone else took them;
+    # the second, granted before that answer, shows the provider exactly where the bucket believed.
+    # The shortfall was the first call overtaken by others in flight, not a loss.
+    limit = LimitConfig(rpm=600, burst_seconds=10, spread_seconds=0)  # a bucket of 100, 10 a second
+    half = await limiter.acquire("m", limit, tokens=0, requests=50, max_wait=60)
+    assert half.ticket is not None
+    await limiter.observe(
+        "m", limit, said(rpm=600, requests_left=int(half.ticket.request_belief)), half.ticket
+    )
+    first, second = [(await admitted(limiter, limit)).ticket for _ in range(2)]
+    assert first is not None and second is not None
+    await limiter.observe(
+        "m", limit, said(rpm=600, requests_left=math.floor(first.request_belief) - 5), first
+    )
+    lowered = (await limiter.inspect("m")).request_level
+    await limiter.observe("m", limit, said(rpm=600, requests_left=math.floor(second.request_belief)), second)
+    state = await limiter.inspect("m")
+    # Kept lowered, every such reordering on a busy machine cost its capacity for good. What the
+    # surplus shows beyond the tolerance (1 call here) comes back.
+    assert state.request_level == pytest.approx(lowered + 4, abs=0.5)
+    assert state.others_request_share < 0.001
+
+
 async def test_a_passing_surplus_teaches_no_share_where_no_other_client_is(limiter: RateLimiter) -> None:
     # Calls held up on a busy machine reach the provider late: it has refilled more than the bucket
     # believed (a surplus), then the backlog lands and its count is back to the belief. Nobody else
