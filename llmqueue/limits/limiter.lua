@@ -230,6 +230,10 @@ if op == 'adjust' then
 end
 
 if op == 'observe' then
+  -- The reply: the limits the provider has stated (0 where it never stated one).
+  local function learnt()
+    return {tostring(num('lrpm', 0)), tostring(num('ltpm', 0)), tostring(num('litpm', 0)), tostring(num('lotpm', 0))}
+  end
   local said_rpm, said_tpm = tonumber(A[1]), tonumber(A[2])
   local said_itpm, said_otpm = tonumber(A[16]) or 0, tonumber(A[17]) or 0
   local before = {rpm, tpm, itpm, otpm}
@@ -369,7 +373,7 @@ if op == 'observe' then
       end
     end
     save()
-    return {tostring(num('lrpm', 0)), tostring(num('ltpm', 0)), tostring(num('litpm', 0)), tostring(num('lotpm', 0))}
+    return learnt()
   end
   correct_requests(tonumber(A[3]), ticket[1], tonumber(A[14]), ticket[3])
   correct_tokens(tonumber(A[4]), ticket[2], tonumber(A[15]), ticket[4], ticket[6], ticket[8])
@@ -389,7 +393,7 @@ if op == 'observe' then
     end
   end
   save()
-  return {tostring(num('lrpm', 0)), tostring(num('ltpm', 0)), tostring(num('litpm', 0)), tostring(num('lotpm', 0))}
+  return learnt()
 end
 
 if op == 'inspect' then

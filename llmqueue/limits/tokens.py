@@ -56,12 +56,7 @@ def completion_allowance(job: Job, default_completion_tokens: int) -> int:
 def usage_tokens(response: Any, field: str = "total_tokens") -> int | None:
     """Tokens the provider reports having used (``total_tokens``, or ``prompt_tokens``,
     ``completion_tokens``), or None when it reports none."""
-    usage = getattr(response, "usage", None)
-    if usage is None and isinstance(response, dict):
-        usage = response.get("usage")
-    if usage is None:
-        return None
-    value = usage.get(field) if isinstance(usage, dict) else getattr(usage, field, None)
+    value = _field(_field(response, "usage"), field)
     return int(value) if isinstance(value, int | float) else None
 
 
@@ -72,18 +67,13 @@ def uncached_prompt_tokens(response: Any) -> int | None:
     prompt = usage_tokens(response, "prompt_tokens")
     if prompt is None:
         return None
-    usage = getattr(response, "usage", None)
-    if usage is None and isinstance(response, dict):
-        usage = response.get("usage")
-    details = (
-        usage.get("prompt_tokens_details")
-        if isinstance(usage, dict)
-        else getattr(usage, "prompt_tokens_details", None)
-    )
-    cached = (
-        details.get("cached_tokens") if isinstance(details, dict) else getattr(details, "cached_tokens", None)
-    )
+    cached = _field(_field(_field(response, "usage"), "prompt_tokens_details"), "cached_tokens")
     return max(0, prompt - int(cached)) if isinstance(cached, int | float) else prompt
+
+
+def _field(value: Any, name: str) -> Any:
+    """``value[name]`` of a dict, else its attribute ``name`` (LiteLLM's objects, or None)."""
+    return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
 
 
 def _count_messages(model: str, messages: list[dict[str, Any]]) -> int:

@@ -187,16 +187,21 @@ async def test_another_clients_share_is_learnt_as_a_slower_refill_that_full_buck
     assert tally["refused"] <= 0.02 * tally["sent"], tally
 
 
-async def test_a_shortfall_that_a_surplus_shows_was_reordering_is_given_back(limiter: RateLimiter) -> None:
-    # Two calls in flight: the first shows 5 fewer left than believed, as if someone else took them;
-    # the second, granted before that answer, shows the provider exactly where the bucket believed.
-    # The shortfall was the first call overtaken by others in flight, not a loss.
-    limit = LimitConfig(rpm=600, burst_seconds=10, spread_seconds=0)  # a bucket of 100, 10 a second
+async def half_taken(limiter: RateLimiter, limit: LimitConfig) -> None:
+    """Take half of the scope's 100-call bucket in one grant, answered exactly as believed."""
     half = await limiter.acquire("m", limit, tokens=0, requests=50, max_wait=60)
     assert half.ticket is not None
     await limiter.observe(
         "m", limit, said(rpm=600, requests_left=int(half.ticket.request_belief)), half.ticket
     )
+
+
+async def test_a_shortfall_that_a_surplus_shows_was_reordering_is_given_back(limiter: RateLimiter) -> None:
+    # Two calls in flight: the first shows 5 fewer left than believed, as if someone else took them;
+    # the second, granted before that answer, shows the provider exactly where the bucket believed.
+    # The shortfall was the first call overtaken by others in flight, not a loss.
+    limit = LimitConfig(rpm=600, burst_seconds=10, spread_seconds=0)  # a bucket of 100, 10 a second
+    await half_taken(limiter, limit)
     first, second = [(await admitted(limiter, limit)).ticket for _ in range(2)]
     assert first is not None and second is not None
     await limiter.observe(
@@ -216,11 +221,7 @@ async def test_a_passing_surplus_teaches_no_share_where_no_other_client_is(limit
     # believed (a surplus), then the backlog lands and its count is back to the belief. Nobody else
     # took anything.
     limit = LimitConfig(rpm=600, burst_seconds=10, spread_seconds=0)  # a bucket of 100, 10 a second
-    half = await limiter.acquire("m", limit, tokens=0, requests=50, max_wait=60)
-    assert half.ticket is not None
-    await limiter.observe(
-        "m", limit, said(rpm=600, requests_left=int(half.ticket.request_belief)), half.ticket
-    )
+    await half_taken(limiter, limit)
     for surplus in (5, 0):
         ticket = (await admitted(limiter, limit)).ticket
         assert ticket is not None
