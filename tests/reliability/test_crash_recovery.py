@@ -82,7 +82,8 @@ async def test_jobs_of_killed_workers_run_again_within_the_in_progress_ttl(
                 # the kill, is the only result a job that no one picked again may have.
                 result = results[job_id]
                 assert f":{victim.pid}:" in (result.worker_id or ""), (job_id, result.worker_id)
-                assert result.finished_at.timestamp() <= killed_at, (job_id, result.finished_at, killed_at)
+                finished = result.timings.finished_at.timestamp()
+                assert finished <= killed_at, (job_id, finished, killed_at)
                 continue
             recoveries.append(min(picks) - killed_at)
             assert results[job_id].worker_id not in ("", None)
