@@ -8,6 +8,7 @@ another process's lock waits up to ``BUSY_TIMEOUT`` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -23,6 +24,10 @@ FILE_NAME = "responses.sqlite3"
 BUSY_TIMEOUT = 10.0
 EVICTION_CHECK_EVERY = 64
 """Puts between two checks of the total size (a sum over the table)."""
+HIT_FLUSH_EVERY = 256
+HIT_FLUSH_SECONDS = 2.0
+"""Hits are written (``used``, ``hits``) in one transaction per this many keys or seconds, and at close:
+a write per hit made every worker process of a cached rerun queue for the file's write lock."""
 
 T = TypeVar("T")
 
@@ -52,6 +57,8 @@ class DiskStore:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmqueue-cache")
         self._db: sqlite3.Connection | None = None
         self._puts = 0
+        self._hits: dict[str, int] = {}
+        self._hits_written = time.monotonic()
         try:
             directory.mkdir(parents=True, exist_ok=True)
             self._thread.submit(self._open).result()
@@ -82,7 +89,10 @@ class DiskStore:
             if self.ttl is not None and row[1] < now - self.ttl:
                 db.execute("DELETE FROM responses WHERE key = ?", (key,))
                 return None
-            db.execute("UPDATE responses SET used = ?, hits = hits + 1 WHERE key = ?", (now, key))
+            self._hits[key] = self._hits.get(key, 0) + 1
+            due = time.monotonic() - self._hits_written >= HIT_FLUSH_SECONDS
+            if due or len(self._hits) >= HIT_FLUSH_EVERY:
+                self._write_hits(db)
             return bytes(row[0])
 
         body = await self._run(read)
@@ -112,8 +122,26 @@ class DiskStore:
 
         await self._run(write)
 
+    def _write_hits(self, db: sqlite3.Connection) -> None:
+        """Record the hits counted since the last write, in one transaction."""
+        hits, self._hits, self._hits_written = self._hits, {}, time.monotonic()
+        if not hits:
+            return
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "UPDATE responses SET used = ?, hits = hits + ? WHERE key = ?",
+                [(now, count, key) for key, count in hits.items()],
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
     def _evict(self, db: sqlite3.Connection) -> None:
         """Delete the least recently used entries (and any expired ones) until under ``max_bytes``."""
+        self._write_hits(db)  # recency first
         if self.ttl is not None:
             db.execute("DELETE FROM responses WHERE created < ?", (time.time() - self.ttl,))
         (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM responses").fetchone()
@@ -130,6 +158,7 @@ class DiskStore:
 
     async def stats(self) -> CacheStats:
         def read(db: sqlite3.Connection) -> tuple[int, int, int]:
+            self._write_hits(db)
             row = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(hits), 0) FROM responses"
             ).fetchone()
@@ -148,6 +177,7 @@ class DiskStore:
 
     async def clear(self) -> int:
         def wipe(db: sqlite3.Connection) -> int:
+            self._hits = {}
             count = db.execute("DELETE FROM responses").rowcount
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             db.execute("VACUUM")
@@ -157,6 +187,9 @@ class DiskStore:
 
     async def close(self) -> None:
         def shut(db: sqlite3.Connection) -> None:
+            # Hit counts and recency are bookkeeping: a file locked at exit costs only them.
+            with contextlib.suppress(sqlite3.Error):
+                self._write_hits(db)
             db.close()
 
         if self._db is not None:

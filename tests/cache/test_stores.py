@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from llmqueue.cache.disk import FILE_NAME, DiskStore
+from llmqueue.cache.disk import FILE_NAME, HIT_FLUSH_EVERY, DiskStore
 from llmqueue.cache.redis_store import RedisStore
 from llmqueue.cache.store import CacheStore
 from llmqueue.errors import CacheError
@@ -99,6 +99,29 @@ async def test_disk_size_limit_evicts_the_least_recently_used(tmp_path: Path) ->
         assert (await store.stats()).bytes <= size * 3
     finally:
         await store.close()
+
+
+async def test_disk_hits_are_written_in_batches_and_all_reach_the_file(tmp_path: Path) -> None:
+    reader, other = (
+        DiskStore(tmp_path, ttl=None, max_bytes=10**6),
+        DiskStore(tmp_path, ttl=None, max_bytes=10**6),
+    )
+    try:
+        await reader.put("k0", ANSWER)
+        for _ in range(3):
+            assert await reader.get("k0") == ANSWER
+        assert (await other.stats()).hits == 0  # still counted in the reading process
+        for n in range(1, HIT_FLUSH_EVERY + 1):
+            await reader.put(f"k{n}", answer(str(n)))
+            await reader.get(f"k{n}")
+        # One write when the 256th key was hit (k0's 3 hits and k1 … k255's), k256's hit still pending ...
+        assert (await other.stats()).hits == 3 + HIT_FLUSH_EVERY - 1
+    finally:
+        await reader.close()  # ... and the rest on the way out
+    try:
+        assert (await other.stats()).hits == HIT_FLUSH_EVERY + 3
+    finally:
+        await other.close()
 
 
 async def test_redis_size_limit_evicts_the_least_recently_used(redis: Redis) -> None:
