@@ -49,6 +49,7 @@ class LimitFeedback:
         self._warned: set[tuple[str, str]] = set()
         self._reported: dict[str, float] = {}
         self._batch_scopes: set[tuple[str, str]] = set()
+        self._unlimited: set[str] = set()
 
     async def ran_in_batch(self, batch_id: str | None, scope: str) -> None:
         """Note once that a job of ``batch_id`` ran in ``scope`` (``llmqueue status`` shows its limits)."""
@@ -65,7 +66,10 @@ class LimitFeedback:
 
     def admitted(self, scope: str, admission: Admission) -> None:
         """Warn, once per scope, that calls go out with no limit at all."""
-        if admission.state == "unlimited":
+        if admission.state != "unlimited":
+            self._unlimited.discard(scope)
+        else:
+            self._unlimited.add(scope)
             self._warn_once(
                 scope,
                 "unlimited",
@@ -107,7 +111,12 @@ class LimitFeedback:
         # Input and output first: the provider's count of this call is then the bucket's too, and the
         # headers' remaining shows only what others did (else its own shortfall is taken off twice).
         await self.limiter.adjust(scope, limit, tokens=0, input_tokens=input_back, output_tokens=output_back)
-        await self._observe(scope, limit, said, ticket)
+        if said is None and ticket is None and scope in self._unlimited:
+            # Admitted as unlimited, and the answer states no limit either: the limiter would learn
+            # nothing (a self-hosted server's every answer), so no round trip is made for it.
+            await self._report(scope)
+        else:
+            await self._observe(scope, limit, said, ticket)
         charged_up_front = sets_max_tokens and said is not None and said.family == "openai"
         took_tokens = ticket is not None and ticket.tokens_charged > 0
         if used is not None and took_tokens and not charged_up_front:
