@@ -351,6 +351,9 @@ def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)
         logger.info("llmqueue worker %s started on queue %s", worker_id, worker.queue_name)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        runner: JobRunner | None = ctx.get("llmqueue_runner")
+        if runner is not None:
+            await runner.settle(timeout=5)
         heartbeat: Heartbeat | None = ctx.get("llmqueue_heartbeat")
         if heartbeat is not None:
             await heartbeat.stop()

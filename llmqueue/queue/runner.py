@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -117,6 +117,8 @@ class JobRunner:
     """Jobs whose final result also ended their claim (the worker's ``finish_job`` has nothing to do)."""
     starts: dict[str, AttemptStart] = field(default_factory=dict)
     """What the worker's claim read for jobs about to start (saves ``begin_attempt``'s round trip)."""
+    settling: set[asyncio.Task[None]] = field(default_factory=set)
+    """Limit feedback still on its way to Redis for jobs that have their results (``settle`` waits)."""
     writes_refused: bool = False
     """True while Redis refuses to store a result this worker paid for: no new call starts meanwhile."""
     ledger: BatchLedger = field(init=False)
@@ -178,10 +180,7 @@ class JobRunner:
             scope=scope,
             limit=limit,
             start=start,
-            # Counting tokens costs CPU on every job; only a token limit (configured or learnt) needs it.
-            estimate=(
-                estimate_split(job, counted_as, llm.default_completion_tokens) if limited else NO_ESTIMATE
-            ),
+            estimate=NO_ESTIMATE,
             priority=job.priority,
             candidates=candidates,
         )
@@ -191,6 +190,8 @@ class JobRunner:
         if job.cache and self.cache is not None and await self._answered_from_cache(call, kwargs):
             return
         try:
+            if limited:  # counting tokens costs CPU; only a token limit (configured or learnt) needs it
+                call.estimate = estimate_split(job, counted_as, llm.default_completion_tokens)
             await self._admit(call)
             if call.deployment is not None:
                 if supports_prompt_caching(call.deployment.model) != caching:
@@ -308,10 +309,17 @@ class JobRunner:
         result.usage = _usage(response)
         result.cost = _cost(response)
         # The answer is paid for: what follows the call may not stand between it and its stored result,
-        # so bookkeeping that Redis refuses (full, restarting) is logged and skipped, not raised.
-        async with _best_effort("limit feedback"):
+        # so bookkeeping that Redis refuses (full, restarting) is logged and skipped, not raised. The
+        # batch's counts and the cache are written first (a run ends when its last result is in); the
+        # limiter's feedback goes on after the job has ended, off the path of an awaited step.
+        async with _best_effort("deployment count"):
             await self._count_deployment_call(call, "ok")
-            await self.feedback.answered(
+        if call.cache_key is not None and self.cache is not None:
+            async with _best_effort("response cache"):
+                await self.cache.store(call.cache_key, result.response)
+        await self._keep_paid(result, reply_to=job.reply_to)
+        self._after_result(
+            self.feedback.answered(
                 call.scope,
                 call.limit,
                 call.ticket,
@@ -322,10 +330,7 @@ class JobRunner:
                 used_completion=usage_tokens(response, "completion_tokens"),
                 sets_max_tokens=bool({"max_tokens", "max_completion_tokens"} & set(job.params)),
             )
-        if call.cache_key is not None and self.cache is not None:
-            async with _best_effort("response cache"):
-                await self.cache.store(call.cache_key, result.response)
-        await self._keep_paid(result, reply_to=job.reply_to)
+        )
         usage = result.usage
         self._emit(
             "succeeded",
@@ -401,6 +406,18 @@ class JobRunner:
         await counting
         await self.ledger.call_cut_short(call.job.batch_id, retrying=bool(call.start.failures))
         self._emit("interrupted", call)
+
+    def _after_result(self, feedback: Coroutine[Any, Any, None]) -> None:
+        """Send limit feedback once the job is over: a stopping worker cannot cut the job off after its
+        result is stored (arq would put it back in the queue), and the caller does not wait for it."""
+        task = asyncio.ensure_future(_logged_feedback(feedback))
+        self.settling.add(task)
+        task.add_done_callback(self.settling.discard)
+
+    async def settle(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the feedback still being sent (a worker stopping)."""
+        if self.settling:
+            await asyncio.wait(set(self.settling), timeout=timeout)
 
     async def _finish(self, result: JobResult, **options: Any) -> None:
         """Store the final result (and, with ``release_on_finish``, end the job's run in the queue)."""
@@ -596,6 +613,14 @@ async def _best_effort(what: str) -> AsyncIterator[None]:
         yield
     except RedisError as exc:
         logger.warning("%s skipped: %s", what, redis_error_line(exc))
+
+
+async def _logged_feedback(feedback: Coroutine[Any, Any, None]) -> None:
+    try:
+        async with _best_effort("limit feedback"):
+            await feedback
+    except Exception:  # a bug here must not pass silently, nor end the worker
+        logger.exception("limit feedback failed")
 
 
 def _as_dict(response: Any) -> dict[str, Any]:
