@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from llmqueue import keys
+from llmqueue.limits.limiter import RateLimiter
 from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.producer import Producer
 from llmqueue.queue.payload import serialize
@@ -113,6 +114,30 @@ async def test_call_timeout_is_a_transient_error(redis_url: str) -> None:
             result = await (await producer.submit(CHAT)).result(timeout=15)
     assert result.status == "failed" and result.attempts == 2
     assert {e.kind for e in result.errors} == {"timeout"}
+
+
+async def test_the_result_is_delivered_before_the_limiter_hears_of_the_answer(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with run_provider(ProviderConfig(api_key=TEST_API_KEY, rpm=600)) as limited:
+        settings = make_settings(redis_url, limited.base_url)
+        async with Producer(settings) as producer, running_worker(settings):
+            await (await producer.submit(CHAT)).result(timeout=30)  # start-up and first call done
+            observe, reported = RateLimiter.observe, []
+
+            async def slow_observe(self: RateLimiter, *args: Any, **kwargs: Any) -> Any:
+                await asyncio.sleep(2.0)
+                learnt = await observe(self, *args, **kwargs)
+                reported.append(learnt)
+                return learnt
+
+            monkeypatch.setattr(RateLimiter, "observe", slow_observe)
+            began = time.monotonic()
+            result = await (await producer.submit(CHAT)).result(timeout=30)
+            waited = time.monotonic() - began
+            # The worker has stopped, and on its way out sent the report it still owed.
+    assert result.status == "succeeded" and waited < 2.0, waited
+    assert len(reported) == 1 and reported[0].rpm == 600
 
 
 async def test_duplicate_job_id_runs_once(
