@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from llmqueue.llm.call import call_kwargs as llmqueue_call_kwargs
+from llmqueue.llm.request import call_kwargs as llmqueue_call_kwargs
 from llmqueue.models import Job
 from llmqueue.settings import LLMConfig
 

@@ -196,6 +196,25 @@ class JobResult(BaseModel):
         None, description="the job as submitted, kept on failed and cancelled results so they can be retried"
     )
 
+    @classmethod
+    def from_cache(
+        cls, job: Job, model: str, response: dict[str, Any], *, via: Literal["live", "batch-api"] = "live"
+    ) -> JobResult:
+        """A job answered by the response cache, before any provider call: it cost nothing."""
+        now = _utcnow()
+        return cls(
+            job_id=job.id,
+            batch_id=job.batch_id,
+            status="succeeded",
+            model=model,
+            response=response,
+            cost=0.0,
+            cached=True,
+            via=via,
+            timings=Timings(queued_at=job.created_at, started_at=now, finished_at=now),
+            metadata=job.metadata,
+        )
+
     @property
     def ok(self) -> bool:
         return self.status == "succeeded"

@@ -28,10 +28,10 @@ from litellm.types.utils import Usage as LiteLLMUsage
 
 from llmqueue import keys
 from llmqueue.batches.control import Batches
-from llmqueue.cache import ResponseCache, request_key
+from llmqueue.cache import ResponseCache, job_cache_key
 from llmqueue.errors import BatchError, ConfigError
 from llmqueue.limits.tokens import estimate_tokens
-from llmqueue.llm.call import call_kwargs, job_model, supports_prompt_caching
+from llmqueue.llm.request import call_kwargs, job_model
 from llmqueue.models import AttemptError, Job, JobResult, ResultStatus, Timings, Usage
 from llmqueue.settings import LLMConfig, Settings
 
@@ -142,7 +142,7 @@ class BatchApiRun:
                 continue
             line = _line(job, llm)
             if self.cache is not None and job.cache:
-                line.cache_key = cache_key(job, llm)
+                line.cache_key = job_cache_key(job, llm)
                 hit = await self.cache.backend.get(line.cache_key)
                 if hit is not None:
                     await self._finish_cached(job, line.model, hit)
@@ -261,7 +261,7 @@ class BatchApiRun:
             result = _result(job, model, "succeeded", attempts=1)
             result.response, result.usage, result.cost = body, usage, _batch_price(model, usage)
             if self.cache is not None and job.cache:
-                await self.cache.store(cache_key(job, llm), body)
+                await self.cache.store(job_cache_key(job, llm), body)
             await self.store.finish(result)
             return
         code = str(error.get("code") or "provider_error")
@@ -279,9 +279,7 @@ class BatchApiRun:
         await self.store.finish(result)
 
     async def _finish_cached(self, job: Job, model: str, response: dict[str, Any]) -> None:
-        result = _result(job, model, "succeeded", attempts=0)
-        result.response, result.cost, result.cached = response, 0.0, True
-        await self.store.finish(result)
+        await self.store.finish(JobResult.from_cache(job, model, response, via="batch-api"))
 
     async def _finish_all(self, lines: list[_Line], status: ResultStatus, kind: str, message: str) -> None:
         for line in lines:
@@ -339,12 +337,6 @@ def check_supported(jobs: Sequence[Job], llm: LLMConfig) -> None:
                 f"line {job.metadata.get('line')}: model {model!r} is served by {provider!r}; the Batch API "
                 "tier supports OpenAI-compatible endpoints (openai/... models) only: run it live instead"
             )
-
-
-def cache_key(job: Job, llm: LLMConfig) -> str:
-    """The key a live call of ``job`` would have, so live runs and Batch API runs share answers."""
-    model = job_model(job, llm)
-    return request_key(job.kind, call_kwargs(job, llm, supports_caching=supports_prompt_caching(model)))
 
 
 def _line(job: Job, llm: LLMConfig) -> _Line:

@@ -20,9 +20,9 @@ from litellm.types.utils import Usage
 from redis.asyncio import Redis
 
 from llmqueue.batches.files import check_file, invalid_file_error, iter_jobs
-from llmqueue.cache import CacheStore, open_store, request_key
+from llmqueue.cache import CacheStore, job_cache_key, open_store
 from llmqueue.limits.tokens import estimate_split
-from llmqueue.llm.call import call_kwargs, job_model, supports_prompt_caching
+from llmqueue.llm.request import job_model
 from llmqueue.models import Job
 from llmqueue.settings import LimitConfig, Settings
 
@@ -82,11 +82,9 @@ async def estimate_jobs(jobs: Iterable[Job], settings: Settings, cache: CacheSto
         if entry is None:
             entry = by_model[model] = ModelEstimate(model, scope, settings.limit_for(scope, llm))
         entry.lines += 1
-        if cache is not None and job.cache:
-            kwargs = call_kwargs(job, llm, supports_caching=supports_prompt_caching(model))
-            if await cache.has(request_key(job.kind, kwargs)):
-                entry.cache_hits += 1
-                continue
+        if cache is not None and job.cache and await cache.has(job_cache_key(job, llm)):
+            entry.cache_hits += 1
+            continue
         tokens = estimate_split(job, model, llm.default_completion_tokens)
         entry.prompt_tokens += tokens.prompt
         entry.completion_tokens += tokens.completion

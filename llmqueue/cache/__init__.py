@@ -4,8 +4,16 @@
 the answers; ``response_cache`` puts a store and a one-call-at-a-time rule together for the runner.
 """
 
-from llmqueue.cache.key import request_key
+from llmqueue.cache.key import job_cache_key, request_key
 from llmqueue.cache.response_cache import CacheLookup, ResponseCache, open_store
 from llmqueue.cache.store import CacheStats, CacheStore
 
-__all__ = ["CacheLookup", "CacheStats", "CacheStore", "ResponseCache", "open_store", "request_key"]
+__all__ = [
+    "CacheLookup",
+    "CacheStats",
+    "CacheStore",
+    "ResponseCache",
+    "job_cache_key",
+    "open_store",
+    "request_key",
+]

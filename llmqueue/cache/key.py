@@ -7,6 +7,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from llmqueue.llm.request import call_kwargs
+from llmqueue.models import Job
+from llmqueue.settings import LLMConfig
+
 KEY_VERSION = 1
 """Bumped when the key's recipe changes, so old entries are not read with a new meaning."""
 
@@ -30,7 +34,7 @@ IGNORED = frozenset(
 def request_key(kind: str, kwargs: Mapping[str, Any]) -> str:
     """A SHA-256 hex key for a LiteLLM call of ``kind`` (``chat``/``embedding``) with ``kwargs``.
 
-    ``kwargs`` are the ones the call is made with (:func:`llmqueue.llm.call.call_kwargs`): the model as
+    ``kwargs`` are the ones the call is made with (:func:`llmqueue.llm.request.call_kwargs`): the model as
     resolved, the messages or input as sent, every parameter that can change the answer (temperature,
     max_tokens, tools, seed …) and the endpoint (``api_base``, ``api_version``), so two providers serving
     the same model name do not share answers. Timeouts, retry counts and credentials are left out, and
@@ -46,3 +50,11 @@ def request_key(kind: str, kwargs: Mapping[str, Any]) -> str:
         default=str,
     )
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def job_cache_key(job: Job, llm: LLMConfig) -> str:
+    """The key of ``job`` sent with the settings ``llm``: :func:`request_key` of its call's arguments
+    without prompt-caching marks, which change how the provider bills the prompt, not the answer. So the
+    key needs no LiteLLM (whose verdict decides the marks): ``llmqueue run`` answers lines from the cache
+    before its workers have imported it, and live runs, dry runs and the Batch API tier share keys."""
+    return request_key(job.kind, call_kwargs(job, llm, supports_caching=False))

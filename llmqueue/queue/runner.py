@@ -19,7 +19,7 @@ import litellm
 from arq.worker import Retry
 from redis.exceptions import RedisError
 
-from llmqueue.cache import ResponseCache, request_key
+from llmqueue.cache import ResponseCache, job_cache_key
 from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
 from llmqueue.limits.breaker import CircuitBreaker
 from llmqueue.limits.feedback import LimitFeedback, LimitListener
@@ -36,8 +36,9 @@ from llmqueue.limits.tokens import (
 from llmqueue.llm import policy
 from llmqueue.llm.answers import missing_answer
 from llmqueue.llm.backoff import RetryPolicy
-from llmqueue.llm.call import call_kwargs, call_provider, job_model, supports_prompt_caching
+from llmqueue.llm.call import call_provider, supports_prompt_caching
 from llmqueue.llm.classify import classify, invalid_response, short_message
+from llmqueue.llm.request import call_kwargs, job_model
 from llmqueue.models import AttemptError, Job, JobResult, ResultStatus, Timings, Usage
 from llmqueue.ops.events import EventSink, JobEvent, emit
 from llmqueue.queue.ledger import BatchLedger
@@ -205,7 +206,7 @@ class JobRunner:
     async def _answered_from_cache(self, call: _Call, kwargs: dict[str, Any]) -> bool:
         """Finish the job from the cache (True), wait for an identical call in flight, or own the miss."""
         assert self.cache is not None
-        lookup = await self.cache.lookup(request_key(call.job.kind, kwargs), call.job.id)
+        lookup = await self.cache.lookup(job_cache_key(call.job, call.llm), call.job.id)
         if lookup.wait is not None:
             self._emit("deferred", call, wait=lookup.wait, reason="identical_request_in_flight")
             raise Retry(defer=lookup.wait)

@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 
 from llmqueue.batches.estimate import estimate_file
-from llmqueue.cache import request_key
+from llmqueue.cache import job_cache_key
 from llmqueue.cache.disk import DiskStore
 from llmqueue.errors import InvalidBatchFileError
-from llmqueue.llm.call import call_kwargs, supports_prompt_caching
 from llmqueue.models import Job
 from llmqueue.settings import CacheConfig, LimitConfig, LLMConfig, Settings
 
@@ -92,9 +91,8 @@ async def test_lines_in_the_cache_are_counted_as_hits_and_cost_nothing(
     job = Job.model_validate(
         {"model": "gpt-4o-mini", "messages": LINES[0]["messages"], "params": {"max_tokens": 10}}
     )
-    kwargs = call_kwargs(job, settings.llm, supports_caching=supports_prompt_caching("gpt-4o-mini"))
     store = DiskStore(settings.cache.resolved_dir(), ttl=None, max_bytes=10**6)
-    await store.put(request_key("chat", kwargs), {"id": "chatcmpl-1", "choices": []})
+    await store.put(job_cache_key(job, settings.llm), {"id": "chatcmpl-1", "choices": []})
     await store.close()
     path = write_lines(tmp_path / "in.jsonl", LINES)
     mini = (await estimate_file(path, settings)).models[1]

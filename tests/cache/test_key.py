@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llmqueue.cache import request_key
-from llmqueue.llm.call import call_kwargs
+from llmqueue.llm.request import call_kwargs
 from llmqueue.models import Job
 from llmqueue.settings import LLMConfig
 

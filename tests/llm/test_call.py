@@ -7,14 +7,8 @@ import litellm
 import pytest
 from pydantic import SecretStr
 
-from llmqueue.llm.call import (
-    CACHE_CONTROL,
-    call_kwargs,
-    job_model,
-    mark_cache_points,
-    strip_images,
-    supports_prompt_caching,
-)
+from llmqueue.llm.call import supports_prompt_caching
+from llmqueue.llm.request import CACHE_CONTROL, call_kwargs, job_model, mark_cache_points, strip_images
 from llmqueue.models import Job
 from llmqueue.settings import LLMConfig
 
