@@ -28,8 +28,10 @@ from llmqueue.batches.files import (
     iter_jobs,
     require_requests,
 )
+from llmqueue.cache import CacheStore, job_cache_key
 from llmqueue.errors import BatchError, BatchFileError, BatchStalledError
 from llmqueue.llm.policy import submission_refusal
+from llmqueue.llm.request import job_model
 from llmqueue.models import PRIORITIES, AttemptError, Job, JobResult, Timings
 from llmqueue.ops.registry import no_worker_reason
 from llmqueue.queue.ledger import BatchLedger, BatchStatus
@@ -52,6 +54,8 @@ class SubmitReport:
     already_known: int
     """Jobs of the batch that were already queued, running or finished (a resumed submission)."""
     rejected: list[LineError]
+    cached: int = 0
+    """Of the jobs submitted, those answered from the response cache as they were submitted (not queued)."""
 
 
 class Batches:
@@ -77,6 +81,7 @@ class Batches:
         priority: int = PRIORITIES["batch"],
         weight: float = 1.0,
         cache: bool = True,
+        answered_from: CacheStore | None = None,
         on_queueing: Callable[[], None] | None = None,
     ) -> SubmitReport:
         """Check (unless ``skip_invalid``) and enqueue every request of a JSONL file as one batch.
@@ -87,6 +92,8 @@ class Batches:
         that set none; ``weight`` is the batch's share against other batches of the same priority
         (a batch of weight 2 gets twice the jobs of a batch of weight 1 while both have jobs ready).
         ``cache`` lets workers answer lines from the response cache (and keep their answers there).
+        With ``answered_from``, the cache of workers whose settings are these, lines it holds are answered
+        here and never queued (``llmqueue run``: a rerun needs no worker for what is already known).
         ``on_queueing()`` is called once the file is checked, before anything is queued (to say the
         batch id first: a submission cut short is completed by submitting again to the same id).
         """
@@ -116,10 +123,10 @@ class Batches:
             item.cache = cache
             chunk.append(item)
             if len(chunk) >= _CHUNK:
-                await self._enqueue_chunk(batch_id, chunk, report)
+                await self._enqueue_chunk(batch_id, chunk, report, answered_from)
                 chunk = []
         if chunk:
-            await self._enqueue_chunk(batch_id, chunk, report)
+            await self._enqueue_chunk(batch_id, chunk, report, answered_from)
         if report.submitted + report.already_known == 0:
             await self._forget(batch_id)
             shown = "; ".join(f"line {e.line}: {e.reason}" for e in report.rejected[:3])
@@ -338,9 +345,15 @@ class Batches:
             await self.redis.delete(keys.batch(batch_id))
             await self.redis.zrem(keys.batches(), batch_id)
 
-    async def _enqueue_chunk(self, batch_id: str, chunk: list[Job], report: SubmitReport) -> None:
+    async def _enqueue_chunk(
+        self, batch_id: str, chunk: list[Job], report: SubmitReport, answered_from: CacheStore | None
+    ) -> None:
         """Queue a chunk and register it with the batch in one transaction: ``total`` always counts
         what was queued, and a submission cut short (Redis full) is completed by submitting again."""
+        if answered_from is not None:
+            chunk = await self._answer_from_cache(batch_id, chunk, report, answered_from)
+            if not chunk:
+                return
         members = keys.batch_jobs(batch_id)
         scores = await self.redis.zmscore(members, [job.id for job in chunk])
         new_members = sum(1 for score in scores if score is None)
@@ -352,6 +365,38 @@ class Batches:
         added = await self.store.enqueue(chunk, also=register)
         report.submitted += sum(added)
         report.already_known += len(added) - sum(added)
+
+    async def _answer_from_cache(
+        self, batch_id: str, chunk: list[Job], report: SubmitReport, cache: CacheStore
+    ) -> list[Job]:
+        """Store the results of the chunk's lines the cache holds; return the others, to be queued.
+
+        A line already known to the batch (a resubmission) is left to the queue, which knows whether it
+        still needs an answer; one that already has a result keeps it (a job gets one result)."""
+        if self.settings is None:
+            raise BatchError("answering lines from the cache needs the workers' settings")
+        known = await self.redis.zmscore(keys.batch_jobs(batch_id), [job.id for job in chunk])
+        rest: list[Job] = []
+        hits: list[Job] = []
+        answered: list[JobResult] = []
+        for job, score in zip(chunk, known, strict=True):
+            llm = self.settings.llm_for(job.llm_config)
+            response = await cache.get(job_cache_key(job, llm)) if job.cache and score is None else None
+            if response is None:
+                rest.append(job)
+            else:
+                hits.append(job)
+                answered.append(JobResult.from_cache(job, job_model(job, llm), response))
+        if answered:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                self._index(pipe, batch_id, hits)
+                pipe.hincrby(keys.batch(batch_id), "total", len(hits))
+                await pipe.execute()
+            stored = await self.store.finish_many([(result, False) for result in answered])
+            report.submitted += sum(stored)
+            report.already_known += len(stored) - sum(stored)
+            report.cached += len(answered)
+        return rest
 
     async def _index_chunk(self, batch_id: str, chunk: Sequence[Job]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -31,6 +31,7 @@ from llmqueue.batches.files import (
 )
 from llmqueue.batches.options import RunOptions
 from llmqueue.batches.run_lock import DirectoryLock, RedisRunLock
+from llmqueue.cache import CacheStore, open_store
 from llmqueue.cache.disk import DiskStore
 from llmqueue.errors import CacheError, LLMQueueError
 from llmqueue.llm.policy import submission_refusal
@@ -115,19 +116,22 @@ async def _run_locked(
                     return RunSummary(
                         batch_id=batch_id, status=status, output=options.output, failures=failures
                     )
-                report = await batches.submit_file(
-                    source,
-                    batch_id,
-                    default_model=options.model,
-                    llm_config=options.llm_config,
-                    skip_invalid=options.skip_invalid,
-                    max_cost=options.max_cost,
-                    max_tokens=options.max_tokens,
-                    cache=use_cache,
-                    priority=options.priority,
-                    weight=options.weight,
-                    on_queueing=lambda: console.print(f"batch [bold]{batch_id}[/bold]: queueing {source}"),
-                )
+                queueing = f"batch [bold]{batch_id}[/bold]: queueing {source}"
+                async with _answers_for(settings, producer, use_cache) as answered_from:
+                    report = await batches.submit_file(
+                        source,
+                        batch_id,
+                        default_model=options.model,
+                        llm_config=options.llm_config,
+                        skip_invalid=options.skip_invalid,
+                        max_cost=options.max_cost,
+                        max_tokens=options.max_tokens,
+                        cache=use_cache,
+                        answered_from=answered_from,
+                        priority=options.priority,
+                        weight=options.weight,
+                        on_queueing=lambda: console.print(queueing),
+                    )
                 _announce(console, batch_id, report)
                 if report.rejected:
                     write_rejects(
@@ -175,6 +179,22 @@ async def _check_cache(options: RunOptions, settings: Settings) -> None:
     await store.close()
 
 
+@contextlib.asynccontextmanager
+async def _answers_for(
+    settings: Settings, producer: Producer, use_cache: bool
+) -> AsyncIterator[CacheStore | None]:
+    """The response cache, for the run to answer the lines it holds as it submits them: the run's workers
+    have its settings, so a line's key here is the key they would look up."""
+    if not use_cache:
+        yield None
+        return
+    store = open_store(settings.cache, producer.redis)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 async def _check_same_tier(batches: Batches, options: RunOptions, batch_id: str) -> None:
     """A resumed batch goes on through the tier it started in (the other would call for its lines twice)."""
     if not options.resume:
@@ -187,7 +207,8 @@ async def _check_same_tier(batches: Batches, options: RunOptions, batch_id: str)
 
 def _announce(console: Console, batch_id: str, report: SubmitReport) -> None:
     console.print(
-        f"batch [bold]{batch_id}[/bold]: {report.submitted} job(s) queued"
+        f"batch [bold]{batch_id}[/bold]: {report.submitted - report.cached} job(s) queued"
+        + (f", {report.cached} answered from the cache" if report.cached else "")
         + (f", {report.already_known} already queued or done" if report.already_known else "")
         + (f", {len(report.rejected)} line(s) rejected" if report.rejected else "")
     )

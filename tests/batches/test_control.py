@@ -14,8 +14,10 @@ from redis.asyncio import Redis
 from llmqueue import keys
 from llmqueue.batches.control import Batches
 from llmqueue.batches.files import job_id_for
+from llmqueue.cache import job_cache_key
+from llmqueue.cache.disk import DiskStore
 from llmqueue.errors import BatchError, InvalidBatchFileError
-from llmqueue.models import JobResult
+from llmqueue.models import Job, JobResult
 from llmqueue.producer import Producer
 from llmqueue.queue.ledger import BatchStatus
 from llmqueue.settings import Settings
@@ -113,6 +115,33 @@ async def test_resubmitting_the_same_file_enqueues_nothing_new(
     assert await redis.zcard(settings.worker.queue_name) == 4
     assert await batch_job_ids(redis, "b1") == [job_id_for("b1", n) for n in range(1, 5)]
     assert (await batches.status("b1")).total == 4
+
+
+async def test_lines_the_cache_holds_are_answered_as_they_are_submitted_and_never_queued(
+    producer: Producer, settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    store = DiskStore(tmp_path / "answers", ttl=None, max_bytes=10**6)
+    batches = Batches(producer.store, settings)
+    lines = [chat_line(f"q{n}", f"req-{n}") for n in range(4)]
+    known = {"id": "chatcmpl-1", "choices": [{"index": 0, "message": {"role": "assistant", "content": "4"}}]}
+    for n in (1, 3):  # answered before, in another batch (another job id: the same request)
+        job = Job.parse({"messages": lines[n]["messages"], "batch_id": "b0"})
+        await store.put(job_cache_key(job, settings.llm), known)
+    path = write_file(tmp_path / "in.jsonl", lines)
+    try:
+        report = await batches.submit_file(path, "b1", answered_from=store)
+        again = await batches.submit_file(path, "b1", answered_from=store)  # nothing is answered twice
+    finally:
+        await store.close()
+    assert (report.submitted, report.cached, report.already_known) == (4, 2, 0)
+    assert (again.submitted, again.cached, again.already_known) == (0, 0, 4)
+    assert await redis.zcard(settings.worker.queue_name) == 2
+    status = await batches.status("b1")
+    assert (status.total, status.queued, status.succeeded, status.cached) == (4, 2, 2, 2)
+    results = {custom_id: result for _, custom_id, result in await all_results(batches, "b1")}
+    assert [results[f"req-{n}"] is None for n in range(4)] == [True, False, True, False]
+    answered = results["req-1"]
+    assert answered is not None and answered.cached and answered.response == known and answered.cost == 0
 
 
 async def test_resume_after_a_worker_ran_part_of_the_file_runs_only_the_new_lines(

@@ -61,6 +61,7 @@ def test_a_second_run_is_served_by_the_cache_and_one_changed_prompt_makes_one_re
         code, stderr = run([str(source), "-o", str(second_out), "--cache-dir", str(cache_dir)], env, tmp_path)
         assert code == 0, stderr
         assert provider.stats()["requests"] == LINES  # not one more
+        assert f"0 job(s) queued, {LINES} answered from the cache" in stderr  # no worker needed
         assert (
             f"{LINES}/{LINES} succeeded, 0 failed, 0 cancelled; {LINES} from the cache, 0 requests" in stderr
         )
@@ -72,6 +73,7 @@ def test_a_second_run_is_served_by_the_cache_and_one_changed_prompt_makes_one_re
         assert code == 0, stderr
         assert provider.stats()["requests"] == LINES + 1
         assert f"{LINES - 1} from the cache, 1 requests" in stderr
+        assert f"1 job(s) queued, {LINES - 1} answered from the cache" in stderr
 
     first, second = read_jsonl(first_out), read_jsonl(second_out)
     assert [r["custom_id"] for r in second] == [f"q{n:03d}" for n in range(LINES)]
