@@ -11,14 +11,11 @@ from llmqueue import keys
 from llmqueue.batches.batch_api import BatchApiRun, FileLimits, check_supported
 from llmqueue.batches.control import Batches
 from llmqueue.batches.files import iter_jobs
-from llmqueue.batches.options import RunOptions, run_settings
+from llmqueue.batches.options import RunOptions, run_settings, with_workers_llm
 from llmqueue.cache import ResponseCache, open_store
 from llmqueue.models import Job
 from llmqueue.queue.ledger import BatchStatus
-from llmqueue.settings import LLMConfig, Settings
-
-# The worker settings ``run`` passes in the environment that the tier, running in this process, needs.
-_LLM_ENV = {"LLM_MODEL": "model", "LLM_BASE_URL": "base_url", "LLM_API_KEY": "api_key"}
+from llmqueue.settings import Settings
 
 
 class BatchApiTier:
@@ -28,13 +25,10 @@ class BatchApiTier:
         self.options = options
         self.batch_id = batch_id
         self.use_cache = use_cache
-        self.settings = run_settings(settings, model=options.model, rpm=None, tpm=None)
-        updates = {
-            field: options.worker_env[env] for env, field in _LLM_ENV.items() if env in options.worker_env
-        }
-        if updates:
-            llm = LLMConfig.model_validate({**self.settings.llm.model_dump(), **updates})
-            self.settings = self.settings.model_copy(update={"llm": llm})
+        # The tier runs in this process: it needs the settings run gives its workers in their environment.
+        self.settings = with_workers_llm(
+            run_settings(settings, model=options.model, rpm=None, tpm=None), options.worker_env
+        )
         if options.file is not None and not options.resume:
             check_supported(self._jobs(options.file), self.settings.llm_for(options.llm_config))
 

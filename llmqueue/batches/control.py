@@ -9,6 +9,7 @@ derived from the batch id and the line number, so submitting the same file to th
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -28,7 +29,7 @@ from llmqueue.batches.files import (
     iter_jobs,
     require_requests,
 )
-from llmqueue.cache import CacheStore, job_cache_key
+from llmqueue.cache import STORE_ERRORS, CacheStore, job_cache_key
 from llmqueue.errors import BatchError, BatchFileError, BatchStalledError
 from llmqueue.llm.policy import submission_refusal
 from llmqueue.llm.request import job_model
@@ -44,6 +45,8 @@ BATCH_ID_PATTERN = re.compile(r"^[\w.@-]{1,100}$")
 _CHUNK = 1000
 STALL_CHECK_SECONDS = 5.0
 """A batch that finished no job for this long is checked for what holds it up (and again as often)."""
+
+logger = logging.getLogger("llmqueue.batches")
 
 
 @dataclass
@@ -81,7 +84,7 @@ class Batches:
         priority: int = PRIORITIES["batch"],
         weight: float = 1.0,
         cache: bool = True,
-        answered_from: CacheStore | None = None,
+        answered_from: tuple[CacheStore, Settings] | None = None,
         on_queueing: Callable[[], None] | None = None,
     ) -> SubmitReport:
         """Check (unless ``skip_invalid``) and enqueue every request of a JSONL file as one batch.
@@ -92,8 +95,9 @@ class Batches:
         that set none; ``weight`` is the batch's share against other batches of the same priority
         (a batch of weight 2 gets twice the jobs of a batch of weight 1 while both have jobs ready).
         ``cache`` lets workers answer lines from the response cache (and keep their answers there).
-        With ``answered_from``, the cache of workers whose settings are these, lines it holds are answered
-        here and never queued (``llmqueue run``: a rerun needs no worker for what is already known).
+        With ``answered_from``, a response cache and the settings of the workers that use it, lines it
+        holds are answered here and never queued (``llmqueue run``: a rerun needs no worker for what is
+        already known); a cache that cannot be read answers nothing (the workers look again).
         ``on_queueing()`` is called once the file is checked, before anything is queued (to say the
         batch id first: a submission cut short is completed by submitting again to the same id).
         """
@@ -346,12 +350,16 @@ class Batches:
             await self.redis.zrem(keys.batches(), batch_id)
 
     async def _enqueue_chunk(
-        self, batch_id: str, chunk: list[Job], report: SubmitReport, answered_from: CacheStore | None
+        self,
+        batch_id: str,
+        chunk: list[Job],
+        report: SubmitReport,
+        answered_from: tuple[CacheStore, Settings] | None,
     ) -> None:
         """Queue a chunk and register it with the batch in one transaction: ``total`` always counts
         what was queued, and a submission cut short (Redis full) is completed by submitting again."""
         if answered_from is not None:
-            chunk = await self._answer_from_cache(batch_id, chunk, report, answered_from)
+            chunk = await self._answer_from_cache(batch_id, chunk, report, *answered_from)
             if not chunk:
                 return
         members = keys.batch_jobs(batch_id)
@@ -367,21 +375,19 @@ class Batches:
         report.already_known += len(added) - sum(added)
 
     async def _answer_from_cache(
-        self, batch_id: str, chunk: list[Job], report: SubmitReport, cache: CacheStore
+        self, batch_id: str, chunk: list[Job], report: SubmitReport, cache: CacheStore, workers: Settings
     ) -> list[Job]:
         """Store the results of the chunk's lines the cache holds; return the others, to be queued.
 
         A line already known to the batch (a resubmission) is left to the queue, which knows whether it
         still needs an answer; one that already has a result keeps it (a job gets one result)."""
-        if self.settings is None:
-            raise BatchError("answering lines from the cache needs the workers' settings")
         known = await self.redis.zmscore(keys.batch_jobs(batch_id), [job.id for job in chunk])
         rest: list[Job] = []
         hits: list[Job] = []
         answered: list[JobResult] = []
         for job, score in zip(chunk, known, strict=True):
-            llm = self.settings.llm_for(job.llm_config)
-            response = await cache.get(job_cache_key(job, llm)) if job.cache and score is None else None
+            llm = workers.llm_for(job.llm_config)
+            response = await _cached(cache, job_cache_key(job, llm)) if job.cache and score is None else None
             if response is None:
                 rest.append(job)
             else:
@@ -395,7 +401,7 @@ class Batches:
             stored = await self.store.finish_many([(result, False) for result in answered])
             report.submitted += sum(stored)
             report.already_known += len(stored) - sum(stored)
-            report.cached += len(answered)
+            report.cached += sum(stored)
         return rest
 
     async def _index_chunk(self, batch_id: str, chunk: Sequence[Job]) -> None:
@@ -438,3 +444,12 @@ def check_batch_id(batch_id: str) -> str:
 def new_batch_id(path: Path) -> str:
     stem = re.sub(r"[^\w.-]", "-", path.stem)[:60] or "batch"
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+async def _cached(cache: CacheStore, key: str) -> dict[str, Any] | None:
+    """A cached answer, or None: one that cannot be read is left to the workers, who look again."""
+    try:
+        return await cache.get(key)
+    except STORE_ERRORS as exc:
+        logger.warning("response cache: lookup failed, the workers will look again (%s)", exc)
+        return None

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmqueue.models import PRIORITIES
-from llmqueue.settings import Settings
+from llmqueue.settings import LLMConfig, Settings
+
+# The [llm] settings ``run`` may give its workers in their environment (the simulated provider's).
+WORKER_LLM_ENV = {"LLM_MODEL": "model", "LLM_BASE_URL": "base_url", "LLM_API_KEY": "api_key"}
 
 
 @dataclass
@@ -56,3 +60,12 @@ def run_settings(settings: Settings, *, model: str | None, rpm: float | None, tp
     if tpm is not None:
         update["tpm"] = tpm
     return settings.model_copy(update={"llm": settings.llm.model_copy(update=update)})
+
+
+def with_workers_llm(settings: Settings, worker_env: Mapping[str, str]) -> Settings:
+    """``settings`` with the ``[llm]`` values of ``WORKER_LLM_ENV`` found in the workers' environment."""
+    updates = {field: worker_env[env] for env, field in WORKER_LLM_ENV.items() if env in worker_env}
+    if not updates:
+        return settings
+    llm = LLMConfig.model_validate({**settings.llm.model_dump(), **updates})
+    return settings.model_copy(update={"llm": llm})

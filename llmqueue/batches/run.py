@@ -29,7 +29,7 @@ from llmqueue.batches.files import (
     write_rejects,
     write_results,
 )
-from llmqueue.batches.options import RunOptions
+from llmqueue.batches.options import WORKER_LLM_ENV, RunOptions, with_workers_llm
 from llmqueue.batches.run_lock import DirectoryLock, RedisRunLock
 from llmqueue.cache import CacheStore, open_store
 from llmqueue.cache.disk import DiskStore
@@ -117,7 +117,7 @@ async def _run_locked(
                         batch_id=batch_id, status=status, output=options.output, failures=failures
                     )
                 queueing = f"batch [bold]{batch_id}[/bold]: queueing {source}"
-                async with _answers_for(settings, producer, use_cache) as answered_from:
+                async with _answers_for(settings, options, producer, use_cache) as answered_from:
                     report = await batches.submit_file(
                         source,
                         batch_id,
@@ -181,16 +181,19 @@ async def _check_cache(options: RunOptions, settings: Settings) -> None:
 
 @contextlib.asynccontextmanager
 async def _answers_for(
-    settings: Settings, producer: Producer, use_cache: bool
-) -> AsyncIterator[CacheStore | None]:
-    """The response cache, for the run to answer the lines it holds as it submits them: the run's workers
-    have its settings, so a line's key here is the key they would look up."""
-    if not use_cache:
+    settings: Settings, options: RunOptions, producer: Producer, use_cache: bool
+) -> AsyncIterator[tuple[CacheStore, Settings] | None]:
+    """The response cache and the workers' settings, for the run to answer the lines the cache holds as
+    it submits them: a line's key is then the key its workers would look up. None when the run cannot
+    know their [llm] settings (an LLM_* in their environment it does not lay over its own)."""
+    unknown = [name for name in options.worker_env if name.startswith("LLM_") and name not in WORKER_LLM_ENV]
+    if not use_cache or unknown:
         yield None
         return
-    store = open_store(settings.cache, producer.redis)
+    workers = with_workers_llm(settings, options.worker_env)
+    store = open_store(workers.cache, producer.redis)
     try:
-        yield store
+        yield store, workers
     finally:
         await store.close()
 

@@ -5,10 +5,11 @@ the answers; ``response_cache`` puts a store and a one-call-at-a-time rule toget
 """
 
 from llmqueue.cache.key import job_cache_key, request_key
-from llmqueue.cache.response_cache import CacheLookup, ResponseCache, open_store
+from llmqueue.cache.response_cache import STORE_ERRORS, CacheLookup, ResponseCache, open_store
 from llmqueue.cache.store import CacheStats, CacheStore
 
 __all__ = [
+    "STORE_ERRORS",
     "CacheLookup",
     "CacheStats",
     "CacheStore",

@@ -90,9 +90,7 @@ class DiskStore:
                 db.execute("DELETE FROM responses WHERE key = ?", (key,))
                 return None
             self._hits[key] = self._hits.get(key, 0) + 1
-            due = time.monotonic() - self._hits_written >= HIT_FLUSH_SECONDS
-            if due or len(self._hits) >= HIT_FLUSH_EVERY:
-                self._write_hits(db)
+            self._write_hits_if_due(db)
             return bytes(row[0])
 
         body = await self._run(read)
@@ -119,25 +117,39 @@ class DiskStore:
             )
             if check:
                 self._evict(db)
+            else:
+                self._write_hits_if_due(db)
 
         await self._run(write)
 
+    def _write_hits_if_due(self, db: sqlite3.Connection) -> None:
+        """Write the hits counted so far once there are enough of them or they are old enough. A file
+        locked past ``BUSY_TIMEOUT`` costs nothing now: the counts wait for the next write."""
+        due = time.monotonic() - self._hits_written >= HIT_FLUSH_SECONDS
+        if due or len(self._hits) >= HIT_FLUSH_EVERY:
+            with contextlib.suppress(sqlite3.Error):
+                self._write_hits(db)
+
     def _write_hits(self, db: sqlite3.Connection) -> None:
-        """Record the hits counted since the last write, in one transaction."""
+        """Record the hits counted since the last write, in one transaction; kept for the next write if
+        this one fails."""
         hits, self._hits, self._hits_written = self._hits, {}, time.monotonic()
         if not hits:
             return
         now = time.time()
-        db.execute("BEGIN IMMEDIATE")
         try:
+            db.execute("BEGIN IMMEDIATE")
             db.executemany(
                 "UPDATE responses SET used = ?, hits = hits + ? WHERE key = ?",
                 [(now, count, key) for key, count in hits.items()],
             )
-        except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            for key, count in hits.items():
+                self._hits[key] = self._hits.get(key, 0) + count
             raise
-        db.execute("COMMIT")
 
     def _evict(self, db: sqlite3.Connection) -> None:
         """Delete the least recently used entries (and any expired ones) until under ``max_bytes``."""

@@ -31,7 +31,8 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-_STORE_ERRORS = (sqlite3.Error, RedisError, OSError, ValueError)
+STORE_ERRORS = (sqlite3.Error, RedisError, OSError, ValueError)
+"""What a store that cannot be used raises: a miss and a warning, never a job lost."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class ResponseCache:
         """Keep a successful call's response."""
         try:
             await self.backend.put(key, response)
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             logger.warning("response cache: could not store an answer (%s)", exc)
 
     async def release(self, key: str, job_id: str) -> None:
@@ -98,6 +99,6 @@ class ResponseCache:
     async def _get(self, key: str) -> dict[str, Any] | None:
         try:
             return await self.backend.get(key)
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             logger.warning("response cache: lookup failed, calling the provider (%s)", exc)
             return None

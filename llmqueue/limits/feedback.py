@@ -111,9 +111,10 @@ class LimitFeedback:
         # Input and output first: the provider's count of this call is then the bucket's too, and the
         # headers' remaining shows only what others did (else its own shortfall is taken off twice).
         await self.limiter.adjust(scope, limit, tokens=0, input_tokens=input_back, output_tokens=output_back)
-        if said is None and ticket is None and scope in self._unlimited:
-            # Admitted as unlimited, and the answer states no limit either: the limiter would learn
-            # nothing (a self-hosted server's every answer), so no round trip is made for it.
+        if said is None and ticket is None and scope in self._unlimited and scope in self._learnt:
+            # Admitted as unlimited, and the answer states no limit either: once this worker has heard
+            # what the scope learnt, the limiter has nothing to add (a self-hosted server's every
+            # answer), so no round trip is made for it.
             await self._report(scope)
         else:
             await self._observe(scope, limit, said, ticket)

@@ -416,9 +416,14 @@ class JobRunner:
         task.add_done_callback(self.settling.discard)
 
     async def settle(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the feedback still being sent (a worker stopping)."""
-        if self.settling:
-            await asyncio.wait(set(self.settling), timeout=timeout)
+        """Wait up to ``timeout`` seconds for the feedback still being sent (a worker stopping), then
+        give up what is left: the limiter corrects itself from later answers."""
+        if not self.settling:
+            return
+        _, late = await asyncio.wait(set(self.settling), timeout=timeout)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
     async def _finish(self, result: JobResult, **options: Any) -> None:
         """Store the final result (and, with ``release_on_finish``, end the job's run in the queue)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -129,8 +130,8 @@ async def test_lines_the_cache_holds_are_answered_as_they_are_submitted_and_neve
         await store.put(job_cache_key(job, settings.llm), known)
     path = write_file(tmp_path / "in.jsonl", lines)
     try:
-        report = await batches.submit_file(path, "b1", answered_from=store)
-        again = await batches.submit_file(path, "b1", answered_from=store)  # nothing is answered twice
+        report = await batches.submit_file(path, "b1", answered_from=(store, settings))
+        again = await batches.submit_file(path, "b1", answered_from=(store, settings))  # nothing twice
     finally:
         await store.close()
     assert (report.submitted, report.cached, report.already_known) == (4, 2, 0)
@@ -142,6 +143,23 @@ async def test_lines_the_cache_holds_are_answered_as_they_are_submitted_and_neve
     assert [results[f"req-{n}"] is None for n in range(4)] == [True, False, True, False]
     answered = results["req-1"]
     assert answered is not None and answered.cached and answered.response == known and answered.cost == 0
+
+
+async def test_a_cache_that_cannot_be_read_answers_nothing_and_every_line_is_queued(
+    batches: Batches, settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    class LockedStore(DiskStore):
+        async def get(self, key: str) -> dict[str, Any] | None:
+            raise sqlite3.OperationalError("database is locked")
+
+    store = LockedStore(tmp_path / "answers", ttl=None, max_bytes=10**6)
+    try:
+        path = chat_file(tmp_path / "in.jsonl", 3)
+        report = await batches.submit_file(path, "b1", answered_from=(store, settings))
+    finally:
+        await store.close()
+    assert (report.submitted, report.cached) == (3, 0)
+    assert await redis.zcard(settings.worker.queue_name) == 3
 
 
 async def test_resume_after_a_worker_ran_part_of_the_file_runs_only_the_new_lines(

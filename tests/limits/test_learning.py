@@ -103,6 +103,23 @@ async def test_answers_of_an_unlimited_scope_cost_no_round_trip_until_one_states
     assert (state.state, state.learnt_rpm) == ("limited", 600)
 
 
+async def test_a_worker_new_to_an_unlimited_scope_reports_once_and_stops_counting_tokens(
+    limiter: RateLimiter,
+) -> None:
+    await limiter.observe("m", None, None, None)  # another worker found the scope unlimited
+    feedback = LimitFeedback(limiter)
+    assert feedback.needs_estimate("m", None)  # nothing heard yet: a token limit may exist
+    for _ in range(3):
+        admission = await limiter.acquire("m", None, tokens=0, max_wait=0)
+        assert admission.state == "unlimited"
+        feedback.admitted("m", admission)
+        no_headers: dict[str, str] = {}
+        await feedback.answered(
+            "m", None, None, no_headers, estimate=TokenEstimate(0, 0), used=5, sets_max_tokens=False
+        )
+    assert not feedback.needs_estimate("m", None)
+
+
 async def test_a_configured_limit_above_the_providers_gives_way_to_it(limiter: RateLimiter) -> None:
     configured = LimitConfig(rpm=1200, spread_seconds=0)  # 20 a second; the key allows 10
     ticket = (await admitted(limiter, configured)).ticket
