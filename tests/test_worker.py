@@ -140,6 +140,17 @@ async def test_the_result_is_delivered_before_the_limiter_hears_of_the_answer(
     assert len(reported) == 1 and reported[0].rpm == 600
 
 
+async def test_a_job_whose_retries_are_spent_is_sent_to_its_fallback_model(redis_url: str) -> None:
+    async with run_provider(ProviderConfig(api_key=TEST_API_KEY)) as flaky:
+        settings = make_settings(redis_url, flaky.base_url, num_retries=0)
+        settings = settings.model_copy(update={"fallbacks": {"openai/sim-model": ["openai/sim-backup"]}})
+        flaky.fail_next(1, 503)
+        async with Producer(settings) as producer, running_worker(settings):
+            result = await (await producer.submit(CHAT)).result(timeout=30)
+    assert result.status == "succeeded" and result.model == "openai/sim-backup"
+    assert result.response is not None and result.response["model"] == "sim-backup"  # not sim-model again
+
+
 async def test_duplicate_job_id_runs_once(
     settings: Settings, producer: Producer, provider: RunningProvider
 ) -> None:

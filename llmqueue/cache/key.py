@@ -52,9 +52,10 @@ def request_key(kind: str, kwargs: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def job_cache_key(job: Job, llm: LLMConfig) -> str:
+def job_cache_key(job: Job, llm: LLMConfig, model: str | None = None) -> str:
     """The key of ``job`` sent with the settings ``llm``: :func:`request_key` of its call's arguments
     without prompt-caching marks, which change how the provider bills the prompt, not the answer. So the
     key needs no LiteLLM (whose verdict decides the marks): ``llmqueue run`` answers lines from the cache
-    before its workers have imported it, and live runs, dry runs and the Batch API tier share keys."""
-    return request_key(job.kind, call_kwargs(job, llm, supports_caching=False))
+    before its workers have imported it, and live runs, dry runs and the Batch API tier share keys.
+    ``model``: the fallback the job is sent to instead of its own (its answer is not the own model's)."""
+    return request_key(job.kind, call_kwargs(job, llm, supports_caching=False, model=model))

@@ -25,14 +25,17 @@ def job_model(job: Job, llm: LLMConfig) -> str:
     return llm.model
 
 
-def call_kwargs(job: Job, llm: LLMConfig, *, supports_caching: bool) -> dict[str, Any]:
-    """The keyword arguments for ``litellm.acompletion`` / ``aembedding``.
+def call_kwargs(
+    job: Job, llm: LLMConfig, *, supports_caching: bool, model: str | None = None
+) -> dict[str, Any]:
+    """The keyword arguments for ``litellm.acompletion`` / ``aembedding``, sent to ``model`` (a fallback
+    of the job's own, once its retries are spent) or else to the job's model.
 
     LiteLLM's and the OpenAI SDK's own retries are off (``num_retries=0``, ``max_retries=0``): attempts
     are counted in one place, the worker.
     """
     kwargs: dict[str, Any] = dict(job.params)
-    kwargs.update(model=job_model(job, llm), timeout=llm.timeout, num_retries=0, max_retries=0)
+    kwargs.update(model=model or job_model(job, llm), timeout=llm.timeout, num_retries=0, max_retries=0)
     if llm.api_key is not None:
         kwargs["api_key"] = llm.api_key.get_secret_value()
     if llm.base_url:

@@ -187,8 +187,8 @@ class JobRunner:
         )
         # Everything CPU-bound happens before admission, so the request leaves soon after it is admitted.
         caching = supports_prompt_caching(counted_as)
-        kwargs = call_kwargs(job, llm, supports_caching=caching)
-        if job.cache and self.cache is not None and await self._answered_from_cache(call, kwargs):
+        kwargs = call_kwargs(job, llm, supports_caching=caching, model=model)
+        if job.cache and self.cache is not None and await self._answered_from_cache(call):
             return
         try:
             if limited:  # counting tokens costs CPU; only a token limit (configured or learnt) needs it
@@ -196,17 +196,17 @@ class JobRunner:
             await self._admit(call)
             if call.deployment is not None:
                 if supports_prompt_caching(call.deployment.model) != caching:
-                    kwargs = call_kwargs(job, llm, supports_caching=not caching)
+                    kwargs = call_kwargs(job, llm, supports_caching=not caching, model=model)
                 kwargs = deployment_kwargs(kwargs, call.deployment.deployment, job.params)
             await self._call(call, kwargs)
         finally:
             if call.cache_key is not None and self.cache is not None:
                 await self.cache.release(call.cache_key, job.id)
 
-    async def _answered_from_cache(self, call: _Call, kwargs: dict[str, Any]) -> bool:
+    async def _answered_from_cache(self, call: _Call) -> bool:
         """Finish the job from the cache (True), wait for an identical call in flight, or own the miss."""
         assert self.cache is not None
-        lookup = await self.cache.lookup(job_cache_key(call.job, call.llm), call.job.id)
+        lookup = await self.cache.lookup(job_cache_key(call.job, call.llm, call.model), call.job.id)
         if lookup.wait is not None:
             self._emit("deferred", call, wait=lookup.wait, reason="identical_request_in_flight")
             raise Retry(defer=lookup.wait)
