@@ -9,7 +9,6 @@ derived from the batch id and the line number, so submitting the same file to th
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -29,7 +28,7 @@ from llmqueue.batches.files import (
     iter_jobs,
     require_requests,
 )
-from llmqueue.cache import STORE_ERRORS, CacheStore, job_cache_key
+from llmqueue.cache import CacheStore, job_cache_key, read_answer
 from llmqueue.errors import BatchError, BatchFileError, BatchStalledError
 from llmqueue.llm.policy import submission_refusal
 from llmqueue.llm.request import job_model
@@ -45,8 +44,6 @@ BATCH_ID_PATTERN = re.compile(r"^[\w.@-]{1,100}$")
 _CHUNK = 1000
 STALL_CHECK_SECONDS = 5.0
 """A batch that finished no job for this long is checked for what holds it up (and again as often)."""
-
-logger = logging.getLogger("llmqueue.batches")
 
 
 @dataclass
@@ -387,7 +384,10 @@ class Batches:
         answered: list[JobResult] = []
         for job, score in zip(chunk, known, strict=True):
             llm = workers.llm_for(job.llm_config)
-            response = await _cached(cache, job_cache_key(job, llm)) if job.cache and score is None else None
+            response = None
+            if job.cache and score is None:
+                key = job_cache_key(job, llm)
+                response = await read_answer(cache, key, instead="the workers will look again")
             if response is None:
                 rest.append(job)
             else:
@@ -444,12 +444,3 @@ def check_batch_id(batch_id: str) -> str:
 def new_batch_id(path: Path) -> str:
     stem = re.sub(r"[^\w.-]", "-", path.stem)[:60] or "batch"
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-async def _cached(cache: CacheStore, key: str) -> dict[str, Any] | None:
-    """A cached answer, or None: one that cannot be read is left to the workers, who look again."""
-    try:
-        return await cache.get(key)
-    except STORE_ERRORS as exc:
-        logger.warning("response cache: lookup failed, the workers will look again (%s)", exc)
-        return None

@@ -5,16 +5,16 @@ the answers; ``response_cache`` puts a store and a one-call-at-a-time rule toget
 """
 
 from llmqueue.cache.key import job_cache_key, request_key
-from llmqueue.cache.response_cache import STORE_ERRORS, CacheLookup, ResponseCache, open_store
+from llmqueue.cache.response_cache import CacheLookup, ResponseCache, open_store, read_answer
 from llmqueue.cache.store import CacheStats, CacheStore
 
 __all__ = [
-    "STORE_ERRORS",
     "CacheLookup",
     "CacheStats",
     "CacheStore",
     "ResponseCache",
     "job_cache_key",
     "open_store",
+    "read_answer",
     "request_key",
 ]

@@ -31,8 +31,7 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-STORE_ERRORS = (sqlite3.Error, RedisError, OSError, ValueError)
-"""What a store that cannot be used raises: a miss and a warning, never a job lost."""
+_STORE_ERRORS = (sqlite3.Error, RedisError, OSError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ class ResponseCache:
 
     async def lookup(self, key: str, job_id: str) -> CacheLookup:
         """A hit, a wait, or a miss that ``job_id`` now owns (see :class:`CacheLookup`)."""
-        response = await self._get(key)
+        response = await read_answer(self.backend, key, instead="calling the provider")
         if response is not None:
             return CacheLookup(key, response=response)
         flight = keys.cache_flight(key)
@@ -86,7 +85,7 @@ class ResponseCache:
         """Keep a successful call's response."""
         try:
             await self.backend.put(key, response)
-        except STORE_ERRORS as exc:
+        except _STORE_ERRORS as exc:
             logger.warning("response cache: could not store an answer (%s)", exc)
 
     async def release(self, key: str, job_id: str) -> None:
@@ -96,9 +95,12 @@ class ResponseCache:
     async def close(self) -> None:
         await self.backend.close()
 
-    async def _get(self, key: str) -> dict[str, Any] | None:
-        try:
-            return await self.backend.get(key)
-        except STORE_ERRORS as exc:
-            logger.warning("response cache: lookup failed, calling the provider (%s)", exc)
-            return None
+
+async def read_answer(store: CacheStore, key: str, *, instead: str) -> dict[str, Any] | None:
+    """The answer ``store`` keeps under ``key``, or None. A store that cannot be read costs a miss and a
+    warning that says what happens ``instead``, never the job."""
+    try:
+        return await store.get(key)
+    except _STORE_ERRORS as exc:
+        logger.warning("response cache: lookup failed, %s (%s)", instead, exc)
+        return None

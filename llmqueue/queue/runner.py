@@ -185,12 +185,13 @@ class JobRunner:
             priority=job.priority,
             candidates=candidates,
         )
-        # Everything CPU-bound happens before admission, so the request leaves soon after it is admitted.
-        caching = supports_prompt_caching(counted_as)
-        kwargs = call_kwargs(job, llm, supports_caching=caching, model=model)
         if job.cache and self.cache is not None and await self._answered_from_cache(call):
             return
         try:
+            # Everything CPU-bound happens before admission, so the request leaves soon after it is
+            # admitted; a job the cache answered needs none of it.
+            caching = supports_prompt_caching(counted_as)
+            kwargs = call_kwargs(job, llm, supports_caching=caching, model=model)
             if limited:  # counting tokens costs CPU; only a token limit (configured or learnt) needs it
                 call.estimate = estimate_split(job, counted_as, llm.default_completion_tokens)
             await self._admit(call)
