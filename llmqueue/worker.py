@@ -38,6 +38,7 @@ from llmqueue.limits.routing import Deployments
 from llmqueue.llm.call import warm_up
 from llmqueue.ops.events import EventSink, log_event
 from llmqueue.queue import payload
+from llmqueue.queue.arq_run import run_claimed
 from llmqueue.queue.heartbeat import Heartbeat
 from llmqueue.queue.ready import LOW_PRIORITY_BELOW, Claimed, ReadyQueue
 from llmqueue.queue.runner import JobRunner
@@ -79,12 +80,14 @@ def redis_settings(settings: Settings) -> RedisSettings:
 class LLMQueueWorker(Worker):
     """arq's worker taking its jobs from llmqueue's ready queue, many per claim.
 
-    arq runs each job (``Worker.run_job``: timeouts, ``Retry``, cancellation on shutdown) as before;
+    Each job runs as arq's ``Worker.run_job`` runs it (timeouts, ``Retry``, cancellation on shutdown);
     only the choice and claim of jobs and their release differ:
 
     - ``_poll_iteration`` claims up to the free slots in one script call (``ReadyQueue.claim``:
       highest priority first, batches in turn) instead of arq's poll and per-job WATCH/MULTI claim;
-      ``reserved_slots`` of them are kept for jobs above ``batch`` priority.
+      ``reserved_slots`` of them are kept for jobs above ``batch`` priority. The claim also reads
+      what ``run_job`` opens with a transaction for (payload, try count, abort mark), so each job
+      runs through ``arq_run.run_claimed``, arq's ``run_job`` without that round trip.
     - ``finish_job`` releases the claim in one script call that also puts a deferred or interrupted
       job back in its lane.
     - Between polls it blocks on the queue's wake-up list (BLPOP, at most ``poll_delay``) instead of
@@ -181,7 +184,7 @@ class LLMQueueWorker(Worker):
         if low:
             self._low_running += 1
             self._low_jobs.add(job.job_id)
-        task = self.loop.create_task(self.run_job(job.job_id, job.score))
+        task = self.loop.create_task(run_claimed(self, job))
 
         def done(_: asyncio.Task[None]) -> None:
             if runner is not None:  # arq ended the run before calling the job (its payload expired)

@@ -1,9 +1,10 @@
 """LLMQueueWorker copies and overrides parts of arq's Worker; this fails when arq's copies change.
 
 ``main`` and ``_poll_iteration`` are copied with changes, ``start_jobs`` is replaced by the claim
-script, ``finish_job`` by the release script, and ``run_job`` is used as it is but calls
-``finish_job`` with the arguments the override expects. When arq changes any of them, re-read the new
-code, carry the change over to ``llmqueue/worker.py``, and record the new digests here.
+script, ``finish_job`` by the release script, and ``run_job`` is copied as
+``llmqueue.queue.arq_run.run_claimed`` with its opening transaction done by the claim script. When
+arq changes any of them, re-read the new code, carry the change over to ``llmqueue/worker.py`` or
+``arq_run.py``, and record the new digests here.
 """
 
 from __future__ import annotations

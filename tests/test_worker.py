@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from llmqueue import keys
@@ -177,6 +178,41 @@ async def test_limiter_redefer_is_not_counted_as_an_attempt(
         results = [await h.result(timeout=10) for h in handles]
     assert [r.attempts for r in results] == [1, 1]
     assert provider.stats.rate_limited == 0
+
+
+async def test_a_job_starts_without_a_transaction_of_its_own(
+    settings: Settings, producer: Producer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # arq's run_job opens every job with a MULTI (payload, try count, abort mark); the claim reads them.
+    transactions = 0
+    execute = Pipeline._execute_transaction
+
+    async def counted(self: Pipeline, *args: Any, **kwargs: Any) -> Any:
+        nonlocal transactions
+        transactions += 1
+        return await execute(self, *args, **kwargs)
+
+    handles = await producer.submit_many([CHAT] * 30)
+    monkeypatch.setattr(Pipeline, "_execute_transaction", counted)
+    async with running_worker(settings):
+        results = [await handle.result(timeout=20) for handle in handles]
+    assert [r.status for r in results] == ["succeeded"] * 30
+    assert transactions < 5, f"{transactions} transactions for 30 jobs"
+
+
+async def test_a_job_whose_payload_expired_leaves_the_queue_and_the_worker_goes_on(
+    settings: Settings, producer: Producer, redis: Redis
+) -> None:
+    gone = await producer.submit(CHAT)
+    await redis.delete(keys.arq_job(gone.job_id))
+    async with running_worker(settings):
+        good = await (await producer.submit(CHAT)).result(timeout=10)
+        for _ in range(100):
+            if await redis.zscore(settings.worker.queue_name, gone.job_id) is None:
+                break
+            await asyncio.sleep(0.05)
+    assert good.status == "succeeded"
+    assert await redis.zscore(settings.worker.queue_name, gone.job_id) is None
 
 
 async def test_undecodable_payload_gets_a_failed_result_and_worker_keeps_running(

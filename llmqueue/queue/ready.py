@@ -49,6 +49,12 @@ class Claimed:
     priority: int
     start: AttemptStart
     """The job's state as it starts (what ``JobStore.begin_attempt`` reads), read by the claim."""
+    payload: bytes | None
+    """arq's job payload (None: it expired)."""
+    job_try: int
+    """arq's count of this job's starts, this one included (the claim counts it, as arq's run_job)."""
+    aborted: bool
+    """The job was in arq's abort set (the claim took it out, as arq's run_job)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,8 @@ class ReadyQueue:
                 keys.batch(""),
                 datetime.now(UTC).isoformat(),
                 self.state_ttl,
+                keys.arq_retry(""),
+                keys.ARQ_ABORT,
                 *ledger.GATE_FIELDS,
             ]
         )
@@ -102,8 +110,11 @@ class ReadyQueue:
                 score=int(float(reply[i + 1])),
                 priority=int(reply[i + 2]),
                 start=_attempt_start(reply[i + 3]),
+                payload=reply[i + 4],
+                job_try=int(reply[i + 5]),
+                aborted=bool(reply[i + 6]),
             )
-            for i in range(0, len(reply), 4)
+            for i in range(0, len(reply), 7)
         ]
 
     async def release(

@@ -138,6 +138,31 @@ async def test_a_claim_sets_arqs_in_progress_key_and_a_job_runs_once(
     assert await redis.hlen(keys.routes(QUEUE)) == 0
 
 
+async def test_a_claim_reads_what_arqs_run_job_would_read_in_a_transaction_of_its_own(
+    store: JobStore, ready: ReadyQueue, redis: Redis
+) -> None:
+    await store.enqueue([chat("read"), chat("stopped")])
+    await redis.zadd(keys.ARQ_ABORT, {"stopped": 1})
+    first = {job.job_id: job for job in await ready.claim(5, low_priority_limit=5)}
+    assert first["read"].payload == await redis.get(keys.arq_job("read"))
+    assert payload.deserialize_job(first["read"].payload)["a"][0]["id"] == "read"
+    assert first["read"].job_try == 1 and not first["read"].aborted
+    assert 88_000 < await redis.ttl(keys.arq_retry("read")) <= 88_400  # as arq's run_job sets it
+    assert first["stopped"].aborted and await redis.zscore(keys.ARQ_ABORT, "stopped") is None
+    await ready.release("read", "back")
+    (again,) = await ready.claim(5, low_priority_limit=5)
+    assert (again.job_id, again.job_try) == ("read", 2)
+
+
+async def test_a_claimed_job_whose_payload_expired_says_so(
+    store: JobStore, ready: ReadyQueue, redis: Redis
+) -> None:
+    await store.enqueue([chat("gone")])
+    await redis.delete(keys.arq_job("gone"))
+    (claimed,) = await ready.claim(5, low_priority_limit=5)
+    assert claimed.job_id == "gone" and claimed.payload is None
+
+
 async def test_a_deferred_job_keeps_its_priority_and_comes_back_when_due(
     store: JobStore, ready: ReadyQueue, redis: Redis
 ) -> None:

@@ -4,13 +4,17 @@
 -- ARGV[4] N  ARGV[5] at most this many of priority below ARGV[6]  ARGV[7] claim ttl (ms)
 -- ARGV[8] sweep interval (ms)  ARGV[9] arq queue members checked per sweep
 -- ARGV[10..13] llmqueue's result, state, errors and batch key prefixes  ARGV[14] now (ISO time)
--- ARGV[15] state ttl (s)  ARGV[16..] a batch's gate fields
+-- ARGV[15] state ttl (s)  ARGV[16] arq's retry key prefix  ARGV[17] arq's abort set
+-- ARGV[18..] a batch's gate fields
 -- returns {id, arq score, priority, {has result, {first start, fallback, fallback after}, failed
--- attempts, batch gate}, ...}:
--- what JobStore.begin_attempt reads, read here so that a claimed job starts without a round trip.
+-- attempts, batch gate}, payload, try, aborted, ...}:
+-- what JobStore.begin_attempt reads and what arq's run_job reads in a transaction of its own (the
+-- payload, the try count it increments, the abort mark it takes), so a claimed job starts without a
+-- round trip.
 local RESULT, STATE, ERRORS, BATCH = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+local RETRY, ABORT = ARGV[16], ARGV[17]
 local GATE = {}
-for i = 16, #ARGV do GATE[#GATE + 1] = ARGV[i] end
+for i = 18, #ARGV do GATE[#GATE + 1] = ARGV[i] end
 
 local function attempt_start(id, lane)
   local state = STATE .. id
@@ -122,6 +126,10 @@ for p = 9, 0, -1 do
         out[#out + 1] = score
         out[#out + 1] = p
         out[#out + 1] = attempt_start(id, lane)
+        out[#out + 1] = redis.call('GET', JOB .. id)
+        out[#out + 1] = redis.call('INCR', RETRY .. id)
+        redis.call('EXPIRE', RETRY .. id, 88400)  -- as arq's run_job
+        out[#out + 1] = redis.call('ZREM', ABORT, id)
         left = left - 1
         if low then low_left = low_left - 1 end
       end
