@@ -215,6 +215,26 @@ async def test_a_job_whose_payload_expired_leaves_the_queue_and_the_worker_goes_
     assert await redis.zscore(settings.worker.queue_name, gone.job_id) is None
 
 
+@pytest.mark.parametrize(
+    "provider_limits", [{}, {"rpm": 600_000, "tpm": 100_000_000}], ids=["no-limit-headers", "limit-headers"]
+)
+async def test_jobs_refused_while_a_new_scope_probes_wait_in_place_for_its_first_answer(
+    redis_url: str, provider_limits: dict[str, float]
+) -> None:
+    # Nothing is known of the scope: the limiter lets two calls out to read the provider's answer and
+    # refuses the rest until one is back. They wait for it in their slots, not re-deferred for 0.2 s.
+    config = ProviderConfig(api_key=TEST_API_KEY, latency=0.05, **provider_limits)
+    async with run_provider(config) as provider:
+        settings = make_settings(redis_url, provider.base_url)
+        async with Producer(settings) as producer, running_worker(settings) as worker:
+            handles = await producer.submit_many([CHAT] * 20)
+            results = [await handle.result(timeout=20) for handle in handles]
+            retried = worker.jobs_retried
+    assert [r.status for r in results] == ["succeeded"] * 20
+    assert retried == 0, f"{retried} jobs were re-deferred while the scope probed"
+    assert provider.stats.requests == 20
+
+
 async def test_undecodable_payload_gets_a_failed_result_and_worker_keeps_running(
     settings: Settings, producer: Producer, redis: Redis
 ) -> None:

@@ -9,6 +9,8 @@ by the provider.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +52,7 @@ class LimitFeedback:
         self._reported: dict[str, float] = {}
         self._batch_scopes: set[tuple[str, str]] = set()
         self._unlimited: set[str] = set()
+        self._answer_awaited: dict[str, asyncio.Event] = {}
 
     async def ran_in_batch(self, batch_id: str | None, scope: str) -> None:
         """Note once that a job of ``batch_id`` ran in ``scope`` (``llmqueue status`` shows its limits)."""
@@ -63,6 +66,22 @@ class LimitFeedback:
             return True
         learnt = self._learnt.get(scope)
         return learnt is None or bool(learnt.tpm or learnt.itpm or learnt.otpm)
+
+    async def hear_from(self, scope: str, timeout: float) -> None:
+        """Wait at most ``timeout`` seconds for this worker to report an answer from ``scope``.
+
+        A scope still probing for its limits admits a couple of calls until an answer tells the limiter
+        what they are; jobs refused meanwhile wait here for the worker's own probe to come back instead
+        of being re-deferred for the full retry interval.
+        """
+        event = self._answer_awaited.setdefault(scope, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    def _heard(self, scope: str) -> None:
+        event = self._answer_awaited.pop(scope, None)
+        if event is not None:
+            event.set()
 
     def admitted(self, scope: str, admission: Admission) -> None:
         """Warn, once per scope, that calls go out with no limit at all."""
@@ -115,6 +134,7 @@ class LimitFeedback:
             # Admitted as unlimited, and the answer states no limit either: once this worker has heard
             # what the scope learnt, the limiter has nothing to add (a self-hosted server's every
             # answer), so no round trip is made for it.
+            self._heard(scope)
             await self._report(scope)
         else:
             await self._observe(scope, limit, said, ticket)
@@ -130,11 +150,14 @@ class LimitFeedback:
         said = parse_rate_limit_headers(headers, datetime.now(UTC))
         if said is not None:
             await self._observe(scope, limit, said, ticket, refused=True)
+        else:
+            self._heard(scope)
         # Its tokens only: the request is kept, as the refusal shows the key had less than believed.
         await self.limiter.refund(scope, limit, ticket)
 
     async def failed(self, scope: str, limit: LimitConfig | None, ticket: Ticket | None) -> None:
         """Another failure: the tokens the call took are given back, as no answer was produced."""
+        self._heard(scope)
         await self.limiter.refund(scope, limit, ticket)
 
     async def not_sent(self, scope: str, limit: LimitConfig | None, ticket: Ticket | None) -> None:
@@ -152,6 +175,7 @@ class LimitFeedback:
     ) -> None:
         learnt = await self.limiter.observe(scope, limit, said, ticket, refused=refused)
         self._learnt[scope] = learnt
+        self._heard(scope)
         await self._report(scope)
         if limit is None:
             return

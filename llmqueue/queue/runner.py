@@ -24,7 +24,7 @@ from llmqueue.errors import ConfigError, JobValidationError, ProviderError, Rate
 from llmqueue.limits.breaker import CircuitBreaker
 from llmqueue.limits.feedback import LimitFeedback, LimitListener
 from llmqueue.limits.headers import exception_headers, response_headers
-from llmqueue.limits.limiter import DEFAULT_PRIORITY, RateLimiter, Ticket
+from llmqueue.limits.limiter import DEFAULT_PRIORITY, Admission, RateLimiter, Ticket
 from llmqueue.limits.routing import Candidate, Deployments, deployment_kwargs, fallback_model, next_fallback
 from llmqueue.limits.tokens import (
     NO_ESTIMATE,
@@ -228,30 +228,23 @@ class JobRunner:
     async def _admit(self, call: _Call) -> None:
         """Take the call's share of the limiter, waiting in place briefly or re-deferring the job.
 
-        A routed job is admitted by whichever of its deployments can take it soonest.
+        A routed job is admitted by whichever of its deployments can take it soonest. While a scope
+        probes for its limits (its first answers are out), the job waits in place for this worker to
+        hear one, within the same ``max_inline_wait``.
         """
         max_wait = self.settings.worker.max_inline_wait
+        began = time.monotonic()
+        admission = await self._acquire(call, max_wait)
+        while not admission.admitted and admission.state == "probing":
+            left = max_wait - (time.monotonic() - began)
+            if admission.wait > left:
+                break
+            scope = call.candidates[admission.choice].scope if call.candidates else call.scope
+            await self.feedback.hear_from(scope, admission.wait)
+            admission = await self._acquire(call, max(0.0, max_wait - (time.monotonic() - began)))
         if call.candidates:
-            admission = await self.limiter.acquire_any(
-                [(c.scope, c.limit) for c in call.candidates],
-                tokens=call.estimate.total,
-                max_wait=max_wait,
-                priority=call.priority,
-                input_tokens=call.estimate.prompt,
-                output_tokens=call.estimate.completion,
-            )
             call.deployment = call.candidates[admission.choice]
             call.scope, call.limit = call.deployment.scope, call.deployment.limit
-        else:
-            admission = await self.limiter.acquire(
-                call.scope,
-                call.limit,
-                tokens=call.estimate.total,
-                max_wait=max_wait,
-                priority=call.priority,
-                input_tokens=call.estimate.prompt,
-                output_tokens=call.estimate.completion,
-            )
         if not admission.admitted:
             self._emit("deferred", call, wait=admission.wait)
             raise Retry(defer=admission.wait)  # not an attempt: the job frees its slot meanwhile
@@ -269,6 +262,26 @@ class JobRunner:
                 defer = 0.0 if len(call.candidates) > 1 else pause
                 self._emit("deferred", call, wait=defer, reason="cooldown")
                 raise Retry(defer=defer)
+
+    async def _acquire(self, call: _Call, max_wait: float) -> Admission:
+        if call.candidates:
+            return await self.limiter.acquire_any(
+                [(c.scope, c.limit) for c in call.candidates],
+                tokens=call.estimate.total,
+                max_wait=max_wait,
+                priority=call.priority,
+                input_tokens=call.estimate.prompt,
+                output_tokens=call.estimate.completion,
+            )
+        return await self.limiter.acquire(
+            call.scope,
+            call.limit,
+            tokens=call.estimate.total,
+            max_wait=max_wait,
+            priority=call.priority,
+            input_tokens=call.estimate.prompt,
+            output_tokens=call.estimate.completion,
+        )
 
     async def _call(self, call: _Call, kwargs: dict[str, Any]) -> None:
         job = call.job
