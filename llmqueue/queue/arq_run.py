@@ -13,9 +13,10 @@ import asyncio
 import logging
 from typing import Any
 
+from arq.constants import keep_cronjob_progress
 from arq.jobs import SerializationError, deserialize_job_raw, serialize_result
 from arq.utils import args_to_string, ms_to_datetime, timestamp_ms, truncate
-from arq.worker import JobExecutionFailed, Retry, RetryJob, Worker, keep_cronjob_progress, no_result
+from arq.worker import JobExecutionFailed, Retry, RetryJob, Worker, no_result
 
 from llmqueue import keys
 from llmqueue.queue.ready import Claimed
