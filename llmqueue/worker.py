@@ -32,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue import keys
 from llmqueue.cache import ResponseCache, open_store
+from llmqueue.coalesce import ScriptCoalescer
 from llmqueue.errors import RedisRefusedError
 from llmqueue.limits.limiter import RateLimiter
 from llmqueue.limits.routing import Deployments
@@ -311,8 +312,13 @@ def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)
     deployments = Deployments(settings, os.environ) if settings.model_list else None
 
     async def on_startup(ctx: dict[str, Any]) -> None:
+        coalescer = ScriptCoalescer(ctx["redis"])  # the limiter's and the results' calls share round trips
         store = JobStore(
-            ctx["redis"], queue_name=worker.queue_name, job_ttl=worker.job_ttl, result_ttl=worker.result_ttl
+            ctx["redis"],
+            queue_name=worker.queue_name,
+            job_ttl=worker.job_ttl,
+            result_ttl=worker.result_ttl,
+            coalescer=coalescer,
         )
         cache = None
         if settings.cache.enabled:
@@ -325,7 +331,7 @@ def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)
         runner = JobRunner(
             settings=settings,
             store=store,
-            limiter=RateLimiter(ctx["redis"]),
+            limiter=RateLimiter(ctx["redis"], coalescer),
             worker_id=worker_id,
             sinks=list(sinks),
             cache=cache,

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 
 from llmqueue import keys
+from llmqueue.coalesce import ScriptCoalescer
 from llmqueue.limits.headers import ProviderLimits
 from llmqueue.settings import LimitConfig
 
@@ -213,9 +214,10 @@ class Learnt:
 class RateLimiter:
     """Shared request and token buckets, one set per scope, kept in Redis."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, coalescer: ScriptCoalescer | None = None) -> None:
+        """With ``coalescer`` (a worker's), calls made together share a round trip."""
         self._redis = redis
-        self._script = redis.register_script(_SCRIPT)
+        self._script = (coalescer or redis).register_script(_SCRIPT)
         self._known_scopes: set[str] = set()
 
     async def acquire(

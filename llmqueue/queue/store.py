@@ -5,6 +5,7 @@ Producers and workers both go through this class, so the layout of a job's keys 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from llmqueue import keys
+from llmqueue.coalesce import ScriptCoalescer
 from llmqueue.models import AttemptError, Job, JobResult, replace_lone_surrogates
 from llmqueue.queue import ledger, payload
 from llmqueue.queue.ledger import BatchLedger
@@ -69,13 +71,23 @@ class AttemptStart:
 class JobStore:
     """Reads and writes one queue's jobs and results."""
 
-    def __init__(self, redis: Redis, *, queue_name: str, job_ttl: float, result_ttl: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        queue_name: str,
+        job_ttl: float,
+        result_ttl: float,
+        coalescer: ScriptCoalescer | None = None,
+    ) -> None:
+        """With ``coalescer`` (a worker's), results stored together share a round trip."""
         self.redis = redis
         self.queue_name = queue_name
         self.job_ttl_ms = int(job_ttl * 1000)
         self.result_ttl = int(result_ttl)
         self._enqueue = redis.register_script(_ENQUEUE)
         self._finish = redis.register_script(_FINISH)
+        self._finish_one = coalescer.register_script(_FINISH) if coalescer else self._finish
 
     async def enqueue(
         self, jobs: Sequence[Job], *, defer: float = 0.0, also: ChunkCommands | None = None
@@ -91,25 +103,41 @@ class JobStore:
         score = now + int(defer * 1000)
         prefix = keys.ready_prefix(self.queue_name)
         added: list[bool] = []
-        for start in range(0, len(jobs), ENQUEUE_CHUNK):
-            chunk = jobs[start : start + ENQUEUE_CHUNK]
-            args: list[Any] = [prefix, self.queue_name, now]
-            args += [keys.arq_job(""), keys.result(""), self.job_ttl_ms, len(chunk)]
-            for job in chunk:
-                data = payload.arq_job(job.model_dump(mode="json"), now)
-                args += [job.id, data, score, job.priority, lane_of(job.batch_id)]
-            async with self.redis.pipeline(transaction=True) as pipe:
-                await self._enqueue(args=args, client=pipe)
-                if also is not None:
-                    also(pipe, chunk)
-                # Wake idle workers now instead of at their next poll (a few tokens: one per worker
-                # that should look; the list is trimmed so it never grows).
-                wake = keys.wake(self.queue_name)
-                pipe.lpush(wake, *([b"1"] * min(WAKE_TOKENS, len(chunk))))
-                pipe.ltrim(wake, 0, WAKE_TOKENS - 1)
-                flags = (await pipe.execute())[0]
-            added += [bool(flag) for flag in flags]
+        sending: asyncio.Task[list[bool]] | None = None
+        try:
+            for start in range(0, len(jobs), ENQUEUE_CHUNK):
+                chunk = jobs[start : start + ENQUEUE_CHUNK]
+                # Built while Redis runs the previous chunk's script; sent once that one is in, so
+                # chunks are queued in order and a failed one stops the rest.
+                args: list[Any] = [prefix, self.queue_name, now]
+                args += [keys.arq_job(""), keys.result(""), self.job_ttl_ms, len(chunk)]
+                for job in chunk:
+                    data = payload.arq_job(job.model_dump(mode="json"), now)
+                    args += [job.id, data, score, job.priority, lane_of(job.batch_id)]
+                if sending is not None:
+                    added += await sending
+                sending = asyncio.ensure_future(self._enqueue_chunk(args, chunk, also))
+            if sending is not None:
+                added += await sending
+        finally:
+            if sending is not None and not sending.done():
+                await asyncio.wait([sending])  # a chunk on its way is queued or not, never half
         return added
+
+    async def _enqueue_chunk(
+        self, args: list[Any], chunk: Sequence[Job], also: ChunkCommands | None
+    ) -> list[bool]:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await self._enqueue(args=args, client=pipe)
+            if also is not None:
+                also(pipe, chunk)
+            # Wake idle workers now instead of at their next poll (a few tokens: one per worker that
+            # should look; the list is trimmed so it never grows).
+            wake = keys.wake(self.queue_name)
+            pipe.lpush(wake, *([b"1"] * min(WAKE_TOKENS, len(chunk))))
+            pipe.ltrim(wake, 0, WAKE_TOKENS - 1)
+            flags = (await pipe.execute())[0]
+        return [bool(flag) for flag in flags]
 
     async def begin_attempt(self, job_id: str, batch_id: str | None) -> AttemptStart:
         """Read a job's state as a worker picks it up, in one round trip.
@@ -185,7 +213,7 @@ class JobStore:
         script_keys, args = self._finish_arguments(
             result, reply_to, was_calling, was_retry_waiting, release=release
         )
-        return bool(await self._finish(keys=script_keys, args=args))
+        return bool(await self._finish_one(keys=script_keys, args=args))
 
     async def finish_many(self, results: Sequence[tuple[JobResult, bool]]) -> list[bool]:
         """``finish`` for many jobs that were not calling, in one round trip: ``(result,
