@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from datetime import UTC, datetime
@@ -240,21 +239,6 @@ class JobResult(BaseModel):
 def first_unencodable(value: Any, path: str = "") -> str | None:
     """Where in ``value`` (a JSON-like structure) a string holds a lone surrogate, e.g. ``[0].content``;
     None when all its text can be encoded as UTF-8."""
-    if value is None or _encodes(value):
-        return None
-    return _find_unencodable(value, path)
-
-
-def _encodes(value: Any) -> bool:
-    # One pass in C over the whole structure; only a failure walks it in Python to say where.
-    try:
-        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
-    except (UnicodeEncodeError, TypeError, ValueError, RecursionError):
-        return False
-    return True
-
-
-def _find_unencodable(value: Any, path: str) -> str | None:
     if isinstance(value, str):
         if value.isascii():
             return None
@@ -265,14 +249,14 @@ def _find_unencodable(value: Any, path: str) -> str | None:
         return None
     if isinstance(value, dict):
         for key, item in value.items():
-            found = _find_unencodable(key, f"{path} (a key)")
+            found = first_unencodable(key, f"{path} (a key)")
             if found is None:
-                found = _find_unencodable(item, f"{path}.{key}")
+                found = first_unencodable(item, f"{path}.{key}")
             if found is not None:
                 return found
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            found = _find_unencodable(item, f"{path}[{index}]")
+            found = first_unencodable(item, f"{path}[{index}]")
             if found is not None:
                 return found
     return None
