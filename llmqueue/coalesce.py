@@ -4,7 +4,9 @@ A worker running hundreds of jobs calls the limiter's and the result store's scr
 Every call on its own costs a send, a wake-up and a read, which on a busy machine is more than the
 script itself. Calls made while the event loop is in one turn (jobs claimed together start together,
 answers arrive together) are sent as one pipeline instead; each caller still gets its own reply or
-its own error. A lone call goes as it would have without this.
+its own error. A call made while nothing else is on its way goes at once, as it would have without
+this: an idle worker's one job (an agent step) never waits a turn of the loop for company, which would
+put it behind whatever else the loop runs in that turn (LiteLLM's logging of the answer, say).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class ScriptCoalescer:
         self.redis = redis
         self._waiting: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()
+        self._alone = 0
+        """Calls sent at once, on their own, whose replies have not come back yet."""
         self.round_trips = 0
         """Pipelines and lone calls sent so far (tests and benchmarks read it)."""
         self.calls = 0
@@ -42,6 +46,14 @@ class ScriptCoalescer:
         return CoalescedScript(self, self.redis.register_script(source))
 
     async def call(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        if not self._waiting and not self._sending and not self._alone:
+            self.round_trips += 1
+            self.calls += 1
+            self._alone += 1
+            try:
+                return await script(keys=keys, args=args)
+            finally:
+                self._alone -= 1
         loop = asyncio.get_running_loop()
         if not self._waiting:
             loop.call_soon(self._send_waiting)

@@ -19,9 +19,10 @@ async def test_calls_made_together_share_one_round_trip_and_get_their_own_replie
     coalescer = ScriptCoalescer(redis)
     incr = coalescer.register_script(INCR_BY)
     replies = await asyncio.gather(*(incr(keys=["counter"], args=[n]) for n in range(1, 51)))
-    assert sorted(replies) == sorted(sum(range(1, n + 1)) for n in range(1, 51))
-    assert replies[0] == 1 and replies[-1] == sum(range(1, 51))  # sent in the order they were made
-    assert (coalescer.round_trips, coalescer.calls) == (1, 50)
+    assert max(replies) == sum(range(1, 51)) and len(set(replies)) == 50
+    assert replies[1:] == sorted(replies[1:])  # one pipeline: in the order the calls were made
+    # The first goes at once (nothing was on its way); the 49 made while it was go together.
+    assert (coalescer.round_trips, coalescer.calls) == (2, 50)
     assert int(await redis.get("counter")) == sum(range(1, 51))
 
 
@@ -36,10 +37,10 @@ async def test_calls_made_apart_each_go_at_once(redis: Redis) -> None:
 async def test_one_failing_call_fails_only_its_caller(redis: Redis) -> None:
     coalescer = ScriptCoalescer(redis)
     echo = coalescer.register_script(FAIL_ON_ZERO)
-    replies = await asyncio.gather(*(echo(args=[n]) for n in (1, 0, 2)), return_exceptions=True)
-    assert replies[0] == b"1" and replies[2] == b"2"
-    assert isinstance(replies[1], ResponseError) and "zero refused" in str(replies[1])
-    assert coalescer.round_trips == 1
+    replies = await asyncio.gather(*(echo(args=[n]) for n in (1, 1, 0, 2)), return_exceptions=True)
+    assert replies[:2] == [b"1", b"1"] and replies[3] == b"2"
+    assert isinstance(replies[2], ResponseError) and "zero refused" in str(replies[2])
+    assert coalescer.round_trips == 2
 
 
 async def test_scripts_flushed_from_redis_are_loaded_again(redis: Redis) -> None:
@@ -55,12 +56,12 @@ async def test_a_lost_connection_reaches_every_caller_of_the_pipeline() -> None:
     dead = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)  # nothing listens on port 1
     coalescer = ScriptCoalescer(dead)
     incr = coalescer.register_script(INCR_BY)
-    replies = await asyncio.gather(*(incr(keys=["k"], args=[1]) for _ in range(3)), return_exceptions=True)
+    replies = await asyncio.gather(*(incr(keys=["k"], args=[1]) for _ in range(4)), return_exceptions=True)
     assert all(isinstance(reply, RedisConnectionError) for reply in replies), replies
     await dead.aclose()
 
 
-@pytest.mark.parametrize("together", [1, 3])
+@pytest.mark.parametrize("together", [2, 4])
 async def test_a_cancelled_caller_leaves_the_others_their_replies(redis: Redis, together: int) -> None:
     coalescer = ScriptCoalescer(redis)
     incr = coalescer.register_script(INCR_BY)
