@@ -12,13 +12,14 @@ put it behind whatever else the loop runs in that turn (LiteLLM's logging of the
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import DataError, NoScriptError
 
 
 @dataclass
@@ -72,27 +73,30 @@ class ScriptCoalescer:
     async def _send(self, calls: list[_Call]) -> None:
         try:
             if len(calls) == 1:
-                (call,) = calls
-                _settle(call, await call.script(keys=call.keys, args=call.args))
+                await _send_alone(calls[0])
                 return
-            async with self.redis.pipeline(transaction=False) as pipe:
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for call in calls:
+                        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+                    replies = await pipe.execute(raise_on_error=False)
+            except DataError:  # one call's arguments could not be encoded, so nothing was sent
                 for call in calls:
-                    pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-                replies = await pipe.execute(raise_on_error=False)
+                    await _send_alone(call)  # each on its own: only that call fails
+                return
+            except Exception as exc:  # a lost connection: every caller still waiting hears it
+                for call in calls:
+                    _settle(call, _own_copy(exc))
+                return
             for call, reply in zip(calls, replies, strict=True):
                 if isinstance(reply, NoScriptError):  # Redis restarted or its scripts were flushed
-                    try:
-                        reply = await call.script(keys=call.keys, args=call.args)
-                    except Exception as exc:
-                        reply = exc
-                _settle(call, reply)
+                    await _send_alone(call)
+                else:
+                    _settle(call, reply)
         except asyncio.CancelledError:
             for call in calls:
                 call.reply.cancel()
             raise
-        except Exception as exc:  # a lost connection: every caller still waiting hears it
-            for call in calls:
-                _settle(call, exc)
 
 
 class CoalescedScript:
@@ -104,6 +108,21 @@ class CoalescedScript:
 
     async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
         return await self._coalescer.call(self.script, keys, args)
+
+
+async def _send_alone(call: _Call) -> None:
+    try:
+        reply = await call.script(keys=call.keys, args=call.args)
+    except Exception as exc:
+        reply = exc
+    _settle(call, reply)
+
+
+def _own_copy(exc: Exception) -> Exception:
+    """A caller's own instance of a shared error, so tracebacks of different jobs do not pile up on it."""
+    copied = copy.copy(exc)
+    copied.__cause__ = exc
+    return copied
 
 
 def _settle(call: _Call, reply: Any) -> None:

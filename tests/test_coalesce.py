@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from llmqueue.coalesce import ScriptCoalescer
 
@@ -58,7 +58,17 @@ async def test_a_lost_connection_reaches_every_caller_of_the_pipeline() -> None:
     incr = coalescer.register_script(INCR_BY)
     replies = await asyncio.gather(*(incr(keys=["k"], args=[1]) for _ in range(4)), return_exceptions=True)
     assert all(isinstance(reply, RedisConnectionError) for reply in replies), replies
+    assert len({id(reply) for reply in replies}) == 4  # each its own: tracebacks of jobs do not mix
     await dead.aclose()
+
+
+async def test_a_call_whose_arguments_cannot_be_sent_fails_alone(redis: Redis) -> None:
+    coalescer = ScriptCoalescer(redis)
+    incr = coalescer.register_script(INCR_BY)
+    args: list[list[object]] = [[1], [1], [None], [1]]  # redis-py refuses None before sending anything
+    replies = await asyncio.gather(*(incr(keys=["counter"], args=a) for a in args), return_exceptions=True)
+    assert isinstance(replies[2], DataError)
+    assert sorted(r for r in replies if isinstance(r, int)) == [1, 2, 3]
 
 
 @pytest.mark.parametrize("together", [2, 4])

@@ -150,8 +150,6 @@ class LimitFeedback:
         said = parse_rate_limit_headers(headers, datetime.now(UTC))
         if said is not None:
             await self._observe(scope, limit, said, ticket, refused=True)
-        else:
-            self._heard(scope)
         # Its tokens only: the request is kept, as the refusal shows the key had less than believed.
         await self.limiter.refund(scope, limit, ticket)
 
@@ -175,7 +173,8 @@ class LimitFeedback:
     ) -> None:
         learnt = await self.limiter.observe(scope, limit, said, ticket, refused=refused)
         self._learnt[scope] = learnt
-        self._heard(scope)
+        if not refused:  # after a 429 the waiters keep to their retry time: the cooldown is set later
+            self._heard(scope)
         await self._report(scope)
         if limit is None:
             return

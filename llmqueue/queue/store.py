@@ -5,7 +5,6 @@ Producers and workers both go through this class, so the layout of a job's keys 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -103,25 +102,14 @@ class JobStore:
         score = now + int(defer * 1000)
         prefix = keys.ready_prefix(self.queue_name)
         added: list[bool] = []
-        sending: asyncio.Task[list[bool]] | None = None
-        try:
-            for start in range(0, len(jobs), ENQUEUE_CHUNK):
-                chunk = jobs[start : start + ENQUEUE_CHUNK]
-                # Built while Redis runs the previous chunk's script; sent once that one is in, so
-                # chunks are queued in order and a failed one stops the rest.
-                args: list[Any] = [prefix, self.queue_name, now]
-                args += [keys.arq_job(""), keys.result(""), self.job_ttl_ms, len(chunk)]
-                for job in chunk:
-                    data = payload.arq_job(job.model_dump(mode="json"), now)
-                    args += [job.id, data, score, job.priority, lane_of(job.batch_id)]
-                if sending is not None:
-                    added += await sending
-                sending = asyncio.ensure_future(self._enqueue_chunk(args, chunk, also))
-            if sending is not None:
-                added += await sending
-        finally:
-            if sending is not None and not sending.done():
-                await asyncio.wait([sending])  # a chunk on its way is queued or not, never half
+        for start in range(0, len(jobs), ENQUEUE_CHUNK):
+            chunk = jobs[start : start + ENQUEUE_CHUNK]
+            args: list[Any] = [prefix, self.queue_name, now]
+            args += [keys.arq_job(""), keys.result(""), self.job_ttl_ms, len(chunk)]
+            for job in chunk:
+                data = payload.arq_job(job.model_dump(mode="json"), now)
+                args += [job.id, data, score, job.priority, lane_of(job.batch_id)]
+            added += await self._enqueue_chunk(args, chunk, also)
         return added
 
     async def _enqueue_chunk(
