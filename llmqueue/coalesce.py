@@ -6,7 +6,9 @@ script itself. Calls made while the event loop is in one turn (jobs claimed toge
 answers arrive together) are sent as one pipeline instead; each caller still gets its own reply or
 its own error. A call made while nothing else is on its way goes at once, as it would have without
 this: an idle worker's one job (an agent step) never waits a turn of the loop for company, which would
-put it behind whatever else the loop runs in that turn (LiteLLM's logging of the answer, say).
+put it behind whatever else the loop runs in that turn (LiteLLM's logging of the answer, say). Such a
+call goes on a connection kept for them, so it is written before the caller yields (the pool checks a
+connection it hands out with a read, which gives the loop away first).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 from redis.commands.core import AsyncScript
-from redis.exceptions import DataError, NoScriptError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 
 
 @dataclass
@@ -39,6 +42,8 @@ class ScriptCoalescer:
         self._sending: set[asyncio.Task[None]] = set()
         self._alone = 0
         """Calls sent at once, on their own, whose replies have not come back yet."""
+        self._own: Connection | None = None
+        """The connection lone calls are written to at once (taken from the pool on first use)."""
         self.round_trips = 0
         """Pipelines and lone calls sent so far (tests and benchmarks read it)."""
         self.calls = 0
@@ -52,7 +57,7 @@ class ScriptCoalescer:
             self.calls += 1
             self._alone += 1
             try:
-                return await script(keys=keys, args=args)
+                return await self._call_alone(script, keys, args)
             finally:
                 self._alone -= 1
         loop = asyncio.get_running_loop()
@@ -61,6 +66,45 @@ class ScriptCoalescer:
         call = _Call(script, keys, args, loop.create_future())
         self._waiting.append(call)
         return await call.reply
+
+    async def _call_alone(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        own = self._own
+        if own is None:
+            reply = await script(keys=keys, args=args)  # the pool's way, with its retries; loads the script
+            self._own = await self.redis.connection_pool.get_connection("EVALSHA")
+            return reply
+        try:
+            await own.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await own.read_response()
+        except NoScriptError:  # Redis restarted or its scripts were flushed: the pool's way loads it
+            return await script(keys=keys, args=args)
+        except ResponseError:  # the script's own error: its reply was read, the connection is fine
+            raise
+        except BaseException as exc:
+            # A reply left unread would be read as the next call's, so the connection goes back to the
+            # pool, closed; a lost connection is retried the pool's way (its backoff rides out an outage).
+            self._give_back(own)
+            if isinstance(exc, Exception) and not isinstance(exc, DataError):
+                return await script(keys=keys, args=args)
+            raise
+
+    def _give_back(self, connection: Connection) -> None:
+        if self._own is connection:
+            self._own = None
+
+        async def close_and_release() -> None:
+            await connection.disconnect(nowait=True)
+            await self.redis.connection_pool.release(connection)
+
+        task = asyncio.ensure_future(close_and_release())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def close(self) -> None:
+        """Give the kept connection back to the pool (the worker's shutdown)."""
+        if self._own is not None:
+            own, self._own = self._own, None
+            await self.redis.connection_pool.release(own)
 
     def _send_waiting(self) -> None:
         calls, self._waiting = self._waiting, []

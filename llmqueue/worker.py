@@ -313,6 +313,7 @@ def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         coalescer = ScriptCoalescer(ctx["redis"])  # the limiter's and the results' calls share round trips
+        ctx["llmqueue_coalescer"] = coalescer
         store = JobStore(
             ctx["redis"],
             queue_name=worker.queue_name,
@@ -369,6 +370,9 @@ def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)
         cache: ResponseCache | None = ctx.get("llmqueue_cache")
         if cache is not None:
             await cache.close()
+        coalescer: ScriptCoalescer | None = ctx.get("llmqueue_coalescer")
+        if coalescer is not None:
+            await coalescer.close()
         logger.info("llmqueue worker %s stopped", worker_id)
 
     return {

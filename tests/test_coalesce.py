@@ -12,6 +12,7 @@ from redis.exceptions import DataError, ResponseError
 from llmqueue.coalesce import ScriptCoalescer
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+SLOW_ECHO = "for i = 1, tonumber(ARGV[2]) do local _ = i * 2 end return ARGV[1]"
 FAIL_ON_ZERO = "if ARGV[1] == '0' then return redis.error_reply('zero refused') end return ARGV[1]"
 
 
@@ -81,3 +82,40 @@ async def test_a_cancelled_caller_leaves_the_others_their_replies(redis: Redis, 
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert isinstance(results[0], asyncio.CancelledError)
     assert all(isinstance(r, int) for r in results[1:])
+
+
+async def test_lone_calls_after_the_first_go_on_a_kept_connection(redis: Redis) -> None:
+    coalescer = ScriptCoalescer(redis)
+    incr = coalescer.register_script(INCR_BY)
+    assert await incr(keys=["counter"], args=[1]) == 1  # through the pool; then a connection is kept
+    kept = coalescer._own
+    assert kept is not None
+    assert [await incr(keys=["counter"], args=[1]) for _ in range(3)] == [2, 3, 4]
+    assert coalescer._own is kept
+    await redis.script_flush()
+    assert await incr(keys=["counter"], args=[1]) == 5  # loaded again
+    await coalescer.close()
+
+
+async def test_a_lone_call_cancelled_mid_reply_leaves_no_reply_for_the_next_one(redis: Redis) -> None:
+    coalescer = ScriptCoalescer(redis)
+    slow = coalescer.register_script(SLOW_ECHO)
+    assert await slow(args=["warm", 1]) == b"warm"
+    waiting = asyncio.ensure_future(slow(args=["first", 5_000_000]))
+    await asyncio.sleep(0.005)  # written, and Redis busy with it for tens of ms
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await slow(args=["second", 1]) == b"second"
+    await coalescer.close()
+
+
+async def test_a_lost_kept_connection_is_replaced_without_failing_the_call(redis: Redis) -> None:
+    coalescer = ScriptCoalescer(redis)
+    incr = coalescer.register_script(INCR_BY)
+    await incr(keys=["counter"], args=[1])
+    assert coalescer._own is not None
+    await redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert await incr(keys=["counter"], args=[1]) == 2
+    assert await incr(keys=["counter"], args=[1]) == 3
+    await coalescer.close()

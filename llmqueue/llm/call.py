@@ -23,9 +23,14 @@ def supports_prompt_caching(model: str) -> bool:
 
 
 async def call_provider(kind: str, kwargs: dict[str, Any], timeout: float) -> Any:
-    """Make the call, bounded by ``timeout`` seconds even if the HTTP client's own timeout fails us."""
+    """Make the call, bounded by ``timeout`` seconds even if the HTTP client's own timeout fails us.
+
+    The call runs in the caller's task (``asyncio.timeout``, not ``wait_for``'s task of its own), so
+    the caller goes on with the answer in the same step, before LiteLLM's logging of it gets the loop.
+    """
     call = litellm.aembedding if kind == "embedding" else litellm.acompletion
-    return await asyncio.wait_for(call(**kwargs), timeout)
+    async with asyncio.timeout(timeout):
+        return await call(**kwargs)
 
 
 async def warm_up() -> None:
