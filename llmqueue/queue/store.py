@@ -109,23 +109,18 @@ class JobStore:
             for job in chunk:
                 data = payload.arq_job(job.model_dump(mode="json"), now)
                 args += [job.id, data, score, job.priority, lane_of(job.batch_id)]
-            added += await self._enqueue_chunk(args, chunk, also)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await self._enqueue(args=args, client=pipe)
+                if also is not None:
+                    also(pipe, chunk)
+                # Wake idle workers now instead of at their next poll (a few tokens: one per worker
+                # that should look; the list is trimmed so it never grows).
+                wake = keys.wake(self.queue_name)
+                pipe.lpush(wake, *([b"1"] * min(WAKE_TOKENS, len(chunk))))
+                pipe.ltrim(wake, 0, WAKE_TOKENS - 1)
+                flags = (await pipe.execute())[0]
+            added += [bool(flag) for flag in flags]
         return added
-
-    async def _enqueue_chunk(
-        self, args: list[Any], chunk: Sequence[Job], also: ChunkCommands | None
-    ) -> list[bool]:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            await self._enqueue(args=args, client=pipe)
-            if also is not None:
-                also(pipe, chunk)
-            # Wake idle workers now instead of at their next poll (a few tokens: one per worker that
-            # should look; the list is trimmed so it never grows).
-            wake = keys.wake(self.queue_name)
-            pipe.lpush(wake, *([b"1"] * min(WAKE_TOKENS, len(chunk))))
-            pipe.ltrim(wake, 0, WAKE_TOKENS - 1)
-            flags = (await pipe.execute())[0]
-        return [bool(flag) for flag in flags]
 
     async def begin_attempt(self, job_id: str, batch_id: str | None) -> AttemptStart:
         """Read a job's state as a worker picks it up, in one round trip.
