@@ -40,12 +40,12 @@ class ScriptCoalescer:
         self.redis = redis
         self._waiting: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()
-        self._alone = 0
-        """Calls sent at once, on their own, whose replies have not come back yet."""
+        self._alone = False
+        """A call sent at once, on its own, has not had its reply yet (there is never more than one)."""
         self._own: Connection | None = None
         """The connection lone calls are written to at once (taken from the pool on first use)."""
         self.round_trips = 0
-        """Pipelines and lone calls sent so far (tests and benchmarks read it)."""
+        """Pipelines and lone calls sent so far (the tests read it)."""
         self.calls = 0
 
     def register_script(self, source: str) -> CoalescedScript:
@@ -55,11 +55,11 @@ class ScriptCoalescer:
         if not self._waiting and not self._sending and not self._alone:
             self.round_trips += 1
             self.calls += 1
-            self._alone += 1
+            self._alone = True
             try:
                 return await self._call_alone(script, keys, args)
             finally:
-                self._alone -= 1
+                self._alone = False
         loop = asyncio.get_running_loop()
         if not self._waiting:
             loop.call_soon(self._send_waiting)
