@@ -52,6 +52,21 @@ async def test_rate_limited_job_is_reenqueued_with_policy_delays(
         assert gap >= error.retry_in * 0.9  # re-enqueued with the delay, not retried at once
 
 
+@pytest.mark.parametrize("job", [CHAT, {"kind": "embedding", "input": ["hello"]}], ids=["chat", "embedding"])
+async def test_a_429_is_one_provider_request_and_the_job_goes_back_to_the_queue(
+    settings: Settings, producer: Producer, provider: RunningProvider, job: dict[str, Any]
+) -> None:
+    # LiteLLM turns an embedding call's max_retries=0 into its default of 2 for the OpenAI SDK
+    # (BerriAI/litellm#7003): the SDK would then sleep out the retry-after inside the worker's slot and
+    # send requests the limiter never admitted.
+    provider.fail_next(1, 429, retry_after=0.3)
+    async with running_worker(settings):
+        result = await (await producer.submit(job)).result(timeout=10)
+    assert result.status == "succeeded"
+    assert result.attempts == 2 and [e.kind for e in result.errors] == ["rate_limit"]
+    assert (provider.stats.requests, provider.stats.rate_limited) == (2, 1)
+
+
 async def test_retry_after_raises_delay_and_sets_a_shared_cooldown(
     settings: Settings, producer: Producer, provider: RunningProvider, redis: Redis
 ) -> None:

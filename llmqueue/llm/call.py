@@ -12,6 +12,11 @@ from typing import Any
 import litellm
 from litellm.utils import supports_prompt_caching as _litellm_supports_prompt_caching
 
+# LiteLLM's OpenAI and Azure embedding calls turn ``max_retries=0`` into this default (BerriAI/litellm#7003),
+# and the OpenAI SDK would then retry a 429 inside the worker's slot, with requests the limiter never
+# admitted. Every retry is the worker's to make: none here.
+litellm.DEFAULT_MAX_RETRIES = 0  # type: ignore[attr-defined]
+
 
 @functools.lru_cache(maxsize=256)
 def supports_prompt_caching(model: str) -> bool:
