@@ -73,7 +73,10 @@ def worker(
     refused = asyncio.run(redis_refusal(settings.redis_url.get_secret_value()))
     if refused is not None:
         raise LLMQueueError(refused)  # not retried: a wrong password or database does not heal
-    from llmqueue.worker import create_worker  # LiteLLM's import takes seconds: after the quick checks
+    from llmqueue.ops.collector import collector_paused
+
+    with collector_paused():
+        from llmqueue.worker import create_worker  # LiteLLM's import takes seconds: after the quick checks
 
     create_worker(settings, burst=burst, sinks=sinks).run()
 
@@ -223,6 +226,12 @@ def simulate_provider(
     other_client_share: Annotated[
         float, typer.Option(help="Fraction of both limits another client on the key takes, 0-1.")
     ] = 0.0,
+    limits_per_model: Annotated[
+        bool,
+        typer.Option(
+            "--limits-per-model", help="Give each model its own limits, as OpenAI does (default: one set)."
+        ),
+    ] = False,
 ) -> None:
     """Serve a local OpenAI-compatible provider with rate limits and faults (no API key needed)."""
     options = {name: value for name, value in locals().items() if name not in ("port", "host")}

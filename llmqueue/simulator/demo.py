@@ -19,10 +19,11 @@ def demo_provider(
 ) -> Iterator[dict[str, str]]:
     """Serve the simulated provider in its own process; yields the worker environment that points at it.
 
-    The provider plays a key whose limits are exactly ``rpm``/``tpm`` (any, when None) and states them in
-    OpenAI's rate-limit headers, so the workers learn them even when no limit is given.
+    The provider plays a key whose limits are exactly ``rpm``/``tpm`` (any, when None) for each model, as
+    OpenAI's are and as ``--rpm``/``--tpm`` mean them, and states them in OpenAI's rate-limit headers, so
+    the workers learn them even when no limit is given.
     """
-    config = ProviderConfig(rpm=rpm, tpm=tpm, latency=latency, latency_jitter=0.5)
+    config = ProviderConfig(rpm=rpm, tpm=tpm, latency=latency, latency_jitter=0.5, limits_per_model=True)
     with ProviderProcess(config) as provider:
         yield {
             "LLM_MODEL": model or SIMULATED_MODEL,

@@ -33,7 +33,8 @@ class ProviderProcess:
     def __enter__(self) -> ProviderProcess:
         args = [sys.executable, "-m", "llmqueue", "simulate-provider", "--host", self.host, "--port", "0"]
         for name, value in self.config.model_dump(exclude_defaults=True).items():
-            args += ["--" + name.replace("_", "-"), str(value)]
+            flag = "--" + name.replace("_", "-")
+            args += [flag] if value is True else [flag, str(value)]
         self._process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
         assert self._process.stdout is not None
         line = self._process.stdout.readline()

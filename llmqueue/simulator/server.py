@@ -90,6 +90,8 @@ class ProviderConfig(BaseModel):
       Anthropic's (``anthropic-ratelimit-*``) or none.
     - ``other_client_share``: the key is also used by another client, which takes this fraction of both
       limits (the headers still state the whole key's limits, and what is left of them).
+    - ``limits_per_model``: each model the calls name has limits of its own, as OpenAI's keys have (a chat
+      model and an embedding model do not share buckets); by default all models share one set.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -111,6 +113,7 @@ class ProviderConfig(BaseModel):
     batch_in_progress_seconds: float = Field(default=0.3, ge=0)
     rate_limit_headers: HeaderFamily = "openai"
     other_client_share: float = Field(default=0.0, ge=0, lt=1)
+    limits_per_model: bool = False
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> Self:
@@ -250,11 +253,8 @@ class SimulatedProvider:
     def reset(self) -> None:
         """Clear scripted faults and counters, refill the rate-limit buckets and re-seed the randomness."""
         self.stats = ProviderStats()
-        config = self.config
-        self._limits = RateLimits(
-            config.rpm, config.tpm, config.window_seconds, self._clock(), itpm=config.itpm, otpm=config.otpm
-        )
-        self._limits.share(self.config.other_client_share, self._clock())
+        self._limits_by_model: dict[str, RateLimits] = {}
+        self._share = self.config.other_client_share
         self._random = random.Random(self.config.seed)
         self._pending: deque[FailNext | BrokenNext] = deque()
         self._limited_until = -math.inf
@@ -269,7 +269,9 @@ class SimulatedProvider:
             self._limited_until = self._clock() + command.seconds
             self._limited_retry_after = command.retry_after
         elif isinstance(command, ShareKey):
-            self._limits.share(command.share, self._clock())
+            self._share = command.share
+            for limits in self._limits_by_model.values():
+                limits.share(command.share, self._clock())
         else:
             self.reset()
 
@@ -356,7 +358,8 @@ class SimulatedProvider:
             return error_response(
                 429, "Rate limit reached (scripted).", retry_after=self._limited_retry_after
             )
-        rejection = self._limits.admit(
+        limits = self._limits_for(body.get("model"))
+        rejection = limits.admit(
             usage.charged_tokens,
             now,
             input_tokens=usage.prompt_tokens,
@@ -364,9 +367,9 @@ class SimulatedProvider:
             output_tokens=usage.completion_tokens,
         )
         if rejection is not None:
-            return rate_limit_response(rejection, self._headers(now))
+            return rate_limit_response(rejection, self._headers(limits, now))
         self.stats.tokens_admitted += usage.charged_tokens
-        headers = self._headers(now)
+        headers = self._headers(limits, now)
         await asyncio.sleep(self._latency())
         fate = self._random.random()
         if fate < self.config.error_rate:
@@ -378,8 +381,21 @@ class SimulatedProvider:
         payload = chat_body(body, usage, call_id) if endpoint == "chat" else embeddings_body(body, usage)
         return web.json_response(payload, headers=headers)
 
-    def _headers(self, now: float) -> dict[str, str]:
-        return self._limits.headers(now, self.config.rate_limit_headers, time.time())
+    def _limits_for(self, model: Any) -> RateLimits:
+        """What a call to ``model`` is charged to: its own with ``limits_per_model``, else the key's."""
+        name = str(model) if self.config.limits_per_model else ""
+        limits = self._limits_by_model.get(name)
+        if limits is None:
+            config, now = self.config, self._clock()
+            limits = RateLimits(
+                config.rpm, config.tpm, config.window_seconds, now, itpm=config.itpm, otpm=config.otpm
+            )
+            limits.share(self._share, now)
+            self._limits_by_model[name] = limits
+        return limits
+
+    def _headers(self, limits: RateLimits, now: float) -> dict[str, str]:
+        return limits.headers(now, self.config.rate_limit_headers, time.time())
 
     def _authorized(self, request: web.Request) -> bool:
         if self.config.api_key is None:

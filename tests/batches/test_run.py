@@ -247,7 +247,9 @@ def test_rpm_limits_batch_lines_that_name_another_model(tmp_path: Path, batch_na
 
 
 def test_simulate_provider_demo_runs_the_example_file(tmp_path: Path) -> None:
-    code, stderr = run([str(EXAMPLE), "--simulate-provider"], run_env(), tmp_path)
+    # As the README runs it. The file's embedding lines go to another model than its chat lines: each
+    # model has --rpm of its own, at the workers and at the simulated key alike, so none is refused.
+    code, stderr = run([str(EXAMPLE), "--simulate-provider", "--rpm", "600"], run_env(), tmp_path)
 
     assert code == 0, stderr
     records = read_jsonl(tmp_path / "results.jsonl")
@@ -256,6 +258,7 @@ def test_simulate_provider_demo_runs_the_example_file(tmp_path: Path) -> None:
     assert [r["custom_id"] for r in records] == expected
     assert {r["llmqueue"]["status"] for r in records} == {"succeeded"}
     assert "50/50 succeeded" in stderr
+    assert "50 requests (0 answered 429)" in stderr
 
 
 def test_demo_provider_enforces_a_key_just_above_the_workers_limit() -> None:

@@ -21,6 +21,7 @@ import pytest
 from pydantic import ValidationError
 
 from llmqueue.simulator.limits import RateLimits, TokenBucket, estimate_prompt_tokens
+from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
 
 litellm.suppress_debug_info = True
@@ -497,5 +498,48 @@ async def test_share_key_control_command(session: aiohttp.ClientSession) -> None
             provider.base_url.removesuffix("/v1") + "/control", json={"action": "share_key", "share": 0.3}
         ) as response:
             assert response.status == 200
-        assert provider.provider._limits.requests is not None
-        assert provider.provider._limits.requests._others == 0.3
+        requests = provider.provider._limits_for("sim-model").requests
+        assert requests is not None
+        assert requests._others == 0.3
+
+
+@pytest.mark.parametrize("per_model", [False, True])
+async def test_limits_per_model_give_each_model_its_own_buckets(per_model: bool) -> None:
+    # A bucket of one request: a second call to the same model is refused either way; a call to another
+    # model only when the key's limits are shared by all its models.
+    config = ProviderConfig(rpm=6, window_seconds=10, limits_per_model=per_model)
+    async with run_provider(config) as provider:
+        await chat(provider)
+        with pytest.raises(litellm.RateLimitError):
+            await chat(provider)
+        other = litellm.acompletion(
+            model="openai/other-model",
+            api_base=provider.base_url,
+            api_key=API_KEY,
+            messages=[{"role": "user", "content": "hi"}],
+            num_retries=0,
+            max_retries=0,
+        )
+        if per_model:
+            await other
+        else:
+            with pytest.raises(litellm.RateLimitError):
+                await other
+        stats = provider.stats
+    assert (stats.succeeded, stats.rate_limited) == ((2, 1) if per_model else (1, 2))
+
+
+def test_provider_process_passes_limits_per_model_to_its_command() -> None:
+    config = ProviderConfig(rpm=6, window_seconds=10, limits_per_model=True)
+    with ProviderProcess(config) as provider:
+        for model in ("openai/sim-model", "openai/other-model"):
+            litellm.completion(
+                model=model,
+                api_base=provider.base_url,
+                api_key=API_KEY,
+                messages=[{"role": "user", "content": "hi"}],
+                num_retries=0,
+                max_retries=0,
+            )
+        stats = provider.stats()
+    assert (stats["succeeded"], stats["rate_limited"]) == (2, 0)
