@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -442,5 +443,8 @@ def check_batch_id(batch_id: str) -> str:
 
 
 def new_batch_id(path: Path) -> str:
+    """The file's name, the time and a random part: two files of one name submitted in the same second
+    (two users' ``eval.jsonl``) would otherwise share a batch, and the second's lines, taken for the
+    first's, would never run."""
     stem = re.sub(r"[^\w.-]", "-", path.stem)[:60] or "batch"
-    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
