@@ -35,6 +35,7 @@ from llmqueue.cache import CacheStore, open_store
 from llmqueue.cache.disk import DiskStore
 from llmqueue.errors import CacheError, LLMQueueError
 from llmqueue.llm.policy import submission_refusal
+from llmqueue.ops.collector import collector_paused
 from llmqueue.ops.local_cluster import LocalCluster, run_dir
 from llmqueue.ops.registry import read_workers
 from llmqueue.producer import Producer
@@ -88,7 +89,8 @@ async def _run_locked(
     tier: BatchApiTier | None = None
     if options.via == "batch-api":
         # Imported only here: it loads LiteLLM, seconds of CPU a live run spends in its workers instead.
-        from llmqueue.batches.batch_api_tier import BatchApiTier
+        with collector_paused():
+            from llmqueue.batches.batch_api_tier import BatchApiTier
 
         tier = BatchApiTier(options, settings, batch_id, use_cache)
     try:

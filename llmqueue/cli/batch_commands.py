@@ -238,7 +238,10 @@ def cancel(batch: BatchArgument, config: ConfigOption = None, redis_url: RedisOp
 
     A batch sent through the provider's Batch API has its provider batches cancelled too.
     """
-    from llmqueue.batches.batch_api import cancel_provider_batches
+    from llmqueue.ops.collector import collector_paused
+
+    with collector_paused():
+        from llmqueue.batches.batch_api import cancel_provider_batches  # imports LiteLLM
 
     settings = settings_from(config, redis_url)
     with console.status(f"cancelling batch {batch}") as spinner:

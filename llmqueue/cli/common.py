@@ -151,7 +151,10 @@ def print_estimate(
 ) -> None:
     """``--dry-run``: the estimate table on stdout; a bad file raises (exit 2) before anything else."""
     from llmqueue.batches.display import estimate_text
-    from llmqueue.batches.estimate import estimate_file
+    from llmqueue.ops.collector import collector_paused
+
+    with collector_paused():
+        from llmqueue.batches.estimate import estimate_file  # imports LiteLLM
 
     estimate = asyncio.run(
         estimate_file(file, settings, default_model=model, llm_config=llm_config, use_cache=use_cache)

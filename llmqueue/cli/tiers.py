@@ -54,7 +54,10 @@ def submit_via_batch_api(
     poll_interval: float,
     enqueued_token_limit: int | None,
 ) -> None:
-    from llmqueue.batches.batch_api_tier import BatchApiTier
+    from llmqueue.ops.collector import collector_paused
+
+    with collector_paused():
+        from llmqueue.batches.batch_api_tier import BatchApiTier  # imports LiteLLM
     from llmqueue.batches.files import check_file, invalid_file_error
     from llmqueue.batches.options import RunOptions
 
