@@ -67,6 +67,20 @@ async def test_a_429_is_one_provider_request_and_the_job_goes_back_to_the_queue(
     assert (provider.stats.requests, provider.stats.rate_limited) == (2, 1)
 
 
+async def test_a_provider_error_leaves_no_litellm_banner_in_the_workers_output(
+    settings: Settings, producer: Producer, provider: RunningProvider, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # LiteLLM prints a "Give Feedback / Get Help" banner for every error it maps, on stdout: in a
+    # worker's log, two lines of it per 429 buried the worker's own lines.
+    provider.fail_next(2, 429, retry_after=0.1)
+    async with running_worker(settings):
+        result = await (await producer.submit(CHAT)).result(timeout=10)
+    assert result.attempts == 3
+    printed = capsys.readouterr()
+    assert "Give Feedback" not in printed.out + printed.err
+    assert "turn_on_debug" not in printed.out + printed.err
+
+
 async def test_retry_after_raises_delay_and_sets_a_shared_cooldown(
     settings: Settings, producer: Producer, provider: RunningProvider, redis: Redis
 ) -> None:

@@ -16,6 +16,9 @@ from litellm.utils import supports_prompt_caching as _litellm_supports_prompt_ca
 # and the OpenAI SDK would then retry a 429 inside the worker's slot, with requests the limiter never
 # admitted. Every retry is the worker's to make: none here.
 litellm.DEFAULT_MAX_RETRIES = 0  # type: ignore[attr-defined]
+# Its "Give Feedback / Get Help" banner, printed on stdout for every error it maps (each 429): the
+# worker's own job events report each failed call (``retrying``, ``failed``) with the provider's message.
+litellm.suppress_debug_info = True
 
 
 @functools.lru_cache(maxsize=256)
