@@ -193,7 +193,7 @@ def test_submit_prints_the_batch_id_and_queues_every_line(redis_url: str, tmp_pa
     result = cli("submit", str(chat_file(tmp_path / "prompts.jsonl", 7)), "--redis-url", redis_url)
 
     batch_id = result.stdout.strip()
-    assert re.fullmatch(r"prompts-\d{8}-\d{6}-[0-9a-f]{4}", batch_id), result.stdout
+    assert re.fullmatch(r"prompts-\d{8}-\d{6}-[0-9a-f]{8}", batch_id), result.stdout
     assert "7 job(s) queued" in result.stderr
     assert queued_in_redis(redis_url) == 7
     assert status_json(redis_url, batch_id)["total"] == 7

@@ -31,9 +31,12 @@ from llmqueue.batches.control import Batches
 from llmqueue.cache import ResponseCache, job_cache_key
 from llmqueue.errors import BatchError, ConfigError
 from llmqueue.limits.tokens import estimate_tokens
+from llmqueue.llm import litellm_defaults
 from llmqueue.llm.request import call_kwargs, job_model
 from llmqueue.models import AttemptError, Job, JobResult, ResultStatus, Timings, Usage
 from llmqueue.settings import LLMConfig, Settings
+
+litellm_defaults.apply()
 
 ENDPOINTS = {"chat": "/v1/chat/completions", "embedding": "/v1/embeddings"}
 MAX_LINES = 50_000

@@ -447,4 +447,4 @@ def new_batch_id(path: Path) -> str:
     (two users' ``eval.jsonl``) would otherwise share a batch, and the second's lines, taken for the
     first's, would never run."""
     stem = re.sub(r"[^\w.-]", "-", path.stem)[:60] or "batch"
-    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"

@@ -12,13 +12,9 @@ from typing import Any
 import litellm
 from litellm.utils import supports_prompt_caching as _litellm_supports_prompt_caching
 
-# LiteLLM's OpenAI and Azure embedding calls turn ``max_retries=0`` into this default (BerriAI/litellm#7003),
-# and the OpenAI SDK would then retry a 429 inside the worker's slot, with requests the limiter never
-# admitted. Every retry is the worker's to make: none here.
-litellm.DEFAULT_MAX_RETRIES = 0  # type: ignore[attr-defined]
-# Its "Give Feedback / Get Help" banner, printed on stdout for every error it maps (each 429): the
-# worker's own job events report each failed call (``retrying``, ``failed``) with the provider's message.
-litellm.suppress_debug_info = True
+from llmqueue.llm import litellm_defaults
+
+litellm_defaults.apply()
 
 
 @functools.lru_cache(maxsize=256)
