@@ -74,6 +74,11 @@ def classify(exc: BaseException, secrets: Iterable[str] = ()) -> ProviderError:
     status = _status_code(exc)
     if isinstance(exc, llm_errors.RateLimitError) or status == 429:
         return RateLimitedError(message, retry_after=retry_after_seconds(_headers(exc)))
+    if _refused_by_the_sdk(exc):
+        # The OpenAI SDK would not build the request (no API key in the worker's settings): LiteLLM
+        # reports a 500, but nothing was sent and no retry can mend the worker's configuration.
+        about_key = any(word in message for word in ("credentials", "api_key", "API key"))
+        return PermanentProviderError(message, kind="auth" if about_key else "error")
     if not isinstance(exc, llm_errors.Timeout | asyncio.TimeoutError) and _lost_connection(exc):
         # LiteLLM reports a refused or dropped connection as a 500 ("Connection error."); it is the
         # endpoint that is unreachable, which routing treats differently from a server's 5xx answer.
@@ -163,6 +168,12 @@ def _lost_connection(exc: BaseException) -> bool:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return False
+
+
+def _refused_by_the_sdk(exc: BaseException) -> bool:
+    """Whether the OpenAI SDK's own error, raised before any request (its status and connection errors
+    are subclasses), lies under ``exc``."""
+    return any(type(link) is openai.OpenAIError for link in _chain(exc))
 
 
 def _status_code(exc: BaseException) -> int | None:

@@ -4,6 +4,7 @@ import email.utils
 
 import httpx
 import litellm
+import openai
 import pytest
 
 from llmqueue.errors import (
@@ -296,3 +297,26 @@ def test_a_500_answer_stays_a_server_error() -> None:
     error = classify(litellm.InternalServerError("boom", llm_provider=PROVIDER, model=MODEL))
 
     assert error.kind == "server_error" and error.status_code == 500
+
+
+def test_a_missing_api_key_reported_as_500_fails_at_once_as_auth() -> None:
+    # What LiteLLM raises when the worker has no key for an OpenAI-compatible model: the SDK refused to
+    # build the request. Retried as a server error, every job made num_retries + 1 attempts for nothing.
+    missing = "Missing credentials. Please pass an `api_key` or set the `OPENAI_API_KEY` environment variable"
+    exc = litellm.InternalServerError(f"OpenAIException - {missing}", llm_provider=PROVIDER, model=MODEL)
+    exc.__context__ = openai.OpenAIError(missing)
+
+    error = classify(exc)
+
+    assert not error.retryable and error.kind == "auth"
+    assert "Missing credentials" in error.message
+
+
+def test_an_sdk_status_error_under_a_500_is_not_taken_for_a_refused_request() -> None:
+    exc = litellm.InternalServerError("OpenAIException - boom", llm_provider=PROVIDER, model=MODEL)
+    request = httpx.Request("POST", "http://provider/v1/chat/completions")
+    exc.__context__ = openai.InternalServerError(
+        "boom", response=httpx.Response(500, request=request), body=None
+    )
+
+    assert classify(exc).kind == "server_error"
