@@ -109,8 +109,9 @@ def read_requests(
 ) -> Iterator[Job | LineError]:
     """Turn request lines into jobs, one at a time, in order; blank lines are skipped.
 
-    ``default_model`` is the model of lines that name none (None leaves ``job.model`` unset, so the
-    worker uses its configured model); ``llm_config`` names the settings group of every job.
+    ``default_model`` is the model of chat lines that name none (None leaves ``job.model`` unset, so the
+    worker uses its configured model; embedding lines that name none always leave it unset, for the
+    worker's ``embedding_model``); ``llm_config`` names the settings group of every job.
     ``priority`` is that of lines that set none.
     ``lines`` is consumed lazily: one line is read per value produced (plus any blank lines before it).
     ``refuse`` says why a valid job may still not run (the workers' policy), making its line a LineError.
@@ -402,7 +403,8 @@ def _to_job(
     payload: dict[str, Any] = {
         "id": job_id_for(batch_id, number),
         "kind": request.kind,
-        "model": default_model if model is None else model,
+        # --model names the chat model: an embedding line that names none goes to embedding_model.
+        "model": model if model is not None else default_model if request.kind == "chat" else None,
         "llm_config": llm_config,
         _INPUT_FIELD[request.kind]: body.pop(_INPUT_FIELD[request.kind]),
         "params": body,

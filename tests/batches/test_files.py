@@ -114,6 +114,24 @@ def test_default_model_applies_to_lines_without_a_model() -> None:
     assert job.model == "openai/gpt-4o"
 
 
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        {"input": "hello"},
+        {"custom_id": "e", "method": "POST", "url": "/v1/embeddings", "body": {"input": ["a", "b"]}},
+    ],
+    ids=["short form", "batch api form"],
+)
+def test_the_default_model_is_the_chat_model_and_embedding_lines_keep_the_embedding_model(
+    request_line: dict[str, Any],
+) -> None:
+    # --model names the chat model; an embedding line that names none goes to [llm] embedding_model at
+    # the worker, not to a chat model.
+    job = one_job(line(request_line), default_model="openai/gpt-4o")
+    assert job.kind == "embedding"
+    assert job.model is None
+
+
 def test_no_default_model_leaves_model_unset_for_the_worker() -> None:
     assert one_job(line({"messages": MESSAGES})).model is None
 
