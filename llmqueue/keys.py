@@ -132,6 +132,11 @@ def batch_custom_ids(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:custom-ids"
 
 
+def batch_fingerprints(batch_id: str) -> str:
+    """What each of a batch's jobs asks of the provider, hashed, by job id (a hash)."""
+    return f"{PREFIX}:batch:{batch_id}:fingerprints"
+
+
 def batch_scopes(batch_id: str) -> str:
     """The limit scopes a batch's jobs ran in (a set), for ``llmqueue status``."""
     return f"{PREFIX}:batch:{batch_id}:scopes"

@@ -1,18 +1,23 @@
 """Batches: a file of requests submitted as one unit, with totals, budgets, cancel and retry.
 
 A batch is a hash of settings and running totals (``keys.batch``), its job ids scored by input
-line (``keys.batch_jobs``, a sorted set) and their custom ids (``keys.batch_custom_ids``). Job ids are
-derived from the batch id and the line number, so submitting the same file to the same batch again
-(a resumed run) queues only what is not queued or done yet.
+line (``keys.batch_jobs``, a sorted set), their custom ids (``keys.batch_custom_ids``) and what each
+asks of the provider, hashed (``keys.batch_fingerprints``). Job ids are derived from the batch id and
+the line number, so submitting the same file to the same batch again (a resumed run) queues only what
+is not queued or done yet; a file whose lines ask other things than the batch's jobs of those line
+numbers (another file, an edited line, another ``--model``) is refused, since those jobs' answers would
+be taken for theirs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -88,8 +93,10 @@ class Batches:
         """Check (unless ``skip_invalid``) and enqueue every request of a JSONL file as one batch.
 
         By default a file with any bad line enqueues nothing and raises InvalidBatchFileError; with
-        ``skip_invalid`` the good lines are enqueued and the bad ones returned in the report. The file is
-        streamed twice at most, never held in memory. ``priority`` (0-9, higher first) is that of lines
+        ``skip_invalid`` the good lines are enqueued and the bad ones returned in the report. A batch
+        submitted again is first checked for lines that ask other things than its jobs of those line
+        numbers (BatchError, nothing enqueued). The file is streamed (twice, or three times to a known
+        batch), never held in memory. ``priority`` (0-9, higher first) is that of lines
         that set none; ``weight`` is the batch's share against other batches of the same priority
         (a batch of weight 2 gets twice the jobs of a batch of weight 1 while both have jobs ready).
         ``cache`` lets workers answer lines from the response cache (and keep their answers there).
@@ -113,6 +120,8 @@ class Batches:
             if not check.ok:
                 raise invalid_file_error(check, path)
         require_requests(path)
+        if await self.redis.exists(keys.batch(batch_id)):
+            await self._refuse_changed_lines(path, batch_id, iter_jobs(path, **options, priority=priority))
         if on_queueing is not None:
             on_queueing()
         await self._create(batch_id, source=path, max_cost=max_cost, max_tokens=max_tokens, weight=weight)
@@ -139,6 +148,39 @@ class Batches:
             keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id))
         )
         return report
+
+    async def _refuse_changed_lines(
+        self, path: Path, batch_id: str, items: Iterable[Job | LineError]
+    ) -> None:
+        """Raise BatchError, before anything is queued, if a line asks something else than the batch's
+        job of the same line number did (a batch of an older version, without hashes, is not checked)."""
+        changed: list[int] = []
+        chunk: list[Job] = []
+
+        async def compare() -> None:
+            stored = await self.redis.hmget(keys.batch_fingerprints(batch_id), [job.id for job in chunk])
+            changed.extend(
+                job.metadata["line"]
+                for job, known in zip(chunk, stored, strict=True)
+                if known is not None and known.decode() != request_fingerprint(job)
+            )
+            chunk.clear()
+
+        for item in items:
+            if isinstance(item, Job):
+                chunk.append(item)
+                if len(chunk) >= _CHUNK:
+                    await compare()
+        if chunk:
+            await compare()
+        if changed:
+            shown = ", ".join(str(line) for line in changed[:10])
+            more = f" and {len(changed) - 10} more" if len(changed) > 10 else ""
+            raise BatchError(
+                f"{path}: batch {batch_id} holds other requests for line(s) {shown}{more} (another file, "
+                "an edited line or another --model): their answers would be taken for these lines. "
+                "Nothing was enqueued; submit the file as a new batch (--batch NAME)"
+            )
 
     async def register(self, batch_id: str, jobs: list[Job], *, source: Path) -> None:
         """Create the batch and list its jobs in input order without queueing them (the Batch API tier
@@ -418,6 +460,8 @@ class Batches:
             keys.batch_custom_ids(batch_id),
             mapping={job.id: str(job.metadata.get("custom_id", "")) for job in jobs},
         )
+        fingerprints = {job.id: request_fingerprint(job) for job in jobs}
+        pipe.hset(keys.batch_fingerprints(batch_id), mapping=fingerprints)
 
     @staticmethod
     def _cancelled_result(
@@ -440,6 +484,14 @@ def check_batch_id(batch_id: str) -> str:
     if not BATCH_ID_PATTERN.match(batch_id):
         raise BatchError(f"invalid batch id {batch_id!r}: use 1-100 letters, digits, '_', '-', '.' or '@'")
     return batch_id
+
+
+def request_fingerprint(job: Job) -> str:
+    """What ``job`` asks of the provider (kind, model, settings group, messages or input, params),
+    hashed: the same for a line submitted again, another for an edited line or another ``--model``."""
+    asked = [job.kind, job.model, job.llm_config, job.messages, job.input, job.params]
+    text = json.dumps(asked, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 def new_batch_id(path: Path) -> str:

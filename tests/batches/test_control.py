@@ -193,6 +193,40 @@ async def test_resume_after_fixing_a_rejected_line_lists_every_job_once(
     assert (await batches.status("b1")).total == 3
 
 
+@pytest.mark.parametrize("change", ["edited line", "another file", "another --model"])
+async def test_a_resubmission_asking_other_things_on_known_lines_is_refused_whole(
+    batches: Batches, settings: Settings, redis: Redis, tmp_path: Path, change: str
+) -> None:
+    # Job ids come from the batch and the line number: before, the known jobs' answers were kept for
+    # lines that now ask something else (a user's evaluation file edited and submitted again).
+    path = write_file(tmp_path / "in.jsonl", [chat_line(f"q{n}", f"req-{n}") for n in range(4)])
+    await batches.submit_file(path, "b1")
+    model = None
+    if change == "edited line":
+        write_file(path, [chat_line(f"q{n}" if n != 2 else "EDITED", f"req-{n}") for n in range(4)])
+    elif change == "another file":
+        path = write_file(tmp_path / "other.jsonl", [chat_line(f"other {n}") for n in range(6)])
+    else:
+        model = "openai/another-model"
+    queued = await redis.zcard(settings.worker.queue_name)
+
+    with pytest.raises(BatchError, match=r"holds other requests for line\(s\) (3|1, 2, 3, 4)\b"):
+        await batches.submit_file(path, "b1", default_model=model)
+
+    assert await redis.zcard(settings.worker.queue_name) == queued
+    assert await batch_job_ids(redis, "b1") == [job_id_for("b1", n) for n in range(1, 5)]
+    assert (await batches.status("b1")).total == 4
+
+
+async def test_a_resubmission_with_new_lines_after_the_known_ones_is_taken(
+    batches: Batches, settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    lines = [chat_line(f"q{n}", f"req-{n}") for n in range(5)]
+    await batches.submit_file(write_file(tmp_path / "in.jsonl", lines[:3]), "b1")
+    again = await batches.submit_file(write_file(tmp_path / "in.jsonl", lines), "b1", priority=5)
+    assert (again.submitted, again.already_known) == (2, 3)
+
+
 # ---- running ---------------------------------------------------------------------------------------
 
 
