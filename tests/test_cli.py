@@ -237,6 +237,36 @@ def test_submit_of_a_file_with_a_bad_line_exits_2_naming_the_line_and_queues_not
         assert client.zcard(keys.batches()) == 0
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["run", "--rpm", "-5"], "--rpm must be above 0, got -5"),
+        (["run", "--dry-run", "--simulate-provider", "--tpm", "0"], "--tpm must be above 0, got 0"),
+        (["run", "--concurrency", "0"], "--concurrency must be above 0, got 0"),
+        (["run", "--max-cost", "-1"], "--max-cost must be above 0, got -1"),
+        (["submit", "--max-tokens", "-5"], "--max-tokens must be above 0, got -5"),
+    ],
+)
+def test_a_flag_given_zero_or_less_exits_2_naming_it_before_anything_starts(
+    redis_url: str, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    # Before: a traceback (--dry-run), a Redis and a worker started to fail on LLM_RPM (run), or every
+    # job of the batch cancelled for its budget (--max-cost -1).
+    command, *options = flags
+    source = chat_file(tmp_path / "prompts.jsonl", 3)
+    batch = f"flags-{command}-{len(options)}"
+    process = llmqueue_process(
+        command, str(source), *options, "--batch", batch, "--redis-url", redis_url, cwd=tmp_path
+    )
+
+    assert process.returncode == 2, process.stderr
+    assert "Traceback" not in process.stderr
+    assert process.stderr.strip() == f"llmqueue: {message}"
+    with Redis.from_url(redis_url) as client:
+        assert client.zcard(QUEUE) == 0
+        assert client.zcard(keys.batches()) == 0
+
+
 def test_error_message_with_brackets_from_the_file_is_printed_as_it_is(
     redis_url: str, tmp_path: Path
 ) -> None:

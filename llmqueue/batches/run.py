@@ -63,7 +63,11 @@ class RunSummary:
 
 async def run_batch(options: RunOptions, settings: Settings, console: Console) -> RunSummary:
     """Run a batch file end to end; see the module docstring."""
-    batch_id = _batch_id(options)
+    batch_id = options.batch_id = _batch_id(options)  # a made one too, for the command's resume hint
+    if options.output.is_dir():  # found out only once every line had been paid for
+        raise LLMQueueError(
+            f"--output {options.output} is a directory: give a file, e.g. {options.output / 'results.jsonl'}"
+        )
     if not options.resume and not options.skip_invalid:
         _check_before_starting(options, batch_id, settings)
     use_cache = options.cache and settings.cache.enabled

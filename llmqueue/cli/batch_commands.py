@@ -13,6 +13,7 @@ import typer
 from redis.exceptions import RedisError
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 
 from llmqueue.cli.common import (
     BatchArgument,
@@ -36,6 +37,7 @@ from llmqueue.cli.common import (
     app,
     console,
     print_estimate,
+    require_positive,
     settings_from,
     with_batches,
     with_cache_dir,
@@ -82,6 +84,7 @@ def submit(
     from llmqueue.batches.control import new_batch_id
     from llmqueue.batches.files import write_rejects
 
+    require_positive(max_cost=max_cost, max_tokens=max_tokens)
     settings = with_cache_dir(settings_from(config, redis_url), cache_dir)
     if dry_run:
         print_estimate(file, settings, model=model, llm_config=llm_config, use_cache=not no_cache)
@@ -274,8 +277,38 @@ def retry(
     console.print(f"{count} failed job(s) queued again")
 
 
+def _resume_command(context: typer.Context, batch_id: str) -> str:
+    """``llmqueue run --resume BATCH`` with the options this run was given other than their defaults:
+    the resumed run needs the same provider, limits and output. The file and batch are the batch's own;
+    a Redis URL's password is masked."""
+    import shlex
+    from enum import Enum
+
+    from llmqueue.redaction import redact_url
+
+    def plain(value: Any) -> Any:
+        return value.value if isinstance(value, Enum) else value
+
+    words = ["llmqueue", "run", "--resume", batch_id]
+    for param in context.command.params:
+        name = param.name
+        if name is None or name in ("file", "batch", "resume"):
+            continue
+        value = plain(context.params.get(name))
+        if value is None or value == plain(param.default):
+            continue
+        flag = max(param.opts, key=len)
+        if getattr(param, "is_flag", False):
+            words += [flag] if value else []
+            continue
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        words += [flag, redact_url(text) if name == "redis_url" else text]
+    return shlex.join(words)
+
+
 @app.command()
 def run(
+    context: typer.Context,
     file: Annotated[Path | None, typer.Argument(help="JSONL file to run (not needed with --resume).")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the results.")] = Path(
         "results.jsonl"
@@ -344,6 +377,7 @@ def run(
     from llmqueue.batches.options import RunOptions, run_settings
     from llmqueue.batches.run import run_batch
 
+    require_positive(rpm=rpm, tpm=tpm, concurrency=concurrency, max_cost=max_cost, max_tokens=max_tokens)
     check_tier_options(
         via, fallback, poll_interval, enqueued_token_limit, rpm, tpm, concurrency, max_cost, max_tokens
     )
@@ -399,8 +433,8 @@ def run(
                 options.model = env["LLM_MODEL"]
             summary = asyncio.run(run_batch(options, settings, console))
     except KeyboardInterrupt:
-        batch_id = options.batch_id or "BATCH"
-        console.print(f"\ninterrupted: finished jobs are kept. Resume with: llmqueue run --resume {batch_id}")
+        hint = _resume_command(context, options.batch_id or "BATCH")
+        console.print(f"\ninterrupted: finished jobs are kept. Resume with: {escape(hint)}")
         raise SystemExit(130) from None
     done = summary.status
     console.print(

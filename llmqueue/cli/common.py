@@ -54,7 +54,11 @@ RedisOption = Annotated[
 ]
 ModelOption = Annotated[
     str | None,
-    typer.Option("--model", help=r"LiteLLM model for lines that name none (default: \[llm] model)."),
+    typer.Option(
+        "--model",
+        help=r"LiteLLM model for chat lines that name none (default: \[llm] model); embedding lines take "
+        r"\[llm] embedding_model.",
+    ),
 ]
 LLMConfigOption = Annotated[str | None, typer.Option("--llm-config", help=r"A named \[llm.<name>] group.")]
 NoCacheOption = Annotated[
@@ -75,7 +79,9 @@ DryRunOption = Annotated[
     ),
 ]
 BatchArgument = Annotated[str, typer.Argument(help="The batch id (printed by submit/run).")]
-BatchIdOption = Annotated[str | None, typer.Option("--batch", help="Batch id (default: file name + time).")]
+BatchIdOption = Annotated[
+    str | None, typer.Option("--batch", help="Batch id (default: the file name, the time, a random part).")
+]
 MaxCostOption = Annotated[float | None, typer.Option(help="Stop starting jobs once the batch spent USD.")]
 MaxTokensOption = Annotated[int | None, typer.Option(help="Stop starting jobs after this many tokens.")]
 SkipInvalidOption = Annotated[
@@ -137,6 +143,15 @@ def settings_from(
     if redis_url:
         overrides["redis_url"] = redis_url
     return load_settings(config, litellm_config=litellm_config, **overrides)
+
+
+def require_positive(**values: float | None) -> None:
+    """A flag given zero, a negative number or NaN (``--rpm -5``) is an error naming it, before anything
+    starts: the settings it becomes would refuse it later, in a worker's log, or (a budget) cancel
+    every job."""
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise LLMQueueError(f"--{name.replace('_', '-')} must be above 0, got {value:g}")
 
 
 def with_cache_dir(settings: Settings, cache_dir: Path | None) -> Settings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -318,6 +319,21 @@ def test_run_of_a_file_with_a_bad_line_exits_2_naming_the_line_and_leaves_nothin
     assert not run_dir(batch_name).exists()
 
 
+def test_run_whose_output_is_a_directory_exits_2_before_anything_starts(
+    tmp_path: Path, batch_name: str
+) -> None:
+    # Before: every line was run and paid for, then writing the results raised IsADirectoryError.
+    source, _ = chat_file(tmp_path / "three.jsonl", 3)
+    code, stderr = run(
+        [str(source), "-o", str(tmp_path), "--batch", batch_name, "--simulate-provider"], run_env(), tmp_path
+    )
+
+    assert code == 2, stderr
+    assert stderr.startswith(f"llmqueue: --output {tmp_path} is a directory: give a file"), stderr
+    assert "Traceback" not in stderr
+    assert not run_dir(batch_name).exists()
+
+
 def test_resume_of_a_batch_never_run_exits_2_and_leaves_nothing(tmp_path: Path, batch_name: str) -> None:
     code, stderr = run(["--resume", batch_name], run_env(), tmp_path)
 
@@ -388,7 +404,10 @@ def test_interrupted_run_stops_everything_and_resumes_without_redoing_finished_j
         done_before_resume = provider.stats()["succeeded"]
 
         assert code == 130, stderr
-        assert f"Resume with: llmqueue run --resume {batch_name}" in stderr
+        # The hint carries the run's own options: resumed without them, a run met another provider
+        # (or none) and other limits.
+        hint = stderr.split("Resume with: ", 1)[1].strip()
+        assert hint == f"llmqueue run --resume {batch_name} --output {output} --rpm 1200", stderr
         assert "Traceback" not in stderr
         assert len(started) == 4, started
         assert [pid for pid in started if is_alive(pid)] == []
@@ -397,7 +416,7 @@ def test_interrupted_run_stops_everything_and_resumes_without_redoing_finished_j
         assert not output.exists()
         assert 50 <= done_before_resume < 300
 
-        code, stderr = run(["--resume", batch_name, "-o", str(output)], env, tmp_path)
+        code, stderr = run(shlex.split(hint)[2:], env, tmp_path)
         total_calls = provider.stats()["succeeded"]
 
     assert code == 0, stderr
