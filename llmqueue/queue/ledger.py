@@ -68,8 +68,9 @@ class BatchStatus:
     cancel_requested: bool
     created_at: float
     elapsed: float
+    """Seconds since the batch was created; once every job has finished, until the last one did."""
     throughput: float
-    """Finished jobs per second since the batch was created."""
+    """Finished jobs per second over ``elapsed``."""
     eta_seconds: float | None
     source: str | None
     deployments: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -156,9 +157,10 @@ class BatchLedger:
         retry_waiting = max(0, number("retry_waiting"))
         finished = succeeded + failed + cancelled
         created = float(fields.get("created_at", time.time()))
-        elapsed = max(1e-9, time.time() - created)
-        throughput = finished / elapsed
         remaining = max(0, total - finished)
+        ended = "last_finished_at" in fields and total > 0 and not remaining
+        elapsed = max(1e-9, (float(fields["last_finished_at"]) if ended else time.time()) - created)
+        throughput = finished / elapsed
         return BatchStatus(
             batch_id=batch_id,
             total=total,

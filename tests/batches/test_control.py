@@ -243,6 +243,21 @@ async def test_wait_returns_when_every_job_is_done_with_counts_and_usage(
     assert status.cost >= 0 and not status.budget_exceeded
 
 
+async def test_a_finished_batchs_elapsed_time_and_throughput_stop_with_its_last_job(
+    batches: Batches, settings: Settings, provider: RunningProvider, tmp_path: Path
+) -> None:
+    # Before, `status` of a batch done in seconds showed minutes elapsed and a throughput falling with
+    # every later look.
+    await batches.submit_file(chat_file(tmp_path / "in.jsonl", 4), "b1")
+    async with running_worker(settings):
+        done = await wait_done(batches, "b1")
+    await asyncio.sleep(0.5)
+    later = await batches.status("b1")
+    assert later.done
+    assert later.elapsed == pytest.approx(done.elapsed, abs=0.05)
+    assert later.throughput == pytest.approx(4 / later.elapsed)
+
+
 async def test_results_follow_input_order_whatever_the_completion_order(
     redis_url: str, tmp_path: Path
 ) -> None:
