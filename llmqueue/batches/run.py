@@ -140,9 +140,10 @@ async def _run_locked(
                     )
                 _announce(console, batch_id, report)
                 if report.rejected:
-                    write_rejects(
-                        report.rejected, options.rejects or options.output.with_suffix(".rejected.jsonl")
-                    )
+                    rejects = options.rejects or options.output.with_suffix(".rejected.jsonl")
+                    write_rejects(report.rejected, rejects)
+                    shown = escape(str(rejects))
+                    console.print(f"{len(report.rejected)} line(s) rejected, written to {shown}")
                 status = await _watch(batches, batch_id, cluster, console, producer, lock)
                 failures = await write_results(batches.results(batch_id), options.output)
                 finished = True

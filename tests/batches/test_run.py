@@ -334,6 +334,27 @@ def test_run_whose_output_is_a_directory_exits_2_before_anything_starts(
     assert not run_dir(batch_name).exists()
 
 
+def test_run_with_skip_invalid_says_where_it_wrote_the_rejected_lines(
+    tmp_path: Path, batch_name: str
+) -> None:
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+    source = tmp_path / "mixed.jsonl"
+    source.write_text(f"{good}\n{{oops\n{good}\n", encoding="utf-8")
+    output = tmp_path / "out.jsonl"
+
+    code, stderr = run(
+        [str(source), "-o", str(output), "--skip-invalid", "--batch", batch_name, "--simulate-provider"],
+        run_env(),
+        tmp_path,
+    )
+
+    assert code == 0, stderr
+    rejects = tmp_path / "out.rejected.jsonl"
+    assert f"1 line(s) rejected, written to {rejects}" in stderr  # before, run named no file
+    assert [json.loads(line)["line"] for line in rejects.read_text(encoding="utf-8").splitlines()] == [2]
+    assert len(read_jsonl(output)) == 2
+
+
 def test_resume_of_a_batch_never_run_exits_2_and_leaves_nothing(tmp_path: Path, batch_name: str) -> None:
     code, stderr = run(["--resume", batch_name], run_env(), tmp_path)
 
