@@ -471,6 +471,9 @@ def _describe(exc: ValidationError, *, where: str, file_layout: bool) -> str:
     return "\n".join(lines)
 
 
+_SECTIONS = frozenset({"llm", "worker", "batch", "cache", "router_settings"})
+
+
 def _key_name(loc: list[str], file_layout: bool) -> str:
     if not loc:
         return "(settings)"
@@ -480,9 +483,13 @@ def _key_name(loc: list[str], file_layout: bool) -> str:
         return f'[limits."{loc[1]}"] ' + ".".join(loc[2:])
     if file_layout and len(loc) >= 2:
         return f"[{loc[0]}] " + ".".join(loc[1:])
+    if file_layout and loc[0] in _SECTIONS:  # the section's own check (retry_min_wait above retry_max_wait)
+        return f"[{loc[0]}]"
     env = {"llm": "LLM_", "worker": "WORKER_", "cache": "CACHE_"}.get(loc[0])
     if env and len(loc) >= 2:
         return f"{'.'.join(loc)} (env {env}{loc[1].upper()})"
+    if env:
+        return f"{loc[0]} (env {env}*)"
     return ".".join(loc)
 
 

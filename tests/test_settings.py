@@ -374,7 +374,7 @@ def test_min_wait_above_max_wait_in_file_is_a_config_error(write_config: WriteCo
 
     message = config_error(path)
 
-    assert "retry_min_wait (10) must not exceed retry_max_wait (5)" in message
+    assert "  [llm]: retry_min_wait (10) must not exceed retry_max_wait (5)" in message  # as other keys
     assert str(path) in message
 
 
@@ -383,7 +383,7 @@ def test_min_wait_above_max_wait_across_env_and_defaults_is_a_config_error(
 ) -> None:
     monkeypatch.setenv("LLM_RETRY_MIN_WAIT", "45")
 
-    assert "must not exceed retry_max_wait (30)" in config_error()
+    assert "  llm (env LLM_*): retry_min_wait (45) must not exceed retry_max_wait (30)" in config_error()
 
 
 @pytest.mark.parametrize(
