@@ -177,15 +177,19 @@ class Batches:
             shown = ", ".join(str(line) for line in changed[:10])
             more = f" and {len(changed) - 10} more" if len(changed) > 10 else ""
             raise BatchError(
-                f"{path}: batch {batch_id} holds other requests for line(s) {shown}{more} (another file, "
-                "an edited line or another --model): their answers would be taken for these lines. "
-                "Nothing was enqueued; submit the file as a new batch (--batch NAME)"
+                f"{path}: batch {batch_id} holds other requests for line(s) {shown}{more}: another "
+                "file, an edited line, or options other than the batch was first submitted with "
+                "(--model, --llm-config, --simulate-provider). Their answers would be taken for these "
+                "lines, so nothing was enqueued. To go on with the batch, give its first file and "
+                "options again; to run these lines, submit the file as a new batch (--batch NAME)"
             )
 
     async def register(self, batch_id: str, jobs: list[Job], *, source: Path) -> None:
         """Create the batch and list its jobs in input order without queueing them (the Batch API tier
         sends them to the provider itself, and stores their results as workers would)."""
         check_batch_id(batch_id)
+        if await self.redis.exists(keys.batch(batch_id)):
+            await self._refuse_changed_lines(source, batch_id, jobs)
         await self._create(batch_id, source=source, max_cost=None, max_tokens=None, weight=1.0)
         for start in range(0, len(jobs), _CHUNK):
             await self._index_chunk(batch_id, jobs[start : start + _CHUNK])

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from llmqueue import keys
 from llmqueue.batches import control
 from llmqueue.batches.control import Batches, new_batch_id
-from llmqueue.batches.files import job_id_for
+from llmqueue.batches.files import iter_jobs, job_id_for
 from llmqueue.cache import job_cache_key
 from llmqueue.cache.disk import DiskStore
 from llmqueue.errors import BatchError, InvalidBatchFileError
@@ -35,6 +35,10 @@ def chat_line(text: str, custom_id: str | None = None) -> dict[str, Any]:
     if custom_id is not None:
         line["custom_id"] = custom_id
     return line
+
+
+def jobs_in(path: Path, batch_id: str) -> list[Job]:
+    return [item for item in iter_jobs(path, batch_id=batch_id) if isinstance(item, Job)]
 
 
 def write_file(path: Path, lines: list[dict[str, Any] | str]) -> Path:
@@ -216,6 +220,23 @@ async def test_a_resubmission_asking_other_things_on_known_lines_is_refused_whol
     assert await redis.zcard(settings.worker.queue_name) == queued
     assert await batch_job_ids(redis, "b1") == [job_id_for("b1", n) for n in range(1, 5)]
     assert (await batches.status("b1")).total == 4
+
+
+async def test_the_batch_api_tier_registering_a_changed_file_again_is_refused(
+    batches: Batches, redis: Redis, tmp_path: Path
+) -> None:
+    # The tier registers the file's jobs on every run, a resume included: before, an edited file's
+    # hashes and custom ids replaced the first ones, and the provider's answers went to the new lines.
+    path = write_file(tmp_path / "in.jsonl", [chat_line(f"q{n}", f"req-{n}") for n in range(3)])
+    await batches.register("b1", jobs_in(path, "b1"), source=path)
+    await batches.register("b1", jobs_in(path, "b1"), source=path)  # the same file: fine
+    write_file(path, [chat_line("EDITED" if n == 0 else f"q{n}", f"req-{n}") for n in range(3)])
+
+    with pytest.raises(BatchError, match=r"holds other requests for line\(s\) 1:"):
+        await batches.register("b1", jobs_in(path, "b1"), source=path)
+
+    custom_ids = await redis.hgetall(keys.batch_custom_ids("b1"))
+    assert sorted(v.decode() for v in custom_ids.values()) == ["req-0", "req-1", "req-2"]
 
 
 async def test_a_resubmission_with_new_lines_after_the_known_ones_is_taken(
