@@ -301,7 +301,8 @@ def _resume_command(context: typer.Context, batch_id: str) -> str:
         if getattr(param, "is_flag", False):
             words += [flag] if value else []
             continue
-        text = f"{value:g}" if isinstance(value, float) else str(value)
+        whole = isinstance(value, float) and value.is_integer()
+        text = str(int(value)) if whole else repr(value) if isinstance(value, float) else str(value)
         words += [flag, redact_url(text) if name == "redis_url" else text]
     return shlex.join(words)
 
