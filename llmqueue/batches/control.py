@@ -380,10 +380,12 @@ class Batches:
             settings["max_cost"] = max_cost
         if max_tokens is not None:
             settings["max_tokens"] = max_tokens
+        seconds, micros = await self.redis.time()  # Redis's clock: status measures elapsed time by it
+        created = seconds + micros / 1e6
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(keys.batch(batch_id), "created_at", time.time())
+            pipe.hsetnx(keys.batch(batch_id), "created_at", created)
             pipe.hset(keys.batch(batch_id), mapping=settings)
-            pipe.zadd(keys.batches(), {batch_id: time.time()}, nx=True)
+            pipe.zadd(keys.batches(), {batch_id: created}, nx=True)
             set_weight(pipe, self.store.queue_name, lane_of(batch_id), weight)
             await pipe.execute()
 

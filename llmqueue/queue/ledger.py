@@ -10,7 +10,6 @@ worker reads the gate fields and asks :func:`stop_reason` whether the batch may 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -139,7 +138,9 @@ class BatchLedger:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.batch(batch_id))
             pipe.hgetall(keys.batch_deployments(batch_id))
-            raw, per_deployment = await pipe.execute()
+            pipe.time()  # the clock of created_at and last_finished_at, whatever this host's says
+            raw, per_deployment, (seconds, micros) = await pipe.execute()
+        now = seconds + micros / 1e6
         if not raw:
             raise BatchError(f"no batch named {batch_id!r} in this Redis")
         fields = {k.decode(): v.decode() for k, v in raw.items()}
@@ -156,10 +157,10 @@ class BatchLedger:
         running = max(0, number("running"))
         retry_waiting = max(0, number("retry_waiting"))
         finished = succeeded + failed + cancelled
-        created = float(fields.get("created_at", time.time()))
+        created = float(fields.get("created_at", now))
         remaining = max(0, total - finished)
         ended = "last_finished_at" in fields and total > 0 and not remaining
-        elapsed = max(1e-9, (float(fields["last_finished_at"]) if ended else time.time()) - created)
+        elapsed = max(1e-9, (float(fields["last_finished_at"]) if ended else now) - created)
         throughput = finished / elapsed
         return BatchStatus(
             batch_id=batch_id,

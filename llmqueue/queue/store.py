@@ -255,7 +255,6 @@ class JobStore:
                 1 if was_retry_waiting else 0,
                 1 if final_429 else 0,
                 1 if result.cached else 0,
-                result.timings.finished_at.timestamp(),
             ],
         )
 

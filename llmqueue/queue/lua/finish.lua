@@ -5,7 +5,7 @@
 -- ARGV[5] cost (USD)  ARGV[6] prompt tokens  ARGV[7] completion tokens  ARGV[8] 1 if a call was in flight
 -- ARGV[9] 1 if the job was waiting for a retry (it leaves that count)
 -- ARGV[10] 1 if the job ends on a 429 (retried 429s were counted as they happened)
--- ARGV[11] 1 if the result came from the response cache  ARGV[12] when the job finished (Unix seconds)
+-- ARGV[11] 1 if the result came from the response cache
 -- KEYS[7..13] (all "" to skip) arq's job, in-progress and retry keys, arq's queue, the claimed set,
 -- the routes hash and arq's abort set: the run's claim ends here too (as arq's finish_job would end it)
 -- returns 1 when stored, 0 when the job already had a result (nothing is changed then)
@@ -29,9 +29,10 @@ if KEYS[5] ~= '' then
   if ARGV[9] == '1' then redis.call('HINCRBY', KEYS[5], 'retry_waiting', -1) end
   if ARGV[10] == '1' then redis.call('HINCRBY', KEYS[5], 'rate_limited', 1) end
   if ARGV[11] == '1' then redis.call('HINCRBY', KEYS[5], 'cached', 1) end
-  -- A finished batch's elapsed time and throughput end with its last job, not at the next look.
-  local last = tonumber(redis.call('HGET', KEYS[5], 'last_finished_at') or '0')
-  if tonumber(ARGV[12]) > last then redis.call('HSET', KEYS[5], 'last_finished_at', ARGV[12]) end
+  -- A finished batch's elapsed time and throughput end with its last job, not at the next look; Redis's
+  -- clock, as the batch's created_at (workers on other hosts have clocks of their own).
+  local now = redis.call('TIME')
+  redis.call('HSET', KEYS[5], 'last_finished_at', now[1] + now[2] / 1000000)
 end
 if KEYS[7] ~= '' then
   redis.call('DEL', KEYS[7], KEYS[8], KEYS[9])
