@@ -202,4 +202,8 @@ async def test_anthropic_input_and_output_limits_are_learnt_apart_and_run_at_the
     # prompt + max_tokens allows about 1.7 calls a second: the limiter before itpm/otpm took 32 s.
     assert elapsed <= 20, elapsed
     assert elapsed >= 0.8 * (JOBS - 10) / 10.5, elapsed
-    assert stats["rate_limited"] <= 6, stats["rate_limited"]
+    # 3 to 8 of the 60 calls drew a 429 in twelve runs on 2026-12-02 (the code before that day's changes
+    # too): one in the steady state, then several at once as its cooldown ends. Learnt wrongly (the
+    # combined "tokens" taken for a limit) the run fails the time bound above; with nothing learnt,
+    # most of the 60 calls go in the first second and are refused.
+    assert stats["rate_limited"] <= 10, stats["rate_limited"]
