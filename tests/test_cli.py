@@ -267,6 +267,30 @@ def test_a_flag_given_zero_or_less_exits_2_naming_it_before_anything_starts(
         assert client.zcard(keys.batches()) == 0
 
 
+def test_the_interrupt_hint_repeats_the_runs_options_but_never_a_redis_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from llmqueue.batches import run as run_module
+
+    async def interrupted(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "run_batch", interrupted)
+    source = chat_file(tmp_path / "prompts.jsonl", 2)
+    url = "redis://:s3cret-pass@127.0.0.1:6390/2"
+    args = ["run", str(source), "--batch", "hint", "--redis-url", url, "--tpm", "2500.5", "--workers", "3"]
+
+    result = runner.invoke(app, args)
+
+    assert result.exit_code == 130
+    hint = result.output.split("Resume with: ", 1)[1].strip()
+    assert hint == (
+        "llmqueue run --resume hint --workers 3 --tpm 2500.5 "
+        "(and --redis-url with its password, not printed here)"
+    )
+    assert "s3cret" not in result.output
+
+
 def test_error_message_with_brackets_from_the_file_is_printed_as_it_is(
     redis_url: str, tmp_path: Path
 ) -> None:

@@ -279,8 +279,9 @@ def retry(
 
 def _resume_command(context: typer.Context, batch_id: str) -> str:
     """``llmqueue run --resume BATCH`` with the options this run was given other than their defaults:
-    the resumed run needs the same provider, limits and output. The file and batch are the batch's own;
-    a Redis URL's password is masked."""
+    the resumed run needs the same provider, limits and output. The file and batch are the batch's own.
+    A Redis URL with a password is left out, with a word to give it again: printed masked, the command
+    would not run, and printed whole, the password would be on the screen and in logs."""
     import shlex
     from enum import Enum
 
@@ -290,6 +291,7 @@ def _resume_command(context: typer.Context, batch_id: str) -> str:
         return value.value if isinstance(value, Enum) else value
 
     words = ["llmqueue", "run", "--resume", batch_id]
+    note = ""
     for param in context.command.params:
         name = param.name
         if name is None or name in ("file", "batch", "resume"):
@@ -303,8 +305,11 @@ def _resume_command(context: typer.Context, batch_id: str) -> str:
             continue
         whole = isinstance(value, float) and value.is_integer()
         text = str(int(value)) if whole else repr(value) if isinstance(value, float) else str(value)
-        words += [flag, redact_url(text) if name == "redis_url" else text]
-    return shlex.join(words)
+        if name == "redis_url" and redact_url(text) != text:
+            note = " (and --redis-url with its password, not printed here)"
+            continue
+        words += [flag, text]
+    return shlex.join(words) + note
 
 
 @app.command()
