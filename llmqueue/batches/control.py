@@ -120,8 +120,7 @@ class Batches:
             if not check.ok:
                 raise invalid_file_error(check, path)
         require_requests(path)
-        if await self.redis.exists(keys.batch(batch_id)):
-            await self._refuse_changed_lines(path, batch_id, iter_jobs(path, **options, priority=priority))
+        await self._refuse_changed_lines(path, batch_id, iter_jobs(path, **options, priority=priority))
         if on_queueing is not None:
             on_queueing()
         await self._create(batch_id, source=path, max_cost=max_cost, max_tokens=max_tokens, weight=weight)
@@ -152,8 +151,12 @@ class Batches:
     async def _refuse_changed_lines(
         self, path: Path, batch_id: str, items: Iterable[Job | LineError]
     ) -> None:
-        """Raise BatchError, before anything is queued, if a line asks something else than the batch's
-        job of the same line number did (a batch of an older version, without hashes, is not checked)."""
+        """Raise BatchError, before anything is queued, if the batch exists and a line of ``items``
+        asks something else than its job of the same line number did. ``items`` is read only for a batch
+        that exists (``iter_jobs`` reads no line until iterated); a batch of an older
+        version, without hashes, is not checked."""
+        if not await self.redis.exists(keys.batch(batch_id)):
+            return
         changed: list[int] = []
         chunk: list[Job] = []
 
@@ -188,8 +191,7 @@ class Batches:
         """Create the batch and list its jobs in input order without queueing them (the Batch API tier
         sends them to the provider itself, and stores their results as workers would)."""
         check_batch_id(batch_id)
-        if await self.redis.exists(keys.batch(batch_id)):
-            await self._refuse_changed_lines(source, batch_id, jobs)
+        await self._refuse_changed_lines(source, batch_id, jobs)
         await self._create(batch_id, source=source, max_cost=None, max_tokens=None, weight=1.0)
         for start in range(0, len(jobs), _CHUNK):
             await self._index_chunk(batch_id, jobs[start : start + _CHUNK])
