@@ -263,12 +263,9 @@ def limits_table(states: Sequence[ScopeState], title: str = "limits") -> Table:
         else:
             limit = state.state  # "unlimited", or "probing" until the provider's first answer
             level = "-"
-        factors = []
+        source = state.source
         if state.others_request_share >= 0.005:
-            factors.append(f"others take {state.others_request_share:.0%} of req")
-        if state.token_factor > 1.005:
-            factors.append(f"tok x{state.token_factor:.2f}")
-        source = state.source + (f" ({', '.join(factors)})" if factors else "")
+            source += f" (others took {state.others_request_share:.0%} of req)"
         table.add_row(
             state.scope,
             limit,

@@ -24,7 +24,7 @@ from llmqueue.errors import ConfigError, JobValidationError, ProviderError, Rate
 from llmqueue.limits.breaker import CircuitBreaker
 from llmqueue.limits.feedback import LimitFeedback, LimitListener
 from llmqueue.limits.headers import exception_headers, response_headers
-from llmqueue.limits.limiter import DEFAULT_PRIORITY, Admission, RateLimiter, Ticket
+from llmqueue.limits.limiter import DEFAULT_PRIORITY, Admission, RateLimiter, Reservation, TooLarge
 from llmqueue.limits.routing import Candidate, Deployments, deployment_kwargs, fallback_model, next_fallback
 from llmqueue.limits.tokens import (
     NO_ESTIMATE,
@@ -79,7 +79,7 @@ class _Call:
     cache_key: str | None = None
     """Set when this call's answer goes to the response cache (the job asked, and missed)."""
     priority: int = DEFAULT_PRIORITY
-    ticket: Ticket | None = None
+    reservation: Reservation | None = None
     candidates: list[Candidate] = field(default_factory=list)
     deployment: Candidate | None = None
 
@@ -194,7 +194,8 @@ class JobRunner:
             kwargs = call_kwargs(job, llm, supports_caching=caching, model=model)
             if limited:  # counting tokens costs CPU; only a token limit (configured or learnt) needs it
                 call.estimate = estimate_split(job, counted_as, llm.default_completion_tokens)
-            await self._admit(call)
+            if not await self._admit(call):
+                return
             if call.deployment is not None:
                 if supports_prompt_caching(call.deployment.model) != caching:
                     kwargs = call_kwargs(job, llm, supports_caching=not caching, model=model)
@@ -225,12 +226,13 @@ class JobRunner:
         self._emit("cached", call, cost=0.0)
         return True
 
-    async def _admit(self, call: _Call) -> None:
+    async def _admit(self, call: _Call) -> bool:
         """Take the call's share of the limiter, waiting in place briefly or re-deferring the job.
 
         A routed job is admitted by whichever of its deployments can take it soonest. While a scope
         probes for its limits (its first answers are out), the job waits in place for this worker to
-        hear one, within the same ``max_inline_wait``.
+        hear one, within the same ``max_inline_wait``. False: the job can never be admitted (it is
+        larger than the limit itself) and has ended failed.
         """
         max_wait = self.settings.worker.max_inline_wait
         began = time.monotonic()
@@ -245,43 +247,50 @@ class JobRunner:
         if call.candidates:
             call.deployment = call.candidates[admission.choice]
             call.scope, call.limit = call.deployment.scope, call.deployment.limit
-        if not admission.admitted:
+        if admission.too_large is not None:
+            await self._finish_too_large(call, admission.too_large)
+            return False
+        if not admission.admitted or admission.reservation is None:
             self._emit("deferred", call, wait=admission.wait)
             raise Retry(defer=admission.wait)  # not an attempt: the job frees its slot meanwhile
-        call.ticket = admission.ticket
+        call.reservation = admission.reservation
         self.feedback.admitted(call.scope, admission)
         await self.feedback.ran_in_batch(call.job.batch_id, call.scope)
         if admission.wait > 0:
             self._emit("limiter_wait", call, wait=admission.wait)
             await asyncio.sleep(admission.wait)
-            # A 429 seen elsewhere while this job slept pauses it too, and voids its reservation.
-            pause = await self.limiter.recheck(call.scope, call.ticket)
+            # A 429 seen elsewhere while this job slept pauses it too, and voids its reservation, as
+            # does a limit learnt meanwhile.
+            pause = await call.reservation.pause_before_sending()
             if pause > 0:
-                await self.feedback.not_sent(call.scope, call.limit, call.ticket)
+                await self.feedback.not_sent(call.reservation)
                 # A routed job goes back to be admitted by another deployment, if one can take it sooner.
                 defer = 0.0 if len(call.candidates) > 1 else pause
                 self._emit("deferred", call, wait=defer, reason="cooldown")
                 raise Retry(defer=defer)
+        return True
 
     async def _acquire(self, call: _Call, max_wait: float) -> Admission:
-        if call.candidates:
-            return await self.limiter.acquire_any(
-                [(c.scope, c.limit) for c in call.candidates],
-                tokens=call.estimate.total,
-                max_wait=max_wait,
-                priority=call.priority,
-                input_tokens=call.estimate.prompt,
-                output_tokens=call.estimate.completion,
-            )
+        candidates = [(c.scope, c.limit) for c in call.candidates] or [(call.scope, call.limit)]
         return await self.limiter.acquire(
-            call.scope,
-            call.limit,
+            candidates,
             tokens=call.estimate.total,
             max_wait=max_wait,
             priority=call.priority,
             input_tokens=call.estimate.prompt,
             output_tokens=call.estimate.completion,
+            job_id=call.job.id,
         )
+
+    async def _finish_too_large(self, call: _Call, too_large: TooLarge) -> None:
+        """A job no wait can admit: it fails at once, without a provider call, holding nobody up."""
+        message = f"request too large for scope {call.scope!r}: {too_large}"
+        summary = AttemptError(attempt=call.attempt, kind="request_too_large", message=message)
+        result = self._result(call, "failed", errors=[*call.start.failures, summary])
+        result.attempts = len(call.start.failures)
+        result.request = call.job.model_dump(mode="json", exclude={"reply_to"})
+        await self._finish(result, reply_to=call.job.reply_to, was_retry_waiting=bool(call.start.failures))
+        self._emit("failed", call, reason="request_too_large", message=message)
 
     async def _call(self, call: _Call, kwargs: dict[str, Any]) -> None:
         job = call.job
@@ -301,10 +310,11 @@ class JobRunner:
         except Exception as exc:
             await counting
             error = classify(exc, self._secrets(call.llm))
+            assert call.reservation is not None
             if isinstance(error, RateLimitedError):
-                await self.feedback.rate_limited(call.scope, call.limit, call.ticket, exception_headers(exc))
+                await self.feedback.rate_limited(call.reservation, exception_headers(exc))
             else:
-                await self.feedback.failed(call.scope, call.limit, call.ticket)
+                await self.feedback.failed(call.reservation)
             latency = time.monotonic() - began
             await self._count_deployment_call(call, error.kind)
             if await self._rerouted(call, error, latency=latency):
@@ -315,7 +325,8 @@ class JobRunner:
         await counting
         problem = missing_answer(job.kind, response)
         if problem is not None:
-            await self.feedback.failed(call.scope, call.limit, call.ticket)
+            assert call.reservation is not None
+            await self.feedback.failed(call.reservation)
             await self._count_deployment_call(call, "invalid_response")
             await self._handle_failure(call, invalid_response(problem), latency=latency)
             return
@@ -333,11 +344,10 @@ class JobRunner:
             async with _best_effort("response cache"):
                 await self.cache.store(call.cache_key, result.response)
         await self._keep_paid(result, reply_to=job.reply_to)
+        assert call.reservation is not None
         self._after_result(
             self.feedback.answered(
-                call.scope,
-                call.limit,
-                call.ticket,
+                call.reservation,
                 response_headers(response),
                 estimate=call.estimate,
                 used=usage_tokens(response),
