@@ -17,6 +17,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 MARKER = re.compile(r"<!--\s*generated:\s*([a-z-]+)\s*-->")
+# Docstrings use reST roles (:class:`JobResult`); mkdocstrings renders the code, and the role is dropped.
+ROLE = re.compile(r":(?:class|func|meth|attr|mod|data|exc):(?=<code)")
 
 
 def renderers() -> dict[str, Callable[[], str]]:
@@ -47,3 +49,7 @@ def fill(markdown: str) -> str:
 
 def on_page_markdown(markdown: str, **_: Any) -> str:
     return fill(markdown)
+
+
+def on_page_content(html: str, **_: Any) -> str:
+    return ROLE.sub("", html)

@@ -223,6 +223,21 @@ def sections() -> list[tuple[str, str, str, list[Row]]]:
     return out
 
 
+def documented_fields() -> dict[str, FieldInfo]:
+    """Every field the reference shows, by its ``NOTES`` key (``section.field``; top level ``.field``)."""
+    out = {note_key("", name): field for name, field in Settings.model_fields.items()}
+    for name, field in Settings.model_fields.items():
+        model = _section_model(field.annotation)
+        if model is None:
+            continue
+        out.update({note_key(name, sub): info for sub, info in model.model_fields.items()})
+        if name == "model_list":
+            litellm = _section_model(model.model_fields["litellm_params"].annotation)
+            assert litellm is not None
+            out.update({note_key("litellm_params", sub): info for sub, info in litellm.model_fields.items()})
+    return out
+
+
 def all_rows() -> list[Row]:
     return [row for *_, rows in sections() for row in rows]
 
