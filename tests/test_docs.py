@@ -175,6 +175,7 @@ def test_every_environment_variable_in_the_reference_sets_its_setting(
     assert isinstance(model, type) and issubclass(model, BaseModel)
     field = model.model_fields[row.key]
     default = field.get_default(call_default_factory=True)
+    default = default.get_secret_value() if isinstance(default, SecretStr) else default
     for value in other_value(field, default):
         monkeypatch.setenv(row.env, value)
         try:
