@@ -185,10 +185,10 @@ def test_every_service_command_and_healthcheck_is_a_valid_cli_invocation() -> No
 
 
 def test_documented_cli_service_invocations_parse() -> None:
-    """The ``docker compose run --rm cli ...`` lines of the README and the compose file's comments."""
+    """The ``docker compose run --rm cli ...`` lines of the README, the docs and the compose file."""
     invocations = [
         shlex.split(match.split("#")[0])
-        for path in (ROOT / "README.md", COMPOSE_FILE)
+        for path in (ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), COMPOSE_FILE)
         for match in re.findall(r"docker compose run --rm cli ([^\n`]+)", path.read_text())
     ]
     assert len(invocations) >= 4
