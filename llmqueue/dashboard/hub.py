@@ -78,6 +78,7 @@ class Hub:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._watchers = 0
+        self._closed = False
         self._loop: asyncio.Task[None] | None = None
         self._batch_history: dict[str, _History] = {}
         self._scope_history: dict[str, deque[tuple[float, float, float, float]]] = {}
@@ -101,8 +102,10 @@ class Hub:
             seen = -1
             while True:
                 async with self._changed:
-                    while self.readings == seen or self.latest is None:
+                    while not self._closed and (self.readings == seen or self.latest is None):
                         await self._changed.wait()
+                    if self._closed or self.latest is None:
+                        return
                     seen, latest = self.readings, self.latest
                 yield latest
         finally:
@@ -114,6 +117,10 @@ class Hub:
                 self._loop = None
 
     async def close(self) -> None:
+        """End every ``watch`` (the server is shutting down) and the poll loop."""
+        async with self._changed:
+            self._closed = True
+            self._changed.notify_all()
         if self._loop is not None:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):

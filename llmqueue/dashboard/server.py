@@ -178,7 +178,7 @@ def create_app(
     async def close_hub(_app: web.Application) -> None:
         await hub.close()
 
-    app.on_cleanup.append(close_hub)
+    app.on_shutdown.append(close_hub)  # before open event streams are waited for
     app.router.add_get("/", page)
     app.router.add_get("/static/{name}", static_file)
     app.router.add_get("/api/snapshot", snapshot)

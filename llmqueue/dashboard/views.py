@@ -62,7 +62,11 @@ def batch_view(status: BatchStatus, samples: Sequence[Sample]) -> dict[str, Any]
     if rates is None:
         minutes = status.elapsed / 60
         rates = (status.requests / minutes, status.tokens / minutes) if minutes > 0 else (0.0, 0.0)
-    state = "done" if status.done else "cancelling" if status.cancel_requested else "running"
+    state = "running"
+    if status.cancel_requested:
+        state = "cancelled" if status.done else "cancelling"
+    elif status.done:
+        state = "done"
     if not status.done and status.budget_exceeded:
         state = "over budget"
     return {
@@ -131,6 +135,6 @@ def spend_view(statuses: Iterable[BatchStatus], now: float) -> dict[str, Any]:
         "today": {"total": sum(day.values()), "by_batch": day},
         "month": {"total": sum(month.values()), "by_batch": month},
         "by_model": None,
-        "note": "by batch, counted in the UTC day and month the batch was created; Redis records no "
-        "cost by model or by day",
+        "note": "By batch, each counted in the UTC day and month it was created: Redis records a batch's "
+        "running cost, not when it was spent nor by which model",
     }

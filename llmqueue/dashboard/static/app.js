@@ -134,7 +134,7 @@ function renderLimits(reading) {
     l.rpm ? `${number(l.rpm)}/min` : "–",
     l.tpm ? `${number(l.tpm)}/min` : "–",
     `${number(l.request_level, 1)} / ${number(l.request_capacity, 1)}`,
-    `${number(l.token_level)} / ${number(l.token_capacity)}`,
+    l.tpm ? `${number(l.token_level)} / ${number(l.token_capacity)}` : "–",
     l.cooldown > 0 ? `${l.cooldown.toFixed(1)}s` : "–",
     `${Math.round(l.others_request_share * 100)}%`,
     number(l.requests_last_minute),
@@ -171,7 +171,7 @@ function renderSpend(reading) {
       : h("p", { class: "empty" }, "no batch"));
   return [
     h("div", { class: "spend" }, part("Today (UTC)", spend.today), part("This month (UTC)", spend.month)),
-    h("p", { class: "muted" }, "By model: not recorded in Redis. ", spend.note, "."),
+    h("p", { class: "muted" }, `${spend.note}.`),
   ];
 }
 
