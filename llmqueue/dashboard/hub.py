@@ -179,7 +179,7 @@ class Hub:
             "interval": self.interval,
             "batches": batch_views,
             "limits": scope_views,
-            "workers": [worker_view(w, now, None) for w in workers],
+            "workers": [worker_view(w, now) for w in workers],
             "spend": spend_view(statuses, now),
         }
         async with self._changed:

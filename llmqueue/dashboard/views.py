@@ -83,9 +83,10 @@ def scope_view(state: ScopeState, deployments: dict[str, str]) -> dict[str, Any]
     return {**state.to_json(), "deployment_of": deployments.get(state.scope)}
 
 
-def worker_view(worker: WorkerInfo, now: float, version: str | None) -> dict[str, Any]:
-    """A registry entry with its heartbeat's age; ``version`` is None while workers do not record it."""
-    return {**worker.to_json(now), "version": version}
+def worker_view(worker: WorkerInfo, now: float) -> dict[str, Any]:
+    """A registry entry with its heartbeat's age and uptime; ``version`` is None while the worker's
+    heartbeat does not record it."""
+    return worker.to_json(now)
 
 
 def failure_groups(results: Iterable[JobResult], *, examples: int = 3) -> list[dict[str, Any]]:

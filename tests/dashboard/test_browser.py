@@ -169,3 +169,18 @@ async def test_the_page_follows_a_running_batch_and_cancels_it_with_the_token(
         await card.locator("details.failures summary").click()
         await card.locator("details.failures td", has_text="cancelled").first.wait_for()
         await page.screenshot(path=artifacts / "cancelled.png", full_page=True)
+
+
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import tests.dashboard.test_browser as module
+
+    monkeypatch.setattr(module, "CHROMIUM", str(tmp_path / "no-chromium"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run them"):
+        require_browser()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="chromium"):
+        require_browser()
