@@ -32,7 +32,7 @@ from llmqueue.dashboard.views import (
 )
 from llmqueue.errors import BatchError
 from llmqueue.limits.limiter import RateLimiter
-from llmqueue.ops.registry import read_workers
+from llmqueue.ops.registry import WorkerInfo, read_workers
 from llmqueue.queue.ledger import BatchStatus
 
 logger = logging.getLogger("llmqueue.dashboard")
@@ -46,6 +46,11 @@ MAX_BATCHES = 50
 """The newest batches shown; older ones stay readable through ``/api/batches/{id}``."""
 DONE_REREAD_SECONDS = 10.0
 """A finished batch changes only by a retry: its status is read again at most this often."""
+FAILURES_REREAD_SECONDS = 10.0
+"""Grouping a batch's failures reads all its results: done again at most this often, when they changed."""
+WORKERS_REREAD_SECONDS = 5.0
+"""The worker registry is found by SCAN, which walks the whole keyspace: read at most this often (a
+worker's heartbeat refreshes its entry every 5 s by default)."""
 
 
 @dataclass
@@ -83,7 +88,8 @@ class Hub:
         self._batch_history: dict[str, _History] = {}
         self._scope_history: dict[str, deque[tuple[float, float, float, float]]] = {}
         self._done: dict[str, tuple[BatchStatus, float]] = {}
-        self._failures: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+        self._failures: dict[str, tuple[int, list[dict[str, Any]], float]] = {}
+        self._workers: tuple[list[WorkerInfo], float] = ([], -1e18)
 
     async def snapshot(self) -> dict[str, Any]:
         """The last reading if it is fresher than ``interval``, else a new one."""
@@ -127,18 +133,18 @@ class Hub:
                 await self._loop
 
     async def failures(self, batch_id: str) -> list[dict[str, Any]]:
-        """The batch's failed and cancelled jobs grouped by reason (read again only when their count
-        changed). Raises BatchError for an unknown batch."""
+        """The batch's failed and cancelled jobs grouped by reason. Read again only when their count
+        changed, and at most every ``FAILURES_REREAD_SECONDS``. Raises BatchError for an unknown batch."""
         status = await self.batches.status(batch_id)
-        count = status.failed + status.cancelled
+        count, now = status.failed + status.cancelled, self.clock()
         cached = self._failures.get(batch_id)
-        if cached is not None and cached[0] == count:
+        if cached is not None and (cached[0] == count or now - cached[2] < FAILURES_REREAD_SECONDS):
             return cached[1]
         groups: list[dict[str, Any]] = []
         if count:
             found = [result async for _j, _c, result in self.batches.results(batch_id) if result is not None]
             groups = failure_groups(found)
-        self._failures[batch_id] = (count, groups)
+        self._failures[batch_id] = (count, groups, now)
         return groups
 
     async def _poll_forever(self) -> None:
@@ -157,7 +163,10 @@ class Hub:
         now = self.clock()
         statuses = await self._statuses(now)
         scopes = [await self.limiter.inspect(scope) for scope in await self.limiter.scopes()]
-        workers = await read_workers(self.batches.redis)
+        workers, read_at = self._workers
+        if now - read_at >= WORKERS_REREAD_SECONDS:
+            workers = await read_workers(self.batches.redis)
+            self._workers = (workers, now)
         batch_views = []
         for status in statuses:
             history = self._batch_history.setdefault(status.batch_id, _History())

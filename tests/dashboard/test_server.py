@@ -14,6 +14,7 @@ from llmqueue.batches.control import Batches
 from llmqueue.dashboard import Access, create_app
 from llmqueue.dashboard.server import HUB
 from llmqueue.settings import Settings
+from llmqueue.simulator.server import RunningProvider
 from tests.dashboard.conftest import TOKEN
 from tests.support.settings import running_worker
 
@@ -137,3 +138,23 @@ async def test_a_running_batch_and_its_limit_scope_are_shown(
     assert scope["scope"] == "openai/sim-model"
     assert (scope["rpm"], scope["source"]) == (600, "configured")
     assert scope["requests_last_minute"] == 6
+
+
+async def test_failures_are_grouped_by_reason_with_examples(
+    settings: Settings,
+    provider: RunningProvider,
+    dashboard: Client,
+    batches: Batches,
+    batch_file: Callable[[int], Path],
+) -> None:
+    provider.fail_next(2, 400)
+    await batches.submit_file(batch_file(5), "failing")
+    async with running_worker(settings):
+        await batches.wait("failing", interval=0.1)
+    reply = await dashboard.get("/api/batches/failing/failures")
+    assert reply.status == 200
+    [group] = await reply.json()
+    assert group["count"] == 2
+    assert [example["status_code"] for example in group["examples"]] == [400, 400]
+    assert (await dashboard.post("/api/batches/failing/retry", headers=AUTH)).status == 200
+    assert (await batches.status("failing")).failed == 0

@@ -67,14 +67,17 @@ function limitLines(limits) {
 function failuresView(batch) {
   const count = batch.failed + batch.cancelled;
   if (!count) return null;
-  const known = state.failures.get(batch.batch_id);
-  if (!known || known.count !== count) {
-    state.failures.set(batch.batch_id, { count, groups: known ? known.groups : null });
+  // Grouped by the server at most every 10 s: asked again while its total lags behind the batch's count.
+  const known = state.failures.get(batch.batch_id) || { groups: null, total: -1, askedAt: 0, pending: false };
+  state.failures.set(batch.batch_id, known);
+  if (known.total !== count && !known.pending && Date.now() - known.askedAt > 3000) {
+    Object.assign(known, { pending: true, askedAt: Date.now() });
     getJSON(`/api/batches/${encodeURIComponent(batch.batch_id)}/failures`)
-      .then((groups) => { state.failures.set(batch.batch_id, { count, groups }); render(); })
-      .catch(() => {});
+      .then((groups) => { Object.assign(known, { groups, total: groups.reduce((n, g) => n + g.count, 0) }); render(); })
+      .catch(() => {})
+      .finally(() => { known.pending = false; });
   }
-  const groups = state.failures.get(batch.batch_id).groups;
+  const groups = known.groups;
   const key = `failures:${batch.batch_id}`;
   return h("details", { class: "failures", "data-key": key, open: state.open.has(key) },
     h("summary", {}, `${count} failed or cancelled job(s), by reason`),
