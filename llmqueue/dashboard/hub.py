@@ -167,6 +167,9 @@ class Hub:
         if now - read_at >= WORKERS_REREAD_SECONDS:
             workers = await read_workers(self.batches.redis)
             self._workers = (workers, now)
+        shown = {status.batch_id for status in statuses}
+        for gone in [name for name in self._batch_history if name not in shown]:
+            del self._batch_history[gone]  # removed, or older than the newest MAX_BATCHES
         batch_views = []
         for status in statuses:
             history = self._batch_history.setdefault(status.batch_id, _History())
