@@ -123,6 +123,10 @@ async def test_the_page_follows_a_running_batch_and_cancels_it_with_the_token(
         assert navigations == [url + "#batches"], "the page was not reloaded"
         assert await page.locator("#connection").inner_text() == "live"
         await card.locator("svg.chart path.series").wait_for()
+        await page.wait_for_function(  # a few points of the throughput line, for the screenshot
+            "() => (document.querySelector(\"[data-batch='eval-run'] path.series\")"
+            "?.getAttribute('d') || '').split('L').length > 6"
+        )
         await page.screenshot(path=artifacts / "batches.png", full_page=True)
 
         await page.click("nav a[data-page='limits']")
