@@ -132,6 +132,7 @@ class Admitter:
         """An admitted call failed otherwise (no answer produced): its tokens are given back."""
         await self.feedback.failed(call.scope, call.limit, call.ticket)
 
-    async def cooldown(self, scope: str, seconds: float, *, longest: float) -> None:
-        """Pause every call to ``scope`` for ``seconds`` (a 429 seen here)."""
-        await self.limiter.cooldown(scope, seconds, longest=longest)
+    async def cooldown(self, scope: str, seconds: float) -> None:
+        """Pause every call to ``scope`` for ``seconds`` (a 429 seen here), exactly: no escalation of
+        ours lengthens it, so a job's own retry schedule is never stretched by its scope's pause."""
+        await self.limiter.cooldown(scope, seconds)

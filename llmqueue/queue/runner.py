@@ -21,9 +21,9 @@ from llmqueue.cache import ResponseCache, job_cache_key
 from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
 from llmqueue.limits.breaker import CircuitBreaker
 from llmqueue.limits.limiter import RateLimiter
-from llmqueue.limits.routing import Deployments, deployment_kwargs, fallback_model, next_fallback
+from llmqueue.limits.routing import Deployments, deployment_kwargs, fallback_model
 from llmqueue.limits.tokens import NO_ESTIMATE, estimate_split
-from llmqueue.llm import policy
+from llmqueue.llm import failure, policy
 from llmqueue.llm.answers import missing_answer
 from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.llm.call import call_provider, supports_prompt_caching
@@ -42,9 +42,6 @@ from llmqueue.redaction import redact, redis_error_line
 from llmqueue.settings import LLMConfig, Settings
 
 logger = logging.getLogger("llmqueue.worker")
-
-# The scope-wide pause after a 429 that came without a retry-after header, in seconds.
-DEFAULT_COOLDOWN = 1.0
 
 # Seconds before a job whose result Redis refused is tried again.
 REQUEUE_AFTER_STORE_ERROR = 5.0
@@ -211,9 +208,8 @@ class JobRunner:
                 await self.admitter.failed(call)
             latency = time.monotonic() - began
             await self._count_deployment_call(call, error.kind)
-            if await self._rerouted(call, error, latency=latency):
-                raise Retry(defer=0) from None  # not an attempt: another deployment takes the job
-            await self._handle_failure(call, error, latency=latency)
+            reroutable = await self._reroutable(call, error)
+            await self._failed(call, error, latency=latency, reroutable=reroutable)
             return
         latency = time.monotonic() - began
         await counting
@@ -221,7 +217,7 @@ class JobRunner:
         if problem is not None:
             await self.admitter.failed(call)
             await self._count_deployment_call(call, "invalid_response")
-            await self._handle_failure(call, invalid_response(problem), latency=latency)
+            await self._failed(call, invalid_response(problem), latency=latency)
             return
         result = results.succeeded(call, response, worker_id=self.worker_id)
         # The answer is paid for: what follows the call may not stand between it and its stored result,
@@ -245,40 +241,56 @@ class JobRunner:
             cost=result.cost,
         )
 
-    async def _handle_failure(self, call: Call, error: ProviderError, *, latency: float) -> None:
-        retry_after = error.retry_after if isinstance(error, RateLimitedError) else None
-        if isinstance(error, RateLimitedError):
-            await self.admitter.cooldown(
-                call.scope,
-                retry_after if retry_after is not None else DEFAULT_COOLDOWN,
-                longest=call.llm.retry_max_wait,
+    async def _failed(
+        self, call: Call, error: ProviderError, *, latency: float, reroutable: bool = False
+    ) -> None:
+        """Carry out what the failure policy (:func:`llmqueue.llm.failure.decide`) says for ``call``:
+        pause the scope, then reroute, retry or fall back (re-enqueue with arq's Retry), or fail the job."""
+        decision = failure.decide(
+            error,
+            attempt_of_model=call.attempt_of_model,
+            policy=RetryPolicy.from_llm(call.llm),
+            fallbacks=self.settings.fallbacks.get(job_model(call.job, call.llm), []),
+            moved_on=call.start.fallback,
+            reroutable=reroutable,
+        )
+        if decision.scope_pause is not None:
+            await self.admitter.cooldown(call.scope, decision.scope_pause)
+        if decision.action == "reroute":
+            await self.ledger.call_rerouted(call.job.batch_id, retrying=bool(call.start.failures))
+            self._emit(
+                "rerouted",
+                call,
+                latency=latency,
+                reason=error.kind,
+                status_code=error.status_code,
+                message=error.message,
             )
-        policy = RetryPolicy.from_llm(call.llm)
+            raise Retry(defer=0) from None  # not an attempt: another deployment takes the job
         summary = AttemptError(
             attempt=call.attempt, kind=error.kind, message=error.message, status_code=error.status_code
         )
         details = {"latency": latency, "reason": error.kind, "status_code": error.status_code}
-        if error.retryable and policy.allows_retry(call.attempt_of_model):
-            summary.retry_in = policy.delay(call.attempt_of_model, retry_after)
+        if decision.action == "retry":
+            summary.retry_in = decision.delay
             await self.store.record_error(call.job.id, call.job.batch_id, summary)
             self._emit("retrying", call, wait=summary.retry_in, message=error.message, **details)
             raise Retry(defer=summary.retry_in)
-        chain = self.settings.fallbacks.get(job_model(call.job, call.llm), [])
-        fallback = next_fallback(chain, call.start.fallback) if error.retryable else None
-        if fallback is not None:
+        if decision.action == "fallback":
             summary.retry_in = 0.0
-            number = call.start.fallback + 1
-            await self.store.record_error(call.job.id, call.job.batch_id, summary, fallback=number)
-            message = f"{error.message} (retries spent: falling back to {fallback})"
+            await self.store.record_error(
+                call.job.id, call.job.batch_id, summary, fallback=decision.fallback_number
+            )
+            message = f"{error.message} (retries spent: falling back to {decision.fallback})"
             self._emit("retrying", call, wait=0.0, message=message, **details)
             raise Retry(defer=0)
         result = results.failed(call, summary, worker_id=self.worker_id)
         await self.results.keep_paid(result, reply_to=call.job.reply_to)
         self._emit("failed", call, message=error.message, **details)
 
-    async def _rerouted(self, call: Call, error: ProviderError, *, latency: float) -> bool:
-        """After a deployment's fault (connection error, 5xx, timeout, 401/404): take it out when the
-        breaker says so, and send the job to another deployment without spending an attempt.
+    async def _reroutable(self, call: Call, error: ProviderError) -> bool:
+        """After a deployment's fault (connection error, 5xx, timeout, 401/404): whether the breaker took
+        it out with another deployment left, so the job can go to that one without spending an attempt.
 
         False when the job cannot be rerouted (no deployment left in service, or it was rerouted as
         often as its model has deployments, twice over): then the failure counts as usual.
@@ -288,18 +300,7 @@ class JobRunner:
         others = [c.scope for c in call.candidates if c is not call.deployment]
         if not await self.breaker.taken_out_with_others_left(call.scope, error.kind, others):
             return False
-        if await self.store.count_reroute(call.job.id) > 2 * len(call.candidates):
-            return False
-        await self.ledger.call_rerouted(call.job.batch_id, retrying=bool(call.start.failures))
-        self._emit(
-            "rerouted",
-            call,
-            latency=latency,
-            reason=error.kind,
-            status_code=error.status_code,
-            message=error.message,
-        )
-        return True
+        return await self.store.count_reroute(call.job.id) <= 2 * len(call.candidates)
 
     async def _count_deployment_call(self, call: Call, outcome: str) -> None:
         if call.deployment is not None and call.job.batch_id is not None:
