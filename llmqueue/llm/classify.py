@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -44,6 +45,14 @@ _HTTP_FAILURES = (
 
 _TRANSIENT_STATUS = frozenset({408, 409, 500, 502, 503, 504, 529})
 
+# OpenAI's 429 for a request that exceeds the per-minute limit on its own: "Request too large for gpt-4o in
+# organization org-x on tokens per min (TPM): Limit 60000, Requested 143000. The input or output tokens
+# must be reduced in order to run successfully."
+_TOO_LARGE = re.compile(
+    r"Request too large for (?P<model>\S+)(?: in organization \S+)? on (?P<what>[a-z ]+?)"
+    r"(?: \((?P<unit>[A-Z]+)\))?: Limit (?P<limit>[\d,]+), Requested (?P<requested>[\d,]+)"
+)
+
 # Most specific first: ContextWindowExceededError is a BadRequestError, for instance.
 _PERMANENT: tuple[tuple[type[BaseException], str], ...] = (
     (llm_errors.ContextWindowExceededError, "context_window_exceeded"),
@@ -73,6 +82,9 @@ def classify(exc: BaseException, secrets: Iterable[str] = ()) -> ProviderError:
         return invalid_response(message)
     status = _status_code(exc)
     if isinstance(exc, llm_errors.RateLimitError) or status == 429:
+        too_large = request_too_large(message)
+        if too_large is not None:
+            return too_large
         return RateLimitedError(message, retry_after=retry_after_seconds(_headers(exc)))
     if _refused_by_the_sdk(exc):
         # The OpenAI SDK would not build the request (no API key in the worker's settings): LiteLLM
@@ -96,6 +108,24 @@ def classify(exc: BaseException, secrets: Iterable[str] = ()) -> ProviderError:
     if isinstance(exc, ConnectionError | OSError):
         return RetryableProviderError(message, kind="connection")
     return PermanentProviderError(message, kind="error", status_code=status)
+
+
+def request_too_large(message: str) -> PermanentProviderError | None:
+    """The error for a 429 whose ``message`` says the request alone exceeds a per-minute limit
+    (``request_too_large``); None for any other message.
+
+    Not retried, and no reason to pause anyone else: no wait lets the request fit, only a smaller one
+    (shorter input, lower ``max_tokens``) or a higher limit. The message leads with the numbers.
+    """
+    found = _TOO_LARGE.search(message)
+    if found is None:
+        return None
+    unit = f" ({found['unit']})" if found["unit"] else ""
+    summary = (
+        f"request too large for {found['model']}: {found['requested']} tokens requested, above the limit "
+        f"of {found['limit']} {found['what']}{unit}; reduce the input or max_tokens (not retried): "
+    )
+    return PermanentProviderError(short_message(summary + message), kind="request_too_large", status_code=429)
 
 
 def invalid_response(message: str) -> PermanentProviderError:

@@ -7,9 +7,10 @@ For tests, benchmarks and a demo that needs no API key. It answers ``POST /v1/ch
 
 A chat or embedding call goes through, in order: the API key check (401), body validation (400), a
 scripted fault from ``fail_next`` or ``rate_limit_for``, the rate limits (429 with ``retry-after``; a
-refused call consumes nothing), then latency, and a random 5xx (``error_rate``) or hang
-(``timeout_rate``) chosen with the seeded random generator. Admitted calls count against the limits even
-when they then fail, as on hosted providers.
+refused call consumes nothing; a call charged more tokens than ``tpm`` is refused as OpenAI refuses it,
+"Request too large … Limit …, Requested …", without ``retry-after``), then latency, and a random 5xx
+(``error_rate``) or hang (``timeout_rate``) chosen with the seeded random generator. Admitted calls count
+against the limits even when they then fail, as on hosted providers.
 
 In-process::
 
@@ -359,7 +360,7 @@ class SimulatedProvider:
                 429, "Rate limit reached (scripted).", retry_after=self._limited_retry_after
             )
         limits = self._limits_for(body.get("model"))
-        rejection = limits.admit(
+        rejection = limits.too_large(usage.charged_tokens) or limits.admit(
             usage.charged_tokens,
             now,
             input_tokens=usage.prompt_tokens,
@@ -367,7 +368,7 @@ class SimulatedProvider:
             output_tokens=usage.completion_tokens,
         )
         if rejection is not None:
-            return rate_limit_response(rejection, self._headers(limits, now))
+            return rate_limit_response(rejection, self._headers(limits, now), body.get("model"))
         self.stats.tokens_admitted += usage.charged_tokens
         headers = self._headers(limits, now)
         await asyncio.sleep(self._latency())
