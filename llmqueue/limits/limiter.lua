@@ -298,7 +298,8 @@ if op == 'settle' then
       -- Another client's use: what the provider lost between two answers beyond the calls admitted
       -- between them (only while its bucket was below full, where the refill is known).
       local mark, prev_at = tonumber((args.marks or {})[d]), num(s, d .. 'seen_at')
-      if d == 'r' and mark and not args.refused and sent > prev_at and sent - prev_at < OTHERS_SECONDS then
+      local current = (tonumber(args.granted) or 0) >= num(s, 'lset')
+      if d == 'r' and mark and current and not args.refused and sent > prev_at and sent - prev_at < OTHERS_SECONDS then
         local refilled = num(s, d .. 'seen_left') + (sent - prev_at) * per_second
         if refilled < s.burst * per_second then
           local decay = math.exp(-math.max(0, now - num(s, 'others_ts')) / OTHERS_SECONDS)

@@ -130,10 +130,11 @@ class Admitter:
         """An admitted call failed otherwise (no answer produced): its tokens are given back."""
         await self.feedback.failed(_reservation(call))
 
-    async def cooldown(self, scope: str, seconds: float) -> None:
-        """Pause every call to ``scope`` for ``seconds`` (a 429 seen here), exactly: no escalation of
-        ours lengthens it, so a job's own retry schedule is never stretched by its scope's pause."""
-        await self.limiter.cooldown(scope, seconds)
+    async def cooldown(self, scope: str, seconds: float, *, longest: float) -> None:
+        """Pause every call to ``scope`` for ``seconds`` (a 429 seen here). 429s that keep coming
+        double the pause, up to ``longest``: the delay of the job that drew this one, so its own retry
+        schedule is never stretched by its scope's pause."""
+        await self.limiter.cooldown(scope, seconds, longest=max(seconds, longest))
 
 
 def _reservation(call: Call) -> Reservation:

@@ -258,7 +258,7 @@ class JobRunner:
             reroutable=reroutable,
         )
         if decision.scope_pause is not None:
-            await self.admitter.cooldown(call.scope, decision.scope_pause)
+            await self.admitter.cooldown(call.scope, decision.scope_pause, longest=decision.delay)
         if decision.action == "reroute":
             await self.ledger.call_rerouted(call.job.batch_id, retrying=bool(call.start.failures))
             self._emit(

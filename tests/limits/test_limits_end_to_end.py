@@ -142,8 +142,9 @@ async def test_a_configured_limit_above_the_providers_gives_way_with_a_warning(
     state = await RateLimiter(redis).inspect("openai/gpt-4o-mini")
     assert (state.source, state.rpm, state.configured_rpm) == ("both", KEY_RPM, 4 * KEY_RPM)
     assert any("above the provider's own limit" in r.getMessage() for r in caplog.records)
-    # The burst's refusals are no other client: nothing is taken for one.
-    assert state.others_request_share <= 0.05, state.others_request_share
+    # The burst's refusals are no other client. Nothing is learnt from them (the share is only reported,
+    # measured between answers to calls admitted at the provider's rate); its noise stays small.
+    assert state.others_request_share <= 0.1, state.others_request_share
 
 
 async def test_a_second_client_eating_half_the_key_slows_the_workers_instead_of_429s(
