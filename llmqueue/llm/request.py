@@ -1,8 +1,9 @@
 """Turn a job and the worker's LLM settings into the arguments of one LiteLLM call.
 
-Pure, and free of LiteLLM's import: how each setting reaches the call is tested without HTTP, and a
-process that only needs a request's cache key (``llmqueue run`` answering lines from the cache) does not
-spend seconds importing LiteLLM for it.
+Pure, and free of LiteLLM's import for calls to ``[llm] model``: how each setting reaches the call is
+tested without HTTP, and a process that only needs a request's cache key (``llmqueue run`` answering
+lines from the cache) does not spend seconds importing LiteLLM for it. A call to another model asks
+LiteLLM which provider serves it (whether ``[llm]``'s credentials go with it).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from llmqueue.llm.policy import carries_credentials
 from llmqueue.models import Job
 from llmqueue.settings import LLMConfig
 
@@ -36,12 +38,16 @@ def call_kwargs(
     """
     kwargs: dict[str, Any] = dict(job.params)
     kwargs.update(model=model or job_model(job, llm), timeout=llm.timeout, num_retries=0, max_retries=0)
-    if llm.api_key is not None:
-        kwargs["api_key"] = llm.api_key.get_secret_value()
-    if llm.base_url:
-        kwargs["api_base"] = llm.base_url
-    if llm.api_version:
-        kwargs["api_version"] = llm.api_version
+    # [llm]'s credentials and endpoint go only to their own provider (policy.carries_credentials).
+    if (llm.api_key is not None or llm.base_url or llm.api_version) and carries_credentials(
+        kwargs["model"], llm
+    ):
+        if llm.api_key is not None:
+            kwargs["api_key"] = llm.api_key.get_secret_value()
+        if llm.base_url:
+            kwargs["api_base"] = llm.base_url
+        if llm.api_version:
+            kwargs["api_version"] = llm.api_version
     if llm.drop_params:
         kwargs["drop_params"] = True
     if job.kind == "embedding":

@@ -454,7 +454,7 @@ class JobRunner:
         if job.id != job_id:
             raise JobValidationError(f"payload id {job.id!r} does not match the id it was queued under")
         llm = self.settings.llm_for(job.llm_config)
-        refused = policy.refusal(job, llm, policy.configured_model_for(job, llm))
+        refused = policy.worker_refusal(job, self.settings)
         if refused is not None:
             raise JobValidationError(refused)
         return job, llm
