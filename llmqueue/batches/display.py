@@ -176,8 +176,9 @@ def _budget(status: BatchStatus) -> str:
     return f" ({', '.join(caps)})" if caps else ""
 
 
-def estimate_text(estimate: Estimate, source: str) -> str:
-    """The ``--dry-run`` report: a block per model, then the totals when there are several."""
+def estimate_text(estimate: Estimate, source: str, *, max_cost: float | None = None) -> str:
+    """The ``--dry-run`` report: a block per model, then the totals when there are several, then how the
+    cost compares with ``max_cost`` (``--max-cost``, USD) when one is set."""
     lines = [f"dry run of {source}: {estimate.lines} line(s); nothing queued, no provider called"]
     for model in estimate.models:
         seconds = estimate.seconds(model)
@@ -198,7 +199,26 @@ def estimate_text(estimate: Estimate, source: str) -> str:
             f"{sum(m.completion_tokens for m in estimate.models)} completion tokens",
             f"  cost {_total_cost(costs)} · via Batch API {_total_cost(batch_costs)}",
         ]
+    if max_cost is not None:
+        lines.append(_against_budget([m.cost for m in estimate.models], max_cost))
     return "\n".join(lines)
+
+
+def _against_budget(costs: list[CostRange | None], max_cost: float) -> str:
+    """How an estimated cost range compares with ``max_cost``."""
+    cap = f"--max-cost {format_usd(max_cost)}"
+    if any(cost is None for cost in costs):
+        return f"{cap}: cannot be compared, a model has no LiteLLM price"
+    low = sum(c.low for c in costs if c is not None)
+    high = sum(c.high for c in costs if c is not None)
+    if low > max_cost:
+        return f"{cap}: the estimate is above it (at least {format_usd(low)}); the batch would stop early"
+    if high > max_cost:
+        return (
+            f"{cap}: the estimate may be above it (up to {format_usd(high)}, if the answers run long); "
+            "the batch may stop early"
+        )
+    return f"{cap}: the estimate is within it (at most {format_usd(high)})"
 
 
 def format_cost(cost: CostRange | None) -> str:

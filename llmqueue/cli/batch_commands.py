@@ -87,7 +87,9 @@ def submit(
     require_positive(max_cost=max_cost, max_tokens=max_tokens)
     settings = with_cache_dir(settings_from(config, redis_url), cache_dir)
     if dry_run:
-        print_estimate(file, settings, model=model, llm_config=llm_config, use_cache=not no_cache)
+        print_estimate(
+            file, settings, model=model, llm_config=llm_config, use_cache=not no_cache, max_cost=max_cost
+        )
         return
     batch_id = batch or new_batch_id(file)
     if via is Via.batch_api:
@@ -398,6 +400,7 @@ def run(
             model=model,
             llm_config=llm_config,
             use_cache=not no_cache,
+            max_cost=max_cost,
         )
         return
     if env_url is None and "redis_url" in settings.model_fields_set:
