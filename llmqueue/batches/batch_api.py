@@ -346,7 +346,7 @@ def _line(job: Job, llm: LLMConfig) -> _Line:
     model = job_model(job, llm)
     provider_model, _, _, _ = litellm.get_llm_provider(model)
     # No prompt-caching marks: the Batch API gets the body as it is, not LiteLLM's translation of it.
-    kwargs = call_kwargs(job, llm, supports_caching=False)
+    kwargs = call_kwargs(job, llm, supports_caching=None)
     body = {"model": provider_model, **{k: v for k, v in kwargs.items() if k not in _TRANSPORT}}
     request = {"custom_id": job.id, "method": "POST", "url": ENDPOINTS[job.kind], "body": body}
     encoded = (json.dumps(request, ensure_ascii=False, separators=(",", ":")) + "\n").encode()

@@ -12,6 +12,8 @@ A job names its model and passes ``params`` to LiteLLM. Both are checked here, a
   model must be served by the provider the ``[llm]`` credentials are for (LiteLLM's
   ``get_llm_provider`` of ``[llm] model``), unless it matches one of the settings' ``allowed_models``
   patterns (fnmatch): a worker's key for OpenAI is never sent to an endpoint a job picked.
+- With ``disable_vision``, a chat message of images only is refused: without its images it would be
+  sent empty (OpenAI takes ``"content": []``, LiteLLM gives Anthropic a placeholder) and answered.
 - ``[llm]``'s ``api_key``/``base_url`` go only with calls to their own provider
   (:func:`carries_credentials`). The embedding model of another provider (``LLM_MODEL`` Anthropic's,
   ``embedding_model`` OpenAI's) is called with that provider's own key from the worker's environment
@@ -94,6 +96,14 @@ def refusal(
             "parameters and documented provider extras are passed on (an operator may add names with "
             "allowed_params)"
         )
+    if llm.disable_vision and job.kind == "chat":
+        emptied = image_only_messages(job.messages)
+        if emptied:
+            return (
+                f"message {', '.join(map(str, emptied))} holds only images, and disable_vision "
+                "(LLM_DISABLE_VISION) takes images out: nothing of it would be sent; add its text, or "
+                "run it where vision is on"
+            )
     destination = job.model or configured_model
     if destination in routed:
         return None
@@ -136,6 +146,22 @@ def carries_credentials(model: str, llm: LLMConfig) -> bool:
         return True
     provider = provider_of(model)
     return provider is not None and provider == provider_of(llm.model)
+
+
+def image_only_messages(messages: list[dict[str, Any]]) -> list[int]:
+    """The 1-based numbers of the messages whose content is images only (nothing left without them)."""
+    return [
+        number
+        for number, message in enumerate(messages, start=1)
+        if isinstance(message.get("content"), list)
+        and message["content"]
+        and all(is_image_part(part) for part in message["content"])
+    ]
+
+
+def is_image_part(part: Any) -> bool:
+    """Whether a content part is an image (OpenAI's ``image_url``, Anthropic's ``image``, ``input_image``)."""
+    return isinstance(part, dict) and part.get("type") in ("image_url", "image", "input_image")
 
 
 def worker_refusal(job: Job, settings: Settings) -> str | None:

@@ -25,7 +25,7 @@ from llmqueue.limits.breaker import CircuitBreaker
 from llmqueue.limits.feedback import LimitFeedback, LimitListener
 from llmqueue.limits.headers import exception_headers, response_headers
 from llmqueue.limits.limiter import DEFAULT_PRIORITY, Admission, RateLimiter, Ticket
-from llmqueue.limits.routing import Candidate, Deployments, deployment_kwargs, fallback_model, next_fallback
+from llmqueue.limits.routing import Candidate, Deployments, fallback_model, next_fallback
 from llmqueue.limits.tokens import (
     NO_ESTIMATE,
     TokenEstimate,
@@ -190,15 +190,15 @@ class JobRunner:
         try:
             # Everything CPU-bound happens before admission, so the request leaves soon after it is
             # admitted; a job the cache answered needs none of it.
+            first = candidates[0].deployment if candidates else None
             caching = supports_prompt_caching(counted_as)
-            kwargs = call_kwargs(job, llm, supports_caching=caching, model=model)
+            kwargs = call_kwargs(job, llm, supports_caching=caching, model=model, deployment=first)
             if limited:  # counting tokens costs CPU; only a token limit (configured or learnt) needs it
                 call.estimate = estimate_split(job, counted_as, llm.default_completion_tokens)
             await self._admit(call)
-            if call.deployment is not None:
-                if supports_prompt_caching(call.deployment.model) != caching:
-                    kwargs = call_kwargs(job, llm, supports_caching=not caching, model=model)
-                kwargs = deployment_kwargs(kwargs, call.deployment.deployment, job.params)
+            if call.deployment is not None and call.deployment.deployment is not first:
+                chosen, caching = call.deployment.deployment, supports_prompt_caching(call.deployment.model)
+                kwargs = call_kwargs(job, llm, supports_caching=caching, model=model, deployment=chosen)
             await self._call(call, kwargs)
         finally:
             if call.cache_key is not None and self.cache is not None:
