@@ -104,7 +104,7 @@ class BatchFileError(BatchError):
 class InvalidBatchFileError(BatchError):
     """The file has bad lines and ``skip_invalid`` was not given; nothing was enqueued.
 
-    ``check`` is the :class:`llmqueue.batches.files.FileCheck` that found them.
+    ``check`` is the :class:`llmqueue.batches.input.FileCheck` that found them.
     """
 
     def __init__(self, message: str, check: Any) -> None:

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from llmqueue import keys
 from llmqueue.batches.batch_api import BatchApiRun, FileLimits, check_supported
 from llmqueue.batches.control import Batches
-from llmqueue.batches.files import iter_jobs
+from llmqueue.batches.input import iter_jobs
 from llmqueue.batches.options import RunOptions, run_settings, with_workers_llm
 from llmqueue.cache import ResponseCache, open_store
 from llmqueue.models import Job

@@ -19,7 +19,7 @@ from litellm.cost_calculator import batch_cost_calculator
 from litellm.types.utils import Usage
 from redis.asyncio import Redis
 
-from llmqueue.batches.files import check_file, invalid_file_error, iter_jobs
+from llmqueue.batches.input import check_file, invalid_file_error, iter_jobs
 from llmqueue.cache import CacheStore, job_cache_key, open_store
 from llmqueue.limits.tokens import estimate_split
 from llmqueue.llm.policy import submission_refusal

@@ -82,7 +82,7 @@ def submit(
     --no-cache; --cache-dir here only tells --dry-run where to look.
     """
     from llmqueue.batches.control import new_batch_id
-    from llmqueue.batches.files import write_rejects
+    from llmqueue.batches.output import write_rejects
 
     require_positive(max_cost=max_cost, max_tokens=max_tokens)
     settings = with_cache_dir(settings_from(config, redis_url), cache_dir)
@@ -223,7 +223,7 @@ def results(
 ) -> None:
     """Write a batch's results in input order (jobs not finished yet appear with error "missing")."""
     from llmqueue.batches.display import BatchProgress
-    from llmqueue.batches.files import write_results
+    from llmqueue.batches.output import write_results
 
     settings = settings_from(config, redis_url)
 
