@@ -64,6 +64,8 @@ class ProviderError(LLMQueueError):
 
     ``status_code`` is the HTTP status when there was one; ``kind`` is a short stable name
     (``rate_limit``, ``timeout``, ``server_error``, ``auth``, ``bad_request`` …) for results and metrics.
+    ``body`` is the provider's error body as it sent it and ``request_id`` its request id, when the
+    failure was an HTTP answer that had them.
     """
 
     retryable: bool = False
@@ -73,6 +75,8 @@ class ProviderError(LLMQueueError):
         self.message = message
         self.kind = kind
         self.status_code = status_code
+        self.body: object = None
+        self.request_id: str | None = None
 
 
 class RetryableProviderError(ProviderError):

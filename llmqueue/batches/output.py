@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llmqueue.batches.input import LineError
+from llmqueue.llm.as_sent import without_litellm_additions
 from llmqueue.models import JobResult
 
 __all__ = [
@@ -28,19 +29,24 @@ __all__ = [
 def output_record(result: JobResult | None, *, custom_id: str, job_id: str) -> dict[str, Any]:
     """One line of the output file, in the OpenAI Batch API output format.
 
-    ``response`` holds the provider's response body for a succeeded job, an error body for a job that
-    failed with an HTTP status, and is None otherwise; ``error`` is None for a succeeded job, else
-    ``{"code", "message"}`` with code the failure kind (``"missing"`` when ``result`` is None: the job
-    did not finish or its result expired). llmqueue's own details sit apart under ``"llmqueue"``:
-    status, deployment (the model_list deployment that answered, or None), attempts, cached (answered
-    from the response cache), via (``live`` or ``batch-api``), cost (USD), latency_seconds (first start
-    to end), usage, and every attempt's error.
+    As OpenAI writes it: a job the provider answered (200, or an HTTP error) has ``response``
+    ``{"status_code", "request_id", "body"}`` and ``error`` None, ``body`` being the provider's body as it
+    sent it (an error body unchanged; a response without the fields LiteLLM adds, see
+    :mod:`llmqueue.llm.as_sent`) and ``request_id`` the provider's (``x-request-id``; None where it sent
+    none, and for answers from the response cache). A job that got no HTTP answer (a timeout, a lost
+    connection, a job refused or cancelled before its call, an unreadable 200) has ``response`` None
+    and ``error`` ``{"code", "message"}``, code the failure kind (``"missing"`` when ``result`` is None:
+    the job did not finish or its result expired). llmqueue's own details sit apart under
+    ``"llmqueue"``: job_id, status, deployment (the model_list deployment that answered, or None),
+    attempts, cached (answered from the response cache), via (``live`` or ``batch-api``), cost (USD),
+    latency_seconds (first start to end), usage, and every attempt's error.
     """
     record: dict[str, Any] = {"id": f"batch_req_{job_id}", "custom_id": custom_id}
     if result is None:
         message = f"no result for job {job_id}: it has not finished, or its result expired"
         record |= {"response": None, "error": {"code": "missing", "message": message}}
         record["llmqueue"] = {
+            "job_id": job_id,
             "status": "missing",
             "deployment": None,
             "attempts": 0,
@@ -53,11 +59,13 @@ def output_record(result: JobResult | None, *, custom_id: str, job_id: str) -> d
         }
         return record
     if result.status == "succeeded":
-        response = {"status_code": 200, "request_id": job_id, "body": result.response or {}}
+        body = without_litellm_additions(result.response or {})
+        response = {"status_code": 200, "request_id": result.request_id, "body": body}
         record |= {"response": response, "error": None}
     else:
-        record |= _failure(result, job_id)
+        record |= _failure(result)
     record["llmqueue"] = {
+        "job_id": job_id,
         "status": result.status,
         "deployment": result.deployment,
         "attempts": result.attempts,
@@ -98,17 +106,20 @@ def json_line(record: Any) -> str:
     return _LINE_BREAKING.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(record, ensure_ascii=False))
 
 
-def _failure(result: JobResult, job_id: str) -> dict[str, Any]:
-    """``response`` and ``error`` of a failed or cancelled result."""
+def _failure(result: JobResult) -> dict[str, Any]:
+    """``response`` and ``error`` of a failed or cancelled result: the provider's HTTP error answer as
+    ``response``, or else ``error``."""
     last = result.errors[-1] if result.errors else None
+    status_code = last.status_code if last else None
+    if last is not None and result.status == "failed" and status_code is not None and status_code >= 400:
+        body = result.error_body if result.error_body is not None else result.response
+        if body is None:  # a result stored before error bodies were kept
+            body = {"error": {"message": last.message, "type": None, "param": None, "code": None}}
+        response = {"status_code": status_code, "request_id": result.request_id, "body": body}
+        return {"response": response, "error": None}
     code = last.kind if last else result.status
     message = last.message if last else f"the job was {result.status} without a recorded error"
-    status_code = last.status_code if last else None
-    response: dict[str, Any] | None = None
-    if result.status == "failed" and (status_code is not None or result.response is not None):
-        body = result.response or {"error": {"message": message, "type": code, "param": None, "code": code}}
-        response = {"status_code": status_code or 500, "request_id": job_id, "body": body}
-    return {"response": response, "error": {"code": code, "message": message}}
+    return {"response": None, "error": {"code": code, "message": message}}
 
 
 async def write_results(

@@ -19,6 +19,7 @@ from llmqueue.errors import (
     RateLimitedError,
     RetryableProviderError,
 )
+from llmqueue.llm.as_sent import error_body, request_id_of_error
 from llmqueue.models import replace_lone_surrogates
 from llmqueue.redaction import redact
 
@@ -65,9 +66,20 @@ _TRANSIENT: tuple[tuple[type[BaseException], str], ...] = (
 
 
 def classify(exc: BaseException, secrets: Iterable[str] = ()) -> ProviderError:
-    """Map a provider call's exception to a ProviderError; ``secrets`` are scrubbed from the message."""
+    """Map a provider call's exception to a ProviderError; ``secrets`` are scrubbed from the message.
+
+    An HTTP error answer keeps the provider's body as sent and its request id (``as_sent``)."""
     if isinstance(exc, ProviderError):
         return exc
+    secrets = list(secrets)
+    error = _classify(exc, secrets)
+    if error.status_code is not None and error.status_code >= 400:
+        error.body = error_body(exc, error.status_code, secrets)
+        error.request_id = request_id_of_error(exc)
+    return error
+
+
+def _classify(exc: BaseException, secrets: list[str]) -> ProviderError:
     message = short_message(redact(f"{type(exc).__name__}: {exc}", secrets))
     if is_unreadable_response(exc):
         return invalid_response(message)

@@ -35,6 +35,7 @@ from llmqueue.limits.tokens import (
 )
 from llmqueue.llm import policy
 from llmqueue.llm.answers import missing_answer
+from llmqueue.llm.as_sent import request_id_of_response
 from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.llm.call import call_provider, supports_prompt_caching
 from llmqueue.llm.classify import classify, invalid_response, short_message
@@ -321,6 +322,7 @@ class JobRunner:
             return
         result = self._result(call, "succeeded", errors=call.start.failures)
         result.response = _as_dict(response)
+        result.request_id = request_id_of_response(response)
         result.usage = _usage(response)
         result.cost = _cost(response)
         # The answer is paid for: what follows the call may not stand between it and its stored result,
@@ -384,6 +386,7 @@ class JobRunner:
             self._emit("retrying", call, wait=0.0, message=message, **details)
             raise Retry(defer=0)
         result = self._result(call, "failed", errors=[*call.start.failures, summary])
+        result.error_body, result.request_id = error.body, error.request_id
         result.request = call.job.model_dump(mode="json", exclude={"reply_to"})
         await self._keep_paid(result, reply_to=call.job.reply_to)
         self._emit("failed", call, message=error.message, **details)
