@@ -65,7 +65,8 @@ class ProviderError(LLMQueueError):
     ``status_code`` is the HTTP status when there was one; ``kind`` is a short stable name
     (``rate_limit``, ``timeout``, ``server_error``, ``auth``, ``bad_request`` …) for results and metrics.
     ``body`` is the provider's error body as it sent it and ``request_id`` its request id, when the
-    failure was an HTTP answer that had them.
+    failure was an HTTP answer that had them. ``sent`` is False for a call refused before it left
+    (LiteLLM's ``UnsupportedParamsError``): no request reached the provider.
     """
 
     retryable: bool = False
@@ -77,6 +78,7 @@ class ProviderError(LLMQueueError):
         self.status_code = status_code
         self.body: object = None
         self.request_id: str | None = None
+        self.sent = True
 
 
 class RetryableProviderError(ProviderError):

@@ -39,6 +39,7 @@ class BatchProgress:
             transient=False,
         )
         self._task = self._progress.add_task("batch", total=None, detail="")
+        self._told_budget = False
 
     def __enter__(self) -> BatchProgress:
         self._progress.start()
@@ -58,6 +59,14 @@ class BatchProgress:
         self._progress.console.print(f"[dim]{escape(message)}[/dim]", highlight=False)
 
     def update(self, status: BatchStatus) -> None:
+        """Show ``status``; the first time it has reached its budget, say so in a line of its own (a
+        narrow terminal may cut the bar's text)."""
+        if status.budget_exceeded and not self._told_budget:
+            self._told_budget = True
+            self.warn(
+                f"batch {status.batch_id} reached its budget{_budget(status)}: no further job starts; "
+                "the jobs not started end as cancelled"
+            )
         self._progress.update(
             self._task,
             description=status.batch_id,
@@ -69,7 +78,9 @@ class BatchProgress:
 
 def progress_detail(status: BatchStatus) -> str:
     """``failed 2 · 429s 5 · $0.0123 · ETA 12s`` for a batch."""
-    parts = [f"ok {status.succeeded}"]
+    # What matters most first: a narrow terminal cuts the end of the line.
+    parts = ["[yellow]budget reached[/yellow]"] if status.budget_exceeded else []
+    parts.append(f"ok {status.succeeded}")
     if status.cached:
         parts.append(f"cached {status.cached}")
     if status.failed:
@@ -78,8 +89,6 @@ def progress_detail(status: BatchStatus) -> str:
         parts.append(f"cancelled {status.cancelled}")
     parts.append(f"429s {status.rate_limited}")
     parts.append(f"${status.cost:.4f}")
-    if status.budget_exceeded:
-        parts.append("[yellow]budget reached[/yellow]")
     if not status.done:
         parts.append(f"ETA {format_seconds(status.eta_seconds)}")
     return " · ".join(parts)

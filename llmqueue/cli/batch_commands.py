@@ -39,6 +39,7 @@ from llmqueue.cli.common import (
     print_estimate,
     require_positive,
     settings_from,
+    unresolved_deployments,
     with_batches,
     with_cache_dir,
     with_redis,
@@ -91,6 +92,13 @@ def submit(
             file, settings, model=model, llm_config=llm_config, use_cache=not no_cache, max_cost=max_cost
         )
         return
+    unresolved = unresolved_deployments(settings)
+    if unresolved is not None:  # the workers may have an environment of their own: a warning
+        console.print(
+            f"[yellow]warning:[/yellow] {escape(unresolved)}\n(workers started with this environment "
+            "would not start)",
+            highlight=False,
+        )
     batch_id = batch or new_batch_id(file)
     if via is Via.batch_api:
         submit_via_batch_api(
@@ -403,6 +411,9 @@ def run(
             max_cost=max_cost,
         )
         return
+    unresolved = unresolved_deployments(settings)
+    if unresolved is not None:  # the run's workers inherit this environment: none of them would start
+        raise LLMQueueError(f"{unresolved}\n(the run's workers take this environment; nothing was queued)")
     if env_url is None and "redis_url" in settings.model_fields_set:
         env_url = settings.redis_url.get_secret_value()
     options = RunOptions(

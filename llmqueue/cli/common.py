@@ -185,6 +185,20 @@ def print_estimate(
     typer.echo(estimate_text(estimate, str(file), max_cost=cap))
 
 
+def unresolved_deployments(settings: Settings) -> str | None:
+    """Why workers started from this process's environment could not start the settings' model_list
+    deployments (an ``os.environ/`` variable not set), or None."""
+    if not settings.model_list:
+        return None
+    from llmqueue.model_list import resolve
+
+    try:
+        resolve(settings.model_list, os.environ)
+    except LLMQueueError as exc:
+        return str(exc)
+    return None
+
+
 def with_batches(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``action(batches)`` against the settings' Redis."""
     from llmqueue.batches.control import Batches

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -72,6 +73,8 @@ def classify(exc: BaseException, secrets: Iterable[str] = ()) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
     secrets = list(secrets)
+    if isinstance(exc, llm_errors.UnsupportedParamsError):
+        return unsupported_params(short_message(redact(str(exc), secrets)))
     error = _classify(exc, secrets)
     if error.status_code is not None and error.status_code >= 400:
         error.body = error_body(exc, error.status_code, secrets)
@@ -108,6 +111,23 @@ def _classify(exc: BaseException, secrets: list[str]) -> ProviderError:
     if isinstance(exc, ConnectionError | OSError):
         return RetryableProviderError(message, kind="connection")
     return PermanentProviderError(message, kind="error", status_code=status)
+
+
+def unsupported_params(message: str) -> PermanentProviderError:
+    """The error for a call LiteLLM refused before sending it: the model takes no such parameter.
+
+    LiteLLM's advice (``litellm.drop_params=True``) is put in llmqueue's words: ``drop_params`` in
+    ``[llm]`` or ``LLM_DROP_PARAMS=true``.
+    """
+    # LiteLLM's advice (litellm.drop_params, a proxy setting, allowed_openai_params) is not llmqueue's.
+    head = re.split(r"\s*To drop (?:these|it)\b", message, maxsplit=1)[0].rstrip()
+    message = (
+        f"{head} Set drop_params = true in [llm] (LLM_DROP_PARAMS=true) to drop them, or leave them out "
+        "of the job's params."
+    )
+    error = PermanentProviderError(message, kind="unsupported_params")
+    error.sent = False
+    return error
 
 
 def invalid_response(message: str) -> PermanentProviderError:

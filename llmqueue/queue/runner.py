@@ -302,6 +302,8 @@ class JobRunner:
         except Exception as exc:
             await counting
             error = classify(exc, self._secrets(call.llm))
+            if not error.sent:
+                await self.ledger.call_not_sent(job.batch_id)
             if isinstance(error, RateLimitedError):
                 await self.feedback.rate_limited(call.scope, call.limit, call.ticket, exception_headers(exc))
             else:
