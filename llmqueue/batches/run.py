@@ -229,8 +229,6 @@ async def _watch(
 ) -> BatchStatus:
     first_seen: float | None = None
     with BatchProgress(console) as progress:
-        # The batch's known total at once (a resumed batch is not at 0/? until its next change).
-        progress.update(await batches.status(batch_id))
 
         def on_stall(reason: str) -> None:
             # The only stall a run is told of is "no worker is running", and its workers are alive
