@@ -20,6 +20,7 @@ from llmqueue.errors import (
     RateLimitedError,
     RetryableProviderError,
 )
+from llmqueue.llm.as_sent import error_body, request_id_of_error
 from llmqueue.models import replace_lone_surrogates
 from llmqueue.redaction import redact
 
@@ -74,9 +75,22 @@ _TRANSIENT: tuple[tuple[type[BaseException], str], ...] = (
 
 
 def classify(exc: BaseException, secrets: Iterable[str] = ()) -> ProviderError:
-    """Map a provider call's exception to a ProviderError; ``secrets`` are scrubbed from the message."""
+    """Map a provider call's exception to a ProviderError; ``secrets`` are scrubbed from the message.
+
+    An HTTP error answer keeps the provider's body as sent and its request id (``as_sent``)."""
     if isinstance(exc, ProviderError):
         return exc
+    secrets = list(secrets)
+    if isinstance(exc, llm_errors.UnsupportedParamsError):
+        return unsupported_params(short_message(redact(str(exc), secrets)))
+    error = _classify(exc, secrets)
+    if error.status_code is not None and error.status_code >= 400:
+        error.body = error_body(exc, error.status_code, secrets)
+        error.request_id = request_id_of_error(exc)
+    return error
+
+
+def _classify(exc: BaseException, secrets: list[str]) -> ProviderError:
     message = short_message(redact(f"{type(exc).__name__}: {exc}", secrets))
     if is_unreadable_response(exc):
         return invalid_response(message)
@@ -110,6 +124,7 @@ def classify(exc: BaseException, secrets: Iterable[str] = ()) -> ProviderError:
     return PermanentProviderError(message, kind="error", status_code=status)
 
 
+<<<<<<< HEAD
 def request_too_large(message: str) -> PermanentProviderError | None:
     """The error for a 429 whose ``message`` says the request alone exceeds a per-minute limit
     (``request_too_large``); None for any other message.
@@ -126,6 +141,23 @@ def request_too_large(message: str) -> PermanentProviderError | None:
         f"of {found['limit']} {found['what']}{unit}; reduce the input or max_tokens (not retried): "
     )
     return PermanentProviderError(short_message(summary + message), kind="request_too_large", status_code=429)
+=======
+def unsupported_params(message: str) -> PermanentProviderError:
+    """The error for a call LiteLLM refused before sending it: the model takes no such parameter.
+
+    LiteLLM's advice (``litellm.drop_params=True``) is put in llmqueue's words: ``drop_params`` in
+    ``[llm]`` or ``LLM_DROP_PARAMS=true``.
+    """
+    # LiteLLM's advice (litellm.drop_params, a proxy setting, allowed_openai_params) is not llmqueue's.
+    head = re.split(r"\s*To drop (?:these|it)\b", message, maxsplit=1)[0].rstrip()
+    message = (
+        f"{head} Set drop_params = true in [llm] (LLM_DROP_PARAMS=true) to drop them, or leave them out "
+        "of the job's params."
+    )
+    error = PermanentProviderError(message, kind="unsupported_params")
+    error.sent = False
+    return error
+>>>>>>> seams
 
 
 def invalid_response(message: str) -> PermanentProviderError:

@@ -21,10 +21,11 @@ from llmqueue.cache import ResponseCache, job_cache_key
 from llmqueue.errors import ConfigError, JobValidationError, ProviderError, RateLimitedError
 from llmqueue.limits.breaker import CircuitBreaker
 from llmqueue.limits.limiter import RateLimiter
-from llmqueue.limits.routing import Deployments, deployment_kwargs, fallback_model
+from llmqueue.limits.routing import Deployments, fallback_model
 from llmqueue.limits.tokens import NO_ESTIMATE, estimate_split
 from llmqueue.llm import failure, policy
 from llmqueue.llm.answers import missing_answer
+from llmqueue.llm.as_sent import request_id_of_response
 from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.llm.call import call_provider, supports_prompt_caching
 from llmqueue.llm.classify import classify, invalid_response, short_message
@@ -153,18 +154,18 @@ class JobRunner:
         try:
             # Everything CPU-bound happens before admission, so the request leaves soon after it is
             # admitted; a job the cache answered needs none of it.
+            first = candidates[0].deployment if candidates else None
             caching = supports_prompt_caching(counted_as)
-            kwargs = call_kwargs(job, llm, supports_caching=caching, model=model)
+            kwargs = call_kwargs(job, llm, supports_caching=caching, model=model, deployment=first)
             if limited:  # counting tokens costs CPU; only a token limit (configured or learnt) needs it
                 call.estimate = estimate_split(job, counted_as, llm.default_completion_tokens)
             too_large = await self.admitter.admit(call)
             if too_large is not None:
                 await self._failed(call, too_large, latency=0.0)
                 return
-            if call.deployment is not None:
-                if supports_prompt_caching(call.deployment.model) != caching:
-                    kwargs = call_kwargs(job, llm, supports_caching=not caching, model=model)
-                kwargs = deployment_kwargs(kwargs, call.deployment.deployment, job.params)
+            if call.deployment is not None and call.deployment.deployment is not first:
+                chosen, caching = call.deployment.deployment, supports_prompt_caching(call.deployment.model)
+                kwargs = call_kwargs(job, llm, supports_caching=caching, model=model, deployment=chosen)
             await self._call(call, kwargs)
         finally:
             if call.cache_key is not None and self.cache is not None:
@@ -205,6 +206,8 @@ class JobRunner:
         except Exception as exc:
             await counting
             error = classify(exc, self._secrets(call.llm))
+            if not error.sent:
+                await self.ledger.call_not_sent(job.batch_id)
             if isinstance(error, RateLimitedError):
                 await self.admitter.rate_limited(call, exc)
             else:
@@ -223,6 +226,7 @@ class JobRunner:
             await self._failed(call, invalid_response(problem), latency=latency)
             return
         result = results.succeeded(call, response, worker_id=self.worker_id)
+        result.request_id = request_id_of_response(response)
         # The answer is paid for: what follows the call may not stand between it and its stored result,
         # so bookkeeping that Redis refuses (full, restarting) is logged and skipped, not raised. The
         # batch's counts and the cache are written first (a run ends when its last result is in); the
@@ -288,6 +292,7 @@ class JobRunner:
             self._emit("retrying", call, wait=0.0, message=message, **details)
             raise Retry(defer=0)
         result = results.failed(call, summary, worker_id=self.worker_id)
+        result.error_body, result.request_id = error.body, error.request_id
         await self.results.keep_paid(result, reply_to=call.job.reply_to)
         self._emit("failed", call, message=error.message, **details)
 
@@ -340,7 +345,7 @@ class JobRunner:
         if job.id != job_id:
             raise JobValidationError(f"payload id {job.id!r} does not match the id it was queued under")
         llm = self.settings.llm_for(job.llm_config)
-        refused = policy.refusal(job, llm, policy.configured_model_for(job, llm))
+        refused = policy.worker_refusal(job, self.settings)
         if refused is not None:
             raise JobValidationError(refused)
         return job, llm

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import hmac
 import itertools
+import json
 import math
 import random
 import signal
@@ -203,6 +204,8 @@ class ProviderStats:
     request_times: list[float] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    cache_marked: int = 0
+    """Chat calls whose messages carried a prompt-caching mark (``cache_control``)."""
 
     def to_json(self) -> dict[str, Any]:
         """The counters as JSON-ready data (``errors`` keyed by status as a string)."""
@@ -221,6 +224,7 @@ class SimulatedProvider:
         self.config = config
         self._clock = clock
         self._ids = itertools.count(1)
+        self._request_ids = itertools.count(1)
         self.batch_api = BatchApi(
             clock=clock,
             authorized=self._authorized,
@@ -328,6 +332,8 @@ class SimulatedProvider:
             response = await self._answer(request, endpoint)
         finally:
             stats.in_flight -= 1
+        # Every answer names its request, as OpenAI's do (x-request-id).
+        response.headers.setdefault("x-request-id", f"req_sim_{next(self._request_ids)}")
         if response.status == 200 and response.headers.get(BROKEN_HEADER):
             stats.broken += 1
         elif response.status == 200:
@@ -352,6 +358,8 @@ class SimulatedProvider:
             )
         except ValueError as exc:
             return error_response(400, str(exc))
+        if endpoint == "chat" and "cache_control" in json.dumps(body.get("messages")):
+            self.stats.cache_marked += 1
         if self._pending:
             return self._scripted_failure(body)
         now = self._clock()

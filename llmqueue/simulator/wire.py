@@ -128,7 +128,9 @@ def embeddings_body(body: Mapping[str, Any], usage: Usage) -> dict[str, Any]:
         vector = embedding_vector(item if isinstance(item, str) else " ".join(map(str, item)))
         encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
         data.append({"object": "embedding", "index": index, "embedding": encoded if as_base64 else vector})
-    return {"object": "list", "data": data, "model": body["model"], "usage": _usage_json(usage)}
+    # OpenAI's embeddings usage has no completion_tokens.
+    tokens = {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens}
+    return {"object": "list", "data": data, "model": body["model"], "usage": tokens}
 
 
 def embedding_vector(text: str) -> list[float]:
