@@ -124,7 +124,6 @@ def _classify(exc: BaseException, secrets: list[str]) -> ProviderError:
     return PermanentProviderError(message, kind="error", status_code=status)
 
 
-<<<<<<< HEAD
 def request_too_large(message: str) -> PermanentProviderError | None:
     """The error for a 429 whose ``message`` says the request alone exceeds a per-minute limit
     (``request_too_large``); None for any other message.
@@ -141,7 +140,8 @@ def request_too_large(message: str) -> PermanentProviderError | None:
         f"of {found['limit']} {found['what']}{unit}; reduce the input or max_tokens (not retried): "
     )
     return PermanentProviderError(short_message(summary + message), kind="request_too_large", status_code=429)
-=======
+
+
 def unsupported_params(message: str) -> PermanentProviderError:
     """The error for a call LiteLLM refused before sending it: the model takes no such parameter.
 
@@ -157,7 +157,6 @@ def unsupported_params(message: str) -> PermanentProviderError:
     error = PermanentProviderError(message, kind="unsupported_params")
     error.sent = False
     return error
->>>>>>> seams
 
 
 def invalid_response(message: str) -> PermanentProviderError:
