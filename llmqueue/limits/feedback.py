@@ -50,6 +50,7 @@ class LimitFeedback:
         self._reported: dict[str, float] = {}
         self._batch_scopes: set[tuple[str, str]] = set()
         self._answer_awaited: dict[str, asyncio.Event] = {}
+        self._unlimited: set[str] = set()
 
     async def ran_in_batch(self, batch_id: str | None, scope: str) -> None:
         """Note once that a job of ``batch_id`` ran in ``scope`` (``llmqueue status`` shows its limits)."""
@@ -73,7 +74,10 @@ class LimitFeedback:
 
     def admitted(self, scope: str, admission: Admission) -> None:
         """Warn, once per scope, that calls go out with no limit at all."""
-        if admission.state == "unlimited":
+        if admission.state != "unlimited":
+            self._unlimited.discard(scope)
+        else:
+            self._unlimited.add(scope)
             self._warn_once(
                 scope,
                 "unlimited",
@@ -114,7 +118,7 @@ class LimitFeedback:
         if taken.get("o") and used_completion is not None:
             give["o"] = estimate.completion - used_completion
         scope = reservation.scope
-        if said is None and not taken and not give and scope in self._learnt:
+        if said is None and scope in self._unlimited and scope in self._learnt:
             # Admitted as unlimited and the answer states no limit either: nothing to tell the limiter
             # once this worker has heard what the scope learnt (a self-hosted server's every answer).
             self._heard(scope)

@@ -312,6 +312,8 @@ if op == 'settle' then
       end
     end
   end
+  -- Any answer, a 429 too, ends a probe: the next may go.
+  if state(s) == 'probing' then put(s, 'probe', math.max(0, num(s, 'probe') - 1)) end
   local learnt = {}
   for _, d in ipairs(DIMS) do learnt[d] = num(s, 'l' .. d) end
   local woken = sooner and wake(s, tonumber(args.max_wait) or 0) or {}
