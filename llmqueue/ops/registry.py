@@ -44,6 +44,8 @@ class WorkerInfo:
     last_seen: float
     jobs: JobCounts = field(default_factory=JobCounts)
     """What the worker's jobs did since it started (none from a worker of an older llmqueue)."""
+    version: str | None = None
+    """The llmqueue version the worker runs, when its heartbeat records it (``version`` in the hash)."""
 
     @classmethod
     def from_hash(cls, data: Mapping[Any, Any]) -> WorkerInfo:
@@ -58,6 +60,7 @@ class WorkerInfo:
             started_at=float(fields["started_at"]),
             last_seen=float(fields["last_seen"]),
             jobs=JobCounts.from_fields(fields),
+            version=fields.get("version"),
         )
 
     def age(self, now: float) -> float:

@@ -114,6 +114,7 @@ class WorkerLoop:
         wait for the running jobs as :meth:`stop` says. Raises ``RedisRefusedError`` when Redis refuses
         this worker's credentials (after the running jobs end)."""
         self.runner.release_on_finish = True  # a stored result also ends the claim: one round trip less
+        self.runner.limiter.on_wake = self.ready.wake  # parked jobs come back when capacity does
         outage = RedisOutage(self.where)
         wake = keys.wake(self.config.queue_name)
         try:
