@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,7 +183,8 @@ class Worker:
         self.burst = burst
         self.handle_signals = handle_signals
         self.job_loop: WorkerLoop | None = None
-        """The loop, once connected (None before)."""
+        """The loop, once started up (None before)."""
+        self._stopped_early = False
 
     def run(self) -> None:
         """Run until stopped by a signal (or, in burst mode, until the queue is empty)."""
@@ -193,13 +194,22 @@ class Worker:
         """Stop as SIGTERM does (``grace``: seconds running jobs may end in, default ``shutdown_grace``)."""
         if self.job_loop is not None:
             self.job_loop.stop(grace)
+        else:  # still starting up: the loop ends as soon as it starts
+            self._stopped_early = True
 
     async def main(self) -> None:
         """Connect, start up, take jobs until stopped, and tidy up (also when cancelled)."""
         redis = await connect(self.settings)
-        worker = self.settings.worker
         try:
-            services = await Services.start(redis, self.settings, self.worker_id, self.sinks)
+            with self._signals_stop():
+                await self._serve(redis)
+        finally:
+            await redis.close(close_connection_pool=True)
+
+    async def _serve(self, redis: ArqRedis) -> None:
+        worker = self.settings.worker
+        services = await Services.start(redis, self.settings, self.worker_id, self.sinks)
+        try:
             connection = redis_settings(self.settings)
             self.job_loop = WorkerLoop(
                 redis,
@@ -210,16 +220,14 @@ class Worker:
                 counts=self.counter.counts,
                 where=f"{connection.host}:{connection.port}/{connection.database}",
             )
-            try:
-                with self._signals_stop():
-                    await self.job_loop.run()
-            finally:
-                await self._tidy(redis, services)
+            if self._stopped_early:
+                self.job_loop.stop()
+            await self.job_loop.run()
         finally:
-            await redis.close(close_connection_pool=True)
+            await self._tidy(redis, services)
 
     @contextlib.contextmanager
-    def _signals_stop(self) -> Any:
+    def _signals_stop(self) -> Iterator[None]:
         if not self.handle_signals:
             yield
             return
@@ -233,14 +241,14 @@ class Worker:
                 loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        assert self.job_loop is not None
+        running = len(self.job_loop.tasks) if self.job_loop is not None else 0
         logger.info(
             "shutdown on %s: taking no new job; %d running may end within %gs (a second signal ends them)",
             sig.name,
-            len(self.job_loop.tasks),
+            running,
             self.settings.worker.shutdown_grace,
         )
-        self.job_loop.stop()
+        self.stop()
 
     async def _tidy(self, redis: ArqRedis, services: Services) -> None:
         # A worker stopping because Redis refuses it must still end with the reason it stopped, not

@@ -16,7 +16,7 @@ from llmqueue.producer import Producer
 from llmqueue.queue import payload
 from llmqueue.settings import Settings
 from llmqueue.simulator.server import RunningProvider
-from llmqueue.worker import redis_settings
+from llmqueue.worker import create_worker, redis_settings
 from tests.support.settings import make_settings, running_worker
 
 CHAT: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
@@ -96,3 +96,16 @@ def test_the_counts_of_several_workers_add_up_and_read_back_from_their_fields() 
     assert JobCounts.from_fields({k: str(v) for k, v in one.as_fields().items()}) == one
     assert JobCounts.total([one, other]) == JobCounts(succeeded=5, failed=1, retried=1, deferred=11)
     assert JobCounts.from_fields({}) == JobCounts()  # an older worker's entry has none
+
+
+async def test_a_worker_stopped_while_it_starts_up_ends_once_started_without_taking_a_job(
+    settings: Settings, producer: Producer
+) -> None:
+    handle = await producer.submit(CHAT)
+    worker = create_worker(settings, handle_signals=False)
+    task = asyncio.create_task(worker.main())
+    worker.stop()  # as SIGTERM during start-up (LiteLLM's warm-up takes seconds)
+    await asyncio.wait_for(task, 30)
+    assert worker.job_loop is not None and worker.counter.counts == JobCounts()
+    assert await producer.redis.zscore(settings.worker.queue_name, handle.job_id) is not None
+    assert await read_workers(producer.redis) == []  # it left the registry on its way out
