@@ -33,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from llmqueue import keys
 from llmqueue.cache import ResponseCache, open_store
 from llmqueue.coalesce import ScriptCoalescer
+from llmqueue.connection import arq_redis_settings
 from llmqueue.errors import RedisRefusedError
 from llmqueue.limits.limiter import RateLimiter
 from llmqueue.limits.routing import Deployments
@@ -65,12 +66,13 @@ def new_worker_id() -> str:
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
-    """arq's connection settings from a Redis URL (``redis://user:pass@host``, ``rediss://`` for TLS).
+    """arq's connection settings from a Redis URL (``redis://user:pass@host``, ``rediss://`` for TLS),
+    query parameters included (``llmqueue.connection``: the translation every process uses).
 
     Commands retry with backoff through a short Redis outage (a restart), and start-up waits for Redis
     up to ``redis_connect_retries`` seconds.
     """
-    connection = RedisSettings.from_dsn(settings.redis_url.get_secret_value())
+    connection = arq_redis_settings(settings.redis_url.get_secret_value())
     connection.conn_retries = settings.worker.redis_connect_retries
     connection.conn_retry_delay = 1
     connection.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
