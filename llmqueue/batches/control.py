@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 
 from llmqueue import keys
 from llmqueue.batches.follow import STALL_CHECK_SECONDS, BatchFollowing
@@ -19,8 +18,13 @@ from llmqueue.batches.submit import (
     new_batch_id,
     request_fingerprint,
 )
-from llmqueue.models import AttemptError, Job, JobResult, Timings
+from llmqueue.errors import BatchError
+from llmqueue.models import Job, JobResult
+from llmqueue.queue.cancel import cancel_queued
 from llmqueue.queue.ledger import BatchLedger, BatchStatus
+from llmqueue.queue.ready import set_weight
+from llmqueue.queue.retention import keep_batch, queued_batch_ttl
+from llmqueue.queue.scripts import lane_of
 from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings
 
@@ -88,30 +92,10 @@ class Batches(BatchSubmission, BatchFollowing):
                 on_progress(seen, cancelled)
 
     async def _cancel_chunk(self, batch_id: str, job_ids: list[str]) -> int:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.exists(keys.result(job_id), keys.arq_in_progress(job_id))
-            found = await pipe.execute()
-        waiting = [job_id for job_id, count in zip(job_ids, found, strict=True) if not count]
-        if not waiting:
-            return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in waiting:
-                pipe.zrem(self.store.queue_name, job_id)
-            removed = [job_id for job_id, n in zip(waiting, await pipe.execute(), strict=True) if n]
-        if not removed:
-            return 0
-        states = await self.store.read_waiting_many(removed)
-        results = [
-            (self._cancelled_result(job_id, batch_id, failures, queued_at), bool(failures))
-            for job_id, (failures, queued_at) in zip(removed, states, strict=True)
-        ]
-        stored = await self.store.finish_many(results)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in removed:
-                pipe.delete(keys.arq_job(job_id), keys.arq_retry(job_id))
-            await pipe.execute()
-        return sum(stored)
+        cancelled = await cancel_queued(
+            self.store, job_ids, reason="the batch was cancelled", batch_id=batch_id
+        )
+        return len(cancelled)
 
     async def retry_failed(self, batch_id: str) -> int:
         """Queue the batch's failed jobs again, with a fresh retry budget. Returns how many."""
@@ -127,25 +111,53 @@ class Batches(BatchSubmission, BatchFollowing):
                 pipe.delete(*[keys.done(job.id) for job in chunk])
                 pipe.hincrby(keys.batch(batch_id), "failed", -len(chunk))
                 pipe.hdel(keys.batch(batch_id), "cancel_requested")
+                keep_batch(pipe, batch_id, queued_batch_ttl(self.store.job_ttl, self.store.result_ttl))
                 await pipe.execute()
             await self.store.enqueue(chunk)
         return len(jobs)
 
     async def list_batches(self) -> list[str]:
-        return [raw.decode() for raw in await self.redis.zrange(keys.batches(), 0, -1)]
+        """The batches Redis holds, oldest first; entries of batches that expired are dropped here."""
+        listed = [raw.decode() for raw in await self.redis.zrange(keys.batches(), 0, -1)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch_id in listed:
+                pipe.exists(keys.batch(batch_id))
+            present = await pipe.execute()
+        expired = [batch_id for batch_id, here in zip(listed, present, strict=True) if not here]
+        if expired:
+            await self.redis.zrem(keys.batches(), *expired)
+        return [batch_id for batch_id, here in zip(listed, present, strict=True) if here]
 
-    @staticmethod
-    def _cancelled_result(
-        job_id: str, batch_id: str, failures: list[AttemptError], queued_at: datetime
-    ) -> JobResult:
-        return JobResult(
-            job_id=job_id,
-            batch_id=batch_id,
-            status="cancelled",
-            attempts=len(failures),
-            errors=[
-                *failures,
-                AttemptError(attempt=len(failures), kind="cancelled", message="the batch was cancelled"),
-            ],
-            timings=Timings(queued_at=queued_at),
-        )
+    async def forget(self, batch_id: str) -> int:
+        """Remove a finished batch from Redis now: its jobs' results and what it kept about them.
+
+        Raises BatchError for an unknown batch, or one with jobs still queued or running (cancel it
+        first: its running jobs would store results for a batch no longer there). Returns how many
+        keys were deleted. Without this, a finished batch expires ``result_ttl`` after its last result.
+        """
+        status = await self.status(batch_id)
+        if not status.done:
+            left = status.total - status.finished
+            raise BatchError(
+                f"batch {batch_id} is not finished ({left} job(s) queued or running): cancel it first "
+                f"(`llmqueue cancel {batch_id}`), then forget it once its running jobs have ended"
+            )
+        deleted = 0
+        start = 0
+        while True:
+            members = await self.redis.zrange(keys.batch_jobs(batch_id), start, start + _CHUNK - 1)
+            if not members:
+                break
+            job_keys: list[str] = []
+            for raw in members:
+                job_id = raw.decode()
+                job_keys += [keys.result(job_id), keys.done(job_id), keys.state(job_id)]
+                job_keys += [keys.attempt_errors(job_id)]
+            deleted += await self.redis.delete(*job_keys)
+            start += len(members)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*keys.batch_keys(batch_id))
+            pipe.zrem(keys.batches(), batch_id)
+            set_weight(pipe, self.store.queue_name, lane_of(batch_id), 1.0)
+            replies = await pipe.execute()
+        return deleted + int(replies[0])

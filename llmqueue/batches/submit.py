@@ -40,6 +40,7 @@ from llmqueue.llm.request import job_model
 from llmqueue.models import PRIORITIES, Job, JobResult
 from llmqueue.queue.ledger import BatchLedger
 from llmqueue.queue.ready import set_weight
+from llmqueue.queue.retention import keep_batch, queued_batch_ttl
 from llmqueue.queue.scripts import lane_of
 from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings
@@ -199,10 +200,44 @@ class BatchSubmission:
             return None
         return lambda job: submission_refusal(job, settings)
 
+    async def enqueue_jobs(self, batch_id: str, jobs: Sequence[Job]) -> list[bool]:
+        """Queue jobs submitted from code with ``batch_id``, creating the batch on its first jobs.
+
+        They are listed in submission order and counted in its totals, as a file's lines are, so
+        ``llmqueue status``, ``results``, ``cancel`` and ``forget`` know the batch. False for a job
+        already known (queued, running or done), as ``JobStore.enqueue`` says.
+        """
+        check_batch_id(batch_id)
+        await self._create(batch_id, source=None, max_cost=None, max_tokens=None, weight=1.0)
+        added: list[bool] = []
+        for start in range(0, len(jobs), _CHUNK):
+            chunk = list(jobs[start : start + _CHUNK])
+            added += await self._enqueue_listed(batch_id, chunk, by_line=False)
+        return added
+
+    async def _enqueue_listed(self, batch_id: str, chunk: list[Job], *, by_line: bool = True) -> list[bool]:
+        members = keys.batch_jobs(batch_id)
+        scores = await self.redis.zmscore(members, [job.id for job in chunk])
+        new_members = sum(1 for score in scores if score is None)
+        keep = queued_batch_ttl(self.store.job_ttl, self.store.result_ttl)
+
+        def register(pipe: Pipeline, jobs: Sequence[Job]) -> None:
+            self._index(pipe, batch_id, jobs, by_line=by_line)
+            pipe.hincrby(keys.batch(batch_id), "total", new_members)
+            keep_batch(pipe, batch_id, keep)
+
+        return await self.store.enqueue(chunk, also=register)
+
     async def _create(
-        self, batch_id: str, *, source: Path, max_cost: float | None, max_tokens: int | None, weight: float
+        self,
+        batch_id: str,
+        *,
+        source: Path | None,
+        max_cost: float | None,
+        max_tokens: int | None,
+        weight: float,
     ) -> None:
-        settings: dict[str, Any] = {"source": str(source.resolve())}
+        settings: dict[str, Any] = {} if source is None else {"source": str(source.resolve())}
         if max_cost is not None:
             settings["max_cost"] = max_cost
         if max_tokens is not None:
@@ -211,9 +246,11 @@ class BatchSubmission:
         created = seconds + micros / 1e6
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(keys.batch(batch_id), "created_at", created)
-            pipe.hset(keys.batch(batch_id), mapping=settings)
+            if settings:
+                pipe.hset(keys.batch(batch_id), mapping=settings)
             pipe.zadd(keys.batches(), {batch_id: created}, nx=True)
             set_weight(pipe, self.store.queue_name, lane_of(batch_id), weight)
+            keep_batch(pipe, batch_id, queued_batch_ttl(self.store.job_ttl, self.store.result_ttl))
             await pipe.execute()
 
     async def _forget(self, batch_id: str) -> None:
@@ -235,15 +272,7 @@ class BatchSubmission:
             chunk = await self._answer_from_cache(batch_id, chunk, report, *answered_from)
             if not chunk:
                 return
-        members = keys.batch_jobs(batch_id)
-        scores = await self.redis.zmscore(members, [job.id for job in chunk])
-        new_members = sum(1 for score in scores if score is None)
-
-        def register(pipe: Pipeline, jobs: Sequence[Job]) -> None:
-            self._index(pipe, batch_id, jobs)
-            pipe.hincrby(keys.batch(batch_id), "total", new_members)
-
-        added = await self.store.enqueue(chunk, also=register)
+        added = await self._enqueue_listed(batch_id, chunk)
         report.submitted += sum(added)
         report.already_known += len(added) - sum(added)
 
@@ -283,12 +312,19 @@ class BatchSubmission:
     async def _index_chunk(self, batch_id: str, chunk: Sequence[Job]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             self._index(pipe, batch_id, chunk)
+            keep_batch(pipe, batch_id, queued_batch_ttl(self.store.job_ttl, self.store.result_ttl))
             await pipe.execute()
 
     @staticmethod
-    def _index(pipe: Pipeline, batch_id: str, jobs: Sequence[Job]) -> None:
-        # By line number, so a resubmission (a line fixed since) lands in input order, once.
-        pipe.zadd(keys.batch_jobs(batch_id), {job.id: job.metadata["line"] for job in jobs})
+    def _index(pipe: Pipeline, batch_id: str, jobs: Sequence[Job], *, by_line: bool = True) -> None:
+        if by_line:
+            # By line number, so a resubmission (a line fixed since) lands in input order, once.
+            pipe.zadd(keys.batch_jobs(batch_id), {job.id: job.metadata["line"] for job in jobs})
+        else:
+            # Jobs from code: in submission order (microseconds), each id at its first submission.
+            first = time.time_ns() // 1000
+            order = {job.id: first + index for index, job in enumerate(jobs)}
+            pipe.zadd(keys.batch_jobs(batch_id), order, nx=True)
         pipe.hset(
             keys.batch_custom_ids(batch_id),
             mapping={job.id: str(job.metadata.get("custom_id", "")) for job in jobs},

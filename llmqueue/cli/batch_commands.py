@@ -264,6 +264,23 @@ def cancel(batch: BatchArgument, config: ConfigOption = None, redis_url: RedisOp
 
 
 @app.command()
+def forget(batch: BatchArgument, config: ConfigOption = None, redis_url: RedisOption = None) -> None:
+    """Remove a finished batch from Redis now: its results and its bookkeeping.
+
+    Without it, a batch expires result_ttl seconds after its last job finished. A batch with jobs
+    queued or running is refused: cancel it first.
+    """
+    settings = settings_from(config, redis_url)
+
+    async def go(batches: Any) -> int:
+        count: int = await batches.forget(batch)
+        return count
+
+    deleted = with_batches(settings, go)
+    console.print(f"batch {batch} forgotten: {deleted} key(s) removed")
+
+
+@app.command()
 def retry(
     batch: BatchArgument,
     failed: Annotated[bool, typer.Option("--failed", help="Queue the failed jobs again.")] = False,
