@@ -7,6 +7,7 @@ settings (``LLMQUEUE_CONFIG``, ``config.toml``, environment) when arq looks the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -53,6 +54,8 @@ logger = logging.getLogger("llmqueue.worker")
 # arq counts every start of a job (limiter re-defers, crash restarts) against max_tries; llmqueue keeps
 # its own count of failed provider calls, so arq's ceiling only has to stay out of the way.
 ARQ_MAX_TRIES = 1_000_000
+STOP_WITHOUT_REDIS_SECONDS = 1.0
+"""How long a stopping worker gives Redis to answer, and then each step of stopping without it."""
 
 
 async def perform_job(ctx: dict[str, Any], job: Any) -> None:
@@ -153,11 +156,33 @@ class LLMQueueWorker(Worker):
 
     async def close(self) -> None:
         # arq's close writes to Redis (its health key); a worker stopping because Redis refuses it must
-        # still end with the reason it stopped, not with that write's error.
+        # still end with the reason it stopped, not with that write's error. A Redis that does not
+        # answer would hold each write for the pool's whole retry policy (about 17 s): a stopping
+        # worker does not wait for it (its claims expire and their jobs go back to the queue).
+        if self._pool is not None and not await self._redis_answers():
+            logger.warning(
+                "Redis does not answer: stopping without tidying up in it (jobs this worker held go "
+                "back to the queue when their claim expires)"
+            )
+            if self.tasks:
+                await asyncio.wait(list(self.tasks.values()), timeout=STOP_WITHOUT_REDIS_SECONDS)
+            if self.on_shutdown:
+                with contextlib.suppress(TimeoutError, RedisError, OSError):
+                    await asyncio.wait_for(self.on_shutdown(self.ctx), STOP_WITHOUT_REDIS_SECONDS)
+            await self._pool.close(close_connection_pool=True)
+            self._pool = None
+            return
         try:
             await super().close()
         except (RedisError, OSError) as exc:
             logger.warning("could not tidy up in Redis on the way out (%s)", redis_error_line(exc))
+
+    async def _redis_answers(self) -> bool:
+        try:
+            await asyncio.wait_for(self.pool.ping(), STOP_WITHOUT_REDIS_SECONDS)
+        except (TimeoutError, RedisError, OSError):
+            return False
+        return True
 
     async def _poll_iteration(self) -> None:
         # arq's Worker._poll_iteration with one claim script in place of its poll and start_jobs.

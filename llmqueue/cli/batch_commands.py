@@ -45,6 +45,7 @@ from llmqueue.cli.common import (
 )
 from llmqueue.cli.tiers import Via, check_tier_options, submit_via_batch_api
 from llmqueue.errors import LLMQueueError
+from llmqueue.ops.interrupts import interrupted_by_signals
 from llmqueue.redaction import redis_error_line
 from llmqueue.settings import Settings
 
@@ -454,7 +455,8 @@ def run(
                 env = stack.enter_context(demo_provider(rpm=rpm, tpm=tpm, model=model))
                 options.worker_env.update(env)
                 options.model = env["LLM_MODEL"]
-            summary = asyncio.run(run_batch(options, settings, console))
+            with interrupted_by_signals():  # SIGTERM as Ctrl-C; either at once, even in a long check
+                summary = asyncio.run(run_batch(options, settings, console))
     except KeyboardInterrupt:
         hint = _resume_command(context, options.batch_id or "BATCH")
         console.print(f"\ninterrupted: finished jobs are kept. Resume with: {escape(hint)}")
