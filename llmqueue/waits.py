@@ -63,6 +63,15 @@ class ResultWaits:
 
     async def wait(self, job_id: str, *, via_inbox: bool) -> JobResult:
         """The job's result once it is stored; JobNotFoundError once Redis holds neither it nor its job."""
+        # The result may have been stored before the wait began: its word is then already read (or
+        # still in the inbox); the result key covers both. One stored after this look is told by the
+        # inbox, or by the job's ``done`` list, whose token stays until the listener reads it.
+        try:
+            existing = await self.store.get_result(job_id)
+        except REDIS_DOWN:
+            existing, self._look_again = None, True  # the listener looks once Redis is back
+        if existing is not None:
+            return existing
         future = self._futures.get(job_id)
         if future is None:
             future = asyncio.get_running_loop().create_future()
@@ -72,14 +81,6 @@ class ResultWaits:
         self._waiting[job_id] += 1
         self._start_tasks()
         try:
-            # The result may have been stored before the wait began: its word is then already read
-            # (or still in the inbox); the result key covers both.
-            try:
-                existing = await self.store.get_result(job_id)
-            except REDIS_DOWN:
-                existing, self._look_again = None, True  # the listener looks once Redis is back
-            if existing is not None:
-                self._settle(job_id, existing)
             return await asyncio.shield(future)
         finally:
             self._waiting[job_id] -= 1
@@ -146,12 +147,21 @@ class ResultWaits:
             job_id = value.decode()
         else:
             job_id = watched[key]
-            await self.redis.rpush(key, b"1")  # the token stays for other waiters on the same job
+            await self._put_back(key, job_id)
         if job_id not in self._futures:
             return
         result = await self.store.get_result(job_id)
         if result is not None:
             self._settle(job_id, result)
+
+    async def _put_back(self, done_key: str, job_id: str) -> None:
+        """Put a ``done`` token back for other waiters on the job, expiring with the result as before
+        (the list went with its one token, and with it its TTL)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(done_key, b"1")
+            pipe.pttl(keys.result(job_id))
+            _, ttl_ms = await pipe.execute()
+        await self.redis.pexpire(done_key, ttl_ms if ttl_ms > 0 else int(self.result_ttl * 1000))
 
     async def _settle_finished(self) -> None:
         job_ids = list(self._futures)
