@@ -70,6 +70,9 @@ class ProviderError(LLMQueueError):
 
     ``status_code`` is the HTTP status when there was one; ``kind`` is a short stable name
     (``rate_limit``, ``timeout``, ``server_error``, ``auth``, ``bad_request`` …) for results and metrics.
+    ``body`` is the provider's error body as it sent it and ``request_id`` its request id, when the
+    failure was an HTTP answer that had them. ``sent`` is False for a call refused before it left
+    (LiteLLM's ``UnsupportedParamsError``): no request reached the provider.
     """
 
     retryable: bool = False
@@ -79,6 +82,9 @@ class ProviderError(LLMQueueError):
         self.message = message
         self.kind = kind
         self.status_code = status_code
+        self.body: object = None
+        self.request_id: str | None = None
+        self.sent = True
 
 
 class RetryableProviderError(ProviderError):
@@ -110,7 +116,7 @@ class BatchFileError(BatchError):
 class InvalidBatchFileError(BatchError):
     """The file has bad lines and ``skip_invalid`` was not given; nothing was enqueued.
 
-    ``check`` is the :class:`llmqueue.batches.files.FileCheck` that found them.
+    ``check`` is the :class:`llmqueue.batches.input.FileCheck` that found them.
     """
 
     def __init__(self, message: str, check: Any) -> None:

@@ -93,8 +93,14 @@ def attempt_errors(job_id: str) -> str:
 
 
 def limiter(scope: str) -> str:
-    """The token-bucket hash of one limit scope (a model string or deployment name)."""
+    """The limiter's hash of one limit scope (a model string or deployment name)."""
     return f"{PREFIX}:limit:{{{scope}}}"
+
+
+def limiter_parked(scope: str) -> str:
+    """The jobs a scope's limiter refused and told when to come back (a sorted set; beside it, with
+    ``:want`` appended, a hash of what each asked for)."""
+    return f"{PREFIX}:limit:{{{scope}}}:parked"
 
 
 def breaker_failures(scope: str) -> str:

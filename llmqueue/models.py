@@ -183,6 +183,12 @@ class JobResult(BaseModel):
         None, description="the model_list deployment that answered (its name, never its key)"
     )
     response: dict[str, Any] | None = Field(None, description="the OpenAI-shaped response body")
+    error_body: Any = Field(
+        None, description="for a job an HTTP error ended: the provider's error body as sent (JSON or text)"
+    )
+    request_id: str | None = Field(
+        None, description="the provider's request id (x-request-id) of the answer that ended the job"
+    )
     usage: Usage | None = None
     cost: float | None = Field(None, description="USD, from LiteLLM's price table; None when unknown")
     attempts: int = Field(0, description="provider calls made")

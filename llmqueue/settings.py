@@ -34,6 +34,7 @@ from llmqueue.model_list import (
 )
 
 DEFAULT_CONFIG_FILE = Path("config.toml")
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
 
 class LLMConfig(BaseModel):
@@ -265,6 +266,15 @@ class Settings(BaseSettings):
     def _cache_flag(cls, value: Any) -> Any:
         return _cache_section(value)
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr) -> SecretStr:
+        scheme = url.get_secret_value().partition("://")[0].lower()
+        if scheme not in REDIS_SCHEMES:
+            given = f"{scheme}://" if scheme else "a URL without a scheme"
+            raise ValueError(f"a Redis URL starts with redis://, rediss:// or unix://, not {given}")
+        return url
+
     def deployments_of(self, model_name: str) -> list[Deployment]:
         """The deployments serving ``model_name`` (empty when it is a plain LiteLLM model string)."""
         return [d for d in self.model_list if d.model_name == model_name]
@@ -411,6 +421,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     data = dict(raw)
     llm_table = data.get("llm")
     if isinstance(llm_table, dict):
+        _top_level_keys_under_llm(llm_table, path)
         data["llm"] = {k: v for k, v in llm_table.items() if not isinstance(v, dict)}
         data["llm_groups"] = {k: v for k, v in llm_table.items() if isinstance(v, dict)}
     # Checked apart, so an error names the entry (index and model_name), not only a position.
@@ -423,6 +434,20 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except ValidationError as exc:
         raise ConfigError(_describe(exc, where=str(path), file_layout=True)) from None
     return {k: v for k, v in data.items() if v is not None}
+
+
+def _top_level_keys_under_llm(llm_table: dict[str, Any], path: Path) -> None:
+    """A top-level key written after ``[llm]`` lands in it (TOML): say so, not "unknown key"."""
+    misplaced = sorted(
+        key for key in llm_table if key in _FileSchema.model_fields and key not in LLMConfig.model_fields
+    )
+    if misplaced:
+        names = ", ".join(misplaced)
+        raise ConfigError(
+            f"invalid settings in {path}:\n  [llm] {names}: a top-level key, but written after [llm] it "
+            f"belongs to [llm] (in TOML a key belongs to the table above it); move {names} above the "
+            "first [table] of the file"
+        )
 
 
 def load_settings(

@@ -139,6 +139,7 @@ class LLMQueueWorker(Worker):
         runner: JobRunner | None = self.ctx.get("llmqueue_runner")
         if runner is not None:
             runner.release_on_finish = True
+            runner.limiter.on_wake = self._ready.wake
         wake_key = keys.wake(self.queue_name)
         outage = RedisOutage(self.redis_settings)
         while True:

@@ -460,14 +460,15 @@ def test_results_failed_only_writes_only_the_failed_jobs(redis_url: str, tmp_pat
 
     assert "(3 not succeeded)" in result.stderr
     all_records = read_jsonl(everything)
-    expected = [r for r in all_records if r["error"] is not None]
+    expected = [r for r in all_records if r["llmqueue"]["status"] != "succeeded"]
     assert len(all_records) == 8 and len(expected) == 3
     records = read_jsonl(failed)
     assert records == expected  # the same records, in input order
     for record in records:
         assert record["llmqueue"]["status"] == "failed"
-        assert record["error"]["code"] == "bad_request"
+        assert record["error"] is None  # an HTTP error answer is the record's response, as OpenAI writes it
         assert record["response"]["status_code"] == 400
+        assert record["llmqueue"]["errors"][-1]["kind"] == "bad_request"
 
 
 def test_retry_failed_queues_the_failed_jobs_again(redis_url: str, tmp_path: Path) -> None:

@@ -169,6 +169,97 @@ def test_tools_and_demo_services_sit_behind_their_profiles() -> None:
     assert provider[provider.index("--host") + 1] == "0.0.0.0"
 
 
+GRAFANA_DASHBOARD = ROOT / "deploy" / "grafana" / "llmqueue.json"
+_METRIC = re.compile(r"\bllmqueue_[a-z_]+\b")
+
+
+def test_monitoring_sits_behind_its_profile_and_listens_on_loopback_only() -> None:
+    services = compose()["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"], f"{name} must be off by default"
+        for port in services[name]["ports"]:
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond this machine"
+
+
+def test_every_file_the_monitoring_services_mount_is_in_the_repository() -> None:
+    for name in ("prometheus", "grafana"):
+        for volume in compose()["services"][name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which is missing"
+
+
+def test_prometheus_scrapes_every_worker_on_its_metrics_port() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    [discovery] = job["dns_sd_configs"]
+    worker = compose()["services"]["worker"]
+    command = worker["command"]
+    port = command[command.index("--metrics-port") + 1]
+    assert discovery["names"] == ["worker"]
+    assert str(discovery["port"]) == port
+    assert port in worker["expose"]
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_llmqueue_board() -> None:
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    prometheus_port = compose()["services"]["prometheus"]["ports"][0].rsplit(":", 1)[1]
+    assert source["url"] == f"http://prometheus:{prometheus_port}"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "llmqueue.yml").read_text())["providers"]
+    mounts = dict(v.split(":")[:2] for v in compose()["services"]["grafana"]["volumes"])
+    assert mounts["./deploy/grafana/llmqueue.json"].rsplit("/", 1)[0] == provider["options"]["path"]
+    board = json.loads(GRAFANA_DASHBOARD.read_text())
+    uids = {t["datasource"]["uid"] for p in board["panels"] for t in p.get("targets", [])}
+    assert uids == {source["uid"]}
+
+
+def defined_metric_names() -> set[str]:
+    """The series names llmqueue.ops.metrics defines, as Prometheus stores them."""
+    from prometheus_client import CollectorRegistry
+
+    from llmqueue.ops.metrics import WorkerMetrics
+
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    families = WorkerMetrics(CollectorRegistry()).registry.collect()
+    return {f.name + suffix for f in families for suffix in suffixes[f.type]}
+
+
+def grafana_queries() -> list[str]:
+    board = json.loads(GRAFANA_DASHBOARD.read_text())
+    queries = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    queries += [v["definition"] for v in board["templating"]["list"]]
+    return queries
+
+
+def test_grafana_queries_name_only_metrics_that_llmqueue_defines() -> None:
+    defined = defined_metric_names()
+    assert "llmqueue_jobs_started_total" in defined and "llmqueue_limit" in defined
+    for query in grafana_queries():
+        named = set(_METRIC.findall(query))
+        assert named, f"query names no llmqueue metric: {query}"
+        assert named <= defined, f"{sorted(named - defined)} not defined in llmqueue/ops/metrics.py: {query}"
+
+
+def test_grafana_board_covers_throughput_429s_waits_limits_spend_and_in_flight() -> None:
+    used = {name for query in grafana_queries() for name in _METRIC.findall(query)}
+    for metric in (
+        "llmqueue_jobs_started_total",
+        "llmqueue_jobs_succeeded_total",
+        "llmqueue_rate_limited_total",
+        "llmqueue_limiter_wait_seconds_bucket",
+        "llmqueue_limit",
+        "llmqueue_limit_level",
+        "llmqueue_cost_usd_total",
+        "llmqueue_in_flight",
+    ):
+        assert metric in used, f"the Grafana board shows no panel over {metric}"
+
+
+def test_a_misspelt_metric_in_the_board_would_be_caught() -> None:
+    assert not set(_METRIC.findall("rate(llmqueue_jobs_started[5m])")) <= defined_metric_names()
+
+
 def test_every_service_command_and_healthcheck_is_a_valid_cli_invocation() -> None:
     checked = []
     for name, service in llmqueue_services().items():
@@ -185,10 +276,10 @@ def test_every_service_command_and_healthcheck_is_a_valid_cli_invocation() -> No
 
 
 def test_documented_cli_service_invocations_parse() -> None:
-    """The ``docker compose run --rm cli ...`` lines of the README and the compose file's comments."""
+    """The ``docker compose run --rm cli ...`` lines of the README, the docs and the compose file."""
     invocations = [
         shlex.split(match.split("#")[0])
-        for path in (ROOT / "README.md", COMPOSE_FILE)
+        for path in (ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), COMPOSE_FILE)
         for match in re.findall(r"docker compose run --rm cli ([^\n`]+)", path.read_text())
     ]
     assert len(invocations) >= 4
@@ -207,6 +298,8 @@ def test_invalid_compose_command_would_be_caught() -> None:
 
 def test_every_environment_variable_compose_sets_is_a_setting() -> None:
     for name, service in compose()["services"].items():
+        if "monitoring" in service.get("profiles", []):
+            continue  # Prometheus and Grafana: their own images, their own variables
         for variable in service.get("environment", {}):
             assert is_setting(variable), f"service {name} sets {variable}, which llmqueue does not read"
 

@@ -12,7 +12,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from llmqueue import keys
-from llmqueue.limits.limiter import RateLimiter
+from llmqueue.limits.limiter import Reservation
 from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.producer import Producer
 from llmqueue.queue.payload import serialize
@@ -153,15 +153,15 @@ async def test_the_result_is_delivered_before_the_limiter_hears_of_the_answer(
         settings = make_settings(redis_url, limited.base_url)
         async with Producer(settings) as producer, running_worker(settings):
             await (await producer.submit(CHAT)).result(timeout=30)  # start-up and first call done
-            observe, reported = RateLimiter.observe, []
+            answered, reported = Reservation.answered, []
 
-            async def slow_observe(self: RateLimiter, *args: Any, **kwargs: Any) -> Any:
+            async def slow_answered(self: Reservation, *args: Any, **kwargs: Any) -> Any:
                 await asyncio.sleep(2.0)
-                learnt = await observe(self, *args, **kwargs)
+                learnt = await answered(self, *args, **kwargs)
                 reported.append(learnt)
                 return learnt
 
-            monkeypatch.setattr(RateLimiter, "observe", slow_observe)
+            monkeypatch.setattr(Reservation, "answered", slow_answered)
             began = time.monotonic()
             result = await (await producer.submit(CHAT)).result(timeout=30)
             waited = time.monotonic() - began

@@ -263,6 +263,7 @@ class BatchApiRun:
             usage = _usage(body)
             result = _result(job, model, "succeeded", attempts=1)
             result.response, result.usage, result.cost = body, usage, _batch_price(model, usage)
+            result.request_id = response.get("request_id")
             if self.cache is not None and job.cache:
                 await self.cache.store(job_cache_key(job, llm), body)
             await self.store.finish(result)
@@ -277,7 +278,7 @@ class BatchApiRun:
             message=str(error.get("message") or "the provider refused the line"), status_code=status_code,
         )  # fmt: skip
         result = _result(job, model, "failed", attempts=1, errors=[failure])
-        result.response = response.get("body")
+        result.error_body, result.request_id = response.get("body"), response.get("request_id")
         result.request = job.model_dump(mode="json", exclude={"reply_to"})
         await self.store.finish(result)
 
@@ -346,7 +347,7 @@ def _line(job: Job, llm: LLMConfig) -> _Line:
     model = job_model(job, llm)
     provider_model, _, _, _ = litellm.get_llm_provider(model)
     # No prompt-caching marks: the Batch API gets the body as it is, not LiteLLM's translation of it.
-    kwargs = call_kwargs(job, llm, supports_caching=False)
+    kwargs = call_kwargs(job, llm, supports_caching=None)
     body = {"model": provider_model, **{k: v for k, v in kwargs.items() if k not in _TRANSPORT}}
     request = {"custom_id": job.id, "method": "POST", "url": ENDPOINTS[job.kind], "body": body}
     encoded = (json.dumps(request, ensure_ascii=False, separators=(",", ":")) + "\n").encode()

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from llmqueue import keys
 from llmqueue.batches.batch_api import BatchApiRun, FileLimits, check_supported
 from llmqueue.batches.control import Batches
-from llmqueue.batches.files import iter_jobs
+from llmqueue.batches.input import iter_jobs
 from llmqueue.batches.options import RunOptions, run_settings, with_workers_llm
 from llmqueue.cache import ResponseCache, open_store
 from llmqueue.models import Job
@@ -59,13 +59,16 @@ class BatchApiTier:
                 open_store(self.settings.cache, batches.redis), batches.redis, claim_seconds=llm.timeout + 30
             )
         progress = Progress(
-            TextColumn("[bold]provider batches"),
+            TextColumn("[bold]lines via the provider's Batch API"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=console,
         )
-        task = progress.add_task("provider", total=None)
+        # The batch's lines from the start (a resumed batch is not at 0/? until its next poll): those
+        # not sent in a round have their results already, or from the cache.
+        finished = (await batches.status(self.batch_id)).finished
+        task = progress.add_task("provider", total=len(jobs), completed=finished)
         try:
             with progress:
                 tier = BatchApiRun(
@@ -73,11 +76,12 @@ class BatchApiTier:
                     self.settings,
                     cache=cache,
                     poll_interval=self.options.poll_interval,
-                    on_progress=lambda done, sent: progress.update(task, completed=done, total=sent),
+                    on_progress=lambda done, sent: progress.update(task, completed=len(jobs) - sent + done),
                     fallback_live=self.options.fallback == "live",
                     limits=FileLimits(max_tokens=self.options.enqueued_token_limit),
                 )
                 await tier.run(self.batch_id, jobs, self.options.llm_config)
+                progress.update(task, completed=(await batches.status(self.batch_id)).finished)
         finally:
             if cache is not None:
                 await cache.close()

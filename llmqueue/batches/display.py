@@ -39,6 +39,7 @@ class BatchProgress:
             transient=False,
         )
         self._task = self._progress.add_task("batch", total=None, detail="")
+        self._told_budget = False
 
     def __enter__(self) -> BatchProgress:
         self._progress.start()
@@ -58,6 +59,14 @@ class BatchProgress:
         self._progress.console.print(f"[dim]{escape(message)}[/dim]", highlight=False)
 
     def update(self, status: BatchStatus) -> None:
+        """Show ``status``; the first time it has reached its budget, say so in a line of its own (a
+        narrow terminal may cut the bar's text)."""
+        if status.budget_exceeded and not self._told_budget:
+            self._told_budget = True
+            self.warn(
+                f"batch {status.batch_id} reached its budget{_budget(status)}: no further job starts; "
+                "the jobs not started end as cancelled"
+            )
         self._progress.update(
             self._task,
             description=status.batch_id,
@@ -69,7 +78,9 @@ class BatchProgress:
 
 def progress_detail(status: BatchStatus) -> str:
     """``failed 2 · 429s 5 · $0.0123 · ETA 12s`` for a batch."""
-    parts = [f"ok {status.succeeded}"]
+    # What matters most first: a narrow terminal cuts the end of the line.
+    parts = ["[yellow]budget reached[/yellow]"] if status.budget_exceeded else []
+    parts.append(f"ok {status.succeeded}")
     if status.cached:
         parts.append(f"cached {status.cached}")
     if status.failed:
@@ -78,8 +89,6 @@ def progress_detail(status: BatchStatus) -> str:
         parts.append(f"cancelled {status.cancelled}")
     parts.append(f"429s {status.rate_limited}")
     parts.append(f"${status.cost:.4f}")
-    if status.budget_exceeded:
-        parts.append("[yellow]budget reached[/yellow]")
     if not status.done:
         parts.append(f"ETA {format_seconds(status.eta_seconds)}")
     return " · ".join(parts)
@@ -176,8 +185,9 @@ def _budget(status: BatchStatus) -> str:
     return f" ({', '.join(caps)})" if caps else ""
 
 
-def estimate_text(estimate: Estimate, source: str) -> str:
-    """The ``--dry-run`` report: a block per model, then the totals when there are several."""
+def estimate_text(estimate: Estimate, source: str, *, max_cost: float | None = None) -> str:
+    """The ``--dry-run`` report: a block per model, then the totals when there are several, then how the
+    cost compares with ``max_cost`` (``--max-cost``, USD) when one is set."""
     lines = [f"dry run of {source}: {estimate.lines} line(s); nothing queued, no provider called"]
     for model in estimate.models:
         seconds = estimate.seconds(model)
@@ -198,7 +208,26 @@ def estimate_text(estimate: Estimate, source: str) -> str:
             f"{sum(m.completion_tokens for m in estimate.models)} completion tokens",
             f"  cost {_total_cost(costs)} · via Batch API {_total_cost(batch_costs)}",
         ]
+    if max_cost is not None:
+        lines.append(_against_budget([m.cost for m in estimate.models], max_cost))
     return "\n".join(lines)
+
+
+def _against_budget(costs: list[CostRange | None], max_cost: float) -> str:
+    """How an estimated cost range compares with ``max_cost``."""
+    cap = f"--max-cost {format_usd(max_cost)}"
+    if any(cost is None for cost in costs):
+        return f"{cap}: cannot be compared, a model has no LiteLLM price"
+    low = sum(c.low for c in costs if c is not None)
+    high = sum(c.high for c in costs if c is not None)
+    if low > max_cost:
+        return f"{cap}: the estimate is above it (at least {format_usd(low)}); the batch would stop early"
+    if high > max_cost:
+        return (
+            f"{cap}: the estimate may be above it (up to {format_usd(high)}, if the answers run long); "
+            "the batch may stop early"
+        )
+    return f"{cap}: the estimate is within it (at most {format_usd(high)})"
 
 
 def format_cost(cost: CostRange | None) -> str:
@@ -263,12 +292,9 @@ def limits_table(states: Sequence[ScopeState], title: str = "limits") -> Table:
         else:
             limit = state.state  # "unlimited", or "probing" until the provider's first answer
             level = "-"
-        factors = []
+        source = state.source
         if state.others_request_share >= 0.005:
-            factors.append(f"others take {state.others_request_share:.0%} of req")
-        if state.token_factor > 1.005:
-            factors.append(f"tok x{state.token_factor:.2f}")
-        source = state.source + (f" ({', '.join(factors)})" if factors else "")
+            source += f" (others took {state.others_request_share:.0%} of req)"
         table.add_row(
             state.scope,
             limit,

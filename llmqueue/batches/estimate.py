@@ -18,10 +18,11 @@ import litellm
 from litellm.cost_calculator import batch_cost_calculator
 from litellm.types.utils import Usage
 
-from llmqueue.batches.files import check_file, invalid_file_error, iter_jobs
+from llmqueue.batches.input import check_file, invalid_file_error, iter_jobs
 from llmqueue.cache import CacheStore, job_cache_key, open_store
 from llmqueue.connection import redis_client
 from llmqueue.limits.tokens import estimate_split
+from llmqueue.llm.policy import submission_refusal
 from llmqueue.llm.request import job_model
 from llmqueue.models import Job
 from llmqueue.settings import LimitConfig, Settings
@@ -150,7 +151,8 @@ async def estimate_file(
     llm_config: str | None = None,
     use_cache: bool = True,
 ) -> Estimate:
-    """Check ``path`` (InvalidBatchFileError for bad lines, before anything else) and estimate its calls.
+    """Check ``path`` as a submission would (InvalidBatchFileError for bad lines or lines the workers'
+    policy refuses, before anything else) and estimate its calls.
 
     ``use_cache`` False (``--no-cache``), or ``[cache] enabled = false``, counts no cache hits.
     """
@@ -159,7 +161,7 @@ async def estimate_file(
         "default_model": default_model,
         "llm_config": llm_config,
     }
-    check = check_file(path, **options)
+    check = check_file(path, **options, refuse=lambda job: submission_refusal(job, settings))
     if not check.ok:
         raise invalid_file_error(check, path)
     jobs = (item for item in iter_jobs(path, **options) if isinstance(item, Job))

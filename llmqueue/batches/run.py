@@ -22,14 +22,9 @@ from rich.markup import escape
 from llmqueue import keys
 from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_batch_id
 from llmqueue.batches.display import BatchProgress
-from llmqueue.batches.files import (
-    check_file,
-    invalid_file_error,
-    require_requests,
-    write_rejects,
-    write_results,
-)
+from llmqueue.batches.input import check_file, invalid_file_error, require_requests
 from llmqueue.batches.options import WORKER_LLM_ENV, RunOptions, with_workers_llm
+from llmqueue.batches.output import write_rejects, write_results
 from llmqueue.batches.run_lock import DirectoryLock, RedisRunLock
 from llmqueue.cache import CacheStore, open_store
 from llmqueue.cache.disk import DiskStore

@@ -58,4 +58,4 @@ def job_cache_key(job: Job, llm: LLMConfig, model: str | None = None) -> str:
     key needs no LiteLLM (whose verdict decides the marks): ``llmqueue run`` answers lines from the cache
     before its workers have imported it, and live runs, dry runs and the Batch API tier share keys.
     ``model``: the fallback the job is sent to instead of its own (its answer is not the own model's)."""
-    return request_key(job.kind, call_kwargs(job, llm, supports_caching=False, model=model))
+    return request_key(job.kind, call_kwargs(job, llm, supports_caching=None, model=model))

@@ -3,7 +3,21 @@
 ``common`` holds the app and what the commands share; importing the command modules registers them.
 """
 
-from llmqueue.cli import batch_commands, cache_commands, limit_commands, worker_commands
+from llmqueue.cli import (
+    batch_commands,
+    cache_commands,
+    dashboard_commands,
+    limit_commands,
+    worker_commands,
+)
 from llmqueue.cli.common import app, main
 
-__all__ = ["app", "batch_commands", "cache_commands", "limit_commands", "main", "worker_commands"]
+__all__ = [
+    "app",
+    "batch_commands",
+    "cache_commands",
+    "dashboard_commands",
+    "limit_commands",
+    "main",
+    "worker_commands",
+]

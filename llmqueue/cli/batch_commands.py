@@ -39,6 +39,7 @@ from llmqueue.cli.common import (
     print_estimate,
     require_positive,
     settings_from,
+    unresolved_deployments,
     with_batches,
     with_cache_dir,
     with_redis,
@@ -83,13 +84,22 @@ def submit(
     --no-cache; --cache-dir here only tells --dry-run where to look.
     """
     from llmqueue.batches.control import new_batch_id
-    from llmqueue.batches.files import write_rejects
+    from llmqueue.batches.output import write_rejects
 
     require_positive(max_cost=max_cost, max_tokens=max_tokens)
     settings = with_cache_dir(settings_from(config, redis_url), cache_dir)
     if dry_run:
-        print_estimate(file, settings, model=model, llm_config=llm_config, use_cache=not no_cache)
+        print_estimate(
+            file, settings, model=model, llm_config=llm_config, use_cache=not no_cache, max_cost=max_cost
+        )
         return
+    unresolved = unresolved_deployments(settings)
+    if unresolved is not None:  # the workers may have an environment of their own: a warning
+        console.print(
+            f"[yellow]warning:[/yellow] {escape(unresolved)}\n(workers started with this environment "
+            "would not start)",
+            highlight=False,
+        )
     batch_id = batch or new_batch_id(file)
     if via is Via.batch_api:
         submit_via_batch_api(
@@ -222,7 +232,7 @@ def results(
 ) -> None:
     """Write a batch's results in input order (jobs not finished yet appear with error "missing")."""
     from llmqueue.batches.display import BatchProgress
-    from llmqueue.batches.files import write_results
+    from llmqueue.batches.output import write_results
 
     settings = settings_from(config, redis_url)
 
@@ -416,8 +426,12 @@ def run(
             model=model,
             llm_config=llm_config,
             use_cache=not no_cache,
+            max_cost=max_cost,
         )
         return
+    unresolved = unresolved_deployments(settings)
+    if unresolved is not None:  # the run's workers inherit this environment: none of them would start
+        raise LLMQueueError(f"{unresolved}\n(the run's workers take this environment; nothing was queued)")
     if env_url is None and "redis_url" in settings.model_fields_set:
         env_url = settings.redis_url.get_secret_value()
     options = RunOptions(

@@ -162,9 +162,16 @@ def with_cache_dir(settings: Settings, cache_dir: Path | None) -> Settings:
 
 
 def print_estimate(
-    file: Path, settings: Settings, *, model: str | None, llm_config: str | None, use_cache: bool
+    file: Path,
+    settings: Settings,
+    *,
+    model: str | None,
+    llm_config: str | None,
+    use_cache: bool,
+    max_cost: float | None = None,
 ) -> None:
-    """``--dry-run``: the estimate table on stdout; a bad file raises (exit 2) before anything else."""
+    """``--dry-run``: the estimate table on stdout, compared with ``max_cost`` (or ``[batch] max_cost``);
+    a bad file, or a line a submission would refuse, raises (exit 2) before anything else."""
     from llmqueue.batches.display import estimate_text
     from llmqueue.ops.collector import collector_paused
 
@@ -174,7 +181,22 @@ def print_estimate(
     estimate = asyncio.run(
         estimate_file(file, settings, default_model=model, llm_config=llm_config, use_cache=use_cache)
     )
-    typer.echo(estimate_text(estimate, str(file)))
+    cap = max_cost if max_cost is not None else settings.batch.max_cost
+    typer.echo(estimate_text(estimate, str(file), max_cost=cap))
+
+
+def unresolved_deployments(settings: Settings) -> str | None:
+    """Why workers started from this process's environment could not start the settings' model_list
+    deployments (an ``os.environ/`` variable not set), or None."""
+    if not settings.model_list:
+        return None
+    from llmqueue.model_list import resolve
+
+    try:
+        resolve(settings.model_list, os.environ)
+    except LLMQueueError as exc:
+        return str(exc)
+    return None
 
 
 def with_batches(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:

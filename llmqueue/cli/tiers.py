@@ -58,7 +58,7 @@ def submit_via_batch_api(
 
     with collector_paused():
         from llmqueue.batches.batch_api_tier import BatchApiTier  # imports LiteLLM
-    from llmqueue.batches.files import check_file, invalid_file_error
+    from llmqueue.batches.input import check_file, invalid_file_error
     from llmqueue.batches.options import RunOptions
 
     check = check_file(file, batch_id=batch_id, default_model=model, llm_config=llm_config)

@@ -1,10 +1,8 @@
 """What a worker tells the shared limiter after each provider answer, and the warnings it gives once.
 
 After a success the provider's rate-limit headers (if any) teach the limiter the scope's limits and what
-is left, and the call's reported usage reconciles the token estimate where the provider's limiter does
-the same (see :meth:`LimitFeedback.answered`). After a
-429 the headers are read too, and the tokens the call took are given back: a refused call is not counted
-by the provider.
+is left, and the call's reported usage gives back the tokens the provider does not count (see
+:meth:`LimitFeedback.answered`). After a 429 the headers are read too, and the call's tokens go back.
 """
 
 from __future__ import annotations
@@ -17,8 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
-from llmqueue.limits.headers import ProviderLimits, parse_rate_limit_headers
-from llmqueue.limits.limiter import Admission, Learnt, RateLimiter, ScopeState, Ticket
+from llmqueue.limits.headers import parse_rate_limit_headers
+from llmqueue.limits.limiter import Admission, Learnt, RateLimiter, Reservation, ScopeState
 from llmqueue.limits.tokens import TokenEstimate
 from llmqueue.settings import LimitConfig
 
@@ -36,7 +34,7 @@ class LimitListener(Protocol):
 
 
 class LimitFeedback:
-    """One worker's side of learning limits: reports answers to the limiter, warns once per scope."""
+    """One worker's side of learning limits: settles reservations, warns once per scope."""
 
     def __init__(
         self,
@@ -51,8 +49,8 @@ class LimitFeedback:
         self._warned: set[tuple[str, str]] = set()
         self._reported: dict[str, float] = {}
         self._batch_scopes: set[tuple[str, str]] = set()
-        self._unlimited: set[str] = set()
         self._answer_awaited: dict[str, asyncio.Event] = {}
+        self._unlimited: set[str] = set()
 
     async def ran_in_batch(self, batch_id: str | None, scope: str) -> None:
         """Note once that a job of ``batch_id`` ran in ``scope`` (``llmqueue status`` shows its limits)."""
@@ -68,20 +66,11 @@ class LimitFeedback:
         return learnt is None or bool(learnt.tpm or learnt.itpm or learnt.otpm)
 
     async def hear_from(self, scope: str, timeout: float) -> None:
-        """Wait at most ``timeout`` seconds for this worker to report an answer from ``scope``.
-
-        A scope still probing for its limits admits a couple of calls until an answer tells the limiter
-        what they are; jobs refused meanwhile wait here for the worker's own probe to come back instead
-        of being re-deferred for the full retry interval.
-        """
+        """Wait at most ``timeout`` seconds for this worker to hear an answer from ``scope``: a scope
+        still probing for its limits admits a couple of calls until an answer tells what they are."""
         event = self._answer_awaited.setdefault(scope, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
-
-    def _heard(self, scope: str) -> None:
-        event = self._answer_awaited.pop(scope, None)
-        if event is not None:
-            event.set()
 
     def admitted(self, scope: str, admission: Admission) -> None:
         """Warn, once per scope, that calls go out with no limit at all."""
@@ -100,9 +89,7 @@ class LimitFeedback:
 
     async def answered(
         self,
-        scope: str,
-        limit: LimitConfig | None,
-        ticket: Ticket | None,
+        reservation: Reservation,
         headers: Mapping[str, str],
         *,
         estimate: TokenEstimate,
@@ -115,71 +102,56 @@ class LimitFeedback:
         does not keep.
 
         OpenAI's limiter (and the ones that copy its headers) charges a call that sets ``max_tokens``
-        its prompt plus ``max_tokens`` up front, whatever the answer's length: nothing is given back,
-        and the learnt charge factor corrects the prompt estimate. Otherwise (no ``max_tokens``, an
-        Anthropic key, whose output limit counts what was produced, or no headers at all) the estimate is
-        reconciled with the reported usage. Input and output token buckets (Anthropic's ITPM and OTPM)
-        are always reconciled with the prompt and completion tokens reported, as that provider counts.
+        its prompt plus ``max_tokens`` up front, whatever the answer's length: nothing is given back.
+        Otherwise (no ``max_tokens``, an Anthropic key, whose output limit counts what was produced, or
+        no headers at all) the estimate is reconciled with the reported usage. Input and output tokens
+        (Anthropic's ITPM and OTPM) are always reconciled with the prompt and completion tokens reported.
         """
         said = parse_rate_limit_headers(headers, datetime.now(UTC))
-        input_back = output_back = 0
-        if ticket is not None and ticket.input_charged and used_prompt is not None:
-            input_back = estimate.prompt - used_prompt
-        if ticket is not None and ticket.output_charged and used_completion is not None:
-            output_back = estimate.completion - used_completion
-        # Input and output first: the provider's count of this call is then the bucket's too, and the
-        # headers' remaining shows only what others did (else its own shortfall is taken off twice).
-        await self.limiter.adjust(scope, limit, tokens=0, input_tokens=input_back, output_tokens=output_back)
-        if said is None and ticket is None and scope in self._unlimited and scope in self._learnt:
-            # Admitted as unlimited, and the answer states no limit either: once this worker has heard
-            # what the scope learnt, the limiter has nothing to add (a self-hosted server's every
-            # answer), so no round trip is made for it.
+        taken = reservation.taken
+        give: dict[str, float] = {}
+        charged_up_front = sets_max_tokens and said is not None and said.family == "openai"
+        if used is not None and taken.get("t") and not charged_up_front:
+            give["t"] = estimate.total - used
+        if taken.get("i") and used_prompt is not None:
+            give["i"] = estimate.prompt - used_prompt
+        if taken.get("o") and used_completion is not None:
+            give["o"] = estimate.completion - used_completion
+        scope = reservation.scope
+        if said is None and scope in self._unlimited and scope in self._learnt:
+            # Admitted as unlimited and the answer states no limit either: nothing to tell the limiter
+            # once this worker has heard what the scope learnt (a self-hosted server's every answer).
             self._heard(scope)
             await self._report(scope)
-        else:
-            await self._observe(scope, limit, said, ticket)
-        charged_up_front = sets_max_tokens and said is not None and said.family == "openai"
-        took_tokens = ticket is not None and ticket.tokens_charged > 0
-        if used is not None and took_tokens and not charged_up_front:
-            await self.limiter.adjust(scope, limit, tokens=estimate.total - used, ticket=ticket)
-
-    async def rate_limited(
-        self, scope: str, limit: LimitConfig | None, ticket: Ticket | None, headers: Mapping[str, str]
-    ) -> None:
-        """A 429: learn from its headers, if it has any, and give back the tokens the call took."""
-        said = parse_rate_limit_headers(headers, datetime.now(UTC))
-        if said is not None:
-            await self._observe(scope, limit, said, ticket, refused=True)
-        # Its tokens only: the request is kept, as the refusal shows the key had less than believed.
-        await self.limiter.refund(scope, limit, ticket)
-
-    async def failed(self, scope: str, limit: LimitConfig | None, ticket: Ticket | None) -> None:
-        """Another failure: the tokens the call took are given back, as no answer was produced."""
-        self._heard(scope)
-        await self.limiter.refund(scope, limit, ticket)
-
-    async def not_sent(self, scope: str, limit: LimitConfig | None, ticket: Ticket | None) -> None:
-        """An admitted call that was not sent after all (a cooldown began while it waited)."""
-        await self.limiter.refund(scope, limit, ticket, requests=True)
-
-    async def _observe(
-        self,
-        scope: str,
-        limit: LimitConfig | None,
-        said: ProviderLimits | None,
-        ticket: Ticket | None,
-        *,
-        refused: bool = False,
-    ) -> None:
-        learnt = await self.limiter.observe(scope, limit, said, ticket, refused=refused)
-        self._learnt[scope] = learnt
-        if not refused:  # after a 429 the waiters keep to their retry time: the cooldown is set later
-            self._heard(scope)
-        await self._report(scope)
-        if limit is None:
             return
+        learnt = await reservation.answered(said, give)
+        await self._learn(scope, reservation.limit, learnt)
+
+    async def rate_limited(self, reservation: Reservation, headers: Mapping[str, str]) -> None:
+        """A 429: learn from its headers, if it has any; the call's tokens go back."""
+        said = parse_rate_limit_headers(headers, datetime.now(UTC))
+        learnt = await reservation.refused(said)
+        # The waiters keep to their retry time: the scope's cooldown is set by the caller.
+        self._learnt[reservation.scope] = learnt
+
+    async def failed(self, reservation: Reservation) -> None:
+        """Another failure: no answer was produced, so what the call took goes back (its request
+        stays taken: the provider may have counted it)."""
+        self._heard(reservation.scope)
+        tokens = {d: q for d, q in reservation.taken.items() if d != "r"}
+        if tokens:
+            await reservation.limiter.settle(reservation.scope, reservation.limit, give_back=tokens)
+
+    async def not_sent(self, reservation: Reservation) -> None:
+        """An admitted call that was not sent after all (a cooldown began while it waited)."""
+        await reservation.cancel()
+
+    async def _learn(self, scope: str, limit: LimitConfig | None, learnt: Learnt) -> None:
+        self._learnt[scope] = learnt
+        self._heard(scope)
+        await self._report(scope)
         for name in ("rpm", "tpm", "itpm", "otpm"):
-            configured, stated = getattr(limit, name), getattr(learnt, name)
+            configured, stated = getattr(limit, name, None), getattr(learnt, name)
             if configured is not None and 0 < stated < configured:
                 self._warn_once(
                     scope,
@@ -191,6 +163,11 @@ class LimitFeedback:
                     configured,
                     stated,
                 )
+
+    def _heard(self, scope: str) -> None:
+        event = self._answer_awaited.pop(scope, None)
+        if event is not None:
+            event.set()
 
     async def _report(self, scope: str) -> None:
         if not self.listeners:

@@ -1,28 +1,32 @@
-"""A token-bucket rate limiter shared by every worker through Redis, taught by the provider's headers.
+"""The rate limiter every worker shares through Redis: virtual scheduling (GCRA) per scope.
 
-Each limit scope has two buckets, requests and tokens, refilled continuously at ``rpm/60`` and
-``tpm/60`` per second up to a capacity of ``burst_seconds`` of the rate, and two more where the provider
-limits input and output tokens apart (``itpm``/``otpm``, as Anthropic does). One Lua script
-(``limiter.lua``, run by SHA) checks and takes them all atomically with Redis ``TIME`` as the clock,
-so workers on many machines never oversubscribe a scope together.
+A scope (a model, a key's ``limit_scope`` or a deployment) is limited in up to four dimensions:
+requests, tokens, and input and output tokens apart (Anthropic's ITPM/OTPM). Each dimension keeps one
+theoretical arrival time; one Lua script (``limiter.lua``, run by SHA, Redis ``TIME`` as the clock)
+admits a call in every dimension at once and says when it may be sent. The rules, in words:
 
-The rate of a bucket is the configured one, the one the provider states in its headers
-(:meth:`RateLimiter.observe`), or the lower of the two. What the provider says is left lowers a bucket
-that believes it holds more. A request shortfall that goes on is another client on the key: its share
-of the rate is learnt and the request bucket refills that much slower. A token shortfall is a provider
-counting tokens its own way: the ratio between its count and the workers' estimate is learnt and
-charged from then on. A scope with neither a configured nor a learnt limit lets a few calls through to
-read the headers ("probing"); if the provider states no limit it is "unlimited", and only 429 cooldowns apply.
+- A call is sent when every dimension has room for it, the scope is not cooling down after a 429,
+  and no refused job of higher priority is due back. Up to ``burst_seconds`` of the rate may go at once;
+  after that calls leave spaced at the rate, never two on one instant beyond the burst.
+- A call that would wait longer than the caller allows takes nothing; its job is parked and told when
+  to come back. Capacity given back (tokens an answer did not use, a call never sent) or a limit
+  learnt higher re-schedules parked jobs at once, highest priority first (``on_wake``).
+- A call larger than a minute's limit can never be sent: it is refused as ``too_large``.
+- The provider's headers teach the scope its limits (the lower of configured and stated is used) and
+  what is left: what it says is left caps what the scope believes (another program on the key).
+- A 429 pauses the scope and empties its request bucket as of the pause's end.
+- Jobs below the default priority may not take the last ``reserve`` of the burst.
 
-Priorities are integers 0-9, higher is more urgent (:data:`PRIORITIES`). A job below the default
-priority may not take the scope's ``reserve`` (the last part of the bucket) nor hold a reservation
-longer than about one refill, and no job is admitted while a refused job of higher priority is due back.
+:meth:`RateLimiter.acquire` returns an :class:`Admission`; an admitted call holds a
+:class:`Reservation`, settled with :meth:`~Reservation.answered`, :meth:`~Reservation.refused` or
+:meth:`~Reservation.cancel`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
@@ -34,7 +38,6 @@ from llmqueue.limits.headers import ProviderLimits
 from llmqueue.settings import LimitConfig
 
 _SCRIPT = resources.files("llmqueue.limits").joinpath("limiter.lua").read_text(encoding="utf-8")
-UNLIMITED = LimitConfig()
 
 #: Named priorities; any integer from 0 to 9 is a priority, higher is more urgent.
 PRIORITIES = {"batch": 0, "default": 1, "interactive": 2}
@@ -42,77 +45,100 @@ DEFAULT_PRIORITY = PRIORITIES["default"]
 MAX_PRIORITY = 9
 #: The longest reservation (seconds) a job below the default priority may hold, when one refill is shorter.
 LOW_PRIORITY_HOLD = 0.1
-
-#: Seconds a call whose reservation a 429 made stale waits before it takes a new one.
+#: Seconds a call admitted under a limit since replaced waits before it is admitted again.
 REACQUIRE_DELAY = 0.01
 #: Seconds the record of which scopes a batch ran in is kept after its last job started.
 BATCH_SCOPES_TTL = 7 * 86400
 
 LimitState = Literal["limited", "probing", "unlimited"]
-_NO_TICKET = -1e300
+Dimension = Literal["r", "t", "i", "o"]
+#: Re-schedules parked jobs: (job id, seconds from now it may come back in).
+WakeHandler = Callable[[list[tuple[str, float]]], Awaitable[None]]
+_NAMES: dict[str, Dimension] = {"requests": "r", "tokens": "t", "input_tokens": "i", "output_tokens": "o"}
 
 
 @dataclass(frozen=True)
-class Ticket:
-    """What an admitted call took, and what the bucket believed was left when it went out.
+class TooLarge:
+    """A call that no wait can admit: ``asked`` units of ``dimension`` against a limit per minute."""
 
-    Passed back to :meth:`RateLimiter.observe` with the provider's headers for that call, so the two
-    counts can be compared. ``*_charged`` is this call's charge (its estimate times the learnt factor),
-    ``*_granted`` and ``*_estimated`` the scope's running totals charged and estimated when it was taken.
-    """
+    dimension: str
+    asked: float
+    limit: float
 
-    requests_charged: float
-    tokens_charged: float
-    request_belief: float
-    token_belief: float
-    request_corrections: float
-    token_corrections: float
-    requests_granted: float
-    tokens_granted: float
-    requests_estimated: float
-    tokens_estimated: float
-    tokens_asked: int
-    granted_at: float = 0.0
-    """Redis time of the grant, seconds."""
-    input_charged: float = 0.0
-    output_charged: float = 0.0
-    input_belief: float = _NO_TICKET
-    output_belief: float = _NO_TICKET
-    input_corrections: float = 0.0
-    output_corrections: float = 0.0
-
-    def args(self) -> list[float]:
-        return [
-            self.request_belief,
-            self.token_belief,
-            self.request_corrections,
-            self.token_corrections,
-            self.requests_granted,
-            self.tokens_granted,
-            self.requests_estimated,
-            self.tokens_estimated,
-        ]
-
-    def split_args(self) -> list[float]:
-        """The input and output token part of the ticket, as ``observe`` takes it."""
-        return [self.input_belief, self.output_belief, self.input_corrections, self.output_corrections]
+    def __str__(self) -> str:
+        name = next(name for name, short in _NAMES.items() if short == self.dimension).replace("_", " ")
+        return f"the request needs {self.asked:g} {name} but the limit is {self.limit:g} {name} per minute"
 
 
 @dataclass(frozen=True)
 class Admission:
-    """The limiter's answer: ``admitted`` after sleeping ``wait`` seconds, or not admitted at all.
-
-    When not admitted nothing was taken, and ``wait`` is how long until the request could be. ``state``
-    says whether the scope ran under a limit, was probing for one, or is unlimited; ``ticket`` is set
-    for a call admitted under a limit. ``choice`` is the position of the scope that answered among the
-    candidates of :meth:`RateLimiter.acquire_any` (0 for :meth:`RateLimiter.acquire`).
-    """
+    """The limiter's answer: ``admitted`` to be sent after ``wait`` seconds, or not (nothing was taken,
+    and ``wait`` says when to come back; ``too_large`` when it never can). ``state`` says whether the
+    scope runs under a limit, is probing for one, or is unlimited; ``choice`` is the position among the
+    candidates of the scope that answered."""
 
     admitted: bool
     wait: float
     state: LimitState = "limited"
-    ticket: Ticket | None = None
     choice: int = 0
+    reservation: Reservation | None = None
+    too_large: TooLarge | None = None
+
+
+@dataclass(frozen=True)
+class Learnt:
+    """The limits (per minute) the provider stated for a scope, 0 where it never stated one."""
+
+    rpm: float = 0.0
+    tpm: float = 0.0
+    itpm: float = 0.0
+    otpm: float = 0.0
+
+
+@dataclass
+class Reservation:
+    """What an admitted call took from its scope, until the call is settled.
+
+    ``taken`` is the units per dimension (``r``, ``t``, ``i``, ``o``) and ``marks`` the scope's running
+    totals right after this grant: an answer's headers are compared net of what was admitted since.
+    """
+
+    limiter: RateLimiter
+    scope: str
+    limit: LimitConfig | None
+    at: float
+    """Redis time (seconds) the call may be sent at."""
+    granted: float = 0.0
+    """Redis time (seconds) it was admitted."""
+    taken: dict[str, float] = field(default_factory=dict)
+    marks: dict[str, float] = field(default_factory=dict)
+
+    async def answered(self, said: ProviderLimits | None, give_back: Mapping[str, float]) -> Learnt:
+        """The provider answered: learn from its headers (``said``; None: it sent none) and give back
+        ``give_back`` units per dimension (tokens it did not count; negative charges more)."""
+        return await self.limiter.settle(
+            self.scope, self.limit, said=said, give_back=give_back, sent=self, no_headers=said is None
+        )
+
+    async def refused(self, said: ProviderLimits | None) -> Learnt:
+        """The provider answered 429: it counted nothing, so its tokens go back; its request only if
+        it was admitted under a limit since replaced (else the refusal shows the key had less)."""
+        return await self.limiter.settle(
+            self.scope, self.limit, said=said, give_back=self.taken, sent=self, refused=True
+        )
+
+    async def pause_before_sending(self) -> float:
+        """Seconds the call must still wait, 0 to send it now: a 429 seen since it was admitted pauses
+        it, and a limit learnt since voids it (it was admitted at another rate) for a moment."""
+        reply = await self.limiter._run("cooldown", [keys.limiter(self.scope)], {"seconds": 0})
+        if reply["left"] > 0:
+            return float(reply["left"])
+        return REACQUIRE_DELAY if float(reply["limits_set"]) > self.granted else 0.0
+
+    async def cancel(self) -> Learnt:
+        """The call was not sent: everything it took goes back (the request too, unless a 429
+        cooldown covers its time: the provider's bucket is empty then)."""
+        return await self.limiter.settle(self.scope, self.limit, give_back=self.taken)
 
 
 @dataclass(frozen=True)
@@ -133,9 +159,8 @@ class ScopeState:
     token_capacity: float
     cooldown: float
     others_request_share: float
-    """The share of the request rate another client on the key was seen to take (0 to 0.75)."""
-    token_factor: float
-    """What the provider counts per token the workers estimate (1 to 4)."""
+    """The share of the request rate the provider's headers showed another client taking (the last
+    ten seconds or so)."""
     requests_last_minute: int
     rate_limited_last_minute: int
     itpm: float = 0.0
@@ -152,7 +177,7 @@ class ScopeState:
 
     @property
     def source(self) -> str:
-        """``configured``, ``learnt``, ``both`` or ``none``: where the scope's limits come from."""
+        """``configured``, ``learnt``, ``both`` or ``none``: where the scope's limits come from now."""
         configured = max(self.configured_rpm, self.configured_tpm, self.configured_itpm, self.configured_otpm)
         learnt = max(self.learnt_rpm, self.learnt_tpm, self.learnt_itpm, self.learnt_otpm)
         return {(True, True): "both", (True, False): "configured", (False, True): "learnt"}.get(
@@ -165,321 +190,156 @@ class ScopeState:
         return data
 
 
-@dataclass(frozen=True)
-class BucketShape:
-    """The configured part of a scope's limit, as the script takes it."""
-
-    rpm: float
-    tpm: float
-    itpm: float
-    otpm: float
-    burst_seconds: float
-    reserve: float
-    spread_seconds: float
-
-    @classmethod
-    def of(cls, limit: LimitConfig) -> BucketShape:
-        return cls(
-            rpm=limit.rpm or 0.0,
-            tpm=limit.tpm or 0.0,
-            itpm=limit.itpm or 0.0,
-            otpm=limit.otpm or 0.0,
-            burst_seconds=limit.burst_seconds,
-            reserve=limit.reserve,
-            spread_seconds=limit.spread_seconds,
-        )
-
-    def args(self) -> list[Any]:
-        return [
-            self.rpm,
-            self.tpm,
-            self.itpm,
-            self.otpm,
-            self.burst_seconds,
-            self.reserve,
-            self.spread_seconds,
-        ]
-
-
-@dataclass(frozen=True)
-class Learnt:
-    """The limits (per minute) the provider stated for a scope, 0 where it never stated one."""
-
-    rpm: float = 0.0
-    tpm: float = 0.0
-    itpm: float = 0.0
-    otpm: float = 0.0
-
-
 class RateLimiter:
-    """Shared request and token buckets, one set per scope, kept in Redis."""
+    """Shared limits, one set per scope, kept in Redis.
 
-    def __init__(self, redis: Redis, coalescer: ScriptCoalescer | None = None) -> None:
-        """With ``coalescer`` (a worker's), calls made together share a round trip."""
+    ``clock`` (tests) gives the script its "now" in seconds instead of Redis ``TIME``; ``on_wake``
+    re-schedules parked jobs (the worker's queue); ``coalescer`` shares round trips between calls.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        coalescer: ScriptCoalescer | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+        on_wake: WakeHandler | None = None,
+    ) -> None:
         self._redis = redis
         self._script = (coalescer or redis).register_script(_SCRIPT)
+        self._clock = clock
+        self.on_wake = on_wake
         self._known_scopes: set[str] = set()
 
     async def acquire(
         self,
-        scope: str,
-        limit: LimitConfig | None,
-        *,
-        tokens: int,
-        max_wait: float,
-        requests: int = 1,
-        priority: int = DEFAULT_PRIORITY,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-    ) -> Admission:
-        """Take ``requests`` and ``tokens`` from the scope's buckets (``input_tokens`` and
-        ``output_tokens``, the same tokens split, from its input and output buckets where it has them).
-
-        If they will be available within ``max_wait`` seconds they are reserved now and the caller must
-        sleep ``Admission.wait`` before calling the provider; otherwise nothing is taken. A scope in
-        cooldown (after a 429) waits out the cooldown either way. ``limit`` is the configured limit (None:
-        none); a limit learnt from the provider's headers applies as well. ``priority`` is 0-9, higher
-        more urgent (``PRIORITIES``).
-        """
-        return await self.acquire_any(
-            [(scope, limit)],
-            tokens=tokens,
-            max_wait=max_wait,
-            requests=requests,
-            priority=priority,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-        )
-
-    async def acquire_any(
-        self,
         candidates: Sequence[tuple[str, LimitConfig | None]],
         *,
-        tokens: int,
+        tokens: int = 0,
         max_wait: float,
-        requests: int = 1,
-        priority: int = DEFAULT_PRIORITY,
         input_tokens: int = 0,
         output_tokens: int = 0,
+        priority: int = DEFAULT_PRIORITY,
+        job_id: str | None = None,
     ) -> Admission:
-        """:meth:`acquire` from whichever of the candidate scopes (deployments of one model) can take
-        the request soonest, in one script call; ``Admission.choice`` says which.
+        """Admit one call of ``tokens`` (``input_tokens``/``output_tokens`` where a scope limits them
+        apart) on whichever candidate scope can send it soonest, if within ``max_wait`` seconds.
 
-        The candidates are compared by their wait (cooldown, higher-priority jobs due back, buckets,
-        learnt limits included); on a tie the one with more room left in its buckets is taken, so idle
-        deployments share the load. Nothing is taken from the others.
+        Admitted, the caller sleeps ``Admission.wait`` and sends; refused, nothing was taken, and
+        ``job_id`` (if given) is parked to be re-scheduled when capacity comes back. ``priority`` is 0-9,
+        higher more urgent (:data:`PRIORITIES`).
         """
         if not candidates:
-            raise ValueError("acquire_any needs at least one candidate scope")
+            raise ValueError("acquire needs at least one candidate scope")
         if not 0 <= priority <= MAX_PRIORITY:
             raise ValueError(f"priority must be an integer from 0 to {MAX_PRIORITY}, not {priority!r}")
         for scope, _ in candidates:
             await self._remember(scope)
-        shapes = [BucketShape.of(limit or UNLIMITED) for _, limit in candidates]
-        raw = await self._script(
-            keys=[keys.limiter(scope) for scope, _ in candidates],
-            args=[
-                "acquire",
-                *shapes[0].args(),
-                requests,
-                tokens,
-                max_wait,
-                priority,
-                LOW_PRIORITY_HOLD,
-                input_tokens,
-                output_tokens,
-                *(arg for shape in shapes[1:] for arg in shape.args()),
-            ],
-        )
-        reply = [value.decode() if isinstance(value, bytes) else str(value) for value in raw]
-        admitted, wait, state = int(reply[0]), float(reply[1]), reply[2]
-        numbers = [float(value) for value in reply[3:20]]
-        ticket = None
-        if admitted and state == "limited":
-            ticket = Ticket(
-                requests_charged=numbers[0],
-                tokens_charged=numbers[1],
-                request_belief=numbers[2],
-                token_belief=numbers[3],
-                request_corrections=numbers[4],
-                token_corrections=numbers[5],
-                requests_granted=numbers[6],
-                tokens_granted=numbers[7],
-                requests_estimated=numbers[8],
-                tokens_estimated=numbers[9],
-                tokens_asked=tokens,
-                granted_at=numbers[10],
-                input_charged=numbers[11],
-                output_charged=numbers[12],
-                input_belief=numbers[13],
-                output_belief=numbers[14],
-                input_corrections=numbers[15],
-                output_corrections=numbers[16],
-            )
-        return Admission(
-            admitted=bool(admitted), wait=wait, state=_state(state), ticket=ticket, choice=int(reply[20]) - 1
-        )
-
-    async def adjust(
-        self,
-        scope: str,
-        limit: LimitConfig | None,
-        *,
-        tokens: float,
-        ticket: Ticket | None = None,
-        input_tokens: float = 0,
-        output_tokens: float = 0,
-    ) -> None:
-        """Return ``tokens`` (as estimated) to the token bucket (a negative number charges more), and
-        ``input_tokens``/``output_tokens`` to the input and output buckets.
-
-        With the call's ``ticket`` the amount is scaled by the charge factor the call was admitted at.
-        """
-        if tokens == 0 and input_tokens == 0 and output_tokens == 0:
-            return
-        charged = tokens
-        if ticket is not None and ticket.tokens_asked > 0:
-            charged = tokens * ticket.tokens_charged / ticket.tokens_asked
-        shape = BucketShape.of(limit or UNLIMITED)
-        await self._run(scope, "adjust", shape, charged, tokens, 0, 0, input_tokens, output_tokens)
-
-    async def refund(
-        self, scope: str, limit: LimitConfig | None, ticket: Ticket | None, *, requests: bool = False
-    ) -> None:
-        """Give back the tokens a call took, and with ``requests`` its request too: the provider did not
-        count it (a 429, or a call never sent)."""
-        if ticket is None:
-            return
-        split = [ticket.input_charged, ticket.output_charged]
-        if not (ticket.tokens_charged or any(split) or (requests and ticket.requests_charged)):
-            return
-        args: list[Any] = [ticket.tokens_charged, ticket.tokens_asked]
-        args += [ticket.requests_charged, 1] if requests else [0, 0]
-        await self._run(scope, "adjust", BucketShape.of(limit or UNLIMITED), *args, *split)
-
-    async def observe(
-        self,
-        scope: str,
-        limit: LimitConfig | None,
-        said: ProviderLimits | None,
-        ticket: Ticket | None,
-        *,
-        refused: bool = False,
-    ) -> Learnt:
-        """Learn from one provider answer: its stated limits and what it says is left.
-
-        ``said`` None (a successful answer without rate-limit headers) marks a scope that has no learnt
-        limit as unlimited. ``refused``: the answer was a 429, so the call took nothing at the provider.
-        Where the provider states input and output token limits apart (Anthropic), those are learnt and
-        its combined ``tokens`` figure, the tighter of the two, is not a limit of its own.
-        """
-        stated = {"requests": (0.0, -1.0), "tokens": (0.0, -1.0), "input": (0.0, -1.0), "output": (0.0, -1.0)}
-        if said is not None:
-            split = said.input_tokens is not None or said.output_tokens is not None
-            readings = {
-                "requests": said.requests,
-                "tokens": None if split else said.tokens,
-                "input": said.input_tokens,
-                "output": said.output_tokens,
-            }
-            for name, reading in readings.items():
-                if reading is not None:
-                    left = -1.0 if reading.remaining is None else reading.remaining
-                    stated[name] = (reading.limit or 0.0, left)
-        if ticket is not None:
-            ticket_args = ticket.args()
-            charged = [ticket.requests_charged, ticket.tokens_charged]
-            split_ticket = [
-                *ticket.split_args(),
-                ticket.input_charged,
-                ticket.output_charged,
-                ticket.granted_at,
-            ]
-        else:
-            ticket_args, charged = [_NO_TICKET, _NO_TICKET, 0, 0, 0, 0, 0, 0], [0, 0]
-            split_ticket = [_NO_TICKET, _NO_TICKET, 0, 0, 0, 0, 0]
+        want = {"r": 1, "t": tokens, "i": input_tokens, "o": output_tokens}
+        arguments: dict[str, Any] = {
+            "limits": [_limit_json(limit) for _, limit in candidates],
+            "want": want,
+            "max_wait": max_wait,
+            "priority": priority,
+            "hold": LOW_PRIORITY_HOLD,
+        }
+        if job_id is not None:
+            arguments["job"] = job_id
+        scopes = [scope for scope, _ in candidates]
         reply = await self._run(
-            scope,
-            "observe",
-            BucketShape.of(limit or UNLIMITED),
-            stated["requests"][0],
-            stated["tokens"][0],
-            stated["requests"][1],
-            stated["tokens"][1],
-            *ticket_args,
-            int(refused),
-            *charged,
-            stated["input"][0],
-            stated["output"][0],
-            stated["input"][1],
-            stated["output"][1],
-            *split_ticket,
+            "acquire", [*map(keys.limiter, scopes), *map(keys.limiter_parked, scopes)], arguments
         )
-        return Learnt(*(float(value) for value in reply[:4]))
+        choice = int(reply["choice"]) - 1
+        scope, limit = candidates[choice]
+        state = _state(reply["state"])
+        if "too_large" in reply:
+            return Admission(False, 0.0, state, choice, too_large=TooLarge(**reply["too_large"]))
+        if not reply["admitted"]:
+            return Admission(False, float(reply["wait"]), state, choice)
+        marks = reply.get("marks") or {}
+        taken = {d: float(q) for d, q in want.items() if d in marks}
+        reservation = Reservation(
+            self, scope, limit, float(reply["at"]), float(reply["granted"]), taken, _floats(marks)
+        )
+        return Admission(True, max(0.0, float(reply["wait"])), state, choice, reservation)
 
-    async def recheck(self, scope: str, ticket: Ticket | None) -> float:
-        """Before sending a call admitted with a wait: seconds it must still pause, or 0 to go.
-
-        A scope in cooldown answers what is left of it. A call admitted before the provider answered 429
-        to another call answers at least a moment: its reservation was made on a count the provider has
-        since shown to be too high, and it should take a new one.
-        """
-        reply = await self._run(scope, "cooldown", BucketShape.of(UNLIMITED), 0, 0)
-        pause, refused_at = float(reply[1]), float(reply[2])
-        if ticket is not None and refused_at > ticket.granted_at:
-            return max(pause, REACQUIRE_DELAY)
-        return pause
+    async def settle(
+        self,
+        scope: str,
+        limit: LimitConfig | None,
+        *,
+        said: ProviderLimits | None = None,
+        give_back: Mapping[str, float] | None = None,
+        sent: Reservation | None = None,
+        refused: bool = False,
+        no_headers: bool = False,
+        max_wait: float = 2.0,
+    ) -> Learnt:
+        """Report the outcome of the call ``sent`` (see :class:`Reservation`, which calls this); wakes
+        parked jobs that can now go sooner."""
+        arguments: dict[str, Any] = {"limit": _limit_json(limit), "max_wait": max_wait}
+        if said is not None:
+            arguments["said"] = _said_json(said)
+        if give_back:
+            arguments["give"] = {d: q for d, q in give_back.items() if q}
+        if sent is not None and sent.marks:
+            arguments.update(marks=sent.marks, at=sent.at, granted=sent.granted)
+        if refused:
+            arguments["refused"] = True
+        if no_headers:
+            arguments["no_headers"] = True
+        reply = await self._run("settle", [keys.limiter(scope), keys.limiter_parked(scope)], arguments)
+        woken = [(str(job), float(at)) for job, at in (reply.get("woken") or [])]
+        if woken and self.on_wake is not None:
+            await self.on_wake(woken)
+        learnt = reply["learnt"]
+        return Learnt(learnt["r"], learnt["t"], learnt["i"], learnt["o"])
 
     async def cooldown(
         self, scope: str, seconds: float, *, longest: float = 0.0, rate_limited: bool = True
     ) -> float:
         """Pause the whole scope for ``seconds`` (a 429 seen by one worker); returns the pause left.
 
-        With ``longest`` set, a 429 that arrives soon after the previous pause ended doubles the pause,
-        up to ``longest`` seconds, so a provider that keeps refusing is probed less and less often.
-        ``seconds=0`` only reads how much of the current pause is left. ``rate_limited=False``: a pause
-        for another reason (a failing deployment), not counted among the scope's 429s.
+        ``seconds=0`` only reads how much of the current pause is left. With ``longest`` (a deployment
+        taken out by the circuit breaker) a pause soon after the last one ended doubles, up to
+        ``longest``. ``rate_limited=False``: the pause is not counted among the scope's 429s.
         """
-        reply = await self._run(
-            scope, "cooldown", BucketShape.of(UNLIMITED), seconds, longest, 1 if rate_limited else 0
-        )
-        return float(reply[1])
+        arguments = {"seconds": seconds, "longest": longest, "counted": rate_limited}
+        reply = await self._run("cooldown", [keys.limiter(scope)], arguments)
+        return float(reply["left"])
 
     async def inspect(self, scope: str) -> ScopeState:
-        """The scope's limits, levels, cooldown and last-minute counts, as the workers left them."""
-        reply = await self._run(scope, "inspect", BucketShape.of(UNLIMITED))
-        state, rpm, tpm, crpm, ctpm, lrpm, ltpm, rlevel, rcap, tlevel, tcap, cool, rshare, tfac, n, e = reply[
-            :16
-        ]
-        split = [float(value) for value in reply[16:26]]
+        """The scope's limits in force, their source, levels, cooldown and last-minute counts. A
+        configured limit shows while workers acquire with it (within the last minute)."""
+        s = await self._run("inspect", [keys.limiter(scope)], {})
+        rpm = float(s["r"])
         return ScopeState(
             scope=scope,
-            state=_state(state),
-            rpm=float(rpm),
-            tpm=float(tpm),
-            configured_rpm=float(crpm),
-            configured_tpm=float(ctpm),
-            learnt_rpm=float(lrpm),
-            learnt_tpm=float(ltpm),
-            request_level=float(rlevel),
-            request_capacity=float(rcap),
-            token_level=float(tlevel),
-            token_capacity=float(tcap),
-            cooldown=float(cool),
-            others_request_share=float(rshare),
-            token_factor=float(tfac),
-            requests_last_minute=int(float(n)),
-            rate_limited_last_minute=int(float(e)),
-            itpm=split[0],
-            otpm=split[1],
-            configured_itpm=split[2],
-            configured_otpm=split[3],
-            learnt_itpm=split[4],
-            learnt_otpm=split[5],
-            input_level=split[6],
-            input_capacity=split[7],
-            output_level=split[8],
-            output_capacity=split[9],
+            state=_state(s["state"]),
+            rpm=rpm,
+            tpm=float(s["t"]),
+            configured_rpm=float(s["cr"]),
+            configured_tpm=float(s["ct"]),
+            learnt_rpm=float(s["lr"]),
+            learnt_tpm=float(s["lt"]),
+            request_level=float(s["rlevel"]),
+            request_capacity=float(s["rcapacity"]),
+            token_level=float(s["tlevel"]),
+            token_capacity=float(s["tcapacity"]),
+            cooldown=float(s["cooldown"]),
+            others_request_share=min(1.0, float(s["others"]) / rpm) if rpm else 0.0,
+            requests_last_minute=int(s["requests_last_minute"]),
+            rate_limited_last_minute=int(s["rate_limited_last_minute"]),
+            itpm=float(s["i"]),
+            otpm=float(s["o"]),
+            configured_itpm=float(s["ci"]),
+            configured_otpm=float(s["co"]),
+            learnt_itpm=float(s["li"]),
+            learnt_otpm=float(s["lo"]),
+            input_level=float(s["ilevel"]),
+            input_capacity=float(s["icapacity"]),
+            output_level=float(s["olevel"]),
+            output_capacity=float(s["ocapacity"]),
         )
 
     async def scopes(self) -> list[str]:
@@ -501,7 +361,7 @@ class RateLimiter:
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
     async def exists(self, scope: str) -> bool:
-        """Whether the scope's buckets are kept (a worker used it within the last hour)."""
+        """Whether the scope's state is kept (a worker used it within the last hour)."""
         return bool(await self._redis.exists(keys.limiter(scope)))
 
     async def _remember(self, scope: str) -> None:
@@ -509,9 +369,40 @@ class RateLimiter:
             await self._redis.sadd(keys.limit_scopes(), scope)
             self._known_scopes.add(scope)
 
-    async def _run(self, scope: str, op: str, shape: BucketShape, *args: Any) -> list[str]:
-        reply = await self._script(keys=[keys.limiter(scope)], args=[op, *shape.args(), *args])
-        return [value.decode() if isinstance(value, bytes) else str(value) for value in reply]
+    async def _run(self, op: str, script_keys: list[str], arguments: dict[str, Any]) -> dict[str, Any]:
+        now = "" if self._clock is None else repr(self._clock())
+        raw = await self._script(keys=script_keys, args=[op, now, json.dumps(arguments)])
+        reply: dict[str, Any] = json.loads(raw)
+        return reply
+
+
+def _floats(values: Mapping[str, Any]) -> dict[str, float]:
+    return {name: float(value) for name, value in values.items()}
+
+
+def _limit_json(limit: LimitConfig | None) -> dict[str, float]:
+    if limit is None:
+        return {}
+    rates = {"r": limit.rpm, "t": limit.tpm, "i": limit.itpm, "o": limit.otpm}
+    shape = {d: rate for d, rate in rates.items() if rate}
+    return {**shape, "burst": limit.burst_seconds, "reserve": limit.reserve, "spread": limit.spread_seconds}
+
+
+def _said_json(said: ProviderLimits) -> dict[str, dict[str, float]]:
+    """The provider's stated limits and what it says is left, per dimension. Where it states input
+    and output token limits apart (Anthropic), its combined token figure is not a limit of its own."""
+    split = said.input_tokens is not None or said.output_tokens is not None
+    readings = {"r": said.requests, "t": None if split else said.tokens}
+    readings.update({"i": said.input_tokens, "o": said.output_tokens})
+    stated: dict[str, dict[str, float]] = {"limit": {}, "left": {}}
+    for d, reading in readings.items():
+        if reading is None:
+            continue
+        if reading.limit:
+            stated["limit"][d] = reading.limit
+        if reading.remaining is not None:
+            stated["left"][d] = reading.remaining
+    return {k: v for k, v in stated.items() if v}
 
 
 def _state(text: str) -> LimitState:

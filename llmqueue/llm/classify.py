@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -19,6 +20,7 @@ from llmqueue.errors import (
     RateLimitedError,
     RetryableProviderError,
 )
+from llmqueue.llm.as_sent import error_body, request_id_of_error
 from llmqueue.models import replace_lone_surrogates
 from llmqueue.redaction import redact
 
@@ -44,6 +46,14 @@ _HTTP_FAILURES = (
 
 _TRANSIENT_STATUS = frozenset({408, 409, 500, 502, 503, 504, 529})
 
+# OpenAI's 429 for a request that exceeds the per-minute limit on its own: "Request too large for gpt-4o in
+# organization org-x on tokens per min (TPM): Limit 60000, Requested 143000. The input or output tokens
+# must be reduced in order to run successfully."
+_TOO_LARGE = re.compile(
+    r"Request too large for (?P<model>\S+)(?: in organization \S+)? on (?P<what>[a-z ]+?)"
+    r"(?: \((?P<unit>[A-Z]+)\))?: Limit (?P<limit>[\d,]+), Requested (?P<requested>[\d,]+)"
+)
+
 # Most specific first: ContextWindowExceededError is a BadRequestError, for instance.
 _PERMANENT: tuple[tuple[type[BaseException], str], ...] = (
     (llm_errors.ContextWindowExceededError, "context_window_exceeded"),
@@ -65,14 +75,30 @@ _TRANSIENT: tuple[tuple[type[BaseException], str], ...] = (
 
 
 def classify(exc: BaseException, secrets: Iterable[str] = ()) -> ProviderError:
-    """Map a provider call's exception to a ProviderError; ``secrets`` are scrubbed from the message."""
+    """Map a provider call's exception to a ProviderError; ``secrets`` are scrubbed from the message.
+
+    An HTTP error answer keeps the provider's body as sent and its request id (``as_sent``)."""
     if isinstance(exc, ProviderError):
         return exc
+    secrets = list(secrets)
+    if isinstance(exc, llm_errors.UnsupportedParamsError):
+        return unsupported_params(short_message(redact(str(exc), secrets)))
+    error = _classify(exc, secrets)
+    if error.status_code is not None and error.status_code >= 400:
+        error.body = error_body(exc, error.status_code, secrets)
+        error.request_id = request_id_of_error(exc)
+    return error
+
+
+def _classify(exc: BaseException, secrets: list[str]) -> ProviderError:
     message = short_message(redact(f"{type(exc).__name__}: {exc}", secrets))
     if is_unreadable_response(exc):
         return invalid_response(message)
     status = _status_code(exc)
     if isinstance(exc, llm_errors.RateLimitError) or status == 429:
+        too_large = request_too_large(message)
+        if too_large is not None:
+            return too_large
         return RateLimitedError(message, retry_after=retry_after_seconds(_headers(exc)))
     if _refused_by_the_sdk(exc):
         # The OpenAI SDK would not build the request (no API key in the worker's settings): LiteLLM
@@ -96,6 +122,41 @@ def classify(exc: BaseException, secrets: Iterable[str] = ()) -> ProviderError:
     if isinstance(exc, ConnectionError | OSError):
         return RetryableProviderError(message, kind="connection")
     return PermanentProviderError(message, kind="error", status_code=status)
+
+
+def request_too_large(message: str) -> PermanentProviderError | None:
+    """The error for a 429 whose ``message`` says the request alone exceeds a per-minute limit
+    (``request_too_large``); None for any other message.
+
+    Not retried, and no reason to pause anyone else: no wait lets the request fit, only a smaller one
+    (shorter input, lower ``max_tokens``) or a higher limit. The message leads with the numbers.
+    """
+    found = _TOO_LARGE.search(message)
+    if found is None:
+        return None
+    unit = f" ({found['unit']})" if found["unit"] else ""
+    summary = (
+        f"request too large for {found['model']}: {found['requested']} tokens requested, above the limit "
+        f"of {found['limit']} {found['what']}{unit}; reduce the input or max_tokens (not retried): "
+    )
+    return PermanentProviderError(short_message(summary + message), kind="request_too_large", status_code=429)
+
+
+def unsupported_params(message: str) -> PermanentProviderError:
+    """The error for a call LiteLLM refused before sending it: the model takes no such parameter.
+
+    LiteLLM's advice (``litellm.drop_params=True``) is put in llmqueue's words: ``drop_params`` in
+    ``[llm]`` or ``LLM_DROP_PARAMS=true``.
+    """
+    # LiteLLM's advice (litellm.drop_params, a proxy setting, allowed_openai_params) is not llmqueue's.
+    head = re.split(r"\s*To drop (?:these|it)\b", message, maxsplit=1)[0].rstrip()
+    message = (
+        f"{head} Set drop_params = true in [llm] (LLM_DROP_PARAMS=true) to drop them, or leave them out "
+        "of the job's params."
+    )
+    error = PermanentProviderError(message, kind="unsupported_params")
+    error.sent = False
+    return error
 
 
 def invalid_response(message: str) -> PermanentProviderError:

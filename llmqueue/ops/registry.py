@@ -39,6 +39,8 @@ class WorkerInfo:
     in_flight: int
     started_at: float
     last_seen: float
+    version: str | None = None
+    """The llmqueue version the worker runs, when its heartbeat records it (``version`` in the hash)."""
 
     @classmethod
     def from_hash(cls, data: Mapping[Any, Any]) -> WorkerInfo:
@@ -52,6 +54,7 @@ class WorkerInfo:
             in_flight=int(fields["in_flight"]),
             started_at=float(fields["started_at"]),
             last_seen=float(fields["last_seen"]),
+            version=fields.get("version"),
         )
 
     def age(self, now: float) -> float:

@@ -111,6 +111,12 @@ class BatchLedger:
             return
         await self._add_call(batch_id, -1, retrying)
 
+    async def call_not_sent(self, batch_id: str | None) -> None:
+        """Take back the request :meth:`call_started` counted for a call refused before it left."""
+        if batch_id is None:
+            return
+        await self.redis.hincrby(keys.batch(batch_id), "requests", -1)
+
     @staticmethod
     def count_retry(pipe: Pipeline, batch_id: str, *, rate_limited: bool) -> None:
         """Queue on ``pipe``: a call failed and its job waits for a retry."""

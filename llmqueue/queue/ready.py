@@ -76,6 +76,7 @@ class ReadyQueue:
         self.claim_ttl_ms = int(claim_ttl * 1000)
         self._claim = redis.register_script(script("claim.lua"))
         self._release = redis.register_script(script("release.lua"))
+        self._wake = redis.register_script(script("wake.lua"))
 
     def _head(self) -> list[str | int]:
         return [self.prefix, self.queue_name, now_ms()]
@@ -140,6 +141,14 @@ class ReadyQueue:
                 keys.ARQ_ABORT,
             ]
         )
+
+    async def wake(self, jobs: Sequence[tuple[str, float]]) -> None:
+        """Bring waiting jobs forward: each to ``delay`` seconds from now, if it is due later than that
+        (the limiter found room for them sooner than it told them)."""
+        if jobs:
+            now = now_ms()
+            pairs = [value for job, delay in jobs for value in (job, now + max(0, int(delay * 1000)))]
+            await self._wake(args=[*self._head(), *pairs])
 
     async def counts(self) -> list[PriorityCounts]:
         """Jobs ready, deferred and running at each priority that has any (highest first)."""

@@ -121,12 +121,14 @@ LimitKind = Literal["requests", "tokens", "input-tokens", "output-tokens"]
 @dataclass(frozen=True)
 class Rejection:
     """Why a request was refused: which limit (:data:`LimitKind`), the limit per minute, what the request
-    asked for, and the seconds until it would be admitted."""
+    asked for, and the seconds until it would be admitted (``math.inf`` when it is ``too_large``: it
+    asks for more than the limit allows in a whole minute, so no wait admits it)."""
 
     kind: LimitKind
     limit_per_minute: float
     requested: int
     wait_seconds: float
+    too_large: bool = False
 
 
 class RateLimits:
@@ -167,6 +169,13 @@ class RateLimits:
         for _, bucket in self._buckets():
             if bucket is not None:
                 bucket.share(fraction, now)
+
+    def too_large(self, tokens: int) -> Rejection | None:
+        """The refusal of a request of ``tokens`` above the tokens-per-minute limit itself (OpenAI answers
+        it "Request too large", whatever the buckets hold); None when it fits in the limit."""
+        if self.tokens is None or tokens <= self.tokens.rate_per_minute:
+            return None
+        return Rejection("tokens", self.tokens.rate_per_minute, tokens, math.inf, too_large=True)
 
     def admit(
         self,

@@ -7,9 +7,10 @@ For tests, benchmarks and a demo that needs no API key. It answers ``POST /v1/ch
 
 A chat or embedding call goes through, in order: the API key check (401), body validation (400), a
 scripted fault from ``fail_next`` or ``rate_limit_for``, the rate limits (429 with ``retry-after``; a
-refused call consumes nothing), then latency, and a random 5xx (``error_rate``) or hang
-(``timeout_rate``) chosen with the seeded random generator. Admitted calls count against the limits even
-when they then fail, as on hosted providers.
+refused call consumes nothing; a call charged more tokens than ``tpm`` is refused as OpenAI refuses it,
+"Request too large … Limit …, Requested …", without ``retry-after``), then latency, and a random 5xx
+(``error_rate``) or hang (``timeout_rate``) chosen with the seeded random generator. Admitted calls count
+against the limits even when they then fail, as on hosted providers.
 
 In-process::
 
@@ -26,6 +27,7 @@ import asyncio
 import contextlib
 import hmac
 import itertools
+import json
 import math
 import random
 import signal
@@ -202,6 +204,8 @@ class ProviderStats:
     request_times: list[float] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    cache_marked: int = 0
+    """Chat calls whose messages carried a prompt-caching mark (``cache_control``)."""
 
     def to_json(self) -> dict[str, Any]:
         """The counters as JSON-ready data (``errors`` keyed by status as a string)."""
@@ -220,6 +224,7 @@ class SimulatedProvider:
         self.config = config
         self._clock = clock
         self._ids = itertools.count(1)
+        self._request_ids = itertools.count(1)
         self.batch_api = BatchApi(
             clock=clock,
             authorized=self._authorized,
@@ -327,6 +332,8 @@ class SimulatedProvider:
             response = await self._answer(request, endpoint)
         finally:
             stats.in_flight -= 1
+        # Every answer names its request, as OpenAI's do (x-request-id).
+        response.headers.setdefault("x-request-id", f"req_sim_{next(self._request_ids)}")
         if response.status == 200 and response.headers.get(BROKEN_HEADER):
             stats.broken += 1
         elif response.status == 200:
@@ -351,6 +358,8 @@ class SimulatedProvider:
             )
         except ValueError as exc:
             return error_response(400, str(exc))
+        if endpoint == "chat" and "cache_control" in json.dumps(body.get("messages")):
+            self.stats.cache_marked += 1
         if self._pending:
             return self._scripted_failure(body)
         now = self._clock()
@@ -359,7 +368,7 @@ class SimulatedProvider:
                 429, "Rate limit reached (scripted).", retry_after=self._limited_retry_after
             )
         limits = self._limits_for(body.get("model"))
-        rejection = limits.admit(
+        rejection = limits.too_large(usage.charged_tokens) or limits.admit(
             usage.charged_tokens,
             now,
             input_tokens=usage.prompt_tokens,
@@ -367,7 +376,7 @@ class SimulatedProvider:
             output_tokens=usage.completion_tokens,
         )
         if rejection is not None:
-            return rate_limit_response(rejection, self._headers(limits, now))
+            return rate_limit_response(rejection, self._headers(limits, now), body.get("model"))
         self.stats.tokens_admitted += usage.charged_tokens
         headers = self._headers(limits, now)
         await asyncio.sleep(self._latency())

@@ -128,7 +128,9 @@ def embeddings_body(body: Mapping[str, Any], usage: Usage) -> dict[str, Any]:
         vector = embedding_vector(item if isinstance(item, str) else " ".join(map(str, item)))
         encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
         data.append({"object": "embedding", "index": index, "embedding": encoded if as_base64 else vector})
-    return {"object": "list", "data": data, "model": body["model"], "usage": _usage_json(usage)}
+    # OpenAI's embeddings usage has no completion_tokens.
+    tokens = {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens}
+    return {"object": "list", "data": data, "model": body["model"], "usage": tokens}
 
 
 def embedding_vector(text: str) -> list[float]:
@@ -162,10 +164,20 @@ def error_response(
 _LIMIT_UNITS = {"requests": "RPM", "tokens": "TPM", "input-tokens": "ITPM", "output-tokens": "OTPM"}
 
 
-def rate_limit_response(rejection: Rejection, headers: Mapping[str, str]) -> web.Response:
-    """The 429 for a call the rate limits refused, worded like OpenAI's."""
+def rate_limit_response(rejection: Rejection, headers: Mapping[str, str], model: Any = "") -> web.Response:
+    """The 429 for a call the rate limits refused, worded like OpenAI's; a request ``too_large`` for the
+    limit is answered as OpenAI answers it for ``model``, without ``retry-after`` (no wait helps)."""
     unit = _LIMIT_UNITS[rejection.kind]
     what = rejection.kind.replace("-", " ")
+    if rejection.too_large:
+        message = (
+            f"Request too large for {model} in organization org-simulated on {what} per min ({unit}): "
+            f"Limit {rejection.limit_per_minute:.10g}, Requested {rejection.requested}. The input or "
+            "output tokens must be reduced in order to run successfully. Visit "
+            "https://platform.openai.com/account/rate-limits to learn more."
+        )
+        error = {"message": message, "type": what, "param": None, "code": "rate_limit_exceeded"}
+        return web.json_response({"error": error}, status=429, headers=dict(headers))
     message = (
         f"Rate limit reached for {what} per min ({unit}): Limit {rejection.limit_per_minute:.10g}, "
         f"Requested {rejection.requested}. Please try again in {format_duration(rejection.wait_seconds)}."

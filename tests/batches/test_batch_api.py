@@ -117,8 +117,9 @@ async def test_a_line_the_provider_rejects_fails_and_the_others_succeed(
         out.write(json.dumps({**bad, "max_tokens": -1}) + "\n")
     records = await run_tier(producer, settings, path, "b1")
     assert [r["llmqueue"]["status"] for r in records] == ["succeeded", "succeeded", "failed"]
-    assert records[2]["error"]["code"] == "bad_request"
-    assert "max_tokens" in records[2]["error"]["message"]
+    assert records[2]["error"] is None and records[2]["response"]["status_code"] == 400
+    assert "max_tokens" in records[2]["response"]["body"]["error"]["message"]
+    assert records[2]["llmqueue"]["errors"][-1]["kind"] == "bad_request"
     assert len(provider.provider.batch_api.batches) == 1  # a refused line is not sent again
 
 

@@ -154,3 +154,44 @@ def test_dry_run_of_a_bad_file_exits_2(tmp_path: Path) -> None:
     done = dry_run(["run", str(path)], tmp_path)
     assert done.returncode == 2
     assert "line 2" in done.stderr and "nothing was enqueued" in done.stderr
+
+
+def test_dry_run_refuses_the_lines_a_submission_refuses(tmp_path: Path, redis_url: str) -> None:
+    # The workers' settings name their model, so submit checks each line against their policy.
+    (tmp_path / "config.toml").write_text('[llm]\nmodel = "gpt-4o-mini"\n', encoding="utf-8")
+    hello = [{"role": "user", "content": "hello"}]
+    path = write_lines(
+        tmp_path / "in.jsonl",
+        [
+            {"custom_id": "a", "messages": hello, "mock_response": "fake"},
+            {"custom_id": "b", "messages": hello, "stream": True},
+        ],
+    )
+    submitted = subprocess.run(
+        [sys.executable, "-m", "llmqueue", "submit", str(path), "--redis-url", redis_url],
+        env={k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_", "CACHE_"))},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    for command in (["submit", str(path)], ["run", str(path)]):
+        done = dry_run(command, tmp_path)
+        assert done.returncode == 2, (command, done.stdout)
+        assert "line 1: invalid job: params mock_response" in done.stderr, done.stderr
+        assert "line 2: invalid job: params stream" in done.stderr, done.stderr
+        assert "to call" not in done.stdout
+    assert submitted.returncode == 2 and "line 1: invalid job: params mock_response" in submitted.stderr
+
+
+def test_dry_run_says_whether_the_estimate_is_above_max_cost(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "in.jsonl", LINES)
+    # At most 1034 completion tokens of gpt-4o-mini and 50 of gpt-4o: about $0.0014 in all.
+    above = dry_run(["run", str(path), "--max-cost", "0.000001"], tmp_path)
+    within = dry_run(["submit", str(path), "--max-cost", "1"], tmp_path)
+    maybe = dry_run(["run", str(path), "--max-cost", "0.0005"], tmp_path)
+
+    assert above.returncode == 0, above.stderr
+    assert "--max-cost $0.000001: the estimate is above it" in above.stdout, above.stdout
+    assert "--max-cost $1.00: the estimate is within it" in within.stdout, within.stdout
+    assert "--max-cost $0.000500: the estimate may be above it" in maybe.stdout, maybe.stdout

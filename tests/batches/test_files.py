@@ -400,11 +400,13 @@ def test_output_record_for_a_succeeded_job() -> None:
         attempts=2,
         errors=[AttemptError(attempt=1, kind="rate_limit", message="slow down", status_code=429)],
         timings=TIMINGS,
+        request_id="req_abc123",
     )
     record = output_record(result, custom_id="req-1", job_id="b1:00000001")
     assert record["id"] == "batch_req_b1:00000001"
     assert record["custom_id"] == "req-1"
-    assert record["response"] == {"status_code": 200, "request_id": "b1:00000001", "body": CHAT_RESPONSE}
+    assert record["response"] == {"status_code": 200, "request_id": "req_abc123", "body": CHAT_RESPONSE}
+    assert record["llmqueue"]["job_id"] == "b1:00000001"
     assert record["error"] is None
     extra = record["llmqueue"]
     assert extra["status"] == "succeeded"
@@ -425,11 +427,57 @@ def test_output_record_for_a_job_failed_with_an_http_status() -> None:
         timings=TIMINGS,
     )
     record = output_record(result, custom_id="c1", job_id="j1")
-    assert record["error"] == {"code": "bad_request", "message": "max_tokens too large"}
+    # As OpenAI's Batch output has it: an HTTP error is a response, not an error.
+    assert record["error"] is None
     assert record["response"]["status_code"] == 400
-    assert record["response"]["request_id"] == "j1"
+    assert record["response"]["request_id"] is None  # the provider sent none
     assert record["response"]["body"]["error"]["message"] == "max_tokens too large"
     assert record["llmqueue"]["status"] == "failed"
+
+
+def test_output_record_keeps_the_providers_error_body_and_request_id() -> None:
+    body = {"error": {"message": "bad max_tokens", "type": "invalid_request_error", "param": "max_tokens",
+                      "code": "integer_above_max_value"}}  # fmt: skip
+    result = JobResult(
+        job_id="j1",
+        status="failed",
+        attempts=1,
+        errors=[
+            AttemptError(attempt=1, kind="bad_request", message="litellm.BadRequestError: …", status_code=400)
+        ],
+        timings=TIMINGS,
+        error_body=body,
+        request_id="req_400",
+    )
+    record = output_record(result, custom_id="c1", job_id="j1")
+    assert record["response"] == {"status_code": 400, "request_id": "req_400", "body": body}
+    assert record["error"] is None
+
+
+def test_output_record_leaves_out_what_litellm_adds_to_a_body() -> None:
+    dumped = {
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+        "choices": [{"index": 0, "finish_reason": "stop", "provider_specific_fields": {},
+                     "message": {"role": "assistant", "content": "hi", "tool_calls": None,
+                                 "function_call": None, "provider_specific_fields": None}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4,
+                  "completion_tokens_details": None, "prompt_tokens_details": None},
+    }  # fmt: skip
+    embedding = {
+        "object": "list", "model": "text-embedding-3-small",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}],
+        "usage": {"prompt_tokens": 2, "completion_tokens": 0, "total_tokens": 2,
+                  "completion_tokens_details": None, "prompt_tokens_details": None},
+    }  # fmt: skip
+    chat = JobResult(job_id="j1", status="succeeded", response=dumped, timings=TIMINGS)
+    body = output_record(chat, custom_id="c1", job_id="j1")["response"]["body"]
+    assert body["choices"] == [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}
+    ]
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    vectors = JobResult(job_id="j2", status="succeeded", response=embedding, timings=TIMINGS)
+    usage = output_record(vectors, custom_id="c2", job_id="j2")["response"]["body"]["usage"]
+    assert usage == {"prompt_tokens": 2, "total_tokens": 2}
 
 
 def test_output_record_for_a_job_failed_without_an_http_response() -> None:

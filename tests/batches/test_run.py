@@ -295,7 +295,8 @@ def test_failing_batch_exits_1_and_prints_a_summary_of_the_failures(tmp_path: Pa
     assert "… and 2 more" in stderr
     records = read_jsonl(output)
     assert [r["custom_id"] for r in records] == ids
-    assert {r["error"]["code"] for r in records} == {"auth"}
+    assert {r["llmqueue"]["errors"][-1]["kind"] for r in records} == {"auth"}
+    assert {r["response"]["status_code"] for r in records} == {401}
     assert stats["errors"] == {"401": 12}  # a permanent error is not retried
     assert not run_dir(batch_name).exists()  # every job has its result in the output file
 

@@ -83,6 +83,8 @@ def test_ctrl_c_then_resume_collects_the_provider_batch_without_sending_it_again
         code, stderr = run(["--resume", batch_name, *args], env, tmp_path)
         stats = provider.stats()
     assert code == 0, stderr
+    # The resumed run's bar counts the batch's lines, not "0/?" until a poll of this run tells.
+    assert "6/6" in stderr and "/?" not in stderr, stderr
     assert (stats["batches_created"], stats["batch_lines_answered"]) == (1, 6)
     assert [r["llmqueue"]["status"] for r in read_jsonl(output)] == ["succeeded"] * 6
     stop(process)

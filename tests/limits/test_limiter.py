@@ -1,8 +1,7 @@
-"""The Redis token-bucket limiter: capacity, spacing, max_wait, token debt, adjust, cooldown, expiry.
+"""The shared limiter: scheduling, cooldowns, capacity given back, parked jobs, priorities, routing.
 
-Each behaviour runs on fakeredis and on a real Redis. Waits are checked from the limiter's answers
-(reservations), so only the cooldown-expiry and refill tests let time pass. The concurrency tests
-hammer one bucket from many connections and processes on the real Redis only.
+Each behaviour runs on fakeredis and on a real Redis with a clock the test moves (``clock``), so every
+wait is asserted exactly. Only the concurrency tests at the end use Redis ``TIME``.
 """
 
 import asyncio
@@ -15,45 +14,349 @@ import pytest
 from redis.asyncio import Redis as AsyncRedis
 
 from llmqueue import keys
-from llmqueue.limits.limiter import RateLimiter
+from llmqueue.limits.headers import ProviderLimits, Reading
+from llmqueue.limits.limiter import PRIORITIES, Admission, RateLimiter, Reservation
 from llmqueue.settings import LimitConfig
-from tests.support.waits import assert_refilled_wait
+from tests.support.clock import Clock
 
-# 1 request/s with room for 5 at once: waits are whole seconds, far above the time the calls take.
+# 1 request/s with room for 5 at once.
 ONE_PER_SECOND = LimitConfig(rpm=60, burst_seconds=5, spread_seconds=0)
 # 10 tokens/s with room for 100 at once.
 TEN_TOKENS_PER_SECOND = LimitConfig(tpm=600, burst_seconds=10, spread_seconds=0)
-CLOSE = 0.1  # seconds of slack for the time the calls themselves take
+BATCH, DEFAULT, INTERACTIVE = PRIORITIES["batch"], PRIORITIES["default"], PRIORITIES["interactive"]
 
 
-@pytest.fixture(params=["fake", "real"])
-def client(request: pytest.FixtureRequest) -> AsyncRedis:
-    """fakeredis (Lua via lupa) or the real Redis: the limiter must behave the same on both."""
-    return request.getfixturevalue("fake_redis" if request.param == "fake" else "redis")
-
-
-@pytest.fixture
-def limiter(client: AsyncRedis) -> RateLimiter:
-    return RateLimiter(client)
-
-
-async def _acquire(
+async def take(
     limiter: RateLimiter,
     limit: LimitConfig | None,
     *,
     tokens: int = 0,
     max_wait: float = 3600.0,
     scope: str = "m",
-) -> float:
-    """Acquire, insist it was admitted, and return the wait (seconds) the caller must sleep."""
-    admission = await limiter.acquire(scope, limit, tokens=tokens, max_wait=max_wait)
+    priority: int = DEFAULT,
+    job: str | None = None,
+) -> Admission:
+    return await limiter.acquire(
+        [(scope, limit)], tokens=tokens, max_wait=max_wait, priority=priority, job_id=job
+    )
+
+
+async def wait_of(limiter: RateLimiter, limit: LimitConfig | None, **options: object) -> float:
+    """Acquire, insist it was admitted, and return the wait the caller must sleep."""
+    admission = await take(limiter, limit, **options)  # type: ignore[arg-type]
     assert admission.admitted, admission
     return admission.wait
 
 
-async def _without_headers(limiter: RateLimiter, scope: str = "m") -> None:
-    """What a worker does after a successful call whose answer states no limit: the scope is unlimited."""
-    await limiter.observe(scope, None, None, None)
+def openai_said(rpm: float | None = None, left: float | None = None) -> ProviderLimits:
+    return ProviderLimits("openai", requests=Reading(limit=rpm, remaining=left))
+
+
+# ---- scheduling ----------------------------------------------------------------------------------
+
+SCHEDULES = [
+    # (limit, tokens per call, calls) -> waits
+    (ONE_PER_SECOND, 0, 8, [0, 0, 0, 0, 0, 1, 2, 3]),
+    (LimitConfig(rpm=60, burst_seconds=1, spread_seconds=0), 0, 3, [0, 1, 2]),
+    (LimitConfig(rpm=30, burst_seconds=1, spread_seconds=0), 0, 3, [0, 2, 4]),  # less than 1 per burst
+    (LimitConfig(rpm=600, burst_seconds=1, spread_seconds=0.2), 0, 10, [0] * 8 + [0.1, 0.2]),  # spread
+    (LimitConfig(rpm=600, burst_seconds=1, spread_seconds=5), 0, 8, [0] * 7 + [0.05]),  # a quarter at most
+    (TEN_TOKENS_PER_SECOND, 50, 4, [0, 0, 5, 10]),
+    (LimitConfig(rpm=600, tpm=600, burst_seconds=10, spread_seconds=0), 50, 3, [0, 0, 5]),  # tokens bind
+]
+
+
+@pytest.mark.parametrize(("limit", "tokens", "calls", "waits"), SCHEDULES)
+async def test_calls_go_in_a_burst_then_spaced_at_the_rate(
+    limiter: RateLimiter, limit: LimitConfig, tokens: int, calls: int, waits: list[float]
+) -> None:
+    got = [await wait_of(limiter, limit, tokens=tokens) for _ in range(calls)]
+    assert got == pytest.approx(waits, abs=1e-6)
+
+
+async def test_a_call_that_would_wait_past_max_wait_takes_nothing(limiter: RateLimiter) -> None:
+    for _ in range(5):
+        await wait_of(limiter, ONE_PER_SECOND)
+    refused = await take(limiter, ONE_PER_SECOND, max_wait=0.5)
+    assert not refused.admitted and refused.wait == pytest.approx(1.0)
+    assert await wait_of(limiter, ONE_PER_SECOND) == pytest.approx(1.0)  # the refusal took nothing
+
+
+async def test_the_bucket_refills_with_time(limiter: RateLimiter, clock: Clock) -> None:
+    for _ in range(5):
+        await wait_of(limiter, ONE_PER_SECOND)
+    clock.advance(2)
+    assert [await wait_of(limiter, ONE_PER_SECOND) for _ in range(3)] == pytest.approx([0, 0, 1])
+
+
+async def test_a_cost_above_the_burst_goes_from_a_full_bucket_and_its_debt_delays_the_next(
+    limiter: RateLimiter, clock: Clock
+) -> None:
+    assert await wait_of(limiter, TEN_TOKENS_PER_SECOND, tokens=150) == 0  # 150 > the burst of 100
+    assert await wait_of(limiter, TEN_TOKENS_PER_SECOND, tokens=10) == pytest.approx(6.0)
+    clock.advance(20)
+    await wait_of(limiter, TEN_TOKENS_PER_SECOND, tokens=50)
+    # Not before the bucket is full again: 5 s after the 50 tokens.
+    assert await wait_of(limiter, TEN_TOKENS_PER_SECOND, tokens=150) == pytest.approx(5.0)
+
+
+async def test_a_call_larger_than_a_minutes_limit_is_refused_for_good(limiter: RateLimiter) -> None:
+    limit = LimitConfig(tpm=60_000, spread_seconds=0)
+    refused = await take(limiter, limit, tokens=143_000)
+    assert not refused.admitted and refused.too_large is not None
+    assert str(refused.too_large) == (
+        "the request needs 143000 tokens but the limit is 60000 tokens per minute"
+    )
+    assert await wait_of(limiter, limit, tokens=900) == 0  # it took nothing and holds nobody up
+
+
+# ---- cooldowns -----------------------------------------------------------------------------------
+
+
+async def test_a_cooldown_pauses_every_caller_even_without_a_limit(
+    limiter: RateLimiter, clock: Clock
+) -> None:
+    assert await limiter.cooldown("m", 2.0) == pytest.approx(2.0)
+    assert await limiter.cooldown("m", 0.5) == pytest.approx(2.0)  # a shorter one does not shorten it
+    assert not (await take(limiter, None, max_wait=1)).admitted
+    clock.advance(2.5)
+    assert await limiter.cooldown("m", 0) == 0
+
+
+async def test_after_a_429_calls_leave_spaced_at_the_rate_not_in_a_burst(limiter: RateLimiter) -> None:
+    await wait_of(limiter, ONE_PER_SECOND)
+    await limiter.cooldown("m", 3.0)
+    waits = [await wait_of(limiter, ONE_PER_SECOND) for _ in range(3)]
+    assert waits == pytest.approx([4, 5, 6])  # the provider's bucket is empty at the end of the pause
+
+
+async def test_reservations_voided_by_a_429_are_retaken_spaced_never_on_one_instant(
+    limiter: RateLimiter, clock: Clock
+) -> None:
+    queued = [await take(limiter, ONE_PER_SECOND) for _ in range(8)]  # 5 at once, then 1, 2, 3 s
+    clock.advance(0.5)
+    await limiter.cooldown("m", 2.0)  # a 429: every call due before 2.5 s is void
+    void = [a.reservation for a in queued if a.wait < 2.5]
+    for reservation in void:
+        assert reservation is not None
+        await reservation.cancel()
+    retaken = [await wait_of(limiter, ONE_PER_SECOND) for _ in void]
+    kept = [a.wait - 0.5 for a in queued if a.wait >= 2.5]
+    sends = sorted(retaken + kept)
+    assert min(sends) >= 2.0 - 1e-6
+    assert all(later - earlier >= 1 - 1e-6 for earlier, later in itertools.pairwise(sends))
+
+
+async def test_a_deployment_that_fails_again_soon_is_paused_longer(
+    limiter: RateLimiter, clock: Clock
+) -> None:
+    assert await limiter.cooldown("d", 1.0, longest=8, rate_limited=False) == pytest.approx(1.0)
+    clock.advance(1.5)
+    assert await limiter.cooldown("d", 1.0, longest=8, rate_limited=False) == pytest.approx(2.0)
+    assert (await limiter.inspect("d")).rate_limited_last_minute == 0
+
+
+# ---- capacity given back, parked jobs ------------------------------------------------------------
+
+
+async def test_tokens_given_back_are_usable_at_once_and_wake_parked_jobs_in_priority_order(
+    limiter: RateLimiter, woken: list[tuple[str, float]]
+) -> None:
+    limit = LimitConfig(tpm=60_000, spread_seconds=0)
+    big = await take(limiter, limit, tokens=50_016)  # max_tokens 50,000: its debt holds up ~49 s
+    assert big.reservation is not None
+    parked = [await take(limiter, limit, tokens=100, max_wait=2, job=f"small-{n}") for n in range(3)]
+    agent = await take(limiter, limit, tokens=100, max_wait=2, priority=INTERACTIVE, job="agent")
+    assert not any(a.admitted for a in [*parked, agent])
+    assert min(a.wait for a in parked) > 45
+
+    await big.reservation.answered(None, {"t": 50_000})  # the answer used 16 tokens
+
+    assert [job for job, _ in woken] == ["agent", "small-0", "small-1", "small-2"]
+    assert all(delay < 0.1 for _, delay in woken)
+    assert await wait_of(limiter, limit, tokens=100, priority=INTERACTIVE) == 0
+
+
+async def test_a_parked_job_that_was_admitted_since_is_not_woken(
+    limiter: RateLimiter, clock: Clock, woken: list[tuple[str, float]]
+) -> None:
+    for _ in range(5):
+        first = await take(limiter, ONE_PER_SECOND)
+    assert not (await take(limiter, ONE_PER_SECOND, max_wait=0, job="j")).admitted
+    clock.advance(1)
+    assert (await take(limiter, ONE_PER_SECOND, max_wait=0, job="j")).admitted
+    assert first.reservation is not None
+    await first.reservation.cancel()
+    assert woken == []
+
+
+async def test_a_limit_learnt_higher_wakes_parked_jobs(
+    limiter: RateLimiter, woken: list[tuple[str, float]]
+) -> None:
+    probe = await take(limiter, None)  # no limit known yet
+    assert probe.reservation is not None
+    await probe.reservation.answered(openai_said(rpm=60, left=1), {})  # the key: 1 a second
+    sent = [await take(limiter, None) for _ in range(3)]
+    assert [a.wait for a in sent] == pytest.approx([0, 1, 2])
+    parked = await take(limiter, None, max_wait=1, job="j")
+    assert not parked.admitted and parked.wait == pytest.approx(3)
+    assert sent[0].reservation is not None
+    await sent[0].reservation.answered(openai_said(rpm=600, left=9), {})  # the key's limit went up
+    assert [job for job, _ in woken] == ["j"]
+    assert woken[0][1] < 1
+
+
+async def test_limits_stated_in_headers_replace_a_higher_configured_one_keeping_what_is_owed(
+    limiter: RateLimiter,
+) -> None:
+    configured = LimitConfig(rpm=240, burst_seconds=1, spread_seconds=0)  # 4 a second, 4 at once
+    sent = [await take(limiter, configured) for _ in range(4)]
+    assert [a.wait for a in sent] == [0, 0, 0, 0]
+    reservation = sent[0].reservation
+    assert reservation is not None
+    learnt = await reservation.answered(openai_said(rpm=60, left=0), {})
+    assert learnt.rpm == 60
+    # 4 requests owed at 1 a second: the next goes 4 s on (3 after the burst of 1 is refilled).
+    assert await wait_of(limiter, configured) == pytest.approx(4.0)
+    state = await limiter.inspect("m")
+    assert (state.rpm, state.configured_rpm, state.learnt_rpm, state.source) == (60, 240, 60, "both")
+
+
+async def test_what_the_provider_says_is_left_wins_over_what_the_scope_believes(limiter: RateLimiter) -> None:
+    limit = LimitConfig(rpm=60, burst_seconds=10, spread_seconds=0)  # 10 at once, 1 a second
+    first = await take(limiter, limit)
+    assert first.reservation is not None
+    await first.reservation.answered(openai_said(rpm=60, left=3), {})  # another program took 6
+    waits = [await wait_of(limiter, limit) for _ in range(4)]
+    assert waits == pytest.approx([0, 0, 0, 1])
+
+
+async def test_another_clients_use_is_what_the_provider_lost_beyond_our_calls(
+    limiter: RateLimiter, clock: Clock
+) -> None:
+    limit = LimitConfig(rpm=60, burst_seconds=10, spread_seconds=0)  # 10 at once, 1 a second
+    first = await take(limiter, limit)
+    assert first.reservation is not None
+    await first.reservation.answered(openai_said(rpm=60, left=5), {})
+    clock.advance(2)
+    second = await take(limiter, limit)
+    assert second.reservation is not None
+    # 5 left, 2 refilled, our 1 call: 6 expected, 2 said: another client took 4 (of 10 s, 60 a minute).
+    await second.reservation.answered(openai_said(rpm=60, left=2), {})
+    assert (await limiter.inspect("m")).others_request_share == pytest.approx(4 * 6 / 60)
+
+
+async def test_an_answer_is_compared_net_of_the_calls_admitted_after_it(limiter: RateLimiter) -> None:
+    limit = LimitConfig(rpm=60, burst_seconds=10, spread_seconds=0)
+    calls = [await take(limiter, limit) for _ in range(5)]
+    reservation = calls[0].reservation
+    assert reservation is not None
+    # The provider saw only the first call: 9 left, while the four after it are still on their way.
+    await reservation.answered(openai_said(rpm=60, left=9), {})
+    assert [await wait_of(limiter, limit) for _ in range(6)] == pytest.approx([0, 0, 0, 0, 0, 1])
+    assert (await limiter.inspect("m")).others_request_share == 0
+
+
+# ---- probing and unlimited scopes ----------------------------------------------------------------
+
+
+async def test_a_scope_with_no_limit_sends_two_probes_then_waits_for_an_answer(limiter: RateLimiter) -> None:
+    probes = [await take(limiter, None, max_wait=0) for _ in range(3)]
+    assert [(a.admitted, a.state) for a in probes] == [
+        (True, "probing"),
+        (True, "probing"),
+        (False, "probing"),
+    ]
+    assert probes[0].reservation is not None
+    await probes[0].reservation.answered(None, {})  # an answer that states no limit
+    after = await take(limiter, None, max_wait=0)
+    assert (after.admitted, after.state) == (True, "unlimited")
+
+
+# ---- priorities ----------------------------------------------------------------------------------
+
+TEN_WITH_RESERVE = LimitConfig(rpm=600, reserve=0.2, spread_seconds=0)  # 10 at once, the last 2 kept
+
+
+async def test_batch_jobs_leave_the_reserve_to_higher_priorities(limiter: RateLimiter) -> None:
+    batch = [await take(limiter, TEN_WITH_RESERVE, max_wait=0, priority=BATCH) for _ in range(9)]
+    assert [a.admitted for a in batch] == [True] * 8 + [False]
+    assert (await take(limiter, TEN_WITH_RESERVE, max_wait=0)).admitted
+
+
+async def test_a_refused_higher_priority_job_goes_before_lower_ones(
+    limiter: RateLimiter, clock: Clock
+) -> None:
+    for _ in range(10):
+        await take(limiter, TEN_WITH_RESERVE)
+    refused = await take(limiter, TEN_WITH_RESERVE, max_wait=0, priority=INTERACTIVE)
+    assert not refused.admitted and refused.wait == pytest.approx(0.1)
+    held = await take(limiter, TEN_WITH_RESERVE, max_wait=2, priority=DEFAULT)
+    assert not held.admitted  # the way is clear for the interactive job until it is due back
+    clock.advance(0.1)
+    assert await wait_of(limiter, TEN_WITH_RESERVE, max_wait=0, priority=INTERACTIVE) == 0
+
+
+async def test_a_priority_outside_0_to_9_is_an_error(limiter: RateLimiter) -> None:
+    with pytest.raises(ValueError, match="0 to 9"):
+        await take(limiter, ONE_PER_SECOND, priority=10)
+
+
+# ---- routing over deployments --------------------------------------------------------------------
+
+
+async def test_idle_deployments_share_the_load_then_the_sooner_one_wins(limiter: RateLimiter) -> None:
+    # eu: 5 at once, then 1 a second; us: 10 at once, then 2 a second.
+    candidates = [("eu", ONE_PER_SECOND), ("us", LimitConfig(rpm=120, burst_seconds=5, spread_seconds=0))]
+    chosen = []
+    for _ in range(16):
+        admission = await limiter.acquire(candidates, max_wait=3600)
+        chosen.append((candidates[admission.choice][0], admission.wait))
+    assert sorted(name for name, wait in chosen if wait == 0) == ["eu"] * 5 + ["us"] * 10
+    assert chosen[15] == ("us", pytest.approx(0.5))
+
+
+async def test_a_deployment_cooling_down_is_skipped(limiter: RateLimiter) -> None:
+    await limiter.cooldown("eu", 30)
+    admission = await limiter.acquire([("eu", ONE_PER_SECOND), ("us", ONE_PER_SECOND)], max_wait=0)
+    assert (admission.admitted, admission.choice) == (True, 1)
+
+
+# ---- what the view shows -------------------------------------------------------------------------
+
+
+async def test_a_configured_limit_shows_while_workers_use_it(limiter: RateLimiter, clock: Clock) -> None:
+    await take(limiter, LimitConfig(rpm=600))
+    state = await limiter.inspect("m")
+    assert (state.configured_rpm, state.rpm, state.source, state.requests_last_minute) == (
+        600,
+        600,
+        "configured",
+        1,
+    )
+    clock.advance(120)  # the run that set it has ended
+    state = await limiter.inspect("m")
+    assert (state.configured_rpm, state.source, state.requests_last_minute) == (0, "none", 0)
+
+
+async def test_the_scope_is_kept_an_hour_after_its_last_use(limiter: RateLimiter, client: AsyncRedis) -> None:
+    await take(limiter, ONE_PER_SECOND)
+    assert 3595 <= await client.ttl(keys.limiter("m")) <= 3600 + 5  # and until its reservations are due
+    assert await limiter.scopes() == ["m"]
+
+
+async def test_reservation_settles_only_what_it_took(limiter: RateLimiter) -> None:
+    admission = await take(limiter, TEN_TOKENS_PER_SECOND, tokens=40)
+    reservation = admission.reservation
+    assert isinstance(reservation, Reservation)
+    assert reservation.taken == {"t": 40}
+    await reservation.refused(None)  # a 429: its tokens go back
+    assert await wait_of(limiter, TEN_TOKENS_PER_SECOND, tokens=100) == 0
+
+
+# ---- concurrency (real Redis, its own clock) -----------------------------------------------------
+
+CONTENDED = LimitConfig(rpm=1200, burst_seconds=1, spread_seconds=0)  # 20 at once, 20 a second
 
 
 async def _redis_now(client: AsyncRedis) -> float:
@@ -61,264 +364,30 @@ async def _redis_now(client: AsyncRedis) -> float:
     return seconds + microseconds / 1_000_000
 
 
-# ---- request bucket ------------------------------------------------------------------------------
-
-
-async def test_fresh_bucket_admits_capacity_at_once_then_spaces_requests(limiter: RateLimiter) -> None:
-    burst = [await _acquire(limiter, ONE_PER_SECOND, max_wait=0) for _ in range(5)]
-    assert burst == [0.0] * 5
-    queued = [await _acquire(limiter, ONE_PER_SECOND) for _ in range(4)]
-    assert queued == pytest.approx([1.0, 2.0, 3.0, 4.0], abs=CLOSE)
-    gaps = [later - earlier for earlier, later in itertools.pairwise(queued)]
-    assert gaps == pytest.approx([1.0] * 3, abs=0.02)
-
-
-async def test_a_rate_below_one_per_burst_still_admits_one_request(limiter: RateLimiter) -> None:
-    one_per_minute = LimitConfig(rpm=1, spread_seconds=0)  # capacity 1/60 of a request, raised to 1
-    assert await _acquire(limiter, one_per_minute, max_wait=0) == 0.0
-    assert await _acquire(limiter, one_per_minute) == pytest.approx(60.0, abs=CLOSE)
-
-
-async def test_default_burst_of_one_second_caps_a_cold_start(limiter: RateLimiter) -> None:
-    ten_per_second = LimitConfig(rpm=600, spread_seconds=0)
-    start = time.monotonic()
-    assert [await _acquire(limiter, ten_per_second, max_wait=0) for _ in range(10)] == [0.0] * 10
-    eleventh = await limiter.acquire("m", ten_per_second, tokens=0, max_wait=0)
-    assert not eleventh.admitted
-    assert_refilled_wait(eleventh.wait, 0.1, since=start)
-
-    thousand_tokens_per_second = LimitConfig(tpm=60_000, spread_seconds=0)
-    start = time.monotonic()
-    assert await _acquire(limiter, thousand_tokens_per_second, tokens=1000, max_wait=0, scope="t") == 0.0
-    more = await limiter.acquire("t", thousand_tokens_per_second, tokens=100, max_wait=0)
-    assert not more.admitted
-    assert_refilled_wait(more.wait, 0.1, since=start)
-
-
-# ---- max_wait ------------------------------------------------------------------------------------
-
-
-async def test_request_that_would_wait_past_max_wait_is_refused_and_takes_nothing(
-    limiter: RateLimiter,
-) -> None:
-    for _ in range(5):
-        await _acquire(limiter, ONE_PER_SECOND)
-    for _ in range(3):
-        refused = await limiter.acquire("m", ONE_PER_SECOND, tokens=0, max_wait=0.5)
-        assert not refused.admitted
-        assert refused.wait == pytest.approx(1.0, abs=CLOSE)
-    # The refusals reserved nothing: a patient caller gets the first free slot, not the fourth.
-    assert await _acquire(limiter, ONE_PER_SECOND, max_wait=5) == pytest.approx(1.0, abs=CLOSE)
-    assert await _acquire(limiter, ONE_PER_SECOND, max_wait=5) == pytest.approx(2.0, abs=CLOSE)
-
-
-async def test_refused_token_request_takes_no_tokens(limiter: RateLimiter) -> None:
-    await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=100)
-    refused = await limiter.acquire("m", TEN_TOKENS_PER_SECOND, tokens=50, max_wait=1)
-    assert not refused.admitted
-    assert refused.wait == pytest.approx(5.0, abs=CLOSE)
-    assert await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=50) == pytest.approx(5.0, abs=CLOSE)
-
-
-# ---- token bucket --------------------------------------------------------------------------------
-
-
-async def test_tokens_beyond_capacity_wait_for_the_refill(limiter: RateLimiter) -> None:
-    assert await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=60, max_wait=0) == 0.0
-    # 40 left, 60 wanted: 20 tokens at 10/s.
-    assert await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=60) == pytest.approx(2.0, abs=CLOSE)
-    # -20 left after the reservation, 60 wanted: 80 tokens.
-    assert await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=60) == pytest.approx(8.0, abs=CLOSE)
-
-
-async def test_cost_above_capacity_is_admitted_from_a_full_bucket_and_its_debt_delays_the_next(
-    limiter: RateLimiter,
-) -> None:
-    assert await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=250, max_wait=0) == 0.0
-    # -150 left, 10 wanted: 160 tokens at 10/s.
-    refused = await limiter.acquire("m", TEN_TOKENS_PER_SECOND, tokens=10, max_wait=1)
-    assert not refused.admitted
-    assert refused.wait == pytest.approx(16.0, abs=CLOSE)
-    assert await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=10) == pytest.approx(16.0, abs=CLOSE)
-
-
-async def test_cost_above_capacity_waits_only_until_the_bucket_is_full(limiter: RateLimiter) -> None:
-    await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=50)
-    # Never "until 250 tokens fit" (a deadlock): until the 100-token bucket is full again.
-    assert await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=250) == pytest.approx(5.0, abs=CLOSE)
-    # 50 - 250 = -200 left, 10 wanted.
-    assert await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=10) == pytest.approx(21.0, abs=CLOSE)
-
-
-async def test_with_both_limits_the_binding_one_decides(limiter: RateLimiter) -> None:
-    # 10 requests (1/s), 100 tokens (10/s)
-    both = LimitConfig(rpm=60, tpm=600, burst_seconds=10, spread_seconds=0)
-
-    assert await _acquire(limiter, both, tokens=100, scope="token-bound") == 0.0
-    # 9 requests left, but 0 of the 50 tokens: 5 s.
-    assert await _acquire(limiter, both, tokens=50, scope="token-bound") == pytest.approx(5.0, abs=CLOSE)
-
-    for _ in range(10):
-        assert await _acquire(limiter, both, tokens=1, scope="request-bound") == 0.0
-    # 90 tokens left, but no request: 1 s.
-    assert await _acquire(limiter, both, tokens=1, scope="request-bound") == pytest.approx(1.0, abs=CLOSE)
-
-
-# ---- adjust --------------------------------------------------------------------------------------
-
-
-async def test_adjust_refund_shortens_the_next_wait(limiter: RateLimiter) -> None:
-    await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=100)
-    await limiter.adjust("m", TEN_TOKENS_PER_SECOND, tokens=50)
-    # 50 back, 60 wanted: 1 s instead of 6 s.
-    assert await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=60) == pytest.approx(1.0, abs=CLOSE)
-
-
-async def test_adjust_charge_lengthens_the_next_wait(limiter: RateLimiter) -> None:
-    await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=100)
-    await limiter.adjust("m", TEN_TOKENS_PER_SECOND, tokens=-50)
-    # -50 left, 10 wanted: 6 s instead of 1 s.
-    assert await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=10) == pytest.approx(6.0, abs=CLOSE)
-
-
-async def test_adjust_never_fills_beyond_capacity(limiter: RateLimiter) -> None:
-    await limiter.adjust("m", TEN_TOKENS_PER_SECOND, tokens=1000)
-    assert await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=100, max_wait=0) == 0.0
-    assert await _acquire(limiter, TEN_TOKENS_PER_SECOND, tokens=10) == pytest.approx(1.0, abs=CLOSE)
-
-
-async def test_adjust_without_a_token_limit_writes_nothing(limiter: RateLimiter, client: AsyncRedis) -> None:
-    await limiter.adjust("m", None, tokens=-1000)
-    await limiter.adjust("m", ONE_PER_SECOND, tokens=-1000)
-    assert not await client.exists(keys.limiter("m"))
-
-
-# ---- cooldown ------------------------------------------------------------------------------------
-
-
-async def test_cooldown_makes_every_caller_wait_even_without_a_limit(limiter: RateLimiter) -> None:
-    await _without_headers(limiter)
-    assert await limiter.cooldown("m", 5) == pytest.approx(5.0, abs=CLOSE)
-    waits = [await _acquire(limiter, None, max_wait=10) for _ in range(3)]
-    assert waits == pytest.approx([5.0] * 3, abs=CLOSE)
-    refused = await limiter.acquire("m", None, tokens=0, max_wait=1)
-    assert not refused.admitted
-    assert refused.wait == pytest.approx(5.0, abs=CLOSE)
-
-
-async def test_shorter_cooldown_does_not_shorten_the_current_one(limiter: RateLimiter) -> None:
-    await _without_headers(limiter)
-    await limiter.cooldown("m", 5)
-    assert await limiter.cooldown("m", 1) == pytest.approx(5.0, abs=CLOSE)
-    assert await _acquire(limiter, None) == pytest.approx(5.0, abs=CLOSE)
-    assert await limiter.cooldown("m", 8) == pytest.approx(8.0, abs=CLOSE)
-    assert await _acquire(limiter, None) == pytest.approx(8.0, abs=CLOSE)
-
-
-async def test_cooldown_delays_callers_of_a_limited_scope(limiter: RateLimiter) -> None:
-    assert await _acquire(limiter, ONE_PER_SECOND) == 0.0
-    await limiter.cooldown("m", 2)
-    # Four requests are left in the bucket: all four go when the cooldown ends.
-    waits = [await _acquire(limiter, ONE_PER_SECOND) for _ in range(4)]
-    assert waits == pytest.approx([2.0] * 4, abs=CLOSE)
-
-
-async def test_cooldown_ends(limiter: RateLimiter) -> None:
-    await _without_headers(limiter)
-    await limiter.cooldown("m", 0.2)
-    await asyncio.sleep(0.25)
-    assert await _acquire(limiter, None, max_wait=0) == 0.0
-
-
-async def test_cooldown_on_a_fresh_scope_leaves_its_buckets_full(limiter: RateLimiter) -> None:
-    await limiter.cooldown("m", 2)
-    # Five requests fit in the bucket: all go when the cooldown ends.
-    waits = [await _acquire(limiter, ONE_PER_SECOND) for _ in range(5)]
-    assert waits == pytest.approx([2.0] * 5, abs=CLOSE)
-
-
-async def test_cooldown_keeps_the_refill_accrued_before_it(limiter: RateLimiter) -> None:
-    ten_per_second = LimitConfig(rpm=600, spread_seconds=0)
-    for _ in range(10):
-        await _acquire(limiter, ten_per_second)
-    await asyncio.sleep(0.3)  # about 3 requests refill
-    await limiter.cooldown("m", 0)
-    assert await _acquire(limiter, ten_per_second) == 0.0
-
-
-async def test_callers_queued_behind_a_cooldown_leave_it_no_faster_than_the_limit(
-    limiter: RateLimiter,
-) -> None:
-    assert await _acquire(limiter, ONE_PER_SECOND) == 0.0
-    await limiter.cooldown("m", 3)
-    # When the cooldown ends the bucket is full (5), not 4 + 3 s of refill: then 1 request/s.
-    waits = [await _acquire(limiter, ONE_PER_SECOND) for _ in range(7)]
-    assert waits == pytest.approx([3.0] * 5 + [4.0, 5.0], abs=CLOSE)
-
-
-# ---- no limit, scopes, expiry --------------------------------------------------------------------
-
-
-async def test_an_unlimited_scope_without_cooldown_admits_at_once(limiter: RateLimiter) -> None:
-    await _without_headers(limiter)
-    for limit in (None, LimitConfig(spread_seconds=0)):
-        assert [await _acquire(limiter, limit, tokens=10**6, max_wait=0) for _ in range(50)] == [0.0] * 50
-
-
-async def test_scopes_are_independent(limiter: RateLimiter) -> None:
-    for _ in range(5):
-        await _acquire(limiter, ONE_PER_SECOND, scope="a")
-    assert await _acquire(limiter, ONE_PER_SECOND, scope="a") == pytest.approx(1.0, abs=CLOSE)
-    await limiter.cooldown("a", 30)
-    assert [await _acquire(limiter, ONE_PER_SECOND, max_wait=0, scope="b") for _ in range(5)] == [0.0] * 5
-    await _without_headers(limiter, "c")
-    assert await _acquire(limiter, None, max_wait=0, scope="c") == 0.0
-
-
-async def test_bucket_hash_expires(limiter: RateLimiter, client: AsyncRedis) -> None:
-    await _acquire(limiter, ONE_PER_SECOND)
-    assert 3595 <= await client.ttl(keys.limiter("m")) <= 3600
-    # A cooldown keeps the hash at least until it ends.
-    await limiter.cooldown("m", 100)
-    assert 3695 <= await client.ttl(keys.limiter("m")) <= 3701
-
-
-# ---- concurrency (real Redis only) ---------------------------------------------------------------
-
-CONTENDED = LimitConfig(rpm=1200, burst_seconds=1, spread_seconds=0)  # capacity 20, 20 requests/s
-CONTENDED_CAPACITY, CONTENDED_RATE = 20, 20.0
-
-
-async def _hammer(url: str, scope: str, seconds: float) -> tuple[int, int]:
-    """Take from the scope as fast as one connection can for ``seconds``; (admitted, refused)."""
+async def _hammer(url: str, seconds: float) -> tuple[int, int]:
+    """Take from one scope as fast as one connection can for ``seconds``; (admitted, refused)."""
     client = AsyncRedis.from_url(url)
     try:
         limiter = RateLimiter(client)
         admitted = refused = 0
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            admission = await limiter.acquire(scope, CONTENDED, tokens=0, max_wait=0)
-            if admission.admitted:
-                assert admission.wait == 0.0
-                admitted += 1
-            else:
-                refused += 1
+            admission = await limiter.acquire([("shared", CONTENDED)], max_wait=0)
+            admitted, refused = admitted + admission.admitted, refused + (not admission.admitted)
         return admitted, refused
     finally:
         await client.aclose()
 
 
 def _assert_rate_held(admitted: int, elapsed: float) -> None:
-    bound = CONTENDED_CAPACITY + CONTENDED_RATE * elapsed
+    bound = 20 + 20 * elapsed
     assert admitted <= bound + 1, f"{admitted} admitted in {elapsed:.3f}s; at most {bound:.1f} allowed"
     assert admitted >= 0.8 * bound, f"only {admitted} admitted in {elapsed:.3f}s; {bound:.1f} were free"
 
 
-async def test_real_redis_concurrent_connections_never_oversubscribe(
-    redis_url: str, redis: AsyncRedis
-) -> None:
+async def test_concurrent_connections_never_oversubscribe(redis_url: str, redis: AsyncRedis) -> None:
     start = await _redis_now(redis)
-    counts = await asyncio.gather(*(_hammer(redis_url, "shared", 2.0) for _ in range(6)))
+    counts = await asyncio.gather(*(_hammer(redis_url, 2.0) for _ in range(6)))
     elapsed = await _redis_now(redis) - start
     assert sum(refused for _, refused in counts) > 0, "no contention: the test proves nothing"
     _assert_rate_held(sum(admitted for admitted, _ in counts), elapsed)
@@ -328,14 +397,14 @@ def _hammer_in_process(url: str, seconds: float, barrier: Barrier, results: "mul
     async def run() -> tuple[int, float, float]:
         async with AsyncRedis.from_url(url) as clock:
             start = await _redis_now(clock)
-            admitted, _ = await _hammer(url, "shared", seconds)
+            admitted, _ = await _hammer(url, seconds)
             return admitted, start, await _redis_now(clock)
 
     barrier.wait(timeout=60)
     results.put(asyncio.run(run()))
 
 
-def test_real_redis_concurrent_processes_never_oversubscribe(redis_url: str) -> None:
+def test_concurrent_processes_never_oversubscribe(redis_url: str) -> None:
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(4), context.Queue()
     processes = [
@@ -349,23 +418,5 @@ def test_real_redis_concurrent_processes_never_oversubscribe(redis_url: str) -> 
         for process in processes:
             process.join(timeout=10)
     assert [process.exitcode for process in processes] == [0] * 4
-    # The bucket is first touched after the earliest start and last touched before the latest end.
     elapsed = max(end for _, _, end in reports) - min(start for _, start, _ in reports)
     _assert_rate_held(sum(admitted for admitted, _, _ in reports), elapsed)
-
-
-async def test_every_admission_leaves_the_spread_in_the_bucket(limiter: RateLimiter) -> None:
-    """Calls reach the provider unevenly: the bucket is never run down below ``spread_seconds`` of the
-    rate, so the provider's own bucket keeps that slack, while the rate stays the same."""
-    ten_per_second = LimitConfig(rpm=600, spread_seconds=0.2)  # a bucket of 10, 2 requests kept
-    start = time.monotonic()
-    at_once = [await limiter.acquire("m", ten_per_second, tokens=0, max_wait=0) for _ in range(10)]
-    assert [a.admitted for a in at_once] == [True] * 8 + [False] * 2
-    queued = [await _acquire(limiter, ten_per_second) for _ in range(5)]
-    gaps = [later - earlier for earlier, later in itertools.pairwise(queued)]
-    assert_refilled_wait(queued[0], 0.1, since=start)
-    assert gaps == pytest.approx([0.1] * 4, abs=0.02)  # the rate is unchanged
-
-    capped = LimitConfig(rpm=600, spread_seconds=5)  # at most a quarter of the bucket is kept
-    admitted = [await limiter.acquire("c", capped, tokens=0, max_wait=0) for _ in range(10)]
-    assert sum(a.admitted for a in admitted) == 7

@@ -142,15 +142,9 @@ async def test_a_configured_limit_above_the_providers_gives_way_with_a_warning(
     state = await RateLimiter(redis).inspect("openai/gpt-4o-mini")
     assert (state.source, state.rpm, state.configured_rpm) == ("both", KEY_RPM, 4 * KEY_RPM)
     assert any("above the provider's own limit" in r.getMessage() for r in caplog.records)
-    # The burst's refusals are no other client: learnt as one, they slowed the rest of the run to
-    # 78% of the key's rate (a share of 0.22, and 10.7-18 s in all where 7.1-7.5 s is measured now).
-    if state.others_request_share >= 0.05:
-        # A known defect, traced but not fixed (README, "a configured limit above the provider's"): a 429
-        # soon after the first answers voids the reservations queued before it, and taken again they
-        # all land on one instant past the provider's cap; their refusals teach a share of 0.35-0.48 in
-        # a third to a half of the runs (three fresh-clone CI runs in a row on 2026-12-02). Shown as
-        # XFAIL in every run until it is fixed; the assertions above stay strict.
-        pytest.xfail(f"known limiter defect: a share of {state.others_request_share:.2f} learnt (README)")
+    # The burst's refusals are no other client. Nothing is learnt from them (the share is only reported,
+    # measured between answers to calls admitted at the provider's rate); its noise stays small.
+    assert state.others_request_share <= 0.1, state.others_request_share
 
 
 async def test_a_second_client_eating_half_the_key_slows_the_workers_instead_of_429s(
@@ -165,8 +159,10 @@ async def test_a_second_client_eating_half_the_key_slows_the_workers_instead_of_
     # would keep sending 10 a second; learning what is left costs some 429s at the start.
     assert stats["rate_limited"] <= 0.35 * JOBS, stats["rate_limited"]
     assert elapsed >= 0.8 * JOBS / (KEY_RPM / 60 / 2)
+    # What the headers showed the other client taking, as `llmqueue limits` reports it: an estimate
+    # that counts the calls voided by its 429s as sent, so it falls short of the 0.5 it takes.
     state = await RateLimiter(redis).inspect("openai/gpt-4o-mini")
-    assert state.others_request_share > 0.3
+    assert state.others_request_share > 0.1
 
 
 async def test_anthropic_input_and_output_limits_are_learnt_apart_and_run_at_the_input_rate(

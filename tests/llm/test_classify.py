@@ -320,3 +320,42 @@ def test_an_sdk_status_error_under_a_500_is_not_taken_for_a_refused_request() ->
     )
 
     assert classify(exc).kind == "server_error"
+
+
+# ---- a request larger than the limit itself --------------------------------------------------------
+
+TOO_LARGE = (
+    "Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 60000, "
+    "Requested 143000. The input or output tokens must be reduced in order to run successfully. "
+    "Visit https://platform.openai.com/account/rate-limits to learn more."
+)
+
+
+def test_openais_request_too_large_429_is_a_permanent_error_of_its_own_kind() -> None:
+    exc = litellm.RateLimitError(
+        TOO_LARGE, llm_provider=PROVIDER, model=MODEL, response=response(429, {"retry-after": "1"})
+    )
+
+    error = classify(exc)
+
+    assert isinstance(error, PermanentProviderError)
+    assert (error.retryable, error.kind, error.status_code) == (False, "request_too_large", 429)
+    assert error.message.startswith(
+        "request too large for gpt-4o: 143000 tokens requested, above the limit of 60000 tokens per min (TPM)"
+    )
+
+
+def test_a_request_too_large_answer_without_the_litellm_class_is_still_recognised() -> None:
+    exc = litellm.APIError(429, TOO_LARGE, llm_provider=PROVIDER, model=MODEL)
+
+    assert classify(exc).kind == "request_too_large"
+
+
+def test_an_ordinary_tpm_429_stays_a_retryable_rate_limit() -> None:
+    message = (
+        "Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 60000, "
+        "Used 59000, Requested 2000. Please try again in 1s."
+    )
+    exc = litellm.RateLimitError(message, llm_provider=PROVIDER, model=MODEL, response=response(429))
+
+    assert isinstance(classify(exc), RateLimitedError)

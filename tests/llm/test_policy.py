@@ -82,3 +82,30 @@ def test_allowed_models_is_not_inherited_by_a_group() -> None:
         llm_groups={"claude": {"model": "anthropic/claude-3-haiku", "api_key": "sk-ant-test"}},
     )
     assert settings.llm_for("claude").allowed_models == []
+
+
+def test_a_model_list_name_passes_whatever_the_configured_provider() -> None:
+    llm = LLMConfig(model="gpt-4o", api_key="sk-chat")
+    assert refusal(job(model="evalmodel"), llm, llm.model, routed={"evalmodel"}) is None
+    assert refusal(job(model="evalmodel"), llm, llm.model) is not None
+
+
+def test_an_embedding_model_of_another_provider_without_its_own_key_is_refused() -> None:
+    llm = LLMConfig(model="anthropic/claude-sonnet-4-5", api_key="sk-ant")
+    embedding = Job.parse({"kind": "embedding", "input": "text"})
+    reason = refusal(embedding, llm, llm.embedding_model, missing_keys=lambda model: ["OPENAI_API_KEY"])
+    assert reason is not None and "no credentials" in reason and "OPENAI_API_KEY" in reason
+    assert refusal(embedding, llm, llm.embedding_model, missing_keys=lambda model: []) is None
+
+
+def test_the_chat_key_goes_only_with_calls_to_its_own_provider() -> None:
+    from llmqueue.llm.request import call_kwargs
+
+    llm = LLMConfig(model="anthropic/claude-sonnet-4-5", api_key="sk-ant", base_url="https://proxy.example")
+    sent = call_kwargs(Job.parse({"kind": "embedding", "input": "text"}), llm, supports_caching=False)
+    assert "api_key" not in sent and "api_base" not in sent
+    chat = call_kwargs(job(), llm, supports_caching=False)
+    assert chat["api_key"] == "sk-ant" and chat["api_base"] == "https://proxy.example"
+    same = LLMConfig(model="openai/gpt-4o", api_key="sk-openai")
+    embedding = Job.parse({"kind": "embedding", "input": "text"})
+    assert call_kwargs(embedding, same, supports_caching=False)["api_key"] == "sk-openai"

@@ -110,7 +110,7 @@ async def _two_deployments_batch(redis_url: str) -> None:
         await CircuitBreaker(redis, limiter, RouterSettings(cooldown_time=30)).record_failure(
             "us", "connection"
         )
-        await limiter.acquire("eu", LimitConfig(rpm=600), tokens=0, max_wait=1)
+        await limiter.acquire([("eu", LimitConfig(rpm=600))], max_wait=1)
     finally:
         await redis.aclose()
 

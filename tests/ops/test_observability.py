@@ -434,3 +434,17 @@ def test_malformed_registry_entry_is_skipped(redis_url: str) -> None:
             await client.aclose()
 
     assert [w.worker_id for w in asyncio.run(read())] == ["good:1:aaaaaa"]
+
+
+def test_registry_entry_carries_the_worker_version_when_its_heartbeat_records_it() -> None:
+    entry = {
+        b"worker_id": b"h:1:a",
+        b"host": b"h",
+        b"pid": b"1",
+        b"queue": b"q",
+        b"in_flight": b"0",
+        b"started_at": b"1.0",
+        b"last_seen": b"2.0",
+    }
+    assert WorkerInfo.from_hash(entry).version is None
+    assert WorkerInfo.from_hash({**entry, b"version": b"0.1.0"}).to_json(3.0)["version"] == "0.1.0"

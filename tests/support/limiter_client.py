@@ -39,7 +39,7 @@ async def main(redis_url: str, scope: str, rpm: float, count: int, tasks: int, p
             while remaining > 0:
                 remaining -= 1
                 while True:
-                    admission = await limiter.acquire(scope, limit, tokens=0, max_wait=MAX_WAIT)
+                    admission = await limiter.acquire([(scope, limit)], max_wait=MAX_WAIT)
                     await asyncio.sleep(admission.wait)
                     if admission.admitted:
                         admitted += 1

@@ -1,0 +1,57 @@
+"""One job on its way to the provider: what the runner works out before calling, and what admission adds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from llmqueue.limits.limiter import DEFAULT_PRIORITY, Reservation
+from llmqueue.limits.routing import Candidate
+from llmqueue.limits.tokens import TokenEstimate
+from llmqueue.models import Job
+from llmqueue.queue.store import AttemptStart
+from llmqueue.settings import LimitConfig, LLMConfig
+
+
+@dataclass
+class Call:
+    """One job on its way to the provider: what the runner worked out before calling.
+
+    For a job routed over deployments, ``candidates`` lists them and admission picks ``deployment``
+    (whose name is then the ``scope``); otherwise the scope is the model's own.
+    """
+
+    job: Job
+    llm: LLMConfig
+    model: str
+    scope: str
+    limit: LimitConfig | None
+    start: AttemptStart
+    estimate: TokenEstimate
+    cache_key: str | None = None
+    """Set when this call's answer goes to the response cache (the job asked, and missed)."""
+    priority: int = DEFAULT_PRIORITY
+    reservation: Reservation | None = None
+    """What admission took from the limiter for this call."""
+    candidates: list[Candidate] = field(default_factory=list)
+    deployment: Candidate | None = None
+
+    @property
+    def attempt(self) -> int:
+        """This call's number among the job's provider calls (1 for the first)."""
+        return len(self.start.failures) + 1
+
+    @property
+    def attempt_of_model(self) -> int:
+        """This call's number among the calls to its current model (a fallback's retries start afresh)."""
+        return self.attempt - self.start.fallback_after
+
+    @property
+    def deployment_name(self) -> str | None:
+        return self.deployment.scope if self.deployment else None
+
+
+class Emit(Protocol):
+    """Records one step of a call as a job event (``name``: an ``EventName``; details: ``JobEvent``'s)."""
+
+    def __call__(self, name: Any, call: Call, **details: Any) -> None: ...
