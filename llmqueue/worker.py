@@ -38,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue.cache import ResponseCache, open_store
 from llmqueue.coalesce import ScriptCoalescer
+from llmqueue.connection import arq_redis_settings
 from llmqueue.limits.limiter import RateLimiter
 from llmqueue.limits.routing import Deployments
 from llmqueue.llm.call import warm_up
@@ -58,6 +59,8 @@ logger = logging.getLogger("llmqueue.worker")
 # arq's own worker counts every start of a job (limiter re-defers, crash restarts) against max_tries;
 # llmqueue keeps its own count of failed provider calls, so arq's ceiling only has to stay out of the way.
 ARQ_MAX_TRIES = 1_000_000
+STOP_WITHOUT_REDIS_SECONDS = 1.0
+"""How long a stopping worker gives Redis to answer, and then each step of stopping without it."""
 
 
 def new_worker_id() -> str:
@@ -65,12 +68,13 @@ def new_worker_id() -> str:
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
-    """arq's connection settings from a Redis URL (``redis://user:pass@host``, ``rediss://`` for TLS).
+    """arq's connection settings from a Redis URL (``redis://user:pass@host``, ``rediss://`` for TLS),
+    query parameters included (``llmqueue.connection``: the translation every process uses).
 
     Commands retry with backoff through a short Redis outage (a restart), and start-up waits for Redis
     up to ``redis_connect_retries`` seconds.
     """
-    connection = RedisSettings.from_dsn(settings.redis_url.get_secret_value())
+    connection = arq_redis_settings(settings.redis_url.get_secret_value())
     connection.conn_retries = settings.worker.redis_connect_retries
     connection.conn_retry_delay = 1
     connection.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
@@ -252,13 +256,31 @@ class Worker:
 
     async def _tidy(self, redis: ArqRedis, services: Services) -> None:
         # A worker stopping because Redis refuses it must still end with the reason it stopped, not
-        # with the error of a write on the way out.
+        # with the error of a write on the way out. A Redis that does not answer would hold each write
+        # for the pool's whole retry policy (about 17 s): then the worker does not wait for it (its
+        # claims expire and their jobs go back to the queue).
+        if not await _answers(redis):
+            logger.warning(
+                "Redis does not answer: stopping without tidying up in it (jobs this worker held go "
+                "back to the queue when their claim expires)"
+            )
+            with contextlib.suppress(TimeoutError, RedisError, OSError):
+                await asyncio.wait_for(services.stop(), STOP_WITHOUT_REDIS_SECONDS)
+            return
         try:
             if self.job_loop is not None:
                 await redis.delete(self.job_loop.health_key)
             await services.stop()
         except (RedisError, OSError) as exc:
             logger.warning("could not tidy up in Redis on the way out (%s)", redis_error_line(exc))
+
+
+async def _answers(redis: ArqRedis) -> bool:
+    try:
+        await asyncio.wait_for(redis.ping(), STOP_WITHOUT_REDIS_SECONDS)
+    except (TimeoutError, RedisError, OSError):
+        return False
+    return True
 
 
 def create_worker(
