@@ -5,6 +5,8 @@ follow the new master: every job ends exactly once."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from llmqueue.models import JobResult
 from llmqueue.producer import JobHandle, Producer
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
-from tests.support.reliability import chat_jobs, wait_until, worker_env, worker_processes
+from tests.support.reliability import chat_jobs, child_env, wait_until, worker_env, worker_processes
 from tests.support.sentinel import sentinel_set
 from tests.support.settings import TEST_API_KEY, make_settings
 
@@ -48,6 +50,14 @@ async def test_jobs_run_through_the_sentinels_end_once_when_the_master_is_killed
                 result_keys = [k async for k in producer.redis.scan_iter(match=keys.result("*"))]
             new_master = servers.master_port_now()
             alive = len(workers.alive)
+            # A CLI command given only the sentinels reads the new master.
+            health = subprocess.run(
+                [sys.executable, "-m", "llmqueue", "health", "--redis-url", servers.url],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=child_env(),
+            )
         stats = provider.stats()
 
     print(
@@ -61,6 +71,7 @@ async def test_jobs_run_through_the_sentinels_end_once_when_the_master_is_killed
     assert all(r.ok for r in results)
     assert len(result_keys) == jobs
     assert alive == 2
+    assert health.returncode == 0 and "2 live worker(s)" in health.stdout, health.stdout + health.stderr
     # Replication is asynchronous: what the old master took in its last moment (a claim, a stored
     # result) may be lost, and the job runs again; at most the calls in flight, plus those a claim
     # lost with the master could have started again.
