@@ -124,21 +124,26 @@ def parse_sentinel_url(url: str) -> SentinelAddress:
     return SentinelAddress(sentinels, unquote(parts[0]), options, sentinel_options)
 
 
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):  # type: ignore[misc]
+    """Connections to the master the sentinels name, at most ``max_connections``: beyond them a command
+    waits for a free one (as ``BlockingConnectionPool``) instead of failing."""
+
+
 def sentinel_client(
     address: SentinelAddress, *, max_connections: int | None = None, **overrides: Any
 ) -> Redis:
     """An asyncio client of the master the sentinels name now (and after every failover)."""
     options = {**address.options, **overrides}
+    pool_class: type[SentinelConnectionPool] = SentinelConnectionPool
     if max_connections is not None:
-        options["max_connections"] = max_connections
+        options.update(max_connections=max_connections, timeout=None)
+        pool_class = _BlockingSentinelPool
     sentinel_options = {
         **address.sentinel_options,
         **{k: v for k, v in overrides.items() if k.startswith("socket_")},
     }
     manager = Sentinel(address.sentinels, sentinel_kwargs=sentinel_options, **options)
-    client: Redis = manager.master_for(
-        address.service, redis_class=Redis, connection_pool_class=SentinelConnectionPool
-    )
+    client: Redis = manager.master_for(address.service, redis_class=Redis, connection_pool_class=pool_class)
     return client
 
 
@@ -158,8 +163,7 @@ def redis_client(url: str, *, max_connections: int | None = None, **overrides: A
     """An asyncio client for ``url``; ``overrides`` (e.g. ``socket_timeout=10``) win over the URL's.
 
     With ``max_connections`` the client never opens more sockets than that: commands beyond it wait
-    for a free connection instead of opening another (a producer with thousands of waits); through
-    Sentinel, commands beyond it fail instead of waiting (redis-py has no blocking Sentinel pool).
+    for a free connection instead of opening another (a producer with thousands of waits).
     """
     if is_sentinel_url(url):
         return sentinel_client(parse_sentinel_url(url), max_connections=max_connections, **overrides)

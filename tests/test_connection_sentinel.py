@@ -1,6 +1,10 @@
-"""Sentinel URLs and settings read into connections (no server needed: clients connect lazily)."""
+"""Sentinel URLs and settings read into connections (clients connect lazily: only the last test needs
+servers, a master, a replica and three sentinels)."""
 
 from __future__ import annotations
+
+import asyncio
+from pathlib import Path
 
 import pytest
 from redis.asyncio.sentinel import SentinelConnectionPool
@@ -8,6 +12,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from llmqueue.connection import arq_redis_settings, parse_sentinel_url, redis_client
 from llmqueue.errors import ConfigError
 from llmqueue.settings import Settings
+from tests.support.sentinel import sentinel_set
 
 
 def test_a_sentinel_url_names_the_sentinels_the_service_and_the_data_nodes_credentials() -> None:
@@ -76,3 +81,15 @@ def test_sentinels_without_a_service_are_refused() -> None:
 def test_a_sentinel_url_is_a_valid_redis_url_setting() -> None:
     url = "redis+sentinel://a:1,b:2/svc"
     assert Settings(redis_url=url).redis_url.get_secret_value() == url  # type: ignore[arg-type]
+
+
+async def test_a_sentinel_client_with_few_connections_makes_commands_wait_for_one(tmp_path: Path) -> None:
+    with sentinel_set(tmp_path) as servers:
+        client = redis_client(servers.url, max_connections=2)
+        try:
+            assert sum(await asyncio.gather(*(client.incr("counter") for _ in range(50)))) == 50 * 51 // 2
+            assert await client.get("counter") == b"50"
+            pool = client.connection_pool
+            assert len(pool._available_connections) + len(pool._in_use_connections) <= 2
+        finally:
+            await client.aclose()
