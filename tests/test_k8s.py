@@ -18,20 +18,26 @@ import pytest
 import yaml
 
 from llmqueue import keys
-from llmqueue.settings import WorkerConfig
+from llmqueue.connection import parse_sentinel_url
+from llmqueue.settings import Settings, WorkerConfig
 from tests.test_deploy import is_setting, parse_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
 KEDA_SCHEMA = json.loads((ROOT / "tests" / "data" / "keda-scaledobject.schema.json").read_text())
 KUBERNETES_VERSION = "1.30.0"
-KUSTOMIZATIONS = ["", "overlays/with-redis"]
+KUSTOMIZATIONS = ["", "overlays/with-redis", "overlays/sentinel"]
 REDIS_TRIGGER_FIELDS = {
     "address", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv", "username",
     "usernameFromEnv", "password", "passwordFromEnv", "databaseIndex", "listName", "listLength",
     "activationListLength", "enableTLS", "unsafeSsl",
 }  # fmt: skip
-"""The parameters KEDA's ``redis`` trigger takes (keda.sh, scalers, Redis Lists)."""
+SENTINEL_TRIGGER_FIELDS = REDIS_TRIGGER_FIELDS - {"address", "addressFromEnv", "host", "hostFromEnv"} | {
+    "addresses", "addressesFromEnv", "hosts", "hostsFromEnv", "ports", "portsFromEnv", "sentinelMaster",
+    "sentinelMasterFromEnv", "sentinelUsername", "sentinelUsernameFromEnv", "sentinelPassword",
+    "sentinelPasswordFromEnv",
+}  # fmt: skip
+"""The parameters KEDA's ``redis`` and ``redis-sentinel`` triggers take (keda.sh, scalers, Redis Lists)."""
 
 KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(
@@ -145,3 +151,29 @@ def test_probes_and_command_are_valid_cli_invocations_on_the_metrics_port(base: 
     assert container["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": int(port)}
     assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
+def test_the_sentinel_overlay_points_workers_and_keda_at_the_sentinels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    objects = render("overlays/sentinel")
+    config = by_kind(objects, "ConfigMap")["data"]
+    (trigger,) = by_kind(objects, "ScaledObject")["spec"]["triggers"]
+    assert trigger["type"] == "redis-sentinel"
+    assert set(trigger["metadata"]) <= SENTINEL_TRIGGER_FIELDS
+    assert trigger["metadata"]["listName"] == keys.ready(WorkerConfig().queue_name)
+    assert {trigger["metadata"]["addressesFromEnv"], trigger["metadata"]["sentinelMasterFromEnv"]} <= set(
+        config
+    )
+    # The worker's environment as the kubelet makes it (an empty password) reads as a Sentinel URL.
+    env = {"REDIS_PASSWORD": ""} | config
+    url = next(e["value"] for e in worker_container(objects)["env"] if e["name"] == "REDIS_URL")
+    env["REDIS_URL"] = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], url)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    loaded = Settings().redis_url.get_secret_value()
+    assert loaded.startswith("redis+sentinel://") and loaded.endswith(
+        f"/{config['REDIS_SENTINEL_SERVICE']}/0"
+    )
+    address = parse_sentinel_url(loaded)
+    assert len(address.sentinels) == 3 and "password" not in address.options
