@@ -8,6 +8,7 @@ from collections.abc import Iterable
 _URL_PASSWORD = re.compile(
     r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@", re.I
 )
+_QUERY_PASSWORD = re.compile(r"(?P<name>[?&](?:sentinel_)?password=)[^&#\s]+", re.I)
 _KEY_LIKE = re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_\-]{8,}")
 MASK = "***"
 
@@ -22,7 +23,9 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 def redact_url(url: str) -> str:
-    """A URL safe to print: the password part replaced by ``***``."""
+    """A URL safe to print: the password part (and a ``password``/``sentinel_password`` query
+    parameter) replaced by ``***``."""
+    url = _QUERY_PASSWORD.sub(lambda m: f"{m['name']}{MASK}", url)
     return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", url)
 
 

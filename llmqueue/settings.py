@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from llmqueue.connection import is_sentinel_url, sentinel_url
 from llmqueue.errors import ConfigError
 from llmqueue.model_list import (
     Deployment,
@@ -34,7 +35,7 @@ from llmqueue.model_list import (
 )
 
 DEFAULT_CONFIG_FILE = Path("config.toml")
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"})
 
 
 class LLMConfig(BaseModel):
@@ -240,6 +241,14 @@ class Settings(BaseSettings):
     )
 
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    redis_sentinels: list[str] | str = Field(
+        default_factory=list,
+        description="Sentinels (host:port, a list or comma-separated) that name the master: with "
+        "redis_sentinel_service, they replace redis_url's host (its user, password, db and TLS are kept)",
+    )
+    redis_sentinel_service: str | None = Field(
+        None, description="the name the sentinels monitor the master under (sentinel monitor <name>)"
+    )
     llm: LLMConfig = LLMConfig()
     llm_groups: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="[llm.<name>] tables: the keys each group sets over [llm]"
@@ -272,8 +281,29 @@ class Settings(BaseSettings):
         scheme = url.get_secret_value().partition("://")[0].lower()
         if scheme not in REDIS_SCHEMES:
             given = f"{scheme}://" if scheme else "a URL without a scheme"
-            raise ValueError(f"a Redis URL starts with redis://, rediss:// or unix://, not {given}")
+            raise ValueError(
+                f"a Redis URL starts with redis://, rediss://, unix:// or redis+sentinel://, not {given}"
+            )
         return url
+
+    @model_validator(mode="after")
+    def _through_sentinels(self) -> Settings:
+        sentinels = self.redis_sentinels
+        if isinstance(sentinels, str):
+            sentinels = [s.strip() for s in sentinels.split(",") if s.strip()]
+        self.redis_sentinels = sentinels
+        if not sentinels and not self.redis_sentinel_service:
+            return self
+        if not sentinels or not self.redis_sentinel_service:
+            raise ValueError("redis_sentinels and redis_sentinel_service are set together, or neither")
+        url = self.redis_url.get_secret_value()
+        if is_sentinel_url(url) or url.startswith("unix:"):
+            raise ValueError(
+                "redis_sentinels/redis_sentinel_service take the user, password, db and TLS of a "
+                "redis:// or rediss:// redis_url; give either them or a redis+sentinel:// URL"
+            )
+        self.redis_url = SecretStr(sentinel_url(url, sentinels, self.redis_sentinel_service))
+        return self
 
     def deployments_of(self, model_name: str) -> list[Deployment]:
         """The deployments serving ``model_name`` (empty when it is a plain LiteLLM model string)."""
@@ -380,7 +410,8 @@ class _KnownEnvSource(EnvSettingsSource):
                 data[section] = {k: v for k, v in values.items() if k in model.model_fields}
         if not isinstance(data.get("cache"), dict) or not data["cache"]:
             data.pop("cache", None)  # CACHE=... or no CACHE_* variable of ours: not our setting
-        return {k: v for k, v in data.items() if k in ("redis_url", "llm", "worker", "cache")}
+        ours = ("redis_url", "redis_sentinels", "redis_sentinel_service", "llm", "worker", "cache")
+        return {k: v for k, v in data.items() if k in ours}
 
 
 class _FileSchema(BaseModel):
@@ -389,6 +420,8 @@ class _FileSchema(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     redis_url: str | None = None
+    redis_sentinels: list[str] | str | None = None
+    redis_sentinel_service: str | None = None
     llm: LLMConfig | None = None
     llm_groups: dict[str, dict[str, Any]] = Field(default_factory=dict)
     limits: dict[str, LimitConfig] = Field(default_factory=dict)

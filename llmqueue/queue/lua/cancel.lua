@@ -14,6 +14,7 @@ for i = 6, #ARGV do
       if p then
         local lane_key = PFX .. 'lane:' .. p .. ':' .. lane
         redis.call('ZREM', lane_key, id)
+        redis.call('SREM', READY, id)
         if redis.call('EXISTS', lane_key) == 0 then redis.call('ZREM', PFX .. 'lanes:' .. p, lane) end
       end
       redis.call('HDEL', ROUTES, id)

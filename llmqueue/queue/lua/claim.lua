@@ -114,6 +114,7 @@ for p = 9, 0, -1 do
     redis.call('SET', PFX .. 'vclock:' .. p, vtime)
     local id = popped[1]
     if id then
+      redis.call('SREM', READY, id)
       local score = redis.call('ZSCORE', QUEUE, id)
       if not score then
         redis.call('HDEL', ROUTES, id)  -- finished or cancelled meanwhile

@@ -9,6 +9,8 @@ local NOW = tonumber(ARGV[3])
 local ROUTES = PFX .. 'routes'
 local DELAYED = PFX .. 'delayed'
 local CLAIMED = PFX .. 'claimed'
+-- The ids of the jobs in some lane (ready, waiting for a slot): what an autoscaler counts (SCARD).
+local READY = PFX .. 'ready'
 local IN_PROGRESS = '@IN_PROGRESS@'
 local JOB = '@JOB@'
 
@@ -33,6 +35,7 @@ local function make_ready(id, route)
     JOINED[lanes .. ':' .. lane] = true
   end
   redis.call('ZADD', PFX .. 'lane:' .. p .. ':' .. lane, seq, id)
+  redis.call('SADD', READY, id)
 end
 
 -- Put a queued job where its arq score says: in its lane when due, else among the delayed.
