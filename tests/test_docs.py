@@ -155,7 +155,7 @@ def other_value(field: Any, default: Any) -> list[str]:
     if "int" in text or "float" in text:
         base = default if isinstance(default, int | float) and default else 1
         return [str(base * 2), str(base * 3), "0.5", "3"]
-    return ["/tmp/x-test" if "path" in text else "x-test"]
+    return ["/tmp/x-test" if "path" in text else "x-test", "redis://x-test:6379/0"]
 
 
 @pytest.mark.parametrize(
