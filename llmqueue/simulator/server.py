@@ -206,6 +206,8 @@ class ProviderStats:
     max_in_flight: int = 0
     cache_marked: int = 0
     """Chat calls whose messages carried a prompt-caching mark (``cache_control``)."""
+    json_conversations: list[list[dict[str, Any]]] = field(default_factory=list)
+    """The messages of each chat call that asked for JSON (``response_format``), as received."""
 
     def to_json(self) -> dict[str, Any]:
         """The counters as JSON-ready data (``errors`` keyed by status as a string)."""
@@ -360,6 +362,8 @@ class SimulatedProvider:
             return error_response(400, str(exc))
         if endpoint == "chat" and "cache_control" in json.dumps(body.get("messages")):
             self.stats.cache_marked += 1
+        if endpoint == "chat" and isinstance(body.get("response_format"), dict):
+            self.stats.json_conversations.append(body["messages"])
         if self._pending:
             return self._scripted_failure(body)
         now = self._clock()
