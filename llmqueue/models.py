@@ -209,6 +209,12 @@ class JobResult(BaseModel):
     request: dict[str, Any] | None = Field(
         None, description="the job as submitted, kept on failed and cancelled results so they can be retried"
     )
+    parsed: Any = Field(
+        None,
+        exclude=True,
+        description="for a job submitted here with a JSON response_format, the valid answer: an instance "
+        "of the pydantic model given as response_format, or the decoded JSON (not stored in Redis)",
+    )
 
     @classmethod
     def from_cache(

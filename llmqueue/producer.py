@@ -12,9 +12,11 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -27,6 +29,7 @@ from llmqueue.errors import (
     ResultTimeoutError,
 )
 from llmqueue.llm.policy import submission_refusal
+from llmqueue.llm.structured import parse_answer, response_format_of
 from llmqueue.models import Job, JobResult, parse_priority
 from llmqueue.ops.registry import no_worker_reason
 from llmqueue.queue.store import JobStore
@@ -47,10 +50,13 @@ logger = logging.getLogger("llmqueue.producer")
 class JobHandle:
     """A submitted job. ``await handle.result()`` returns its final :class:`JobResult`."""
 
-    def __init__(self, producer: Producer, job_id: str, *, via_inbox: bool) -> None:
+    def __init__(
+        self, producer: Producer, job_id: str, *, via_inbox: bool, output: OutputRequest | None = None
+    ) -> None:
         self.producer = producer
         self.job_id = job_id
         self._via_inbox = via_inbox
+        self._output = output
 
     def __repr__(self) -> str:
         return f"JobHandle({self.job_id!r})"
@@ -63,11 +69,14 @@ class JobHandle:
         """
         notice = asyncio.ensure_future(self._notice_no_worker())
         try:
-            return await asyncio.wait_for(self._wait_unless_gone(), timeout)
+            result = await asyncio.wait_for(self._wait_unless_gone(), timeout)
         except TimeoutError:
             raise ResultTimeoutError(f"job {self.job_id} has no result after {timeout:g}s") from None
         finally:
             notice.cancel()
+        if self._output is not None and result.ok:
+            result.parsed = parse_answer(result.text, self._output.model)
+        return result
 
     async def _wait_unless_gone(self) -> JobResult:
         waiting = asyncio.ensure_future(self._wait())
@@ -181,9 +190,17 @@ class Producer:
                 update["priority"] = parse_priority(priority)
             except ValueError as exc:
                 raise JobValidationError(str(exc)) from None
-        prepared = [self._prepare(job, update) for job in jobs]
+        outputs: list[OutputRequest | None] = []
+        prepared: list[Job] = []
+        for job in jobs:
+            job, output = _with_schema_of_model(job)
+            prepared.append(self._prepare(job, update))
+            outputs.append(output)
         added = await self.store.enqueue(prepared)
-        return [JobHandle(self, job.id, via_inbox=new) for job, new in zip(prepared, added, strict=True)]
+        return [
+            JobHandle(self, job.id, via_inbox=new, output=output)
+            for job, new, output in zip(prepared, added, outputs, strict=True)
+        ]
 
     def handle(self, job_id: str) -> JobHandle:
         """A handle for a job submitted earlier, by this or any other producer."""
@@ -341,3 +358,26 @@ class Producer:
             if result is not None and future is not None and not future.done():
                 self._waiters.pop(job_id, None)
                 future.set_result(result)
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """A job asked for JSON (``response_format``): its result's ``parsed`` is made of the answer, as an
+    instance of ``model`` when a pydantic model class was given."""
+
+    model: type[BaseModel] | None = None
+
+
+def _with_schema_of_model(job: JobLike) -> tuple[JobLike, OutputRequest | None]:
+    """``job`` with a pydantic model class given as ``params.response_format`` turned into its json_schema
+    (as LiteLLM does), and what its result's ``parsed`` is to be; None for a job not asking for JSON."""
+    params = job.params if isinstance(job, Job) else job.get("params")
+    wanted = params.get("response_format") if isinstance(params, Mapping) else None
+    if isinstance(wanted, type) and issubclass(wanted, BaseModel):
+        converted = {**(params or {}), "response_format": response_format_of(wanted)}
+        if isinstance(job, Job):
+            return job.model_copy(update={"params": converted}), OutputRequest(wanted)
+        return {**job, "params": converted}, OutputRequest(wanted)
+    if isinstance(wanted, Mapping) and wanted.get("type") in ("json_schema", "json_object"):
+        return job, OutputRequest()
+    return job, None

@@ -73,6 +73,26 @@ def output_format(params: Mapping[str, Any]) -> OutputFormat | None:
     )
 
 
+def response_format_of(model: type[Any]) -> dict[str, Any]:
+    """The ``response_format`` that asks for JSON valid as ``model`` (a pydantic model class): the
+    strict json_schema LiteLLM (and the OpenAI SDK) make of it, named for the class."""
+    from litellm.llms.base_llm.base_utils import type_to_response_format_param  # only for a class
+
+    converted = type_to_response_format_param(model)
+    assert converted is not None
+    return dict(converted)
+
+
+def parse_answer(text: str | None, model: type[Any] | None) -> Any:
+    """A valid answer as the caller asked for it: an instance of ``model`` (a pydantic model class), or
+    the decoded JSON without one; None when there is no text."""
+    if text is None:
+        return None
+    if model is not None:
+        return model.model_validate_json(text)
+    return json.loads(text)
+
+
 def answer_problem(text: str | None, wanted: OutputFormat) -> OutputProblem | None:
     """What is wrong with the answer ``text`` for ``wanted``; None when it meets it.
 
