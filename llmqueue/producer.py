@@ -32,6 +32,7 @@ from llmqueue.llm.policy import submission_refusal
 from llmqueue.llm.structured import parse_answer, response_format_of
 from llmqueue.models import Job, JobResult, parse_priority
 from llmqueue.ops.registry import no_worker_reason
+from llmqueue.queue.job_stream import StreamEvent, read_stream
 from llmqueue.queue.store import JobStore
 from llmqueue.redaction import redact_url
 from llmqueue.settings import Settings, WorkerConfig, load_settings
@@ -77,6 +78,19 @@ class JobHandle:
         if self._output is not None and result.ok:
             result.parsed = parse_answer(result.text, self._output.model)
         return result
+
+    async def stream(self, after: str = "0") -> AsyncIterator[StreamEvent]:
+        """The answer of a job submitted with ``params.stream: true`` as it comes: ``delta`` events
+        (``event.text``), and a ``restart`` event when the job was retried after its stream began (the
+        text before it is void). Ends when the provider has finished (``await handle.result()`` then
+        returns the whole answer) or the job ended without streaming. After a reconnect, resume with
+        ``after=`` the last event's ``id``."""
+        redis = self.producer.redis
+        async for event in read_stream(redis, self.job_id, after=after, finished=self._finished):
+            yield event
+
+    async def _finished(self) -> bool:
+        return await self.producer.store.get_result(self.job_id) is not None
 
     async def _wait_unless_gone(self) -> JobResult:
         waiting = asyncio.ensure_future(self._wait())

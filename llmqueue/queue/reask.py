@@ -73,7 +73,9 @@ async def until_valid(
         if refused is not None:
             checked.refused = refused
             return checked
-        answer = await call_provider(call.job.kind, {**kwargs, "messages": messages}, timeout=timeout)
+        # A re-ask is answered whole, even for a streamed job: its stream holds the first answer.
+        asked = {**kwargs, "messages": messages, "stream": False}
+        answer = await call_provider(call.job.kind, asked, timeout=timeout)
         checked.answers.append(answer)
         checked.problem = answer_problem(answer_text(answer), wanted)
     return checked

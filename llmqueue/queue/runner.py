@@ -27,7 +27,7 @@ from llmqueue.llm import failure, policy
 from llmqueue.llm.answers import missing_answer
 from llmqueue.llm.as_sent import request_id_of_response
 from llmqueue.llm.backoff import RetryPolicy
-from llmqueue.llm.call import call_provider, supports_prompt_caching
+from llmqueue.llm.call import call_provider, stream_provider, supports_prompt_caching
 from llmqueue.llm.classify import classify, invalid_response, short_message
 from llmqueue.llm.request import call_kwargs, job_model
 from llmqueue.llm.response import response_dict
@@ -37,6 +37,7 @@ from llmqueue.ops.events import EventSink, JobEvent, emit
 from llmqueue.queue import reask, results
 from llmqueue.queue.admission import Admitter
 from llmqueue.queue.call import Call
+from llmqueue.queue.job_stream import StreamWriter
 from llmqueue.queue.ledger import BatchLedger
 from llmqueue.queue.payload import invalid_reason
 from llmqueue.queue.reask import Checked
@@ -203,7 +204,10 @@ class JobRunner:
         checked: Checked | None = None
         wanted = output_format(job.params) if job.kind == "chat" else None
         try:
-            response = await call_provider(job.kind, kwargs, timeout=bound + 5)
+            if job.kind == "chat" and job.params.get("stream") is True:
+                response = await self._streamed(call, kwargs, timeout=bound + 5)
+            else:
+                response = await call_provider(job.kind, kwargs, timeout=bound + 5)
             if wanted is not None and missing_answer(job.kind, response) is None:
                 checked = await reask.until_valid(
                     call,
@@ -272,6 +276,19 @@ class JobRunner:
             completion_tokens=usage.completion_tokens if usage else None,
             cost=result.cost,
         )
+
+    async def _streamed(self, call: Call, kwargs: dict[str, Any], *, timeout: float) -> Any:
+        """Call the provider streamed, its deltas appended to the job's Redis Stream as they come
+        (:mod:`llmqueue.queue.job_stream`); the whole answer is returned as a call not streamed returns it."""
+        writer = StreamWriter(self.store.redis, call.job.id, ttl=self.settings.worker.result_ttl)
+        await writer.begin()
+        try:
+            response = await stream_provider(kwargs, timeout, writer.add)
+        except BaseException:
+            await asyncio.shield(writer.abandon())
+            raise
+        await writer.end()
+        return response
 
     async def _invalid_output(
         self, call: Call, checked: Checked, wanted: OutputFormat | None, *, latency: float

@@ -54,6 +54,7 @@ from llmqueue.simulator.wire import (
     error_response,
     models_body,
     rate_limit_response,
+    stream_chunks,
 )
 
 __all__ = [
@@ -84,6 +85,8 @@ class ProviderConfig(BaseModel):
       hang ``hang_seconds`` before answering. Both drawn from ``random.Random(seed)``.
     - ``api_key``: when set, calls must send ``Authorization: Bearer <api_key>`` or get 401.
     - ``completion_tokens``: completion length of every chat answer, capped by the request's ``max_tokens``.
+    - ``stream_chunk_delay``: seconds between the chunks of a streamed answer (``stream: true``: server-sent
+      events in OpenAI's ``chat.completion.chunk`` shape, one word a chunk).
     - ``batch_validating_seconds``, ``batch_in_progress_seconds``: how long a Batch API batch spends in
       each state before it completes (``llmqueue.simulator.batch_api``).
       A chat call is charged its prompt's characters/4 plus ``max_tokens`` when it sets one (as OpenAI's
@@ -111,6 +114,7 @@ class ProviderConfig(BaseModel):
     api_key: str | None = Field(default=None, repr=False)
     seed: int | None = None
     completion_tokens: int = Field(default=16, ge=0)
+    stream_chunk_delay: float = Field(default=0.02, ge=0)
     batch_validating_seconds: float = Field(default=0.1, ge=0)
     batch_in_progress_seconds: float = Field(default=0.3, ge=0)
     rate_limit_headers: HeaderFamily = "openai"
@@ -295,10 +299,10 @@ class SimulatedProvider:
         app.router.add_post("/control", self._handle_control)
         return app
 
-    async def _handle_chat(self, request: web.Request) -> web.Response:
+    async def _handle_chat(self, request: web.Request) -> web.StreamResponse:
         return await self._handle_call(request, "chat")
 
-    async def _handle_embeddings(self, request: web.Request) -> web.Response:
+    async def _handle_embeddings(self, request: web.Request) -> web.StreamResponse:
         return await self._handle_call(request, "embeddings")
 
     async def _handle_models(self, request: web.Request) -> web.Response:
@@ -324,7 +328,7 @@ class SimulatedProvider:
 
     async def _handle_call(
         self, request: web.Request, endpoint: Literal["chat", "embeddings"]
-    ) -> web.Response:
+    ) -> web.StreamResponse:
         stats = self.stats
         stats.requests += 1
         stats.request_times.append(self._clock())
@@ -346,7 +350,9 @@ class SimulatedProvider:
                 stats.rate_limited += 1
         return response
 
-    async def _answer(self, request: web.Request, endpoint: Literal["chat", "embeddings"]) -> web.Response:
+    async def _answer(
+        self, request: web.Request, endpoint: Literal["chat", "embeddings"]
+    ) -> web.StreamResponse:
         if not self._authorized(request):
             return error_response(401, "Incorrect API key provided.")
         try:
@@ -392,7 +398,27 @@ class SimulatedProvider:
         self.stats.arrivals.append(Arrival(now, usage.prompt_tokens, usage.charged_tokens))
         call_id = next(self._ids)
         payload = chat_body(body, usage, call_id) if endpoint == "chat" else embeddings_body(body, usage)
+        if endpoint == "chat" and body.get("stream"):
+            return await self._stream(request, body, payload, headers)
         return web.json_response(payload, headers=headers)
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], payload: dict[str, Any], headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """Send ``payload`` as OpenAI streams it: server-sent ``chat.completion.chunk`` events, one word
+        of the content each, ``stream_chunk_delay`` seconds apart, then the usage when asked, then
+        ``[DONE]``."""
+        response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
+        response.headers["x-request-id"] = f"req_sim_{next(self._request_ids)}"
+        await response.prepare(request)
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        for chunk in stream_chunks(payload, include_usage=include_usage):
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await asyncio.sleep(self.config.stream_chunk_delay)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     def _limits_for(self, model: Any) -> RateLimits:
         """What a call to ``model`` is charged to: its own with ``limits_per_model``, else the key's."""

@@ -71,8 +71,6 @@ def chat_usage(body: Mapping[str, Any], completion_tokens: int) -> Usage:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise ValueError("'messages' must be a non-empty list of message objects")
-    if body.get("stream"):
-        raise ValueError("the simulated provider does not stream; send stream=false")
     cap = body.get("max_completion_tokens") or body.get("max_tokens")
     if cap is not None and (not isinstance(cap, int) or cap < 1):
         raise ValueError("'max_tokens' must be a positive integer")
@@ -126,6 +124,30 @@ def chat_body(body: Mapping[str, Any], usage: Usage, call_id: int) -> dict[str, 
         ],
         "usage": _usage_json(usage),
     }
+
+
+def stream_chunks(payload: Mapping[str, Any], *, include_usage: bool) -> list[dict[str, Any]]:
+    """A ``chat.completion`` body as the ``chat.completion.chunk`` objects OpenAI streams: the role, one
+    word of content each (with its following space), the finish reason, then the usage if asked."""
+    choice = payload["choices"][0]
+    content = choice["message"]["content"] or ""
+    words = [w for w in content.replace(" ", " \0").split("\0") if w]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": payload["id"],
+            "object": "chat.completion.chunk",
+            "created": payload["created"],
+            "model": payload["model"],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks += [chunk({"content": word}) for word in words]
+    chunks.append(chunk({}, choice["finish_reason"]))
+    if include_usage:
+        chunks.append({**chunk({}), "choices": [], "usage": payload["usage"]})
+    return chunks
 
 
 def json_answer(messages: Sequence[Mapping[str, Any]]) -> str:

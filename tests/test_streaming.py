@@ -1,0 +1,56 @@
+"""Streaming to the producer: a job with ``params.stream`` is streamed by the worker, read with
+``JobHandle.stream()`` while the provider is still sending."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from llmqueue.producer import Producer
+from llmqueue.settings import Settings
+from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
+from tests.support.settings import TEST_API_KEY, make_settings, running_worker
+
+CHUNK_DELAY = 0.05
+WORDS = 20
+
+
+@pytest.fixture
+async def slow_provider() -> AsyncIterator[RunningProvider]:
+    """A provider sending a streamed answer one word each ``CHUNK_DELAY`` seconds."""
+    async with run_provider(ProviderConfig(api_key=TEST_API_KEY, stream_chunk_delay=CHUNK_DELAY)) as running:
+        yield running
+
+
+async def test_deltas_reach_the_stream_while_the_provider_sends_and_add_up_to_the_result(
+    redis_url: str, slow_provider: RunningProvider
+) -> None:
+    settings = make_settings(redis_url, slow_provider.base_url)
+    prompt = " ".join(f"word{n}" for n in range(WORDS))
+    job = {"messages": [{"role": "user", "content": prompt}], "params": {"stream": True}}
+    async with Producer(settings) as producer, running_worker(settings):
+        handle = await producer.submit(job)
+        arrivals: list[tuple[float, str, int]] = []
+        async for event in handle.stream():
+            assert event.kind == "delta"
+            arrivals.append((time.monotonic(), event.text, slow_provider.stats.in_flight))
+        result = await handle.result(timeout=10)
+    assert result.status == "succeeded"
+    assert "".join(text for _, text, _ in arrivals) == result.text == f"echo: {prompt}"
+    # The first delta came while the provider was still sending, and later ones kept coming.
+    assert arrivals[0][2] == 1
+    assert len(arrivals) >= 5
+    spread = arrivals[-1][0] - arrivals[0][0]
+    assert spread > WORDS * CHUNK_DELAY / 2
+    assert result.usage is not None and result.usage.completion_tokens > 0
+
+
+async def test_a_job_not_streamed_ends_its_reader_with_nothing(
+    settings: Settings, producer: Producer
+) -> None:
+    async with running_worker(settings):
+        handle = await producer.submit({"messages": [{"role": "user", "content": "hi"}]})
+        assert [event async for event in handle.stream()] == []
+        assert (await handle.result(timeout=10)).text == "echo: hi"
