@@ -45,6 +45,9 @@ async def test_deltas_reach_the_stream_while_the_provider_sends_and_add_up_to_th
     spread = arrivals[-1][0] - arrivals[0][0]
     assert spread > WORDS * CHUNK_DELAY / 2
     assert result.usage is not None and result.usage.completion_tokens > 0
+    # The first delta reached the reader soon after the provider sent it (same clock: one process).
+    first_sent = slow_provider.stats.stream_chunk_times[0]
+    assert arrivals[0][0] - first_sent < 0.25
 
 
 async def test_a_job_not_streamed_ends_its_reader_with_nothing(

@@ -210,6 +210,8 @@ class ProviderStats:
     max_in_flight: int = 0
     cache_marked: int = 0
     """Chat calls whose messages carried a prompt-caching mark (``cache_control``)."""
+    stream_chunk_times: list[float] = field(default_factory=list)
+    """When each chunk carrying content of a streamed answer was written (the provider's clock)."""
     json_conversations: list[list[dict[str, Any]]] = field(default_factory=list)
     """The messages of each chat call that asked for JSON (``response_format``), as received."""
 
@@ -415,6 +417,8 @@ class SimulatedProvider:
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         for chunk in stream_chunks(payload, include_usage=include_usage):
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if any(c.get("delta", {}).get("content") for c in chunk["choices"]):
+                self.stats.stream_chunk_times.append(self._clock())
             await asyncio.sleep(self.config.stream_chunk_delay)
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
