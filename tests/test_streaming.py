@@ -57,3 +57,25 @@ async def test_a_job_not_streamed_ends_its_reader_with_nothing(
         handle = await producer.submit({"messages": [{"role": "user", "content": "hi"}]})
         assert [event async for event in handle.stream()] == []
         assert (await handle.result(timeout=10)).text == "echo: hi"
+
+
+async def test_a_stream_cut_mid_way_is_retried_and_the_reader_sees_the_restart(
+    redis_url: str, slow_provider: RunningProvider
+) -> None:
+    settings = make_settings(redis_url, slow_provider.base_url)
+    prompt = " ".join(f"word{n}" for n in range(WORDS))
+    slow_provider.broken_next(1, "cut_stream")
+    job = {"messages": [{"role": "user", "content": prompt}], "params": {"stream": True}}
+    async with Producer(settings) as producer, running_worker(settings):
+        handle = await producer.submit(job)
+        events = [event async for event in handle.stream()]
+        result = await handle.result(timeout=20)
+    kinds = [event.kind for event in events]
+    assert kinds.count("restart") == 1, kinds
+    restart = kinds.index("restart")
+    before = "".join(event.text for event in events[:restart])
+    after = "".join(event.text for event in events[restart + 1 :])
+    assert before and result.text is not None and result.text.startswith(before)
+    assert after == result.text == f"echo: {prompt}"
+    assert result.status == "succeeded" and result.attempts == 2
+    assert slow_provider.stats.requests == 2

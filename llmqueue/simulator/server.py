@@ -159,7 +159,8 @@ class BrokenNext(BaseModel):
     Shapes (see ``llmqueue.simulator.wire.broken_body``): ``empty_choices`` (``choices: []``),
     ``no_choices`` (the key left out), ``no_message`` (a choice without ``message``), ``truncated`` (JSON
     cut off half-way), ``html`` (a proxy's error page), ``empty`` (no body at all), and ``lone_surrogate``: a
-    well-formed answer whose text holds ``\\ud800``, valid JSON that UTF-8 cannot encode. These calls skip
+    well-formed answer whose text holds ``\\ud800``, valid JSON that UTF-8 cannot encode; ``cut_stream``: a
+    streamed call gets half its chunks, then the connection is dropped. These calls skip
     the rate limits and are counted in ``stats.broken``, not ``succeeded``.
     """
 
@@ -373,6 +374,11 @@ class SimulatedProvider:
         if endpoint == "chat" and isinstance(body.get("response_format"), dict):
             self.stats.json_conversations.append(body["messages"])
         if self._pending:
+            fault = self._pending[0]
+            if isinstance(fault, BrokenNext) and fault.shape == "cut_stream" and body.get("stream"):
+                self._scripted_failure(body)  # takes the fault off the queue
+                payload = chat_body(body, usage, next(self._ids))
+                return await self._stream(request, body, payload, {BROKEN_HEADER: "1"}, cut=True)
             return self._scripted_failure(body)
         now = self._clock()
         if now < self._limited_until:
@@ -405,7 +411,13 @@ class SimulatedProvider:
         return web.json_response(payload, headers=headers)
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], payload: dict[str, Any], headers: dict[str, str]
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        payload: dict[str, Any],
+        headers: dict[str, str],
+        *,
+        cut: bool = False,
     ) -> web.StreamResponse:
         """Send ``payload`` as OpenAI streams it: server-sent ``chat.completion.chunk`` events, one word
         of the content each, ``stream_chunk_delay`` seconds apart, then the usage when asked, then
@@ -415,7 +427,12 @@ class SimulatedProvider:
         await response.prepare(request)
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        for chunk in stream_chunks(payload, include_usage=include_usage):
+        chunks = stream_chunks(payload, include_usage=include_usage)
+        for number, chunk in enumerate(chunks):
+            if cut and number == len(chunks) // 2:
+                assert request.transport is not None
+                request.transport.close()  # mid-answer: no end of the chunked body, no [DONE]
+                return response
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             if any(c.get("delta", {}).get("content") for c in chunk["choices"]):
                 self.stats.stream_chunk_times.append(self._clock())

@@ -36,7 +36,7 @@ ECHO_CHARS = 200
 
 
 BrokenShape = Literal[
-    "empty_choices", "no_choices", "no_message", "truncated", "html", "empty", "lone_surrogate"
+    "empty_choices", "no_choices", "no_message", "truncated", "html", "empty", "lone_surrogate", "cut_stream"
 ]
 #: Header marking a 200 sent with a broken body on purpose (so the provider's stats can count it).
 BROKEN_HEADER = "x-simulator-broken"
