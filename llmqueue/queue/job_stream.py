@@ -9,14 +9,18 @@ result follows). The stream is capped near ``MAX_ENTRIES`` entries and expires w
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from llmqueue import keys
+from llmqueue.redaction import redis_error_line
+
+logger = logging.getLogger("llmqueue.worker")
 
 FLUSH_SECONDS = 0.05
 """Longest a delta waits in the worker before it is written."""
@@ -48,10 +52,16 @@ class StreamWriter:
         self._size = 0
         self._timer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self.refused = False
+        """Set once Redis refused a write: nothing more is written to the stream."""
 
     async def begin(self) -> None:
         """Start an attempt's stream: a ``restart`` event if an earlier attempt wrote to it."""
-        if await self.redis.exists(self.key):
+        try:
+            earlier = await self.redis.exists(self.key)
+        except RedisError:
+            earlier = True  # unknown: a restart event too many is harmless, one too few is not
+        if earlier:
             await self._add({"t": "restart"})
 
     async def add(self, text: str) -> None:
@@ -77,8 +87,7 @@ class StreamWriter:
     async def abandon(self) -> None:
         """Stop the timer of an attempt that failed (its deltas stay; the next attempt restarts)."""
         await self._stop_timer()
-        with contextlib.suppress(Exception):
-            await self.flush()
+        await self.flush()
 
     async def flush(self) -> None:
         async with self._lock:
@@ -99,10 +108,21 @@ class StreamWriter:
             self._timer = None
 
     async def _add(self, fields: dict[str, str]) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(self.key, fields, maxlen=MAX_ENTRIES, approximate=True)
-            pipe.expire(self.key, max(1, int(self.ttl)))
-            await pipe.execute()
+        # The answer is being paid for: a Redis error ends the stream (logged), never the call.
+        if self.refused:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self.key, fields, maxlen=MAX_ENTRIES, approximate=True)
+                pipe.expire(self.key, max(1, int(self.ttl)))
+                await pipe.execute()
+        except RedisError as exc:
+            self.refused = True
+            logger.warning(
+                "stream %s: Redis refused a write (%s); the rest goes to the result only",
+                self.key,
+                redis_error_line(exc),
+            )
 
 
 async def read_stream(

@@ -78,3 +78,15 @@ async def test_reading_resumes_after_the_last_id_seen(redis: Redis) -> None:
 
 async def test_a_job_that_never_streams_ends_the_reader_once_it_has_a_result(redis: Redis) -> None:
     assert await asyncio.wait_for(read_all(redis, "job-never"), timeout=5) == []
+
+
+async def test_a_redis_that_refuses_writes_ends_the_stream_not_the_call() -> None:
+    unreachable = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    try:
+        writer = StreamWriter(unreachable, "job-6", ttl=60)
+        await writer.begin()
+        await writer.add("paid for")
+        await writer.end()
+        assert writer.refused
+    finally:
+        await unreachable.aclose()
