@@ -24,6 +24,7 @@ LiteLLM's exceptions are translated into ProviderError subclasses in ``llmqueue.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -50,9 +51,14 @@ class RedisRefusedError(RedisUnavailableError):
 class JobNotFoundError(LLMQueueError, LookupError):
     """An awaited job Redis no longer holds: neither queued, running nor finished.
 
-    An id that was never submitted (or submitted to another Redis), a job whose payload expired before
-    a worker took it (``job_ttl``), or a result kept past ``result_ttl``.
+    Redis lost its data (restarted without persistence, or evicted keys under ``maxmemory``), an id
+    that was never submitted (or submitted to another Redis), a job whose payload expired before a
+    worker took it (``job_ttl``), or a result kept past ``result_ttl``. ``job_ids`` names the jobs.
     """
+
+    def __init__(self, message: str, *, job_ids: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.job_ids = list(job_ids)
 
 
 class ResultTimeoutError(LLMQueueError, TimeoutError):

@@ -153,6 +153,22 @@ def batch_run_lock(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:run-lock"
 
 
+def batch_keys(batch_id: str) -> list[str]:
+    """Every key of a batch's own bookkeeping: they expire with its results (``llmqueue.queue.retention``).
+
+    Its run lock is not one of them: it has a short TTL of its own, refreshed while a run holds it.
+    """
+    return [
+        batch(batch_id),
+        batch_jobs(batch_id),
+        batch_custom_ids(batch_id),
+        batch_fingerprints(batch_id),
+        batch_scopes(batch_id),
+        batch_deployments(batch_id),
+        batch_api(batch_id),
+    ]
+
+
 def batches() -> str:
     """All batch ids, scored by creation time (a sorted set)."""
     return f"{PREFIX}:batches"

@@ -1,14 +1,14 @@
-"""The producer: submit jobs, await their results.
+"""The producer: submit jobs, await their results, cancel those not started.
 
-Waiting costs no polling: jobs a producer submits name its inbox (a Redis list); one listener task
-blocks on it (BLPOP) and wakes the waiting handles, so an awaited call pays milliseconds, not a poll
-interval. A handle for a job submitted elsewhere blocks on that job's own ``done`` list instead.
+Waiting costs no polling and no connection per wait: every wait of a producer, for the jobs it
+submitted or for any other (``handle(id)``), is settled by one listener on one blocked connection
+(``llmqueue.waits``); the producer's client holds at most ``MAX_CONNECTIONS`` connections, however
+many jobs are awaited.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -19,9 +19,9 @@ from typing import Any
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue import keys
+from llmqueue.connection import redis_client
 from llmqueue.errors import (
     JobNotFoundError,
     JobValidationError,
@@ -32,20 +32,21 @@ from llmqueue.llm.policy import submission_refusal
 from llmqueue.llm.structured import parse_answer, response_format_of
 from llmqueue.models import Job, JobResult, parse_priority
 from llmqueue.ops.registry import no_worker_reason
+from llmqueue.queue.cancel import cancel_queued
 from llmqueue.queue.job_stream import StreamEvent, read_stream
 from llmqueue.queue.store import JobStore
 from llmqueue.redaction import redact_url
 from llmqueue.settings import Settings, WorkerConfig, load_settings
+from llmqueue.waits import GONE_CHECK, REDIS_DOWN, ResultWaits
 
 JobLike = Job | Mapping[str, Any]
-_LISTEN_BLOCK_SECONDS = 1
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+MAX_CONNECTIONS = 8
+"""Connections a producer's own client opens at most; commands beyond them wait for a free one."""
 NO_WORKER_NOTICE = 3.0
 """Seconds a result is awaited before the producer checks that some worker is running."""
-GONE_CHECK = 5.0
-"""Seconds between checks that an awaited job is still in Redis (queued, running or finished)."""
-_RECONNECT_DELAY = 1.0  # seconds between attempts while Redis is unreachable
+CANCEL_REASON = "cancelled from code (Producer.cancel)"
 logger = logging.getLogger("llmqueue.producer")
+__all__ = ["GONE_CHECK", "MAX_CONNECTIONS", "JobHandle", "Producer"]
 
 
 class JobHandle:
@@ -66,11 +67,15 @@ class JobHandle:
         """The job's result, waiting up to ``timeout`` seconds (None: forever).
 
         Raises ResultTimeoutError if it has not arrived by then (the job itself keeps running), and
-        JobNotFoundError when Redis no longer holds the job nor its result (it will never have one).
+        JobNotFoundError when Redis no longer holds the job nor its result (it will never have one:
+        Redis lost its data, or the id is unknown or expired); the message says which, when Redis
+        can tell.
         """
         notice = asyncio.ensure_future(self._notice_no_worker())
         try:
-            result = await asyncio.wait_for(self._wait_unless_gone(), timeout)
+            result = await asyncio.wait_for(
+                self.producer.waits.wait(self.job_id, via_inbox=self._via_inbox), timeout
+            )
         except TimeoutError:
             raise ResultTimeoutError(f"job {self.job_id} has no result after {timeout:g}s") from None
         finally:
@@ -85,24 +90,17 @@ class JobHandle:
         text before it is void). Ends when the provider has finished (``await handle.result()`` then
         returns the whole answer) or the job ended without streaming. After a reconnect, resume with
         ``after=`` the last event's ``id``."""
-        redis = self.producer.redis
+        redis = self.producer._streams()
         async for event in read_stream(redis, self.job_id, after=after, finished=self._finished):
             yield event
 
     async def _finished(self) -> bool:
         return await self.producer.store.get_result(self.job_id) is not None
 
-    async def _wait_unless_gone(self) -> JobResult:
-        waiting = asyncio.ensure_future(self._wait())
-        gone = self.producer._watch_gone(self.job_id)
-        try:
-            await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if waiting.done():
-                return waiting.result()
-            return gone.result()  # raises JobNotFoundError, or the result found on the last look
-        finally:
-            waiting.cancel()
-            self.producer._unwatch_gone(self.job_id, gone)
+    async def cancel(self) -> bool:
+        """Cancel the job if it is still queued (or waiting for a retry): it will make no call, and
+        its result is ``cancelled``. False when it is running, finished, or unknown."""
+        return bool(await self.producer.cancel([self.job_id]))
 
     async def _notice_no_worker(self) -> None:
         """Log a warning if, after ``NO_WORKER_NOTICE`` seconds, no worker is running to do the job."""
@@ -110,23 +108,6 @@ class JobHandle:
         reason = await self.producer._no_worker_reason()
         if reason is not None:
             logger.warning("job %s is waiting: %s", self.job_id, reason)
-
-    async def _wait(self) -> JobResult:
-        if self._via_inbox:
-            return await self.producer._await_inbox(self.job_id)
-        store = self.producer.store
-        while True:
-            try:
-                result = await store.get_result(self.job_id)
-                if result is not None:
-                    return result
-                token = await store.redis.blpop([keys.done(self.job_id)], timeout=_LISTEN_BLOCK_SECONDS)
-                if token is not None:
-                    # Put the token back for any other waiter on the same job.
-                    await store.redis.rpush(keys.done(self.job_id), b"1")
-            except _REDIS_DOWN as exc:
-                logger.warning("Redis unavailable while awaiting job %s (%s); retrying", self.job_id, exc)
-                await asyncio.sleep(_RECONNECT_DELAY)
 
 
 class Producer:
@@ -139,28 +120,29 @@ class Producer:
         redis_url: str | None = None,
         redis: Redis | None = None,
     ) -> None:
+        """``redis``: a client of your own (the producer then neither bounds nor closes it)."""
         self.settings = settings or load_settings()
         url = redis_url or self.settings.redis_url.get_secret_value()
         self._owns_redis = redis is None
-        self.redis: Redis = redis if redis is not None else Redis.from_url(url)
+        self.redis: Redis = redis if redis is not None else redis_client(url, max_connections=MAX_CONNECTIONS)
         self._url_for_errors = redact_url(url)
+        self._url = url
+        self._streams_redis: Redis | None = None
         worker = self.settings.worker
         self.store = JobStore(
             self.redis, queue_name=worker.queue_name, job_ttl=worker.job_ttl, result_ttl=worker.result_ttl
         )
         self.inbox = keys.inbox(uuid.uuid4().hex)
-        self._waiters: dict[str, asyncio.Future[JobResult]] = {}
-        self._listener: asyncio.Task[None] | None = None
+        self.waits = ResultWaits(self.store, self.inbox, job_ttl=worker.job_ttl, result_ttl=worker.result_ttl)
         self._worker_check: tuple[float, asyncio.Future[str | None]] | None = None
         self._reported_no_worker: str | None = None
-        self._gone_watch: dict[str, list[asyncio.Future[JobResult]]] = {}
-        self._gone_checker: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Producer:
         try:
             await self.redis.ping()
         except (RedisConnectionError, OSError) as exc:
             raise RedisUnavailableError(f"cannot reach Redis at {self._url_for_errors}: {exc}") from None
+        await self.waits.remember_redis()
         return self
 
     async def __aexit__(
@@ -169,21 +151,24 @@ class Producer:
         await self.close()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
-            self._listener = None
+        await self.waits.close()
+        if self._streams_redis is not None:
+            await self._streams_redis.aclose()
+            self._streams_redis = None
         if self._worker_check is not None:
             self._worker_check[1].cancel()
-        if self._gone_checker is not None:
-            self._gone_checker.cancel()
-            await asyncio.gather(self._gone_checker, return_exceptions=True)
-            self._gone_checker = None
-        for waiter in self._waiters.values():
-            waiter.cancel()
-        self._waiters.clear()
         if self._owns_redis:
             await self.redis.aclose()
+
+    def _streams(self) -> Redis:
+        """The client job streams are read with: a blocked read holds its connection, so readers get a
+        pool of their own, not bounded by ``MAX_CONNECTIONS`` (a client given to the producer is used
+        as it is)."""
+        if not self._owns_redis:
+            return self.redis
+        if self._streams_redis is None:
+            self._streams_redis = redis_client(self._url)
+        return self._streams_redis
 
     async def submit(self, job: JobLike, *, priority: int | str | None = None) -> JobHandle:
         """Queue one job. Submitting an id that is already queued, running or done does not run it again.
@@ -197,34 +182,70 @@ class Producer:
     async def submit_many(
         self, jobs: Iterable[JobLike], *, priority: int | str | None = None
     ) -> list[JobHandle]:
-        """Queue many jobs in pipelined round trips (thousands per round trip); ``priority`` as in submit."""
+        """Queue many jobs in pipelined round trips (thousands per round trip); ``priority`` as in submit.
+
+        Jobs with a ``batch_id`` make (or join) that batch, as a file submitted with ``--batch`` does:
+        ``llmqueue status``, ``results``, ``cancel`` and ``forget`` know it, and it expires with its
+        results.
+        """
         update: dict[str, Any] = {"reply_to": self.inbox}
         if priority is not None:
             try:
                 update["priority"] = parse_priority(priority)
             except ValueError as exc:
                 raise JobValidationError(str(exc)) from None
-        outputs: list[OutputRequest | None] = []
+        outputs: dict[str, OutputRequest | None] = {}
         prepared: list[Job] = []
         for job in jobs:
             job, output = _with_schema_of_model(job)
             prepared.append(self._prepare(job, update))
-            outputs.append(output)
-        added = await self.store.enqueue(prepared)
-        return [
-            JobHandle(self, job.id, via_inbox=new, output=output)
-            for job, new, output in zip(prepared, added, outputs, strict=True)
-        ]
+            outputs[prepared[-1].id] = output
+        added = dict(zip((job.id for job in prepared), await self._enqueue(prepared), strict=True))
+        return [JobHandle(self, job.id, via_inbox=added[job.id], output=outputs[job.id]) for job in prepared]
+
+    async def _enqueue(self, jobs: list[Job]) -> list[bool]:
+        """Queue the jobs, those of a batch through it; whether each was new, in the order given."""
+        by_batch: dict[str | None, list[Job]] = {}
+        for job in jobs:
+            by_batch.setdefault(job.batch_id, []).append(job)
+        added: dict[str, bool] = {}
+        for batch_id, group in by_batch.items():
+            if batch_id is None:
+                flags = await self.store.enqueue(group)
+            else:
+                from llmqueue.batches.control import Batches  # its import pulls in the batch files' code
+
+                flags = await Batches(self.store, self.settings).enqueue_jobs(batch_id, group)
+            added.update(zip((job.id for job in group), flags, strict=True))
+        return [added[job.id] for job in jobs]
 
     def handle(self, job_id: str) -> JobHandle:
         """A handle for a job submitted earlier, by this or any other producer."""
         return JobHandle(self, job_id, via_inbox=False)
 
+    async def cancel(self, job_ids: Iterable[str]) -> list[str]:
+        """Cancel the jobs still queued or waiting for a retry; the ids cancelled.
+
+        A job cancelled here is taken out of the queue in the same step a worker would take it, so it
+        makes no provider call (nothing is paid for it); its result is ``cancelled`` (an error of kind
+        ``cancelled``), counted in its batch, and its waits end with it. Jobs already running finish;
+        finished and unknown ids are left alone. Thousands of ids take a few round trips per 1,000.
+        """
+        return await cancel_queued(self.store, list(dict.fromkeys(job_ids)), reason=CANCEL_REASON)
+
     async def as_completed(
         self, handles: Sequence[JobHandle], timeout: float | None = None
     ) -> AsyncIterator[JobResult]:
-        """Yield results as the jobs finish, in finishing order."""
-        pending = {asyncio.ensure_future(handle.result()) for handle in handles}
+        """Yield results as the jobs finish, in finishing order.
+
+        A job Redis no longer holds (it lost its data, or the id is unknown) ends only its own wait: the
+        others go on, and once they are all yielded JobNotFoundError names every such job. Raises
+        ResultTimeoutError for the jobs still without a result after ``timeout`` seconds (they keep
+        running; ``cancel`` stops those still queued).
+        """
+        futures = [asyncio.ensure_future(handle.result()) for handle in handles]
+        pending = set(futures)
+        lost: list[JobNotFoundError] = []
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         try:
@@ -236,59 +257,21 @@ class Producer:
                 if not done:
                     raise ResultTimeoutError(f"{len(pending)} job(s) have no result after {timeout:g}s")
                 for future in done:
-                    yield future.result()
+                    error = future.exception()
+                    if isinstance(error, JobNotFoundError):
+                        lost.append(error)
+                    elif error is not None:
+                        raise error
+                    else:
+                        yield future.result()
         finally:
-            for future in pending:
-                future.cancel()
-
-    def _watch_gone(self, job_id: str) -> asyncio.Future[JobResult]:
-        """A future that fails with JobNotFoundError once Redis holds neither the job nor its result.
-
-        One task checks every awaited job each ``GONE_CHECK`` seconds, in one round trip for all of
-        them, however many handles wait.
-        """
-        future: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
-        self._gone_watch.setdefault(job_id, []).append(future)
-        if self._gone_checker is None or self._gone_checker.done():
-            self._gone_checker = asyncio.create_task(self._check_gone_forever())
-        return future
-
-    def _unwatch_gone(self, job_id: str, future: asyncio.Future[JobResult]) -> None:
-        future.cancel()
-        watching = self._gone_watch.get(job_id, [])
-        if future in watching:
-            watching.remove(future)
-        if not watching:
-            self._gone_watch.pop(job_id, None)
-
-    async def _check_gone_forever(self) -> None:
-        while self._gone_watch:
-            await asyncio.sleep(GONE_CHECK)
-            with contextlib.suppress(*_REDIS_DOWN):  # the waiting side reports Redis itself
-                await self._check_gone()
-
-    async def _check_gone(self) -> None:
-        job_ids = list(self._gone_watch)
-        present = await self.store.exists_many(job_ids)
-        missing = [job_id for job_id, here in zip(job_ids, present, strict=True) if not here]
-        # A result may have been stored and its job released between two reads: a last look.
-        results = await self.store.get_results(missing)
-        ttl = self.settings.worker
-        for job_id, result in zip(missing, results, strict=True):
-            self._waiters.pop(job_id, None)  # nothing will arrive in the inbox for it
-            for future in self._gone_watch.pop(job_id, []):
-                if future.done():
-                    continue
-                if result is not None:
-                    future.set_result(result)
-                    continue
-                future.set_exception(
-                    JobNotFoundError(
-                        f"job {job_id} is not in Redis: neither queued, running nor finished (an unknown "
-                        f"id, a job no worker took within job_ttl={ttl.job_ttl:g}s, or a result kept past "
-                        f"result_ttl={ttl.result_ttl:g}s)"
-                    )
-                )
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+                elif not future.cancelled():
+                    future.exception()  # retrieved: none is left to be reported as never retrieved
+        if lost:
+            raise _lost_error(lost)
 
     async def _no_worker_reason(self) -> str | None:
         """Why no job would run now (no live worker), looked up at most once per ``NO_WORKER_NOTICE``
@@ -299,7 +282,7 @@ class Producer:
             self._worker_check = (loop.time(), asyncio.ensure_future(self._read_no_worker(settings)))
         try:
             reason = await asyncio.shield(self._worker_check[1])
-        except _REDIS_DOWN:
+        except REDIS_DOWN:
             return None  # a waiting handle reports Redis itself
         if reason is None or reason == self._reported_no_worker:
             return None
@@ -323,55 +306,18 @@ class Producer:
         if refused is not None:
             raise JobValidationError(f"invalid job: {refused}")
 
-    async def _await_inbox(self, job_id: str) -> JobResult:
-        future = self._waiters.get(job_id)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._waiters[job_id] = future
-        if self._listener is None or self._listener.done():
-            self._listener = asyncio.create_task(self._listen())
-        # The result may have been stored before we started waiting: its inbox entry is then
-        # already consumed or still queued; checking the result key covers both.
-        existing = await self.store.get_result(job_id)
-        if existing is not None:
-            self._waiters.pop(job_id, None)
-            return existing
-        return await asyncio.shield(future)
 
-    async def _listen(self) -> None:
-        # A Redis outage (a restart) must not end the listener: every waiter would then hang.
-        after_outage = False
-        while self._waiters:
-            try:
-                if after_outage:
-                    await self._wake_finished()  # inbox entries popped as the connection broke are lost
-                    after_outage = False
-                await self._take_from_inbox()
-            except _REDIS_DOWN as exc:
-                logger.warning("Redis unavailable while awaiting results (%s); retrying", exc)
-                after_outage = True
-                await asyncio.sleep(_RECONNECT_DELAY)
-
-    async def _take_from_inbox(self) -> None:
-        item = await self.redis.blpop([self.inbox], timeout=_LISTEN_BLOCK_SECONDS)
-        if item is None:
-            return
-        job_id = item[1].decode()
-        future = self._waiters.get(job_id)
-        if future is None or future.done():
-            return
-        result = await self.store.get_result(job_id)
-        if result is not None:
-            self._waiters.pop(job_id, None)
-            future.set_result(result)
-
-    async def _wake_finished(self) -> None:
-        job_ids = list(self._waiters)
-        for job_id, result in zip(job_ids, await self.store.get_results(job_ids), strict=True):
-            future = self._waiters.get(job_id)
-            if result is not None and future is not None and not future.done():
-                self._waiters.pop(job_id, None)
-                future.set_result(result)
+def _lost_error(lost: list[JobNotFoundError]) -> JobNotFoundError:
+    """One error for every awaited job Redis no longer holds."""
+    if len(lost) == 1:
+        return lost[0]
+    job_ids = [job_id for error in lost for job_id in error.job_ids]
+    shown = ", ".join(job_ids[:5]) + (f" and {len(job_ids) - 5} more" if len(job_ids) > 5 else "")
+    first = str(lost[0]).split(". ", 1)[-1]
+    return JobNotFoundError(
+        f"{len(job_ids)} awaited job(s) are not in Redis and will never have a result ({shown}). {first}",
+        job_ids=job_ids,
+    )
 
 
 @dataclass(frozen=True)

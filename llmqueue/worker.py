@@ -1,63 +1,66 @@
-"""The arq worker: settings in, a running ``arq.Worker`` out.
+"""The worker: settings in, a process taking jobs from Redis and calling the provider out.
 
-Run it with ``llmqueue worker`` or ``arq llmqueue.worker.WorkerSettings``; the latter reads the
-settings (``LLMQUEUE_CONFIG``, ``config.toml``, environment) when arq looks the class up.
+``llmqueue worker`` runs :class:`Worker`: arq's Redis connection (``RedisSettings``, ``create_pool``)
+and queue, llmqueue's own loop (``llmqueue.queue.worker_loop``: priorities, batches in turn, many
+jobs per claim, reserved slots), the runner, its heartbeat. SIGTERM or SIGINT stops it gracefully:
+no new job, running calls get ``shutdown_grace`` seconds, the rest go back to the queue (a second
+signal cuts the grace short).
+
+``arq llmqueue.worker.WorkerSettings`` still works, for deployments built around arq's CLI: it runs
+arq's own worker with llmqueue's job function (arq's public ``functions``/``on_startup`` hooks), so
+jobs run, retry and defer exactly as here, but in arq's order (by due time): no priorities, no batch
+fairness, no reserved slots, one claim per job. The settings (``LLMQUEUE_CONFIG``, ``config.toml``,
+environment) are read when arq looks the class up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
+import signal
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from arq.connections import RedisSettings, create_pool
-from arq.worker import Worker, func
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.worker import func
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import (
-    AuthenticationError,
-    NoPermissionError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisError,
-)
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from llmqueue import keys
 from llmqueue.cache import ResponseCache, open_store
 from llmqueue.coalesce import ScriptCoalescer
-from llmqueue.errors import RedisRefusedError
+from llmqueue.connection import arq_redis_settings
 from llmqueue.limits.limiter import RateLimiter
 from llmqueue.limits.routing import Deployments
 from llmqueue.llm.call import warm_up
+from llmqueue.ops.counters import JobCounter
 from llmqueue.ops.events import EventSink, log_event
 from llmqueue.queue import payload
-from llmqueue.queue.arq_run import run_claimed
 from llmqueue.queue.heartbeat import Heartbeat
-from llmqueue.queue.ready import LOW_PRIORITY_BELOW, Claimed, ReadyQueue
 from llmqueue.queue.runner import JobRunner
 from llmqueue.queue.store import JobStore
+from llmqueue.queue.worker_loop import WorkerLoop
 from llmqueue.redaction import redis_error_line
 from llmqueue.settings import Settings, load_settings
 
+__all__ = ["Worker", "create_worker", "redis_settings"]
+
 logger = logging.getLogger("llmqueue.worker")
 
-# arq counts every start of a job (limiter re-defers, crash restarts) against max_tries; llmqueue keeps
-# its own count of failed provider calls, so arq's ceiling only has to stay out of the way.
+# arq's own worker counts every start of a job (limiter re-defers, crash restarts) against max_tries;
+# llmqueue keeps its own count of failed provider calls, so arq's ceiling only has to stay out of the way.
 ARQ_MAX_TRIES = 1_000_000
-
-
-async def perform_job(ctx: dict[str, Any], job: Any) -> None:
-    """The one arq job function (registered as ``run_job``): hand the job to this worker's runner."""
-    runner: JobRunner = ctx["llmqueue_runner"]
-    await runner.handle(ctx["job_id"], job)
+STOP_WITHOUT_REDIS_SECONDS = 1.0
+"""How long a stopping worker gives Redis to answer, and then each step of stopping without it."""
 
 
 def new_worker_id() -> str:
@@ -65,12 +68,13 @@ def new_worker_id() -> str:
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
-    """arq's connection settings from a Redis URL (``redis://user:pass@host``, ``rediss://`` for TLS).
+    """arq's connection settings from a Redis URL (``redis://user:pass@host``, ``rediss://`` for TLS),
+    query parameters included (``llmqueue.connection``: the translation every process uses).
 
     Commands retry with backoff through a short Redis outage (a restart), and start-up waits for Redis
     up to ``redis_connect_retries`` seconds.
     """
-    connection = RedisSettings.from_dsn(settings.redis_url.get_secret_value())
+    connection = arq_redis_settings(settings.redis_url.get_secret_value())
     connection.conn_retries = settings.worker.redis_connect_retries
     connection.conn_retry_delay = 1
     connection.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
@@ -78,245 +82,37 @@ def redis_settings(settings: Settings) -> RedisSettings:
     return connection
 
 
-class LLMQueueWorker(Worker):
-    """arq's worker taking its jobs from llmqueue's ready queue, many per claim.
-
-    Each job runs as arq's ``Worker.run_job`` runs it (timeouts, ``Retry``, cancellation on shutdown);
-    only the choice and claim of jobs and their release differ:
-
-    - ``_poll_iteration`` claims up to the free slots in one script call (``ReadyQueue.claim``:
-      highest priority first, batches in turn) instead of arq's poll and per-job WATCH/MULTI claim;
-      ``reserved_slots`` of them are kept for jobs above ``batch`` priority. The claim also reads
-      what ``run_job`` opens with a transaction for (payload, try count, abort mark), so each job
-      runs through ``arq_run.run_claimed``, arq's ``run_job`` without that round trip.
-    - ``finish_job`` releases the claim in one script call that also puts a deferred or interrupted
-      job back in its lane.
-    - Between polls it blocks on the queue's wake-up list (BLPOP, at most ``poll_delay``) instead of
-      sleeping, so a job a producer just queued starts within milliseconds; a failed poll (Redis
-      restarting) is logged and retried instead of ending the worker.
-
-    These override arq internals of the pinned arq version (``tests/test_arq_pin.py`` fails when
-    arq's copies of them change).
-    """
-
-    reserved_slots: int = 0
-    """Slots only jobs above ``batch`` priority may take, so an agent step never waits for a slot."""
-
-    state_ttl: float = 7 * 86400.0
-    """How long a started job's state is kept (``job_ttl``)."""
-
-    _ready: ReadyQueue | None = None
-    _low_running: int = 0
-    _low_cap: int | None = None
-    """How many ``batch`` jobs this worker holds at most now (None: all its unreserved slots)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._low_jobs: set[str] = set()
-
-    async def main(self) -> None:
-        # arq's Worker.main, with the poll loop below in place of ``async for _ in poll(...)``.
-        if self._pool is None:
-            self._pool = await create_pool(
-                self.redis_settings,
-                job_deserializer=self.job_deserializer,
-                job_serializer=self.job_serializer,
-                default_queue_name=self.queue_name,
-                expires_extra_ms=self.expires_extra_ms,
-            )
-        logger.info("Starting worker for %d functions: %s", len(self.functions), ", ".join(self.functions))
-        self.ctx["redis"] = self.pool
-        self._ready = ReadyQueue(
-            self.pool, self.queue_name, claim_ttl=self.in_progress_timeout_s, state_ttl=self.state_ttl
-        )
-        if self.on_startup:
-            await self.on_startup(self.ctx)
-        runner: JobRunner | None = self.ctx.get("llmqueue_runner")
-        if runner is not None:
-            runner.release_on_finish = True
-            runner.limiter.on_wake = self._ready.wake
-        wake_key = keys.wake(self.queue_name)
-        outage = RedisOutage(self.redis_settings)
-        while True:
-            try:
-                await self._poll_iteration()
-                outage.ended()
-                if self.burst and await self._burst_done():
-                    return
-                if self.job_counter < self.max_jobs:
-                    await self.pool.blpop([wake_key], timeout=self.poll_delay_s)
-                else:
-                    await asyncio.sleep(self.poll_delay_s)
-            except (RedisError, OSError) as exc:
-                await asyncio.sleep(outage.wait_after(exc))
-
-    async def close(self) -> None:
-        # arq's close writes to Redis (its health key); a worker stopping because Redis refuses it must
-        # still end with the reason it stopped, not with that write's error.
-        try:
-            await super().close()
-        except (RedisError, OSError) as exc:
-            logger.warning("could not tidy up in Redis on the way out (%s)", redis_error_line(exc))
-
-    async def _poll_iteration(self) -> None:
-        # arq's Worker._poll_iteration with one claim script in place of its poll and start_jobs.
-        count = self.max_jobs - self.job_counter
-        if self.burst and self.max_burst_jobs >= 0:
-            count = min(count, self.max_burst_jobs - self._jobs_started())
-        if self.allow_pick_jobs and count > 0 and self._ready is not None:
-            low_slots = self.max_jobs - self.reserved_slots
-            low_limit = min(low_slots, self._low_cap or low_slots) - self._low_running
-            runner: JobRunner | None = self.ctx.get("llmqueue_runner")
-            for job in await self._ready.claim(count, low_priority_limit=low_limit):
-                if runner is not None:
-                    runner.starts[job.job_id] = job.start
-                self._start(job, runner)
-        if self.allow_abort_jobs:
-            await self._cancel_aborted_jobs()
-        for job_id, task in list(self.tasks.items()):
-            if task.done():
-                del self.tasks[job_id]
-                task.result()  # errors in run_job surface here, as in arq
-        await self.heart_beat()
-
-    def _start(self, job: Claimed, runner: JobRunner | None) -> None:
-        # What arq's start_jobs does once its claim succeeded; the slot is free (count above).
-        self.job_counter += 1
-        low = job.priority < LOW_PRIORITY_BELOW
-        if low:
-            self._low_running += 1
-            self._low_jobs.add(job.job_id)
-        task = self.loop.create_task(run_claimed(self, job))
-
-        def done(_: asyncio.Task[None]) -> None:
-            if runner is not None:  # arq ended the run before calling the job (its payload expired)
-                runner.starts.pop(job.job_id, None)
-            self.job_counter -= 1
-            if low:
-                self._low_running -= 1
-                self._low_jobs.discard(job.job_id)
-
-        task.add_done_callback(done)
-        self.tasks[job.job_id] = task
-
-    async def finish_job(
-        self,
-        job_id: str,
-        finish: bool,
-        result_data: bytes | None,
-        result_timeout_s: float | None,
-        keep_result_forever: bool,
-        incr_score: int | None,
-        keep_in_progress: float | None,
-    ) -> None:
-        if self._ready is None or keep_in_progress is not None:  # cron jobs: llmqueue has none
-            await super().finish_job(
-                job_id,
-                finish,
-                result_data,
-                result_timeout_s,
-                keep_result_forever,
-                incr_score,
-                keep_in_progress,
-            )
-            return
-        if job_id in self._low_jobs:
-            self._adapt_low_cap(deferred=not finish and bool(incr_score))
-        runner: JobRunner | None = self.ctx.get("llmqueue_runner")
-        if finish and runner is not None and job_id in runner.released:
-            runner.released.discard(job_id)  # the result's script ended the claim already
-            return
-        ttl = None if keep_result_forever or result_timeout_s is None else int(result_timeout_s * 1000)
-        if finish:
-            await self._ready.release(job_id, "finish", arq_result=result_data, arq_result_ttl_ms=ttl)
-        elif incr_score:
-            await self._ready.release(job_id, "defer", defer_ms=incr_score)
-        else:
-            await self._ready.release(job_id, "back")
-
-    def _adapt_low_cap(self, *, deferred: bool) -> None:
-        """Hold no more ``batch`` jobs than the limiter lets run (additive increase, cut on a deferral).
-
-        A batch job the limiter sends back was claimed for nothing; with every slot full of them a
-        saturated key would have each worker claim, refuse and put back hundreds of jobs a second. So
-        a deferral caps the worker's batch jobs at those it runs now, and each one that ends raises the
-        cap by one, up to all unreserved slots.
-        """
-        low_slots = self.max_jobs - self.reserved_slots
-        if deferred:
-            self._low_cap = max(1, self._low_running - 1)
-        elif self._low_cap is not None:
-            self._low_cap = None if self._low_cap + 1 >= low_slots else self._low_cap + 1
-
-    async def _burst_done(self) -> bool:
-        if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:
-            await asyncio.gather(*self.tasks.values())
-            return True
-        return False
-
-
-class RedisOutage:
-    """How the poll loop meets Redis errors: it waits through what can heal and stops on what cannot.
-
-    - A lost connection or a Redis restarting: polled again after 1 s, doubling to 30 s.
-    - Redis refusing writes (out of memory under ``noeviction``, a read-only replica): the claim script
-      is refused before it takes a job, so the worker takes none (it would pay for answers it could not
-      store) and asks again with the same backoff, said once until Redis accepts writes again.
-    - Refused credentials or permissions (a changed password, an ACL): waiting cannot heal them; the
-      worker stops with :class:`RedisRefusedError` after its running jobs end.
-    """
-
-    first_delay = 1.0
-    max_delay = 30.0
-
-    def __init__(self, connection: RedisSettings | None) -> None:
-        self._where = (
-            "" if connection is None else f"{connection.host}:{connection.port}/{connection.database}"
-        )
-        self._said: str | None = None
-        self._delay = self.first_delay
-
-    def wait_after(self, exc: BaseException) -> float:
-        """Seconds to wait before the next poll; raises RedisRefusedError for what cannot heal."""
-        line = redis_error_line(exc)
-        if isinstance(exc, AuthenticationError | NoPermissionError):
-            raise RedisRefusedError(
-                f"Redis at {self._where} refused this worker ({line}): check the user, password and ACL "
-                "in the Redis URL; the worker stopped"
-            ) from None
-        kind = type(exc).__name__  # one line per kind: Redis words one refusal differently in a script
-        if kind != self._said:
-            if isinstance(exc, OutOfMemoryError | ReadOnlyError):
-                logger.error(
-                    "Redis at %s refuses writes (%s): taking no job until it accepts them", self._where, line
-                )
-            else:
-                logger.warning("Redis at %s unavailable (%s); polling again", self._where, line)
-            self._said = kind
-        delay = self._delay
-        self._delay = min(self._delay * 2, self.max_delay)
-        return delay
-
-    def ended(self) -> None:
-        """A poll went through: the next error starts a new outage."""
-        if self._said is not None:
-            logger.warning("Redis at %s answers again; taking jobs", self._where)
-            self._said = None
-        self._delay = self.first_delay
-
-
-def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)) -> dict[str, Any]:
-    """Keyword arguments for ``arq.Worker`` (also the attributes of :data:`WorkerSettings`)."""
+async def connect(settings: Settings) -> ArqRedis:
+    """arq's pool for these settings, with llmqueue's JSON job format (never pickle)."""
     worker = settings.worker
-    worker_id = new_worker_id()
-    # os.environ/NAME values of the model_list are read here, once, from the worker's environment.
-    deployments = Deployments(settings, os.environ) if settings.model_list else None
+    return await create_pool(
+        redis_settings(settings),
+        job_serializer=payload.serialize,
+        job_deserializer=payload.deserialize_job,
+        default_queue_name=worker.queue_name,
+        expires_extra_ms=int(worker.job_ttl * 1000),
+    )
 
-    async def on_startup(ctx: dict[str, Any]) -> None:
-        coalescer = ScriptCoalescer(ctx["redis"])  # the limiter's and the results' calls share round trips
-        ctx["llmqueue_coalescer"] = coalescer
+
+@dataclass
+class Services:
+    """What runs beside the jobs of one worker: the runner and what it uses, and the heartbeat."""
+
+    runner: JobRunner
+    heartbeat: Heartbeat
+    coalescer: ScriptCoalescer
+    cache: ResponseCache | None
+
+    @classmethod
+    async def start(
+        cls, redis: ArqRedis, settings: Settings, worker_id: str, sinks: Sequence[EventSink]
+    ) -> Services:
+        worker = settings.worker
+        # os.environ/NAME values of the model_list are read here, once, from the worker's environment.
+        deployments = Deployments(settings, os.environ) if settings.model_list else None
+        coalescer = ScriptCoalescer(redis)  # the limiter's and the results' calls share round trips
         store = JobStore(
-            ctx["redis"],
+            redis,
             queue_name=worker.queue_name,
             job_ttl=worker.job_ttl,
             result_ttl=worker.result_ttl,
@@ -325,32 +121,29 @@ def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)
         cache = None
         if settings.cache.enabled:
             cache = ResponseCache(
-                open_store(settings.cache, ctx["redis"]),
-                ctx["redis"],
-                claim_seconds=_longest_llm_timeout(settings) + 30,
+                open_store(settings.cache, redis), redis, claim_seconds=longest_llm_timeout(settings) + 30
             )
-            ctx["llmqueue_cache"] = cache
         runner = JobRunner(
             settings=settings,
             store=store,
-            limiter=RateLimiter(ctx["redis"], coalescer),
+            limiter=RateLimiter(redis, coalescer),
             worker_id=worker_id,
             sinks=list(sinks),
             cache=cache,
             deployments=deployments,
         )
-        ctx["llmqueue_runner"] = runner
+        counters = [s for s in sinks if isinstance(s, JobCounter)]
         heartbeat = Heartbeat(
-            ctx["redis"],
+            redis,
             worker_id=worker_id,
             queue_name=worker.queue_name,
             in_flight=lambda: runner.in_flight,
             interval=worker.heartbeat_interval,
             ttl=worker.in_progress_ttl,
+            counts=counters[0].counts.as_fields if counters else dict,
         )
         await heartbeat.beat()
         heartbeat.start()
-        ctx["llmqueue_heartbeat"] = heartbeat
         if worker.warm_up:
             try:
                 await warm_up()
@@ -360,21 +153,175 @@ def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)
         # every collection while jobs run and in the final one at exit (seconds on a busy machine).
         gc.freeze()
         logger.info("llmqueue worker %s started on queue %s", worker_id, worker.queue_name)
+        return cls(runner=runner, heartbeat=heartbeat, coalescer=coalescer, cache=cache)
+
+    async def stop(self) -> None:
+        await self.runner.settle(timeout=5)
+        await self.heartbeat.stop()
+        if self.cache is not None:
+            await self.cache.close()
+        await self.coalescer.close()
+        logger.info("llmqueue worker %s stopped", self.runner.worker_id)
+
+
+class Worker:
+    """One worker process's job taking: connect, start the services, run the loop, tidy up.
+
+    ``burst``: end once the queue is empty (``llmqueue run``'s workers). ``handle_signals``: stop
+    gracefully on SIGTERM/SIGINT (off when the worker runs inside another program's event loop).
+    ``sinks`` receive every job event; the worker adds its own :class:`JobCounter`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sinks: Sequence[EventSink] = (log_event,),
+        burst: bool = False,
+        handle_signals: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.worker_id = new_worker_id()
+        self.counter = JobCounter()
+        self.sinks: list[EventSink] = [*sinks, self.counter]
+        self.burst = burst
+        self.handle_signals = handle_signals
+        self.job_loop: WorkerLoop | None = None
+        """The loop, once started up (None before)."""
+        self._stopped_early = False
+
+    def run(self) -> None:
+        """Run until stopped by a signal (or, in burst mode, until the queue is empty)."""
+        asyncio.run(self.main())
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop as SIGTERM does (``grace``: seconds running jobs may end in, default ``shutdown_grace``)."""
+        if self.job_loop is not None:
+            self.job_loop.stop(grace)
+        else:  # still starting up: the loop ends as soon as it starts
+            self._stopped_early = True
+
+    async def main(self) -> None:
+        """Connect, start up, take jobs until stopped, and tidy up (also when cancelled)."""
+        redis = await connect(self.settings)
+        try:
+            with self._signals_stop():
+                await self._serve(redis)
+        finally:
+            await redis.close(close_connection_pool=True)
+
+    async def _serve(self, redis: ArqRedis) -> None:
+        worker = self.settings.worker
+        services = await Services.start(redis, self.settings, self.worker_id, self.sinks)
+        try:
+            connection = redis_settings(self.settings)
+            self.job_loop = WorkerLoop(
+                redis,
+                worker,
+                services.runner,
+                job_timeout=worker.job_timeout(longest_llm_timeout(self.settings)),
+                burst=self.burst,
+                counts=self.counter.counts,
+                where=f"{connection.host}:{connection.port}/{connection.database}",
+            )
+            if self._stopped_early:
+                self.job_loop.stop()
+            await self.job_loop.run()
+        finally:
+            await self._tidy(redis, services)
+
+    @contextlib.contextmanager
+    def _signals_stop(self) -> Iterator[None]:
+        if not self.handle_signals:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        running = len(self.job_loop.tasks) if self.job_loop is not None else 0
+        logger.info(
+            "shutdown on %s: taking no new job; %d running may end within %gs (a second signal ends them)",
+            sig.name,
+            running,
+            self.settings.worker.shutdown_grace,
+        )
+        self.stop()
+
+    async def _tidy(self, redis: ArqRedis, services: Services) -> None:
+        # A worker stopping because Redis refuses it must still end with the reason it stopped, not
+        # with the error of a write on the way out. A Redis that does not answer would hold each write
+        # for the pool's whole retry policy (about 17 s): then the worker does not wait for it (its
+        # claims expire and their jobs go back to the queue).
+        if not await _answers(redis):
+            logger.warning(
+                "Redis does not answer: stopping without tidying up in it (jobs this worker held go "
+                "back to the queue when their claim expires)"
+            )
+            with contextlib.suppress(TimeoutError, RedisError, OSError):
+                await asyncio.wait_for(services.stop(), STOP_WITHOUT_REDIS_SECONDS)
+            return
+        try:
+            if self.job_loop is not None:
+                await redis.delete(self.job_loop.health_key)
+            await services.stop()
+        except (RedisError, OSError) as exc:
+            logger.warning("could not tidy up in Redis on the way out (%s)", redis_error_line(exc))
+
+
+async def _answers(redis: ArqRedis) -> bool:
+    try:
+        await asyncio.wait_for(redis.ping(), STOP_WITHOUT_REDIS_SECONDS)
+    except (TimeoutError, RedisError, OSError):
+        return False
+    return True
+
+
+def create_worker(
+    settings: Settings,
+    *,
+    sinks: Sequence[EventSink] = (log_event,),
+    burst: bool = False,
+    handle_signals: bool = True,
+) -> Worker:
+    """A worker for these settings (see :class:`Worker`)."""
+    return Worker(settings, sinks=sinks, burst=burst, handle_signals=handle_signals)
+
+
+def longest_llm_timeout(settings: Settings) -> float:
+    timeouts = [settings.llm.timeout, *(settings.llm_for(name).timeout for name in settings.llm_groups)]
+    for deployment in settings.model_list:
+        timeout = deployment.extra_params.get("timeout")
+        if isinstance(timeout, int | float):
+            timeouts.append(float(timeout))
+    return max(timeouts)
+
+
+async def perform_job(ctx: dict[str, Any], job: Any) -> None:
+    """arq's job function (registered as ``run_job``) for arq's own worker: hand the job to the runner."""
+    services: Services = ctx["llmqueue"]
+    await services.runner.handle(ctx["job_id"], job)
+
+
+def arq_worker_settings(settings: Settings, sinks: Sequence[EventSink] = (log_event,)) -> dict[str, Any]:
+    """Keyword arguments of ``arq.worker.Worker`` running llmqueue's jobs with arq's own loop."""
+    worker = settings.worker
+    worker_id = new_worker_id()
+    counter = JobCounter()
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        ctx["llmqueue"] = await Services.start(ctx["redis"], settings, worker_id, [*sinks, counter])
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
-        runner: JobRunner | None = ctx.get("llmqueue_runner")
-        if runner is not None:
-            await runner.settle(timeout=5)
-        heartbeat: Heartbeat | None = ctx.get("llmqueue_heartbeat")
-        if heartbeat is not None:
-            await heartbeat.stop()
-        cache: ResponseCache | None = ctx.get("llmqueue_cache")
-        if cache is not None:
-            await cache.close()
-        coalescer: ScriptCoalescer | None = ctx.get("llmqueue_coalescer")
-        if coalescer is not None:
-            await coalescer.close()
-        logger.info("llmqueue worker %s stopped", worker_id)
+        services: Services | None = ctx.get("llmqueue")
+        if services is not None:
+            await services.stop()
 
     return {
         "functions": [func(perform_job, name=payload.JOB_FUNCTION, max_tries=ARQ_MAX_TRIES)],
@@ -382,10 +329,9 @@ def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)
         "redis_settings": redis_settings(settings),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
-        # SIGTERM/SIGINT: take no new job, let running calls finish for this long, then put the rest back.
         "job_completion_wait": int(worker.shutdown_grace),
         "max_jobs": worker.max_jobs,
-        "job_timeout": worker.job_timeout(_longest_llm_timeout(settings)),
+        "job_timeout": worker.job_timeout(longest_llm_timeout(settings)),
         "keep_result": 0,
         "poll_delay": worker.poll_delay,
         "max_tries": ARQ_MAX_TRIES,
@@ -396,28 +342,6 @@ def worker_options(settings: Settings, sinks: Sequence[EventSink] = (log_event,)
     }
 
 
-def create_worker(
-    settings: Settings, *, sinks: Sequence[EventSink] = (log_event,), **overrides: Any
-) -> LLMQueueWorker:
-    """A worker for these settings; ``overrides`` go to ``arq.Worker`` (e.g. ``burst=True``)."""
-    worker = LLMQueueWorker(**{**worker_options(settings, sinks), **overrides})
-    # arq claims a job it picks up for job_timeout + 10 s; were that left to the heartbeat to shorten,
-    # a worker dying before its next beat would leave its newest jobs claimed for minutes.
-    worker.in_progress_timeout_s = settings.worker.in_progress_ttl
-    worker.reserved_slots = settings.worker.slots_reserved()
-    worker.state_ttl = settings.worker.job_ttl
-    return worker
-
-
-def _longest_llm_timeout(settings: Settings) -> float:
-    timeouts = [settings.llm.timeout, *(settings.llm_for(name).timeout for name in settings.llm_groups)]
-    for deployment in settings.model_list:
-        timeout = deployment.extra_params.get("timeout")
-        if isinstance(timeout, int | float):
-            timeouts.append(float(timeout))
-    return max(timeouts)
-
-
 def __getattr__(name: str) -> Any:
     # ``arq llmqueue.worker.WorkerSettings``: the settings are read when arq asks for the class.
     if name == "WorkerSettings":
@@ -426,6 +350,5 @@ def __getattr__(name: str) -> Any:
         settings = load_settings(
             Path(config) if config else None, litellm_config=Path(litellm_config) if litellm_config else None
         )
-        options = worker_options(settings)
-        return type("WorkerSettings", (), options)
+        return type("WorkerSettings", (), arq_worker_settings(settings))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 
-from llmqueue.producer import Producer
+from llmqueue.producer import MAX_CONNECTIONS, JobHandle, Producer
 from llmqueue.settings import Settings
 from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
 from tests.support.settings import TEST_API_KEY, make_settings, running_worker
@@ -79,3 +80,23 @@ async def test_a_stream_cut_mid_way_is_retried_and_the_reader_sees_the_restart(
     assert after == result.text == f"echo: {prompt}"
     assert result.status == "succeeded" and result.attempts == 2
     assert slow_provider.stats.requests == 2
+
+
+async def test_more_streams_read_at_once_than_the_producer_has_connections_all_complete(
+    redis_url: str, slow_provider: RunningProvider
+) -> None:
+    settings = make_settings(redis_url, slow_provider.base_url)
+    count = MAX_CONNECTIONS + 4
+    jobs = [
+        {"messages": [{"role": "user", "content": f"reader {n} says hi"}], "params": {"stream": True}}
+        for n in range(count)
+    ]
+
+    async def read(handle: JobHandle) -> str:
+        return "".join([event.text async for event in handle.stream()])
+
+    async with Producer(settings) as producer, running_worker(settings):
+        handles = await producer.submit_many(jobs)
+        texts = await asyncio.wait_for(asyncio.gather(*(read(h) for h in handles)), timeout=30)
+        results = [await h.result(timeout=10) for h in handles]
+    assert texts == [r.text for r in results] == [f"echo: reader {n} says hi" for n in range(count)]

@@ -16,6 +16,7 @@ from llmqueue.limits.limiter import Reservation
 from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.producer import Producer
 from llmqueue.queue.payload import serialize
+from llmqueue.queue.slots import Slots
 from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings, WorkerConfig
 from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
@@ -258,9 +259,9 @@ async def test_jobs_refused_while_a_new_scope_probes_wait_in_place_for_its_first
         async with Producer(settings) as producer, running_worker(settings) as worker:
             handles = await producer.submit_many([CHAT] * 20)
             results = [await handle.result(timeout=20) for handle in handles]
-            retried = worker.jobs_retried
+            deferred = worker.counter.counts.deferred
     assert [r.status for r in results] == ["succeeded"] * 20
-    assert retried == 0, f"{retried} jobs were re-deferred while the scope probed"
+    assert deferred == 0, f"{deferred} jobs were re-deferred while the scope probed"
     assert provider.stats.requests == 20
 
 
@@ -402,9 +403,9 @@ async def test_claim_failing_on_a_redis_error_keeps_the_worker_and_its_job_slots
     async with run_provider(provider_config) as provider:
         settings = make_settings(redis_url, provider.base_url, worker={"max_jobs": 2})
         async with running_worker(settings) as worker, Producer(settings) as producer:
-            while worker._ready is None:  # the worker connects as it starts
+            while worker.job_loop is None:  # the worker connects as it starts
                 await asyncio.sleep(0.01)
-            ready = worker._ready
+            ready = worker.job_loop.ready
             real_claim = ready.claim
             failures = 3
 
@@ -421,22 +422,23 @@ async def test_claim_failing_on_a_redis_error_keeps_the_worker_and_its_job_slots
             assert failures == 0
             assert all(result.status == "succeeded" for result in results)
             deadline = time.monotonic() + 5
-            while worker.job_counter != 0 and time.monotonic() < deadline:
+            slots = worker.job_loop.slots
+            while slots.running != 0 and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            assert worker.job_counter == 0 and worker._low_running == 0
+            assert slots.running == 0 and slots.low_running == 0
 
 
-def test_a_deferred_batch_job_caps_the_workers_batch_jobs_and_each_end_raises_it(settings: Settings) -> None:
-    from llmqueue.worker import create_worker
-
-    worker = create_worker(settings.model_copy(update={"worker": WorkerConfig(max_jobs=20)}))
-    assert worker.reserved_slots == 2 and worker._low_cap is None  # all 18 unreserved slots
-    worker._low_running = 6
-    worker._adapt_low_cap(deferred=True)  # one of the six came back from the limiter
-    assert worker._low_cap == 5
+def test_a_deferred_batch_job_caps_the_workers_batch_jobs_and_each_end_raises_it() -> None:
+    slots = Slots(max_jobs=20, reserved=WorkerConfig(max_jobs=20).slots_reserved())
+    assert slots.reserved == 2 and slots.low_cap is None and slots.low_free == 18  # all unreserved slots
+    for _ in range(6):
+        slots.take(low=True)
+    slots.give_back(low=True, deferred=True)  # one of the six came back from the limiter
+    assert slots.low_cap == 5 and slots.low_running == 5 and slots.low_free == 0
     for expected in (6, 7):
-        worker._adapt_low_cap(deferred=False)
-        assert worker._low_cap == expected
-    worker._low_cap = 17
-    worker._adapt_low_cap(deferred=False)
-    assert worker._low_cap is None  # back to every unreserved slot
+        slots.adapt_low_cap(deferred=False)
+        assert slots.low_cap == expected
+    slots.low_cap = 17
+    slots.give_back(low=True, deferred=False)
+    assert slots.low_cap is None  # back to every unreserved slot
+    assert slots.running == 4 and slots.free == 16

@@ -17,10 +17,10 @@ from typing import Any
 import litellm
 from litellm.cost_calculator import batch_cost_calculator
 from litellm.types.utils import Usage
-from redis.asyncio import Redis
 
 from llmqueue.batches.input import check_file, invalid_file_error, iter_jobs
 from llmqueue.cache import CacheStore, job_cache_key, open_store
+from llmqueue.connection import redis_client
 from llmqueue.limits.tokens import estimate_split
 from llmqueue.llm.policy import submission_refusal
 from llmqueue.llm.request import job_model
@@ -167,9 +167,7 @@ async def estimate_file(
     jobs = (item for item in iter_jobs(path, **options) if isinstance(item, Job))
     if not (use_cache and settings.cache.enabled):
         return await estimate_jobs(jobs, settings, None)
-    redis = (
-        Redis.from_url(settings.redis_url.get_secret_value()) if settings.cache.backend == "redis" else None
-    )
+    redis = redis_client(settings.redis_url.get_secret_value()) if settings.cache.backend == "redis" else None
     store = open_store(settings.cache, redis)
     try:
         return await estimate_jobs((job.model_copy(update={"cache": True}) for job in jobs), settings, store)

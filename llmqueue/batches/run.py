@@ -100,6 +100,7 @@ async def _run_locked(
             worker_env=_worker_env(options),
             stop_timeout=settings.worker.shutdown_grace + 15,
             on_stopping=lambda message: console.print(f"[yellow]{escape(message)}[/yellow]"),
+            temporary_dir=options.redis_url is not None,
         )
         with cluster:
             async with (

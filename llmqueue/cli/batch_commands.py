@@ -46,6 +46,7 @@ from llmqueue.cli.common import (
 )
 from llmqueue.cli.tiers import Via, check_tier_options, submit_via_batch_api
 from llmqueue.errors import LLMQueueError
+from llmqueue.ops.interrupts import interrupted_by_signals
 from llmqueue.redaction import redis_error_line
 from llmqueue.settings import Settings
 
@@ -274,6 +275,23 @@ def cancel(batch: BatchArgument, config: ConfigOption = None, redis_url: RedisOp
 
 
 @app.command()
+def forget(batch: BatchArgument, config: ConfigOption = None, redis_url: RedisOption = None) -> None:
+    """Remove a finished batch from Redis now: its results and its bookkeeping.
+
+    Without it, a batch expires result_ttl seconds after its last job finished. A batch with jobs
+    queued or running is refused: cancel it first.
+    """
+    settings = settings_from(config, redis_url)
+
+    async def go(batches: Any) -> int:
+        count: int = await batches.forget(batch)
+        return count
+
+    deleted = with_batches(settings, go)
+    console.print(f"batch {batch} forgotten: {deleted} key(s) removed")
+
+
+@app.command()
 def retry(
     batch: BatchArgument,
     failed: Annotated[bool, typer.Option("--failed", help="Queue the failed jobs again.")] = False,
@@ -451,7 +469,8 @@ def run(
                 env = stack.enter_context(demo_provider(rpm=rpm, tpm=tpm, model=model))
                 options.worker_env.update(env)
                 options.model = env["LLM_MODEL"]
-            summary = asyncio.run(run_batch(options, settings, console))
+            with interrupted_by_signals():  # SIGTERM as Ctrl-C; either at once, even in a long check
+                summary = asyncio.run(run_batch(options, settings, console))
     except KeyboardInterrupt:
         hint = _resume_command(context, options.batch_id or "BATCH")
         console.print(f"\ninterrupted: finished jobs are kept. Resume with: {escape(hint)}")

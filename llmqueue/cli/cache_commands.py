@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import typer
-from redis.asyncio import Redis
 
 from llmqueue.batches.display import format_seconds
 from llmqueue.cache import CacheStats, CacheStore, open_store
@@ -20,6 +19,7 @@ from llmqueue.cli.common import (
     settings_from,
     with_cache_dir,
 )
+from llmqueue.connection import redis_client
 from llmqueue.settings import Settings
 
 T = TypeVar("T")
@@ -62,9 +62,7 @@ def describe(stats: CacheStats) -> str:
 def _with_store(settings: Settings, action: Callable[[CacheStore], Awaitable[T]]) -> T:
     async def go() -> T:
         redis = (
-            Redis.from_url(settings.redis_url.get_secret_value())
-            if settings.cache.backend == "redis"
-            else None
+            redis_client(settings.redis_url.get_secret_value()) if settings.cache.backend == "redis" else None
         )
         store = open_store(settings.cache, redis)
         try:

@@ -213,17 +213,17 @@ def with_batches(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T
 
 def with_redis(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``action(redis)`` with a client on the settings' Redis; unreachable Redis is a clear error."""
-    from redis.asyncio import Redis
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    from llmqueue.connection import redis_client
     from llmqueue.errors import RedisUnavailableError
     from llmqueue.redaction import redact_url
 
     url = settings.redis_url.get_secret_value()
 
     async def go() -> T:
-        client = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+        client = redis_client(url, socket_connect_timeout=5, socket_timeout=10)
         try:
             return await action(client)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:

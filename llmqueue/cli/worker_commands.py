@@ -98,17 +98,18 @@ def health(
     import socket
     import time
 
-    from llmqueue.ops.registry import WorkerInfo, arq_health, live_workers, read_workers
+    from llmqueue.ops.counters import JobCounts
+    from llmqueue.ops.registry import WorkerInfo, live_workers, read_workers
 
     settings = settings_from(config, redis_url)
     queue_name = queue or settings.worker.queue_name
     limit = max_age if max_age is not None else 3 * settings.worker.heartbeat_interval
     host = socket.gethostname() if local else None
 
-    async def check(redis: Any) -> tuple[list[WorkerInfo], str | None]:
-        return await read_workers(redis), await arq_health(redis, queue_name)
+    async def check(redis: Any) -> tuple[list[WorkerInfo], int]:
+        return await read_workers(redis), await redis.zcard(queue_name)
 
-    registered, arq_line = with_redis(settings, check)
+    registered, queued = with_redis(settings, check)
     live = live_workers(registered, max_age=limit, queue=queue_name, host=host)
     where = f"queue {queue_name}" + (f" on {host}" if host else "")
     if not live:
@@ -119,8 +120,9 @@ def health(
         raise typer.Exit(1)
     newest = min(w.age(time.time()) for w in live)
     typer.echo(f"ok: {len(live)} live worker(s) on {where}, last heartbeat {newest:.1f}s ago")
-    if arq_line:
-        typer.echo(f"arq: {arq_line}")
+    running = sum(w.in_flight for w in live)
+    typer.echo(f"jobs: {running} running, {queued} in the queue (due, deferred or running)")
+    typer.echo(f"since the workers started: {JobCounts.total(w.jobs for w in live).describe()}")
 
 
 @app.command()

@@ -38,7 +38,8 @@ class LocalCluster:
     grace, and are killed after ``stop_timeout`` seconds) and only then is an embedded Redis stopped,
     its data left in ``data_dir`` for the caller to keep (a resume) or remove. A KeyboardInterrupt while
     the workers finish (a second Ctrl-C) kills them at once; Redis is still stopped after them. If this
-    process is killed, ``llmqueue.ops.reaper`` keeps that order.
+    process is killed, ``llmqueue.ops.reaper`` keeps that order, and removes ``data_dir`` when it is
+    ``temporary_dir`` (a run against the user's Redis keeps only worker logs there).
 
     ``on_stopping(message)`` is told, as the workers are asked to stop, how long it may take.
     """
@@ -52,6 +53,7 @@ class LocalCluster:
         worker_env: Mapping[str, str] | None = None,
         stop_timeout: float = 45.0,
         on_stopping: Callable[[str], None] | None = None,
+        temporary_dir: bool = False,
     ) -> None:
         if workers < 1:
             raise LLMQueueError("--workers must be at least 1")
@@ -65,6 +67,7 @@ class LocalCluster:
         self._first_started_at: float | None = None
         self._reaper: subprocess.Popen[bytes] | None = None
         self.on_stopping = on_stopping
+        self.temporary_dir = temporary_dir
 
     @property
     def embedded(self) -> bool:
@@ -157,11 +160,15 @@ class LocalCluster:
             self._workers = [worker for worker in self._workers if worker.poll() is None]
 
     def _start_reaper(self) -> None:
-        if self._redis is None or self._redis.pid is None:
+        redis_pid = 0 if self._redis is None else self._redis.pid
+        if redis_pid is None:
             return
-        pids = [str(self._redis.pid), *(str(worker.pid) for worker in self._workers)]
+        args = [str(os.getpid()), f"{self.stop_timeout:g}", str(redis_pid)]
+        if self.temporary_dir:
+            args += ["--remove", str(self.data_dir)]
+        args += [str(worker.pid) for worker in self._workers]
         self._reaper = subprocess.Popen(
-            [sys.executable, "-m", "llmqueue.ops.reaper", str(os.getpid()), f"{self.stop_timeout:g}", *pids],
+            [sys.executable, "-m", "llmqueue.ops.reaper", *args],
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # neither a terminal's Ctrl-C nor this process's death stops it
         )

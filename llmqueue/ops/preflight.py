@@ -6,18 +6,18 @@ starting, wrong for one that refuses the password or has no such database: those
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from llmqueue.connection import redis_client
 from llmqueue.redaction import redact_url, redis_error_line
 
 
 async def redis_refusal(url: str, *, timeout: float = 5.0) -> str | None:
     """Why Redis at ``url`` will not serve this process however long it waits, or None (it answered, or
     cannot be reached yet: a transient state the caller's retries are for)."""
-    client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    client = redis_client(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         await client.ping()
     except AuthenticationError as exc:

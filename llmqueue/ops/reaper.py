@@ -7,13 +7,18 @@ is gone waits for the workers to exit (killing those still there after ``grace``
 Redis (SIGTERM, SIGKILL after ``REDIS_STOP_SECONDS``). Nothing outlives ``run`` by more than ``grace``
 plus ``REDIS_STOP_SECONDS`` seconds. When ``run`` stops Redis itself, the reaper exits.
 
-Run as ``python -m llmqueue.ops.reaper PARENT_PID GRACE REDIS_PID WORKER_PID...``.
+With a Redis of the user's (``--redis-url``) there is no Redis to stop (``REDIS_PID`` 0): ``run`` stops the
+reaper as it ends in order; if ``run`` dies instead, the reaper stops the workers and then removes the
+run's temporary directory (``--remove DIR``), which ``run`` would have removed itself.
+
+Run as ``python -m llmqueue.ops.reaper PARENT_PID GRACE REDIS_PID [--remove DIR] WORKER_PID...``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import time
@@ -48,22 +53,29 @@ def signal_all(pids: Iterable[int], signum: signal.Signals) -> None:
             os.kill(pid, signum)
 
 
-def reap(parent: int, grace: float, redis_pid: int, workers: list[int]) -> None:
-    """Watch ``parent``; once it is gone, stop ``workers`` and then ``redis_pid`` (see the module doc)."""
+def reap(parent: int, grace: float, redis_pid: int, workers: list[int], remove: str | None = None) -> None:
+    """Watch ``parent``; once it is gone, stop ``workers``, then ``redis_pid`` (0: none), then remove the
+    directory ``remove`` (see the module doc)."""
     while alive(parent) and os.getppid() == parent:
-        if not alive(redis_pid):
+        if redis_pid and not alive(redis_pid):
             return  # ``run`` stopped Redis itself: it shut down in order
         time.sleep(POLL_SECONDS)
     signal_all(workers, signal.SIGTERM)  # they have it already from the kernel; harmless twice
     signal_all(wait_gone(workers, grace), signal.SIGKILL)
     wait_gone(workers, REDIS_STOP_SECONDS)
-    signal_all([redis_pid], signal.SIGTERM)
-    signal_all(wait_gone([redis_pid], REDIS_STOP_SECONDS), signal.SIGKILL)
+    if redis_pid:
+        signal_all([redis_pid], signal.SIGTERM)
+        signal_all(wait_gone([redis_pid], REDIS_STOP_SECONDS), signal.SIGKILL)
+    if remove is not None:
+        shutil.rmtree(remove, ignore_errors=True)
 
 
 def main(argv: list[str]) -> None:
-    parent, grace, redis_pid, *workers = argv
-    reap(int(parent), float(grace), int(redis_pid), [int(pid) for pid in workers])
+    parent, grace, redis_pid, *rest = argv
+    remove = None
+    if rest[:1] == ["--remove"]:
+        remove, rest = rest[1], rest[2:]
+    reap(int(parent), float(grace), int(redis_pid), [int(pid) for pid in rest], remove)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 Each worker's heartbeat (``llmqueue.queue.heartbeat``) refreshes a hash ``keys.worker(worker_id)`` every
 ``heartbeat_interval`` seconds with its host, pid, queue, in-flight job count, start time and
-``last_seen`` (the worker's clock, Unix seconds); the hash expires after at least three intervals
-without a beat, and a worker that stops cleanly deletes it. This module only reads those entries.
+``last_seen`` (the worker's clock, Unix seconds), and its job counts (``llmqueue.ops.counters``); the
+hash expires after at least three intervals without a beat, and a worker that stops cleanly deletes
+it. This module only reads those entries.
 
 arq keeps one more sign of life: ``<queue>:health-check``, a string a worker on that queue rewrites
-every ``health_check_interval`` seconds (``arq --check`` reads it). It is one key per queue, shared by
-every worker on it, so it cannot tell which worker is alive; :func:`arq_health` returns it for display.
+every ``health_check_interval`` seconds (``arq --check`` reads it; llmqueue's worker writes its own
+counts in it, arq's own worker arq's). It is one key per queue, shared by every worker on it, so it
+cannot tell which worker is alive; :func:`arq_health` returns it.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from arq.constants import health_check_key_suffix
 from redis.asyncio import Redis
 
 from llmqueue import keys
+from llmqueue.ops.counters import JobCounts
 
 __all__ = ["WorkerInfo", "arq_health", "live_workers", "no_worker_reason", "read_workers"]
 
@@ -39,6 +42,8 @@ class WorkerInfo:
     in_flight: int
     started_at: float
     last_seen: float
+    jobs: JobCounts = field(default_factory=JobCounts)
+    """What the worker's jobs did since it started (none from a worker of an older llmqueue)."""
     version: str | None = None
     """The llmqueue version the worker runs, when its heartbeat records it (``version`` in the hash)."""
 
@@ -54,6 +59,7 @@ class WorkerInfo:
             in_flight=int(fields["in_flight"]),
             started_at=float(fields["started_at"]),
             last_seen=float(fields["last_seen"]),
+            jobs=JobCounts.from_fields(fields),
             version=fields.get("version"),
         )
 
@@ -112,7 +118,7 @@ async def no_worker_reason(redis: Redis, queue: str, *, heartbeat_interval: floa
 
 
 async def arq_health(redis: Redis, queue_name: str) -> str | None:
-    """arq's health-check line for ``queue_name`` (``j_complete=… queued=…``), or None when absent."""
+    """The health-check line of ``queue_name`` (``succeeded=… queued=…``), or None when absent."""
     value = await redis.get(queue_name + health_check_key_suffix)
     return None if value is None else _text(value)
 

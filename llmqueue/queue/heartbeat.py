@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -26,7 +26,8 @@ logger = logging.getLogger("llmqueue.worker")
 
 
 class Heartbeat:
-    """Every ``interval`` seconds: re-claim ``in_flight()`` jobs for ``ttl`` seconds, and list the worker."""
+    """Every ``interval`` seconds: re-claim ``in_flight()`` jobs for ``ttl`` seconds, and list the worker
+    with the fields ``counts()`` returns (its job counts)."""
 
     def __init__(
         self,
@@ -37,6 +38,7 @@ class Heartbeat:
         in_flight: Callable[[], set[str]],
         interval: float,
         ttl: float,
+        counts: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self.redis = redis
         self.worker_id = worker_id
@@ -44,6 +46,7 @@ class Heartbeat:
         self.in_flight = in_flight
         self.interval = interval
         self.ttl_ms = int(ttl * 1000)
+        self.counts = counts
         self.started_at = time.time()
         self._task: asyncio.Task[None] | None = None
 
@@ -76,6 +79,7 @@ class Heartbeat:
                     "in_flight": len(jobs),
                     "started_at": self.started_at,
                     "last_seen": time.time(),
+                    **self.counts(),
                 },
             )
             pipe.pexpire(entry, max(self.ttl_ms, int(3 * self.interval * 1000)))

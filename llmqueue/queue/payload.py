@@ -32,6 +32,11 @@ def deserialize_job(raw: bytes) -> dict[str, Any]:
     return data
 
 
+def job_argument(raw: bytes) -> Any:
+    """What the runner is handed for a payload: the job dict it carries, or the invalid marker."""
+    return deserialize_job(raw)["a"][0]
+
+
 def arq_job(job: dict[str, Any], enqueue_time_ms: int) -> bytes:
     """The bytes arq's worker reads for one llmqueue job."""
     return serialize({"t": None, "f": JOB_FUNCTION, "a": [job], "k": {}, "et": enqueue_time_ms})

@@ -45,16 +45,18 @@ ReleaseMode = Literal["finish", "defer", "back"]
 class Claimed:
     job_id: str
     score: int
-    """arq's score of the job when it was claimed (ms), as arq's ``run_job`` wants it."""
+    """arq's score of the job when it was claimed (ms): when it was due; a deferral counts from now."""
     priority: int
     start: AttemptStart
     """The job's state as it starts (what ``JobStore.begin_attempt`` reads), read by the claim."""
     payload: bytes | None
     """arq's job payload (None: it expired)."""
     job_try: int
-    """arq's count of this job's starts, this one included (the claim counts it, as arq's run_job)."""
+    """arq's count of this job's starts, this one included (the claim counts it in arq's retry key, as
+    arq's own worker does, so arq's ``Job.info()`` stays right)."""
     aborted: bool
-    """The job was in arq's abort set (the claim took it out, as arq's run_job)."""
+    """The job was in arq's abort set (the claim took it out, as arq's worker does; llmqueue's loop, like
+    arq's by default, does not abort jobs)."""
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ class JobStore:
         """With ``coalescer`` (a worker's), results stored together share a round trip."""
         self.redis = redis
         self.queue_name = queue_name
+        self.job_ttl = job_ttl
         self.job_ttl_ms = int(job_ttl * 1000)
         self.result_ttl = int(result_ttl)
         self._enqueue = redis.register_script(_ENQUEUE)
@@ -198,14 +199,18 @@ class JobStore:
         )
         return bool(await self._finish_one(keys=script_keys, args=args))
 
-    async def finish_many(self, results: Sequence[tuple[JobResult, bool]]) -> list[bool]:
+    async def finish_many(
+        self, results: Sequence[tuple[JobResult, bool]], reply_to: Sequence[str | None] = ()
+    ) -> list[bool]:
         """``finish`` for many jobs that were not calling, in one round trip: ``(result,
-        was_retry_waiting)`` pairs; True for each result stored."""
+        was_retry_waiting)`` pairs, and the inbox to tell of each (``reply_to``, when given); True for
+        each result stored."""
         if not results:
             return []
+        inboxes = list(reply_to) or [None] * len(results)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for result, was_retry_waiting in results:
-                script_keys, args = self._finish_arguments(result, None, False, was_retry_waiting)
+            for (result, was_retry_waiting), inbox in zip(results, inboxes, strict=True):
+                script_keys, args = self._finish_arguments(result, inbox, False, was_retry_waiting)
                 await self._finish(keys=script_keys, args=args, client=pipe)
             return [bool(stored) for stored in await pipe.execute()]
 
@@ -242,6 +247,7 @@ class JobStore:
                 keys.batch(result.batch_id) if result.batch_id else "",
                 reply_to or "",
                 *(self._release_keys(job_id) if release else [""] * 7),
+                *([*keys.batch_keys(result.batch_id), keys.batches()] if result.batch_id else []),
             ],
             [
                 result_json(result),
@@ -255,6 +261,7 @@ class JobStore:
                 1 if was_retry_waiting else 0,
                 1 if final_429 else 0,
                 1 if result.cached else 0,
+                result.batch_id or "",
             ],
         )
 

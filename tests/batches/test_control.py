@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from llmqueue import keys
-from llmqueue.batches import control
+from llmqueue.batches import submit
 from llmqueue.batches.control import Batches, new_batch_id
 from llmqueue.batches.files import iter_jobs, job_id_for
 from llmqueue.cache import job_cache_key
@@ -485,7 +485,7 @@ async def test_a_line_may_set_its_own_priority(
 def test_files_of_one_name_submitted_in_the_same_second_get_batches_of_their_own(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(control.time, "strftime", lambda _format: "20261202-120000")
+    monkeypatch.setattr(submit.time, "strftime", lambda _format: "20261202-120000")
     first, second = new_batch_id(tmp_path / "a" / "eval.jsonl"), new_batch_id(tmp_path / "b" / "eval.jsonl")
     assert first != second
     assert first.startswith("eval-20261202-120000-") and second.startswith("eval-20261202-120000-")

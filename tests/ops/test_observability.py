@@ -397,7 +397,8 @@ async def test_live_worker_is_listed_with_its_in_flight_jobs_and_passes_health(r
                 health = await asyncio.to_thread(cli, redis_url, "health", "--local")
                 assert health.exit_code == 0, health.output
                 assert "ok: 1 live worker(s)" in health.stdout
-                assert "j_complete=" in health.stdout  # arq's own health-check line, kept fresh
+                assert "jobs: 3 running" in health.stdout
+                assert "0 retried after a failed call" in health.stdout
 
                 results = [r async for r in producer.as_completed(handles, timeout=30)]
                 assert all(r.status == "succeeded" for r in results)

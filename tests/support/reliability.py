@@ -34,9 +34,9 @@ MODEL = "openai/sim-model"
 _LITELLM_DEBUG_MAIN = "import litellm; litellm._turn_on_debug(); from llmqueue.cli import main; main()"
 _STAMP = r"^(?P<date>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ "
 _JOB_EVENT = re.compile(_STAMP + r"llmqueue\.jobs: job (?P<job>\S+) (?P<event>\w+)")
-_ARQ_EVENT = re.compile(_STAMP + r"arq\.worker: +[\d.]+s (?P<mark>\S) (?P<job>\S+):run_job")
-# arq's log marks: a job picked up (claimed), finished, put back (Retry or cancelled), failed.
-_ARQ_MARKS = {"→": "picked", "←": "finished", "↻": "requeued", "!": "arq_failed"}
+_LOOP_EVENT = re.compile(_STAMP + r"llmqueue\.worker: job (?P<job>\S+) (?P<mark>picked|done|back|failed)\b")
+# The worker loop's lines: a job picked up (claimed), finished, put back (Retry or cancelled), failed.
+_LOOP_MARKS = {"picked": "picked", "done": "finished", "back": "requeued", "failed": "worker_failed"}
 
 
 def child_env(**settings: str) -> dict[str, str]:
@@ -61,8 +61,8 @@ def worker_env(redis_url: str, base_url: str, api_key: str, **settings: Any) -> 
 class JobEvent:
     """One job's log line: when (epoch seconds), which job, which event.
 
-    ``event`` is llmqueue's (``started``: a provider call is made, ``succeeded`` …) or arq's
-    (``picked``: the worker claimed the job, ``finished``, ``requeued``, ``arq_failed``).
+    ``event`` is the runner's (``started``: a provider call is made, ``succeeded`` …) or the worker
+    loop's (``picked``: the worker claimed the job, ``finished``, ``requeued``, ``worker_failed``).
     """
 
     at: float
@@ -111,12 +111,12 @@ class WorkerProcess:
     def events(self) -> list[JobEvent]:
         found = []
         for line in self.stderr().splitlines():
-            job_event, arq_event = _JOB_EVENT.match(line), _ARQ_EVENT.match(line)
+            job_event, loop_event = _JOB_EVENT.match(line), _LOOP_EVENT.match(line)
             if job_event:
                 found.append(JobEvent(_epoch(job_event["date"]), job_event["job"], job_event["event"]))
-            elif arq_event and arq_event["mark"] in _ARQ_MARKS:
+            elif loop_event and loop_event["mark"] in _LOOP_MARKS:
                 found.append(
-                    JobEvent(_epoch(arq_event["date"]), arq_event["job"], _ARQ_MARKS[arq_event["mark"]])
+                    JobEvent(_epoch(loop_event["date"]), loop_event["job"], _LOOP_MARKS[loop_event["mark"]])
                 )
         return found
 
@@ -131,7 +131,7 @@ class WorkerProcess:
         """Jobs this worker had claimed and not let go of (picked up, not finished or put back)."""
         last: dict[str, str] = {}
         for event in self.events():
-            if event.event in _ARQ_MARKS.values():
+            if event.event in _LOOP_MARKS.values():
                 last[event.job_id] = event.event
         return {job for job, event in last.items() if event == "picked"}
 
@@ -139,7 +139,7 @@ class WorkerProcess:
         """Jobs whose provider call this worker had started and not seen end."""
         last: dict[str, str] = {}
         for event in self.events():
-            if event.event not in _ARQ_MARKS.values():
+            if event.event not in _LOOP_MARKS.values():
                 last[event.job_id] = event.event
         return {job for job, event in last.items() if event == "started"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,18 +38,14 @@ def make_settings(redis_url: str, base_url: str, **llm: Any) -> Settings:
 
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
-    """An arq worker for ``settings`` running in this event loop for the block."""
+    """An llmqueue worker for ``settings`` running in this event loop for the block; at its end the
+    worker stops as on SIGTERM, letting the jobs it runs end however long they take."""
     worker = create_worker(settings, handle_signals=False)
     task = asyncio.create_task(worker.main())
     try:
         yield worker
     finally:
-        # Let jobs that are finishing (arq's bookkeeping after a result) end before stopping.
-        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
-        task.cancel()
+        worker.stop(grace=math.inf)
+        if worker.job_loop is None:  # still starting: nothing runs yet
+            task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        for job_task in worker.tasks.values():
-            job_task.cancel()
-        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
-        worker.tasks.clear()
-        await worker.close()

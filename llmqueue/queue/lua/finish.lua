@@ -8,6 +8,9 @@
 -- ARGV[11] 1 if the result came from the response cache
 -- KEYS[7..13] (all "" to skip) arq's job, in-progress and retry keys, arq's queue, the claimed set,
 -- the routes hash and arq's abort set: the run's claim ends here too (as arq's finish_job would end it)
+-- ARGV[12] the batch id; KEYS[14..] (only with a batch) the batch's own keys (keys.batch_keys), then the
+-- set of all batches: they are kept for result_ttl (ARGV[2]) after the batch's last job finished, as
+-- its results are; while it has jobs left they are only ever kept longer, never shorter
 -- returns 1 when stored, 0 when the job already had a result (nothing is changed then)
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   return 0
@@ -40,5 +43,23 @@ if KEYS[7] ~= '' then
   redis.call('ZREM', KEYS[11], ARGV[3])
   redis.call('HDEL', KEYS[12], ARGV[3])
   redis.call('ZREM', KEYS[13], ARGV[3])
+end
+if KEYS[5] ~= '' and #KEYS > 13 then
+  local counts = redis.call('HMGET', KEYS[5], 'total', 'succeeded', 'failed', 'cancelled')
+  local finished = (tonumber(counts[2]) or 0) + (tonumber(counts[3]) or 0) + (tonumber(counts[4]) or 0)
+  local done = tonumber(counts[1]) ~= nil and finished >= tonumber(counts[1])
+  local all = KEYS[#KEYS]
+  for i = 14, #KEYS do
+    if done and i < #KEYS then
+      redis.call('EXPIRE', KEYS[i], ARGV[2])
+    else
+      redis.call('EXPIRE', KEYS[i], ARGV[2], 'NX')
+      redis.call('EXPIRE', KEYS[i], ARGV[2], 'GT')
+    end
+  end
+  -- The set of all batches outlives a finished one only while other batches are listed in it.
+  if done and redis.call('ZCARD', all) == 1 and redis.call('ZSCORE', all, ARGV[12]) then
+    redis.call('EXPIRE', all, ARGV[2])
+  end
 end
 return 1

@@ -1,0 +1,355 @@
+"""Submitting a batch: a file of requests (or the Batch API tier's jobs) registered and queued as one unit.
+
+A batch is a hash of settings and running totals (``keys.batch``), its job ids scored by input
+line (``keys.batch_jobs``, a sorted set), their custom ids (``keys.batch_custom_ids``) and what each
+asks of the provider, hashed (``keys.batch_fingerprints``). Job ids are derived from the batch id and
+the line number, so submitting the same file to the same batch again (a resumed run) queues only what
+is not queued or done yet; a file whose lines ask other things than the batch's jobs of those line
+numbers (another file, an edited line, another ``--model``) is refused, since those jobs' answers would
+be taken for theirs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from llmqueue import keys
+from llmqueue.batches.files import (
+    LineError,
+    Refuser,
+    check_file,
+    invalid_file_error,
+    iter_jobs,
+    require_requests,
+)
+from llmqueue.cache import CacheStore, job_cache_key, read_answer
+from llmqueue.errors import BatchError, BatchFileError
+from llmqueue.llm.policy import submission_refusal
+from llmqueue.llm.request import job_model
+from llmqueue.models import PRIORITIES, Job, JobResult
+from llmqueue.queue.ledger import BatchLedger
+from llmqueue.queue.ready import set_weight
+from llmqueue.queue.retention import keep_batch, queued_batch_ttl
+from llmqueue.queue.scripts import lane_of
+from llmqueue.queue.store import JobStore
+from llmqueue.settings import Settings
+
+BATCH_ID_PATTERN = re.compile(r"^[\w.@-]{1,100}$")
+_CHUNK = 1000
+
+
+@dataclass
+class SubmitReport:
+    batch_id: str
+    submitted: int
+    """Jobs newly queued by this call."""
+    already_known: int
+    """Jobs of the batch that were already queued, running or finished (a resumed submission)."""
+    rejected: list[LineError]
+    cached: int = 0
+    """Of the jobs submitted, those answered from the response cache as they were submitted (not queued)."""
+
+
+class BatchSubmission:
+    """The submitting side of :class:`llmqueue.batches.control.Batches`."""
+
+    store: JobStore
+    settings: Settings | None
+    redis: Redis
+    ledger: BatchLedger
+
+    async def submit_file(
+        self,
+        path: Path,
+        batch_id: str,
+        *,
+        default_model: str | None = None,
+        llm_config: str | None = None,
+        skip_invalid: bool = False,
+        max_cost: float | None = None,
+        max_tokens: int | None = None,
+        priority: int = PRIORITIES["batch"],
+        weight: float = 1.0,
+        cache: bool = True,
+        answered_from: tuple[CacheStore, Settings] | None = None,
+        on_queueing: Callable[[], None] | None = None,
+    ) -> SubmitReport:
+        """Check (unless ``skip_invalid``) and enqueue every request of a JSONL file as one batch.
+
+        By default a file with any bad line enqueues nothing and raises InvalidBatchFileError; with
+        ``skip_invalid`` the good lines are enqueued and the bad ones returned in the report. A batch
+        submitted again is first checked for lines that ask other things than its jobs of those line
+        numbers (BatchError, nothing enqueued). The file is streamed (twice, or three times to a known
+        batch), never held in memory. ``priority`` (0-9, higher first) is that of lines
+        that set none; ``weight`` is the batch's share against other batches of the same priority
+        (a batch of weight 2 gets twice the jobs of a batch of weight 1 while both have jobs ready).
+        ``cache`` lets workers answer lines from the response cache (and keep their answers there).
+        With ``answered_from``, a response cache and the settings of the workers that use it, lines it
+        holds are answered here and never queued (``llmqueue run``: a rerun needs no worker for what is
+        already known); a cache that cannot be read answers nothing (the workers look again).
+        ``on_queueing()`` is called once the file is checked, before anything is queued (to say the
+        batch id first: a submission cut short is completed by submitting again to the same id).
+        """
+        check_batch_id(batch_id)
+        if not weight > 0:
+            raise BatchError(f"weight must be above 0, got {weight!r}")
+        options: dict[str, Any] = {
+            "batch_id": batch_id,
+            "default_model": default_model,
+            "llm_config": llm_config,
+            "refuse": self._refuser(),
+        }
+        if not skip_invalid:
+            check = check_file(path, **options)
+            if not check.ok:
+                raise invalid_file_error(check, path)
+        require_requests(path)
+        await self._refuse_changed_lines(path, batch_id, iter_jobs(path, **options, priority=priority))
+        if on_queueing is not None:
+            on_queueing()
+        await self._create(batch_id, source=path, max_cost=max_cost, max_tokens=max_tokens, weight=weight)
+        report = SubmitReport(batch_id=batch_id, submitted=0, already_known=0, rejected=[])
+        chunk: list[Job] = []
+        for item in iter_jobs(path, **options, priority=priority):
+            if isinstance(item, LineError):
+                report.rejected.append(item)
+                continue
+            item.cache = cache
+            chunk.append(item)
+            if len(chunk) >= _CHUNK:
+                await self._enqueue_chunk(batch_id, chunk, report, answered_from)
+                chunk = []
+        if chunk:
+            await self._enqueue_chunk(batch_id, chunk, report, answered_from)
+        if report.submitted + report.already_known == 0:
+            await self._forget(batch_id)
+            shown = "; ".join(f"line {e.line}: {e.reason}" for e in report.rejected[:3])
+            raise BatchFileError(
+                f"{path}: none of its {len(report.rejected)} request line(s) is valid ({shown})"
+            )
+        await self.redis.hset(
+            keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id))
+        )
+        return report
+
+    async def _refuse_changed_lines(
+        self, path: Path, batch_id: str, items: Iterable[Job | LineError]
+    ) -> None:
+        """Raise BatchError, before anything is queued, if the batch exists and a line of ``items``
+        asks something else than its job of the same line number did. ``items`` is read only for a batch
+        that exists (``iter_jobs`` reads no line until iterated); a batch of an older
+        version, without hashes, is not checked."""
+        if not await self.redis.exists(keys.batch(batch_id)):
+            return
+        changed: list[int] = []
+        chunk: list[Job] = []
+
+        async def compare() -> None:
+            stored = await self.redis.hmget(keys.batch_fingerprints(batch_id), [job.id for job in chunk])
+            changed.extend(
+                job.metadata["line"]
+                for job, known in zip(chunk, stored, strict=True)
+                if known is not None and known.decode() != request_fingerprint(job)
+            )
+            chunk.clear()
+
+        for item in items:
+            if isinstance(item, Job):
+                chunk.append(item)
+                if len(chunk) >= _CHUNK:
+                    await compare()
+        if chunk:
+            await compare()
+        if changed:
+            shown = ", ".join(str(line) for line in changed[:10])
+            more = f" and {len(changed) - 10} more" if len(changed) > 10 else ""
+            raise BatchError(
+                f"{path}: batch {batch_id} holds other requests for line(s) {shown}{more}: another "
+                "file, an edited line, or options other than the batch was first submitted with "
+                "(--model, --llm-config, --simulate-provider). Their answers would be taken for these "
+                "lines, so nothing was enqueued. To go on with the batch, give its first file and "
+                "options again; to run these lines, submit the file as a new batch (--batch NAME)"
+            )
+
+    async def register(self, batch_id: str, jobs: list[Job], *, source: Path) -> None:
+        """Create the batch and list its jobs in input order without queueing them (the Batch API tier
+        sends them to the provider itself, and stores their results as workers would)."""
+        check_batch_id(batch_id)
+        await self._refuse_changed_lines(source, batch_id, jobs)
+        await self._create(batch_id, source=source, max_cost=None, max_tokens=None, weight=1.0)
+        for start in range(0, len(jobs), _CHUNK):
+            await self._index_chunk(batch_id, jobs[start : start + _CHUNK])
+        await self.redis.hset(
+            keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id))
+        )
+
+    def _refuser(self) -> Refuser | None:
+        settings = self.settings
+        if settings is None:
+            return None
+        return lambda job: submission_refusal(job, settings)
+
+    async def enqueue_jobs(self, batch_id: str, jobs: Sequence[Job]) -> list[bool]:
+        """Queue jobs submitted from code with ``batch_id``, creating the batch on its first jobs.
+
+        They are listed in submission order and counted in its totals, as a file's lines are, so
+        ``llmqueue status``, ``results``, ``cancel`` and ``forget`` know the batch. False for a job
+        already known (queued, running or done), as ``JobStore.enqueue`` says.
+        """
+        check_batch_id(batch_id)
+        await self._create(batch_id, source=None, max_cost=None, max_tokens=None, weight=1.0)
+        added: list[bool] = []
+        for start in range(0, len(jobs), _CHUNK):
+            chunk = list(jobs[start : start + _CHUNK])
+            added += await self._enqueue_listed(batch_id, chunk, by_line=False)
+        return added
+
+    async def _enqueue_listed(self, batch_id: str, chunk: list[Job], *, by_line: bool = True) -> list[bool]:
+        members = keys.batch_jobs(batch_id)
+        scores = await self.redis.zmscore(members, [job.id for job in chunk])
+        new_members = sum(1 for score in scores if score is None)
+        keep = queued_batch_ttl(self.store.job_ttl, self.store.result_ttl)
+
+        def register(pipe: Pipeline, jobs: Sequence[Job]) -> None:
+            self._index(pipe, batch_id, jobs, by_line=by_line)
+            pipe.hincrby(keys.batch(batch_id), "total", new_members)
+            keep_batch(pipe, batch_id, keep)
+
+        return await self.store.enqueue(chunk, also=register)
+
+    async def _create(
+        self,
+        batch_id: str,
+        *,
+        source: Path | None,
+        max_cost: float | None,
+        max_tokens: int | None,
+        weight: float,
+    ) -> None:
+        settings: dict[str, Any] = {} if source is None else {"source": str(source.resolve())}
+        if max_cost is not None:
+            settings["max_cost"] = max_cost
+        if max_tokens is not None:
+            settings["max_tokens"] = max_tokens
+        seconds, micros = await self.redis.time()  # Redis's clock: status measures elapsed time by it
+        created = seconds + micros / 1e6
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(keys.batch(batch_id), "created_at", created)
+            if settings:
+                pipe.hset(keys.batch(batch_id), mapping=settings)
+            pipe.zadd(keys.batches(), {batch_id: created}, nx=True)
+            set_weight(pipe, self.store.queue_name, lane_of(batch_id), weight)
+            keep_batch(pipe, batch_id, queued_batch_ttl(self.store.job_ttl, self.store.result_ttl))
+            await pipe.execute()
+
+    async def _forget(self, batch_id: str) -> None:
+        """Remove a batch that got no job (a batch of nothing would never be done)."""
+        if not await self.redis.exists(keys.batch_jobs(batch_id)):
+            await self.redis.delete(keys.batch(batch_id))
+            await self.redis.zrem(keys.batches(), batch_id)
+
+    async def _enqueue_chunk(
+        self,
+        batch_id: str,
+        chunk: list[Job],
+        report: SubmitReport,
+        answered_from: tuple[CacheStore, Settings] | None,
+    ) -> None:
+        """Queue a chunk and register it with the batch in one transaction: ``total`` always counts
+        what was queued, and a submission cut short (Redis full) is completed by submitting again."""
+        if answered_from is not None:
+            chunk = await self._answer_from_cache(batch_id, chunk, report, *answered_from)
+            if not chunk:
+                return
+        added = await self._enqueue_listed(batch_id, chunk)
+        report.submitted += sum(added)
+        report.already_known += len(added) - sum(added)
+
+    async def _answer_from_cache(
+        self, batch_id: str, chunk: list[Job], report: SubmitReport, cache: CacheStore, workers: Settings
+    ) -> list[Job]:
+        """Store the results of the chunk's lines the cache holds; return the others, to be queued.
+
+        A line already known to the batch (a resubmission) is left to the queue, which knows whether it
+        still needs an answer; one that already has a result keeps it (a job gets one result)."""
+        known = await self.redis.zmscore(keys.batch_jobs(batch_id), [job.id for job in chunk])
+        rest: list[Job] = []
+        hits: list[Job] = []
+        answered: list[JobResult] = []
+        for job, score in zip(chunk, known, strict=True):
+            llm = workers.llm_for(job.llm_config)
+            response = None
+            if job.cache and score is None:
+                key = job_cache_key(job, llm)
+                response = await read_answer(cache, key, instead="the workers will look again")
+            if response is None:
+                rest.append(job)
+            else:
+                hits.append(job)
+                answered.append(JobResult.from_cache(job, job_model(job, llm), response))
+        if answered:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                self._index(pipe, batch_id, hits)
+                pipe.hincrby(keys.batch(batch_id), "total", len(hits))
+                await pipe.execute()
+            stored = await self.store.finish_many([(result, False) for result in answered])
+            report.submitted += sum(stored)
+            report.already_known += len(stored) - sum(stored)
+            report.cached += sum(stored)
+        return rest
+
+    async def _index_chunk(self, batch_id: str, chunk: Sequence[Job]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._index(pipe, batch_id, chunk)
+            keep_batch(pipe, batch_id, queued_batch_ttl(self.store.job_ttl, self.store.result_ttl))
+            await pipe.execute()
+
+    @staticmethod
+    def _index(pipe: Pipeline, batch_id: str, jobs: Sequence[Job], *, by_line: bool = True) -> None:
+        if by_line:
+            # By line number, so a resubmission (a line fixed since) lands in input order, once.
+            pipe.zadd(keys.batch_jobs(batch_id), {job.id: job.metadata["line"] for job in jobs})
+        else:
+            # Jobs from code: in submission order (microseconds), each id at its first submission.
+            first = time.time_ns() // 1000
+            order = {job.id: first + index for index, job in enumerate(jobs)}
+            pipe.zadd(keys.batch_jobs(batch_id), order, nx=True)
+        pipe.hset(
+            keys.batch_custom_ids(batch_id),
+            mapping={job.id: str(job.metadata.get("custom_id", "")) for job in jobs},
+        )
+        fingerprints = {job.id: request_fingerprint(job) for job in jobs}
+        pipe.hset(keys.batch_fingerprints(batch_id), mapping=fingerprints)
+
+
+def check_batch_id(batch_id: str) -> str:
+    if not BATCH_ID_PATTERN.match(batch_id):
+        raise BatchError(f"invalid batch id {batch_id!r}: use 1-100 letters, digits, '_', '-', '.' or '@'")
+    return batch_id
+
+
+def request_fingerprint(job: Job) -> str:
+    """What ``job`` asks of the provider (kind, model, settings group, messages or input, params),
+    hashed: the same for a line submitted again, another for an edited line or another ``--model``."""
+    asked = [job.kind, job.model, job.llm_config, job.messages, job.input, job.params]
+    text = json.dumps(asked, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def new_batch_id(path: Path) -> str:
+    """The file's name, the time and a random part: two files of one name submitted in the same second
+    (two users' ``eval.jsonl``) would otherwise share a batch, and the second's lines, taken for the
+    first's, would never run."""
+    stem = re.sub(r"[^\w.-]", "-", path.stem)[:60] or "batch"
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"

@@ -1,0 +1,34 @@
+"""Ctrl-C and SIGTERM for a command that runs other processes (``llmqueue run``): stop now, in order.
+
+asyncio's own Ctrl-C handling cancels the main task, which takes effect only at its next ``await``: a
+long synchronous step (checking a 200,000-line file before queueing it) would hold an interrupted
+``run`` for many seconds, and SIGTERM (a closing terminal, a cancelled CI job) would kill it outright,
+leaving its workers to the kernel and its temporary directory behind. Inside :func:`interrupted_by_signals`
+both signals raise KeyboardInterrupt in the main thread at once, wherever it is, so the command stops
+the way Ctrl-C stops it: its workers first, then what else it started.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextmanager
+def interrupted_by_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt at once in the block (main thread only); the previous
+    handlers come back after it. ``asyncio.run`` inside the block keeps these handlers."""
+    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
