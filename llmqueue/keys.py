@@ -218,3 +218,8 @@ def cache_flight(cache_key: str) -> str:
 def batch_api(batch_id: str) -> str:
     """The provider batches of a batch sent through the Batch API tier: provider batch id -> state (JSON)."""
     return f"{PREFIX}:batch:{batch_id}:provider-batches"
+
+
+def job_stream(job_id: str) -> str:
+    """A streamed job's Redis Stream of answer deltas (``JobHandle.stream``), expiring with the job."""
+    return f"{PREFIX}:stream:{job_id}"

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmqueue.errors import JobValidationError
+from llmqueue.llm.structured import output_format
 
 # Parameters that would carry credentials or re-route the call: a worker takes these from its own settings.
 FORBIDDEN_PARAMS = frozenset(
@@ -81,6 +82,12 @@ class Job(BaseModel):
         PRIORITIES["default"],
         description="0-9, higher first; names batch=0, default=1, interactive=2 are accepted",
     )
+    schema_retries: int | None = Field(
+        None,
+        ge=0,
+        description="times an answer that does not meet response_format is asked again (None: the "
+        "worker's schema_retries)",
+    )
     created_at: datetime = Field(default_factory=_utcnow)
     reply_to: str | None = Field(None, description="internal: the producer inbox notified on completion")
 
@@ -111,6 +118,7 @@ class Job(BaseModel):
                 f"{', '.join(forbidden)} may not be sent in a job: workers take credentials and endpoints "
                 "from their own settings (LLM_API_KEY, LLM_BASE_URL)"
             )
+        output_format(params)  # a response_format asking for JSON must say which, readably
         return params
 
     @model_validator(mode="after")
@@ -200,6 +208,12 @@ class JobResult(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     request: dict[str, Any] | None = Field(
         None, description="the job as submitted, kept on failed and cancelled results so they can be retried"
+    )
+    parsed: Any = Field(
+        None,
+        exclude=True,
+        description="for a job submitted here with a JSON response_format, the valid answer: an instance "
+        "of the pydantic model given as response_format, or the decoded JSON (not stored in Redis)",
     )
 
     @classmethod

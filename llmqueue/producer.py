@@ -12,9 +12,11 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -27,9 +29,11 @@ from llmqueue.errors import (
     ResultTimeoutError,
 )
 from llmqueue.llm.policy import submission_refusal
+from llmqueue.llm.structured import parse_answer, response_format_of
 from llmqueue.models import Job, JobResult, parse_priority
 from llmqueue.ops.registry import no_worker_reason
 from llmqueue.queue.cancel import cancel_queued
+from llmqueue.queue.job_stream import StreamEvent, read_stream
 from llmqueue.queue.store import JobStore
 from llmqueue.redaction import redact_url
 from llmqueue.settings import Settings, WorkerConfig, load_settings
@@ -48,10 +52,13 @@ __all__ = ["GONE_CHECK", "MAX_CONNECTIONS", "JobHandle", "Producer"]
 class JobHandle:
     """A submitted job. ``await handle.result()`` returns its final :class:`JobResult`."""
 
-    def __init__(self, producer: Producer, job_id: str, *, via_inbox: bool) -> None:
+    def __init__(
+        self, producer: Producer, job_id: str, *, via_inbox: bool, output: OutputRequest | None = None
+    ) -> None:
         self.producer = producer
         self.job_id = job_id
         self._via_inbox = via_inbox
+        self._output = output
 
     def __repr__(self) -> str:
         return f"JobHandle({self.job_id!r})"
@@ -66,13 +73,29 @@ class JobHandle:
         """
         notice = asyncio.ensure_future(self._notice_no_worker())
         try:
-            return await asyncio.wait_for(
+            result = await asyncio.wait_for(
                 self.producer.waits.wait(self.job_id, via_inbox=self._via_inbox), timeout
             )
         except TimeoutError:
             raise ResultTimeoutError(f"job {self.job_id} has no result after {timeout:g}s") from None
         finally:
             notice.cancel()
+        if self._output is not None and result.ok:
+            result.parsed = parse_answer(result.text, self._output.model)
+        return result
+
+    async def stream(self, after: str = "0") -> AsyncIterator[StreamEvent]:
+        """The answer of a job submitted with ``params.stream: true`` as it comes: ``delta`` events
+        (``event.text``), and a ``restart`` event when the job was retried after its stream began (the
+        text before it is void). Ends when the provider has finished (``await handle.result()`` then
+        returns the whole answer) or the job ended without streaming. After a reconnect, resume with
+        ``after=`` the last event's ``id``."""
+        redis = self.producer._streams()
+        async for event in read_stream(redis, self.job_id, after=after, finished=self._finished):
+            yield event
+
+    async def _finished(self) -> bool:
+        return await self.producer.store.get_result(self.job_id) is not None
 
     async def cancel(self) -> bool:
         """Cancel the job if it is still queued (or waiting for a retry): it will make no call, and
@@ -103,6 +126,8 @@ class Producer:
         self._owns_redis = redis is None
         self.redis: Redis = redis if redis is not None else redis_client(url, max_connections=MAX_CONNECTIONS)
         self._url_for_errors = redact_url(url)
+        self._url = url
+        self._streams_redis: Redis | None = None
         worker = self.settings.worker
         self.store = JobStore(
             self.redis, queue_name=worker.queue_name, job_ttl=worker.job_ttl, result_ttl=worker.result_ttl
@@ -127,10 +152,23 @@ class Producer:
 
     async def close(self) -> None:
         await self.waits.close()
+        if self._streams_redis is not None:
+            await self._streams_redis.aclose()
+            self._streams_redis = None
         if self._worker_check is not None:
             self._worker_check[1].cancel()
         if self._owns_redis:
             await self.redis.aclose()
+
+    def _streams(self) -> Redis:
+        """The client job streams are read with: a blocked read holds its connection, so readers get a
+        pool of their own, not bounded by ``MAX_CONNECTIONS`` (a client given to the producer is used
+        as it is)."""
+        if not self._owns_redis:
+            return self.redis
+        if self._streams_redis is None:
+            self._streams_redis = redis_client(self._url)
+        return self._streams_redis
 
     async def submit(self, job: JobLike, *, priority: int | str | None = None) -> JobHandle:
         """Queue one job. Submitting an id that is already queued, running or done does not run it again.
@@ -156,9 +194,14 @@ class Producer:
                 update["priority"] = parse_priority(priority)
             except ValueError as exc:
                 raise JobValidationError(str(exc)) from None
-        prepared = [self._prepare(job, update) for job in jobs]
+        outputs: dict[str, OutputRequest | None] = {}
+        prepared: list[Job] = []
+        for job in jobs:
+            job, output = _with_schema_of_model(job)
+            prepared.append(self._prepare(job, update))
+            outputs[prepared[-1].id] = output
         added = dict(zip((job.id for job in prepared), await self._enqueue(prepared), strict=True))
-        return [JobHandle(self, job.id, via_inbox=added[job.id]) for job in prepared]
+        return [JobHandle(self, job.id, via_inbox=added[job.id], output=outputs[job.id]) for job in prepared]
 
     async def _enqueue(self, jobs: list[Job]) -> list[bool]:
         """Queue the jobs, those of a batch through it; whether each was new, in the order given."""
@@ -275,3 +318,26 @@ def _lost_error(lost: list[JobNotFoundError]) -> JobNotFoundError:
         f"{len(job_ids)} awaited job(s) are not in Redis and will never have a result ({shown}). {first}",
         job_ids=job_ids,
     )
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """A job asked for JSON (``response_format``): its result's ``parsed`` is made of the answer, as an
+    instance of ``model`` when a pydantic model class was given."""
+
+    model: type[BaseModel] | None = None
+
+
+def _with_schema_of_model(job: JobLike) -> tuple[JobLike, OutputRequest | None]:
+    """``job`` with a pydantic model class given as ``params.response_format`` turned into its json_schema
+    (as LiteLLM does), and what its result's ``parsed`` is to be; None for a job not asking for JSON."""
+    params = job.params if isinstance(job, Job) else job.get("params")
+    wanted = params.get("response_format") if isinstance(params, Mapping) else None
+    if isinstance(wanted, type) and issubclass(wanted, BaseModel):
+        converted = {**(params or {}), "response_format": response_format_of(wanted)}
+        if isinstance(job, Job):
+            return job.model_copy(update={"params": converted}), OutputRequest(wanted)
+        return {**job, "params": converted}, OutputRequest(wanted)
+    if isinstance(wanted, Mapping) and wanted.get("type") in ("json_schema", "json_object"):
+        return job, OutputRequest()
+    return job, None

@@ -58,6 +58,12 @@ class LLMConfig(BaseModel):
     retry_multiplier: float = Field(2.0, gt=0)
     retry_jitter: float = Field(0.0, ge=0, le=1, description="fraction of the delay added at random")
     timeout: float = Field(120.0, gt=0, description="seconds one provider call may take")
+    schema_retries: int = Field(
+        2,
+        ge=0,
+        description="times an answer that does not meet the job's response_format (JSON, its json_schema) "
+        "is asked again, with the error, before the job fails as invalid_output",
+    )
     default_completion_tokens: int = Field(
         1024, ge=0, description="completion tokens assumed for the limiter when a job sets no max_tokens"
     )

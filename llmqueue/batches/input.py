@@ -310,6 +310,9 @@ def _to_job(
             "has both messages and input: a chat request has messages, an embedding request input"
         )
     model = body.pop("model", None)
+    # A batch line is answered whole, as the Batch API answers it: nobody reads its stream.
+    body.pop("stream", None)
+    body.pop("stream_options", None)
     payload: dict[str, Any] = {
         "id": job_id_for(batch_id, number),
         "kind": request.kind,

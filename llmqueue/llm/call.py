@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import litellm
@@ -35,6 +36,26 @@ async def call_provider(kind: str, kwargs: dict[str, Any], timeout: float) -> An
     call = litellm.aembedding if kind == "embedding" else litellm.acompletion
     async with asyncio.timeout(timeout):
         return await call(**kwargs)
+
+
+async def stream_provider(
+    kwargs: dict[str, Any], timeout: float, on_delta: Callable[[str], Awaitable[None]]
+) -> Any:
+    """Make a chat call streamed (``stream=True``, usage included), passing each text delta to
+    ``on_delta`` as it comes; return the whole answer built from the chunks (LiteLLM's
+    ``stream_chunk_builder``: the same response object as a call not streamed, usage and cost included).
+    The whole stream is bounded by ``timeout`` seconds."""
+    streamed = {**kwargs, "stream": True, "stream_options": {"include_usage": True}}
+    chunks = []
+    async with asyncio.timeout(timeout):
+        async for chunk in await litellm.acompletion(**streamed):
+            chunks.append(chunk)
+            choices = getattr(chunk, "choices", None)
+            delta = getattr(choices[0], "delta", None) if choices else None
+            text = getattr(delta, "content", None)
+            if isinstance(text, str) and text:
+                await on_delta(text)
+    return litellm.stream_chunk_builder(chunks, messages=kwargs.get("messages"))
 
 
 async def warm_up() -> None:

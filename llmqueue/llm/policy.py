@@ -57,6 +57,7 @@ OPENAI_CHAT_PARAMS = frozenset(
         "service_tier",
         "stop",
         "store",
+        "stream",
         "temperature",
         "tool_choice",
         "tools",

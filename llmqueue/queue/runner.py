@@ -27,16 +27,20 @@ from llmqueue.llm import failure, policy
 from llmqueue.llm.answers import missing_answer
 from llmqueue.llm.as_sent import request_id_of_response
 from llmqueue.llm.backoff import RetryPolicy
-from llmqueue.llm.call import call_provider, supports_prompt_caching
+from llmqueue.llm.call import call_provider, stream_provider, supports_prompt_caching
 from llmqueue.llm.classify import classify, invalid_response, short_message
 from llmqueue.llm.request import call_kwargs, job_model
+from llmqueue.llm.response import response_dict
+from llmqueue.llm.structured import INVALID_OUTPUT, OutputFormat, invalid_output_message, output_format
 from llmqueue.models import AttemptError, Job
 from llmqueue.ops.events import EventSink, JobEvent, emit
-from llmqueue.queue import results
+from llmqueue.queue import reask, results
 from llmqueue.queue.admission import Admitter
 from llmqueue.queue.call import Call
+from llmqueue.queue.job_stream import StreamWriter
 from llmqueue.queue.ledger import BatchLedger
 from llmqueue.queue.payload import invalid_reason
+from llmqueue.queue.reask import Checked
 from llmqueue.queue.results import ResultWriter
 from llmqueue.queue.store import AttemptStart, JobStore
 from llmqueue.redaction import redact, redis_error_line
@@ -197,10 +201,30 @@ class JobRunner:
         began = time.monotonic()
         timeout = kwargs.get("timeout")
         bound = float(timeout) if isinstance(timeout, int | float) else call.llm.timeout
+        checked: Checked | None = None
+        wanted = output_format(job.params) if job.kind == "chat" else None
         try:
-            response = await call_provider(job.kind, kwargs, timeout=bound + 5)
+            if job.kind == "chat" and job.params.get("stream") is True:
+                response = await self._streamed(call, kwargs, timeout=bound + 5)
+            else:
+                response = await call_provider(job.kind, kwargs, timeout=bound + 5)
+            if wanted is not None and missing_answer(job.kind, response) is None:
+                checked = await reask.until_valid(
+                    call,
+                    kwargs,
+                    response,
+                    wanted,
+                    retries=call.llm.schema_retries if job.schema_retries is None else job.schema_retries,
+                    admitter=self.admitter,
+                    after_result=self._after_result,
+                    timeout=bound + 5,
+                )
+                response = checked.last
         except asyncio.CancelledError:
             # The worker is stopping: arq puts the job back in the queue, and this was no attempt.
+            await asyncio.shield(self._interrupted(call, counting))
+            raise
+        except Retry:  # a re-ask the limiter deferred: the job starts over later
             await asyncio.shield(self._interrupted(call, counting))
             raise
         except Exception as exc:
@@ -225,8 +249,13 @@ class JobRunner:
             await self._count_deployment_call(call, "invalid_response")
             await self._failed(call, invalid_response(problem), latency=latency)
             return
+        if checked is not None and (checked.refused is not None or checked.problem is not None):
+            await self._invalid_output(call, checked, wanted, latency=latency)
+            return
         result = results.succeeded(call, response, worker_id=self.worker_id)
         result.request_id = request_id_of_response(response)
+        if checked is not None:
+            reask.count_reasks(result, checked)
         # The answer is paid for: what follows the call may not stand between it and its stored result,
         # so bookkeeping that Redis refuses (full, restarting) is logged and skipped, not raised. The
         # batch's counts and the cache are written first (a run ends when its last result is in); the
@@ -247,6 +276,42 @@ class JobRunner:
             completion_tokens=usage.completion_tokens if usage else None,
             cost=result.cost,
         )
+
+    async def _streamed(self, call: Call, kwargs: dict[str, Any], *, timeout: float) -> Any:
+        """Call the provider streamed, its deltas appended to the job's Redis Stream as they come
+        (:mod:`llmqueue.queue.job_stream`); the whole answer is returned as a call not streamed returns it."""
+        writer = StreamWriter(self.store.redis, call.job.id, ttl=self.settings.worker.result_ttl)
+        await writer.begin()
+        try:
+            response = await stream_provider(kwargs, timeout, writer.add)
+        except BaseException:
+            await asyncio.shield(writer.abandon())
+            raise
+        await writer.end()
+        return response
+
+    async def _invalid_output(
+        self, call: Call, checked: Checked, wanted: OutputFormat | None, *, latency: float
+    ) -> None:
+        """No answer met the job's response_format (or the limiter refused a re-ask outright): the job
+        fails as ``invalid_output``, its answers' tokens and cost counted, the last answer kept."""
+        self._after_result(self.admitter.answered(call, checked.last))
+        async with _best_effort("deployment count"):
+            await self._count_deployment_call(call, INVALID_OUTPUT)
+        attempts = call.attempt + len(checked.answers) - 1
+        if checked.refused is not None:
+            kind, message = checked.refused.kind, checked.refused.message
+        else:
+            assert checked.problem is not None and wanted is not None
+            kind = INVALID_OUTPUT
+            message = invalid_output_message(checked.problem, wanted, len(checked.answers))
+        summary = AttemptError(attempt=attempts, kind=kind, message=message)
+        result = results.failed(call, summary, worker_id=self.worker_id)
+        result.response = response_dict(checked.last)
+        result.request_id = request_id_of_response(checked.last)
+        reask.count_reasks(result, checked)
+        await self.results.keep_paid(result, reply_to=call.job.reply_to)
+        self._emit("failed", call, latency=latency, reason=kind, message=message, cost=result.cost)
 
     async def _failed(
         self, call: Call, error: ProviderError, *, latency: float, reroutable: bool = False

@@ -54,6 +54,7 @@ from llmqueue.simulator.wire import (
     error_response,
     models_body,
     rate_limit_response,
+    stream_chunks,
 )
 
 __all__ = [
@@ -84,6 +85,8 @@ class ProviderConfig(BaseModel):
       hang ``hang_seconds`` before answering. Both drawn from ``random.Random(seed)``.
     - ``api_key``: when set, calls must send ``Authorization: Bearer <api_key>`` or get 401.
     - ``completion_tokens``: completion length of every chat answer, capped by the request's ``max_tokens``.
+    - ``stream_chunk_delay``: seconds between the chunks of a streamed answer (``stream: true``: server-sent
+      events in OpenAI's ``chat.completion.chunk`` shape, one word a chunk).
     - ``batch_validating_seconds``, ``batch_in_progress_seconds``: how long a Batch API batch spends in
       each state before it completes (``llmqueue.simulator.batch_api``).
       A chat call is charged its prompt's characters/4 plus ``max_tokens`` when it sets one (as OpenAI's
@@ -111,6 +114,7 @@ class ProviderConfig(BaseModel):
     api_key: str | None = Field(default=None, repr=False)
     seed: int | None = None
     completion_tokens: int = Field(default=16, ge=0)
+    stream_chunk_delay: float = Field(default=0.02, ge=0)
     batch_validating_seconds: float = Field(default=0.1, ge=0)
     batch_in_progress_seconds: float = Field(default=0.3, ge=0)
     rate_limit_headers: HeaderFamily = "openai"
@@ -155,7 +159,8 @@ class BrokenNext(BaseModel):
     Shapes (see ``llmqueue.simulator.wire.broken_body``): ``empty_choices`` (``choices: []``),
     ``no_choices`` (the key left out), ``no_message`` (a choice without ``message``), ``truncated`` (JSON
     cut off half-way), ``html`` (a proxy's error page), ``empty`` (no body at all), and ``lone_surrogate``: a
-    well-formed answer whose text holds ``\\ud800``, valid JSON that UTF-8 cannot encode. These calls skip
+    well-formed answer whose text holds ``\\ud800``, valid JSON that UTF-8 cannot encode; ``cut_stream``: a
+    streamed call gets half its chunks, then the connection is dropped. These calls skip
     the rate limits and are counted in ``stats.broken``, not ``succeeded``.
     """
 
@@ -206,6 +211,10 @@ class ProviderStats:
     max_in_flight: int = 0
     cache_marked: int = 0
     """Chat calls whose messages carried a prompt-caching mark (``cache_control``)."""
+    stream_chunk_times: list[float] = field(default_factory=list)
+    """When each chunk carrying content of a streamed answer was written (the provider's clock)."""
+    json_conversations: list[list[dict[str, Any]]] = field(default_factory=list)
+    """The messages of each chat call that asked for JSON (``response_format``), as received."""
 
     def to_json(self) -> dict[str, Any]:
         """The counters as JSON-ready data (``errors`` keyed by status as a string)."""
@@ -293,10 +302,10 @@ class SimulatedProvider:
         app.router.add_post("/control", self._handle_control)
         return app
 
-    async def _handle_chat(self, request: web.Request) -> web.Response:
+    async def _handle_chat(self, request: web.Request) -> web.StreamResponse:
         return await self._handle_call(request, "chat")
 
-    async def _handle_embeddings(self, request: web.Request) -> web.Response:
+    async def _handle_embeddings(self, request: web.Request) -> web.StreamResponse:
         return await self._handle_call(request, "embeddings")
 
     async def _handle_models(self, request: web.Request) -> web.Response:
@@ -322,7 +331,7 @@ class SimulatedProvider:
 
     async def _handle_call(
         self, request: web.Request, endpoint: Literal["chat", "embeddings"]
-    ) -> web.Response:
+    ) -> web.StreamResponse:
         stats = self.stats
         stats.requests += 1
         stats.request_times.append(self._clock())
@@ -344,7 +353,9 @@ class SimulatedProvider:
                 stats.rate_limited += 1
         return response
 
-    async def _answer(self, request: web.Request, endpoint: Literal["chat", "embeddings"]) -> web.Response:
+    async def _answer(
+        self, request: web.Request, endpoint: Literal["chat", "embeddings"]
+    ) -> web.StreamResponse:
         if not self._authorized(request):
             return error_response(401, "Incorrect API key provided.")
         try:
@@ -360,7 +371,14 @@ class SimulatedProvider:
             return error_response(400, str(exc))
         if endpoint == "chat" and "cache_control" in json.dumps(body.get("messages")):
             self.stats.cache_marked += 1
+        if endpoint == "chat" and isinstance(body.get("response_format"), dict):
+            self.stats.json_conversations.append(body["messages"])
         if self._pending:
+            fault = self._pending[0]
+            if isinstance(fault, BrokenNext) and fault.shape == "cut_stream" and body.get("stream"):
+                self._scripted_failure(body)  # takes the fault off the queue
+                payload = chat_body(body, usage, next(self._ids))
+                return await self._stream(request, body, payload, {BROKEN_HEADER: "1"}, cut=True)
             return self._scripted_failure(body)
         now = self._clock()
         if now < self._limited_until:
@@ -388,7 +406,40 @@ class SimulatedProvider:
         self.stats.arrivals.append(Arrival(now, usage.prompt_tokens, usage.charged_tokens))
         call_id = next(self._ids)
         payload = chat_body(body, usage, call_id) if endpoint == "chat" else embeddings_body(body, usage)
+        if endpoint == "chat" and body.get("stream"):
+            return await self._stream(request, body, payload, headers)
         return web.json_response(payload, headers=headers)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        payload: dict[str, Any],
+        headers: dict[str, str],
+        *,
+        cut: bool = False,
+    ) -> web.StreamResponse:
+        """Send ``payload`` as OpenAI streams it: server-sent ``chat.completion.chunk`` events, one word
+        of the content each, ``stream_chunk_delay`` seconds apart, then the usage when asked, then
+        ``[DONE]``."""
+        response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
+        response.headers["x-request-id"] = f"req_sim_{next(self._request_ids)}"
+        await response.prepare(request)
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        chunks = stream_chunks(payload, include_usage=include_usage)
+        for number, chunk in enumerate(chunks):
+            if cut and number == len(chunks) // 2:
+                assert request.transport is not None
+                request.transport.close()  # mid-answer: no end of the chunked body, no [DONE]
+                return response
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if any(c.get("delta", {}).get("content") for c in chunk["choices"]):
+                self.stats.stream_chunk_times.append(self._clock())
+            await asyncio.sleep(self.config.stream_chunk_delay)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     def _limits_for(self, model: Any) -> RateLimits:
         """What a call to ``model`` is charged to: its own with ``limits_per_model``, else the key's."""

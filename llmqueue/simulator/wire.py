@@ -36,7 +36,7 @@ ECHO_CHARS = 200
 
 
 BrokenShape = Literal[
-    "empty_choices", "no_choices", "no_message", "truncated", "html", "empty", "lone_surrogate"
+    "empty_choices", "no_choices", "no_message", "truncated", "html", "empty", "lone_surrogate", "cut_stream"
 ]
 #: Header marking a 200 sent with a broken body on purpose (so the provider's stats can count it).
 BROKEN_HEADER = "x-simulator-broken"
@@ -71,8 +71,6 @@ def chat_usage(body: Mapping[str, Any], completion_tokens: int) -> Usage:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise ValueError("'messages' must be a non-empty list of message objects")
-    if body.get("stream"):
-        raise ValueError("the simulated provider does not stream; send stream=false")
     cap = body.get("max_completion_tokens") or body.get("max_tokens")
     if cap is not None and (not isinstance(cap, int) or cap < 1):
         raise ValueError("'max_tokens' must be a positive integer")
@@ -100,10 +98,18 @@ def embedding_inputs(body: Mapping[str, Any]) -> list[str | list[int]]:
     return items
 
 
+#: A line of the first user message scripting a JSON answer: ``answers: [<first>, <after 1 re-ask>, ...]``.
+ANSWERS_DIRECTIVE = "answers:"
+
+
 def chat_body(body: Mapping[str, Any], usage: Usage, call_id: int) -> dict[str, Any]:
-    """An OpenAI ``chat.completion`` answering ``echo: <last user message, first 200 characters>``."""
+    """An OpenAI ``chat.completion`` answering ``echo: <last user message, first 200 characters>``, or,
+    for a request with a JSON ``response_format``, :func:`json_answer`."""
     user_texts = [message_text(m.get("content")) for m in body["messages"] if m.get("role") == "user"]
-    content = "echo: " + (user_texts[-1][:ECHO_CHARS] if user_texts else "")
+    if isinstance(body.get("response_format"), Mapping) and body["response_format"].get("type") != "text":
+        content = json_answer(body["messages"])
+    else:
+        content = "echo: " + (user_texts[-1][:ECHO_CHARS] if user_texts else "")
     return {
         "id": f"chatcmpl-sim-{call_id}",
         "object": "chat.completion",
@@ -118,6 +124,53 @@ def chat_body(body: Mapping[str, Any], usage: Usage, call_id: int) -> dict[str, 
         ],
         "usage": _usage_json(usage),
     }
+
+
+def stream_chunks(payload: Mapping[str, Any], *, include_usage: bool) -> list[dict[str, Any]]:
+    """A ``chat.completion`` body as the ``chat.completion.chunk`` objects OpenAI streams: the role, one
+    word of content each (with its following space), the finish reason, then the usage if asked."""
+    choice = payload["choices"][0]
+    content = choice["message"]["content"] or ""
+    words = [w for w in content.replace(" ", " \0").split("\0") if w]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": payload["id"],
+            "object": "chat.completion.chunk",
+            "created": payload["created"],
+            "model": payload["model"],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks += [chunk({"content": word}) for word in words]
+    chunks.append(chunk({}, choice["finish_reason"]))
+    if include_usage:
+        chunks.append({**chunk({}), "choices": [], "usage": payload["usage"]})
+    return chunks
+
+
+def json_answer(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The answer to a request for JSON: scripted by an ``answers: [...]`` line (a JSON list) in the first
+    user message, else ``{"echo": <last user message>}``.
+
+    The scripted answer is the list's item at the number of assistant messages in the conversation (each
+    re-ask adds one), the last item once the list runs out: ``answers: [{"answer": "x"}, {"answer": 1}]``
+    answers wrong once, ``answers: ["not json"]`` always wrong. A string item is sent as it is (so it may
+    be anything but JSON); any other item as its JSON.
+    """
+    users = [message_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    asked_again = sum(1 for m in messages if m.get("role") == "assistant")
+    for line in (users[0] if users else "").splitlines():
+        if line.strip().startswith(ANSWERS_DIRECTIVE):
+            try:
+                scripted = json.loads(line.strip().removeprefix(ANSWERS_DIRECTIVE))
+            except json.JSONDecodeError:
+                break
+            if isinstance(scripted, list) and scripted:
+                item = scripted[min(asked_again, len(scripted) - 1)]
+                return item if isinstance(item, str) else json.dumps(item)
+    return json.dumps({"echo": users[-1][:ECHO_CHARS] if users else ""})
 
 
 def embeddings_body(body: Mapping[str, Any], usage: Usage) -> dict[str, Any]:

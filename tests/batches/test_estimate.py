@@ -164,7 +164,7 @@ def test_dry_run_refuses_the_lines_a_submission_refuses(tmp_path: Path, redis_ur
         tmp_path / "in.jsonl",
         [
             {"custom_id": "a", "messages": hello, "mock_response": "fake"},
-            {"custom_id": "b", "messages": hello, "stream": True},
+            {"custom_id": "b", "messages": hello, "best_of": 2},
         ],
     )
     submitted = subprocess.run(
@@ -179,7 +179,7 @@ def test_dry_run_refuses_the_lines_a_submission_refuses(tmp_path: Path, redis_ur
         done = dry_run(command, tmp_path)
         assert done.returncode == 2, (command, done.stdout)
         assert "line 1: invalid job: params mock_response" in done.stderr, done.stderr
-        assert "line 2: invalid job: params stream" in done.stderr, done.stderr
+        assert "line 2: invalid job: params best_of" in done.stderr, done.stderr
         assert "to call" not in done.stdout
     assert submitted.returncode == 2 and "line 1: invalid job: params mock_response" in submitted.stderr
 

@@ -79,6 +79,11 @@ def test_openai_chat_line_becomes_chat_job() -> None:
     assert job.id == "b1:00000001"
 
 
+def test_a_line_asking_to_stream_is_answered_whole_as_the_batch_api_answers_it() -> None:
+    job = one_job(chat_line("req-1", stream=True, stream_options={"include_usage": True}, max_tokens=5))
+    assert job.params == {"max_tokens": 5}
+
+
 def test_openai_embeddings_line_becomes_embedding_job() -> None:
     request = {
         "custom_id": "e1",

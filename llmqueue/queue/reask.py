@@ -1,0 +1,96 @@
+"""Asking again until the answer meets the job's ``response_format`` (structured output, in the worker).
+
+The first answer is checked (:func:`llmqueue.llm.structured.answer_problem`); one that falls short is
+asked again with the answer and the error appended to the conversation, up to ``schema_retries`` times.
+Each re-ask is a provider call admitted by the limiter like the first (``Admitter.admit``: it may wait in
+place, or re-defer the job with arq's ``Retry``, which then starts over); the answer before it is
+reported to the limiter first. A provider error on a re-ask propagates to the runner, which handles it
+as it handles the first call's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmqueue.errors import PermanentProviderError
+from llmqueue.llm.call import call_provider
+from llmqueue.llm.response import response_cost, response_usage
+from llmqueue.llm.structured import OutputFormat, OutputProblem, answer_problem, reask_messages
+from llmqueue.models import JobResult, Usage
+from llmqueue.queue.admission import Admitter
+from llmqueue.queue.call import Call
+
+AfterResult = Callable[[Coroutine[Any, Any, None]], None]
+
+
+@dataclass
+class Checked:
+    """The outcome of a job's answers checked against its format: ``answers`` in order (the first call's
+    first), ``problem`` the last answer's (None: it meets the format), or ``refused`` when the limiter
+    could never admit a re-ask (larger than a minute's limit)."""
+
+    answers: list[Any] = field(default_factory=list)
+    problem: OutputProblem | None = None
+    refused: PermanentProviderError | None = None
+
+    @property
+    def last(self) -> Any:
+        return self.answers[-1]
+
+
+def answer_text(response: Any) -> str | None:
+    """The first choice's message content of a LiteLLM response (or its dict)."""
+    data = response.model_dump() if hasattr(response, "model_dump") else response
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not choices:
+        return None
+    content = (choices[0].get("message") or {}).get("content")
+    return content if isinstance(content, str) else None
+
+
+async def until_valid(
+    call: Call,
+    kwargs: dict[str, Any],
+    response: Any,
+    wanted: OutputFormat,
+    *,
+    retries: int,
+    admitter: Admitter,
+    after_result: AfterResult,
+    timeout: float,
+) -> Checked:
+    """Check ``response`` against ``wanted`` and ask again, at most ``retries`` times, until an answer
+    meets it. Provider errors of a re-ask propagate (``call.reservation`` is then the re-ask's)."""
+    checked = Checked(answers=[response])
+    checked.problem = answer_problem(answer_text(response), wanted)
+    messages = list(kwargs["messages"])
+    while checked.problem is not None and len(checked.answers) <= retries:
+        after_result(admitter.answered(call, checked.last))
+        messages += reask_messages(answer_text(checked.last), checked.problem, wanted)
+        refused = await admitter.admit(call)
+        if refused is not None:
+            checked.refused = refused
+            return checked
+        # A re-ask is answered whole, even for a streamed job: its stream holds the first answer.
+        asked = {**kwargs, "messages": messages, "stream": False}
+        answer = await call_provider(call.job.kind, asked, timeout=timeout)
+        checked.answers.append(answer)
+        checked.problem = answer_problem(answer_text(answer), wanted)
+    return checked
+
+
+def count_reasks(result: JobResult, checked: Checked) -> None:
+    """Add the re-asks to ``result`` (built from the last answer): attempts, and tokens and cost summed
+    over every answer."""
+    result.attempts += len(checked.answers) - 1
+    usages = [u for u in map(response_usage, checked.answers) if u is not None]
+    if usages:
+        result.usage = Usage(
+            prompt_tokens=sum(u.prompt_tokens for u in usages),
+            completion_tokens=sum(u.completion_tokens for u in usages),
+            total_tokens=sum(u.total_tokens for u in usages),
+        )
+    costs = [c for c in map(response_cost, checked.answers) if c is not None]
+    result.cost = sum(costs) if costs else None
