@@ -35,6 +35,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Awaitable
 from datetime import datetime
 
 from arq.constants import health_check_key_suffix
@@ -120,13 +121,16 @@ class WorkerLoop:
         try:
             while not self._stopping.is_set():
                 try:
-                    await self._poll()
+                    # A stop does not wait for a poll that Redis holds up (an outage: its command
+                    # retries take ~17 s); jobs a cut-off claim took go back when the claim expires.
+                    if not await self._unless_stopped(self._poll()):
+                        break
                     outage.ended()
                     if self.burst and await self.redis.zcard(self.config.queue_name) == 0:
                         self._grace = math.inf
                         break
                     if self.slots.free > 0:
-                        await self.redis.blpop([wake], timeout=self.config.poll_delay)
+                        await self._unless_stopped(self.redis.blpop([wake], timeout=self.config.poll_delay))
                     else:
                         await self._pause(self.config.poll_delay)
                 except (RedisError, OSError) as exc:
@@ -208,6 +212,21 @@ class WorkerLoop:
         counts = f"{self.counts.as_text()} running={len(self.tasks)} queued={queued}"
         line = f"{datetime.now():%b-%d %H:%M:%S} {counts}"
         await self.redis.psetex(self.health_key, int((interval + 1) * 1000), line)
+
+    async def _unless_stopped(self, work: Awaitable[object]) -> bool:
+        """Await ``work`` unless :meth:`stop` comes first (then cancel it): True when it completed."""
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return False
+        task.result()
+        return True
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds``, or less when the loop is stopped meanwhile."""
