@@ -35,6 +35,7 @@ from llmqueue.ops.events import EventSink, JobEvent, emit
 from llmqueue.queue import results
 from llmqueue.queue.admission import Admitter
 from llmqueue.queue.call import Call
+from llmqueue.queue.fallbacks import Fallbacks
 from llmqueue.queue.ledger import BatchLedger
 from llmqueue.queue.payload import invalid_reason
 from llmqueue.queue.results import ResultWriter
@@ -69,6 +70,7 @@ class JobRunner:
     breaker: CircuitBreaker = field(init=False)
     admitter: Admitter = field(init=False)
     results: ResultWriter = field(init=False)
+    fallbacks: Fallbacks = field(init=False)
 
     def __post_init__(self) -> None:
         self.ledger = BatchLedger(self.store.redis)
@@ -77,6 +79,7 @@ class JobRunner:
             self.limiter, self.sinks, max_inline_wait=self.settings.worker.max_inline_wait, emit=self._emit
         )
         self.results = ResultWriter(self.store)
+        self.fallbacks = Fallbacks(self.settings.fallbacks, self.breaker, self.deployments)
 
     @property
     def release_on_finish(self) -> bool:
@@ -127,6 +130,8 @@ class JobRunner:
         if start.stop_reason is not None:
             await self._finish_stopped(job, start.stop_reason, start)
             return
+        if await self.fallbacks.skips_current(job_model(job, llm), start, llm):
+            await self._move_on_before_call(job, llm, start)
         model = fallback_model(self.settings.fallbacks, job_model(job, llm), start.fallback)
         candidates = self.deployments.candidates(model) if self.deployments else []
         if candidates:
@@ -253,13 +258,18 @@ class JobRunner:
     ) -> None:
         """Carry out what the failure policy (:func:`llmqueue.llm.failure.decide`) says for ``call``:
         pause the scope, then reroute, retry or fall back (re-enqueue with arq's Retry), or fail the job."""
+        own_model = job_model(call.job, call.llm)
+        scopes = [c.scope for c in call.candidates] or [call.scope]
+        state = await self.fallbacks.after_failure(own_model, call.start, scopes, call.llm)
         decision = failure.decide(
             error,
             attempt_of_model=call.attempt_of_model,
             policy=RetryPolicy.from_llm(call.llm),
-            fallbacks=self.settings.fallbacks.get(job_model(call.job, call.llm), []),
+            fallbacks=self.settings.fallbacks.get(own_model, []),
             moved_on=call.start.fallback,
             reroutable=reroutable,
+            out_for=state.out_for,
+            fallback_has_room=state.fallback_has_room,
         )
         if decision.scope_pause is not None:
             await self.admitter.cooldown(call.scope, decision.scope_pause, longest=decision.delay)
@@ -288,13 +298,32 @@ class JobRunner:
             await self.store.record_error(
                 call.job.id, call.job.batch_id, summary, fallback=decision.fallback_number
             )
-            message = f"{error.message} (retries spent: falling back to {decision.fallback})"
+            message = f"{error.message} (falling back to {decision.fallback})"
             self._emit("retrying", call, wait=0.0, message=message, **details)
             raise Retry(defer=0)
         result = results.failed(call, summary, worker_id=self.worker_id)
         result.error_body, result.request_id = error.body, error.request_id
         await self.results.keep_paid(result, reply_to=call.job.reply_to)
         self._emit("failed", call, message=error.message, **details)
+
+    async def _move_on_before_call(self, job: Job, llm: LLMConfig, start: AttemptStart) -> None:
+        """The job's model is known to be down: the job goes to its next fallback at once, no call made."""
+        following = self.fallbacks.next_of(job_model(job, llm), start)
+        await self.store.move_to_fallback(job.id, start.fallback + 1, after=len(start.failures))
+        emit(
+            self.sinks,
+            JobEvent(
+                "rerouted",
+                job.id,
+                job.batch_id,
+                model=fallback_model(self.settings.fallbacks, job_model(job, llm), start.fallback),
+                reason="model_down",
+                message=f"its model is out of service: falling back to {following}",
+                worker_id=self.worker_id,
+                priority=job.priority,
+            ),
+        )
+        raise Retry(defer=0)
 
     async def _reroutable(self, call: Call, error: ProviderError) -> bool:
         """After a deployment's fault (connection error, 5xx, timeout, 401/404): whether the breaker took

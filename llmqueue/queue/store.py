@@ -170,6 +170,14 @@ class JobStore:
                 BatchLedger.count_retry(pipe, batch_id, rate_limited=error.kind == "rate_limit")
             await pipe.execute()
 
+    async def move_to_fallback(self, job_id: str, fallback: int, *, after: int) -> None:
+        """Move a job on to entry ``fallback`` (1-based) of its model's fallbacks without a failed call
+        (its model is known to be down); its retries there count from the ``after`` calls failed so far."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.state(job_id), mapping={"fallback": fallback, "fallback_after": after})
+            pipe.expire(keys.state(job_id), self.job_ttl_ms // 1000)
+            await pipe.execute()
+
     async def count_reroute(self, job_id: str) -> int:
         """Count that a job was sent to another deployment; returns how often it was so far."""
         async with self.redis.pipeline(transaction=False) as pipe:
