@@ -34,6 +34,7 @@ from llmqueue.models import AttemptError, Job
 from llmqueue.ops.events import EventSink, JobEvent, emit
 from llmqueue.queue import results
 from llmqueue.queue.admission import Admitter
+from llmqueue.queue.budget import WAIT_FOR_CALLS, BudgetGate, call_price
 from llmqueue.queue.call import Call
 from llmqueue.queue.fallbacks import Fallbacks
 from llmqueue.queue.ledger import BatchLedger
@@ -71,6 +72,7 @@ class JobRunner:
     admitter: Admitter = field(init=False)
     results: ResultWriter = field(init=False)
     fallbacks: Fallbacks = field(init=False)
+    budget: BudgetGate = field(init=False)
 
     def __post_init__(self) -> None:
         self.ledger = BatchLedger(self.store.redis)
@@ -80,6 +82,7 @@ class JobRunner:
         )
         self.results = ResultWriter(self.store)
         self.fallbacks = Fallbacks(self.settings.fallbacks, self.breaker, self.deployments)
+        self.budget = BudgetGate(self.store.redis)
 
     @property
     def release_on_finish(self) -> bool:
@@ -156,14 +159,20 @@ class JobRunner:
         )
         if job.cache and self.cache is not None and await self._answered_from_cache(call):
             return
+        reserved: float | None = None
         try:
             # Everything CPU-bound happens before admission, so the request leaves soon after it is
             # admitted; a job the cache answered needs none of it.
             first = candidates[0].deployment if candidates else None
             caching = supports_prompt_caching(counted_as)
             kwargs = call_kwargs(job, llm, supports_caching=caching, model=model, deployment=first)
-            if limited:  # counting tokens costs CPU; only a token limit (configured or learnt) needs it
+            if limited or start.has_cost_budget:  # counting tokens costs CPU: only limits and budgets need it
                 call.estimate = estimate_split(job, counted_as, llm.default_completion_tokens)
+            if start.has_cost_budget and job.batch_id is not None:
+                spent, reserved = await self._reserve(call, counted_as)
+                if spent:
+                    await self._finish_stopped(job, "budget_exceeded", start)
+                    return
             too_large = await self.admitter.admit(call)
             if too_large is not None:
                 await self._failed(call, too_large, latency=0.0)
@@ -173,8 +182,24 @@ class JobRunner:
                 kwargs = call_kwargs(job, llm, supports_caching=caching, model=model, deployment=chosen)
             await self._call(call, kwargs)
         finally:
+            if reserved is not None and job.batch_id is not None:
+                await self.budget.give_back(job.batch_id, reserved)
             if call.cache_key is not None and self.cache is not None:
                 await self.cache.release(call.cache_key, job.id)
+
+    async def _reserve(self, call: Call, model: str) -> tuple[bool, float | None]:
+        """Reserve the call's estimated price in its batch's budget (see :mod:`llmqueue.queue.budget`):
+        (the budget is spent, the price reserved: None for a model without a known price). A budget the
+        calls in flight fill re-defers the job until they settle (not an attempt)."""
+        assert call.job.batch_id is not None
+        price = call_price(model, call.estimate)
+        if price is None:
+            return False, None
+        answer = await self.budget.reserve(call.job.batch_id, price)
+        if answer == "wait":
+            self._emit("deferred", call, wait=WAIT_FOR_CALLS, reason="budget_in_flight")
+            raise Retry(defer=WAIT_FOR_CALLS)
+        return answer == "spent", price if answer == "ok" else None
 
     async def _answered_from_cache(self, call: Call) -> bool:
         """Finish the job from the cache (True), wait for an identical call in flight, or own the miss."""

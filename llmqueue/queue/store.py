@@ -44,6 +44,8 @@ class AttemptStart:
     """How many of its model's ``fallbacks`` the job has moved on by (0: still its own model)."""
     fallback_after: int = 0
     """Failed calls before the current fallback began: its retries are counted from there."""
+    has_cost_budget: bool = False
+    """The job's batch has a ``max_cost``: each call reserves its estimated price first."""
 
     @classmethod
     def from_replies(
@@ -64,6 +66,7 @@ class AttemptStart:
             stop_reason=ledger.stop_reason(gate) if gate is not None else None,
             fallback=int(fallback or 0),
             fallback_after=int(fallback_after or 0),
+            has_cost_budget=gate is not None and gate[ledger.GATE_FIELDS.index("max_cost")] is not None,
         )
 
 
