@@ -29,6 +29,7 @@ from llmqueue.llm.as_sent import request_id_of_response
 from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.llm.call import call_provider, supports_prompt_caching
 from llmqueue.llm.classify import classify, invalid_response, short_message
+from llmqueue.llm.prices import register_prices
 from llmqueue.llm.request import call_kwargs, job_model
 from llmqueue.models import AttemptError, Job
 from llmqueue.ops.events import EventSink, JobEvent, emit
@@ -83,6 +84,7 @@ class JobRunner:
         self.results = ResultWriter(self.store)
         self.fallbacks = Fallbacks(self.settings.fallbacks, self.breaker, self.deployments)
         self.budget = BudgetGate(self.store.redis)
+        register_prices(self.settings)
 
     @property
     def release_on_finish(self) -> bool:
