@@ -281,17 +281,36 @@ class Batches:
 
     async def retry_failed(self, batch_id: str) -> int:
         """Queue the batch's failed jobs again, with a fresh retry budget. Returns how many."""
+        return await self._requeue(batch_id, "failed")
+
+    async def retry_cancelled(self, batch_id: str, *, max_cost: float | None = None) -> int:
+        """Queue the batch's cancelled jobs again (a cancel or its budget stopped them), with
+        ``max_cost`` (USD) as its budget when given. Returns how many.
+
+        Raises BatchError when the batch's budget is still spent: its jobs would end cancelled again.
+        """
+        if max_cost is not None:
+            await self.redis.hset(keys.batch(batch_id), "max_cost", max_cost)
+        status = await self.status(batch_id)
+        if status.budget_exceeded:
+            raise BatchError(
+                f"batch {batch_id} spent ${status.cost:.4f} of its budget ({_budget_words(status)}): "
+                "give a higher one to go on (--max-cost USD)"
+            )
+        return await self._requeue(batch_id, "cancelled")
+
+    async def _requeue(self, batch_id: str, status_name: str) -> int:
         await self.status(batch_id)
         jobs: list[Job] = []
         async for _job_id, _custom_id, result in self.results(batch_id):
-            if result is not None and result.status == "failed" and result.request:
+            if result is not None and result.status == status_name and result.request:
                 jobs.append(Job.model_validate(result.request))
         for start in range(0, len(jobs), _CHUNK):
             chunk = jobs[start : start + _CHUNK]
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.delete(*[keys.result(job.id) for job in chunk])
                 pipe.delete(*[keys.done(job.id) for job in chunk])
-                pipe.hincrby(keys.batch(batch_id), "failed", -len(chunk))
+                pipe.hincrby(keys.batch(batch_id), status_name, -len(chunk))
                 pipe.hdel(keys.batch(batch_id), "cancel_requested")
                 await pipe.execute()
             await self.store.enqueue(chunk)
@@ -515,3 +534,9 @@ def new_batch_id(path: Path) -> str:
     first's, would never run."""
     stem = re.sub(r"[^\w.-]", "-", path.stem)[:60] or "batch"
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+
+
+def _budget_words(status: BatchStatus) -> str:
+    caps = [f"max ${status.max_cost:g}"] if status.max_cost is not None else []
+    caps += [f"max {status.max_tokens} tokens"] if status.max_tokens is not None else []
+    return ", ".join(caps)

@@ -79,3 +79,28 @@ def test_prices_given_in_the_config_price_and_cap_a_model_litellm_does_not_know(
     assert costs and all(c is not None and c > 0 for c in costs), costs
     assert 0.008 <= sum(costs) <= 0.01 * 1.2, sum(costs)
     assert stats["requests"] == len(costs) < 50
+
+
+def test_a_batch_its_budget_stopped_goes_on_with_a_higher_one(tmp_path: Path) -> None:
+    lines = ({"custom_id": f"q{n}", "messages": [{"role": "user", "content": f"q {n}"}]} for n in range(30))
+    source = write_jsonl(tmp_path / "in.jsonl", lines)
+    output = tmp_path / "out.jsonl"
+    (tmp_path / "config.toml").write_text(
+        "[llm]\ninput_cost_per_token = 0.0001\noutput_cost_per_token = 0.0001\n", encoding="utf-8"
+    )
+    with ProviderProcess(ProviderConfig(api_key=KEY, latency=0.05, rate_limit_headers="none")) as provider:
+        env = clean_env(LLM_MODEL="openai/my-finetune-xyz", LLM_BASE_URL=provider.base_url, LLM_API_KEY=KEY)
+        run = ["run", str(source), "-o", str(output), "--no-cache", "--batch", "b1"]
+        stopped = llmqueue_cli([*run, "--max-cost", "0.01"], env, tmp_path)
+        first = provider.stats()["requests"]
+        resumed = llmqueue_cli(
+            ["run", "--resume", "b1", "-o", str(output), "--no-cache", "--max-cost", "1"], env, tmp_path
+        )
+        total = provider.stats()["requests"]
+
+    assert stopped.returncode == 1, stopped.stderr
+    said = stopped.stdout + stopped.stderr
+    assert "llmqueue run --resume b1" in said and "--max-cost USD" in said, said
+    assert resumed.returncode == 0, (resumed.stdout, resumed.stderr)
+    assert [r["llmqueue"]["status"] for r in read_jsonl(output)] == ["succeeded"] * 30
+    assert first < 30 and total == 30  # the jobs that ran before did not run again
