@@ -10,8 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from llmqueue import keys
 from llmqueue.batches.batch_api import BatchApiRun, FileLimits, check_supported
 from llmqueue.batches.control import Batches
-from llmqueue.batches.input import iter_jobs
+from llmqueue.batches.input import LineError, iter_jobs
 from llmqueue.batches.options import RunOptions, run_settings, with_workers_llm
+from llmqueue.batches.output import write_rejects
 from llmqueue.cache import ResponseCache, open_store
 from llmqueue.models import Job
 from llmqueue.queue.ledger import BatchStatus
@@ -33,22 +34,31 @@ class BatchApiTier:
             check_supported(self._jobs(options.file), self.settings.llm_for(options.llm_config))
 
     def _jobs(self, source: Path) -> list[Job]:
-        jobs = [
-            item
-            for item in iter_jobs(
-                source,
-                batch_id=self.batch_id,
-                default_model=self.options.model,
-                llm_config=self.options.llm_config,
-            )
-            if isinstance(item, Job)
-        ]
-        for job in jobs:
-            job.cache = self.use_cache
-        return jobs
+        return self._read(source)[0]
+
+    def _read(self, source: Path) -> tuple[list[Job], list[LineError]]:
+        """The file's jobs, and the lines rejected (``--skip-invalid`` lets the run go on without them)."""
+        jobs: list[Job] = []
+        rejected: list[LineError] = []
+        for item in iter_jobs(
+            source,
+            batch_id=self.batch_id,
+            default_model=self.options.model,
+            llm_config=self.options.llm_config,
+        ):
+            if isinstance(item, Job):
+                item.cache = self.use_cache
+                jobs.append(item)
+            else:
+                rejected.append(item)
+        return jobs, rejected
 
     async def run(self, batches: Batches, source: Path, console: Console) -> BatchStatus:
-        jobs = self._jobs(source)
+        jobs, rejected = self._read(source)
+        if rejected:  # as a live run does: the rejected lines go to --rejects
+            path = self.options.rejects or self.options.output.with_suffix(".rejected.jsonl")
+            write_rejects(rejected, path)
+            console.print(f"{len(rejected)} line(s) rejected, written to {path}")
         await batches.register(self.batch_id, jobs, source=source)
         await batches.redis.hset(keys.batch(self.batch_id), "via", "batch-api")
         console.print(f"batch [bold]{self.batch_id}[/bold]: {len(jobs)} line(s) for the provider's Batch API")

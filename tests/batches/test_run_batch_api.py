@@ -130,3 +130,21 @@ def test_batch_api_options_without_the_tier_are_refused(tmp_path: Path) -> None:
     code, stderr = run([str(source), "--enqueued-token-limit", "90000"], run_env(), tmp_path, timeout=60)
     assert code == 2
     assert "apply to --via batch-api" in stderr
+
+
+def test_skip_invalid_via_batch_api_writes_the_rejected_lines_to_rejects(
+    tmp_path: Path, batch_name: str
+) -> None:
+    source = eval_file(tmp_path / "eval.jsonl", 3)
+    with source.open("a", encoding="utf-8") as out:
+        out.write('{"custom_id": "bad", "messages": "not a list"}\n')
+    output, rejects = tmp_path / "out.jsonl", tmp_path / "rejected.jsonl"
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
+        env = run_env(**provider_env(provider))
+        args = [str(source), "-o", str(output), "--via", "batch-api", "--poll-interval", "0.2"]
+        args += ["--batch", batch_name, "--skip-invalid", "--rejects", str(rejects)]
+        code, stderr = run(args, env, tmp_path)
+    assert code == 0, stderr
+    assert [r["custom_id"] for r in read_jsonl(output)] == ["q0", "q1", "q2"]
+    assert "1 line(s) rejected" in stderr
+    assert [json.loads(line)["line"] for line in rejects.read_text(encoding="utf-8").splitlines()] == [4]
