@@ -148,3 +148,42 @@ def test_skip_invalid_via_batch_api_writes_the_rejected_lines_to_rejects(
     assert [r["custom_id"] for r in read_jsonl(output)] == ["q0", "q1", "q2"]
     assert "1 line(s) rejected" in stderr
     assert [json.loads(line)["line"] for line in rejects.read_text(encoding="utf-8").splitlines()] == [4]
+
+
+def test_a_stalled_batch_api_batch_is_told_to_go_on_through_the_batch_api(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # A Batch API batch whose process is gone: its lines are registered, never queued for workers.
+    source = eval_file(tmp_path / "eval.jsonl", 2)
+    register = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from llmqueue import keys\n"
+        "from llmqueue.batches.control import Batches\n"
+        "from llmqueue.batches.input import iter_jobs\n"
+        "from llmqueue.producer import Producer\n"
+        "from llmqueue.settings import Settings\n"
+        "async def main():\n"
+        "    async with Producer(Settings(redis_url=sys.argv[1])) as producer:\n"
+        "        batches = Batches(producer.store)\n"
+        "        jobs = list(iter_jobs(Path(sys.argv[2]), batch_id='evals'))\n"
+        "        await batches.register('evals', jobs, source=Path(sys.argv[2]))\n"
+        "        await producer.store.redis.hset(keys.batch('evals'), 'via', 'batch-api')\n"
+        "asyncio.run(main())\n"
+    )
+    env = run_env()
+    subprocess.run([sys.executable, "-c", register, redis_url, str(source)], env=env, check=True, timeout=60)
+
+    args = ["results", "evals", "--wait", "-o", "out.jsonl", "--redis-url", redis_url]
+    done = subprocess.run(
+        [sys.executable, "-m", "llmqueue", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert "llmqueue submit FILE --batch evals --via batch-api" in done.stderr, done.stderr
+    assert "llmqueue run --resume evals --via batch-api" in done.stderr
