@@ -240,6 +240,9 @@ class Batches:
         """
         await self.status(batch_id)
         await self.redis.hset(keys.batch(batch_id), "cancel_requested", 1)
+        # A Batch API batch's jobs wait at the provider, not in the queue: they end as cancelled here
+        # (an answer its process stores later is not kept: a result is stored once).
+        at_provider = await self.redis.hget(keys.batch(batch_id), "via") == b"batch-api"
         cancelled = seen = 0
         start = 0
         while True:
@@ -247,13 +250,13 @@ class Batches:
             if not members:
                 return cancelled
             job_ids = [member.decode() for member in members]
-            cancelled += await self._cancel_chunk(batch_id, job_ids)
+            cancelled += await self._cancel_chunk(batch_id, job_ids, at_provider=at_provider)
             seen += len(job_ids)
             start += len(members)
             if on_progress is not None:
                 on_progress(seen, cancelled)
 
-    async def _cancel_chunk(self, batch_id: str, job_ids: list[str]) -> int:
+    async def _cancel_chunk(self, batch_id: str, job_ids: list[str], *, at_provider: bool = False) -> int:
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.exists(keys.result(job_id), keys.arq_in_progress(job_id))
@@ -264,7 +267,9 @@ class Batches:
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in waiting:
                 pipe.zrem(self.store.queue_name, job_id)
-            removed = [job_id for job_id, n in zip(waiting, await pipe.execute(), strict=True) if n]
+            removed = [
+                job_id for job_id, n in zip(waiting, await pipe.execute(), strict=True) if n or at_provider
+            ]
         if not removed:
             return 0
         states = await self.store.read_waiting_many(removed)

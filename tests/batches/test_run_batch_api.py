@@ -150,29 +150,47 @@ def test_skip_invalid_via_batch_api_writes_the_rejected_lines_to_rejects(
     assert [json.loads(line)["line"] for line in rejects.read_text(encoding="utf-8").splitlines()] == [4]
 
 
+REGISTER = (
+    "import asyncio, sys\n"
+    "from pathlib import Path\n"
+    "from llmqueue import keys\n"
+    "from llmqueue.batches.control import Batches\n"
+    "from llmqueue.batches.input import iter_jobs\n"
+    "from llmqueue.producer import Producer\n"
+    "from llmqueue.settings import Settings\n"
+    "async def main():\n"
+    "    async with Producer(Settings(redis_url=sys.argv[1])) as producer:\n"
+    "        batches = Batches(producer.store)\n"
+    "        jobs = list(iter_jobs(Path(sys.argv[2]), batch_id='evals'))\n"
+    "        await batches.register('evals', jobs, source=Path(sys.argv[2]))\n"
+    "        await producer.store.redis.hset(keys.batch('evals'), 'via', 'batch-api')\n"
+    "asyncio.run(main())\n"
+)
+"""Registers the lines of a file as Batch API batch ``evals`` in a Redis, as ``--via batch-api`` does."""
+
+
+def register_batch_api_batch(redis_url: str, source: Path) -> dict[str, str]:
+    env = run_env()
+    subprocess.run([sys.executable, "-c", REGISTER, redis_url, str(source)], env=env, check=True, timeout=60)
+    return env
+
+
+def llmqueue(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmqueue", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_a_stalled_batch_api_batch_is_told_to_go_on_through_the_batch_api(
     tmp_path: Path, redis_url: str
 ) -> None:
     # A Batch API batch whose process is gone: its lines are registered, never queued for workers.
-    source = eval_file(tmp_path / "eval.jsonl", 2)
-    register = (
-        "import asyncio, sys\n"
-        "from pathlib import Path\n"
-        "from llmqueue import keys\n"
-        "from llmqueue.batches.control import Batches\n"
-        "from llmqueue.batches.input import iter_jobs\n"
-        "from llmqueue.producer import Producer\n"
-        "from llmqueue.settings import Settings\n"
-        "async def main():\n"
-        "    async with Producer(Settings(redis_url=sys.argv[1])) as producer:\n"
-        "        batches = Batches(producer.store)\n"
-        "        jobs = list(iter_jobs(Path(sys.argv[2]), batch_id='evals'))\n"
-        "        await batches.register('evals', jobs, source=Path(sys.argv[2]))\n"
-        "        await producer.store.redis.hset(keys.batch('evals'), 'via', 'batch-api')\n"
-        "asyncio.run(main())\n"
-    )
-    env = run_env()
-    subprocess.run([sys.executable, "-c", register, redis_url, str(source)], env=env, check=True, timeout=60)
+    env = register_batch_api_batch(redis_url, eval_file(tmp_path / "eval.jsonl", 2))
 
     args = ["results", "evals", "--wait", "-o", "out.jsonl", "--redis-url", redis_url]
     done = subprocess.run(
@@ -187,3 +205,23 @@ def test_a_stalled_batch_api_batch_is_told_to_go_on_through_the_batch_api(
     assert done.returncode == 2, done.stderr
     assert "llmqueue submit FILE --batch evals --via batch-api" in done.stderr, done.stderr
     assert "llmqueue run --resume evals --via batch-api" in done.stderr
+
+
+def test_cancel_of_a_batch_api_batch_ends_its_jobs_and_status_and_results_agree(
+    tmp_path: Path, redis_url: str
+) -> None:
+    env = register_batch_api_batch(redis_url, eval_file(tmp_path / "eval.jsonl", 3))
+
+    cancelled = llmqueue(["cancel", "evals", "--redis-url", redis_url], env, tmp_path)
+    status = llmqueue(["status", "evals", "--json", "--redis-url", redis_url], env, tmp_path)
+    results = llmqueue(
+        ["results", "evals", "--wait", "-o", "out.jsonl", "--redis-url", redis_url], env, tmp_path
+    )
+
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "3 job(s) cancelled" in cancelled.stdout + cancelled.stderr
+    counts = json.loads(status.stdout)
+    assert (counts["cancelled"], counts["queued"], counts["done"]) == (3, 0, True), counts
+    assert results.returncode in (0, 1), results.stderr  # written, not stalled (exit 2)
+    records = read_jsonl(tmp_path / "out.jsonl")
+    assert [r["llmqueue"]["status"] for r in records] == ["cancelled"] * 3
