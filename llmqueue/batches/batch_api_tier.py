@@ -14,8 +14,11 @@ from llmqueue.batches.input import LineError, iter_jobs
 from llmqueue.batches.options import RunOptions, run_settings, with_workers_llm
 from llmqueue.batches.output import write_rejects
 from llmqueue.cache import ResponseCache, open_store
+from llmqueue.errors import BatchError, LLMQueueError
+from llmqueue.llm.classify import short_message
 from llmqueue.models import Job
 from llmqueue.queue.ledger import BatchStatus
+from llmqueue.redaction import redact
 from llmqueue.settings import Settings
 
 
@@ -52,6 +55,16 @@ class BatchApiTier:
             else:
                 rejected.append(item)
         return jobs, rejected
+
+    def _provider_failed(self, exc: Exception) -> BatchError:
+        """The error a provider's failure ends the run with: what it said, and how to go on."""
+        llm = self.settings.llm_for(self.options.llm_config)
+        secrets = [llm.api_key.get_secret_value()] if llm.api_key else []
+        said = short_message(redact(f"{type(exc).__name__}: {exc}", secrets)).replace("\n", " ")
+        return BatchError(
+            f"batch {self.batch_id}: the provider's Batch API failed ({said}); the lines answered so far "
+            f"are kept: go on with `llmqueue run --resume {self.batch_id} --via batch-api`"
+        )
 
     async def run(self, batches: Batches, source: Path, console: Console) -> BatchStatus:
         jobs, rejected = self._read(source)
@@ -90,7 +103,12 @@ class BatchApiTier:
                     fallback_live=self.options.fallback == "live",
                     limits=FileLimits(max_tokens=self.options.enqueued_token_limit),
                 )
-                await tier.run(self.batch_id, jobs, self.options.llm_config)
+                try:
+                    await tier.run(self.batch_id, jobs, self.options.llm_config)
+                except LLMQueueError:
+                    raise
+                except Exception as exc:  # the provider's (or LiteLLM's) error: one line, resumable
+                    raise self._provider_failed(exc) from None
                 progress.update(task, completed=(await batches.status(self.batch_id)).finished)
         finally:
             if cache is not None:

@@ -225,3 +225,21 @@ def test_cancel_of_a_batch_api_batch_ends_its_jobs_and_status_and_results_agree(
     assert results.returncode in (0, 1), results.stderr  # written, not stalled (exit 2)
     records = read_jsonl(tmp_path / "out.jsonl")
     assert [r["llmqueue"]["status"] for r in records] == ["cancelled"] * 3
+
+
+def test_an_unreachable_batch_api_ends_in_one_line_and_the_batch_can_be_resumed(
+    tmp_path: Path, batch_name: str
+) -> None:
+    source = eval_file(tmp_path / "eval.jsonl", 2)
+    env = run_env(
+        LLM_MODEL="openai/gpt-4o-mini", LLM_BASE_URL="http://127.0.0.1:9/v1", LLM_API_KEY=TEST_API_KEY
+    )
+    args = [str(source), "-o", str(tmp_path / "out.jsonl"), "--via", "batch-api", "--batch", batch_name]
+
+    code, stderr = run(args, env, tmp_path)
+
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    assert "the provider's Batch API failed" in stderr
+    assert f"llmqueue run --resume {batch_name} --via batch-api" in stderr
+    assert run_dir(batch_name).exists()  # its embedded Redis is kept for the resume
