@@ -119,11 +119,16 @@ def _next_step(
     return FailureDecision("fail")
 
 
-def moves_on_before_call(*, taken_out: bool, lately_out: bool, has_fallback: bool) -> bool:
+def moves_on_before_call(
+    *, taken_out: bool, lately_out: bool, pausing: bool, fallback_has_room: bool, has_fallback: bool
+) -> bool:
     """Whether a job goes to its next fallback before calling its model at all (no attempt spent).
 
     It does when it has a fallback left and its model's deployments are known to be down: the
     circuit breaker has them all out (``taken_out``), or took every one of them out lately
-    (``lately_out``: they came back less than a minute ago and have not shown they are well again).
+    (``lately_out``: they came back less than a minute ago and have not shown they are well again);
+    or when all of them pause after 429s (``pausing``) while the fallback takes calls now.
     """
-    return has_fallback and (taken_out or lately_out)
+    if not has_fallback:
+        return False
+    return taken_out or lately_out or (pausing and fallback_has_room)

@@ -46,7 +46,16 @@ class Fallbacks:
             return False
         model = fallback_model(self._fallbacks, own_model, start.fallback)
         state = await self._breaker.service(self._scopes(model, llm))
-        return moves_on_before_call(taken_out=state.taken_out, lately_out=state.lately_out, has_fallback=True)
+        following = self.next_of(own_model, start)
+        assert following is not None
+        room = state.out_for > 0 and (await self._breaker.service(self._scopes(following, llm))).out_for == 0
+        return moves_on_before_call(
+            taken_out=state.taken_out,
+            lately_out=state.lately_out,
+            pausing=state.out_for > 0,
+            fallback_has_room=room,
+            has_fallback=True,
+        )
 
     async def after_failure(
         self, own_model: str, start: AttemptStart, scopes: list[str], llm: LLMConfig

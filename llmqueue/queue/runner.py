@@ -175,7 +175,13 @@ class JobRunner:
                 if spent:
                     await self._finish_stopped(job, "budget_exceeded", start)
                     return
-            too_large = await self.admitter.admit(call)
+            try:
+                too_large = await self.admitter.admit(call)
+            except Retry:
+                # Deferred (a 429's pause, the breaker): a job whose fallback takes calls now goes there.
+                if await self.fallbacks.skips_current(job_model(job, llm), start, llm):
+                    await self._move_on_before_call(job, llm, start)
+                raise
             if too_large is not None:
                 await self._failed(call, too_large, latency=0.0)
                 return

@@ -170,17 +170,24 @@ def test_a_429_moves_on_after_one_attempt_when_the_fallback_has_room() -> None:
 
 
 @pytest.mark.parametrize(
-    ("taken_out", "lately_out", "has_fallback", "moves"),
+    ("taken_out", "lately_out", "pausing", "room", "has_fallback", "moves"),
     [
-        (True, True, True, True),
-        (False, True, True, True),
-        (False, False, True, False),
-        (True, True, False, False),
+        (True, True, False, False, True, True),  # taken out now
+        (False, True, False, False, True, True),  # came back less than a minute ago
+        (False, False, False, False, True, False),  # in service
+        (False, False, True, True, True, True),  # pausing after 429s, the fallback takes calls
+        (False, False, True, False, True, False),  # pausing, and so is the fallback
+        (True, True, False, False, False, False),  # no fallback left
     ],
 )
 def test_a_job_skips_a_model_known_to_be_down_before_calling_it(
-    taken_out: bool, lately_out: bool, has_fallback: bool, moves: bool
+    taken_out: bool, lately_out: bool, pausing: bool, room: bool, has_fallback: bool, moves: bool
 ) -> None:
-    assert (
-        moves_on_before_call(taken_out=taken_out, lately_out=lately_out, has_fallback=has_fallback) is moves
+    decided = moves_on_before_call(
+        taken_out=taken_out,
+        lately_out=lately_out,
+        pausing=pausing,
+        fallback_has_room=room,
+        has_fallback=has_fallback,
     )
+    assert decided is moves
