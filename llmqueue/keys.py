@@ -116,6 +116,11 @@ def breaker_failures(scope: str) -> str:
     return f"{PREFIX}:breaker:{{{scope}}}:fails"
 
 
+def breaker_last_out(scope: str) -> str:
+    """Set when a deployment is taken out (the reason), kept a while after it came back."""
+    return f"{PREFIX}:breaker:{{{scope}}}:last_out"
+
+
 def breaker_down(scope: str) -> str:
     """A hash set while a deployment is taken out (reason, times out), expiring when it comes back."""
     return f"{PREFIX}:breaker:{{{scope}}}:down"

@@ -52,6 +52,12 @@ class LLMConfig(BaseModel):
     drop_params: bool = True
     disable_vision: bool = False
     caching_prompt: bool = True
+    input_cost_per_token: float | None = Field(
+        None, ge=0, description="USD per prompt token of `model`, for a model LiteLLM has no price for"
+    )
+    output_cost_per_token: float | None = Field(
+        None, ge=0, description="USD per completion token of `model` (with input_cost_per_token)"
+    )
     num_retries: int = Field(4, ge=0, description="retries after the first attempt (429 and transient)")
     retry_min_wait: float = Field(5.0, ge=0, description="seconds")
     retry_max_wait: float = Field(30.0, ge=0, description="seconds")

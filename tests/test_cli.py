@@ -488,7 +488,10 @@ def test_retry_failed_queues_the_failed_jobs_again(redis_url: str, tmp_path: Pat
 def test_retry_without_failed_exits_2_saying_what_to_type(redis_url: str, tmp_path: Path) -> None:
     process = llmqueue_process("retry", "some-batch", "--redis-url", redis_url, cwd=tmp_path)
     assert process.returncode == 2
-    assert process.stderr.strip() == "llmqueue: say what to retry: llmqueue retry BATCH --failed"
+    assert (
+        process.stderr.strip()
+        == "llmqueue: say what to retry: llmqueue retry BATCH --failed (or --cancelled)"
+    )
 
 
 # ---- configuration -------------------------------------------------------------------------------

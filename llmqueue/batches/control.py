@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 
 from llmqueue import keys
 from llmqueue.batches.follow import STALL_CHECK_SECONDS, BatchFollowing
@@ -19,7 +20,7 @@ from llmqueue.batches.submit import (
     request_fingerprint,
 )
 from llmqueue.errors import BatchError
-from llmqueue.models import Job, JobResult
+from llmqueue.models import AttemptError, Job, JobResult, Timings
 from llmqueue.queue.cancel import cancel_queued
 from llmqueue.queue.ledger import BatchLedger, BatchStatus
 from llmqueue.queue.ready import set_weight
@@ -78,6 +79,9 @@ class Batches(BatchSubmission, BatchFollowing):
         """
         await self.status(batch_id)
         await self.redis.hset(keys.batch(batch_id), "cancel_requested", 1)
+        # A Batch API batch's jobs wait at the provider, not in the queue: they end as cancelled here
+        # (an answer its process stores later is not kept: a result is stored once).
+        at_provider = await self.redis.hget(keys.batch(batch_id), "via") == b"batch-api"
         cancelled = seen = 0
         start = 0
         while True:
@@ -85,7 +89,10 @@ class Batches(BatchSubmission, BatchFollowing):
             if not members:
                 return cancelled
             job_ids = [member.decode() for member in members]
-            cancelled += await self._cancel_chunk(batch_id, job_ids)
+            if at_provider:
+                cancelled += await self._cancel_at_provider(batch_id, job_ids)
+            else:
+                cancelled += await self._cancel_chunk(batch_id, job_ids)
             seen += len(job_ids)
             start += len(members)
             if on_progress is not None:
@@ -97,19 +104,59 @@ class Batches(BatchSubmission, BatchFollowing):
         )
         return len(cancelled)
 
+    async def _cancel_at_provider(self, batch_id: str, job_ids: list[str]) -> int:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(keys.result(job_id), keys.arq_in_progress(job_id))
+            found = await pipe.execute()
+        waiting = [job_id for job_id, count in zip(job_ids, found, strict=True) if not count]
+        if not waiting:
+            return 0
+        states = await self.store.read_waiting_many(waiting)
+        results = [
+            (_cancelled_result(job_id, batch_id, failures, queued_at), bool(failures))
+            for job_id, (failures, queued_at) in zip(waiting, states, strict=True)
+        ]
+        stored = await self.store.finish_many(results)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in waiting:
+                pipe.zrem(self.store.queue_name, job_id)
+                pipe.delete(keys.arq_job(job_id), keys.arq_retry(job_id))
+            await pipe.execute()
+        return sum(stored)
+
     async def retry_failed(self, batch_id: str) -> int:
         """Queue the batch's failed jobs again, with a fresh retry budget. Returns how many."""
+        return await self._requeue(batch_id, "failed")
+
+    async def retry_cancelled(self, batch_id: str, *, max_cost: float | None = None) -> int:
+        """Queue the batch's cancelled jobs again (a cancel or its budget stopped them), with
+        ``max_cost`` (USD) as its budget when given. Returns how many.
+
+        Raises BatchError when the batch's budget is still spent: its jobs would end cancelled again.
+        """
+        if max_cost is not None:
+            await self.redis.hset(keys.batch(batch_id), "max_cost", max_cost)
+        status = await self.status(batch_id)
+        if status.budget_exceeded:
+            raise BatchError(
+                f"batch {batch_id} spent ${status.cost:.4f} of its budget ({_budget_words(status)}): "
+                "give a higher one to go on (--max-cost USD)"
+            )
+        return await self._requeue(batch_id, "cancelled")
+
+    async def _requeue(self, batch_id: str, status_name: str) -> int:
         await self.status(batch_id)
         jobs: list[Job] = []
         async for _job_id, _custom_id, result in self.results(batch_id):
-            if result is not None and result.status == "failed" and result.request:
+            if result is not None and result.status == status_name and result.request:
                 jobs.append(Job.model_validate(result.request))
         for start in range(0, len(jobs), _CHUNK):
             chunk = jobs[start : start + _CHUNK]
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.delete(*[keys.result(job.id) for job in chunk])
                 pipe.delete(*[keys.done(job.id) for job in chunk])
-                pipe.hincrby(keys.batch(batch_id), "failed", -len(chunk))
+                pipe.hincrby(keys.batch(batch_id), status_name, -len(chunk))
                 pipe.hdel(keys.batch(batch_id), "cancel_requested")
                 keep_batch(pipe, batch_id, queued_batch_ttl(self.store.job_ttl, self.store.result_ttl))
                 await pipe.execute()
@@ -161,3 +208,25 @@ class Batches(BatchSubmission, BatchFollowing):
             set_weight(pipe, self.store.queue_name, lane_of(batch_id), 1.0)
             replies = await pipe.execute()
         return deleted + int(replies[0])
+
+
+def _budget_words(status: BatchStatus) -> str:
+    caps = [f"max ${status.max_cost:g}"] if status.max_cost is not None else []
+    caps += [f"max {status.max_tokens} tokens"] if status.max_tokens is not None else []
+    return ", ".join(caps)
+
+
+def _cancelled_result(
+    job_id: str, batch_id: str, failures: list[AttemptError], queued_at: datetime
+) -> JobResult:
+    return JobResult(
+        job_id=job_id,
+        batch_id=batch_id,
+        status="cancelled",
+        attempts=len(failures),
+        errors=[
+            *failures,
+            AttemptError(attempt=len(failures), kind="cancelled", message="the batch was cancelled"),
+        ],
+        timings=Timings(queued_at=queued_at),
+    )

@@ -68,10 +68,15 @@ class BatchFollowing:
             await asyncio.sleep(1.0)  # a job between two keys (retry_failed re-queueing it) is not lost
             lost = await self._without_trace(lost)
         if lost:
+            # The commands keep the batch's tier: a Batch API batch's lines never go to live workers
+            # (at live prices) without the user saying so.
+            via = await self.redis.hget(keys.batch(batch_id), "via")
+            tier = " --via batch-api" if via == b"batch-api" else ""
             raise BatchStalledError(
                 f"batch {batch_id}: {len(lost)} job(s) are neither queued, running nor finished (e.g. "
                 f"{lost[0]}), so it can never be done; submit its file again to the same batch "
-                f"(`llmqueue submit FILE --batch {batch_id}` or `llmqueue run --resume {batch_id}`) "
+                f"(`llmqueue submit FILE --batch {batch_id}{tier}` or "
+                f"`llmqueue run --resume {batch_id}{tier}`) "
                 "to queue them"
             )
         interval = self.settings.worker.heartbeat_interval if self.settings else 5.0

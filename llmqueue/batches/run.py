@@ -84,7 +84,7 @@ async def _run_locked(
     data_dir: Path,
     use_cache: bool,
 ) -> RunSummary:
-    finished = resumable = False
+    finished = resumable = stopped_by_budget = False
     tier: BatchApiTier | None = None
     if options.via == "batch-api":
         # Imported only here: it loads LiteLLM, seconds of CPU a live run spends in its workers instead.
@@ -135,17 +135,23 @@ async def _run_locked(
                         on_queueing=lambda: console.print(queueing),
                     )
                 _announce(console, batch_id, report)
+                if options.resume and options.max_cost is not None:
+                    again = await batches.retry_cancelled(batch_id, max_cost=options.max_cost)
+                    if again:
+                        console.print(f"{again} cancelled job(s) queued again under the new budget")
                 if report.rejected:
                     rejects = options.rejects or options.output.with_suffix(".rejected.jsonl")
                     write_rejects(report.rejected, rejects)
                     shown = escape(str(rejects))
                     console.print(f"{len(report.rejected)} line(s) rejected, written to {shown}")
                 status = await _watch(batches, batch_id, cluster, console, producer, lock)
+                stopped_by_budget = status.budget_exceeded and status.cancelled > 0
                 failures = await write_results(batches.results(batch_id), options.output)
                 finished = True
     finally:
-        # Keep the data only of a run that was interrupted after it began: that is what --resume needs.
-        if finished or options.redis_url is not None or not resumable:
+        # Keep the data only of a run that was interrupted after it began, or that its budget stopped:
+        # that is what --resume needs.
+        if (finished and not stopped_by_budget) or options.redis_url is not None or not resumable:
             shutil.rmtree(data_dir, ignore_errors=True)
     return RunSummary(batch_id=batch_id, status=status, output=options.output, failures=failures)
 

@@ -115,6 +115,13 @@ class BatchSubmission:
             if not check.ok:
                 raise invalid_file_error(check, path)
         require_requests(path)
+        if max_cost is not None and self.settings is not None:
+            from llmqueue.llm.prices import budget_refusal  # imports LiteLLM
+
+            jobs = (item for item in iter_jobs(path, **options) if isinstance(item, Job))
+            refusal = budget_refusal(jobs, self.settings)
+            if refusal is not None:
+                raise BatchError(refusal)
         await self._refuse_changed_lines(path, batch_id, iter_jobs(path, **options, priority=priority))
         if on_queueing is not None:
             on_queueing()

@@ -295,17 +295,27 @@ def forget(batch: BatchArgument, config: ConfigOption = None, redis_url: RedisOp
 def retry(
     batch: BatchArgument,
     failed: Annotated[bool, typer.Option("--failed", help="Queue the failed jobs again.")] = False,
+    cancelled: Annotated[
+        bool, typer.Option("--cancelled", help="Queue the cancelled jobs again (a cancel or the budget).")
+    ] = False,
+    max_cost: MaxCostOption = None,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
-    """Queue a batch's failed jobs again, each with a fresh retry budget."""
-    if not failed:
-        raise LLMQueueError("say what to retry: llmqueue retry BATCH --failed")
-    count = with_batches(settings_from(config, redis_url), lambda b: b.retry_failed(batch))
-    console.print(f"{count} failed job(s) queued again")
+    """Queue a batch's failed (or cancelled) jobs again, each with a fresh retry budget."""
+    if not failed and not cancelled:
+        raise LLMQueueError("say what to retry: llmqueue retry BATCH --failed (or --cancelled)")
+    require_positive(max_cost=max_cost)
+    settings = settings_from(config, redis_url)
+    if failed:
+        count = with_batches(settings, lambda b: b.retry_failed(batch))
+        console.print(f"{count} failed job(s) queued again")
+    if cancelled:
+        count = with_batches(settings, lambda b: b.retry_cancelled(batch, max_cost=max_cost))
+        console.print(f"{count} cancelled job(s) queued again")
 
 
-def _resume_command(context: typer.Context, batch_id: str) -> str:
+def _resume_command(context: typer.Context, batch_id: str, *, leave_out: tuple[str, ...] = ()) -> str:
     """``llmqueue run --resume BATCH`` with the options this run was given other than their defaults:
     the resumed run needs the same provider, limits and output. The file and batch are the batch's own.
     A Redis URL with a password is left out, with a word to give it again: printed masked, the command
@@ -322,7 +332,7 @@ def _resume_command(context: typer.Context, batch_id: str) -> str:
     note = ""
     for param in context.command.params:
         name = param.name
-        if name is None or name in ("file", "batch", "resume"):
+        if name is None or name in ("file", "batch", "resume", *leave_out):
             continue
         value = plain(context.params.get(name))
         if value is None or value == plain(param.default):
@@ -482,6 +492,10 @@ def run(
         + f"{done.requests} requests ({done.rate_limited} answered 429), {done.tokens} tokens, "
         f"${done.cost:.4f} → {summary.output}"
     )
+    if done.budget_exceeded and done.cancelled:
+        hint = _resume_command(context, done.batch_id, leave_out=("max_cost",))
+        stopped = f"its budget stopped {done.cancelled} job(s)"
+        console.print(f"{stopped}; go on with a higher one: {escape(hint)} --max-cost USD")
     if not summary.ok:
         for line in summary.failures[:10]:
             console.print(f"  [red]✗[/red] {line}")

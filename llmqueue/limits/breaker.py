@@ -25,6 +25,9 @@ from llmqueue.model_list import RouterSettings
 OPEN_AT_ONCE = frozenset({"connection", "auth", "not_found"})
 COUNTED = frozenset({"server_error", "timeout"})
 FAILURE_WINDOW = 60
+# Seconds after it came back that a deployment still counts as lately taken out: jobs with a
+# fallback keep away from it meanwhile (a deployment that failed this way is not trusted at once).
+RECOVERY_WINDOW = 60
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,20 @@ class DeploymentState:
         return f"{state}{limit}, {self.requests_last_minute} calls in the last minute"
 
 
+@dataclass(frozen=True)
+class ServiceState:
+    """Whether a model's deployments can take a call: what the failure policy needs to move a job on.
+
+    ``out_for``: seconds until the first of them takes calls again (0: one takes calls now; a 429's
+    pause counts). ``taken_out``: the breaker has every one of them out. ``lately_out``: every one of
+    them is out or came back less than ``RECOVERY_WINDOW`` seconds ago.
+    """
+
+    out_for: float = 0.0
+    taken_out: bool = False
+    lately_out: bool = False
+
+
 async def deployment_states(redis: Redis, names: Sequence[str]) -> list[DeploymentState]:
     """The current state of each named deployment (for ``llmqueue status``)."""
     limiter = RateLimiter(redis)
@@ -68,10 +85,25 @@ async def deployment_states(redis: Redis, names: Sequence[str]) -> list[Deployme
 class CircuitBreaker:
     """Takes failing deployments out of routing for a while; state in Redis, shared by workers."""
 
-    def __init__(self, redis: Redis, limiter: RateLimiter, settings: RouterSettings) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        limiter: RateLimiter,
+        settings: RouterSettings,
+    ) -> None:
         self._redis = redis
         self._limiter = limiter
         self._settings = settings
+
+    async def service(self, scopes: Sequence[str]) -> ServiceState:
+        """The service state of the deployments ``scopes`` of one model (one scope: a plain model)."""
+        if not scopes:
+            return ServiceState()
+        downs = await self.down(scopes)
+        pauses = [await self._limiter.cooldown(scope, 0) for scope in scopes]
+        out_for = min(max(p, d.remaining if d else 0.0) for p, d in zip(pauses, downs, strict=True))
+        last = await self._redis.mget([keys.breaker_last_out(scope) for scope in scopes])
+        return ServiceState(out_for, all(d is not None for d in downs), all(t is not None for t in last))
 
     @staticmethod
     def is_deployment_fault(kind: str) -> bool:
@@ -127,4 +159,5 @@ class CircuitBreaker:
             pipe.hset(down, mapping={"reason": kind})
             pipe.pexpire(down, max(1, math.ceil(remaining * 1000)))
             pipe.delete(keys.breaker_failures(scope))
+            pipe.set(keys.breaker_last_out(scope), kind, ex=math.ceil(remaining) + RECOVERY_WINDOW)
             await pipe.execute()

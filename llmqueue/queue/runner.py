@@ -29,6 +29,7 @@ from llmqueue.llm.as_sent import request_id_of_response
 from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.llm.call import call_provider, stream_provider, supports_prompt_caching
 from llmqueue.llm.classify import classify, invalid_response, short_message
+from llmqueue.llm.prices import register_prices
 from llmqueue.llm.request import call_kwargs, job_model
 from llmqueue.llm.response import response_dict
 from llmqueue.llm.structured import INVALID_OUTPUT, OutputFormat, invalid_output_message, output_format
@@ -36,7 +37,9 @@ from llmqueue.models import AttemptError, Job
 from llmqueue.ops.events import EventSink, JobEvent, emit
 from llmqueue.queue import reask, results
 from llmqueue.queue.admission import Admitter
+from llmqueue.queue.budget import WAIT_FOR_CALLS, BudgetGate, call_price
 from llmqueue.queue.call import Call
+from llmqueue.queue.fallbacks import Fallbacks
 from llmqueue.queue.job_stream import StreamWriter
 from llmqueue.queue.ledger import BatchLedger
 from llmqueue.queue.payload import invalid_reason
@@ -73,6 +76,8 @@ class JobRunner:
     breaker: CircuitBreaker = field(init=False)
     admitter: Admitter = field(init=False)
     results: ResultWriter = field(init=False)
+    fallbacks: Fallbacks = field(init=False)
+    budget: BudgetGate = field(init=False)
 
     def __post_init__(self) -> None:
         self.ledger = BatchLedger(self.store.redis)
@@ -81,6 +86,9 @@ class JobRunner:
             self.limiter, self.sinks, max_inline_wait=self.settings.worker.max_inline_wait, emit=self._emit
         )
         self.results = ResultWriter(self.store)
+        self.fallbacks = Fallbacks(self.settings.fallbacks, self.breaker, self.deployments)
+        self.budget = BudgetGate(self.store.redis)
+        register_prices(self.settings)
 
     @property
     def release_on_finish(self) -> bool:
@@ -131,6 +139,8 @@ class JobRunner:
         if start.stop_reason is not None:
             await self._finish_stopped(job, start.stop_reason, start)
             return
+        if await self.fallbacks.skips_current(job_model(job, llm), start, llm):
+            await self._move_on_before_call(job, llm, start)
         model = fallback_model(self.settings.fallbacks, job_model(job, llm), start.fallback)
         candidates = self.deployments.candidates(model) if self.deployments else []
         if candidates:
@@ -155,15 +165,27 @@ class JobRunner:
         )
         if job.cache and self.cache is not None and await self._answered_from_cache(call):
             return
+        reserved: float | None = None
         try:
             # Everything CPU-bound happens before admission, so the request leaves soon after it is
             # admitted; a job the cache answered needs none of it.
             first = candidates[0].deployment if candidates else None
             caching = supports_prompt_caching(counted_as)
             kwargs = call_kwargs(job, llm, supports_caching=caching, model=model, deployment=first)
-            if limited:  # counting tokens costs CPU; only a token limit (configured or learnt) needs it
+            if limited or start.has_cost_budget:  # counting tokens costs CPU: only limits and budgets need it
                 call.estimate = estimate_split(job, counted_as, llm.default_completion_tokens)
-            too_large = await self.admitter.admit(call)
+            if start.has_cost_budget and job.batch_id is not None:
+                spent, reserved = await self._reserve(call, counted_as)
+                if spent:
+                    await self._finish_stopped(job, "budget_exceeded", start)
+                    return
+            try:
+                too_large = await self.admitter.admit(call)
+            except Retry:
+                # Deferred (a 429's pause, the breaker): a job whose fallback takes calls now goes there.
+                if await self.fallbacks.skips_current(job_model(job, llm), start, llm):
+                    await self._move_on_before_call(job, llm, start)
+                raise
             if too_large is not None:
                 await self._failed(call, too_large, latency=0.0)
                 return
@@ -172,8 +194,24 @@ class JobRunner:
                 kwargs = call_kwargs(job, llm, supports_caching=caching, model=model, deployment=chosen)
             await self._call(call, kwargs)
         finally:
+            if reserved is not None and job.batch_id is not None:
+                await self.budget.give_back(job.batch_id, reserved)
             if call.cache_key is not None and self.cache is not None:
                 await self.cache.release(call.cache_key, job.id)
+
+    async def _reserve(self, call: Call, model: str) -> tuple[bool, float | None]:
+        """Reserve the call's estimated price in its batch's budget (see :mod:`llmqueue.queue.budget`):
+        (the budget is spent, the price reserved: None for a model without a known price). A budget the
+        calls in flight fill re-defers the job until they settle (not an attempt)."""
+        assert call.job.batch_id is not None
+        price = call_price(model, call.estimate)
+        if price is None:
+            return False, None
+        answer = await self.budget.reserve(call.job.batch_id, price)
+        if answer == "wait":
+            self._emit("deferred", call, wait=WAIT_FOR_CALLS, reason="budget_in_flight")
+            raise Retry(defer=WAIT_FOR_CALLS)
+        return answer == "spent", price if answer == "ok" else None
 
     async def _answered_from_cache(self, call: Call) -> bool:
         """Finish the job from the cache (True), wait for an identical call in flight, or own the miss."""
@@ -318,13 +356,18 @@ class JobRunner:
     ) -> None:
         """Carry out what the failure policy (:func:`llmqueue.llm.failure.decide`) says for ``call``:
         pause the scope, then reroute, retry or fall back (re-enqueue with arq's Retry), or fail the job."""
+        own_model = job_model(call.job, call.llm)
+        scopes = [c.scope for c in call.candidates] or [call.scope]
+        state = await self.fallbacks.after_failure(own_model, call.start, scopes, call.llm)
         decision = failure.decide(
             error,
             attempt_of_model=call.attempt_of_model,
             policy=RetryPolicy.from_llm(call.llm),
-            fallbacks=self.settings.fallbacks.get(job_model(call.job, call.llm), []),
+            fallbacks=self.settings.fallbacks.get(own_model, []),
             moved_on=call.start.fallback,
             reroutable=reroutable,
+            out_for=state.out_for,
+            fallback_has_room=state.fallback_has_room,
         )
         if decision.scope_pause is not None:
             await self.admitter.cooldown(call.scope, decision.scope_pause, longest=decision.delay)
@@ -353,13 +396,32 @@ class JobRunner:
             await self.store.record_error(
                 call.job.id, call.job.batch_id, summary, fallback=decision.fallback_number
             )
-            message = f"{error.message} (retries spent: falling back to {decision.fallback})"
+            message = f"{error.message} (falling back to {decision.fallback})"
             self._emit("retrying", call, wait=0.0, message=message, **details)
             raise Retry(defer=0)
         result = results.failed(call, summary, worker_id=self.worker_id)
         result.error_body, result.request_id = error.body, error.request_id
         await self.results.keep_paid(result, reply_to=call.job.reply_to)
         self._emit("failed", call, message=error.message, **details)
+
+    async def _move_on_before_call(self, job: Job, llm: LLMConfig, start: AttemptStart) -> None:
+        """The job's model is known to be down: the job goes to its next fallback at once, no call made."""
+        following = self.fallbacks.next_of(job_model(job, llm), start)
+        await self.store.move_to_fallback(job.id, start.fallback + 1, after=len(start.failures))
+        emit(
+            self.sinks,
+            JobEvent(
+                "rerouted",
+                job.id,
+                job.batch_id,
+                model=fallback_model(self.settings.fallbacks, job_model(job, llm), start.fallback),
+                reason="model_down",
+                message=f"its model is out of service: falling back to {following}",
+                worker_id=self.worker_id,
+                priority=job.priority,
+            ),
+        )
+        raise Retry(defer=0)
 
     async def _reroutable(self, call: Call, error: ProviderError) -> bool:
         """After a deployment's fault (connection error, 5xx, timeout, 401/404): whether the breaker took

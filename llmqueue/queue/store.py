@@ -44,6 +44,8 @@ class AttemptStart:
     """How many of its model's ``fallbacks`` the job has moved on by (0: still its own model)."""
     fallback_after: int = 0
     """Failed calls before the current fallback began: its retries are counted from there."""
+    has_cost_budget: bool = False
+    """The job's batch has a ``max_cost``: each call reserves its estimated price first."""
 
     @classmethod
     def from_replies(
@@ -64,6 +66,7 @@ class AttemptStart:
             stop_reason=ledger.stop_reason(gate) if gate is not None else None,
             fallback=int(fallback or 0),
             fallback_after=int(fallback_after or 0),
+            has_cost_budget=gate is not None and gate[ledger.GATE_FIELDS.index("max_cost")] is not None,
         )
 
 
@@ -169,6 +172,14 @@ class JobStore:
             pipe.expire(keys.attempt_errors(job_id), self.job_ttl_ms // 1000)
             if batch_id is not None:
                 BatchLedger.count_retry(pipe, batch_id, rate_limited=error.kind == "rate_limit")
+            await pipe.execute()
+
+    async def move_to_fallback(self, job_id: str, fallback: int, *, after: int) -> None:
+        """Move a job on to entry ``fallback`` (1-based) of its model's fallbacks without a failed call
+        (its model is known to be down); its retries there count from the ``after`` calls failed so far."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.state(job_id), mapping={"fallback": fallback, "fallback_after": after})
+            pipe.expire(keys.state(job_id), self.job_ttl_ms // 1000)
             await pipe.execute()
 
     async def count_reroute(self, job_id: str) -> int:

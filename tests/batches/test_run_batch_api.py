@@ -130,3 +130,116 @@ def test_batch_api_options_without_the_tier_are_refused(tmp_path: Path) -> None:
     code, stderr = run([str(source), "--enqueued-token-limit", "90000"], run_env(), tmp_path, timeout=60)
     assert code == 2
     assert "apply to --via batch-api" in stderr
+
+
+def test_skip_invalid_via_batch_api_writes_the_rejected_lines_to_rejects(
+    tmp_path: Path, batch_name: str
+) -> None:
+    source = eval_file(tmp_path / "eval.jsonl", 3)
+    with source.open("a", encoding="utf-8") as out:
+        out.write('{"custom_id": "bad", "messages": "not a list"}\n')
+    output, rejects = tmp_path / "out.jsonl", tmp_path / "rejected.jsonl"
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
+        env = run_env(**provider_env(provider))
+        args = [str(source), "-o", str(output), "--via", "batch-api", "--poll-interval", "0.2"]
+        args += ["--batch", batch_name, "--skip-invalid", "--rejects", str(rejects)]
+        code, stderr = run(args, env, tmp_path)
+    assert code == 0, stderr
+    assert [r["custom_id"] for r in read_jsonl(output)] == ["q0", "q1", "q2"]
+    assert "1 line(s) rejected" in stderr
+    assert [json.loads(line)["line"] for line in rejects.read_text(encoding="utf-8").splitlines()] == [4]
+
+
+REGISTER = (
+    "import asyncio, sys\n"
+    "from pathlib import Path\n"
+    "from llmqueue import keys\n"
+    "from llmqueue.batches.control import Batches\n"
+    "from llmqueue.batches.input import iter_jobs\n"
+    "from llmqueue.producer import Producer\n"
+    "from llmqueue.settings import Settings\n"
+    "async def main():\n"
+    "    async with Producer(Settings(redis_url=sys.argv[1])) as producer:\n"
+    "        batches = Batches(producer.store)\n"
+    "        jobs = list(iter_jobs(Path(sys.argv[2]), batch_id='evals'))\n"
+    "        await batches.register('evals', jobs, source=Path(sys.argv[2]))\n"
+    "        await producer.store.redis.hset(keys.batch('evals'), 'via', 'batch-api')\n"
+    "asyncio.run(main())\n"
+)
+"""Registers the lines of a file as Batch API batch ``evals`` in a Redis, as ``--via batch-api`` does."""
+
+
+def register_batch_api_batch(redis_url: str, source: Path) -> dict[str, str]:
+    env = run_env()
+    subprocess.run([sys.executable, "-c", REGISTER, redis_url, str(source)], env=env, check=True, timeout=60)
+    return env
+
+
+def llmqueue(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmqueue", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_stalled_batch_api_batch_is_told_to_go_on_through_the_batch_api(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # A Batch API batch whose process is gone: its lines are registered, never queued for workers.
+    env = register_batch_api_batch(redis_url, eval_file(tmp_path / "eval.jsonl", 2))
+
+    args = ["results", "evals", "--wait", "-o", "out.jsonl", "--redis-url", redis_url]
+    done = subprocess.run(
+        [sys.executable, "-m", "llmqueue", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert "llmqueue submit FILE --batch evals --via batch-api" in done.stderr, done.stderr
+    assert "llmqueue run --resume evals --via batch-api" in done.stderr
+
+
+def test_cancel_of_a_batch_api_batch_ends_its_jobs_and_status_and_results_agree(
+    tmp_path: Path, redis_url: str
+) -> None:
+    env = register_batch_api_batch(redis_url, eval_file(tmp_path / "eval.jsonl", 3))
+
+    cancelled = llmqueue(["cancel", "evals", "--redis-url", redis_url], env, tmp_path)
+    status = llmqueue(["status", "evals", "--json", "--redis-url", redis_url], env, tmp_path)
+    results = llmqueue(
+        ["results", "evals", "--wait", "-o", "out.jsonl", "--redis-url", redis_url], env, tmp_path
+    )
+
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "3 job(s) cancelled" in cancelled.stdout + cancelled.stderr
+    counts = json.loads(status.stdout)
+    assert (counts["cancelled"], counts["queued"], counts["done"]) == (3, 0, True), counts
+    assert results.returncode in (0, 1), results.stderr  # written, not stalled (exit 2)
+    records = read_jsonl(tmp_path / "out.jsonl")
+    assert [r["llmqueue"]["status"] for r in records] == ["cancelled"] * 3
+
+
+def test_an_unreachable_batch_api_ends_in_one_line_and_the_batch_can_be_resumed(
+    tmp_path: Path, batch_name: str
+) -> None:
+    source = eval_file(tmp_path / "eval.jsonl", 2)
+    env = run_env(
+        LLM_MODEL="openai/gpt-4o-mini", LLM_BASE_URL="http://127.0.0.1:9/v1", LLM_API_KEY=TEST_API_KEY
+    )
+    args = [str(source), "-o", str(tmp_path / "out.jsonl"), "--via", "batch-api", "--batch", batch_name]
+
+    code, stderr = run(args, env, tmp_path)
+
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    assert "the provider's Batch API failed" in stderr
+    assert f"llmqueue run --resume {batch_name} --via batch-api" in stderr
+    assert run_dir(batch_name).exists()  # its embedded Redis is kept for the resume

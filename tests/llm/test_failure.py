@@ -9,7 +9,7 @@ import pytest
 
 from llmqueue.errors import PermanentProviderError, ProviderError, RateLimitedError, RetryableProviderError
 from llmqueue.llm.backoff import RetryPolicy
-from llmqueue.llm.failure import DEFAULT_COOLDOWN, FailureDecision, decide
+from llmqueue.llm.failure import DEFAULT_COOLDOWN, FailureDecision, decide, moves_on_before_call
 
 # The lone-job schedule: clamp(0.5 * 2^(n-1), 1, 4) → 1, 1, 2, 4.
 SEED = RetryPolicy(num_retries=4, min_wait=1.0, max_wait=4.0, multiplier=0.5)
@@ -149,3 +149,45 @@ def test_jitter_is_drawn_from_the_given_randomness() -> None:
     jittery = RetryPolicy(num_retries=4, min_wait=1.0, max_wait=10.0, multiplier=2.0, jitter=0.5)
     decision = decide(server_error(), attempt_of_model=1, policy=jittery, rand=lambda: 1.0)
     assert decision == FailureDecision("retry", delay=3.0)
+
+
+def test_a_retryable_error_moves_on_at_once_when_the_model_is_out_past_the_retry() -> None:
+    error = RetryableProviderError("boom", kind="server_error", status_code=500)
+    out = decide(error, attempt_of_model=1, policy=RetryPolicy(), fallbacks=["b"], out_for=30.0)
+    stays = decide(error, attempt_of_model=1, policy=RetryPolicy(), fallbacks=["b"], out_for=1.0)
+
+    assert (out.action, out.fallback) == ("fallback", "b")
+    assert stays.action == "retry"
+
+
+def test_a_429_moves_on_after_one_attempt_when_the_fallback_has_room() -> None:
+    error = rate_limited()
+    room = decide(error, attempt_of_model=1, policy=RetryPolicy(), fallbacks=["b"], fallback_has_room=True)
+    full = decide(error, attempt_of_model=1, policy=RetryPolicy(), fallbacks=["b"], fallback_has_room=False)
+
+    assert (room.action, room.fallback, room.scope_pause) == ("fallback", "b", DEFAULT_COOLDOWN)
+    assert full.action == "retry"
+
+
+@pytest.mark.parametrize(
+    ("taken_out", "lately_out", "pausing", "room", "has_fallback", "moves"),
+    [
+        (True, True, False, False, True, True),  # taken out now
+        (False, True, False, False, True, True),  # came back less than a minute ago
+        (False, False, False, False, True, False),  # in service
+        (False, False, True, True, True, True),  # pausing after 429s, the fallback takes calls
+        (False, False, True, False, True, False),  # pausing, and so is the fallback
+        (True, True, False, False, False, False),  # no fallback left
+    ],
+)
+def test_a_job_skips_a_model_known_to_be_down_before_calling_it(
+    taken_out: bool, lately_out: bool, pausing: bool, room: bool, has_fallback: bool, moves: bool
+) -> None:
+    decided = moves_on_before_call(
+        taken_out=taken_out,
+        lately_out=lately_out,
+        pausing=pausing,
+        fallback_has_room=room,
+        has_fallback=has_fallback,
+    )
+    assert decided is moves

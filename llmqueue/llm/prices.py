@@ -1,0 +1,76 @@
+"""Prices of models LiteLLM's cost map does not know, given by the user, and the check that every
+model of a batch under a cost budget has a price.
+
+Prices are LiteLLM's ``model_info`` fields, ``input_cost_per_token`` and ``output_cost_per_token``
+(USD per token), given in ``[llm]`` (or an ``[llm.<name>]`` group) for its ``model``, or in a
+``model_list`` deployment's ``model_info`` for the model it calls. They are registered with LiteLLM
+(``litellm.register_model``), so estimates, budgets and results' ``cost`` all use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import litellm
+
+from llmqueue.llm.request import job_model
+from llmqueue.models import Job
+from llmqueue.settings import Settings
+
+__all__ = ["budget_refusal", "has_price", "register_prices", "unpriced"]
+
+
+def register_prices(settings: Settings) -> None:
+    """Register the prices the settings give with LiteLLM (once per process; idempotent)."""
+    given: dict[str, dict[str, Any]] = {}
+    for llm in [settings.llm, *(settings.llm_for(name) for name in settings.llm_groups)]:
+        if llm.input_cost_per_token is not None or llm.output_cost_per_token is not None:
+            given[llm.model] = {
+                "input_cost_per_token": llm.input_cost_per_token or 0.0,
+                "output_cost_per_token": llm.output_cost_per_token or 0.0,
+            }
+    for deployment in settings.model_list:
+        info = deployment.model_info
+        if "input_cost_per_token" in info or "output_cost_per_token" in info:
+            given[deployment.litellm_params.model] = {
+                "input_cost_per_token": float(info.get("input_cost_per_token") or 0.0),
+                "output_cost_per_token": float(info.get("output_cost_per_token") or 0.0),
+            }
+    if given:
+        litellm.register_model(given)
+
+
+def has_price(model: str) -> bool:
+    """Whether LiteLLM (with the registered prices) can price a call to ``model``."""
+    try:
+        litellm.cost_per_token(model=model, prompt_tokens=1, completion_tokens=1)
+    except Exception:  # LiteLLM raises for a model it has no price for
+        return False
+    return True
+
+
+def unpriced(models: Iterable[str]) -> list[str]:
+    """The models of ``models`` without a price, sorted."""
+    return sorted({m for m in models if not has_price(m)})
+
+
+def budget_refusal(jobs: Iterable[Job], settings: Settings) -> str | None:
+    """Why a cost budget cannot hold for ``jobs``: the models they call (deployments and fallbacks
+    included) that have no price, named; None when every one has one."""
+    register_prices(settings)
+    models: set[str] = set()
+    for job in jobs:
+        own = job_model(job, settings.llm_for(job.llm_config))
+        for model in [own, *settings.fallbacks.get(own, [])]:
+            served = [d.litellm_params.model for d in settings.model_list if d.model_name == model]
+            models.update(served or [model])
+    missing = unpriced(models)
+    if not missing:
+        return None
+    named = ", ".join(repr(m) for m in missing)
+    return (
+        f"--max-cost needs a price for every model, and LiteLLM knows none for {named}: give "
+        "input_cost_per_token and output_cost_per_token (USD) in [llm] (or the deployment's model_info), "
+        "or run without a cost budget"
+    )

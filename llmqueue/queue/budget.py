@@ -1,0 +1,84 @@
+"""A batch's cost budget held at admission: each call reserves its estimated price before it is sent
+and gives the reservation back once it has ended (its real cost is then in the batch's ``cost``).
+
+A call may start while the batch's cost plus what the calls in flight reserved stays within
+``max_cost``; a lone call always may while the cost is below it. So the budget holds whatever the
+rate: it is passed by at most what the calls in flight cost above their estimates, or by the one last
+call. The estimate is the prompt's tokens and the job's ``max_tokens`` (or the default completion) at
+the model's price from LiteLLM's cost map.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import litellm
+from redis.asyncio import Redis
+
+from llmqueue import keys
+from llmqueue.limits.tokens import TokenEstimate
+
+__all__ = ["BudgetGate", "Reservation", "call_price"]
+
+Reservation = Literal["ok", "wait", "spent"]
+
+RESERVED = "reserved_cost"
+"""The batch hash's field of what the calls in flight reserved, in USD."""
+
+NOTHING = 1e-12
+"""USD below which a reservation total is nothing (what float sums leave of reservations given back)."""
+
+WAIT_FOR_CALLS = 0.5
+"""Seconds a job waits for the calls in flight to settle when their reservations fill the budget."""
+
+
+def call_price(model: str, estimate: TokenEstimate) -> float | None:
+    """USD a call of ``estimate`` tokens costs at ``model``'s price; None when LiteLLM knows no price."""
+    try:
+        prompt, completion = litellm.cost_per_token(
+            model=model, prompt_tokens=estimate.prompt, completion_tokens=estimate.completion
+        )
+    except Exception:  # LiteLLM raises for a model it has no price for
+        return None
+    return float(prompt + completion)
+
+
+def within(*, cost: float, reserved_before: float, price: float, max_cost: float) -> Reservation:
+    """The rule: ``spent`` once the cost reached ``max_cost``; ``wait`` while the calls in flight
+    reserved so much that this one would pass it; else ``ok``."""
+    if cost >= max_cost:
+        return "spent"
+    if reserved_before > NOTHING and cost + reserved_before + price > max_cost:
+        return "wait"
+    return "ok"
+
+
+class BudgetGate:
+    """Reserves and gives back calls' estimated prices in their batches' hashes."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def reserve(self, batch_id: str, price: float) -> Reservation:
+        """Reserve ``price`` USD of the batch's budget for a call; nothing stays reserved unless ``ok``."""
+        batch = keys.batch(batch_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hincrbyfloat(batch, RESERVED, price)
+            pipe.hmget(batch, ["cost", "max_cost"])
+            reserved, (cost, max_cost) = await pipe.execute()
+        if max_cost is None:
+            answer: Reservation = "ok"
+        else:
+            answer = within(
+                cost=float(cost or 0),
+                reserved_before=float(reserved) - price,
+                price=price,
+                max_cost=float(max_cost),
+            )
+        if answer != "ok":
+            await self.give_back(batch_id, price)
+        return answer
+
+    async def give_back(self, batch_id: str, price: float) -> None:
+        """Give back a reservation of ``price`` USD (the call ended, or was never sent)."""
+        await self._redis.hincrbyfloat(keys.batch(batch_id), RESERVED, -price)
