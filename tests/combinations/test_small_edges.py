@@ -63,7 +63,8 @@ def test_a_redis_url_of_another_scheme_is_one_clear_line(tmp_path: Path) -> None
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert (
-        "redis_url: a Redis URL starts with redis://, rediss://, unix:// or redis+sentinel://, not memcached://" in done.stderr
+        "redis_url: a Redis URL starts with redis://, rediss://, unix:// or redis+sentinel://, "
+        "not memcached://" in done.stderr
     )
     assert "pw" not in done.stderr
 
