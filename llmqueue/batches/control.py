@@ -20,10 +20,9 @@ from llmqueue.batches.submit import (
 )
 from llmqueue.errors import BatchError
 from llmqueue.models import Job, JobResult
-from llmqueue.queue.cancel import cancel_queued, cancelled_result
+from llmqueue.queue.cancel import BATCH_CANCELLED, cancel_queued, cancelled_result
 from llmqueue.queue.ledger import BatchLedger, BatchStatus
 from llmqueue.queue.ready import set_weight
-from llmqueue.queue.results import STOP_MESSAGES
 from llmqueue.queue.retention import keep_batch, queued_batch_ttl
 from llmqueue.queue.scripts import lane_of
 from llmqueue.queue.store import JobStore
@@ -99,9 +98,7 @@ class Batches(BatchSubmission, BatchFollowing):
                 on_progress(seen, cancelled)
 
     async def _cancel_chunk(self, batch_id: str, job_ids: list[str]) -> int:
-        cancelled = await cancel_queued(
-            self.store, job_ids, reason=STOP_MESSAGES["cancelled"], batch_id=batch_id
-        )
+        cancelled = await cancel_queued(self.store, job_ids, reason=BATCH_CANCELLED, batch_id=batch_id)
         return len(cancelled)
 
     async def _cancel_at_provider(self, batch_id: str, job_ids: list[str]) -> int:
@@ -119,7 +116,7 @@ class Batches(BatchSubmission, BatchFollowing):
                     job_id,
                     batch_id=batch_id,
                     failures=failures,
-                    reason=STOP_MESSAGES["cancelled"],
+                    reason=BATCH_CANCELLED,
                     queued_at=queued_at,
                 ),
                 bool(failures),

@@ -21,6 +21,9 @@ from llmqueue.queue.store import JobStore
 _CANCEL = script("cancel.lua")
 CHUNK = 1000
 
+BATCH_CANCELLED = "the batch was cancelled"
+"""What the result of a job its batch's cancel ended says."""
+
 
 async def cancel_queued(
     store: JobStore, job_ids: Sequence[str], *, reason: str, batch_id: str | None = None

@@ -25,6 +25,7 @@ from llmqueue.llm.response import response_cost, response_dict, response_usage
 from llmqueue.models import AttemptError, Job, JobResult, ResultStatus, Timings
 from llmqueue.ops.events import EventSink, JobEvent, emit
 from llmqueue.queue.call import Call
+from llmqueue.queue.cancel import BATCH_CANCELLED
 from llmqueue.queue.store import AttemptStart, JobStore
 from llmqueue.redaction import redis_error_line
 from llmqueue.settings import RESULT_STORE_PATIENCE
@@ -35,7 +36,7 @@ REQUEUE_AFTER_STORE_ERROR = 5.0
 """Seconds before a job whose result Redis refused is tried again."""
 
 STOP_MESSAGES = {
-    "cancelled": "the batch was cancelled",
+    "cancelled": BATCH_CANCELLED,
     "budget_exceeded": "the batch reached its cost or token budget",
 }
 """What a job's result says when its batch stopped it, by the stop's reason."""
