@@ -24,18 +24,23 @@
 local PROBE_REQUESTS, PROBE_WINDOW, PROBE_RETRY = 2, 5, 0.2
 local SPREAD_SHARE, REORDER_SECONDS, GRACE, SLOT, SLOTS = 0.25, 0.1, 0.2, 5, 12
 local DEFAULT_PRIORITY, MAX_PRIORITY, WAKE_BATCH, WAKE_MARGIN, OTHERS_SECONDS = 1, 9, 32, 0.25, 10
+-- A job below the default priority may hold a reservation of LOW_HOLD seconds (or one refill) at most;
+-- parked jobs are woken when they can go within WAKE_WITHIN seconds (the worker's inline wait).
+local LOW_HOLD, WAKE_WITHIN = 0.1, 2
 local DIMS = {'r', 't', 'i', 'o'}
+local NAMES = {r = 'rpm', t = 'tpm', i = 'itpm', o = 'otpm'}
+local LEVELS = {r = 'request', t = 'token', i = 'input', o = 'output'}
 
 local op, args = ARGV[1], cjson.decode(ARGV[3])
 local now = tonumber(ARGV[2])
 if not now then local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
 local n = (op == 'acquire' or op == 'settle') and #KEYS / 2 or #KEYS
-
 local unpack = unpack or table.unpack
 
 -- A scope's rate per dimension from its configured `limit` and what was learnt (the lower of the two).
--- A new rate keeps the units still owed: what TAT - now meant at the old rate.
+-- A new rate keeps the units still owed: what TAT - now meant at the old rate. True if a rate rose.
 local function derive(s, limit)
+  local rose = false
   for _, d in ipairs(DIMS) do
     local cfg, learnt = tonumber(limit[d]) or 0, tonumber(s.h['l' .. d]) or 0
     local rate = (cfg > 0 and learnt > 0) and math.min(cfg, learnt) or math.max(cfg, learnt)
@@ -43,13 +48,14 @@ local function derive(s, limit)
     local tat = s.tat[d] or tonumber(s.h[d .. 'tat']) or now
     if per > 0 and rate > 0 and per ~= rate then tat = now + math.max(0, tat - now) * per / rate end
     if rate ~= per then s.w[d .. 'per'] = rate; s.w.lset = now end
+    rose = rose or (per > 0 and rate > per)
     s.rate[d], s.tat[d] = rate, tat
   end
+  return rose
 end
 
 -- Scope i as stored: its hash `h`, pending writes `w`, its rates and TATs.
 -- Without a `limit` (cooldown), the one workers last acquired with.
-local S = {}
 local function load(i, limit)
   local raw = redis.call('HGETALL', KEYS[i])
   local s = {key = KEYS[i], parked = KEYS[n + i], h = {}, w = {}, rate = {}, tat = {}}
@@ -64,17 +70,12 @@ local function load(i, limit)
 end
 local function put(s, field, value) s.h[field] = value; s.w[field] = value end
 local function num(s, field) return tonumber(s.h[field]) or 0 end
-local function limited(s) return s.rate.r > 0 or s.rate.t > 0 or s.rate.i > 0 or s.rate.o > 0 end
 local function state(s)
-  if limited(s) then return 'limited' end
+  for _, d in ipairs(DIMS) do if s.rate[d] > 0 then return 'limited' end end
   return s.h.hdr == 'none' and 'unlimited' or 'probing'
 end
 -- Seconds of the dimension's rate that q units take.
 local function span(s, d, q) return q * 60 / s.rate[d] end
--- Units the dimension could send at once now (its level), up to its burst.
-local function level(s, d)
-  return math.max(0, s.burst - math.max(0, s.tat[d] - now)) * s.rate[d] / 60
-end
 local function save(s)
   for _, d in ipairs(DIMS) do if s.rate[d] > 0 then s.w[d .. 'tat'] = s.tat[d] end end
   local flat = {}
@@ -101,7 +102,8 @@ local function last_minute(s, kind)
   return total
 end
 
--- When a call of `want` units of each dimension could be sent, and the room it would leave (0-1).
+-- When a call of `want` units of each dimension could be sent, the room it would leave (0-1), and the
+-- longest time one of its dimensions takes to refill it.
 local function schedule(s, want, low)
   local tolerance = s.burst - s.spread - (low and s.reserve or 0)
   local at, room, refill = math.max(now, s.cool), 1, 0
@@ -117,6 +119,16 @@ local function schedule(s, want, low)
   return at, room, refill
 end
 
+-- Admits `want` at `at`: each limited dimension's TAT moves on by its time. Returns the units taken.
+local function take(s, want, at)
+  local taken = {}
+  for _, d in ipairs(DIMS) do
+    local q = tonumber(want[d]) or 0
+    if s.rate[d] > 0 and q > 0 then s.tat[d] = math.max(s.tat[d], at) + span(s, d, q); taken[d] = q end
+  end
+  return taken
+end
+
 -- When a refused job of higher priority than `priority` is due back (0: none), plus the grace.
 local function higher_due(s, priority)
   local due = 0
@@ -130,16 +142,14 @@ end
 -- Parked jobs that could now go well before they were told to come back (capacity given back, a limit
 -- learnt higher) are told again: admitted in thought in priority order against a copy of the TATs,
 -- each gets its own send time, and those that moved are returned as {job, new time} to re-schedule.
-local function wake(s, max_wait)
-  if not s.parked then return {} end
+local function wake(s)
   local head = redis.call('ZRANGE', s.parked, 0, WAKE_BATCH - 1, 'WITHSCORES')
   if #head == 0 then return {} end
   local ids = {}
   for j = 1, #head, 2 do ids[#ids + 1] = head[j] end
   local wants = redis.call('HMGET', s.parked .. ':want', unpack(ids))
   local real, woken = s.tat, {}
-  s.tat = {}
-  for d, tat in pairs(real) do s.tat[d] = tat end
+  s.tat = {r = real.r, t = real.t, i = real.i, o = real.o}
   for j, job in ipairs(ids) do
     local told = tonumber(head[2 * j]) % 1e10
     if told < now - 60 or not wants[j] then
@@ -147,11 +157,8 @@ local function wake(s, max_wait)
     else
       local want = cjson.decode(wants[j])
       local at = schedule(s, want, false)
-      if at - now > max_wait then break end
-      for _, d in ipairs(DIMS) do
-        local q = tonumber(want[d]) or 0
-        if s.rate[d] > 0 and q > 0 then s.tat[d] = math.max(s.tat[d], at) + span(s, d, q) end
-      end
+      if at - now > WAKE_WITHIN then break end
+      take(s, want, at)
       if at < told - WAKE_MARGIN then
         redis.call('ZADD', s.parked, tonumber(head[2 * j]) - told + at, job)
         woken[#woken + 1] = {job, at - now}
@@ -166,52 +173,45 @@ if op == 'acquire' then
   local want, priority, job = args.want, tonumber(args.priority), args.job
   local low = priority < DEFAULT_PRIORITY
   -- Each candidate's soonest send time; the soonest wins, the roomier on a tie.
-  local best, best_at, best_room
+  local S, best, best_at, best_room = {}, nil, nil, nil
   for i = 1, n do
     local s = load(i, args.limits[i])
     S[i] = s
-    local at, room = math.max(schedule(s, want, low), higher_due(s, priority)), 1
+    s.at, s.room, s.refill = schedule(s, want, low)
+    s.due = higher_due(s, priority)
+    local at = math.max(s.at, s.due)
     if state(s) == 'probing' and now - num(s, 'probe_ts') <= PROBE_WINDOW and num(s, 'probe') >= PROBE_REQUESTS then
       at = math.max(at, now + PROBE_RETRY)
     end
-    if state(s) == 'limited' then room = select(2, schedule(s, want, low)) end
-    if best == nil or at < best_at - 1e-6 or (at < best_at + 1e-6 and room > best_room) then
-      best, best_at, best_room = i, at, room
+    if best == nil or at < best_at - 1e-6 or (at < best_at + 1e-6 and s.room > best_room) then
+      best, best_at, best_room = i, at, s.room
     end
   end
-  local s = S[best]
-  local limit = args.limits[best] or {}
-  for _, d in ipairs(DIMS) do
-    if tonumber(limit[d]) and tonumber(limit[d]) > 0 then put(s, 'c' .. d, limit[d]) end
-  end
-  put(s, 'cset', now); put(s, 'burst', s.burst)
-  local mode = state(s)
+  local s, limit = S[best], args.limits[best]
+  local mode, at = state(s), s.at
   local reply = {admitted = false, choice = best, state = mode}
-  -- Too large for the limit itself: refused for good, nothing taken.
+  put(s, 'cset', now); put(s, 'burst', s.burst)
   for _, d in ipairs(DIMS) do
     local q = tonumber(want[d]) or 0
-    if s.rate[d] > 0 and q > s.rate[d] then
+    if (tonumber(limit[d]) or 0) > 0 then put(s, 'c' .. d, limit[d]) end
+    -- Too large for the limit itself: refused for good, nothing taken.
+    if s.rate[d] > 0 and q > s.rate[d] and not reply.too_large then
       reply.too_large = {dimension = d, asked = q, limit = s.rate[d]}
-      save(s)
-      return cjson.encode(reply)
     end
   end
-  local at, _, refill = schedule(s, want, low)
-  local due = higher_due(s, priority)
+  if reply.too_large then save(s); return cjson.encode(reply) end
   local longest = tonumber(args.max_wait)
-  if low then longest = math.min(longest, math.max(0, s.cool - now) + math.max(tonumber(args.hold), refill)) end
+  if low then longest = math.min(longest, math.max(0, s.cool - now) + math.max(LOW_HOLD, s.refill)) end
   local refused_for = nil
-  if due > 0 then
-    refused_for = math.max(at, due) - now
+  if s.due > 0 then
+    refused_for = math.max(at, s.due) - now
   elseif mode == 'probing' then
     if now - num(s, 'probe_ts') > PROBE_WINDOW then put(s, 'probe', 0); put(s, 'probe_ts', now) end
     if num(s, 'probe') >= PROBE_REQUESTS then refused_for = math.max(at - now, PROBE_RETRY) end
   end
   if refused_for == nil and at - now > longest then
     refused_for = at - now
-    if priority > DEFAULT_PRIORITY - 1 and mode == 'limited' then
-      put(s, 'w' .. priority, math.max(num(s, 'w' .. priority), at))
-    end
+    if not low and mode == 'limited' then put(s, 'w' .. priority, math.max(num(s, 'w' .. priority), at)) end
   end
   if refused_for ~= nil then
     if job and mode == 'limited' then
@@ -227,13 +227,9 @@ if op == 'acquire' then
   end
   if mode == 'probing' then put(s, 'probe', num(s, 'probe') + 1) end
   reply.marks = {}
-  for _, d in ipairs(DIMS) do
-    local q = tonumber(want[d]) or 0
-    if s.rate[d] > 0 and q > 0 then
-      s.tat[d] = math.max(s.tat[d], at) + span(s, d, q)
-      put(s, d .. 'g', num(s, d .. 'g') + q)
-      reply.marks[d] = num(s, d .. 'g')
-    end
+  for d, q in pairs(take(s, want, at)) do
+    put(s, d .. 'g', num(s, d .. 'g') + q)
+    reply.marks[d] = num(s, d .. 'g')
   end
   count(s, 'n', tonumber(want.r) or 1)
   reply.admitted, reply.wait, reply.at, reply.granted = true, at - now, at, now
@@ -244,25 +240,17 @@ end
 local s = load(1, args.limit)
 
 if op == 'settle' then
-  -- What the call was admitted after (its marks) and what was admitted since, in units.
-  local since = {}
+  local said, marks, sooner = args.said or {}, args.marks or {}, false
+  local stated, since = said.limit or {}, {}
   for _, d in ipairs(DIMS) do
-    local mark = args.marks and tonumber(args.marks[d])
+    -- Units admitted after this call (its mark is the running total at its grant).
+    local mark, value = tonumber(marks[d]), tonumber(stated[d]) or 0
     since[d] = mark and math.max(0, num(s, d .. 'g') - mark) or 0
-  end
-  local sooner = false
-  local said = args.said or {}
-  local stated = said.limit or {}
-  for _, d in ipairs(DIMS) do
-    local value = tonumber(stated[d]) or 0
     if value > 0 and value ~= num(s, 'l' .. d) then put(s, 'l' .. d, value) end
   end
   if next(stated) ~= nil then
     put(s, 'hdr', 'yes')
-    local before = {}
-    for _, d in ipairs(DIMS) do before[d] = s.rate[d] end
-    derive(s, args.limit or {})
-    for _, d in ipairs(DIMS) do if s.rate[d] > before[d] and before[d] > 0 then sooner = true end end
+    sooner = derive(s, args.limit)
   elseif args.no_headers and s.h.hdr ~= 'yes' then
     put(s, 'hdr', 'none')
   end
@@ -270,7 +258,7 @@ if op == 'settle' then
   -- cooldown a request's slot is not: the calls kept after the pause hold theirs, spaced at the rate.
   -- Nor is a refused one's, admitted under the limit in force: the key had less than believed.
   local kept = args.refused and (tonumber(args.granted) or 0) >= num(s, 'lset')
-  for d, q in pairs(args.give or {}) do
+  for d, q in pairs(args.give) do
     q = tonumber(q)
     if s.rate[d] and s.rate[d] > 0 and q ~= 0 and not (d == 'r' and kept) then
       if not (d == 'r' and now < s.cool) then s.tat[d] = s.tat[d] - span(s, d, q) end
@@ -297,18 +285,16 @@ if op == 'settle' then
       end
       -- Another client's use: what the provider lost between two answers beyond the calls admitted
       -- between them (only while its bucket was below full, where the refill is known).
-      local mark, prev_at = tonumber((args.marks or {})[d]), num(s, d .. 'seen_at')
-      local current = (tonumber(args.granted) or 0) >= num(s, 'lset')
-      if d == 'r' and mark and current and not args.refused and sent > prev_at and sent - prev_at < OTHERS_SECONDS then
-        local refilled = num(s, d .. 'seen_left') + (sent - prev_at) * per_second
-        if refilled < s.burst * per_second then
+      local mark, prev_at = tonumber(marks[d]), num(s, 'rseen_at')
+      if d == 'r' and mark and not args.refused and sent > prev_at then
+        local refilled = num(s, 'rseen_left') + (sent - prev_at) * per_second
+        local current = (tonumber(args.granted) or 0) >= num(s, 'lset')
+        if current and sent - prev_at < OTHERS_SECONDS and refilled < s.burst * per_second then
           local decay = math.exp(-math.max(0, now - num(s, 'others_ts')) / OTHERS_SECONDS)
-          local taken = refilled - left - (mark - num(s, d .. 'seen_mark'))
+          local taken = refilled - left - (mark - num(s, 'rseen_mark'))
           put(s, 'others', num(s, 'others') * decay + taken); put(s, 'others_ts', now)
         end
-      end
-      if d == 'r' and mark and not args.refused and sent > prev_at then
-        put(s, d .. 'seen_at', sent); put(s, d .. 'seen_left', left); put(s, d .. 'seen_mark', mark)
+        put(s, 'rseen_at', sent); put(s, 'rseen_left', left); put(s, 'rseen_mark', mark)
       end
     end
   end
@@ -316,7 +302,7 @@ if op == 'settle' then
   if state(s) == 'probing' then put(s, 'probe', math.max(0, num(s, 'probe') - 1)) end
   local learnt = {}
   for _, d in ipairs(DIMS) do learnt[d] = num(s, 'l' .. d) end
-  local woken = sooner and wake(s, tonumber(args.max_wait) or 0) or {}
+  local woken = sooner and wake(s) or {}
   save(s)
   return cjson.encode({learnt = learnt, woken = woken})
 end
@@ -345,19 +331,21 @@ if op == 'cooldown' then
 end
 
 if op == 'inspect' then
-  local fresh = now - num(s, 'cset') < 60
-  local out = {state = state(s), cooldown = math.max(0, s.cool - now), burst = s.burst,
-    requests_last_minute = last_minute(s, 'n'), rate_limited_last_minute = last_minute(s, 'e'),
-    others = math.max(0, num(s, 'others')) * math.exp(-math.max(0, now - num(s, 'others_ts')) / OTHERS_SECONDS)
-      * 60 / OTHERS_SECONDS}
-  -- The configured limits the workers acquire with now (none once they stopped), and the rates in force.
-  local configured = {}
+  -- Named as ScopeState's fields. A configured limit shows while workers acquire with it (acquired within
+  -- `fresh` seconds): it belongs to the run that set it. The state is that of the limit last acquired with.
+  local decay = math.exp(-math.max(0, now - num(s, 'others_ts')) / OTHERS_SECONDS)
+  local others = math.max(0, num(s, 'others')) * decay * 60 / OTHERS_SECONDS
+  local out = {state = state(s), cooldown = math.max(0, s.cool - now),
+    requests_last_minute = last_minute(s, 'n'), rate_limited_last_minute = last_minute(s, 'e')}
+  local fresh, configured = now - num(s, 'cset') < tonumber(args.fresh), {}
   for _, d in ipairs(DIMS) do configured[d] = fresh and num(s, 'c' .. d) or 0 end
   s = load(1, configured)
+  out.others_request_share = s.rate.r > 0 and math.min(1, others / s.rate.r) or 0
   for _, d in ipairs(DIMS) do
-    out['c' .. d], out['l' .. d], out[d] = configured[d], num(s, 'l' .. d), s.rate[d]
-    out[d .. 'level'] = s.rate[d] > 0 and level(s, d) or 0
-    out[d .. 'capacity'] = s.rate[d] * s.burst / 60
+    local name, level = NAMES[d], LEVELS[d]
+    out[name], out['configured_' .. name], out['learnt_' .. name] = s.rate[d], configured[d], num(s, 'l' .. d)
+    out[level .. '_level'] = math.max(0, s.burst - math.max(0, s.tat[d] - now)) * s.rate[d] / 60
+    out[level .. '_capacity'] = s.rate[d] * s.burst / 60
   end
   return cjson.encode(out)
 end
