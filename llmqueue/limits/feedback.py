@@ -90,14 +90,10 @@ class LimitFeedback:
         ``max_tokens`` its prompt plus ``max_tokens`` up front, whatever the answer's length: nothing is
         given back then. Input and output tokens (Anthropic's ITPM and OTPM) are always reconciled."""
         said = parse_rate_limit_headers(headers, datetime.now(UTC))
-        taken, give = reservation.taken, {}
         charged_up_front = sets_max_tokens and said is not None and said.family == "openai"
-        if used is not None and taken.get("t") and not charged_up_front:
-            give["t"] = estimate.total - used
-        if taken.get("i") and used_prompt is not None:
-            give["i"] = estimate.prompt - used_prompt
-        if taken.get("o") and used_completion is not None:
-            give["o"] = estimate.completion - used_completion
+        used_by = {"t": None if charged_up_front else used, "i": used_prompt, "o": used_completion}
+        estimated = {"t": estimate.total, "i": estimate.prompt, "o": estimate.completion}
+        give = {d: estimated[d] - u for d, u in used_by.items() if u is not None and reservation.taken.get(d)}
         scope, limit = reservation.scope, reservation.limit
         # Admitted as unlimited and the answer states no limit either: nothing to tell the limiter once
         # this worker has heard what the scope learnt (a self-hosted server's every answer).
@@ -115,8 +111,7 @@ class LimitFeedback:
         await self._report(scope)
 
     async def rate_limited(self, reservation: Reservation, headers: Mapping[str, str]) -> None:
-        """A 429: learn from its headers, if it has any; the call's tokens go back. (The scope's
-        cooldown is the caller's: the waiters keep to their retry time.)"""
+        """A 429: learn from its headers, if any; its tokens go back (the caller pauses the scope)."""
         said = parse_rate_limit_headers(headers, datetime.now(UTC))
         self._learnt[reservation.scope] = await reservation.refused(said)
 

@@ -2,19 +2,19 @@
 -- (TAT) per limited dimension of a scope: requests (r), tokens (t), input (i) and output (o) tokens.
 --
 -- The rules, for a dimension limited to `rate` units a minute with a burst of `burst` seconds:
---  1. A call of q units may be sent at  max(TAT, now) + q/rate - tolerance  (at once when that is in the
---     past); tolerance is the burst less the spread every call leaves unused, and less the reserve for
---     jobs below the default priority. A call larger than the tolerance needs TAT <= now (a full
---     bucket); one larger than a minute's rate can never be sent and is refused as too large.
---  2. Admitting it moves TAT to  max(TAT, send time) + q/rate : calls are spaced, never on one instant
---     beyond the burst. The send time is the latest over the dimensions, the cooldown and `now`.
---  3. Whatever is given back (tokens the answer did not use, a call not sent) moves TAT back by its
---     time, and parked jobs that could now go sooner are woken, highest priority first.
+--  1. A call of q units may be sent at  max(TAT, now) + q/rate - tolerance  (at once if that is past);
+--     tolerance is the burst less the spread every call leaves unused, and less the reserve for jobs
+--     below the default priority. A call above the tolerance needs TAT <= now (a full bucket); one
+--     above a minute's rate can never be sent and is refused as too large.
+--  2. Admitting it moves TAT to  max(TAT, send time) + q/rate , the send time being the latest over the
+--     dimensions, the cooldown and `now`: calls are spaced, never on one instant beyond the burst.
+--  3. What is given back (tokens the answer did not use, a call not sent) moves TAT back by its time,
+--     and parked jobs that could now go sooner are woken, highest priority first.
 --  4. The provider's headers win: a stated limit replaces a higher configured one (TAT rescaled so the
 --     units owed stay owed), and what it says is left, less what was admitted after the call, caps
---     the level (TAT pushed on). The amount pushed on the request dimension is another client's use.
---  5. A 429 pauses the scope (cooldown) and empties its request bucket as of the cooldown's end, so the
---     calls after it leave spaced at the rate, the first one a call's time after the pause.
+--     the level (TAT pushed on). What it lost beyond our calls is another client's use (for the view).
+--  5. A 429 pauses the scope (cooldown) and empties its request bucket as of the pause's end: the calls
+--     after it leave spaced at the rate, the first a call's time after the pause.
 --  6. A job refused for longer than it may wait is parked (KEYS[n+i]) and told when to come back; a
 --     refused job of higher priority holds back lower ones until it is due.
 --
@@ -28,8 +28,6 @@ local DEFAULT_PRIORITY, MAX_PRIORITY, WAKE_BATCH, WAKE_MARGIN, OTHERS_SECONDS = 
 -- parked jobs are woken when they can go within WAKE_WITHIN seconds (the worker's inline wait).
 local LOW_HOLD, WAKE_WITHIN = 0.1, 2
 local DIMS = {'r', 't', 'i', 'o'}
-local NAMES = {r = 'rpm', t = 'tpm', i = 'itpm', o = 'otpm'}
-local LEVELS = {r = 'request', t = 'token', i = 'input', o = 'output'}
 
 local op, args = ARGV[1], cjson.decode(ARGV[3])
 local now = tonumber(ARGV[2])
@@ -88,11 +86,11 @@ local function save(s)
 end
 
 -- Grants and 429s per 5 s slot over the last minute, for the view.
-local function count(s, kind, q)
+local function count(s, kind)
   local slot = math.floor(now / SLOT)
   local i = slot % SLOTS
   if num(s, kind .. 's' .. i) ~= slot then put(s, kind .. i, 0); put(s, kind .. 's' .. i, slot) end
-  put(s, kind .. i, num(s, kind .. i) + q)
+  put(s, kind .. i, num(s, kind .. i) + 1)
 end
 local function last_minute(s, kind)
   local slot, total = math.floor(now / SLOT), 0
@@ -132,11 +130,8 @@ end
 -- When a refused job of higher priority than `priority` is due back (0: none), plus the grace.
 local function higher_due(s, priority)
   local due = 0
-  for p = priority + 1, MAX_PRIORITY do
-    local back = num(s, 'w' .. p)
-    if back + GRACE > now then due = math.max(due, back + GRACE) end
-  end
-  return due
+  for p = priority + 1, MAX_PRIORITY do due = math.max(due, num(s, 'w' .. p) + GRACE) end
+  return due > now and due or 0
 end
 
 -- Parked jobs that could now go well before they were told to come back (capacity given back, a limit
@@ -144,23 +139,20 @@ end
 -- each gets its own send time, and those that moved are returned as {job, new time} to re-schedule.
 local function wake(s)
   local head = redis.call('ZRANGE', s.parked, 0, WAKE_BATCH - 1, 'WITHSCORES')
-  if #head == 0 then return {} end
-  local ids = {}
-  for j = 1, #head, 2 do ids[#ids + 1] = head[j] end
-  local wants = redis.call('HMGET', s.parked .. ':want', unpack(ids))
   local real, woken = s.tat, {}
   s.tat = {r = real.r, t = real.t, i = real.i, o = real.o}
-  for j, job in ipairs(ids) do
-    local told = tonumber(head[2 * j]) % 1e10
-    if told < now - 60 or not wants[j] then
+  for j = 1, #head, 2 do
+    local job, score = head[j], tonumber(head[j + 1])
+    local told, want = score % 1e10, redis.call('HGET', s.parked .. ':want', job)
+    if told < now - 60 or not want then
       redis.call('ZREM', s.parked, job); redis.call('HDEL', s.parked .. ':want', job)
     else
-      local want = cjson.decode(wants[j])
+      want = cjson.decode(want)
       local at = schedule(s, want, false)
       if at - now > WAKE_WITHIN then break end
       take(s, want, at)
       if at < told - WAKE_MARGIN then
-        redis.call('ZADD', s.parked, tonumber(head[2 * j]) - told + at, job)
+        redis.call('ZADD', s.parked, score - told + at, job)
         woken[#woken + 1] = {job, at - now}
       end
     end
@@ -218,21 +210,20 @@ if op == 'acquire' then
       redis.call('ZADD', s.parked, (MAX_PRIORITY - priority) * 1e10 + now + refused_for, job)
       redis.call('HSET', s.parked .. ':want', job, cjson.encode(want))
     end
-    save(s)
     reply.wait = refused_for
-    return cjson.encode(reply)
+  else
+    if job then
+      for i = 1, n do redis.call('ZREM', KEYS[n + i], job); redis.call('HDEL', KEYS[n + i] .. ':want', job) end
+    end
+    if mode == 'probing' then put(s, 'probe', num(s, 'probe') + 1) end
+    reply.marks = {}
+    for d, q in pairs(take(s, want, at)) do
+      put(s, d .. 'g', num(s, d .. 'g') + q)
+      reply.marks[d] = num(s, d .. 'g')
+    end
+    count(s, 'n')
+    reply.admitted, reply.wait, reply.at, reply.granted = true, at - now, at, now
   end
-  if job then
-    for i = 1, n do redis.call('ZREM', KEYS[n + i], job); redis.call('HDEL', KEYS[n + i] .. ':want', job) end
-  end
-  if mode == 'probing' then put(s, 'probe', num(s, 'probe') + 1) end
-  reply.marks = {}
-  for d, q in pairs(take(s, want, at)) do
-    put(s, d .. 'g', num(s, d .. 'g') + q)
-    reply.marks[d] = num(s, d .. 'g')
-  end
-  count(s, 'n', tonumber(want.r) or 1)
-  reply.admitted, reply.wait, reply.at, reply.granted = true, at - now, at, now
   save(s)
   return cjson.encode(reply)
 end
@@ -257,7 +248,8 @@ if op == 'settle' then
   -- Given back: tokens the answer did not use, or a call that never reached the provider. During a
   -- cooldown a request's slot is not: the calls kept after the pause hold theirs, spaced at the rate.
   -- Nor is a refused one's, admitted under the limit in force: the key had less than believed.
-  local kept = args.refused and (tonumber(args.granted) or 0) >= num(s, 'lset')
+  local current = (tonumber(args.granted) or 0) >= num(s, 'lset')  -- admitted under the limit in force
+  local kept = args.refused and current
   for d, q in pairs(args.give) do
     q = tonumber(q)
     if s.rate[d] and s.rate[d] > 0 and q ~= 0 and not (d == 'r' and kept) then
@@ -288,7 +280,6 @@ if op == 'settle' then
       local mark, prev_at = tonumber(marks[d]), num(s, 'rseen_at')
       if d == 'r' and mark and not args.refused and sent > prev_at then
         local refilled = num(s, 'rseen_left') + (sent - prev_at) * per_second
-        local current = (tonumber(args.granted) or 0) >= num(s, 'lset')
         if current and sent - prev_at < OTHERS_SECONDS and refilled < s.burst * per_second then
           local decay = math.exp(-math.max(0, now - num(s, 'others_ts')) / OTHERS_SECONDS)
           local taken = refilled - left - (mark - num(s, 'rseen_mark'))
@@ -300,8 +291,7 @@ if op == 'settle' then
   end
   -- Any answer, a 429 too, ends a probe: the next may go.
   if state(s) == 'probing' then put(s, 'probe', math.max(0, num(s, 'probe') - 1)) end
-  local learnt = {}
-  for _, d in ipairs(DIMS) do learnt[d] = num(s, 'l' .. d) end
+  local learnt = {r = num(s, 'lr'), t = num(s, 'lt'), i = num(s, 'li'), o = num(s, 'lo')}
   local woken = sooner and wake(s) or {}
   save(s)
   return cjson.encode({learnt = learnt, woken = woken})
@@ -321,7 +311,7 @@ if op == 'cooldown' then
     s.cool = math.max(s.cool, now + pause)
     put(s, 'cool', s.cool)
     if args.counted then
-      count(s, 'e', 1)
+      count(s, 'e')
       -- The provider's bucket is empty: after the pause, calls leave spaced at the rate.
       if s.rate.r > 0 then s.tat.r = math.max(s.tat.r, s.cool + s.burst) end
     end
@@ -331,21 +321,17 @@ if op == 'cooldown' then
 end
 
 if op == 'inspect' then
-  -- Named as ScopeState's fields. A configured limit shows while workers acquire with it (acquired within
-  -- `fresh` seconds): it belongs to the run that set it. The state is that of the limit last acquired with.
+  -- The state is that of the limit last acquired with; a configured limit shows while workers acquire
+  -- with it (within `fresh` seconds). Per dimension: {rate in force, configured, learnt, level, capacity}.
   local decay = math.exp(-math.max(0, now - num(s, 'others_ts')) / OTHERS_SECONDS)
-  local others = math.max(0, num(s, 'others')) * decay * 60 / OTHERS_SECONDS
-  local out = {state = state(s), cooldown = math.max(0, s.cool - now),
-    requests_last_minute = last_minute(s, 'n'), rate_limited_last_minute = last_minute(s, 'e')}
+  local out = {state = state(s), cooldown = math.max(0, s.cool - now), n = last_minute(s, 'n'),
+    e = last_minute(s, 'e'), others = math.max(0, num(s, 'others')) * decay * 60 / OTHERS_SECONDS}
   local fresh, configured = now - num(s, 'cset') < tonumber(args.fresh), {}
   for _, d in ipairs(DIMS) do configured[d] = fresh and num(s, 'c' .. d) or 0 end
   s = load(1, configured)
-  out.others_request_share = s.rate.r > 0 and math.min(1, others / s.rate.r) or 0
   for _, d in ipairs(DIMS) do
-    local name, level = NAMES[d], LEVELS[d]
-    out[name], out['configured_' .. name], out['learnt_' .. name] = s.rate[d], configured[d], num(s, 'l' .. d)
-    out[level .. '_level'] = math.max(0, s.burst - math.max(0, s.tat[d] - now)) * s.rate[d] / 60
-    out[level .. '_capacity'] = s.rate[d] * s.burst / 60
+    local level = math.max(0, s.burst - math.max(0, s.tat[d] - now)) * s.rate[d] / 60
+    out[d] = {s.rate[d], configured[d], num(s, 'l' .. d), level, s.rate[d] * s.burst / 60}
   end
   return cjson.encode(out)
 end

@@ -1,11 +1,9 @@
-"""The rate limiter every worker shares through Redis: virtual scheduling (GCRA) per scope.
+"""The rate limiter every worker shares through Redis: virtual scheduling (GCRA) per limit scope (a
+model, a key's ``limit_scope`` or a deployment), in requests, tokens, and input and output tokens apart.
 
-A scope (a model, a key's ``limit_scope`` or a deployment) is limited in up to four dimensions:
-requests, tokens, and input and output tokens apart. One Lua script, ``limiter.lua`` (its opening
-comment states the rules it keeps), admits a call in every dimension at once, with Redis ``TIME`` as
-the clock unless one is injected. :meth:`RateLimiter.acquire` returns an :class:`Admission`; an
-admitted call holds a :class:`Reservation` until it is settled.
-"""
+One Lua script, ``limiter.lua``, whose opening comment states the rules it keeps, does the work with
+Redis ``TIME`` as the clock. :meth:`RateLimiter.acquire` returns an :class:`Admission`; an admitted call
+holds a :class:`Reservation` until it is settled."""
 
 from __future__ import annotations
 
@@ -29,18 +27,13 @@ _SCRIPT = resources.files("llmqueue.limits").joinpath("limiter.lua").read_text(e
 DEFAULT_PRIORITY = PRIORITIES["default"]
 #: Seconds a call admitted under a limit since replaced waits before it is admitted again.
 REACQUIRE_DELAY = 0.01
-
-#: Re-schedules parked jobs: (job id, seconds from now it may come back in).
-WakeHandler = Callable[[list[tuple[str, float]]], Awaitable[None]]
 _UNITS = {"r": "requests", "t": "tokens", "i": "input tokens", "o": "output tokens"}
 
 
 @dataclass(frozen=True)
 class Admission:
-    """The limiter's answer: ``admitted`` to be sent after ``wait`` seconds, or not (nothing was taken,
-    and ``wait`` says when to come back; ``too_large`` says why it never can). ``state`` says whether
-    the scope runs under a limit, is probing for one, or is unlimited; ``choice`` is the position among
-    the candidates of the scope that answered."""
+    """``admitted`` to be sent after ``wait`` seconds, or not: nothing was taken, and ``wait`` says when to
+    come back (``too_large`` says why it never can). ``choice`` is the candidate scope that answered."""
 
     admitted: bool
     wait: float
@@ -62,12 +55,8 @@ class Learnt:
 
 @dataclass
 class Reservation:
-    """What an admitted call took from its scope, until the call is settled.
-
-    ``taken`` is the units per dimension (``r``, ``t``, ``i``, ``o``) and ``marks`` the scope's running
-    totals right after this grant: an answer's headers are compared net of what was admitted since.
-    Settling wakes the parked jobs that can now go sooner (``RateLimiter.on_wake``).
-    """
+    """What an admitted call took from its scope (``taken``: units per dimension ``r``, ``t``, ``i``, ``o``)
+    until it is settled, once; settling wakes the parked jobs that can now go sooner (``on_wake``)."""
 
     limiter: RateLimiter
     scope: str
@@ -78,6 +67,7 @@ class Reservation:
     """Redis time (seconds) it was admitted."""
     taken: dict[str, float]
     marks: dict[str, float]
+    """The scope's running totals at this grant: an answer's headers are compared net of later grants."""
 
     async def answered(self, said: ProviderLimits | None, give_back: Mapping[str, float]) -> Learnt:
         """The provider answered: learn from its headers (``said``; None: it sent none) and give back
@@ -117,8 +107,16 @@ class Reservation:
             "give": {d: q for d, q in give_back.items() if q},
             **flags,
         }
-        if said is not None:
-            arguments["said"] = _said_json(said)
+        if said is not None:  # Where input and output are limited apart (Anthropic), "tokens" is no limit.
+            split = said.input_tokens is not None or said.output_tokens is not None
+            readings = {"r": said.requests, "t": None if split else said.tokens, "i": said.input_tokens}
+            readings["o"] = said.output_tokens
+            arguments["said"] = {
+                "limit": {d: r.limit for d, r in readings.items() if r is not None and r.limit},
+                "left": {
+                    d: r.remaining for d, r in readings.items() if r is not None and r.remaining is not None
+                },
+            }
         if self.marks:
             arguments.update(marks=self.marks, at=self.at, granted=self.granted)
         reply = await self.limiter._run(
@@ -131,11 +129,9 @@ class Reservation:
 
 
 class RateLimiter:
-    """Shared limits, one set per scope, kept in Redis.
-
-    ``clock`` (tests) gives the script its "now" in seconds instead of Redis ``TIME``; ``on_wake``
-    re-schedules parked jobs (the worker's queue); ``coalescer`` shares round trips between calls.
-    """
+    """Shared limits, one set per scope, kept in Redis. ``clock`` (tests) gives the script its "now" in
+    seconds instead of Redis ``TIME``; ``on_wake`` re-schedules parked jobs (the worker's queue), each
+    to the seconds from now it may come back in."""
 
     def __init__(
         self,
@@ -143,7 +139,7 @@ class RateLimiter:
         coalescer: ScriptCoalescer | None = None,
         *,
         clock: Callable[[], float] | None = None,
-        on_wake: WakeHandler | None = None,
+        on_wake: Callable[[list[tuple[str, float]]], Awaitable[None]] | None = None,
     ) -> None:
         self.redis = redis
         self._script = (coalescer or redis).register_script(_SCRIPT)
@@ -163,12 +159,8 @@ class RateLimiter:
         job_id: str | None = None,
     ) -> Admission:
         """Admit one call of ``tokens`` (``input_tokens``/``output_tokens`` where a scope limits them
-        apart) on whichever candidate scope can send it soonest, if within ``max_wait`` seconds.
-
-        Admitted, the caller sleeps ``Admission.wait`` and sends; refused, nothing was taken, and
-        ``job_id`` (if given) is parked to be re-scheduled when capacity comes back. ``priority`` is 0-9,
-        higher more urgent (:data:`llmqueue.models.PRIORITIES`).
-        """
+        apart) on whichever candidate scope can send it soonest, if within ``max_wait`` seconds; if not,
+        ``job_id`` is parked to be re-scheduled when capacity comes back. ``priority``: 0-9, higher first."""
         if not candidates:
             raise ValueError("acquire needs at least one candidate scope")
         if not 0 <= priority <= MAX_PRIORITY:
@@ -208,12 +200,9 @@ class RateLimiter:
     async def cooldown(
         self, scope: str, seconds: float, *, longest: float = 0.0, rate_limited: bool = True
     ) -> float:
-        """Pause the whole scope for ``seconds`` (a 429 seen by one worker); returns the pause left.
-
-        ``seconds=0`` only reads how much of the current pause is left. With ``longest`` (a deployment
-        taken out by the circuit breaker) a pause soon after the last one ended doubles, up to
-        ``longest``. ``rate_limited=False``: the pause is not counted among the scope's 429s.
-        """
+        """Pause the whole scope for ``seconds`` (0: only read what is left); returns the pause left. A
+        pause soon after the last one ended doubles, up to ``longest``. ``rate_limited=False``: the pause
+        is not counted among the scope's 429s (a deployment taken out by the circuit breaker)."""
         arguments = {"seconds": seconds, "longest": longest, "counted": rate_limited}
         reply = await self._run("cooldown", [keys.limiter(scope)], arguments)
         return float(reply["left"])
@@ -237,15 +226,3 @@ def _limit_json(limit: LimitConfig | None) -> dict[str, float]:
     rates = {"r": limit.rpm, "t": limit.tpm, "i": limit.itpm, "o": limit.otpm}
     shape = {d: rate for d, rate in rates.items() if rate}
     return {**shape, "burst": limit.burst_seconds, "reserve": limit.reserve, "spread": limit.spread_seconds}
-
-
-def _said_json(said: ProviderLimits) -> dict[str, dict[str, float]]:
-    """The provider's stated limits and what it says is left, per dimension. Where it states input
-    and output token limits apart (Anthropic), its combined token figure is not a limit of its own."""
-    split = said.input_tokens is not None or said.output_tokens is not None
-    readings = {"r": said.requests, "t": None if split else said.tokens, "i": said.input_tokens}
-    readings["o"] = said.output_tokens
-    return {
-        "limit": {d: r.limit for d, r in readings.items() if r is not None and r.limit},
-        "left": {d: r.remaining for d, r in readings.items() if r is not None and r.remaining is not None},
-    }

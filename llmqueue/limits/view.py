@@ -17,7 +17,13 @@ LimitState = Literal["limited", "probing", "unlimited"]
 CONFIGURED_SHOWN_FOR = 60.0
 #: Seconds the record of which scopes a batch ran in is kept after its last job started.
 BATCH_SCOPES_TTL = 7 * 86400
-_COUNTS = ("requests_last_minute", "rate_limited_last_minute")
+#: Per dimension of the limiter (``r``, ``t``, ``i``, ``o``): its rate's name and its level's.
+_DIMENSIONS = (
+    ("r", "rpm", "request"),
+    ("t", "tpm", "token"),
+    ("i", "itpm", "input"),
+    ("o", "otpm", "output"),
+)
 
 
 @dataclass(frozen=True)
@@ -68,10 +74,19 @@ class ScopeState:
 
     @classmethod
     def from_script(cls, scope: str, reply: dict[str, Any]) -> ScopeState:
-        """From the reply of the limiter script's ``inspect``, whose fields are named as this class's."""
-        state = reply.pop("state")
-        values: dict[str, Any] = {n: int(v) if n in _COUNTS else float(v) for n, v in reply.items()}
-        return cls(scope=scope, state=state, **values)
+        """From the reply of the limiter script's ``inspect``."""
+        values: dict[str, Any] = {
+            "requests_last_minute": int(reply["n"]),
+            "rate_limited_last_minute": int(reply["e"]),
+        }
+        for d, rate, kind in _DIMENSIONS:
+            names = (rate, f"configured_{rate}", f"learnt_{rate}", f"{kind}_level", f"{kind}_capacity")
+            values.update(zip(names, map(float, reply[d]), strict=True))
+        rpm, others = values["rpm"], float(reply["others"])
+        share = min(1.0, others / rpm) if rpm else 0.0
+        return cls(
+            scope, reply["state"], cooldown=float(reply["cooldown"]), others_request_share=share, **values
+        )
 
 
 async def scopes(redis: Redis) -> list[str]:
