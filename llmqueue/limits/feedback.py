@@ -85,10 +85,9 @@ class LimitFeedback:
         used_prompt: int | None = None,
         used_completion: int | None = None,
     ) -> None:
-        """A successful answer: learn from its headers, and give back the tokens the provider's limiter
-        does not keep. OpenAI's limiter (and those that copy its headers) charges a call that sets
-        ``max_tokens`` its prompt plus ``max_tokens`` up front, whatever the answer's length: nothing is
-        given back then. Input and output tokens (Anthropic's ITPM and OTPM) are always reconciled."""
+        """A successful answer: learn from its headers and give back the tokens the provider does not
+        count. OpenAI's limiter (and its copies) charges a call that sets ``max_tokens`` its prompt plus
+        ``max_tokens`` up front: nothing is given back then. Input and output tokens always are."""
         said = parse_rate_limit_headers(headers, datetime.now(UTC))
         charged_up_front = sets_max_tokens and said is not None and said.family == "openai"
         used_by = {"t": None if charged_up_front else used, "i": used_prompt, "o": used_completion}

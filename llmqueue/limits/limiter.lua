@@ -33,7 +33,6 @@ local op, args = ARGV[1], cjson.decode(ARGV[3])
 local now = tonumber(ARGV[2])
 if not now then local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
 local n = (op == 'acquire' or op == 'settle') and #KEYS / 2 or #KEYS
-local unpack = unpack or table.unpack
 
 -- A scope's rate per dimension from its configured `limit` and what was learnt (the lower of the two).
 -- A new rate keeps the units still owed: what TAT - now meant at the old rate. True if a rate rose.
@@ -76,9 +75,7 @@ end
 local function span(s, d, q) return q * 60 / s.rate[d] end
 local function save(s)
   for _, d in ipairs(DIMS) do if s.rate[d] > 0 then s.w[d .. 'tat'] = s.tat[d] end end
-  local flat = {}
-  for field, value in pairs(s.w) do flat[#flat + 1] = field; flat[#flat + 1] = tostring(value) end
-  if #flat > 0 then redis.call('HSET', s.key, unpack(flat)) end
+  for field, value in pairs(s.w) do redis.call('HSET', s.key, field, tostring(value)) end
   local ttl = 3600 + math.ceil(math.max(0, s.cool - now))
   for _, d in ipairs(DIMS) do ttl = math.max(ttl, 3600 + math.ceil(math.max(0, s.tat[d] - now))) end
   redis.call('EXPIRE', s.key, ttl)
@@ -303,8 +300,8 @@ if op == 'cooldown' then
     local pause = seconds
     if now >= s.cool then
       -- With `longest` (a deployment taken out), one that fails again soon after is paused longer.
-      local streak = num(s, 'streak')
-      if longest > 0 and now - s.cool < math.max(2, 2 * num(s, 'pause')) then streak = streak + 1 else streak = 0 end
+      local again = longest > 0 and now - s.cool < math.max(2, 2 * num(s, 'pause'))
+      local streak = again and num(s, 'streak') + 1 or 0
       if longest > 0 then pause = math.min(longest, seconds * 2 ^ streak) end
       put(s, 'streak', streak); put(s, 'pause', pause)
     end

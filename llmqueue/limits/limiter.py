@@ -55,16 +55,15 @@ class Learnt:
 
 @dataclass
 class Reservation:
-    """What an admitted call took from its scope (``taken``: units per dimension ``r``, ``t``, ``i``, ``o``)
-    until it is settled, once; settling wakes the parked jobs that can now go sooner (``on_wake``)."""
+    """What an admitted call took from its scope (``taken``: units per dimension ``r``, ``t``, ``i``, ``o``;
+    ``at`` and ``granted``: the Redis times it may be sent and was admitted) until it is settled, once;
+    settling wakes the parked jobs that can now go sooner (``on_wake``)."""
 
     limiter: RateLimiter
     scope: str
     limit: LimitConfig | None
     at: float
-    """Redis time (seconds) the call may be sent at."""
     granted: float
-    """Redis time (seconds) it was admitted."""
     taken: dict[str, float]
     marks: dict[str, float]
     """The scope's running totals at this grant: an answer's headers are compared net of later grants."""
@@ -102,11 +101,8 @@ class Reservation:
     async def _settle(
         self, give_back: Mapping[str, float], said: ProviderLimits | None = None, **flags: bool
     ) -> Learnt:
-        arguments: dict[str, Any] = {
-            "limit": _limit_json(self.limit),
-            "give": {d: q for d, q in give_back.items() if q},
-            **flags,
-        }
+        give = {d: q for d, q in give_back.items() if q}
+        arguments: dict[str, Any] = {"limit": _limit_json(self.limit), "give": give, **flags}
         if said is not None:  # Where input and output are limited apart (Anthropic), "tokens" is no limit.
             split = said.input_tokens is not None or said.output_tokens is not None
             readings = {"r": said.requests, "t": None if split else said.tokens, "i": said.input_tokens}
@@ -170,8 +166,9 @@ class RateLimiter:
             await self.redis.sadd(keys.limit_scopes(), scope)  # for the views (limits.view.scopes)
             self._known_scopes.add(scope)
         want = {"r": 1, "t": tokens, "i": input_tokens, "o": output_tokens}
+        limits = [_limit_json(limit) for _, limit in candidates]
         arguments: dict[str, Any] = {
-            "limits": [_limit_json(limit) for _, limit in candidates],
+            "limits": limits,
             "want": want,
             "max_wait": max_wait,
             "priority": priority,
