@@ -169,9 +169,8 @@ if op == 'acquire' then
     s.at, s.room, s.refill = schedule(s, want, low)
     s.due = higher_due(s, priority)
     local at = math.max(s.at, s.due)
-    if state(s) == 'probing' and now - num(s, 'probe_ts') <= PROBE_WINDOW and num(s, 'probe') >= PROBE_REQUESTS then
-      at = math.max(at, now + PROBE_RETRY)
-    end
+    local probes_out = now - num(s, 'probe_ts') <= PROBE_WINDOW and num(s, 'probe') >= PROBE_REQUESTS
+    if state(s) == 'probing' and probes_out then at = math.max(at, now + PROBE_RETRY) end
     if best == nil or at < best_at - 1e-6 or (at < best_at + 1e-6 and s.room > best_room) then
       best, best_at, best_room = i, at, s.room
     end
@@ -209,8 +208,10 @@ if op == 'acquire' then
     end
     reply.wait = refused_for
   else
-    if job then
-      for i = 1, n do redis.call('ZREM', KEYS[n + i], job); redis.call('HDEL', KEYS[n + i] .. ':want', job) end
+    if job then  -- admitted: no longer parked on any candidate
+      for i = 1, n do
+        redis.call('ZREM', KEYS[n + i], job); redis.call('HDEL', KEYS[n + i] .. ':want', job)
+      end
     end
     if mode == 'probing' then put(s, 'probe', num(s, 'probe') + 1) end
     reply.marks = {}

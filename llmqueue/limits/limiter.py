@@ -1,6 +1,5 @@
 """The rate limiter every worker shares through Redis: virtual scheduling (GCRA) per limit scope (a
 model, a key's ``limit_scope`` or a deployment), in requests, tokens, and input and output tokens apart.
-
 One Lua script, ``limiter.lua``, whose opening comment states the rules it keeps, does the work with
 Redis ``TIME`` as the clock. :meth:`RateLimiter.acquire` returns an :class:`Admission`; an admitted call
 holds a :class:`Reservation` until it is settled."""
@@ -125,9 +124,8 @@ class Reservation:
 
 
 class RateLimiter:
-    """Shared limits, one set per scope, kept in Redis. ``clock`` (tests) gives the script its "now" in
-    seconds instead of Redis ``TIME``; ``on_wake`` re-schedules parked jobs (the worker's queue), each
-    to the seconds from now it may come back in."""
+    """Shared limits, one set per scope, kept in Redis. ``clock`` (tests) gives the script its "now"
+    instead of Redis ``TIME``; ``on_wake`` re-schedules parked jobs (job id, seconds from now)."""
 
     def __init__(
         self,
@@ -181,9 +179,8 @@ class RateLimiter:
         choice = int(reply["choice"]) - 1
         scope, limit = candidates[choice]
         if "too_large" in reply:
-            unit, asked, most = (reply["too_large"][k] for k in ("dimension", "asked", "limit"))
-            unit = _UNITS[unit]
-            why = f"the request needs {asked:g} {unit} but the limit is {most:g} {unit} per minute"
+            d, asked, most = (reply["too_large"][k] for k in ("dimension", "asked", "limit"))
+            why = f"the request needs {asked:g} {_UNITS[d]} but the limit is {most:g} {_UNITS[d]} per minute"
             return Admission(False, 0.0, reply["state"], choice, too_large=why)
         if not reply["admitted"]:
             return Admission(False, float(reply["wait"]), reply["state"], choice)
