@@ -32,7 +32,8 @@ _UNITS = {"r": "requests", "t": "tokens", "i": "input tokens", "o": "output toke
 @dataclass(frozen=True)
 class Admission:
     """``admitted`` to be sent after ``wait`` seconds, or not: nothing was taken, and ``wait`` says when to
-    come back (``too_large`` says why it never can). ``choice`` is the candidate scope that answered."""
+    come back (``too_large`` says why it never can). ``choice`` is the candidate scope that answered;
+    ``state`` whether it runs under a limit, is probing for one (none known yet), or is unlimited."""
 
     admitted: bool
     wait: float
@@ -164,9 +165,8 @@ class RateLimiter:
             await self.redis.sadd(keys.limit_scopes(), scope)  # for the views (limits.view.scopes)
             self._known_scopes.add(scope)
         want = {"r": 1, "t": tokens, "i": input_tokens, "o": output_tokens}
-        limits = [_limit_json(limit) for _, limit in candidates]
         arguments: dict[str, Any] = {
-            "limits": limits,
+            "limits": [_limit_json(limit) for _, limit in candidates],
             "want": want,
             "max_wait": max_wait,
             "priority": priority,
