@@ -14,8 +14,10 @@ import pytest
 from redis.asyncio import Redis as AsyncRedis
 
 from llmqueue import keys
+from llmqueue.limits import view
 from llmqueue.limits.headers import ProviderLimits, Reading
-from llmqueue.limits.limiter import PRIORITIES, Admission, RateLimiter, Reservation
+from llmqueue.limits.limiter import Admission, RateLimiter, Reservation
+from llmqueue.models import PRIORITIES
 from llmqueue.settings import LimitConfig
 from tests.support.clock import Clock
 
@@ -342,7 +344,7 @@ async def test_a_configured_limit_shows_while_workers_use_it(limiter: RateLimite
 async def test_the_scope_is_kept_an_hour_after_its_last_use(limiter: RateLimiter, client: AsyncRedis) -> None:
     await take(limiter, ONE_PER_SECOND)
     assert 3595 <= await client.ttl(keys.limiter("m")) <= 3600 + 5  # and until its reservations are due
-    assert await limiter.scopes() == ["m"]
+    assert await view.scopes(client) == ["m"]
 
 
 async def test_reservation_settles_only_what_it_took(limiter: RateLimiter) -> None:
