@@ -17,6 +17,7 @@
 --     after it leave spaced at the rate, the first a call's time after the pause.
 --  6. A job refused for longer than it may wait is parked (KEYS[n+i]) and told when to come back; a
 --     refused job of higher priority holds back lower ones until it is due.
+--  7. Until its provider first answers, a scope sends two calls at a time (a probe), configured or not.
 --
 -- KEYS[1..n] the scopes' hashes (n > 1: deployments of one model, the one that can admit soonest is
 -- taken); KEYS[n+1..2n] their parked jobs (acquire, settle). ARGV[1] the operation, ARGV[2] now in
@@ -68,6 +69,7 @@ end
 local function put(s, field, value) s.h[field] = value; s.w[field] = value end
 local function num(s, field) return tonumber(s.h[field]) or 0 end
 local function state(s)
+  if not s.h.hdr then return 'probing' end
   for _, d in ipairs(DIMS) do if s.rate[d] > 0 then return 'limited' end end
   return s.h.hdr == 'none' and 'unlimited' or 'probing'
 end
