@@ -7,6 +7,8 @@ tables are named groups that override ``[llm]`` for the jobs that name them.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -240,6 +242,41 @@ class CacheConfig(BaseModel):
         return Path(base) / "llmqueue"
 
 
+class SpendLimit(BaseModel):
+    """USD a day and a month (UTC), for one model or for every model together."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily: float | None = Field(None, gt=0, description="USD per UTC day")
+    monthly: float | None = Field(None, gt=0, description="USD per UTC calendar month")
+
+
+class BudgetConfig(SpendLimit):
+    """Spending limits every worker shares (``[budget]``, env ``LLM_BUDGET_<FIELD>``): ``daily`` and
+    ``monthly`` for all models together, ``[budget.models."<model>"]`` for one model (a LiteLLM model
+    string or a model_list ``model_name``). A job that would pass one is held, not failed, until the
+    period rolls over or the limit is raised (:mod:`llmqueue.queue.spending`)."""
+
+    models: dict[str, SpendLimit] = Field(default_factory=dict, description="limits of one model each")
+    warn_at: float = Field(0.8, gt=0, le=1, description="fraction of a limit at which a warning is given")
+
+    @property
+    def active(self) -> bool:
+        """Whether any limit is set (without one, spend is not tracked)."""
+        limits = [self, *self.models.values()]
+        return any(limit.daily is not None or limit.monthly is not None for limit in limits)
+
+
+def budget_from_env(llm_values: dict[str, Any]) -> dict[str, Any]:
+    """``LLM_BUDGET_<FIELD>`` variables (read as ``llm.budget_<field>``) as ``[budget]`` keys;
+    ``LLM_BUDGET_MODELS`` is JSON (``{"gpt-4o": {"daily": 5}}``)."""
+    found = {k.removeprefix("budget_"): v for k, v in llm_values.items() if k.startswith("budget_")}
+    if isinstance(found.get("models"), str):
+        with contextlib.suppress(json.JSONDecodeError):  # left as given, the check names the variable
+            found["models"] = json.loads(found["models"])
+    return {k: v for k, v in found.items() if k in BudgetConfig.model_fields}
+
+
 def _cache_section(value: Any) -> Any:
     """``cache = false`` (or true) at the top level is ``[cache] enabled = ...``."""
     return {"enabled": value} if isinstance(value, bool) else value
@@ -269,6 +306,7 @@ class Settings(BaseSettings):
     worker: WorkerConfig = WorkerConfig()
     batch: BatchConfig = BatchConfig()
     cache: CacheConfig = CacheConfig()
+    budget: BudgetConfig = BudgetConfig()
     model_list: list[Deployment] = Field(
         default_factory=list, description="deployments by model_name, in LiteLLM's shape (model_list.py)"
     )
@@ -416,13 +454,16 @@ class _KnownEnvSource(EnvSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
+        data.pop("budget", None)  # BUDGET_* is not ours: the budget's variables are LLM_BUDGET_*
+        if isinstance(data.get("llm"), dict) and (budget := budget_from_env(data["llm"])):
+            data["budget"] = budget
         for section, model in (("llm", LLMConfig), ("worker", WorkerConfig), ("cache", CacheConfig)):
             values = data.get(section)
             if isinstance(values, dict):
                 data[section] = {k: v for k, v in values.items() if k in model.model_fields}
         if not isinstance(data.get("cache"), dict) or not data["cache"]:
             data.pop("cache", None)  # CACHE=... or no CACHE_* variable of ours: not our setting
-        ours = ("redis_url", "redis_sentinels", "redis_sentinel_service", "llm", "worker", "cache")
+        ours = ("redis_url", "redis_sentinels", "redis_sentinel_service", "llm", "worker", "cache", "budget")
         return {k: v for k, v in data.items() if k in ours}
 
 
@@ -440,6 +481,7 @@ class _FileSchema(BaseModel):
     worker: WorkerConfig | None = None
     batch: BatchConfig | None = None
     cache: CacheConfig | None = None
+    budget: BudgetConfig | None = None
     model_list: list[Deployment] | None = None
     fallbacks: dict[str, list[str]] | None = None
     router_settings: RouterSettings | None = None
@@ -541,7 +583,7 @@ def _describe(exc: ValidationError, *, where: str, file_layout: bool) -> str:
     return "\n".join(lines)
 
 
-_SECTIONS = frozenset({"llm", "worker", "batch", "cache", "router_settings"})
+_SECTIONS = frozenset({"llm", "worker", "batch", "cache", "budget", "router_settings"})
 
 
 def _key_name(loc: list[str], file_layout: bool) -> str:
@@ -555,7 +597,7 @@ def _key_name(loc: list[str], file_layout: bool) -> str:
         return f"[{loc[0]}] " + ".".join(loc[1:])
     if file_layout and loc[0] in _SECTIONS:  # the section's own check (retry_min_wait above retry_max_wait)
         return f"[{loc[0]}]"
-    env = {"llm": "LLM_", "worker": "WORKER_", "cache": "CACHE_"}.get(loc[0])
+    env = {"llm": "LLM_", "worker": "WORKER_", "cache": "CACHE_", "budget": "LLM_BUDGET_"}.get(loc[0])
     if env and len(loc) >= 2:
         return f"{'.'.join(loc)} (env {env}{loc[1].upper()})"
     if env:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from arq.worker import Retry
 from redis.exceptions import RedisError
@@ -45,6 +46,7 @@ from llmqueue.queue.ledger import BatchLedger
 from llmqueue.queue.payload import invalid_reason
 from llmqueue.queue.reask import Checked
 from llmqueue.queue.results import ResultWriter
+from llmqueue.queue.spending import SpendGate, SpendListener, SpendReservation
 from llmqueue.queue.store import AttemptStart, JobStore
 from llmqueue.redaction import redact, redis_error_line
 from llmqueue.settings import LLMConfig, Settings
@@ -78,6 +80,7 @@ class JobRunner:
     results: ResultWriter = field(init=False)
     fallbacks: Fallbacks = field(init=False)
     budget: BudgetGate = field(init=False)
+    spending: SpendGate = field(init=False)
 
     def __post_init__(self) -> None:
         self.ledger = BatchLedger(self.store.redis)
@@ -88,6 +91,8 @@ class JobRunner:
         self.results = ResultWriter(self.store)
         self.fallbacks = Fallbacks(self.settings.fallbacks, self.breaker, self.deployments)
         self.budget = BudgetGate(self.store.redis)
+        listeners = [cast(SpendListener, s) for s in self.sinks if isinstance(s, SpendListener)]
+        self.spending = SpendGate(self.store.redis, self.settings.budget, listeners=listeners)
         register_prices(self.settings)
 
     @property
@@ -166,19 +171,29 @@ class JobRunner:
         if job.cache and self.cache is not None and await self._answered_from_cache(call):
             return
         reserved: float | None = None
+        spend: SpendReservation | None = None
         try:
             # Everything CPU-bound happens before admission, so the request leaves soon after it is
             # admitted; a job the cache answered needs none of it.
             first = candidates[0].deployment if candidates else None
             caching = supports_prompt_caching(counted_as)
             kwargs = call_kwargs(job, llm, supports_caching=caching, model=model, deployment=first)
-            if limited or start.has_cost_budget:  # counting tokens costs CPU: only limits and budgets need it
+            capped = self.spending.applies(model)
+            if limited or start.has_cost_budget or capped:  # counting tokens costs CPU: only limits need it
                 call.estimate = estimate_split(job, counted_as, llm.default_completion_tokens)
             if start.has_cost_budget and job.batch_id is not None:
                 spent, reserved = await self._reserve(call, counted_as)
                 if spent:
                     await self._finish_stopped(job, "budget_exceeded", start)
                     return
+            if capped:
+                refused = self.spending.refusal(model, counted_as)
+                if refused is not None:
+                    await self._finish_unrunnable(job_id, payload, refused)
+                    return
+                price = call_price(counted_as, call.estimate) or 0.0
+                emit = functools.partial(self._emit, call=call)
+                spend = await self.spending.admit(job.id, job.batch_id, model, price, emit)
             try:
                 too_large = await self.admitter.admit(call)
             except Retry:
@@ -194,6 +209,8 @@ class JobRunner:
                 kwargs = call_kwargs(job, llm, supports_caching=caching, model=model, deployment=chosen)
             await self._call(call, kwargs)
         finally:
+            if spend is not None:
+                await self.spending.settle(spend, call.cost)
             if reserved is not None and job.batch_id is not None:
                 await self.budget.give_back(job.batch_id, reserved)
             if call.cache_key is not None and self.cache is not None:
@@ -294,6 +311,7 @@ class JobRunner:
         result.request_id = request_id_of_response(response)
         if checked is not None:
             reask.count_reasks(result, checked)
+        call.cost = result.cost
         # The answer is paid for: what follows the call may not stand between it and its stored result,
         # so bookkeeping that Redis refuses (full, restarting) is logged and skipped, not raised. The
         # batch's counts and the cache are written first (a run ends when its last result is in); the
@@ -348,6 +366,7 @@ class JobRunner:
         result.response = response_dict(checked.last)
         result.request_id = request_id_of_response(checked.last)
         reask.count_reasks(result, checked)
+        call.cost = result.cost
         await self.results.keep_paid(result, reply_to=call.job.reply_to)
         self._emit("failed", call, latency=latency, reason=kind, message=message, cost=result.cost)
 
