@@ -152,7 +152,9 @@ async def test_a_warning_is_logged_once_when_spend_passes_80_percent(
         await spend.settle(reservation, cost)
 
     warnings = [r.getMessage() for r in caplog.records]
-    assert warnings == ["spending: all models spent $0.8500 of the daily limit of $1 (85%) in 2026-12-06 (UTC)"]
+    assert warnings == [
+        "spending: all models spent $0.8500 of the daily limit of $1 (85%) in 2026-12-06 (UTC)"
+    ]
     assert (await read_spending(redis, clock.now))["today"]["warning"] is True
 
 
