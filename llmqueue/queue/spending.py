@@ -30,9 +30,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from arq.worker import Retry
 from redis.asyncio import Redis
@@ -41,18 +41,11 @@ from redis.exceptions import RedisError
 from llmqueue import keys
 from llmqueue.llm.prices import has_price
 from llmqueue.queue.budget import WAIT_FOR_CALLS
+from llmqueue.queue.spend_report import Period, Periods, periods
 from llmqueue.redaction import redis_error_line
 from llmqueue.settings import BudgetConfig
 
-__all__ = [
-    "HOLD_RECHECK",
-    "Periods",
-    "SpendGate",
-    "SpendListener",
-    "SpendReservation",
-    "periods",
-    "read_spending",
-]
+__all__ = ["HOLD_RECHECK", "SpendGate", "SpendListener", "SpendReservation"]
 
 logger = logging.getLogger("llmqueue.spending")
 
@@ -63,41 +56,10 @@ MONTH_TTL = 400 * 86400
 ALL = "*"
 """The model name that stands for all models together (overall limits, metrics labels)."""
 
-Period = Literal["day", "month"]
 _SCRIPT = resources.files("llmqueue.queue").joinpath("lua", "spending.lua").read_text(encoding="utf-8")
 _LIMITS: tuple[tuple[Period, bool], ...] = (("day", False), ("day", True), ("month", False), ("month", True))
 """The four limits a call meets, in the script's order: (period, whether it is its model's own)."""
 _WORDS = {"day": "daily", "month": "monthly"}
-
-
-@dataclass(frozen=True)
-class Periods:
-    """The UTC day and month ``now`` falls in, and when each ends (Unix seconds)."""
-
-    day: str
-    month: str
-    day_ends: float
-    month_ends: float
-
-    def name(self, period: Period) -> str:
-        return self.day if period == "day" else self.month
-
-    def ends(self, period: Period) -> float:
-        return self.day_ends if period == "day" else self.month_ends
-
-
-def periods(now: float) -> Periods:
-    """The UTC periods of ``now`` (Unix seconds): ``2026-12-06`` ends at ``2026-12-07 00:00 UTC``."""
-    moment = datetime.fromtimestamp(now, UTC)
-    day_start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    month_start = day_start.replace(day=1)
-    next_month = (month_start + timedelta(days=32)).replace(day=1)
-    return Periods(
-        day=f"{moment:%Y-%m-%d}",
-        month=f"{moment:%Y-%m}",
-        day_ends=(day_start + timedelta(days=1)).timestamp(),
-        month_ends=next_month.timestamp(),
-    )
 
 
 def limits_of(budget: BudgetConfig, model: str) -> list[float | None]:
@@ -272,61 +234,3 @@ class SpendGate:
 
 def _args(limits: Sequence[float | None]) -> list[str]:
     return ["" if limit is None else repr(limit) for limit in limits]
-
-
-async def read_spending(redis: Redis, now: float, *, batch_id: str | None = None) -> dict[str, Any]:
-    """What ``llmqueue status`` and the dashboard show: today's and this month's spend (UTC) overall
-    and by model, against the limits the workers apply, and the jobs held now (of ``batch_id`` only,
-    when given) with their reasons. Held jobs that ended meanwhile (a cancel) are dropped here."""
-    current = periods(now)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.spend(f"day:{current.day}"))
-        pipe.hgetall(keys.spend(f"month:{current.month}"))
-        pipe.get(keys.spend_limits())
-        pipe.hgetall(keys.spend_held())
-        day, month, raw_limits, raw_held = await pipe.execute()
-    budget = BudgetConfig.model_validate(json.loads(raw_limits)) if raw_limits else BudgetConfig()
-    held = {job.decode(): json.loads(value) for job, value in raw_held.items()}
-    if held:
-        async with redis.pipeline(transaction=False) as pipe:
-            for job in held:
-                pipe.exists(keys.result(job))
-            ended = [job for job, done in zip(held, await pipe.execute(), strict=True) if done]
-        if ended:
-            await redis.hdel(keys.spend_held(), *ended)
-            held = {job: info for job, info in held.items() if job not in ended}
-    if batch_id is not None:
-        held = {job: info for job, info in held.items() if info.get("batch_id") == batch_id}
-    return {
-        "limits_set": budget.active,
-        "warn_at": budget.warn_at,
-        "today": _period_view(day, current.day, budget, "daily"),
-        "month": _period_view(month, current.month, budget, "monthly"),
-        "held": len(held),
-        "held_reasons": sorted({str(info.get("reason")) for info in held.values()}),
-    }
-
-
-def _period_view(fields: dict[bytes, bytes], name: str, budget: BudgetConfig, word: str) -> dict[str, Any]:
-    values = {k.decode(): float(v) for k, v in fields.items() if not k.startswith(b"warned")}
-    models = sorted(
-        {k.partition(":")[2] for k in values if ":" in k}
-        | {m for m, limit in budget.models.items() if getattr(limit, word) is not None}
-    )
-
-    def row(suffix: str, limit: float | None) -> dict[str, Any]:
-        spent = max(0.0, values.get("spent" + suffix, 0.0))
-        return {
-            "spent": spent,
-            "in_flight": max(0.0, values.get("reserved" + suffix, 0.0)),
-            "limit": limit,
-            "share": spent / limit if limit else None,
-            "warning": limit is not None and spent >= budget.warn_at * limit,
-            "reached": limit is not None and spent >= limit,
-        }
-
-    by_model = {}
-    for model in models:
-        own = budget.models.get(model)
-        by_model[model] = row(":" + model, getattr(own, word) if own else None)
-    return {"period": name, **row("", getattr(budget, word)), "by_model": by_model}

@@ -3,16 +3,23 @@ real cost, warnings, the UTC periods and their rollover (an injected clock), and
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from arq.worker import Retry
 from redis.asyncio import Redis
+from typer.testing import CliRunner
 
 from llmqueue import keys
-from llmqueue.queue.spending import HOLD_RECHECK, SpendGate, SpendReservation, periods, read_spending
+from llmqueue.cli import app
+from llmqueue.ops.metrics import WorkerMetrics
+from llmqueue.queue.spend_report import periods, read_spending
+from llmqueue.queue.spending import HOLD_RECHECK, SpendGate, SpendReservation
 from llmqueue.settings import BudgetConfig, SpendLimit
 
 
@@ -214,3 +221,55 @@ def test_a_model_without_a_price_under_a_limit_is_refused_and_named() -> None:
     assert refused is not None and "'openai/my-finetune-xyz'" in refused
     assert "input_cost_per_token" in refused
     assert spend.refusal("gpt-4o-mini", "gpt-4o-mini") is None
+
+
+async def test_each_settled_call_sets_the_spend_gauges_of_its_limits(redis: Redis) -> None:
+    metrics = WorkerMetrics()
+    clock = Clock("2026-12-06T10:00:00")
+    spend = SpendGate(
+        redis,
+        BudgetConfig(daily=1.0, models={"m": SpendLimit(monthly=2.0)}),
+        clock=clock,
+        listeners=[metrics],
+    )
+    reservation = await spend.reserve("a", None, "m", 0.1)
+    assert isinstance(reservation, SpendReservation)
+    await spend.settle(reservation, 0.9)
+
+    def sample(name: str, period: str, model: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"period": period, "model": model})
+
+    assert sample("llmqueue_spend_usd", "day", "*") == pytest.approx(0.9)
+    assert sample("llmqueue_spend_limit_usd", "day", "*") == 1.0
+    assert sample("llmqueue_spend_warning", "day", "*") == 1
+    assert sample("llmqueue_spend_usd", "month", "m") == pytest.approx(0.9)
+    assert sample("llmqueue_spend_warning", "month", "m") == 0
+    assert sample("llmqueue_spend_usd", "month", "*") is None  # no monthly limit for all models
+
+
+def test_status_shows_spend_against_the_limits_and_why_jobs_are_held(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "300")
+
+    async def hold_one() -> None:
+        client = Redis.from_url(redis_url)
+        spend = SpendGate(client, BudgetConfig(daily=1.0, models={"m": SpendLimit(daily=5.0)}))
+        await spend.publish(nothing_to_wake)
+        reservation = await spend.reserve("a", None, "m", 0.1)
+        assert isinstance(reservation, SpendReservation)
+        await spend.settle(reservation, 1.25)
+        assert (await spend.reserve("b", "b1", "m", 0.1))[0] == "held"
+        await client.aclose()
+
+    asyncio.run(hold_one())
+    table = CliRunner().invoke(app, ["status", "--redis-url", redis_url])
+    shown = CliRunner().invoke(app, ["status", "--json", "--redis-url", redis_url])
+
+    assert table.exit_code == 0, table.output
+    assert re.search(r"all models[│ ]+\$1\.25[│ ]+-[│ ]+\$1\.00[│ ]+reached: jobs are held", table.stdout)
+    assert re.search(r"│ m[│ ]+\$1\.25[│ ]+-[│ ]+\$5\.00[│ ]+25%", table.stdout)
+    assert "daily spending limit for all models ($1) is reached" in table.stdout
+    assert "1 job(s) held by a spending limit" in table.stdout
+    data = json.loads(shown.stdout)["spending"]
+    assert data["held"] == 1 and data["today"]["spent"] == pytest.approx(1.25)

@@ -19,7 +19,8 @@ from redis.asyncio import Redis
 from llmqueue.batches.control import Batches
 from llmqueue.model_list import parse_model_list
 from llmqueue.producer import JobHandle, Producer
-from llmqueue.queue.spending import HOLD_RECHECK, read_spending
+from llmqueue.queue.spend_report import read_spending
+from llmqueue.queue.spending import HOLD_RECHECK
 from llmqueue.settings import BudgetConfig, Settings, SpendLimit
 from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
 from tests.support.settings import TEST_API_KEY, make_settings, running_worker
