@@ -212,4 +212,4 @@ async def test_the_spend_page_shows_spend_by_model_against_the_limits_its_warnin
 
     assert held.startswith("1 job(s) held: the daily spending limit for all models ($1) is reached")
     assert warning == "Spending warning: all models: 100% of the daily limit ($1)"
-    assert "gpt-4o\t$1.0000\t–\t$5.0000\t20%" in today
+    assert "gpt-4o\t$1.0000\t\N{EN DASH}\t$5.0000\t20%" in today
