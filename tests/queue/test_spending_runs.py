@@ -98,14 +98,19 @@ async def test_a_daily_limit_holds_across_workers_batches_and_agent_steps_then_a
     redis_url: str, redis: Redis, tmp_path: Path
 ) -> None:
     limit = 0.05  # ~25 tokens a call at $0.0001: ~20 calls of the 70
-    async with run_provider(ProviderConfig(api_key=TEST_API_KEY, latency=0.05)) as provider:
+    # Calls of 0.3 s: the two workers' eight slots have calls in flight together when the limit is met.
+    async with run_provider(ProviderConfig(api_key=TEST_API_KEY, latency=0.3)) as provider:
         settings = priced(redis_url, provider.base_url, BudgetConfig(daily=limit))
         async with Producer(settings) as producer:
             batches = Batches(producer.store, settings)
-            await batches.submit_file(write_batch(tmp_path / "one.jsonl", "one", 25), "one")
-            await batches.submit_file(write_batch(tmp_path / "two.jsonl", "two", 25), "two")
+            # max_tokens 16: each call reserves ~$0.0026, so calls run side by side up to the limit (without
+            # it, 1024 completion tokens are assumed: $0.10, above the limit, one call at a time).
+            await batches.submit_file(write_batch(tmp_path / "one.jsonl", "one", 25, max_tokens=16), "one")
+            await batches.submit_file(write_batch(tmp_path / "two.jsonl", "two", 25, max_tokens=16), "two")
             steps: list[JobHandle] = [
-                await producer.submit({"messages": [{"role": "user", "content": f"step {n}"}]})
+                await producer.submit(
+                    {"messages": [{"role": "user", "content": f"step {n}"}], "params": {"max_tokens": 16}}
+                )
                 for n in range(20)
             ]
             async with workers(settings, settings):
@@ -117,7 +122,7 @@ async def test_a_daily_limit_holds_across_workers_batches_and_agent_steps_then_a
             one = await read_spending(redis, time.time(), batch_id="one")
 
             assert limit <= spent <= limit + in_flight * dearest, (spent, in_flight, dearest)
-            assert in_flight <= 8
+            assert 2 <= in_flight <= 8
             assert view["today"]["spent"] == pytest.approx(spent)
             assert view["today"]["reached"] and view["today"]["warning"]
             assert one["held"] > 0
@@ -153,8 +158,12 @@ async def test_a_batch_max_cost_and_the_daily_limit_both_apply_and_the_tighter_h
         async with Producer(settings) as producer:
             batches = Batches(producer.store, settings)
             # "tight": its own budget ($0.01) is below the day's; "loose": the day's limit is the tighter.
-            await batches.submit_file(write_batch(tmp_path / "t.jsonl", "tight", 30), "tight", max_cost=0.01)
-            await batches.submit_file(write_batch(tmp_path / "l.jsonl", "loose", 60), "loose", max_cost=1.0)
+            await batches.submit_file(
+                write_batch(tmp_path / "t.jsonl", "tight", 30, max_tokens=16), "tight", max_cost=0.01
+            )
+            await batches.submit_file(
+                write_batch(tmp_path / "l.jsonl", "loose", 60, max_tokens=16), "loose", max_cost=1.0
+            )
             async with workers(settings):
                 tight = await eventually(lambda: _done(batches, "tight"), within=60, what="tight stopped")
                 loose = await eventually(lambda: _loose_held(redis, batches), within=60, what="held")
@@ -205,7 +214,9 @@ async def test_a_fallbacks_calls_count_against_its_own_models_limit(
         settings.fallbacks = {"a": ["b"]}
         async with Producer(settings) as producer:
             batches = Batches(producer.store, settings)
-            await batches.submit_file(write_batch(tmp_path / "a.jsonl", "a", 30, model="a"), "fb")
+            await batches.submit_file(
+                write_batch(tmp_path / "a.jsonl", "a", 30, model="a", max_tokens=16), "fb"
+            )
             async with workers(settings):
                 await eventually(lambda: settled(redis, 30 - up.stats.succeeded), within=60, what="held")
                 view = await read_spending(redis, time.time())
