@@ -208,8 +208,10 @@ async def test_the_spend_page_shows_spend_by_model_against_the_limits_its_warnin
         held = await page.locator(".spend-held").inner_text()
         warning = await page.locator(".spend-warning").first.inner_text()
         today = await page.locator(".spend-period").first.locator("table.spend-models").inner_text()
+        whole = await page.locator("#spend").inner_text()
         await page.screenshot(path=artifacts / "spend-limits.png", full_page=True)
 
     assert held.startswith("1 job(s) held: the daily spending limit for all models ($1) is reached")
     assert warning == "Spending warning: all models: 100% of the daily limit ($1)"
+    assert "null" not in whole and "undefined" not in whole
     assert "gpt-4o\t$1.0000\t\N{EN DASH}\t$5.0000\t20%" in today

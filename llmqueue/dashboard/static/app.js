@@ -188,7 +188,7 @@ function renderSpend(reading) {
     spend.limits_set ? null : h("p", { class: "muted" }, "No spending limit is set ([budget] in config.toml): spend by model is recorded only under one."),
   ];
   return [
-    ...alerts,
+    ...alerts.filter(Boolean),
     h("div", { class: "spend" }, part("Today (UTC)", spend.today), part("This month (UTC)", spend.month)),
     h("p", { class: "muted" }, `${spend.note}.`),
   ];
