@@ -266,6 +266,11 @@ class BudgetConfig(SpendLimit):
         limits = [self, *self.models.values()]
         return any(limit.daily is not None or limit.monthly is not None for limit in limits)
 
+    def applies_to(self, model: str) -> bool:
+        """Whether a limit is in force for calls to ``model`` (overall, or its own)."""
+        own = self.models.get(model, SpendLimit())
+        return any(limit is not None for limit in (self.daily, self.monthly, own.daily, own.monthly))
+
 
 def budget_from_env(llm_values: dict[str, Any]) -> dict[str, Any]:
     """``LLM_BUDGET_<FIELD>`` variables (read as ``llm.budget_<field>``) as ``[budget]`` keys;

@@ -124,7 +124,7 @@ class SpendGate:
 
     def applies(self, model: str) -> bool:
         """Whether a limit is in force for calls to ``model``."""
-        return any(limit is not None for limit in limits_of(self.budget, model))
+        return self.budget.applies_to(model)
 
     def refusal(self, model: str, priced_as: str) -> str | None:
         """Why a call to ``model`` (priced as the LiteLLM model ``priced_as``) cannot run under the
