@@ -22,11 +22,12 @@ from aiohttp.test_utils import TestServer
 from llmqueue.batches.control import Batches
 from llmqueue.dashboard import Access, create_app
 from llmqueue.producer import Producer
-from llmqueue.queue.spending import SpendGate, SpendReservation
+from llmqueue.queue.spending import SpendGate
 from llmqueue.settings import BudgetConfig, Settings, SpendLimit
 from llmqueue.simulator.server import ProviderConfig, run_provider
 from tests.dashboard.conftest import TOKEN
 from tests.support.settings import TEST_API_KEY, make_settings, running_worker
+from tests.support.spending import pay_then_hold
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -195,11 +196,7 @@ async def test_the_spend_page_shows_spend_by_model_against_the_limits_its_warnin
     redis_url: str, batches: Batches, artifacts: Path
 ) -> None:
     spend = SpendGate(batches.redis, BudgetConfig(daily=1.0, models={"gpt-4o": SpendLimit(daily=5.0)}))
-    await spend.publish(lambda jobs: asyncio.sleep(0))
-    reservation = await spend.reserve("a", None, "gpt-4o", 0.1)
-    assert isinstance(reservation, SpendReservation)
-    await spend.settle(reservation, 1.0)
-    assert (await spend.reserve("b", "eval-run", "gpt-4o", 0.1))[0] == "held"
+    await pay_then_hold(spend, "gpt-4o", 1.0, batch_id="eval-run")
     assert batches.settings is not None
     app = create_app(batches, batches.settings, Access(token=TOKEN, reads_need_token=False), interval=0.5)
     async with TestServer(app, host="127.0.0.1") as server, browser_page() as page:

@@ -13,11 +13,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from llmqueue.batches.control import Batches
 from llmqueue.dashboard import Access, create_app
 from llmqueue.dashboard.server import HUB
-from llmqueue.queue.spending import SpendGate, SpendReservation
+from llmqueue.queue.spending import SpendGate
 from llmqueue.settings import BudgetConfig, Settings, SpendLimit
 from llmqueue.simulator.server import RunningProvider
 from tests.dashboard.conftest import TOKEN
 from tests.support.settings import running_worker
+from tests.support.spending import pay_then_hold
 
 Client = TestClient[Any, Any]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -165,11 +166,7 @@ async def test_spend_shows_each_model_against_its_limit_and_the_held_jobs(
     dashboard: Client, batches: Batches
 ) -> None:
     spend = SpendGate(batches.redis, BudgetConfig(daily=1.0, models={"m": SpendLimit(monthly=10.0)}))
-    await spend.publish(lambda jobs: asyncio.sleep(0))
-    reservation = await spend.reserve("a", None, "m", 0.1)
-    assert isinstance(reservation, SpendReservation)
-    await spend.settle(reservation, 1.0)
-    assert (await spend.reserve("b", "b1", "m", 0.1))[0] == "held"
+    await pay_then_hold(spend, "m", 1.0, batch_id="b1")
 
     shown = await (await dashboard.get("/api/spend")).json()
 

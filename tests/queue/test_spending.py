@@ -21,6 +21,7 @@ from llmqueue.ops.metrics import WorkerMetrics
 from llmqueue.queue.spend_report import periods, read_spending
 from llmqueue.queue.spending import HOLD_RECHECK, SpendGate, SpendReservation
 from llmqueue.settings import BudgetConfig, SpendLimit
+from tests.support.spending import nothing_to_wake, pay, pay_then_hold
 
 
 def at(text: str) -> float:
@@ -51,10 +52,6 @@ def test_periods_are_utc_days_and_months_ending_at_midnight(
 
     assert (found.day, found.month) == (day, month)
     assert (found.day_ends, found.month_ends) == (at(day_ends), at(month_ends))
-
-
-async def nothing_to_wake(jobs: Any) -> None:
-    raise AssertionError(f"nothing is held, yet {jobs} were woken")
 
 
 def gate(redis: Redis, clock: Clock, **budget: Any) -> SpendGate:
@@ -154,9 +151,7 @@ async def test_a_warning_is_logged_once_when_spend_passes_80_percent(
     await spend.publish(nothing_to_wake)
     caplog.set_level(logging.WARNING, "llmqueue.spending")
     for cost in (0.5, 0.35, 0.1):
-        reservation = await spend.reserve("a", None, "m", 0.1)
-        assert isinstance(reservation, SpendReservation)
-        await spend.settle(reservation, cost)
+        await pay(spend, "m", cost)
 
     warnings = [r.getMessage() for r in caplog.records]
     assert warnings == [
@@ -168,9 +163,7 @@ async def test_a_warning_is_logged_once_when_spend_passes_80_percent(
 async def test_a_held_job_raises_retry_and_says_why(redis: Redis) -> None:
     clock = Clock("2026-12-06T10:00:00")
     spend = gate(redis, clock, daily=1.0)
-    reservation = await spend.reserve("a", None, "m", 0.1)
-    assert isinstance(reservation, SpendReservation)
-    await spend.settle(reservation, 2.0)
+    await pay(spend, "m", 2.0)
     steps: list[tuple[Any, dict[str, Any]]] = []
 
     with pytest.raises(Retry):
@@ -188,9 +181,7 @@ async def test_a_worker_with_other_limits_wakes_the_held_jobs(redis: Redis) -> N
         woken.append(list(jobs))
 
     await spend.publish(wake)
-    reservation = await spend.reserve("a", None, "m", 0.1)
-    assert isinstance(reservation, SpendReservation)
-    await spend.settle(reservation, 1.0)
+    await pay(spend, "m", 1.0)
     assert (await spend.reserve("b", None, "m", 0.1))[0] == "held"
     await gate(redis, clock, daily=1.0).publish(wake)  # the same limits: nothing to wake
     await gate(redis, clock, daily=2.0).publish(wake)
@@ -203,9 +194,7 @@ async def test_a_worker_with_other_limits_wakes_the_held_jobs(redis: Redis) -> N
 async def test_held_jobs_that_ended_meanwhile_are_not_shown(redis: Redis) -> None:
     clock = Clock("2026-12-06T10:00:00")
     spend = gate(redis, clock, daily=1.0)
-    reservation = await spend.reserve("a", None, "m", 0.1)
-    assert isinstance(reservation, SpendReservation)
-    await spend.settle(reservation, 1.0)
+    await pay(spend, "m", 1.0)
     await spend.reserve("b", None, "m", 0.1)
     await redis.set(keys.result("b"), b"{}")
 
@@ -232,9 +221,7 @@ async def test_each_settled_call_sets_the_spend_gauges_of_its_limits(redis: Redi
         clock=clock,
         listeners=[metrics],
     )
-    reservation = await spend.reserve("a", None, "m", 0.1)
-    assert isinstance(reservation, SpendReservation)
-    await spend.settle(reservation, 0.9)
+    await pay(spend, "m", 0.9)
 
     def sample(name: str, period: str, model: str) -> float | None:
         return metrics.registry.get_sample_value(name, {"period": period, "model": model})
@@ -255,11 +242,7 @@ def test_status_shows_spend_against_the_limits_and_why_jobs_are_held(
     async def hold_one() -> None:
         client = Redis.from_url(redis_url)
         spend = SpendGate(client, BudgetConfig(daily=1.0, models={"m": SpendLimit(daily=5.0)}))
-        await spend.publish(nothing_to_wake)
-        reservation = await spend.reserve("a", None, "m", 0.1)
-        assert isinstance(reservation, SpendReservation)
-        await spend.settle(reservation, 1.25)
-        assert (await spend.reserve("b", "b1", "m", 0.1))[0] == "held"
+        await pay_then_hold(spend, "m", 1.25, batch_id="b1")
         await client.aclose()
 
     asyncio.run(hold_one())
