@@ -228,3 +228,20 @@ def batch_api(batch_id: str) -> str:
 def job_stream(job_id: str) -> str:
     """A streamed job's Redis Stream of answer deltas (``JobHandle.stream``), expiring with the job."""
     return f"{PREFIX}:stream:{job_id}"
+
+
+def spend(period: str) -> str:
+    """The spending of one UTC period (``day:2026-12-06`` or ``month:2026-12``), a hash of USD: ``spent``
+    and ``reserved`` (calls in flight) over all models, ``spent:<model>`` and ``reserved:<model>`` per
+    model, and ``warned:<model or *>`` once a warning was given. One hash tag, so one script takes all."""
+    return f"{PREFIX}:spend:{{spend}}:{period}"
+
+
+def spend_held() -> str:
+    """Jobs held by a spending limit (a hash: job id → JSON of its batch, the limit and until when)."""
+    return f"{PREFIX}:spend:{{spend}}:held"
+
+
+def spend_limits() -> str:
+    """The spending limits the last worker to start applies (JSON), for ``status`` and the dashboard."""
+    return f"{PREFIX}:spend:{{spend}}:limits"

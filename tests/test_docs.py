@@ -150,6 +150,8 @@ def other_value(field: Any, default: Any) -> list[str]:
         return ["false" if default else "true"]
     if text.startswith("list"):
         return ['["x-test*"]']
+    if text.startswith("dict"):  # JSON, as LLM_BUDGET_MODELS
+        return ['{"x-test": {"daily": 1}}']
     if '"' in text:  # a Literal
         return [choice.strip('"') for choice in text.split(" | ") if choice.strip('"') != default]
     if "int" in text or "float" in text:
@@ -170,7 +172,10 @@ def test_every_environment_variable_in_the_reference_sets_its_setting(
             monkeypatch.delenv(name)
     assert row.env is not None
     env = row.env
-    section = next((name for name, prefix in settings.ENV_PREFIXES.items() if env.startswith(prefix)), None)
+    matching = [
+        (len(prefix), name) for name, prefix in settings.ENV_PREFIXES.items() if env.startswith(prefix)
+    ]
+    section = max(matching)[1] if matching else None  # LLM_BUDGET_ before LLM_
     model = Settings if section is None else Settings.model_fields[section].annotation
     assert isinstance(model, type) and issubclass(model, BaseModel)
     field = model.model_fields[row.key]

@@ -472,3 +472,47 @@ def test_api_keys_never_appear_in_repr_or_str(
     for text in texts:
         assert "env-key-abcdef-123456" not in text
         assert "group-key-zyxwvu-987654" not in text
+
+
+# ---- spending limits ([budget], LLM_BUDGET_*) ------------------------------------------------------
+
+
+def test_budget_limits_come_from_the_file_and_the_environment_over_it(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config('[budget]\ndaily = 5.0\nmonthly = 90\n[budget.models."gpt-4o"]\ndaily = 2\n')
+    monkeypatch.setenv("LLM_BUDGET_DAILY", "7.5")
+    monkeypatch.setenv("BUDGET_DAILY", "1")  # not ours: the budget's variables are LLM_BUDGET_*
+
+    budget = load_settings(path).budget
+
+    assert (budget.daily, budget.monthly, budget.warn_at) == (7.5, 90.0, 0.8)
+    assert budget.models["gpt-4o"].daily == 2.0
+    assert budget.applies_to("other") and budget.active
+
+
+def test_per_model_budget_limits_from_the_environment_are_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_BUDGET_MODELS", '{"gpt-4o": {"monthly": 40}}')
+
+    budget = load_settings().budget
+
+    assert budget.models["gpt-4o"].monthly == 40.0
+    assert budget.applies_to("gpt-4o") and not budget.applies_to("gpt-4o-mini")
+
+
+def test_a_bad_budget_key_is_named_in_the_file_and_in_the_environment(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError, match=r"\[budget\] daly: unknown key"):
+        load_settings(write_config("[budget]\ndaly = 5\n"))
+    monkeypatch.setenv("LLM_BUDGET_DAILY", "-1")
+    with pytest.raises(
+        ConfigError, match=r"budget.daily \(env LLM_BUDGET_DAILY\): Input should be greater than 0"
+    ):
+        load_settings()
+
+
+def test_no_budget_limit_means_nothing_is_capped() -> None:
+    budget = load_settings().budget
+
+    assert not budget.active and not budget.applies_to("gpt-4o")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -304,3 +304,38 @@ def limits_table(states: Sequence[ScopeState], title: str = "limits") -> Table:
             f"{state.requests_last_minute} requests, {state.rate_limited_last_minute} answered 429",
         )
     return table
+
+
+def spending_table(view: Mapping[str, Any]) -> Table:
+    """The spending limits part of ``llmqueue status`` (``queue.spending.read_spending``'s view): today's
+    and this month's spend (UTC), overall and by model, against the limits, and the jobs held."""
+    table = Table(title="spending limits (UTC)")
+    for column in ("period", "model", "spent", "in flight", "limit", "state"):
+        table.add_column(column, justify="right" if column in ("spent", "in flight", "limit") else "left")
+    for key in ("today", "month"):
+        period = view[key]
+        rows = [("all models", period), *period["by_model"].items()]
+        for model, row in rows:
+            if row["limit"] is None and row["spent"] == 0 and row["in_flight"] == 0:
+                continue
+            table.add_row(
+                period["period"],
+                model,
+                format_usd(row["spent"]),
+                format_usd(row["in_flight"]) if row["in_flight"] > 1e-9 else "-",
+                "-" if row["limit"] is None else format_usd(row["limit"]),
+                _spend_state(row),
+            )
+    for reason in view["held_reasons"]:
+        table.add_row("held", "", "", "", "", f"[yellow]{escape(reason)}[/yellow]")
+    if view["held"]:
+        table.caption = f"{view['held']} job(s) held by a spending limit"
+    return table
+
+
+def _spend_state(row: Mapping[str, Any]) -> str:
+    if row["reached"]:
+        return "[red]reached: jobs are held[/red]"
+    if row["warning"]:
+        return f"[yellow]{row['share']:.0%} of the limit[/yellow]"
+    return "" if row["share"] is None else f"{row['share']:.0%}"

@@ -8,6 +8,7 @@ Redis so ``llmqueue run --resume BATCH`` goes on without redoing finished jobs.
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import tempfile
 import time
@@ -35,6 +36,7 @@ from llmqueue.ops.local_cluster import LocalCluster, run_dir
 from llmqueue.ops.registry import read_workers
 from llmqueue.producer import Producer
 from llmqueue.queue.ledger import BatchStatus
+from llmqueue.queue.spend_report import read_spending
 from llmqueue.settings import Settings
 
 if TYPE_CHECKING:
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 
 OTHER_WORKERS_AFTER = 3.0
 """Seconds after the first worker came up that the others start even if it has made no call yet."""
+HELD_READ_EVERY = 2.0
+"""Seconds between two reads of why the spending limits hold the batch's jobs."""
 
 
 @dataclass
@@ -235,6 +239,7 @@ async def _watch(
     lock: RedisRunLock | None,
 ) -> BatchStatus:
     first_seen: float | None = None
+    held = _HeldNotice(producer, batch_id)
     with BatchProgress(console) as progress:
 
         def on_stall(reason: str) -> None:
@@ -244,6 +249,8 @@ async def _watch(
 
         async for status in batches.follow(batch_id, interval=0.1, on_stall=on_stall):
             progress.update(status)
+            for reason in await held.new_reasons():
+                progress.warn(f"jobs of batch {batch_id} are held: {reason} (see `llmqueue status`)")
             cluster.check_workers()
             if lock is not None:
                 await lock.refresh()
@@ -256,6 +263,24 @@ async def _watch(
                 if status.requests or status.finished or waited:
                     cluster.start_other_workers()
     return status
+
+
+class _HeldNotice:
+    """The spending limits' reasons for holding jobs of the batch, each told once (read every few s)."""
+
+    def __init__(self, producer: Producer, batch_id: str) -> None:
+        self.producer, self.batch_id = producer, batch_id
+        self.told: set[str] = set()
+        self.read_at = -math.inf
+
+    async def new_reasons(self) -> list[str]:
+        if not self.producer.settings.budget.active or time.monotonic() - self.read_at < HELD_READ_EVERY:
+            return []
+        self.read_at = time.monotonic()
+        view = await read_spending(self.producer.redis, time.time(), batch_id=self.batch_id)
+        new = [reason for reason in view["held_reasons"] if reason not in self.told]
+        self.told.update(new)
+        return new
 
 
 @contextlib.asynccontextmanager

@@ -115,13 +115,16 @@ class BatchSubmission:
             if not check.ok:
                 raise invalid_file_error(check, path)
         require_requests(path)
-        if max_cost is not None and self.settings is not None:
-            from llmqueue.llm.prices import budget_refusal  # imports LiteLLM
+        if self.settings is not None and (max_cost is not None or self.settings.budget.active):
+            from llmqueue.llm.prices import budget_refusal, spending_refusal  # imports LiteLLM
 
-            jobs = (item for item in iter_jobs(path, **options) if isinstance(item, Job))
-            refusal = budget_refusal(jobs, self.settings)
-            if refusal is not None:
-                raise BatchError(refusal)
+            for refused in (
+                (budget_refusal, spending_refusal) if max_cost is not None else (spending_refusal,)
+            ):
+                jobs = (item for item in iter_jobs(path, **options) if isinstance(item, Job))
+                refusal = refused(jobs, self.settings)
+                if refusal is not None:
+                    raise BatchError(refusal)
         await self._refuse_changed_lines(path, batch_id, iter_jobs(path, **options, priority=priority))
         if on_queueing is not None:
             on_queueing()

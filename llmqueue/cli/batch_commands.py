@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -154,10 +155,11 @@ def status(
     """Counts, tokens, cost, throughput and ETA of a batch, with the calls of each deployment and its
     state now; or, without a batch, queued/running per priority."""
     from llmqueue.batches.control import Batches
-    from llmqueue.batches.display import limits_table, status_table
+    from llmqueue.batches.display import limits_table, spending_table, status_table
     from llmqueue.cli.limit_commands import batch_limits
     from llmqueue.limits.breaker import deployment_states
     from llmqueue.producer import Producer
+    from llmqueue.queue.spend_report import read_spending
 
     settings = settings_from(config, redis_url)
     if batch is None:
@@ -173,10 +175,11 @@ def status(
         current = await batches.status(batch)
         return current, await states(batches, list(current.deployments))
 
+    spending = with_redis(settings, lambda redis: read_spending(redis, time.time(), batch_id=batch))
     if as_json:
         current, now = with_batches(settings, view)
         limits = with_redis(settings, lambda redis: batch_limits(redis, batch))
-        data = {**current.to_json(), "limits": [s.to_json() for s in limits]}
+        data = {**current.to_json(), "limits": [s.to_json() for s in limits], "spending": spending}
         data["deployment_states"] = {name: asdict(state) for name, state in now.items()}
         typer.echo(json.dumps(data, indent=2))
         return
@@ -186,6 +189,8 @@ def status(
         limits = with_redis(settings, lambda redis: batch_limits(redis, batch))
         if limits:
             Console().print(limits_table(limits, title="limits it runs under"))
+        if spending["limits_set"]:
+            Console().print(spending_table(spending))
         return
 
     async def follow() -> None:
@@ -202,17 +207,22 @@ def status(
 def _queue_status(settings: Settings, as_json: bool) -> None:
     from dataclasses import asdict
 
-    from llmqueue.batches.display import queue_table
+    from llmqueue.batches.display import queue_table, spending_table
     from llmqueue.queue.ready import ReadyQueue
+    from llmqueue.queue.spend_report import read_spending
 
     queue = settings.worker.queue_name
     counts = with_batches(
         settings, lambda b: ReadyQueue(b.redis, queue, claim_ttl=settings.worker.in_progress_ttl).counts()
     )
+    spending = with_redis(settings, lambda redis: read_spending(redis, time.time()))
     if as_json:
-        typer.echo(json.dumps({"queue": queue, "priorities": [asdict(row) for row in counts]}, indent=2))
+        priorities = [asdict(row) for row in counts]
+        typer.echo(json.dumps({"queue": queue, "priorities": priorities, "spending": spending}, indent=2))
     else:
         Console().print(queue_table(queue, counts))
+        if spending["limits_set"]:
+            Console().print(spending_table(spending))
 
 
 def _resume_command(context: typer.Context, batch_id: str, *, leave_out: tuple[str, ...] = ()) -> str:

@@ -35,6 +35,7 @@ from llmqueue.limits.limiter import RateLimiter
 from llmqueue.limits.view import scopes as limit_scopes
 from llmqueue.ops.registry import WorkerInfo, read_workers
 from llmqueue.queue.ledger import BatchStatus
+from llmqueue.queue.spend_report import read_spending
 
 logger = logging.getLogger("llmqueue.dashboard")
 
@@ -193,7 +194,7 @@ class Hub:
             "batches": batch_views,
             "limits": scope_views,
             "workers": [worker_view(w, now) for w in workers],
-            "spend": spend_view(statuses, now),
+            "spend": spend_view(statuses, now, await read_spending(self.batches.redis, now)),
         }
         async with self._changed:
             self.latest = reading

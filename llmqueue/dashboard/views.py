@@ -8,7 +8,7 @@ as they are.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -117,11 +117,13 @@ def failure_groups(results: Iterable[JobResult], *, examples: int = 3) -> list[d
     ]
 
 
-def spend_view(statuses: Iterable[BatchStatus], now: float) -> dict[str, Any]:
-    """Cost by batch, today and this month (UTC), as Redis records it: each batch's running cost.
+def spend_view(statuses: Iterable[BatchStatus], now: float, spending: Mapping[str, Any]) -> dict[str, Any]:
+    """Spend today and this month (UTC): by model against the spending limits, as the workers record it
+    under ``[budget]`` (``spending``: :func:`llmqueue.queue.spend_report.read_spending`'s view), with
+    the jobs held and a warning per limit past ``warn_at``; and by batch, each batch's running cost.
 
-    Redis keeps a batch's cost and the time it was created, not when each cent was spent nor by which
-    model, so a batch counts in the day and month it was created in, and there is no split by model.
+    Redis keeps a batch's cost and the time it was created, not when each cent was spent, so a batch
+    counts in the day and month it was created in.
     """
     today = datetime.fromtimestamp(now, UTC)
     day: dict[str, float] = {}
@@ -133,9 +135,22 @@ def spend_view(statuses: Iterable[BatchStatus], now: float) -> dict[str, Any]:
             if created.day == today.day:
                 day[status.batch_id] = status.cost
     return {
-        "today": {"total": sum(day.values()), "by_batch": day},
-        "month": {"total": sum(month.values()), "by_batch": month},
-        "by_model": None,
-        "note": "By batch, each counted in the UTC day and month it was created: Redis records a batch's "
-        "running cost, not when it was spent nor by which model",
+        **spending,
+        "today": {**spending["today"], "total": sum(day.values()), "by_batch": day},
+        "month": {**spending["month"], "total": sum(month.values()), "by_batch": month},
+        "warnings": spend_warnings(spending),
+        "note": "By model: what the workers recorded under their spending limits ([budget]). By batch: each "
+        "batch's running cost, counted in the UTC day and month it was created",
     }
+
+
+def spend_warnings(spending: Mapping[str, Any]) -> list[str]:
+    """A line for each spending limit past its warning share: ``gpt-4o: 85% of the daily limit ($10)``."""
+    lines = []
+    for key, word in (("today", "daily"), ("month", "monthly")):
+        period = spending[key]
+        rows = [("all models", period), *period["by_model"].items()]
+        for model, row in rows:
+            if row["warning"]:
+                lines.append(f"{model}: {row['share']:.0%} of the {word} limit (${row['limit']:g})")
+    return lines

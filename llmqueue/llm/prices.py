@@ -9,7 +9,7 @@ Prices are LiteLLM's ``model_info`` fields, ``input_cost_per_token`` and ``outpu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import litellm
@@ -18,7 +18,7 @@ from llmqueue.llm.request import job_model
 from llmqueue.models import Job
 from llmqueue.settings import Settings
 
-__all__ = ["budget_refusal", "has_price", "register_prices", "unpriced"]
+__all__ = ["budget_refusal", "has_price", "register_prices", "spending_refusal", "unpriced"]
 
 
 def register_prices(settings: Settings) -> None:
@@ -58,19 +58,44 @@ def unpriced(models: Iterable[str]) -> list[str]:
 def budget_refusal(jobs: Iterable[Job], settings: Settings) -> str | None:
     """Why a cost budget cannot hold for ``jobs``: the models they call (deployments and fallbacks
     included) that have no price, named; None when every one has one."""
+    missing = unpriced(_served(jobs, settings, lambda _model: True))
+    if not missing:
+        return None
+    return (
+        f"--max-cost needs a price for every model, and LiteLLM knows none for {_named(missing)}: give "
+        "input_cost_per_token and output_cost_per_token (USD) in [llm] (or the deployment's model_info), "
+        "or run without a cost budget"
+    )
+
+
+def spending_refusal(jobs: Iterable[Job], settings: Settings) -> str | None:
+    """Why the spending limits (``[budget]``) cannot cap ``jobs``: the models they call under a limit
+    (deployments and fallbacks included) that have no price, named; None when every one has one."""
+    if not settings.budget.active:
+        return None
+    missing = unpriced(_served(jobs, settings, settings.budget.applies_to))
+    if not missing:
+        return None
+    return (
+        f"spending limits ([budget]) are set and LiteLLM knows no price for {_named(missing)}, so their "
+        "calls cannot be capped: give input_cost_per_token and output_cost_per_token (USD) in [llm] (or "
+        "the deployment's model_info), or remove the limits that apply to them"
+    )
+
+
+def _served(jobs: Iterable[Job], settings: Settings, wanted: Callable[[str], bool]) -> set[str]:
+    """The LiteLLM models ``jobs`` call (their model, its fallbacks, the deployments of either) for the
+    model names ``wanted`` says."""
     register_prices(settings)
     models: set[str] = set()
     for job in jobs:
         own = job_model(job, settings.llm_for(job.llm_config))
         for model in [own, *settings.fallbacks.get(own, [])]:
-            served = [d.litellm_params.model for d in settings.model_list if d.model_name == model]
-            models.update(served or [model])
-    missing = unpriced(models)
-    if not missing:
-        return None
-    named = ", ".join(repr(m) for m in missing)
-    return (
-        f"--max-cost needs a price for every model, and LiteLLM knows none for {named}: give "
-        "input_cost_per_token and output_cost_per_token (USD) in [llm] (or the deployment's model_info), "
-        "or run without a cost budget"
-    )
+            if wanted(model):
+                served = [d.litellm_params.model for d in settings.model_list if d.model_name == model]
+                models.update(served or [model])
+    return models
+
+
+def _named(models: list[str]) -> str:
+    return ", ".join(repr(m) for m in models)

@@ -29,6 +29,11 @@ events since it started; Prometheus sums them across workers.
   ``requests`` or ``tokens``, and ``input_tokens``/``output_tokens`` where the provider limits them apart;
   ``source`` ``configured``, ``learnt``, ``both`` or ``none``; 0: none)
 - ``llmqueue_limit_level{scope,kind}`` (gauge): what the scope's shared bucket holds now
+- ``llmqueue_spend_usd{period,model}`` (gauge): what the UTC ``day`` or ``month`` has spent so far under a
+  spending limit (``[budget]``), for one model or ``*`` (all models), as of this worker's last call
+- ``llmqueue_spend_limit_usd{period,model}`` (gauge): that spending limit
+- ``llmqueue_spend_warning{period,model}`` (gauge): 1 once the spend passed ``warn_at`` (80%) of its limit
+  (jobs held by a limit count in ``llmqueue_jobs_deferred_total{reason="spending_limit"}``)
 
 The limit gauges are refreshed from Redis at most every 5 s per scope, after a provider answer.
 
@@ -160,6 +165,13 @@ class WorkerMetrics:
         )
         self._limit_sources: dict[str, str] = {}
 
+        def spend_gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, ("period", "model"), namespace="llmqueue", registry=registry)
+
+        self.spend = spend_gauge("spend_usd", "USD spent this UTC day or month under a spending limit.")
+        self.spend_limit = spend_gauge("spend_limit_usd", "The spending limit of the day or month, USD.")
+        self.spend_warning = spend_gauge("spend_warning", "1 once the spend passed warn_at of its limit.")
+
     def observe_limits(self, state: ScopeState) -> None:
         """Set the limit gauges of one scope (called by the worker's limit feedback)."""
         previous = self._limit_sources.get(state.scope)
@@ -171,6 +183,12 @@ class WorkerMetrics:
         for kind, rate, level in _limit_kinds(state):
             self.limit.labels(state.scope, kind, state.source).set(rate)
             self.limit_level.labels(state.scope, kind).set(level)
+
+    def observe_spend(self, period: str, model: str, spent: float, limit: float, warned: bool) -> None:
+        """Set the spend gauges of one limit (called after each call settled under it)."""
+        self.spend.labels(period, model).set(spent)
+        self.spend_limit.labels(period, model).set(limit)
+        self.spend_warning.labels(period, model).set(1 if warned else 0)
 
     def __call__(self, event: JobEvent) -> None:
         """Count one job event."""

@@ -35,6 +35,8 @@ class Call:
     """What admission took from the limiter for this call."""
     candidates: list[Candidate] = field(default_factory=list)
     deployment: Candidate | None = None
+    cost: float | None = None
+    """What the provider's answers to this call cost (USD), once they are in."""
 
     @property
     def attempt(self) -> int:

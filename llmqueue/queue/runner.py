@@ -11,7 +11,7 @@ import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from arq.worker import Retry
 from redis.exceptions import RedisError
@@ -33,7 +33,7 @@ from llmqueue.models import AttemptError, Job
 from llmqueue.ops.events import EventSink, JobEvent, emit
 from llmqueue.queue import reask, results
 from llmqueue.queue.admission import Admitter
-from llmqueue.queue.budget import WAIT_FOR_CALLS, BudgetGate
+from llmqueue.queue.budget import WAIT_FOR_CALLS, BudgetGate, call_price
 from llmqueue.queue.call import Call
 from llmqueue.queue.fallbacks import Fallbacks
 from llmqueue.queue.job_stream import StreamWriter
@@ -42,6 +42,7 @@ from llmqueue.queue.payload import invalid_reason
 from llmqueue.queue.reask import Checked
 from llmqueue.queue.results import REQUEUE_AFTER_STORE_ERROR, ResultWriter
 from llmqueue.queue.settling import Settling, best_effort
+from llmqueue.queue.spending import SpendGate, SpendListener, SpendReservation
 from llmqueue.queue.store import AttemptStart, JobStore
 from llmqueue.redaction import redact, redis_error_line
 from llmqueue.settings import LLMConfig, Settings
@@ -70,6 +71,7 @@ class JobRunner:
     results: ResultWriter = field(init=False)
     fallbacks: Fallbacks = field(init=False)
     budget: BudgetGate = field(init=False)
+    spending: SpendGate = field(init=False)
 
     def __post_init__(self) -> None:
         self.ledger = BatchLedger(self.store.redis)
@@ -80,6 +82,8 @@ class JobRunner:
         self.results = ResultWriter(self.store, self.worker_id, self.sinks)
         self.fallbacks = Fallbacks(self.settings.fallbacks, self.breaker, self.deployments)
         self.budget = BudgetGate(self.store.redis)
+        listeners = [cast(SpendListener, s) for s in self.sinks if isinstance(s, SpendListener)]
+        self.spending = SpendGate(self.store.redis, self.settings.budget, listeners=listeners)
         register_prices(self.settings)
 
     @property
@@ -161,13 +165,15 @@ class JobRunner:
         if job.cache and self.cache is not None and await self._answered_from_cache(call):
             return
         reserved: float | None = None
+        spend: SpendReservation | None = None
         try:
             # Everything CPU-bound happens before admission, so the request leaves soon after it is
             # admitted; a job the cache answered needs none of it.
             first = candidates[0].deployment if candidates else None
             caching = supports_prompt_caching(counted_as)
             kwargs = call_kwargs(job, llm, supports_caching=caching, model=model, deployment=first)
-            if limited or start.has_cost_budget:  # counting tokens costs CPU: only limits and budgets need it
+            capped = self.spending.applies(model)
+            if limited or start.has_cost_budget or capped:  # counting tokens costs CPU: only limits need it
                 call.estimate = estimate_split(job, counted_as, llm.default_completion_tokens)
             if start.has_cost_budget and job.batch_id is not None:
                 # A budget the calls in flight fill re-defers the job until they settle (not an attempt).
@@ -178,6 +184,14 @@ class JobRunner:
                 if held == "spent":
                     await self.results.stopped(job, "budget_exceeded", start)
                     return
+            if capped:
+                refused = self.spending.refusal(model, counted_as)
+                if refused is not None:
+                    await self.results.unrunnable(job_id, payload, refused)
+                    return
+                price = call_price(counted_as, call.estimate) or 0.0
+                emit = functools.partial(self._emit, call=call)
+                spend = await self.spending.admit(job.id, job.batch_id, model, price, emit)
             try:
                 too_large = await self.admitter.admit(call)
             except Retry:
@@ -192,6 +206,8 @@ class JobRunner:
                 kwargs = call_kwargs(job, llm, supports_caching=caching, model=model, deployment=chosen)
             await self._call(call, kwargs)
         finally:
+            if spend is not None:
+                await self.spending.settle(spend, call.cost)
             if reserved is not None and job.batch_id is not None:
                 await self.budget.give_back(job.batch_id, reserved)
             if call.cache_key is not None and self.cache is not None:
@@ -274,6 +290,7 @@ class JobRunner:
         result = results.succeeded(call, response, worker_id=self.worker_id)
         if checked is not None:
             reask.count_reasks(result, checked)
+        call.cost = result.cost
         # The answer is paid for: what follows the call may not stand between it and its stored result,
         # so bookkeeping that Redis refuses (full, restarting) is logged and skipped, not raised. The
         # batch's counts and the cache are written first (a run ends when its last result is in); the
@@ -302,6 +319,7 @@ class JobRunner:
         async with best_effort("deployment count"):
             await self._count_deployment_call(call, INVALID_OUTPUT)
         result = reask.invalid_output(call, checked, worker_id=self.worker_id)
+        call.cost = result.cost
         await self.results.keep_paid(result, reply_to=call.job.reply_to)
         error = result.errors[-1]
         self._emit(

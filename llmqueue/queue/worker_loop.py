@@ -93,6 +93,7 @@ class WorkerLoop:
         self._stopping = asyncio.Event()
         self._grace = config.shutdown_grace
         self._last_health = -math.inf
+        self._limits_published = False
 
     @property
     def health_key(self) -> str:
@@ -139,6 +140,9 @@ class WorkerLoop:
             await self._drain()
 
     async def _poll(self) -> None:
+        if not self._limits_published:  # a raised spending limit wakes the jobs it held
+            await self.runner.spending.publish(self.ready.wake)
+            self._limits_published = True
         if self.slots.free > 0:
             for job in await self.ready.claim(self.slots.free, low_priority_limit=self.slots.low_free):
                 self._start(job)

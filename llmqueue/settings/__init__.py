@@ -8,6 +8,7 @@ The sections' models are in :mod:`~llmqueue.settings.llm` and :mod:`~llmqueue.se
 whole in :mod:`~llmqueue.settings.schema`, and reading config.toml in :mod:`~llmqueue.settings.load`.
 """
 
+from llmqueue.settings.budget import BudgetConfig, SpendLimit
 from llmqueue.settings.llm import LimitConfig, LLMConfig
 from llmqueue.settings.load import DEFAULT_CONFIG_FILE, load_settings, read_config_file
 from llmqueue.settings.schema import REDIS_SCHEMES, Settings
@@ -18,10 +19,12 @@ __all__ = [
     "REDIS_SCHEMES",
     "RESULT_STORE_PATIENCE",
     "BatchConfig",
+    "BudgetConfig",
     "CacheConfig",
     "LLMConfig",
     "LimitConfig",
     "Settings",
+    "SpendLimit",
     "WorkerConfig",
     "load_settings",
     "read_config_file",

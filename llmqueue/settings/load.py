@@ -19,6 +19,7 @@ from llmqueue.model_list import (
     parse_model_list,
     read_litellm_config,
 )
+from llmqueue.settings.budget import BudgetConfig
 from llmqueue.settings.llm import LimitConfig, LLMConfig, check_group_keys
 from llmqueue.settings.schema import Settings
 from llmqueue.settings.sources import FILE_DATA
@@ -41,6 +42,7 @@ class _FileSchema(BaseModel):
     worker: WorkerConfig | None = None
     batch: BatchConfig | None = None
     cache: CacheConfig | None = None
+    budget: BudgetConfig | None = None
     model_list: list[Deployment] | None = None
     fallbacks: dict[str, list[str]] | None = None
     router_settings: RouterSettings | None = None
@@ -141,7 +143,7 @@ def _describe(exc: ValidationError, *, where: str, file_layout: bool) -> str:
     return "\n".join(lines)
 
 
-_SECTIONS = frozenset({"llm", "worker", "batch", "cache", "router_settings"})
+_SECTIONS = frozenset({"llm", "worker", "batch", "cache", "budget", "router_settings"})
 
 
 def _key_name(loc: list[str], file_layout: bool) -> str:
@@ -155,7 +157,7 @@ def _key_name(loc: list[str], file_layout: bool) -> str:
         return f"[{loc[0]}] " + ".".join(loc[1:])
     if file_layout and loc[0] in _SECTIONS:  # the section's own check (retry_min_wait above retry_max_wait)
         return f"[{loc[0]}]"
-    env = {"llm": "LLM_", "worker": "WORKER_", "cache": "CACHE_"}.get(loc[0])
+    env = {"llm": "LLM_", "worker": "WORKER_", "cache": "CACHE_", "budget": "LLM_BUDGET_"}.get(loc[0])
     if env and len(loc) >= 2:
         return f"{'.'.join(loc)} (env {env}{loc[1].upper()})"
     if env:

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from llmqueue.connection import is_sentinel_url, sentinel_url
 from llmqueue.errors import ConfigError
 from llmqueue.model_list import Deployment, RouterSettings
+from llmqueue.settings.budget import BudgetConfig
 from llmqueue.settings.llm import NOT_INHERITED, LimitConfig, LLMConfig, check_group_keys
 from llmqueue.settings.sources import FileSource, KnownEnvSource
 from llmqueue.settings.worker import BatchConfig, CacheConfig, WorkerConfig, cache_section
@@ -42,6 +43,7 @@ class Settings(BaseSettings):
     worker: WorkerConfig = WorkerConfig()
     batch: BatchConfig = BatchConfig()
     cache: CacheConfig = CacheConfig()
+    budget: BudgetConfig = BudgetConfig()
     model_list: list[Deployment] = Field(
         default_factory=list, description="deployments by model_name, in LiteLLM's shape (model_list.py)"
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic_settings import EnvSettingsSource, PydanticBaseSettingsSource
 
+from llmqueue.settings.budget import budget_from_env
 from llmqueue.settings.llm import LLMConfig
 from llmqueue.settings.worker import CacheConfig, WorkerConfig
 
@@ -35,11 +36,14 @@ class KnownEnvSource(EnvSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
+        data.pop("budget", None)  # BUDGET_* is not ours: the budget's variables are LLM_BUDGET_*
+        if isinstance(data.get("llm"), dict) and (budget := budget_from_env(data["llm"])):
+            data["budget"] = budget
         for section, model in (("llm", LLMConfig), ("worker", WorkerConfig), ("cache", CacheConfig)):
             values = data.get(section)
             if isinstance(values, dict):
                 data[section] = {k: v for k, v in values.items() if k in model.model_fields}
         if not isinstance(data.get("cache"), dict) or not data["cache"]:
             data.pop("cache", None)  # CACHE=... or no CACHE_* variable of ours: not our setting
-        ours = ("redis_url", "redis_sentinels", "redis_sentinel_service", "llm", "worker", "cache")
+        ours = ("redis_url", "redis_sentinels", "redis_sentinel_service", "llm", "worker", "cache", "budget")
         return {k: v for k, v in data.items() if k in ours}

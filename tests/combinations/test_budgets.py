@@ -104,3 +104,25 @@ def test_a_batch_its_budget_stopped_goes_on_with_a_higher_one(tmp_path: Path) ->
     assert resumed.returncode == 0, (resumed.stdout, resumed.stderr)
     assert [r["llmqueue"]["status"] for r in read_jsonl(output)] == ["succeeded"] * 30
     assert first < 30 and total == 30  # the jobs that ran before did not run again
+
+
+def test_a_model_without_a_price_under_a_spending_limit_is_refused_up_front_naming_it(
+    tmp_path: Path,
+) -> None:
+    source = write_jsonl(
+        tmp_path / "in.jsonl", [{"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}]
+    )
+    with ProviderProcess(ProviderConfig(api_key=KEY)) as provider:
+        env = clean_env(
+            LLM_MODEL="openai/my-finetune-xyz",
+            LLM_BASE_URL=provider.base_url,
+            LLM_API_KEY=KEY,
+            LLM_BUDGET_DAILY="5",
+        )
+        done = llmqueue_cli(["run", str(source), "-o", str(tmp_path / "out.jsonl")], env, tmp_path)
+        stats = provider.stats()
+
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "spending limits ([budget])" in done.stderr and "'openai/my-finetune-xyz'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert stats["requests"] == 0

@@ -22,10 +22,12 @@ from aiohttp.test_utils import TestServer
 from llmqueue.batches.control import Batches
 from llmqueue.dashboard import Access, create_app
 from llmqueue.producer import Producer
-from llmqueue.settings import Settings
+from llmqueue.queue.spending import SpendGate
+from llmqueue.settings import BudgetConfig, Settings, SpendLimit
 from llmqueue.simulator.server import ProviderConfig, run_provider
 from tests.dashboard.conftest import TOKEN
 from tests.support.settings import TEST_API_KEY, make_settings, running_worker
+from tests.support.spending import pay_then_hold
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -188,3 +190,25 @@ def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="chromium"):
         require_browser()
+
+
+async def test_the_spend_page_shows_spend_by_model_against_the_limits_its_warnings_and_held_jobs(
+    redis_url: str, batches: Batches, artifacts: Path
+) -> None:
+    spend = SpendGate(batches.redis, BudgetConfig(daily=1.0, models={"gpt-4o": SpendLimit(daily=5.0)}))
+    await pay_then_hold(spend, "gpt-4o", 1.0, batch_id="eval-run")
+    assert batches.settings is not None
+    app = create_app(batches, batches.settings, Access(token=TOKEN, reads_need_token=False), interval=0.5)
+    async with TestServer(app, host="127.0.0.1") as server, browser_page() as page:
+        await page.goto(str(server.make_url("/")) + "#spend")
+        await page.locator(".spend-held").wait_for()
+        held = await page.locator(".spend-held").inner_text()
+        warning = await page.locator(".spend-warning").first.inner_text()
+        today = await page.locator(".spend-period").first.locator("table.spend-models").inner_text()
+        whole = await page.locator("#spend").inner_text()
+        await page.screenshot(path=artifacts / "spend-limits.png", full_page=True)
+
+    assert held.startswith("1 job(s) held: the daily spending limit for all models ($1) is reached")
+    assert warning == "Spending warning: all models: 100% of the daily limit ($1)"
+    assert "null" not in whole and "undefined" not in whole
+    assert "gpt-4o\t$1.0000\t\N{EN DASH}\t$5.0000\t20%" in today

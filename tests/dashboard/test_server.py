@@ -13,10 +13,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from llmqueue.batches.control import Batches
 from llmqueue.dashboard import Access, create_app
 from llmqueue.dashboard.server import HUB
-from llmqueue.settings import Settings
+from llmqueue.queue.spending import SpendGate
+from llmqueue.settings import BudgetConfig, Settings, SpendLimit
 from llmqueue.simulator.server import RunningProvider
 from tests.dashboard.conftest import TOKEN
 from tests.support.settings import running_worker
+from tests.support.spending import pay_then_hold
 
 Client = TestClient[Any, Any]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -158,3 +160,27 @@ async def test_failures_are_grouped_by_reason_with_examples(
     assert [example["status_code"] for example in group["examples"]] == [400, 400]
     assert (await dashboard.post("/api/batches/failing/retry", headers=AUTH)).status == 200
     assert (await batches.status("failing")).failed == 0
+
+
+async def test_spend_shows_each_model_against_its_limit_and_the_held_jobs(
+    dashboard: Client, batches: Batches
+) -> None:
+    spend = SpendGate(batches.redis, BudgetConfig(daily=1.0, models={"m": SpendLimit(monthly=10.0)}))
+    await pay_then_hold(spend, "m", 1.0, batch_id="b1")
+
+    shown = await (await dashboard.get("/api/spend")).json()
+
+    assert shown["today"]["spent"] == 1.0 and shown["today"]["limit"] == 1.0 and shown["today"]["reached"]
+    assert shown["month"]["by_model"]["m"] == {
+        "spent": 1.0,
+        "in_flight": 0.0,
+        "limit": 10.0,
+        "share": 0.1,
+        "warning": False,
+        "reached": False,
+    }
+    assert shown["warnings"] == ["all models: 100% of the daily limit ($1)"]
+    assert (
+        shown["held"] == 1
+        and "daily spending limit for all models ($1) is reached" in shown["held_reasons"][0]
+    )

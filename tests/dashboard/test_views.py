@@ -96,7 +96,47 @@ def test_spend_counts_batches_in_the_utc_day_and_month_they_were_created() -> No
             status(batch_id="old", created_at=last_month, cost=4.0),
         ],
         now,
+        NO_SPENDING,
     )
-    assert spend["today"] == {"total": 1.0, "by_batch": {"t": 1.0}}
-    assert spend["month"] == {"total": 3.0, "by_batch": {"t": 1.0, "m": 2.0}}
-    assert spend["by_model"] is None
+    assert (spend["today"]["total"], spend["today"]["by_batch"]) == (1.0, {"t": 1.0})
+    assert (spend["month"]["total"], spend["month"]["by_batch"]) == (3.0, {"t": 1.0, "m": 2.0})
+    assert spend["warnings"] == [] and spend["held"] == 0
+
+
+def row(spent: float, limit: float | None, warning: bool = False) -> dict[str, Any]:
+    share = spent / limit if limit else None
+    return {
+        "spent": spent,
+        "in_flight": 0.0,
+        "limit": limit,
+        "share": share,
+        "warning": warning,
+        "reached": False,
+    }
+
+
+NO_SPENDING: dict[str, Any] = {
+    "limits_set": False,
+    "warn_at": 0.8,
+    "today": {"period": "2026-12-06", **row(0.0, None), "by_model": {}},
+    "month": {"period": "2026-12", **row(0.0, None), "by_model": {}},
+    "held": 0,
+    "held_reasons": [],
+}
+
+
+def test_spend_by_model_comes_with_a_warning_per_limit_past_its_share() -> None:
+    spending = {
+        **NO_SPENDING,
+        "limits_set": True,
+        "today": {"period": "2026-12-06", **row(8.5, 10.0, True), "by_model": {"gpt-4o": row(1.0, 5.0)}},
+        "month": {"period": "2026-12", **row(8.5, None), "by_model": {"gpt-4o": row(9.0, 10.0, True)}},
+    }
+
+    spend = spend_view([], datetime(2026, 12, 6, 12, tzinfo=UTC).timestamp(), spending)
+
+    assert spend["warnings"] == [
+        "all models: 85% of the daily limit ($10)",
+        "gpt-4o: 90% of the monthly limit ($10)",
+    ]
+    assert spend["today"]["by_model"]["gpt-4o"]["limit"] == 5.0

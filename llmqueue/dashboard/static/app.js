@@ -165,14 +165,30 @@ function renderWorkers(reading) {
   ]), "workers")];
 }
 
+function spendRow(name, row) {
+  const share = row.share === null ? "–" : `${Math.round(row.share * 100)}%`;
+  const cls = row.reached ? "bad" : row.warning ? "warn" : "";
+  return [name, money(row.spent), row.in_flight > 0 ? money(row.in_flight) : "–",
+    row.limit === null ? "none" : money(row.limit),
+    h("span", { class: cls }, row.reached ? `${share}: reached, jobs held` : share)];
+}
+
 function renderSpend(reading) {
   const spend = reading.spend;
   const part = (title, period) => h("div", { class: "spend-period" },
-    h("h2", {}, `${title}: ${money(period.total)}`),
+    h("h2", {}, `${title}: ${money(period.spent)}`),
+    table(["model", "spent", "in flight", "limit", "of the limit"],
+      [spendRow("all models", period), ...Object.entries(period.by_model).map(([m, row]) => spendRow(m, row))], "spend-models"),
     Object.keys(period.by_batch).length
       ? table(["batch", "cost"], Object.entries(period.by_batch).map(([id, cost]) => [id, money(cost)]))
       : h("p", { class: "empty" }, "no batch"));
+  const alerts = [
+    ...spend.warnings.map((w) => h("p", { class: "notice spend-warning" }, `Spending warning: ${w}`)),
+    spend.held ? h("p", { class: "notice error spend-held" }, `${spend.held} job(s) held: ${spend.held_reasons.join("; ")}`) : null,
+    spend.limits_set ? null : h("p", { class: "muted" }, "No spending limit is set ([budget] in config.toml): spend by model is recorded only under one."),
+  ];
   return [
+    ...alerts.filter(Boolean),
     h("div", { class: "spend" }, part("Today (UTC)", spend.today), part("This month (UTC)", spend.month)),
     h("p", { class: "muted" }, `${spend.note}.`),
   ];
