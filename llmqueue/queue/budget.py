@@ -59,8 +59,12 @@ class BudgetGate:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
-    async def reserve(self, batch_id: str, price: float) -> Reservation:
-        """Reserve ``price`` USD of the batch's budget for a call; nothing stays reserved unless ``ok``."""
+    async def reserve(
+        self, batch_id: str, price: float, *, paid: float = 0.0, held: float = 0.0
+    ) -> Reservation:
+        """Reserve ``price`` USD of the batch's budget for a call; nothing stays reserved unless ``ok``.
+        A re-ask's job has ``paid`` for its answers so far (not yet in the batch's cost) and ``held``
+        reservations of its own, which are no other call in flight."""
         batch = keys.batch(batch_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hincrbyfloat(batch, RESERVED, price)
@@ -70,8 +74,8 @@ class BudgetGate:
             answer: Reservation = "ok"
         else:
             answer = within(
-                cost=float(cost or 0),
-                reserved_before=float(reserved) - price,
+                cost=float(cost or 0) + paid,
+                reserved_before=max(0.0, float(reserved) - price - held),
                 price=price,
                 max_cost=float(max_cost),
             )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llmqueue.limits.limiter import DEFAULT_PRIORITY, Reservation
 from llmqueue.limits.routing import Candidate
@@ -11,6 +11,9 @@ from llmqueue.limits.tokens import TokenEstimate
 from llmqueue.models import Job
 from llmqueue.queue.store import AttemptStart
 from llmqueue.settings import LimitConfig, LLMConfig
+
+if TYPE_CHECKING:
+    from llmqueue.queue.spending import SpendReservation
 
 
 @dataclass
@@ -37,6 +40,12 @@ class Call:
     deployment: Candidate | None = None
     cost: float | None = None
     """What the provider's answers to this call cost (USD), once they are in."""
+    priced_as: str = ""
+    """The model whose price the call's budgets reserve (a deployment's model when routed)."""
+    reserved: float = 0.0
+    """USD of its batch's budget the call holds: the first request's price and its re-asks'."""
+    spend_reasks: list[SpendReservation] = field(default_factory=list)
+    """What its re-asks reserved of the spending limits (the first request's is the runner's)."""
 
     @property
     def attempt(self) -> int:

@@ -2,16 +2,17 @@
 
 The first answer is checked (:func:`llmqueue.llm.structured.answer_problem`); one that falls short is
 asked again with the answer and the error appended to the conversation, up to ``schema_retries`` times.
-Each re-ask is a provider call admitted by the limiter like the first (``Admitter.admit``: it may wait in
-place, or re-defer the job with arq's ``Retry``, which then starts over); the answer before it is
-reported to the limiter first. A provider error on a re-ask propagates to the runner, which handles it
-as it handles the first call's. An answer that never met the format ends the job as ``invalid_output``
-(:func:`invalid_output`).
+Each re-ask is a provider call under the budgets (``may_reask``: a batch's ``max_cost`` and the
+spending limits; without room for it the job ends with the answers it has) and admitted by the limiter
+like the first (``Admitter.admit``: it may wait in place, or re-defer the job with arq's ``Retry``,
+which then starts over); the answer before it is reported to the limiter first. A provider error on a
+re-ask propagates to the runner, which handles it as it handles the first call's. An answer that never
+met the format ends the job as ``invalid_output`` (:func:`invalid_output`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,8 @@ from llmqueue.queue.admission import Admitter
 from llmqueue.queue.call import Call
 
 AfterResult = Callable[[Coroutine[Any, Any, None]], None]
+MayReask = Callable[[float], Awaitable[str | None]]
+"""Given what the answers so far cost (USD), why a re-ask may not be made (a budget), or None."""
 
 
 @dataclass
@@ -76,6 +79,7 @@ async def until_valid(
     admitter: Admitter,
     after_result: AfterResult,
     timeout: float,
+    may_reask: MayReask | None = None,
 ) -> Checked | None:
     """Check ``response`` against the job's ``response_format`` and ask again, at most its
     ``schema_retries`` times, until an answer meets it; None for a job with no format, or an answer
@@ -92,6 +96,11 @@ async def until_valid(
     while checked.problem is not None and len(checked.answers) <= retries:
         after_result(admitter.answered(call, checked.last))
         messages += reask_messages(answer_text(checked.last), checked.problem, wanted)
+        paid = sum(cost for cost in map(response_cost, checked.answers) if cost is not None)
+        over_budget = None if may_reask is None else await may_reask(paid)
+        if over_budget is not None:
+            checked.refused = PermanentProviderError(over_budget, kind="budget_exceeded")
+            return checked
         refused = await admitter.admit(call)
         if refused is not None:
             checked.refused = refused

@@ -164,7 +164,7 @@ class JobRunner:
         )
         if job.cache and self.cache is not None and await self._answered_from_cache(call):
             return
-        reserved: float | None = None
+        call.priced_as = counted_as
         spend: SpendReservation | None = None
         try:
             # Everything CPU-bound happens before admission, so the request leaves soon after it is
@@ -178,6 +178,7 @@ class JobRunner:
             if start.has_cost_budget and job.batch_id is not None:
                 # A budget the calls in flight fill re-defers the job until they settle (not an attempt).
                 held, reserved = await self.budget.reserve_call(job.batch_id, counted_as, call.estimate)
+                call.reserved = reserved or 0.0
                 if held == "wait":
                     self._emit("deferred", call, wait=WAIT_FOR_CALLS, reason="budget_in_flight")
                     raise Retry(defer=WAIT_FOR_CALLS)
@@ -208,8 +209,10 @@ class JobRunner:
         finally:
             if spend is not None:
                 await self.spending.settle(spend, call.cost)
-            if reserved is not None and job.batch_id is not None:
-                await self.budget.give_back(job.batch_id, reserved)
+            for reask_spend in call.spend_reasks:  # the re-asks' cost is in the first's settlement
+                await self.spending.settle(reask_spend, None)
+            if call.reserved and job.batch_id is not None:
+                await self.budget.give_back(job.batch_id, call.reserved)
             if call.cache_key is not None and self.cache is not None:
                 await self.cache.release(call.cache_key, job.id)
 
@@ -252,6 +255,7 @@ class JobRunner:
                 admitter=self.admitter,
                 after_result=self.settling.add,
                 timeout=bound + 5,
+                may_reask=functools.partial(self._may_reask, call),
             )
             if checked is not None:
                 response = checked.last
@@ -311,6 +315,25 @@ class JobRunner:
             completion_tokens=usage.completion_tokens if usage else None,
             cost=result.cost,
         )
+
+    async def _may_reask(self, call: Call, paid: float) -> str | None:
+        """Why ``call``'s job may not be asked again: its batch's budget or a spending limit has no room
+        for one more request (the answers so far cost ``paid``). What a re-ask reserves is on ``call``."""
+        job, price = call.job, call_price(call.priced_as, call.estimate)
+        if price is None:  # no price known: a budget lets it pass, a spending limit refused it before
+            return None
+        if call.start.has_cost_budget and job.batch_id is not None:
+            answer = await self.budget.reserve(job.batch_id, price, paid=paid, held=call.reserved)
+            if answer != "ok":
+                held = "is spent" if answer == "spent" else "is held by the calls in flight"
+                return f"not asked again for a valid answer: the batch's budget (max_cost) {held}"
+            call.reserved += price
+        if self.spending.applies(call.model):
+            spend = await self.spending.reserve(job.id, job.batch_id, call.model, price)
+            if not isinstance(spend, SpendReservation):
+                return f"not asked again for a valid answer: {spend[2]}"
+            call.spend_reasks.append(spend)
+        return None
 
     async def _invalid_output(self, call: Call, checked: Checked, *, latency: float) -> None:
         """No answer met the job's response_format (or the limiter refused a re-ask outright): the job

@@ -88,3 +88,37 @@ def test_answers_are_validated_and_reasked_until_valid_or_schema_retries_are_spe
         "(after 3 answer(s))"
     )
     assert stats["requests"] == 1 + 2 + 3
+
+
+def test_a_reask_the_batch_budget_has_no_room_for_is_not_made(tmp_path: Path) -> None:
+    # The first answer (about $0.00001 at gpt-4o-mini's price) spends the batch's budget: the wrong
+    # answer is not asked again (each re-ask is a paid request), and the line says why it stopped.
+    source = write_jsonl(tmp_path / "in.jsonl", [line("never", [WRONG])])
+    output = tmp_path / "out.jsonl"
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
+        env = clean_env(
+            LLM_MODEL="openai/gpt-4o-mini",
+            LLM_BASE_URL=provider.base_url,
+            LLM_API_KEY=TEST_API_KEY,
+            LLM_SCHEMA_RETRIES="2",
+        )
+        args = [
+            "run",
+            str(source),
+            "-o",
+            str(output),
+            "--no-cache",
+            "--workers",
+            "1",
+            "--max-cost",
+            "0.000005",
+        ]
+        done = llmqueue_cli(args, env, tmp_path)
+        stats = provider.stats()
+
+    (record,) = read_jsonl(output)
+    assert stats["requests"] == 1, done.stderr
+    assert record["llmqueue"]["status"] == "failed", record
+    assert record["error"]["code"] == "budget_exceeded"
+    assert "not asked again for a valid answer" in record["error"]["message"]
+    assert record["llmqueue"]["cost"] > 0.000005  # the answer it has is paid and counted
