@@ -32,11 +32,24 @@ class SentinelSet:
     replica_port: int = field(default_factory=free_port)
     sentinel_ports: list[int] = field(default_factory=lambda: [free_port() for _ in range(3)])
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    password: str | None = None
+    """The data nodes' ``requirepass`` (and the replica's ``masterauth``)."""
+    sentinel_password: str | None = None
+    """The sentinels' own ``requirepass`` (they use it with each other too)."""
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"{HOST}:{port}" for port in self.sentinel_ports)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        userinfo = f":{self.password}@" if self.password else ""
+        query = f"?sentinel_password={self.sentinel_password}" if self.sentinel_password else ""
+        return f"redis+sentinel://{userinfo}{hosts}/{SERVICE}/0{query}"
+
+    def node(self, port: int) -> redis.Redis:
+        """A client of one data node (the master's or the replica's port)."""
+        return redis.Redis(host=HOST, port=port, password=self.password, socket_timeout=5)
+
+    def sentinel(self, port: int) -> redis.Redis:
+        return redis.Redis(host=HOST, port=port, password=self.sentinel_password, socket_timeout=5)
 
     def _start(self, name: str, args: list[str]) -> None:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 (the process keeps it)
@@ -48,32 +61,44 @@ class SentinelSet:
         folder = self.workdir / name
         folder.mkdir(exist_ok=True)
         args = ["--port", str(port), "--bind", HOST, "--dir", str(folder), "--save", ""]
+        args += ["--repl-diskless-sync-delay", "0"]  # the replica in sync at once, not after 5 s
+        if self.password:
+            args += ["--requirepass", self.password, "--masterauth", self.password]
         self._start(name, [*args, "--appendonly", "no", *extra])
 
     def start(self) -> None:
         self._data_node("master", self.master_port)
-        wait_ping(self.master_port)
+        wait_ping(self.master_port, password=self.password)
         self._data_node("replica", self.replica_port, "--replicaof", HOST, str(self.master_port))
-        wait_ping(self.replica_port)
+        wait_ping(self.replica_port, password=self.password)
         for n, port in enumerate(self.sentinel_ports):
             conf = self.workdir / f"sentinel{n}.conf"
-            conf.write_text(
-                f"port {port}\nbind {HOST}\ndir {self.workdir}\n"
-                f"sentinel monitor {SERVICE} {HOST} {self.master_port} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
-                f"sentinel failover-timeout {SERVICE} 5000\n"
-                f"sentinel parallel-syncs {SERVICE} 1\n"
-            )
+            lines = [
+                f"port {port}",
+                f"bind {HOST}",
+                f"dir {self.workdir}",
+                f"sentinel monitor {SERVICE} {HOST} {self.master_port} 2",
+                f"sentinel down-after-milliseconds {SERVICE} 1000",
+                f"sentinel failover-timeout {SERVICE} 5000",
+                f"sentinel parallel-syncs {SERVICE} 1",
+            ]
+            if self.password:
+                lines.append(f"sentinel auth-pass {SERVICE} {self.password}")
+            if self.sentinel_password:
+                lines.append(f"requirepass {self.sentinel_password}")
+            conf.write_text("\n".join(lines) + "\n")
             self._start(f"sentinel{n}", [str(conf), "--sentinel"])
         for port in self.sentinel_ports:
-            wait_ping(port)
+            wait_ping(port, password=self.sentinel_password)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # every sentinel sees the replica before a failover is tried
+        # The replica in sync and every sentinel seeing it before a failover is tried.
+        while time.monotonic() < deadline:
             replicas = [
-                redis.Redis(host=HOST, port=p).sentinel_slaves(SERVICE)  # type: ignore[no-untyped-call]
+                self.sentinel(p).sentinel_slaves(SERVICE)  # type: ignore[no-untyped-call]
                 for p in self.sentinel_ports
             ]
-            if all(r for r in replicas):
+            synced = self.node(self.replica_port).info("replication").get("master_link_status") == "up"
+            if synced and all(r for r in replicas):
                 return
             time.sleep(0.2)
         raise TimeoutError("the sentinels did not discover the replica")
@@ -86,7 +111,7 @@ class SentinelSet:
     def master_port_now(self) -> int:
         for port in self.sentinel_ports:
             try:
-                host_port = redis.Redis(host=HOST, port=port).sentinel_get_master_addr_by_name(SERVICE)
+                host_port = self.sentinel(port).sentinel_get_master_addr_by_name(SERVICE)
                 return int(host_port[1])
             except redis.RedisError:
                 continue
@@ -99,11 +124,11 @@ class SentinelSet:
             process.wait()
 
 
-def wait_ping(port: int, timeout: float = 15) -> None:
+def wait_ping(port: int, timeout: float = 15, *, password: str | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if redis.Redis(host=HOST, port=port, socket_timeout=0.5).ping():
+            if redis.Redis(host=HOST, port=port, socket_timeout=0.5, password=password).ping():
                 return
         except redis.RedisError:
             if time.monotonic() > deadline:
@@ -112,8 +137,10 @@ def wait_ping(port: int, timeout: float = 15) -> None:
 
 
 @contextmanager
-def sentinel_set(workdir: Path) -> Iterator[SentinelSet]:
-    servers = SentinelSet(workdir)
+def sentinel_set(
+    workdir: Path, *, password: str | None = None, sentinel_password: str | None = None
+) -> Iterator[SentinelSet]:
+    servers = SentinelSet(workdir, password=password, sentinel_password=sentinel_password)
     try:
         servers.start()
         yield servers
