@@ -246,7 +246,8 @@ def _arq_sentinel_settings(url: str) -> RedisSettings:
     extra = sorted(set(options) | {k for k in address.sentinel_options if not k.startswith("ssl")})
     if extra:
         raise ConfigError(
-            f"the Sentinel URL {redact_url(url)} sets {', '.join(extra)}, which workers cannot apply "
-            "through Sentinel (arq takes only the db, user and password of the data nodes, and TLS on or off)"
+            f"the Sentinel URL {redact_url(url)} sets {', '.join(extra)}, which arq's own worker cannot "
+            "apply through Sentinel (it takes only the db, user and password of the data nodes, and TLS on "
+            "or off): run `llmqueue worker`, which takes them all"
         )
     return settings
