@@ -13,7 +13,9 @@ once per result.
 
 A write the replicas did not confirm in time is made once more (every write given is idempotent):
 after a failover it may have been lost with the old master, and the new one needs it. Then it is
-acknowledged with a warning (no replica holds it yet). Connection errors (the master died, the
+acknowledged with a warning (no replica holds it yet); until replicas confirm writes again, a round
+waits only while enough replicas are connected (``ROLE``), so a master left alone does not hold every
+write for the whole timeout. Connection errors (the master died, the
 sentinels have not promoted a replica yet) make the whole write and its wait go again, for up to
 ``patience`` seconds.
 """
@@ -115,15 +117,25 @@ class ReplicaWait:
         while self._next is not None:
             future, self._next = self._next, None  # who comes from now on waits for the next round
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.incr(keys.replication_mark())
-                    pipe.execute_command("WAIT", self.replicas, int(self.timeout * 1000))
-                    _, acknowledged = await pipe.execute()
+                acknowledged = await self._round()
             except Exception as exc:  # handed to every caller of this round
                 future.set_exception(exc)
                 future.exception()  # retrieved here: a caller cancelled meanwhile leaves no warning
             else:
-                future.set_result(int(acknowledged))
+                future.set_result(acknowledged)
+
+    async def _round(self) -> int:
+        if self._short:
+            # Short of replicas (the master just promoted has none yet): no wait while fewer are
+            # connected than wanted, as none could acknowledge anything.
+            connected = len((await self.redis.execute_command("ROLE"))[2])
+            if connected < self.replicas:
+                return connected
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(keys.replication_mark())
+            pipe.execute_command("WAIT", self.replicas, int(self.timeout * 1000))
+            _, acknowledged = await pipe.execute()
+        return int(acknowledged)
 
 
 def replica_wait(redis: Redis, settings: Settings, url: str) -> ReplicaWait | None:

@@ -98,6 +98,16 @@ async def test_writes_waiting_together_share_wait_rounds(master: Redis) -> None:
     assert 1 <= rounds < 40
 
 
+async def test_while_fewer_replicas_are_connected_than_wanted_writes_wait_no_more(master: Redis) -> None:
+    waits = ReplicaWait(master, replicas=2, timeout=0.2)  # one replica runs: the first WAIT falls short
+    await waits.confirmed(lambda: master.incr("short"))
+    before = await _wait_commands(master)
+    for _ in range(5):
+        await waits.confirmed(lambda: master.incr("short"))
+    assert await _wait_commands(master) == before
+    assert await master.get("short") == b"12"  # each write made twice
+
+
 async def test_a_connection_lost_during_a_write_makes_the_write_and_its_wait_go_again(master: Redis) -> None:
     waits = ReplicaWait(master, replicas=1, timeout=5)
     calls = 0
