@@ -15,7 +15,7 @@ from arq.connections import ArqRedis
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import MasterNotFoundError, SentinelConnectionPool, SentinelManagedSSLConnection
 
-from llmqueue.connection import arq_redis_settings, parse_sentinel_url, redis_client
+from llmqueue.connection import arq_redis_settings, parse_sentinel_url, redis_client, where
 from llmqueue.errors import ConfigError
 from llmqueue.producer import Producer
 from llmqueue.queue import payload
@@ -25,6 +25,7 @@ from llmqueue.worker import connect
 from tests.support.reliability import child_env, worker_env, worker_processes
 from tests.support.sentinel import SentinelSet, sentinel_set
 from tests.support.settings import TEST_API_KEY, make_settings
+from tests.support.tls import certificates
 
 
 def test_a_sentinel_url_names_the_sentinels_the_service_and_the_data_nodes_credentials() -> None:
@@ -115,6 +116,12 @@ def test_tls_and_passwords_reach_the_sentinels_and_the_data_nodes_each_their_own
         assert own.connection_kwargs["ssl_ca_certs"] == "/etc/ca.pem"
 
 
+def test_worker_log_lines_name_the_service_and_sentinels_without_passwords() -> None:
+    shown = where("redis+sentinel://:pw@a:1,b:2/llmq/3?sentinel_password=spw")
+    assert shown == "the master of llmq (sentinels a:1,b:2)/3"
+    assert where("redis://:pw@db.example:6380/2") == "db.example:6380/2"
+
+
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
     with sentinel_set(
@@ -179,3 +186,40 @@ async def test_a_worker_process_a_producer_and_the_cli_share_a_sentinel_url_with
     assert health.returncode == 0 and "1 live worker(s)" in health.stdout, health.stdout + health.stderr
     for secret in ("data-s3cret", "sentinel-s3cret"):
         assert secret not in worker.output() + health.stdout + health.stderr
+
+
+@pytest.fixture(scope="module")
+def over_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    """The set on TLS only (this redis-server is built with TLS), with a CA trusted only through the URL."""
+    workdir = tmp_path_factory.mktemp("tls")
+    with sentinel_set(workdir, password="data-s3cret", tls=certificates(workdir)) as servers:
+        yield servers
+
+
+async def test_producers_workers_and_the_cli_reach_the_master_through_sentinels_over_tls(
+    over_tls: SentinelSet, tmp_path: Path
+) -> None:
+    assert over_tls.url.startswith("rediss+sentinel://") and "ssl_ca_certs=" in over_tls.url
+    untrusted = redis_client(over_tls.url.split("?")[0])  # without the CA no sentinel is trusted
+    with pytest.raises(MasterNotFoundError):
+        await untrusted.ping()
+    await untrusted.aclose()
+    client = redis_client(over_tls.url)
+    worker_side = await connect(Settings(redis_url=over_tls.url))  # type: ignore[arg-type]
+    try:
+        await client.set("over-tls", "yes")
+        assert await worker_side.get("over-tls") == b"yes"
+        assert await worker_side.config_get("port") == {"port": "0"}  # no plain port: TLS only
+        assert (await worker_side.config_get("tls-port"))["tls-port"] == str(over_tls.master_port)
+    finally:
+        await client.aclose()
+        await worker_side.aclose()
+    listing = subprocess.run(
+        [sys.executable, "-m", "llmqueue", "workers"],
+        env=child_env(REDIS_URL=over_tls.url),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listing.returncode == 0 and "no live workers" in listing.stderr, listing.stdout + listing.stderr

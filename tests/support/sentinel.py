@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 import redis
 
@@ -36,20 +38,46 @@ class SentinelSet:
     """The data nodes' ``requirepass`` (and the replica's ``masterauth``)."""
     sentinel_password: str | None = None
     """The sentinels' own ``requirepass`` (they use it with each other too)."""
+    tls: tuple[Path, Path, Path] | None = None
+    """``(CA, certificate, key)``: every process listens on TLS only, replication included."""
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"{HOST}:{port}" for port in self.sentinel_ports)
         userinfo = f":{self.password}@" if self.password else ""
-        query = f"?sentinel_password={self.sentinel_password}" if self.sentinel_password else ""
-        return f"redis+sentinel://{userinfo}{hosts}/{SERVICE}/0{query}"
+        query = {"sentinel_password": self.sentinel_password} if self.sentinel_password else {}
+        if self.tls:
+            query.update(ssl_ca_certs=str(self.tls[0]), ssl_cert_reqs="required")
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        return f"{scheme}://{userinfo}{hosts}/{SERVICE}/0{'?' + urlencode(query) if query else ''}"
+
+    def _options(self, password: str | None) -> dict[str, Any]:
+        options: dict[str, Any] = {"password": password, "socket_timeout": 5}
+        if self.tls:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls[0]))
+        return options
 
     def node(self, port: int) -> redis.Redis:
         """A client of one data node (the master's or the replica's port)."""
-        return redis.Redis(host=HOST, port=port, password=self.password, socket_timeout=5)
+        return redis.Redis(host=HOST, port=port, **self._options(self.password))
 
     def sentinel(self, port: int) -> redis.Redis:
-        return redis.Redis(host=HOST, port=port, password=self.sentinel_password, socket_timeout=5)
+        return redis.Redis(host=HOST, port=port, **self._options(self.sentinel_password))
+
+    def _tls_lines(self, port: int) -> list[str]:
+        """Configuration lines: listen on ``port``, on TLS only when the set has certificates."""
+        if not self.tls:
+            return [f"port {port}"]
+        ca, cert, key = self.tls
+        return [
+            "port 0",
+            f"tls-port {port}",
+            f"tls-cert-file {cert}",
+            f"tls-key-file {key}",
+            f"tls-ca-cert-file {ca}",
+            "tls-auth-clients no",
+            "tls-replication yes",
+        ]
 
     def _start(self, name: str, args: list[str]) -> None:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 (the process keeps it)
@@ -60,7 +88,10 @@ class SentinelSet:
     def _data_node(self, name: str, port: int, *extra: str) -> None:
         folder = self.workdir / name
         folder.mkdir(exist_ok=True)
-        args = ["--port", str(port), "--bind", HOST, "--dir", str(folder), "--save", ""]
+        args = ["--bind", HOST, "--dir", str(folder), "--save", ""]
+        for line in self._tls_lines(port):  # the configuration lines as command-line options
+            option, *values = line.split()
+            args += [f"--{option}", *values]
         args += ["--repl-diskless-sync-delay", "0"]  # the replica in sync at once, not after 5 s
         if self.password:
             args += ["--requirepass", self.password, "--masterauth", self.password]
@@ -68,13 +99,13 @@ class SentinelSet:
 
     def start(self) -> None:
         self._data_node("master", self.master_port)
-        wait_ping(self.master_port, password=self.password)
+        wait_ping(self.node(self.master_port))
         self._data_node("replica", self.replica_port, "--replicaof", HOST, str(self.master_port))
-        wait_ping(self.replica_port, password=self.password)
+        wait_ping(self.node(self.replica_port))
         for n, port in enumerate(self.sentinel_ports):
             conf = self.workdir / f"sentinel{n}.conf"
             lines = [
-                f"port {port}",
+                *self._tls_lines(port),
                 f"bind {HOST}",
                 f"dir {self.workdir}",
                 f"sentinel monitor {SERVICE} {HOST} {self.master_port} 2",
@@ -89,7 +120,7 @@ class SentinelSet:
             conf.write_text("\n".join(lines) + "\n")
             self._start(f"sentinel{n}", [str(conf), "--sentinel"])
         for port in self.sentinel_ports:
-            wait_ping(port, password=self.sentinel_password)
+            wait_ping(self.sentinel(port))
         deadline = time.monotonic() + 30
         # The replica in sync and every sentinel seeing it before a failover is tried.
         while time.monotonic() < deadline:
@@ -124,11 +155,11 @@ class SentinelSet:
             process.wait()
 
 
-def wait_ping(port: int, timeout: float = 15, *, password: str | None = None) -> None:
+def wait_ping(client: redis.Redis, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if redis.Redis(host=HOST, port=port, socket_timeout=0.5, password=password).ping():
+            if client.ping():
                 return
         except redis.RedisError:
             if time.monotonic() > deadline:
@@ -138,9 +169,13 @@ def wait_ping(port: int, timeout: float = 15, *, password: str | None = None) ->
 
 @contextmanager
 def sentinel_set(
-    workdir: Path, *, password: str | None = None, sentinel_password: str | None = None
+    workdir: Path,
+    *,
+    password: str | None = None,
+    sentinel_password: str | None = None,
+    tls: tuple[Path, Path, Path] | None = None,
 ) -> Iterator[SentinelSet]:
-    servers = SentinelSet(workdir, password=password, sentinel_password=sentinel_password)
+    servers = SentinelSet(workdir, password=password, sentinel_password=sentinel_password, tls=tls)
     try:
         servers.start()
         yield servers
