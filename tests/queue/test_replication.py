@@ -16,8 +16,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from llmqueue import keys
+from llmqueue.batches.control import Batches
+from llmqueue.models import Job, JobResult
 from llmqueue.producer import Producer
 from llmqueue.queue.replication import ReplicaWait
+from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings
 from tests.support.sentinel import HOST, SentinelSet, sentinel_set
 from tests.support.settings import make_settings
@@ -141,6 +144,37 @@ def test_writes_wait_for_a_replica_by_default_through_sentinels_only() -> None:
     assert Settings(redis_wait_replicas=2).wait_replicas() == 2
     assert Producer(Settings(), redis_url=through_sentinels).store.replicas is not None
     assert Producer(Settings()).store.replicas is None
+
+
+async def test_a_stored_result_and_its_batch_counts_are_acknowledged_once_the_replica_holds_them(
+    servers: SentinelSet, master: Redis
+) -> None:
+    store = JobStore(
+        master,
+        queue_name="q",
+        job_ttl=60,
+        result_ttl=60,
+        replicas=ReplicaWait(master, replicas=1, timeout=30),
+    )
+    job = Job.parse({"id": "stored-1", "batch_id": "counted", "messages": [{"role": "user", "content": "x"}]})
+    (added,) = await Batches(store).enqueue_jobs("counted", [job])
+    with replica_frozen(servers):
+        finish = asyncio.ensure_future(store.finish(JobResult.from_cache(job, "m", {"choices": []})))
+        await asyncio.sleep(0.3)
+        held_back = not finish.done()
+    assert added and await asyncio.wait_for(finish, 30) is True
+    assert held_back
+    replica = servers.node(servers.replica_port)
+    assert replica.exists(keys.result("stored-1"))
+    assert replica.hmget(keys.batch("counted"), ["total", "succeeded"]) == [b"1", b"1"]
+
+
+def test_the_wait_is_set_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis+sentinel://127.0.0.1:1/svc")
+    monkeypatch.setenv("REDIS_WAIT_REPLICAS", "0")
+    monkeypatch.setenv("REDIS_WAIT_TIMEOUT", "0.25")
+    settings = Settings()
+    assert (settings.wait_replicas(), settings.redis_wait_timeout) == (0, 0.25)
 
 
 async def test_a_producer_through_the_sentinels_submits_and_the_replica_holds_the_jobs(
