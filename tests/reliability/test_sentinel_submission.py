@@ -59,11 +59,13 @@ async def test_lines_acknowledged_before_and_after_the_master_is_killed_mid_subm
                 chunks = 0
 
                 async def enqueue_killing_the_master(*args: Any) -> None:
-                    """The real chunk submission; the master killed while the 11th is under way."""
+                    """The real chunk submission; the master killed while the 11th is under way (and
+                    the workers are calling the provider for the first lines)."""
                     nonlocal chunks
                     chunks += 1
                     if chunks != KILL_AT_CHUNK:
                         return await enqueue_chunk(*args)
+                    await wait_until(lambda: provider.stats()["requests"] >= 20, 60, "calls under way")
                     under_way = asyncio.ensure_future(enqueue_chunk(*args))
                     await asyncio.sleep(0.002)
                     killed["in_flight"] = sum(len(w.calling()) for w in workers.all)
