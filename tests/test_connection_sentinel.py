@@ -122,6 +122,18 @@ def test_worker_log_lines_name_the_service_and_sentinels_without_passwords() -> 
     assert where("redis://:pw@db.example:6380/2") == "db.example:6380/2"
 
 
+def _cli(command: str, *, redis_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``llmqueue COMMAND`` run as a user would, given only ``REDIS_URL``."""
+    return subprocess.run(
+        [sys.executable, "-m", "llmqueue", command],
+        env=child_env(REDIS_URL=redis_url),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
     with sentinel_set(
@@ -174,14 +186,7 @@ async def test_a_worker_process_a_producer_and_the_cli_share_a_sentinel_url_with
         async with Producer(make_settings(guarded.url, provider.base_url)) as producer:
             handle = await producer.submit({"messages": [{"role": "user", "content": "behind passwords"}]})
             result = await handle.result(timeout=60)
-        health = subprocess.run(
-            [sys.executable, "-m", "llmqueue", "health"],
-            env=child_env(REDIS_URL=guarded.url),
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        health = _cli("health", redis_url=guarded.url, cwd=tmp_path)
     assert result.status == "succeeded", result
     assert health.returncode == 0 and "1 live worker(s)" in health.stdout, health.stdout + health.stderr
     for secret in ("data-s3cret", "sentinel-s3cret"):
@@ -214,12 +219,5 @@ async def test_producers_workers_and_the_cli_reach_the_master_through_sentinels_
     finally:
         await client.aclose()
         await worker_side.aclose()
-    listing = subprocess.run(
-        [sys.executable, "-m", "llmqueue", "workers"],
-        env=child_env(REDIS_URL=over_tls.url),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    listing = _cli("workers", redis_url=over_tls.url, cwd=tmp_path)
     assert listing.returncode == 0 and "no live workers" in listing.stderr, listing.stdout + listing.stderr
