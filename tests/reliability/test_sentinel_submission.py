@@ -14,12 +14,8 @@ import pytest
 
 from llmqueue.batches import submit
 from llmqueue.batches.control import Batches
-from llmqueue.producer import Producer
-from llmqueue.simulator.process import ProviderProcess
-from llmqueue.simulator.server import ProviderConfig
-from tests.support.reliability import wait_until, worker_env, worker_processes
-from tests.support.sentinel import sentinel_set
-from tests.support.settings import TEST_API_KEY, make_settings
+from tests.support.reliability import wait_until
+from tests.support.sentinel import run_through_sentinels
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 BATCH = "killed-while-submitting"
@@ -42,51 +38,42 @@ async def test_lines_acknowledged_before_and_after_the_master_is_killed_mid_subm
     source = _batch_file(tmp_path / "lines.jsonl", lines)
     # Chunks of 10 lines: 30 acknowledgements, so the kill falls among them (in a chunk's write or its WAIT).
     monkeypatch.setattr(submit, "_CHUNK", CHUNK)
-    servers_dir = tmp_path / "servers"
-    servers_dir.mkdir()
     killed: dict[str, Any] = {}
-    with (
-        sentinel_set(servers_dir) as servers,
-        ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=0.2)) as provider,
-    ):
-        first_master = servers.master_port_now()
-        env = worker_env(servers.url, provider.base_url, TEST_API_KEY, worker_max_jobs=slots)
-        with worker_processes(env, tmp_path) as workers:
-            await workers.start_ready(2)
-            async with Producer(make_settings(servers.url, provider.base_url)) as producer:
-                batches = Batches(producer.store, producer.settings)
-                enqueue_chunk = batches._enqueue_chunk
-                chunks = 0
+    async with run_through_sentinels(tmp_path, slots=slots) as run:
+        servers, provider, workers, producer = run.servers, run.provider, run.workers, run.producer
+        batches = Batches(producer.store, producer.settings)
+        enqueue_chunk = batches._enqueue_chunk
+        chunks = 0
 
-                async def enqueue_killing_the_master(*args: Any) -> None:
-                    """The real chunk submission; the master killed while the 11th is under way (and
-                    the workers are calling the provider for the first lines)."""
-                    nonlocal chunks
-                    chunks += 1
-                    if chunks != KILL_AT_CHUNK:
-                        return await enqueue_chunk(*args)
-                    await wait_until(lambda: provider.stats()["requests"] >= 20, 60, "calls under way")
-                    under_way = asyncio.ensure_future(enqueue_chunk(*args))
-                    await asyncio.sleep(0.002)
-                    killed["in_flight"] = sum(len(w.calling()) for w in workers.all)
-                    killed["at"] = time.monotonic()
-                    servers.kill_master()
-                    return await under_way
+        async def enqueue_killing_the_master(*args: Any) -> None:
+            """The real chunk submission; the master killed while the 11th is under way (and
+            the workers are calling the provider for the first lines)."""
+            nonlocal chunks
+            chunks += 1
+            if chunks != KILL_AT_CHUNK:
+                return await enqueue_chunk(*args)
+            await wait_until(lambda: provider.stats()["requests"] >= 20, 60, "calls under way")
+            under_way = asyncio.ensure_future(enqueue_chunk(*args))
+            await asyncio.sleep(0.002)
+            killed["in_flight"] = sum(len(w.calling()) for w in workers.all)
+            killed["at"] = time.monotonic()
+            servers.kill_master()
+            return await under_way
 
-                monkeypatch.setattr(batches, "_enqueue_chunk", enqueue_killing_the_master)
-                report = await batches.submit_file(source, BATCH)
-                submitted_in = time.monotonic() - killed["at"]
-                # What `llmqueue run --resume` does: the source file submitted again to the batch.
-                monkeypatch.setattr(batches, "_enqueue_chunk", enqueue_chunk)
-                resumed = await batches.submit_file(source, BATCH)
+        monkeypatch.setattr(batches, "_enqueue_chunk", enqueue_killing_the_master)
+        report = await batches.submit_file(source, BATCH)
+        submitted_in = time.monotonic() - killed["at"]
+        # What `llmqueue run --resume` does: the source file submitted again to the batch.
+        monkeypatch.setattr(batches, "_enqueue_chunk", enqueue_chunk)
+        resumed = await batches.submit_file(source, BATCH)
 
-                async def batch_done() -> bool:
-                    return (await batches.status(BATCH)).done
+        async def batch_done() -> bool:
+            return (await batches.status(BATCH)).done
 
-                await wait_until(batch_done, 120, "the batch's end", poll=0.2)
-                rows = [row async for row in batches.results(BATCH)]
-                status = await batches.status(BATCH)
-            new_master = servers.master_port_now()
+        await wait_until(batch_done, 120, "the batch's end", poll=0.2)
+        rows = [row async for row in batches.results(BATCH)]
+        status = await batches.status(BATCH)
+        new_master = servers.master_port_now()
         stats = provider.stats()
 
     print(
@@ -94,9 +81,9 @@ async def test_lines_acknowledged_before_and_after_the_master_is_killed_mid_subm
         f"{KILL_AT_CHUNK} with {killed['in_flight']} calls in flight; submission done {submitted_in:.1f} s "
         f"later ({report.submitted} queued, {report.already_known} already known); resubmission queued "
         f"{resumed.submitted}; {len(rows)} results; provider requests {stats['requests']}; master port "
-        f"{first_master} -> {new_master}"
+        f"{run.first_master} -> {new_master}"
     )
-    assert new_master == servers.replica_port != first_master
+    assert new_master == servers.replica_port != run.first_master
     assert chunks == lines // CHUNK
     assert report.submitted + report.already_known == lines and not report.rejected
     assert resumed.submitted == 0  # nothing acknowledged was lost with the old master

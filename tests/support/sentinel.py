@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,11 @@ from urllib.parse import urlencode
 import redis
 
 from llmqueue.ops.embedded_redis import find_redis_server
+from llmqueue.producer import Producer
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
+from tests.support.reliability import Workers, worker_env, worker_processes
+from tests.support.settings import TEST_API_KEY, make_settings
 
 SERVICE = "llmq-master"
 HOST = "127.0.0.1"
@@ -181,3 +186,31 @@ def sentinel_set(
         yield servers
     finally:
         servers.stop()
+
+
+@dataclass
+class SentinelRun:
+    """Everything of a run through the sentinels (see :func:`run_through_sentinels`)."""
+
+    servers: SentinelSet
+    provider: ProviderProcess
+    workers: Workers
+    producer: Producer
+    first_master: int
+    """The master's port before anything was killed."""
+
+
+@asynccontextmanager
+async def run_through_sentinels(workdir: Path, *, slots: int, workers: int = 2) -> AsyncIterator[SentinelRun]:
+    """A master, its replica and three sentinels; a simulated provider (0.2 s a call); ``workers``
+    worker processes of ``slots`` slots each, started; and a producer: all given only the sentinels."""
+    with (
+        sentinel_set(workdir) as servers,
+        ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=0.2)) as provider,
+    ):
+        first_master = servers.master_port_now()
+        env = worker_env(servers.url, provider.base_url, TEST_API_KEY, worker_max_jobs=slots)
+        with worker_processes(env, workdir) as running:
+            await running.start_ready(workers)
+            async with Producer(make_settings(servers.url, provider.base_url)) as producer:
+                yield SentinelRun(servers, provider, running, producer, first_master)
