@@ -5,7 +5,8 @@ parameters included: ``rediss://host:6380/0?ssl_ca_certs=/etc/ca.pem&ssl_cert_re
 ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``, ``socket_connect_timeout`` … Producers and
 CLI commands get a client from :func:`redis_client`; workers get arq's settings from
 :func:`arq_redis_settings`, built from the same parsed options, so a URL that works for one works
-for all, or is refused by all with the same message.
+for all, or is refused by all with the same message (through sentinels, workers get their client
+from :func:`sentinel_client`, as producers do).
 
 Redis Sentinel: ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]``
 (``rediss+sentinel://`` for TLS to the sentinels and the data nodes alike). The user and password are
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from dataclasses import field as default
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode
 
 from arq.connections import RedisSettings
@@ -29,6 +30,8 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from llmqueue.errors import ConfigError
 from llmqueue.redaction import redact_url
+
+RedisT = TypeVar("RedisT", bound=Redis)
 
 _ARQ_FIELDS = {
     "username": "username",
@@ -130,9 +133,15 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):  # 
 
 
 def sentinel_client(
-    address: SentinelAddress, *, max_connections: int | None = None, **overrides: Any
-) -> Redis:
-    """An asyncio client of the master the sentinels name now (and after every failover)."""
+    address: SentinelAddress,
+    *,
+    max_connections: int | None = None,
+    redis_class: type[RedisT] = Redis,
+    **overrides: Any,
+) -> RedisT:
+    """An asyncio client (a ``redis_class``: arq's ``ArqRedis`` for workers) of the master the sentinels
+    name now (and after every failover), with the data nodes' and the sentinels' own credentials and
+    TLS options."""
     options = {**address.options, **overrides}
     pool_class: type[SentinelConnectionPool] = SentinelConnectionPool
     if max_connections is not None:
@@ -143,7 +152,9 @@ def sentinel_client(
         **{k: v for k, v in overrides.items() if k.startswith("socket_")},
     }
     manager = Sentinel(address.sentinels, sentinel_kwargs=sentinel_options, **options)
-    client: Redis = manager.master_for(address.service, redis_class=Redis, connection_pool_class=pool_class)
+    client: RedisT = manager.master_for(
+        address.service, redis_class=redis_class, connection_pool_class=pool_class
+    )
     return client
 
 
@@ -205,11 +216,25 @@ def arq_redis_settings(url: str) -> RedisSettings:
     return settings
 
 
+def where(url: str) -> str:
+    """The Redis server ``url`` names, for log lines (no credentials)."""
+    if is_sentinel_url(url):
+        address = parse_sentinel_url(url)
+        hosts = ",".join(f"{host}:{port}" for host, port in address.sentinels)
+        return f"the master of {address.service} (sentinels {hosts})/{address.options.get('db', 0)}"
+    options = redis_options(url)
+    if "path" in options:
+        return f"{options['path']}/{options.get('db', 0)}"
+    return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{options.get('db', 0)}"
+
+
 def _arq_sentinel_settings(url: str) -> RedisSettings:
-    """arq's settings for a Sentinel URL: arq asks the sentinels for the master itself.
+    """arq's settings for a Sentinel URL, for arq's own worker (``arq llmqueue.worker.WorkerSettings``),
+    which asks the sentinels for the master itself.
 
     arq passes the data nodes only their db, user and password, and the sentinels only TLS on or off:
     a URL that needs more (the sentinels' own password, certificates, timeouts) is refused here.
+    ``llmqueue worker`` connects through :func:`sentinel_client` instead and takes them all.
     """
     address = parse_sentinel_url(url)
     options = dict(address.options)
@@ -221,7 +246,8 @@ def _arq_sentinel_settings(url: str) -> RedisSettings:
     extra = sorted(set(options) | {k for k in address.sentinel_options if not k.startswith("ssl")})
     if extra:
         raise ConfigError(
-            f"the Sentinel URL {redact_url(url)} sets {', '.join(extra)}, which workers cannot apply "
-            "through Sentinel (arq takes only the db, user and password of the data nodes, and TLS on or off)"
+            f"the Sentinel URL {redact_url(url)} sets {', '.join(extra)}, which arq's own worker cannot "
+            "apply through Sentinel (it takes only the db, user and password of the data nodes, and TLS on "
+            "or off): run `llmqueue worker`, which takes them all"
         )
     return settings

@@ -192,6 +192,11 @@ def inbox(producer_id: str) -> str:
     return f"{PREFIX}:inbox:{producer_id}"
 
 
+def replication_mark() -> str:
+    """A counter written before each ``WAIT``: a replica past it holds every earlier write."""
+    return f"{PREFIX}:replication-mark"
+
+
 def worker(worker_id: str) -> str:
     """A live worker's registry entry (a hash refreshed by its heartbeat, expiring when it stops)."""
     return f"{PREFIX}:worker:{worker_id}"

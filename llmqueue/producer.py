@@ -34,6 +34,7 @@ from llmqueue.models import Job, JobResult, parse_priority
 from llmqueue.ops.registry import no_worker_reason
 from llmqueue.queue.cancel import cancel_queued
 from llmqueue.queue.job_stream import StreamEvent, read_stream
+from llmqueue.queue.replication import replica_wait
 from llmqueue.queue.store import JobStore
 from llmqueue.redaction import redact_url
 from llmqueue.settings import Settings, WorkerConfig, load_settings
@@ -130,7 +131,11 @@ class Producer:
         self._streams_redis: Redis | None = None
         worker = self.settings.worker
         self.store = JobStore(
-            self.redis, queue_name=worker.queue_name, job_ttl=worker.job_ttl, result_ttl=worker.result_ttl
+            self.redis,
+            queue_name=worker.queue_name,
+            job_ttl=worker.job_ttl,
+            result_ttl=worker.result_ttl,
+            replicas=replica_wait(self.redis, self.settings, url),
         )
         self.inbox = keys.inbox(uuid.uuid4().hex)
         self.waits = ResultWaits(self.store, self.inbox, job_ttl=worker.job_ttl, result_ttl=worker.result_ttl)

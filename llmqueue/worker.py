@@ -38,7 +38,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue.cache import ResponseCache, open_store
 from llmqueue.coalesce import ScriptCoalescer
-from llmqueue.connection import arq_redis_settings
+from llmqueue.connection import (
+    arq_redis_settings,
+    is_sentinel_url,
+    parse_sentinel_url,
+    sentinel_client,
+    where,
+)
 from llmqueue.limits.limiter import RateLimiter
 from llmqueue.limits.routing import Deployments
 from llmqueue.llm.call import warm_up
@@ -46,6 +52,7 @@ from llmqueue.ops.counters import JobCounter
 from llmqueue.ops.events import EventSink, log_event
 from llmqueue.queue import payload
 from llmqueue.queue.heartbeat import Heartbeat
+from llmqueue.queue.replication import replica_wait
 from llmqueue.queue.runner import JobRunner
 from llmqueue.queue.store import JobStore
 from llmqueue.queue.worker_loop import WorkerLoop
@@ -85,6 +92,9 @@ def redis_settings(settings: Settings) -> RedisSettings:
 async def connect(settings: Settings) -> ArqRedis:
     """arq's pool for these settings, with llmqueue's JSON job format (never pickle)."""
     worker = settings.worker
+    url = settings.redis_url.get_secret_value()
+    if is_sentinel_url(url):
+        return await _connect_through_sentinels(settings, url)
     return await create_pool(
         redis_settings(settings),
         job_serializer=payload.serialize,
@@ -92,6 +102,36 @@ async def connect(settings: Settings) -> ArqRedis:
         default_queue_name=worker.queue_name,
         expires_extra_ms=int(worker.job_ttl * 1000),
     )
+
+
+async def _connect_through_sentinels(settings: Settings, url: str) -> ArqRedis:
+    """An ``ArqRedis`` of the master the sentinels name, built as producers build theirs (arq's own
+    Sentinel support passes the sentinels neither passwords nor certificates), with the commands'
+    retries of :func:`redis_settings`; start-up waits for the master as ``create_pool`` does."""
+    worker = settings.worker
+    redis = sentinel_client(
+        parse_sentinel_url(url),
+        redis_class=ArqRedis,
+        retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
+        retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=12),
+        encoding="utf8",
+    )
+    redis.job_serializer = payload.serialize
+    redis.job_deserializer = payload.deserialize_job
+    redis.default_queue_name = worker.queue_name
+    redis.expires_extra_ms = int(worker.job_ttl * 1000)
+    retries = worker.redis_connect_retries
+    while True:
+        try:
+            await redis.ping()
+            return redis
+        except (RedisError, OSError) as exc:
+            if retries == 0:
+                await redis.aclose()
+                raise
+            retries -= 1
+            logger.warning("Redis through the sentinels not reachable (%s); retrying", redis_error_line(exc))
+            await asyncio.sleep(1)
 
 
 @dataclass
@@ -117,6 +157,7 @@ class Services:
             job_ttl=worker.job_ttl,
             result_ttl=worker.result_ttl,
             coalescer=coalescer,
+            replicas=replica_wait(redis, settings, settings.redis_url.get_secret_value()),
         )
         cache = None
         if settings.cache.enabled:
@@ -214,7 +255,6 @@ class Worker:
         worker = self.settings.worker
         services = await Services.start(redis, self.settings, self.worker_id, self.sinks)
         try:
-            connection = redis_settings(self.settings)
             self.job_loop = WorkerLoop(
                 redis,
                 worker,
@@ -222,7 +262,7 @@ class Worker:
                 job_timeout=worker.job_timeout(longest_llm_timeout(self.settings)),
                 burst=self.burst,
                 counts=self.counter.counts,
-                where=f"{connection.host}:{connection.port}/{connection.database}",
+                where=where(self.settings.redis_url.get_secret_value()),
             )
             if self._stopped_early:
                 self.job_loop.stop()

@@ -148,9 +148,6 @@ class BatchSubmission:
             raise BatchFileError(
                 f"{path}: none of its {len(report.rejected)} request line(s) is valid ({shown})"
             )
-        await self.redis.hset(
-            keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id))
-        )
         return report
 
     async def _refuse_changed_lines(
@@ -226,14 +223,11 @@ class BatchSubmission:
         return added
 
     async def _enqueue_listed(self, batch_id: str, chunk: list[Job], *, by_line: bool = True) -> list[bool]:
-        members = keys.batch_jobs(batch_id)
-        scores = await self.redis.zmscore(members, [job.id for job in chunk])
-        new_members = sum(1 for score in scores if score is None)
         keep = queued_batch_ttl(self.store.job_ttl, self.store.result_ttl)
 
         def register(pipe: Pipeline, jobs: Sequence[Job]) -> None:
             self._index(pipe, batch_id, jobs, by_line=by_line)
-            pipe.hincrby(keys.batch(batch_id), "total", new_members)
+            BatchLedger.count_total(pipe, batch_id)
             keep_batch(pipe, batch_id, keep)
 
         return await self.store.enqueue(chunk, also=register)
@@ -252,16 +246,20 @@ class BatchSubmission:
             settings["max_cost"] = max_cost
         if max_tokens is not None:
             settings["max_tokens"] = max_tokens
-        seconds, micros = await self.redis.time()  # Redis's clock: status measures elapsed time by it
-        created = seconds + micros / 1e6
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(keys.batch(batch_id), "created_at", created)
-            if settings:
-                pipe.hset(keys.batch(batch_id), mapping=settings)
-            pipe.zadd(keys.batches(), {batch_id: created}, nx=True)
-            set_weight(pipe, self.store.queue_name, lane_of(batch_id), weight)
-            keep_batch(pipe, batch_id, queued_batch_ttl(self.store.job_ttl, self.store.result_ttl))
-            await pipe.execute()
+
+        async def create() -> None:
+            seconds, micros = await self.redis.time()  # Redis's clock: status measures elapsed time by it
+            created = seconds + micros / 1e6
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(keys.batch(batch_id), "created_at", created)
+                if settings:
+                    pipe.hset(keys.batch(batch_id), mapping=settings)
+                pipe.zadd(keys.batches(), {batch_id: created}, nx=True)
+                set_weight(pipe, self.store.queue_name, lane_of(batch_id), weight)
+                keep_batch(pipe, batch_id, queued_batch_ttl(self.store.job_ttl, self.store.result_ttl))
+                await pipe.execute()
+
+        await self.store.acknowledged(create)
 
     async def _forget(self, batch_id: str) -> None:
         """Remove a batch that got no job (a batch of nothing would never be done)."""
@@ -311,7 +309,7 @@ class BatchSubmission:
         if answered:
             async with self.redis.pipeline(transaction=True) as pipe:
                 self._index(pipe, batch_id, hits)
-                pipe.hincrby(keys.batch(batch_id), "total", len(hits))
+                BatchLedger.count_total(pipe, batch_id)
                 await pipe.execute()
             stored = await self.store.finish_many([(result, False) for result in answered])
             report.submitted += sum(stored)

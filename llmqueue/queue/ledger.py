@@ -20,6 +20,8 @@ from redis.asyncio.client import Pipeline
 from llmqueue import keys
 from llmqueue.errors import BatchError
 
+_COUNT_TOTAL = "return redis.call('HSET', KEYS[1], 'total', redis.call('ZCARD', KEYS[2]))"
+
 GATE_FIELDS = ["cancel_requested", "max_cost", "cost", "max_tokens", "tokens"]
 
 
@@ -116,6 +118,12 @@ class BatchLedger:
         if batch_id is None:
             return
         await self.redis.hincrby(keys.batch(batch_id), "requests", -1)
+
+    @staticmethod
+    def count_total(pipe: Pipeline, batch_id: str) -> None:
+        """Queue on ``pipe``: the batch's ``total`` set to the number of jobs it lists (a write made
+        again, as across a failover, counts nothing twice)."""
+        pipe.eval(_COUNT_TOTAL, 2, keys.batch(batch_id), keys.batch_jobs(batch_id))
 
     @staticmethod
     def count_retry(pipe: Pipeline, batch_id: str, *, rate_limited: bool) -> None:

@@ -5,11 +5,12 @@ Producers and workers both go through this class, so the layout of a job's keys 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic_core import PydanticSerializationError
 from redis.asyncio import Redis
@@ -20,6 +21,7 @@ from llmqueue.coalesce import ScriptCoalescer
 from llmqueue.models import AttemptError, Job, JobResult, replace_lone_surrogates
 from llmqueue.queue import ledger, payload
 from llmqueue.queue.ledger import BatchLedger
+from llmqueue.queue.replication import ReplicaWait
 from llmqueue.queue.scripts import lane_of, now_ms, script
 
 _LUA = resources.files("llmqueue.queue").joinpath("lua")
@@ -29,6 +31,7 @@ ENQUEUE_CHUNK = 2000
 ChunkCommands = Callable[[Pipeline, Sequence[Job]], None]
 """Commands queued in the transaction of one chunk of jobs being enqueued."""
 WAKE_TOKENS = 16
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,13 @@ class JobStore:
         job_ttl: float,
         result_ttl: float,
         coalescer: ScriptCoalescer | None = None,
+        replicas: ReplicaWait | None = None,
     ) -> None:
-        """With ``coalescer`` (a worker's), results stored together share a round trip."""
+        """With ``coalescer`` (a worker's), results stored together share a round trip. With
+        ``replicas``, a submission and a result are acknowledged once replicas hold them (and written
+        again across a failover)."""
         self.redis = redis
+        self.replicas = replicas
         self.queue_name = queue_name
         self.job_ttl = job_ttl
         self.job_ttl_ms = int(job_ttl * 1000)
@@ -113,18 +120,26 @@ class JobStore:
             for job in chunk:
                 data = payload.arq_job(job.model_dump(mode="json"), now)
                 args += [job.id, data, score, job.priority, lane_of(job.batch_id)]
-            async with self.redis.pipeline(transaction=True) as pipe:
-                await self._enqueue(args=args, client=pipe)
-                if also is not None:
-                    also(pipe, chunk)
-                # Wake idle workers now instead of at their next poll (a few tokens: one per worker
-                # that should look; the list is trimmed so it never grows).
-                wake = keys.wake(self.queue_name)
-                pipe.lpush(wake, *([b"1"] * min(WAKE_TOKENS, len(chunk))))
-                pipe.ltrim(wake, 0, WAKE_TOKENS - 1)
-                flags = (await pipe.execute())[0]
+            flags = await self.acknowledged(partial(self._enqueue_chunk, args, chunk, also))
             added += [bool(flag) for flag in flags]
         return added
+
+    async def _enqueue_chunk(self, args: list[Any], chunk: Sequence[Job], also: ChunkCommands | None) -> Any:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await self._enqueue(args=args, client=pipe)
+            if also is not None:
+                also(pipe, chunk)
+            # Wake idle workers now instead of at their next poll (a few tokens: one per worker
+            # that should look; the list is trimmed so it never grows).
+            wake = keys.wake(self.queue_name)
+            pipe.lpush(wake, *([b"1"] * min(WAKE_TOKENS, len(chunk))))
+            pipe.ltrim(wake, 0, WAKE_TOKENS - 1)
+            return (await pipe.execute())[0]
+
+    async def acknowledged(self, write: Callable[[], Awaitable[T]]) -> T:
+        """``write()`` (idempotent), once replicas hold it when ``replicas`` is set (and written again
+        after a failover, see ``llmqueue.queue.replication``)."""
+        return await (write() if self.replicas is None else self.replicas.confirmed(write))
 
     async def begin_attempt(self, job_id: str, batch_id: str | None) -> AttemptStart:
         """Read a job's state as a worker picks it up, in one round trip.
@@ -208,7 +223,7 @@ class JobStore:
         script_keys, args = self._finish_arguments(
             result, reply_to, was_calling, was_retry_waiting, release=release
         )
-        return bool(await self._finish_one(keys=script_keys, args=args))
+        return bool(await self.acknowledged(partial(self._finish_one, keys=script_keys, args=args)))
 
     async def finish_many(
         self, results: Sequence[tuple[JobResult, bool]], reply_to: Sequence[str | None] = ()
@@ -219,11 +234,19 @@ class JobStore:
         if not results:
             return []
         inboxes = list(reply_to) or [None] * len(results)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for (result, was_retry_waiting), inbox in zip(results, inboxes, strict=True):
-                script_keys, args = self._finish_arguments(result, inbox, False, was_retry_waiting)
-                await self._finish(keys=script_keys, args=args, client=pipe)
-            return [bool(stored) for stored in await pipe.execute()]
+        calls = [
+            self._finish_arguments(result, inbox, False, was_retry_waiting)
+            for (result, was_retry_waiting), inbox in zip(results, inboxes, strict=True)
+        ]
+
+        async def store() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for script_keys, args in calls:
+                    await self._finish(keys=script_keys, args=args, client=pipe)
+                stored: list[Any] = await pipe.execute()
+                return stored
+
+        return [bool(stored) for stored in await self.acknowledged(store)]
 
     async def read_waiting_many(self, job_ids: Sequence[str]) -> list[tuple[list[AttemptError], datetime]]:
         """``read_waiting`` for many jobs in one round trip."""

@@ -36,6 +36,8 @@ class _FileSchema(BaseModel):
     redis_url: str | None = None
     redis_sentinels: list[str] | str | None = None
     redis_sentinel_service: str | None = None
+    redis_wait_replicas: int | None = None
+    redis_wait_timeout: float | None = None
     llm: LLMConfig | None = None
     llm_groups: dict[str, dict[str, Any]] = Field(default_factory=dict)
     limits: dict[str, LimitConfig] = Field(default_factory=dict)

@@ -35,6 +35,17 @@ class Settings(BaseSettings):
     redis_sentinel_service: str | None = Field(
         None, description="the name the sentinels monitor the master under (sentinel monitor <name>)"
     )
+    redis_wait_replicas: int | None = Field(
+        None,
+        ge=0,
+        description="replicas a submission, a result or a batch's counters must reach (Redis WAIT) before "
+        "they are acknowledged; None: 1 with a Sentinel URL (a replica is configured), else 0 (no wait)",
+    )
+    redis_wait_timeout: float = Field(
+        1.0,
+        gt=0,
+        description="seconds a write waits for its replicas at most; then it is acknowledged with a warning",
+    )
     llm: LLMConfig = LLMConfig()
     llm_groups: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="[llm.<name>] tables: the keys each group sets over [llm]"
@@ -91,6 +102,13 @@ class Settings(BaseSettings):
             )
         self.redis_url = SecretStr(sentinel_url(url, sentinels, self.redis_sentinel_service))
         return self
+
+    def wait_replicas(self, url: str | None = None) -> int:
+        """How many replicas a write that matters waits for on ``url`` (default ``redis_url``):
+        ``redis_wait_replicas``, or 1 through sentinels and 0 (no wait) elsewhere when it is unset."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if is_sentinel_url(url or self.redis_url.get_secret_value()) else 0
 
     def deployments_of(self, model_name: str) -> list[Deployment]:
         """The deployments serving ``model_name`` (empty when it is a plain LiteLLM model string)."""

@@ -28,6 +28,15 @@ class FileSource(PydanticBaseSettingsSource):
         return dict(FILE_DATA.get())
 
 
+REDIS_FIELDS = (
+    "redis_url",
+    "redis_sentinels",
+    "redis_sentinel_service",
+    "redis_wait_replicas",
+    "redis_wait_timeout",
+)
+
+
 class KnownEnvSource(EnvSettingsSource):
     """Environment variables, ignoring ``LLM_*``/``WORKER_*`` names llmqueue does not know.
 
@@ -45,5 +54,5 @@ class KnownEnvSource(EnvSettingsSource):
                 data[section] = {k: v for k, v in values.items() if k in model.model_fields}
         if not isinstance(data.get("cache"), dict) or not data["cache"]:
             data.pop("cache", None)  # CACHE=... or no CACHE_* variable of ours: not our setting
-        ours = ("redis_url", "redis_sentinels", "redis_sentinel_service", "llm", "worker", "cache", "budget")
+        ours = (*REDIS_FIELDS, "llm", "worker", "cache", "budget")
         return {k: v for k, v in data.items() if k in ours}

@@ -26,24 +26,7 @@ from llmqueue.producer import Producer
 from llmqueue.simulator.server import RunningProvider
 from tests.support.reliability import child_env, worker_env, worker_processes
 from tests.support.settings import TEST_API_KEY, make_settings
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-def _certificates(directory: Path) -> tuple[Path, Path, Path]:
-    names = ("ca.key", "ca.pem", "s.key", "s.csr", "s.pem")
-    ca_key, ca, key, csr, cert = (directory / name for name in names)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=llmqueue test CA",
-             "-keyout", str(ca_key), "-out", str(ca))  # fmt: skip
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key),
-             "-out", str(csr))  # fmt: skip
-    ext = directory / "ext.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
-             "-days", "1", "-out", str(cert), "-extfile", str(ext))  # fmt: skip
-    return ca, cert, key
+from tests.support.tls import certificates
 
 
 def _free_port() -> int:
@@ -59,7 +42,7 @@ def tls_redis_url(tmp_path: Path) -> Iterator[str]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     binary = find_redis_server()
-    ca, cert, key = _certificates(tmp_path)
+    ca, cert, key = certificates(tmp_path)
     port = _free_port()
     server = subprocess.Popen(
         [str(binary), "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),

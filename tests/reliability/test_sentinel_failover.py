@@ -15,11 +15,8 @@ import pytest
 from llmqueue import keys
 from llmqueue.models import JobResult
 from llmqueue.producer import JobHandle, Producer
-from llmqueue.simulator.process import ProviderProcess
-from llmqueue.simulator.server import ProviderConfig
-from tests.support.reliability import chat_jobs, child_env, wait_until, worker_env, worker_processes
-from tests.support.sentinel import sentinel_set
-from tests.support.settings import TEST_API_KEY, make_settings
+from tests.support.reliability import chat_jobs, child_env, wait_until
+from tests.support.sentinel import run_through_sentinels
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -30,43 +27,36 @@ async def _collect(producer: Producer, handles: list[JobHandle]) -> list[JobResu
 
 async def test_jobs_run_through_the_sentinels_end_once_when_the_master_is_killed(tmp_path: Path) -> None:
     jobs, slots = 300, 10
-    with (
-        sentinel_set(tmp_path) as servers,
-        ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=0.2)) as provider,
-    ):
-        first_master = servers.master_port_now()
-        env = worker_env(servers.url, provider.base_url, TEST_API_KEY, worker_max_jobs=slots)
-        with worker_processes(env, tmp_path) as workers:
-            await workers.start_ready(2)
-            async with Producer(make_settings(servers.url, provider.base_url)) as producer:
-                handles = await producer.submit_many(chat_jobs(jobs, "failover"))
-                collected = asyncio.ensure_future(_collect(producer, handles))
-                await wait_until(lambda: provider.stats()["requests"] >= 60, 60, "a fifth of the calls")
-                in_flight = sum(len(w.calling()) for w in workers.all)
-                killed = time.monotonic()
-                servers.kill_master()
-                results = await asyncio.wait_for(collected, 180)
-                took = time.monotonic() - killed
-                result_keys = [k async for k in producer.redis.scan_iter(match=keys.result("*"))]
-            new_master = servers.master_port_now()
-            alive = len(workers.alive)
-            # A CLI command given only the sentinels reads the new master.
-            health = subprocess.run(
-                [sys.executable, "-m", "llmqueue", "health", "--redis-url", servers.url],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env=child_env(),
-            )
+    async with run_through_sentinels(tmp_path, slots=slots) as run:
+        servers, provider, workers, producer = run.servers, run.provider, run.workers, run.producer
+        handles = await producer.submit_many(chat_jobs(jobs, "failover"))
+        collected = asyncio.ensure_future(_collect(producer, handles))
+        await wait_until(lambda: provider.stats()["requests"] >= 60, 60, "a fifth of the calls")
+        in_flight = sum(len(w.calling()) for w in workers.all)
+        killed = time.monotonic()
+        servers.kill_master()
+        results = await asyncio.wait_for(collected, 180)
+        took = time.monotonic() - killed
+        result_keys = [k async for k in producer.redis.scan_iter(match=keys.result("*"))]
+        new_master = servers.master_port_now()
+        alive = len(workers.alive)
+        # A CLI command given only the sentinels reads the new master.
+        health = subprocess.run(
+            [sys.executable, "-m", "llmqueue", "health", "--redis-url", servers.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_env(),
+        )
         stats = provider.stats()
 
     print(
         f"\nSentinel failover: {jobs} jobs, 2 workers x {slots} slots; master killed with {in_flight} calls "
         f"in flight; all results {took:.1f} s later; {len(results)} results "
         f"({sum(r.ok for r in results)} succeeded), {len(result_keys)} result keys; provider requests "
-        f"{stats['requests']}; master port {first_master} -> {new_master}"
+        f"{stats['requests']}; master port {run.first_master} -> {new_master}"
     )
-    assert new_master == servers.replica_port != first_master
+    assert new_master == servers.replica_port != run.first_master
     assert sorted(r.job_id for r in results) == sorted(h.job_id for h in handles)  # each once
     assert all(r.ok for r in results)
     assert len(result_keys) == jobs
