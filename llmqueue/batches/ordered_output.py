@@ -77,7 +77,12 @@ class OrderedWriter:
             if not members:
                 return count
             job_ids = [member.decode() for member in members]
-            results = await self.store.get_results(job_ids)
+            raws = await self.redis.mget([keys.result(job_id) for job_id in job_ids])
+            # Only the results up to the first missing one are read (most polls find few in order).
+            present = (
+                len(raws) if final else next((n for n, raw in enumerate(raws) if raw is None), len(raws))
+            )
+            results = [None if raw is None else JobResult.model_validate_json(raw) for raw in raws[:present]]
             ready = (
                 len(results)
                 if final
