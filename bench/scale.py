@@ -46,6 +46,7 @@ def run(quick: bool) -> dict[str, Any]:
             workers.scale_to(WORKERS)
             batch = asyncio.run(_batch(redis.url, provider, workers, sizes["batch"]))
     big = run_big_file(sizes["file_lines"], FILE_OBSERVED)
+    unchecked = run_big_file(sizes["file_lines"], FILE_OBSERVED, skip_invalid=True)
     rows = [
         {
             "figure": f"enqueue {sizes['enqueue']:,} jobs (submit_many, one call)",
@@ -72,7 +73,8 @@ def run(quick: bool) -> dict[str, Any]:
             "target": "yes",
             "met": batch["exactly_one_result"],
         },
-        *_big_file_rows(big),
+        *_big_file_rows(big, "run"),
+        *_big_file_rows(unchecked, "run --skip-invalid"),
     ]
     return {
         "title": "5. Scale",
@@ -83,10 +85,12 @@ def run(quick: bool) -> dict[str, Any]:
         "enqueue": enqueue,
         "batch": batch,
         "big_file": big,
+        "big_file_skip_invalid": unchecked,
         "notes": [
             f"big file: `llmqueue run` of {big['lines']:,} lines of ~1 KB prompts "
             f"({big['file_bytes'] / 2**20:.0f} MB), 2 workers, a 10 ms provider with no limit, a private "
-            f"Redis; watched for up to {FILE_OBSERVED:.0f} s. Time to the first request includes the "
+            f"Redis; watched until {FILE_OBSERVED:.0f} s after its first request. Time to the first "
+            "request includes the "
             "up-front check of every line (a bad line stops the run before anything is queued); peak "
             "RSS is the run process's VmHWM; Redis memory is INFO used_memory over its empty state",
             "memory per job = INFO used_memory after enqueueing minus before, divided by the job count "
@@ -97,11 +101,11 @@ def run(quick: bool) -> dict[str, Any]:
     }
 
 
-def _big_file_rows(big: dict[str, Any]) -> list[dict[str, Any]]:
+def _big_file_rows(big: dict[str, Any], how: str) -> list[dict[str, Any]]:
     budget = big["redis_budget_bytes"]
     rows: list[dict[str, Any]] = [
         {
-            "figure": f"run of {big['lines']:,} lines: first provider request after start",
+            "figure": f"{how} of {big['lines']:,} lines: first provider request after start",
             "value": big["first_request_seconds"],
             "unit": "s",
             "target": f"≤ {FIRST_REQUEST_TARGET:.0f} s",
@@ -115,7 +119,7 @@ def _big_file_rows(big: dict[str, Any]) -> list[dict[str, Any]]:
             "met": big["peak_rss_bytes"] <= RUN_RSS_TARGET,
         },
         {
-            "figure": "  peak Redis memory while it ran",
+            "figure": f"  peak Redis memory in its first {FILE_OBSERVED:.0f} s of calls",
             "value": big["peak_redis_bytes"] / 2**20,
             "unit": "MB",
             "target": f"≤ {budget / 2**20:.0f} MB (0.35 x file + 50 MB)",

@@ -252,7 +252,8 @@ async def _start_feeding(
         batch_id,
         default_model=options.model,
         llm_config=options.llm_config,
-        skip_invalid=options.skip_invalid,
+        # A new run's file was checked before anything started: not read a second time for it.
+        skip_invalid=options.skip_invalid or not options.resume,
         max_cost=options.max_cost,
         max_tokens=options.max_tokens,
         priority=options.priority,
