@@ -265,6 +265,7 @@ async def _start_feeding(
     feeder = WindowFeeder(
         batches,
         batch_id,
+        source,
         iter_jobs(source, **line_options, priority=options.priority),
         window=window,
         cache=use_cache,

@@ -128,10 +128,7 @@ class BatchSubmission:
             await self._enqueue_chunk(batch_id, chunk, report, answered_from)
         if report.submitted + report.already_known == 0:
             await self._forget(batch_id)
-            shown = "; ".join(f"line {e.line}: {e.reason}" for e in report.rejected[:3])
-            raise BatchFileError(
-                f"{path}: none of its {len(report.rejected)} request line(s) is valid ({shown})"
-            )
+            raise no_valid_line_error(path, report.rejected)
         await self.redis.hset(
             keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id))
         )
@@ -404,6 +401,12 @@ class BatchSubmission:
         )
         fingerprints = {job.id: request_fingerprint(job) for job in jobs}
         pipe.hset(keys.batch_fingerprints(batch_id), mapping=fingerprints)
+
+
+def no_valid_line_error(path: Path, rejected: Sequence[LineError]) -> BatchFileError:
+    """The error of a file none of whose request lines is valid (a batch of nothing is not kept)."""
+    shown = "; ".join(f"line {e.line}: {e.reason}" for e in rejected[:3])
+    return BatchFileError(f"{path}: none of its {len(rejected)} request line(s) is valid ({shown})")
 
 
 def check_batch_id(batch_id: str) -> str:

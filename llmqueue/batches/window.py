@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING
 
 from llmqueue import keys
 from llmqueue.batches.input import LineError
-from llmqueue.batches.submit import SubmitReport
+from llmqueue.batches.submit import SubmitReport, no_valid_line_error
 from llmqueue.cache import CacheStore
-from llmqueue.errors import BatchFileError
 from llmqueue.models import Job
 from llmqueue.queue.ledger import GATE_FIELDS, stop_reason
 from llmqueue.settings import Settings
@@ -77,6 +76,7 @@ class WindowFeeder:
         self,
         batches: Batches,
         batch_id: str,
+        source: Path,
         items: Iterator[Job | LineError],
         *,
         window: int,
@@ -86,6 +86,7 @@ class WindowFeeder:
         self.batches = batches
         self.batch_id = batch_id
         self.window = window
+        self.source = source
         self.report = SubmitReport(batch_id=batch_id, submitted=0, already_known=0, rejected=[])
         self._items = items
         self._cache = cache
@@ -147,7 +148,4 @@ class WindowFeeder:
         await self.batches.redis.hset(keys.batch(self.batch_id), "total", listed)
         if listed == 0:
             await self.batches.forget_if_empty(self.batch_id)
-            shown = "; ".join(f"line {e.line}: {e.reason}" for e in self.report.rejected[:3])
-            raise BatchFileError(
-                f"none of the {len(self.report.rejected)} request line(s) is valid ({shown})"
-            )
+            raise no_valid_line_error(self.source, self.report.rejected)

@@ -15,7 +15,7 @@ from llmqueue.batches.control import Batches
 from llmqueue.batches.files import iter_jobs, job_id_for
 from llmqueue.batches.ordered_output import OrderedWriter
 from llmqueue.batches.window import WINDOW_CEILING, WINDOW_FLOOR, WindowFeeder, count_requests, window_size
-from llmqueue.errors import LLMQueueError
+from llmqueue.errors import BatchFileError, LLMQueueError
 from llmqueue.models import JobResult, Timings
 from llmqueue.queue.store import JobStore
 
@@ -71,7 +71,7 @@ async def start_feeder(batches: Batches, source: Path, window: int) -> WindowFee
         on_queueing=None,
     )
     feeder = WindowFeeder(
-        batches, BATCH, iter_jobs(source, **options), window=window, cache=False, answered_from=None
+        batches, BATCH, source, iter_jobs(source, **options), window=window, cache=False, answered_from=None
     )
     await feeder.start(count_requests(source))
     return feeder
@@ -208,3 +208,13 @@ async def test_a_writer_whose_partial_file_is_gone_refuses_to_go_on(batches: Bat
     writer.partial.unlink()
     with pytest.raises(LLMQueueError, match="gone or shorter"):
         await OrderedWriter(batches.store, BATCH, tmp_path / "out.jsonl").open()
+
+
+async def test_a_file_of_bad_lines_only_leaves_no_batch(
+    batches: Batches, redis: Redis, tmp_path: Path
+) -> None:
+    source = make_file(tmp_path / "f.jsonl", 3, bad=(1, 2, 3))
+    with pytest.raises(BatchFileError, match="none of its 3 request line"):
+        await start_feeder(batches, source, window=5)
+    assert not await redis.exists(keys.batch(BATCH), keys.batch_jobs(BATCH))
+    assert await queued_jobs(redis) == 0
