@@ -22,6 +22,7 @@ import redis as redis_sync
 
 from bench.harness import BenchError
 from bench.workloads import API_KEY, MODEL
+from llmqueue import keys
 from llmqueue.ops.embedded_redis import EmbeddedRedis
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
@@ -80,12 +81,15 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
             began = time.monotonic()
             process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             first_request: float | None = None
+            first_queued: float | None = None
             peak_redis = peak_rss = 0
             try:
                 while process.poll() is None:
                     since = time.monotonic() - began
                     if since > (observe + first_request if first_request else FIRST_REQUEST_PATIENCE):
                         break
+                    if first_queued is None and client.zcard(keys.batch_jobs("big")):
+                        first_queued = time.monotonic() - began
                     if first_request is None and provider.stats()["requests"] > 0:
                         first_request = time.monotonic() - began
                     used = int(client.info("memory")["used_memory"])  # type: ignore[index]
@@ -118,6 +122,7 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
         "answered": answered,
         "lines_per_second": answered / elapsed,
         "first_request_seconds": first_request,
+        "first_queued_seconds": first_queued,
         "peak_rss_bytes": peak_rss,
         "peak_redis_bytes": peak_redis,
         "redis_bytes_per_line": peak_redis / lines,

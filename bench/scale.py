@@ -112,6 +112,11 @@ def _big_file_rows(big: dict[str, Any], how: str) -> list[dict[str, Any]]:
             "met": big["first_request_seconds"] <= FIRST_REQUEST_TARGET,
         },
         {
+            "figure": "  first job queued after start (the rest is the workers' start-up)",
+            "value": big["first_queued_seconds"],
+            "unit": "s",
+        },
+        {
             "figure": "  peak RSS of the run process",
             "value": big["peak_rss_bytes"] / 2**20,
             "unit": "MB",
