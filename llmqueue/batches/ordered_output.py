@@ -50,7 +50,7 @@ class OrderedWriter:
         self.written, self._bytes = int(raw[0] or 0), int(raw[1] or 0)
         self.output.parent.mkdir(parents=True, exist_ok=True)
         if self.written == 0:
-            self._file = self.partial.open("wb")
+            self._file = self.partial.open("w+b")
             return
         size = self.partial.stat().st_size if self.partial.exists() else -1
         if size < self._bytes:

@@ -218,3 +218,24 @@ async def test_a_file_of_bad_lines_only_leaves_no_batch(
         await start_feeder(batches, source, window=5)
     assert not await redis.exists(keys.batch(BATCH), keys.batch_jobs(BATCH))
     assert await queued_jobs(redis) == 0
+
+
+async def test_a_snapshot_writes_the_whole_output_and_keeps_cancelled_jobs_for_a_resume(
+    batches: Batches, redis: Redis, tmp_path: Path
+) -> None:
+    source = make_file(tmp_path / "f.jsonl", 4)
+    await start_feeder(batches, source, window=10)
+    output = tmp_path / "out.jsonl"
+    writer = OrderedWriter(batches.store, BATCH, output)
+    await writer.open()
+    await finish(batches, [1, 3])
+    await finish(batches, [2, 4], status="cancelled")  # a spent budget ended them unsent
+    assert await writer.drain() == 1  # a cancelled job is held: a resumed run may send it again
+    await writer.snapshot()
+    writer.close(complete=False)
+
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["llmqueue"]["status"] for r in records] == ["succeeded", "cancelled", "succeeded", "cancelled"]
+    assert len(writer.partial.read_text().splitlines()) == 1
+    assert await redis.hget(keys.batch(BATCH), "written") == b"1"
+    assert await redis.exists(keys.result(job_id_for(BATCH, 2)), keys.result(job_id_for(BATCH, 4))) == 2
