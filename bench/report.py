@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 import llmqueue
+from bench.figures import figure_text
 from bench.harness import REPO_ROOT
 from llmqueue.ops.embedded_redis import find_redis_server
 
@@ -72,26 +73,8 @@ def table(result: dict[str, Any]) -> Table:
             columns[key], justify="left" if key in ("client", "figure", "workload", "target") else "right"
         )
     for row in result["rows"]:
-        out.add_row(*(MET[row.get(key)] if key == "met" else _format(key, row.get(key)) for key in shown))
+        out.add_row(*(MET[row.get(key)] if key == "met" else figure_text(key, row.get(key)) for key in shown))
     return out
-
-
-def _format(key: str, value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if key.endswith(("share", "busy")):
-            return f"{value:.2%}"
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        if abs(value) >= 100:
-            return f"{value:.1f}"
-        return f"{value:.3g}" if abs(value) < 10 else f"{value:.2f}"
-    return str(value)
 
 
 def print_result(console: Console, result: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.figures import figure_text
 from docgen.markdown import cell, code, table
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results.json"
@@ -22,26 +23,12 @@ def load(path: Path = RESULTS) -> dict[str, Any]:
 
 
 def value_text(key: str, value: Any) -> str:
-    """One figure as ``bench/report.py`` prints it: shares as percentages, three significant digits."""
-    if value is None:
-        return ""
+    """One figure as ``python -m bench`` prints it (:func:`bench.figures.figure_text`), in a table cell."""
     if key == "met":
         return MET.get(value, str(value))
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if key.endswith(("share", "busy")):
-            return f"{value:.2%}"
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        if abs(value) >= 100:
-            return f"{value:.1f}"
-        return f"{value:.3g}" if abs(value) < 10 else f"{value:.2f}"
     if isinstance(value, list | dict):
         return cell(json.dumps(value))
-    return cell(str(value))
+    return cell(figure_text(key, value))
 
 
 def machine_text(machine: dict[str, Any]) -> str:

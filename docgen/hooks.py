@@ -25,12 +25,14 @@ def renderers() -> dict[str, Callable[[], str]]:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from docgen import benchmarks, cli, redis_keys, settings
+    from llmqueue.limits.view import CONFIGURED_SHOWN_FOR
 
     return {
         "settings": settings.render,
         "cli": cli.render,
         "redis-keys": redis_keys.render,
         "benchmarks": benchmarks.render,
+        "configured-shown-for": lambda: f"{CONFIGURED_SHOWN_FOR:g} s",
     }
 
 

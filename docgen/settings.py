@@ -20,7 +20,7 @@ from pydantic.fields import FieldInfo
 from docgen.markdown import cell, code, prose, table
 from llmqueue.settings import Settings
 
-# The sections the environment can set, and their prefix (``llmqueue.settings._KnownEnvSource``).
+# The sections the environment can set, and their prefix (``llmqueue.settings.sources.KnownEnvSource``).
 ENV_PREFIXES = {"llm": "LLM_", "worker": "WORKER_", "cache": "CACHE_"}
 # Top-level keys the environment can set.
 TOP_LEVEL_ENV = {"redis_url": "REDIS_URL"}

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 
 from llmqueue import keys
 from llmqueue.batches.follow import STALL_CHECK_SECONDS, BatchFollowing
@@ -20,8 +19,8 @@ from llmqueue.batches.submit import (
     request_fingerprint,
 )
 from llmqueue.errors import BatchError
-from llmqueue.models import AttemptError, Job, JobResult, Timings
-from llmqueue.queue.cancel import cancel_queued
+from llmqueue.models import Job, JobResult
+from llmqueue.queue.cancel import BATCH_CANCELLED, cancel_queued, cancelled_result
 from llmqueue.queue.ledger import BatchLedger, BatchStatus
 from llmqueue.queue.ready import set_weight
 from llmqueue.queue.retention import keep_batch, queued_batch_ttl
@@ -99,9 +98,7 @@ class Batches(BatchSubmission, BatchFollowing):
                 on_progress(seen, cancelled)
 
     async def _cancel_chunk(self, batch_id: str, job_ids: list[str]) -> int:
-        cancelled = await cancel_queued(
-            self.store, job_ids, reason="the batch was cancelled", batch_id=batch_id
-        )
+        cancelled = await cancel_queued(self.store, job_ids, reason=BATCH_CANCELLED, batch_id=batch_id)
         return len(cancelled)
 
     async def _cancel_at_provider(self, batch_id: str, job_ids: list[str]) -> int:
@@ -114,7 +111,16 @@ class Batches(BatchSubmission, BatchFollowing):
             return 0
         states = await self.store.read_waiting_many(waiting)
         results = [
-            (_cancelled_result(job_id, batch_id, failures, queued_at), bool(failures))
+            (
+                cancelled_result(
+                    job_id,
+                    batch_id=batch_id,
+                    failures=failures,
+                    reason=BATCH_CANCELLED,
+                    queued_at=queued_at,
+                ),
+                bool(failures),
+            )
             for job_id, (failures, queued_at) in zip(waiting, states, strict=True)
         ]
         stored = await self.store.finish_many(results)
@@ -214,19 +220,3 @@ def _budget_words(status: BatchStatus) -> str:
     caps = [f"max ${status.max_cost:g}"] if status.max_cost is not None else []
     caps += [f"max {status.max_tokens} tokens"] if status.max_tokens is not None else []
     return ", ".join(caps)
-
-
-def _cancelled_result(
-    job_id: str, batch_id: str, failures: list[AttemptError], queued_at: datetime
-) -> JobResult:
-    return JobResult(
-        job_id=job_id,
-        batch_id=batch_id,
-        status="cancelled",
-        attempts=len(failures),
-        errors=[
-            *failures,
-            AttemptError(attempt=len(failures), kind="cancelled", message="the batch was cancelled"),
-        ],
-        timings=Timings(queued_at=queued_at),
-    )

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from llmqueue.limits.breaker import DeploymentState
-from llmqueue.limits.limiter import ScopeState
+from llmqueue.limits.view import ScopeState
 from llmqueue.models import PRIORITIES
 from llmqueue.queue.ledger import BatchStatus
 from llmqueue.queue.ready import PriorityCounts

@@ -5,6 +5,7 @@
 
 from llmqueue.cli import (
     batch_commands,
+    batch_control_commands,
     cache_commands,
     dashboard_commands,
     limit_commands,
@@ -15,6 +16,7 @@ from llmqueue.cli.common import app, main
 __all__ = [
     "app",
     "batch_commands",
+    "batch_control_commands",
     "cache_commands",
     "dashboard_commands",
     "limit_commands",

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from llmqueue import keys
 from llmqueue.cli.common import (
     ConfigOption,
     LiteLLMConfigOption,
@@ -16,23 +17,21 @@ from llmqueue.cli.common import (
     settings_from,
     with_redis,
 )
-from llmqueue.limits.limiter import RateLimiter, ScopeState
+from llmqueue.limits import view
+from llmqueue.limits.limiter import RateLimiter
+from llmqueue.limits.view import ScopeState
 
 
 async def scope_states(redis: Any, scopes: list[str] | None = None) -> list[ScopeState]:
     """The state of ``scopes`` (default: every scope seen whose buckets are still kept)."""
     limiter = RateLimiter(redis)
-    names = await limiter.scopes() if scopes is None else scopes
-    states = []
-    for scope in names:
-        if await limiter.exists(scope):
-            states.append(await limiter.inspect(scope))
-    return states
+    names = await view.scopes(redis) if scopes is None else scopes
+    return [await limiter.inspect(scope) for scope in names if await redis.exists(keys.limiter(scope))]
 
 
 async def batch_limits(redis: Any, batch_id: str) -> list[ScopeState]:
     """The state of the scopes a batch's jobs ran in."""
-    return await scope_states(redis, await RateLimiter(redis).batch_scopes(batch_id))
+    return await scope_states(redis, await view.batch_scopes(redis, batch_id))
 
 
 @app.command()

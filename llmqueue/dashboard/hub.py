@@ -32,6 +32,7 @@ from llmqueue.dashboard.views import (
 )
 from llmqueue.errors import BatchError
 from llmqueue.limits.limiter import RateLimiter
+from llmqueue.limits.view import scopes as limit_scopes
 from llmqueue.ops.registry import WorkerInfo, read_workers
 from llmqueue.queue.ledger import BatchStatus
 
@@ -162,7 +163,7 @@ class Hub:
     async def _read(self) -> None:
         now = self.clock()
         statuses = await self._statuses(now)
-        scopes = [await self.limiter.inspect(scope) for scope in await self.limiter.scopes()]
+        scopes = [await self.limiter.inspect(scope) for scope in await limit_scopes(self.limiter.redis)]
         workers, read_at = self._workers
         if now - read_at >= WORKERS_REREAD_SECONDS:
             workers = await read_workers(self.batches.redis)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from llmqueue.limits.limiter import ScopeState
+from llmqueue.limits.view import ScopeState
 from llmqueue.models import JobResult
 from llmqueue.ops.registry import WorkerInfo
 from llmqueue.queue.ledger import BatchStatus

@@ -1,9 +1,4 @@
-"""What a worker tells the shared limiter after each provider answer, and the warnings it gives once.
-
-After a success the provider's rate-limit headers (if any) teach the limiter the scope's limits and what
-is left, and the call's reported usage gives back the tokens the provider does not count (see
-:meth:`LimitFeedback.answered`). After a 429 the headers are read too, and the call's tokens go back.
-"""
+"""What a worker tells the shared limiter after each provider answer, and the warnings it gives once."""
 
 from __future__ import annotations
 
@@ -16,8 +11,9 @@ from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from llmqueue.limits.headers import parse_rate_limit_headers
-from llmqueue.limits.limiter import Admission, Learnt, RateLimiter, Reservation, ScopeState
+from llmqueue.limits.limiter import Admission, Learnt, RateLimiter, Reservation
 from llmqueue.limits.tokens import TokenEstimate
+from llmqueue.limits.view import ScopeState, note_batch_scope
 from llmqueue.settings import LimitConfig
 
 logger = logging.getLogger("llmqueue.limits")
@@ -36,15 +32,9 @@ class LimitListener(Protocol):
 class LimitFeedback:
     """One worker's side of learning limits: settles reservations, warns once per scope."""
 
-    def __init__(
-        self,
-        limiter: RateLimiter,
-        listeners: Sequence[Callable[[ScopeState], None]] = (),
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, limiter: RateLimiter, listeners: Sequence[Callable[[ScopeState], None]] = ()) -> None:
         self.limiter = limiter
         self.listeners = list(listeners)
-        self._clock = clock
         self._learnt: dict[str, Learnt] = {}
         self._warned: set[tuple[str, str]] = set()
         self._reported: dict[str, float] = {}
@@ -55,7 +45,7 @@ class LimitFeedback:
     async def ran_in_batch(self, batch_id: str | None, scope: str) -> None:
         """Note once that a job of ``batch_id`` ran in ``scope`` (``llmqueue status`` shows its limits)."""
         if batch_id is not None and (batch_id, scope) not in self._batch_scopes:
-            await self.limiter.note_batch_scope(batch_id, scope)
+            await note_batch_scope(self.limiter.redis, batch_id, scope)
             self._batch_scopes.add((batch_id, scope))
 
     def needs_estimate(self, scope: str, limit: LimitConfig | None) -> bool:
@@ -76,16 +66,13 @@ class LimitFeedback:
         """Warn, once per scope, that calls go out with no limit at all."""
         if admission.state != "unlimited":
             self._unlimited.discard(scope)
-        else:
-            self._unlimited.add(scope)
-            self._warn_once(
-                scope,
-                "unlimited",
-                "scope %r runs unlimited: no rpm/tpm is configured for it and the provider's answers "
-                "state no rate limit; set LLM_RPM/LLM_TPM or [limits.%r] to limit it",
-                scope,
-                scope,
-            )
+            return
+        self._unlimited.add(scope)
+        self._warn_once(
+            (scope, "unlimited"),
+            f"scope {scope!r} runs unlimited: no rpm/tpm is configured for it and the provider's answers "
+            f"state no rate limit; set LLM_RPM/LLM_TPM or [limits.{scope!r}] to limit it",
+        )
 
     async def answered(
         self,
@@ -98,71 +85,39 @@ class LimitFeedback:
         used_prompt: int | None = None,
         used_completion: int | None = None,
     ) -> None:
-        """A successful answer: learn from its headers, and give back the tokens the provider's limiter
-        does not keep.
-
-        OpenAI's limiter (and the ones that copy its headers) charges a call that sets ``max_tokens``
-        its prompt plus ``max_tokens`` up front, whatever the answer's length: nothing is given back.
-        Otherwise (no ``max_tokens``, an Anthropic key, whose output limit counts what was produced, or
-        no headers at all) the estimate is reconciled with the reported usage. Input and output tokens
-        (Anthropic's ITPM and OTPM) are always reconciled with the prompt and completion tokens reported.
-        """
+        """A successful answer: learn from its headers and give back the tokens the provider does not
+        count. OpenAI's limiter (and its copies) charges a call that sets ``max_tokens`` its prompt plus
+        ``max_tokens`` up front: nothing is given back then. Input and output tokens always are."""
         said = parse_rate_limit_headers(headers, datetime.now(UTC))
-        taken = reservation.taken
-        give: dict[str, float] = {}
         charged_up_front = sets_max_tokens and said is not None and said.family == "openai"
-        if used is not None and taken.get("t") and not charged_up_front:
-            give["t"] = estimate.total - used
-        if taken.get("i") and used_prompt is not None:
-            give["i"] = estimate.prompt - used_prompt
-        if taken.get("o") and used_completion is not None:
-            give["o"] = estimate.completion - used_completion
-        scope = reservation.scope
-        if said is None and scope in self._unlimited and scope in self._learnt:
-            # Admitted as unlimited and the answer states no limit either: nothing to tell the limiter
-            # once this worker has heard what the scope learnt (a self-hosted server's every answer).
-            self._heard(scope)
-            await self._report(scope)
-            return
-        learnt = await reservation.answered(said, give)
-        await self._learn(scope, reservation.limit, learnt)
-
-    async def rate_limited(self, reservation: Reservation, headers: Mapping[str, str]) -> None:
-        """A 429: learn from its headers, if it has any; the call's tokens go back."""
-        said = parse_rate_limit_headers(headers, datetime.now(UTC))
-        learnt = await reservation.refused(said)
-        # The waiters keep to their retry time: the scope's cooldown is set by the caller.
-        self._learnt[reservation.scope] = learnt
-
-    async def failed(self, reservation: Reservation) -> None:
-        """Another failure: no answer was produced, so what the call took goes back (its request
-        stays taken: the provider may have counted it)."""
-        self._heard(reservation.scope)
-        tokens = {d: q for d, q in reservation.taken.items() if d != "r"}
-        if tokens:
-            await reservation.limiter.settle(reservation.scope, reservation.limit, give_back=tokens)
-
-    async def not_sent(self, reservation: Reservation) -> None:
-        """An admitted call that was not sent after all (a cooldown began while it waited)."""
-        await reservation.cancel()
-
-    async def _learn(self, scope: str, limit: LimitConfig | None, learnt: Learnt) -> None:
-        self._learnt[scope] = learnt
+        used_by = {"t": None if charged_up_front else used, "i": used_prompt, "o": used_completion}
+        estimated = {"t": estimate.total, "i": estimate.prompt, "o": estimate.completion}
+        give = {d: estimated[d] - u for d, u in used_by.items() if u is not None and reservation.taken.get(d)}
+        scope, limit = reservation.scope, reservation.limit
+        # Admitted as unlimited and the answer states no limit either: nothing to tell the limiter once
+        # this worker has heard what the scope learnt (a self-hosted server's every answer).
+        if not (said is None and scope in self._unlimited and scope in self._learnt):
+            learnt = self._learnt[scope] = await reservation.answered(said, give)
+            for name in ("rpm", "tpm", "itpm", "otpm"):
+                configured, stated = getattr(limit, name, None), getattr(learnt, name)
+                if configured is not None and 0 < stated < configured:
+                    self._warn_once(
+                        (scope, name),
+                        f"scope {scope!r}: the configured {name} ({configured:g}) is above the provider's "
+                        f"own limit ({stated:g}); the provider's is used",
+                    )
         self._heard(scope)
         await self._report(scope)
-        for name in ("rpm", "tpm", "itpm", "otpm"):
-            configured, stated = getattr(limit, name, None), getattr(learnt, name)
-            if configured is not None and 0 < stated < configured:
-                self._warn_once(
-                    scope,
-                    f"above-{name}",
-                    "scope %r: the configured %s (%g) is above the provider's own limit (%g); the "
-                    "provider's is used",
-                    scope,
-                    name,
-                    configured,
-                    stated,
-                )
+
+    async def rate_limited(self, reservation: Reservation, headers: Mapping[str, str]) -> None:
+        """A 429: learn from its headers, if any; its tokens go back (the caller pauses the scope)."""
+        said = parse_rate_limit_headers(headers, datetime.now(UTC))
+        self._learnt[reservation.scope] = await reservation.refused(said)
+
+    async def failed(self, reservation: Reservation) -> None:
+        """Another failure: no answer was produced (see :meth:`Reservation.failed`)."""
+        self._heard(reservation.scope)
+        await reservation.failed()
 
     def _heard(self, scope: str) -> None:
         event = self._answer_awaited.pop(scope, None)
@@ -170,17 +125,15 @@ class LimitFeedback:
             event.set()
 
     async def _report(self, scope: str) -> None:
-        if not self.listeners:
-            return
-        now = self._clock()
-        if now - self._reported.get(scope, -REPORT_INTERVAL) < REPORT_INTERVAL:
+        now = time.monotonic()
+        if not self.listeners or now - self._reported.get(scope, -REPORT_INTERVAL) < REPORT_INTERVAL:
             return
         self._reported[scope] = now
         state = await self.limiter.inspect(scope)
         for listener in self.listeners:
             listener(state)
 
-    def _warn_once(self, scope: str, what: str, message: str, *args: object) -> None:
-        if (scope, what) not in self._warned:
-            self._warned.add((scope, what))
-            logger.warning(message, *args)
+    def _warn_once(self, what: tuple[str, str], message: str) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            logger.warning("%s", message)

@@ -2,21 +2,22 @@
 -- (TAT) per limited dimension of a scope: requests (r), tokens (t), input (i) and output (o) tokens.
 --
 -- The rules, for a dimension limited to `rate` units a minute with a burst of `burst` seconds:
---  1. A call of q units may be sent at  max(TAT, now) + q/rate - tolerance  (at once when that is in the
---     past); tolerance is the burst less the spread every call leaves unused, and less the reserve for
---     jobs below the default priority. A call larger than the tolerance needs TAT <= now (a full
---     bucket); one larger than a minute's rate can never be sent and is refused as too large.
---  2. Admitting it moves TAT to  max(TAT, send time) + q/rate : calls are spaced, never on one instant
---     beyond the burst. The send time is the latest over the dimensions, the cooldown and `now`.
---  3. Whatever is given back (tokens the answer did not use, a call not sent) moves TAT back by its
---     time, and parked jobs that could now go sooner are woken, highest priority first.
+--  1. A call of q units may be sent at  max(TAT, now) + q/rate - tolerance  (at once if that is past);
+--     tolerance is the burst less the spread every call leaves unused, and less the reserve for jobs
+--     below the default priority. A call above the tolerance needs TAT <= now (a full bucket); one
+--     above a minute's rate can never be sent and is refused as too large.
+--  2. Admitting it moves TAT to  max(TAT, send time) + q/rate , the send time being the latest over the
+--     dimensions, the cooldown and `now`: calls are spaced, never on one instant beyond the burst.
+--  3. What is given back (tokens the answer did not use, a call not sent) moves TAT back by its time,
+--     and parked jobs that could now go sooner are woken, highest priority first.
 --  4. The provider's headers win: a stated limit replaces a higher configured one (TAT rescaled so the
 --     units owed stay owed), and what it says is left, less what was admitted after the call, caps
---     the level (TAT pushed on). The amount pushed on the request dimension is another client's use.
---  5. A 429 pauses the scope (cooldown) and empties its request bucket as of the cooldown's end, so the
---     calls after it leave spaced at the rate, the first one a call's time after the pause.
+--     the level (TAT pushed on). What it lost beyond our calls is another client's use (for the view).
+--  5. A 429 pauses the scope (cooldown) and empties its request bucket as of the pause's end: the calls
+--     after it leave spaced at the rate, the first a call's time after the pause.
 --  6. A job refused for longer than it may wait is parked (KEYS[n+i]) and told when to come back; a
 --     refused job of higher priority holds back lower ones until it is due.
+--  7. Until its provider first answers, a scope sends two calls at a time (a probe), configured or not.
 --
 -- KEYS[1..n] the scopes' hashes (n > 1: deployments of one model, the one that can admit soonest is
 -- taken); KEYS[n+1..2n] their parked jobs (acquire, settle). ARGV[1] the operation, ARGV[2] now in
@@ -24,6 +25,9 @@
 local PROBE_REQUESTS, PROBE_WINDOW, PROBE_RETRY = 2, 5, 0.2
 local SPREAD_SHARE, REORDER_SECONDS, GRACE, SLOT, SLOTS = 0.25, 0.1, 0.2, 5, 12
 local DEFAULT_PRIORITY, MAX_PRIORITY, WAKE_BATCH, WAKE_MARGIN, OTHERS_SECONDS = 1, 9, 32, 0.25, 10
+-- A job below the default priority may hold a reservation of LOW_HOLD seconds (or one refill) at most;
+-- parked jobs are woken when they can go within WAKE_WITHIN seconds (the worker's inline wait).
+local LOW_HOLD, WAKE_WITHIN = 0.1, 2
 local DIMS = {'r', 't', 'i', 'o'}
 
 local op, args = ARGV[1], cjson.decode(ARGV[3])
@@ -31,11 +35,10 @@ local now = tonumber(ARGV[2])
 if not now then local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
 local n = (op == 'acquire' or op == 'settle') and #KEYS / 2 or #KEYS
 
-local unpack = unpack or table.unpack
-
 -- A scope's rate per dimension from its configured `limit` and what was learnt (the lower of the two).
--- A new rate keeps the units still owed: what TAT - now meant at the old rate.
+-- A new rate keeps the units still owed: what TAT - now meant at the old rate. True if a rate rose.
 local function derive(s, limit)
+  local rose = false
   for _, d in ipairs(DIMS) do
     local cfg, learnt = tonumber(limit[d]) or 0, tonumber(s.h['l' .. d]) or 0
     local rate = (cfg > 0 and learnt > 0) and math.min(cfg, learnt) or math.max(cfg, learnt)
@@ -43,13 +46,14 @@ local function derive(s, limit)
     local tat = s.tat[d] or tonumber(s.h[d .. 'tat']) or now
     if per > 0 and rate > 0 and per ~= rate then tat = now + math.max(0, tat - now) * per / rate end
     if rate ~= per then s.w[d .. 'per'] = rate; s.w.lset = now end
+    rose = rose or (per > 0 and rate > per)
     s.rate[d], s.tat[d] = rate, tat
   end
+  return rose
 end
 
 -- Scope i as stored: its hash `h`, pending writes `w`, its rates and TATs.
 -- Without a `limit` (cooldown), the one workers last acquired with.
-local S = {}
 local function load(i, limit)
   local raw = redis.call('HGETALL', KEYS[i])
   local s = {key = KEYS[i], parked = KEYS[n + i], h = {}, w = {}, rate = {}, tat = {}}
@@ -64,22 +68,16 @@ local function load(i, limit)
 end
 local function put(s, field, value) s.h[field] = value; s.w[field] = value end
 local function num(s, field) return tonumber(s.h[field]) or 0 end
-local function limited(s) return s.rate.r > 0 or s.rate.t > 0 or s.rate.i > 0 or s.rate.o > 0 end
 local function state(s)
-  if limited(s) then return 'limited' end
+  if not s.h.hdr then return 'probing' end
+  for _, d in ipairs(DIMS) do if s.rate[d] > 0 then return 'limited' end end
   return s.h.hdr == 'none' and 'unlimited' or 'probing'
 end
 -- Seconds of the dimension's rate that q units take.
 local function span(s, d, q) return q * 60 / s.rate[d] end
--- Units the dimension could send at once now (its level), up to its burst.
-local function level(s, d)
-  return math.max(0, s.burst - math.max(0, s.tat[d] - now)) * s.rate[d] / 60
-end
 local function save(s)
   for _, d in ipairs(DIMS) do if s.rate[d] > 0 then s.w[d .. 'tat'] = s.tat[d] end end
-  local flat = {}
-  for field, value in pairs(s.w) do flat[#flat + 1] = field; flat[#flat + 1] = tostring(value) end
-  if #flat > 0 then redis.call('HSET', s.key, unpack(flat)) end
+  for field, value in pairs(s.w) do redis.call('HSET', s.key, field, tostring(value)) end
   local ttl = 3600 + math.ceil(math.max(0, s.cool - now))
   for _, d in ipairs(DIMS) do ttl = math.max(ttl, 3600 + math.ceil(math.max(0, s.tat[d] - now))) end
   redis.call('EXPIRE', s.key, ttl)
@@ -87,11 +85,11 @@ local function save(s)
 end
 
 -- Grants and 429s per 5 s slot over the last minute, for the view.
-local function count(s, kind, q)
+local function count(s, kind)
   local slot = math.floor(now / SLOT)
   local i = slot % SLOTS
   if num(s, kind .. 's' .. i) ~= slot then put(s, kind .. i, 0); put(s, kind .. 's' .. i, slot) end
-  put(s, kind .. i, num(s, kind .. i) + q)
+  put(s, kind .. i, num(s, kind .. i) + 1)
 end
 local function last_minute(s, kind)
   local slot, total = math.floor(now / SLOT), 0
@@ -101,7 +99,8 @@ local function last_minute(s, kind)
   return total
 end
 
--- When a call of `want` units of each dimension could be sent, and the room it would leave (0-1).
+-- When a call of `want` units of each dimension could be sent, the room it would leave (0-1), and the
+-- longest time one of its dimensions takes to refill it.
 local function schedule(s, want, low)
   local tolerance = s.burst - s.spread - (low and s.reserve or 0)
   local at, room, refill = math.max(now, s.cool), 1, 0
@@ -117,43 +116,42 @@ local function schedule(s, want, low)
   return at, room, refill
 end
 
+-- Admits `want` at `at`: each limited dimension's TAT moves on by its time. Returns the units taken.
+local function take(s, want, at)
+  local taken = {}
+  for _, d in ipairs(DIMS) do
+    local q = tonumber(want[d]) or 0
+    if s.rate[d] > 0 and q > 0 then s.tat[d] = math.max(s.tat[d], at) + span(s, d, q); taken[d] = q end
+  end
+  return taken
+end
+
 -- When a refused job of higher priority than `priority` is due back (0: none), plus the grace.
 local function higher_due(s, priority)
   local due = 0
-  for p = priority + 1, MAX_PRIORITY do
-    local back = num(s, 'w' .. p)
-    if back + GRACE > now then due = math.max(due, back + GRACE) end
-  end
-  return due
+  for p = priority + 1, MAX_PRIORITY do due = math.max(due, num(s, 'w' .. p) + GRACE) end
+  return due > now and due or 0
 end
 
 -- Parked jobs that could now go well before they were told to come back (capacity given back, a limit
 -- learnt higher) are told again: admitted in thought in priority order against a copy of the TATs,
 -- each gets its own send time, and those that moved are returned as {job, new time} to re-schedule.
-local function wake(s, max_wait)
-  if not s.parked then return {} end
+local function wake(s)
   local head = redis.call('ZRANGE', s.parked, 0, WAKE_BATCH - 1, 'WITHSCORES')
-  if #head == 0 then return {} end
-  local ids = {}
-  for j = 1, #head, 2 do ids[#ids + 1] = head[j] end
-  local wants = redis.call('HMGET', s.parked .. ':want', unpack(ids))
   local real, woken = s.tat, {}
-  s.tat = {}
-  for d, tat in pairs(real) do s.tat[d] = tat end
-  for j, job in ipairs(ids) do
-    local told = tonumber(head[2 * j]) % 1e10
-    if told < now - 60 or not wants[j] then
+  s.tat = {r = real.r, t = real.t, i = real.i, o = real.o}
+  for j = 1, #head, 2 do
+    local job, score = head[j], tonumber(head[j + 1])
+    local told, want = score % 1e10, redis.call('HGET', s.parked .. ':want', job)
+    if told < now - 60 or not want then
       redis.call('ZREM', s.parked, job); redis.call('HDEL', s.parked .. ':want', job)
     else
-      local want = cjson.decode(wants[j])
+      want = cjson.decode(want)
       local at = schedule(s, want, false)
-      if at - now > max_wait then break end
-      for _, d in ipairs(DIMS) do
-        local q = tonumber(want[d]) or 0
-        if s.rate[d] > 0 and q > 0 then s.tat[d] = math.max(s.tat[d], at) + span(s, d, q) end
-      end
+      if at - now > WAKE_WITHIN then break end
+      take(s, want, at)
       if at < told - WAKE_MARGIN then
-        redis.call('ZADD', s.parked, tonumber(head[2 * j]) - told + at, job)
+        redis.call('ZADD', s.parked, score - told + at, job)
         woken[#woken + 1] = {job, at - now}
       end
     end
@@ -166,77 +164,66 @@ if op == 'acquire' then
   local want, priority, job = args.want, tonumber(args.priority), args.job
   local low = priority < DEFAULT_PRIORITY
   -- Each candidate's soonest send time; the soonest wins, the roomier on a tie.
-  local best, best_at, best_room
+  local S, best, best_at, best_room = {}, nil, nil, nil
   for i = 1, n do
     local s = load(i, args.limits[i])
     S[i] = s
-    local at, room = math.max(schedule(s, want, low), higher_due(s, priority)), 1
-    if state(s) == 'probing' and now - num(s, 'probe_ts') <= PROBE_WINDOW and num(s, 'probe') >= PROBE_REQUESTS then
-      at = math.max(at, now + PROBE_RETRY)
-    end
-    if state(s) == 'limited' then room = select(2, schedule(s, want, low)) end
-    if best == nil or at < best_at - 1e-6 or (at < best_at + 1e-6 and room > best_room) then
-      best, best_at, best_room = i, at, room
+    s.at, s.room, s.refill = schedule(s, want, low)
+    s.due = higher_due(s, priority)
+    local at = math.max(s.at, s.due)
+    local probes_out = now - num(s, 'probe_ts') <= PROBE_WINDOW and num(s, 'probe') >= PROBE_REQUESTS
+    if state(s) == 'probing' and probes_out then at = math.max(at, now + PROBE_RETRY) end
+    if best == nil or at < best_at - 1e-6 or (at < best_at + 1e-6 and s.room > best_room) then
+      best, best_at, best_room = i, at, s.room
     end
   end
-  local s = S[best]
-  local limit = args.limits[best] or {}
-  for _, d in ipairs(DIMS) do
-    if tonumber(limit[d]) and tonumber(limit[d]) > 0 then put(s, 'c' .. d, limit[d]) end
-  end
-  put(s, 'cset', now); put(s, 'burst', s.burst)
-  local mode = state(s)
+  local s, limit = S[best], args.limits[best]
+  local mode, at = state(s), s.at
   local reply = {admitted = false, choice = best, state = mode}
-  -- Too large for the limit itself: refused for good, nothing taken.
+  put(s, 'cset', now); put(s, 'burst', s.burst)
   for _, d in ipairs(DIMS) do
     local q = tonumber(want[d]) or 0
-    if s.rate[d] > 0 and q > s.rate[d] then
+    if (tonumber(limit[d]) or 0) > 0 then put(s, 'c' .. d, limit[d]) end
+    -- Too large for the limit itself: refused for good, nothing taken.
+    if s.rate[d] > 0 and q > s.rate[d] and not reply.too_large then
       reply.too_large = {dimension = d, asked = q, limit = s.rate[d]}
-      save(s)
-      return cjson.encode(reply)
     end
   end
-  local at, _, refill = schedule(s, want, low)
-  local due = higher_due(s, priority)
+  if reply.too_large then save(s); return cjson.encode(reply) end
   local longest = tonumber(args.max_wait)
-  if low then longest = math.min(longest, math.max(0, s.cool - now) + math.max(tonumber(args.hold), refill)) end
+  if low then longest = math.min(longest, math.max(0, s.cool - now) + math.max(LOW_HOLD, s.refill)) end
   local refused_for = nil
-  if due > 0 then
-    refused_for = math.max(at, due) - now
+  if s.due > 0 then
+    refused_for = math.max(at, s.due) - now
   elseif mode == 'probing' then
     if now - num(s, 'probe_ts') > PROBE_WINDOW then put(s, 'probe', 0); put(s, 'probe_ts', now) end
     if num(s, 'probe') >= PROBE_REQUESTS then refused_for = math.max(at - now, PROBE_RETRY) end
   end
   if refused_for == nil and at - now > longest then
     refused_for = at - now
-    if priority > DEFAULT_PRIORITY - 1 and mode == 'limited' then
-      put(s, 'w' .. priority, math.max(num(s, 'w' .. priority), at))
-    end
+    if not low and mode == 'limited' then put(s, 'w' .. priority, math.max(num(s, 'w' .. priority), at)) end
   end
   if refused_for ~= nil then
     if job and mode == 'limited' then
       redis.call('ZADD', s.parked, (MAX_PRIORITY - priority) * 1e10 + now + refused_for, job)
       redis.call('HSET', s.parked .. ':want', job, cjson.encode(want))
     end
-    save(s)
     reply.wait = refused_for
-    return cjson.encode(reply)
-  end
-  if job then
-    for i = 1, n do redis.call('ZREM', KEYS[n + i], job); redis.call('HDEL', KEYS[n + i] .. ':want', job) end
-  end
-  if mode == 'probing' then put(s, 'probe', num(s, 'probe') + 1) end
-  reply.marks = {}
-  for _, d in ipairs(DIMS) do
-    local q = tonumber(want[d]) or 0
-    if s.rate[d] > 0 and q > 0 then
-      s.tat[d] = math.max(s.tat[d], at) + span(s, d, q)
+  else
+    if job then  -- admitted: no longer parked on any candidate
+      for i = 1, n do
+        redis.call('ZREM', KEYS[n + i], job); redis.call('HDEL', KEYS[n + i] .. ':want', job)
+      end
+    end
+    if mode == 'probing' then put(s, 'probe', num(s, 'probe') + 1) end
+    reply.marks = {}
+    for d, q in pairs(take(s, want, at)) do
       put(s, d .. 'g', num(s, d .. 'g') + q)
       reply.marks[d] = num(s, d .. 'g')
     end
+    count(s, 'n')
+    reply.admitted, reply.wait, reply.at, reply.granted = true, at - now, at, now
   end
-  count(s, 'n', tonumber(want.r) or 1)
-  reply.admitted, reply.wait, reply.at, reply.granted = true, at - now, at, now
   save(s)
   return cjson.encode(reply)
 end
@@ -244,33 +231,26 @@ end
 local s = load(1, args.limit)
 
 if op == 'settle' then
-  -- What the call was admitted after (its marks) and what was admitted since, in units.
-  local since = {}
+  local said, marks, sooner = args.said or {}, args.marks or {}, false
+  local stated, since = said.limit or {}, {}
   for _, d in ipairs(DIMS) do
-    local mark = args.marks and tonumber(args.marks[d])
+    -- Units admitted after this call (its mark is the running total at its grant).
+    local mark, value = tonumber(marks[d]), tonumber(stated[d]) or 0
     since[d] = mark and math.max(0, num(s, d .. 'g') - mark) or 0
-  end
-  local sooner = false
-  local said = args.said or {}
-  local stated = said.limit or {}
-  for _, d in ipairs(DIMS) do
-    local value = tonumber(stated[d]) or 0
     if value > 0 and value ~= num(s, 'l' .. d) then put(s, 'l' .. d, value) end
   end
   if next(stated) ~= nil then
     put(s, 'hdr', 'yes')
-    local before = {}
-    for _, d in ipairs(DIMS) do before[d] = s.rate[d] end
-    derive(s, args.limit or {})
-    for _, d in ipairs(DIMS) do if s.rate[d] > before[d] and before[d] > 0 then sooner = true end end
+    sooner = derive(s, args.limit)
   elseif args.no_headers and s.h.hdr ~= 'yes' then
     put(s, 'hdr', 'none')
   end
   -- Given back: tokens the answer did not use, or a call that never reached the provider. During a
   -- cooldown a request's slot is not: the calls kept after the pause hold theirs, spaced at the rate.
   -- Nor is a refused one's, admitted under the limit in force: the key had less than believed.
-  local kept = args.refused and (tonumber(args.granted) or 0) >= num(s, 'lset')
-  for d, q in pairs(args.give or {}) do
+  local current = (tonumber(args.granted) or 0) >= num(s, 'lset')  -- admitted under the limit in force
+  local kept = args.refused and current
+  for d, q in pairs(args.give) do
     q = tonumber(q)
     if s.rate[d] and s.rate[d] > 0 and q ~= 0 and not (d == 'r' and kept) then
       if not (d == 'r' and now < s.cool) then s.tat[d] = s.tat[d] - span(s, d, q) end
@@ -297,26 +277,22 @@ if op == 'settle' then
       end
       -- Another client's use: what the provider lost between two answers beyond the calls admitted
       -- between them (only while its bucket was below full, where the refill is known).
-      local mark, prev_at = tonumber((args.marks or {})[d]), num(s, d .. 'seen_at')
-      local current = (tonumber(args.granted) or 0) >= num(s, 'lset')
-      if d == 'r' and mark and current and not args.refused and sent > prev_at and sent - prev_at < OTHERS_SECONDS then
-        local refilled = num(s, d .. 'seen_left') + (sent - prev_at) * per_second
-        if refilled < s.burst * per_second then
+      local mark, prev_at = tonumber(marks[d]), num(s, 'rseen_at')
+      if d == 'r' and mark and not args.refused and sent > prev_at then
+        local refilled = num(s, 'rseen_left') + (sent - prev_at) * per_second
+        if current and sent - prev_at < OTHERS_SECONDS and refilled < s.burst * per_second then
           local decay = math.exp(-math.max(0, now - num(s, 'others_ts')) / OTHERS_SECONDS)
-          local taken = refilled - left - (mark - num(s, d .. 'seen_mark'))
+          local taken = refilled - left - (mark - num(s, 'rseen_mark'))
           put(s, 'others', num(s, 'others') * decay + taken); put(s, 'others_ts', now)
         end
-      end
-      if d == 'r' and mark and not args.refused and sent > prev_at then
-        put(s, d .. 'seen_at', sent); put(s, d .. 'seen_left', left); put(s, d .. 'seen_mark', mark)
+        put(s, 'rseen_at', sent); put(s, 'rseen_left', left); put(s, 'rseen_mark', mark)
       end
     end
   end
   -- Any answer, a 429 too, ends a probe: the next may go.
   if state(s) == 'probing' then put(s, 'probe', math.max(0, num(s, 'probe') - 1)) end
-  local learnt = {}
-  for _, d in ipairs(DIMS) do learnt[d] = num(s, 'l' .. d) end
-  local woken = sooner and wake(s, tonumber(args.max_wait) or 0) or {}
+  local learnt = {r = num(s, 'lr'), t = num(s, 'lt'), i = num(s, 'li'), o = num(s, 'lo')}
+  local woken = sooner and wake(s) or {}
   save(s)
   return cjson.encode({learnt = learnt, woken = woken})
 end
@@ -327,15 +303,15 @@ if op == 'cooldown' then
     local pause = seconds
     if now >= s.cool then
       -- With `longest` (a deployment taken out), one that fails again soon after is paused longer.
-      local streak = num(s, 'streak')
-      if longest > 0 and now - s.cool < math.max(2, 2 * num(s, 'pause')) then streak = streak + 1 else streak = 0 end
+      local again = longest > 0 and now - s.cool < math.max(2, 2 * num(s, 'pause'))
+      local streak = again and num(s, 'streak') + 1 or 0
       if longest > 0 then pause = math.min(longest, seconds * 2 ^ streak) end
       put(s, 'streak', streak); put(s, 'pause', pause)
     end
     s.cool = math.max(s.cool, now + pause)
     put(s, 'cool', s.cool)
     if args.counted then
-      count(s, 'e', 1)
+      count(s, 'e')
       -- The provider's bucket is empty: after the pause, calls leave spaced at the rate.
       if s.rate.r > 0 then s.tat.r = math.max(s.tat.r, s.cool + s.burst) end
     end
@@ -345,19 +321,17 @@ if op == 'cooldown' then
 end
 
 if op == 'inspect' then
-  local fresh = now - num(s, 'cset') < 60
-  local out = {state = state(s), cooldown = math.max(0, s.cool - now), burst = s.burst,
-    requests_last_minute = last_minute(s, 'n'), rate_limited_last_minute = last_minute(s, 'e'),
-    others = math.max(0, num(s, 'others')) * math.exp(-math.max(0, now - num(s, 'others_ts')) / OTHERS_SECONDS)
-      * 60 / OTHERS_SECONDS}
-  -- The configured limits the workers acquire with now (none once they stopped), and the rates in force.
-  local configured = {}
+  -- The state is that of the limit last acquired with; a configured limit shows while workers acquire
+  -- with it (within `fresh` seconds). Per dimension: {rate in force, configured, learnt, level, capacity}.
+  local decay = math.exp(-math.max(0, now - num(s, 'others_ts')) / OTHERS_SECONDS)
+  local out = {state = state(s), cooldown = math.max(0, s.cool - now), n = last_minute(s, 'n'),
+    e = last_minute(s, 'e'), others = math.max(0, num(s, 'others')) * decay * 60 / OTHERS_SECONDS}
+  local fresh, configured = now - num(s, 'cset') < tonumber(args.fresh), {}
   for _, d in ipairs(DIMS) do configured[d] = fresh and num(s, 'c' .. d) or 0 end
   s = load(1, configured)
   for _, d in ipairs(DIMS) do
-    out['c' .. d], out['l' .. d], out[d] = configured[d], num(s, 'l' .. d), s.rate[d]
-    out[d .. 'level'] = s.rate[d] > 0 and level(s, d) or 0
-    out[d .. 'capacity'] = s.rate[d] * s.burst / 60
+    local level = math.max(0, s.burst - math.max(0, s.tat[d] - now)) * s.rate[d] / 60
+    out[d] = {s.rate[d], configured[d], num(s, 'l' .. d), level, s.rate[d] * s.burst / 60}
   end
   return cjson.encode(out)
 end

@@ -50,7 +50,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from llmqueue.limits.limiter import ScopeState
+from llmqueue.limits.view import ScopeState
 from llmqueue.ops.events import JobEvent
 
 LIMIT_KINDS = ("requests", "tokens", "input_tokens", "output_tokens")

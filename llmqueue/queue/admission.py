@@ -91,7 +91,7 @@ class Admitter:
             # does a limit learnt meanwhile.
             pause = await call.reservation.pause_before_sending()
             if pause > 0:
-                await self.feedback.not_sent(call.reservation)
+                await call.reservation.cancel()  # not sent: everything it took goes back
                 # A routed job goes back to be admitted by another deployment, if one can take it sooner.
                 defer = 0.0 if len(call.candidates) > 1 else pause
                 self._emit("deferred", call, wait=defer, reason="cooldown")

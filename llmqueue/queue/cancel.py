@@ -21,6 +21,9 @@ from llmqueue.queue.store import JobStore
 _CANCEL = script("cancel.lua")
 CHUNK = 1000
 
+BATCH_CANCELLED = "the batch was cancelled"
+"""What the result of a job its batch's cancel ended says."""
+
 
 async def cancel_queued(
     store: JobStore, job_ids: Sequence[str], *, reason: str, batch_id: str | None = None
@@ -67,18 +70,40 @@ def _queued_job(raw: bytes) -> dict[str, Any]:
     return {**job, "_enqueued_ms": data.get("et")}
 
 
+def cancelled_result(
+    job_id: str,
+    *,
+    batch_id: str | None,
+    failures: list[AttemptError],
+    reason: str,
+    queued_at: datetime,
+    metadata: dict[str, Any] | None = None,
+) -> JobResult:
+    """The ``cancelled`` result of a job taken out before any worker ran it: its earlier ``failures``,
+    then a ``cancelled`` error saying ``reason``."""
+    return JobResult(
+        job_id=job_id,
+        batch_id=batch_id,
+        status="cancelled",
+        attempts=len(failures),
+        errors=[*failures, AttemptError(attempt=len(failures), kind="cancelled", message=reason)],
+        timings=Timings(queued_at=queued_at),
+        metadata=metadata or {},
+    )
+
+
 def _cancelled(job_id: str, job: dict[str, Any], failures: list[AttemptError], reason: str) -> JobResult:
     enqueued = job.get("_enqueued_ms")
     queued_at = (
         datetime.fromtimestamp(enqueued / 1000, UTC) if isinstance(enqueued, int) and enqueued else None
     )
     batch_id = job.get("batch_id")
-    return JobResult(
-        job_id=job_id,
+    metadata = job.get("metadata")
+    return cancelled_result(
+        job_id,
         batch_id=batch_id if isinstance(batch_id, str) else None,
-        status="cancelled",
-        attempts=len(failures),
-        errors=[*failures, AttemptError(attempt=len(failures), kind="cancelled", message=reason)],
-        timings=Timings(queued_at=queued_at or datetime.now(UTC)),
-        metadata=job.get("metadata") if isinstance(job.get("metadata"), dict) else {},
+        failures=failures,
+        reason=reason,
+        queued_at=queued_at or datetime.now(UTC),
+        metadata=metadata if isinstance(metadata, dict) else None,
     )

@@ -1,8 +1,8 @@
-"""When a job leaves its model for the next of its ``fallbacks`` early: what the runner asks the
-circuit breaker and the limiter before a call and after a failed one.
+"""When a job leaves its model for the next of its ``fallbacks``: what the runner asks the circuit
+breaker and the limiter before a call, and the decision after a failed one.
 
 The rules themselves are pure functions in :mod:`llmqueue.llm.failure` (``moves_on_before_call`` and
-``decide``'s ``out_for``/``fallback_has_room``); this module reads the state they need, only for
+``decide``); this module reads the state they need (``out_for``/``fallback_has_room``), only for
 jobs that have a fallback left, so jobs without fallbacks pay no extra round trip.
 """
 
@@ -11,9 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from llmqueue.errors import ProviderError
 from llmqueue.limits.breaker import CircuitBreaker, ServiceState
 from llmqueue.limits.routing import Deployments, fallback_model, next_fallback
-from llmqueue.llm.failure import moves_on_before_call
+from llmqueue.llm import failure
+from llmqueue.llm.backoff import RetryPolicy
+from llmqueue.llm.failure import FailureDecision, moves_on_before_call
+from llmqueue.llm.request import job_model
+from llmqueue.queue.call import Call
 from llmqueue.queue.store import AttemptStart
 from llmqueue.settings import LLMConfig
 
@@ -67,6 +72,23 @@ class Fallbacks:
         model_state = await self._breaker.service(scopes)
         fallback_state: ServiceState = await self._breaker.service(self._scopes(following, llm))
         return AfterFailure(model_state.out_for, fallback_state.out_for == 0)
+
+    async def decide(self, call: Call, error: ProviderError, *, reroutable: bool) -> FailureDecision:
+        """What follows ``call``'s failure with ``error`` (:func:`llmqueue.llm.failure.decide`): its
+        model's and next fallback's state are read first. ``reroutable``: another deployment can take it."""
+        own_model = job_model(call.job, call.llm)
+        scopes = [c.scope for c in call.candidates] or [call.scope]
+        state = await self.after_failure(own_model, call.start, scopes, call.llm)
+        return failure.decide(
+            error,
+            attempt_of_model=call.attempt_of_model,
+            policy=RetryPolicy.from_llm(call.llm),
+            fallbacks=self._fallbacks.get(own_model, []),
+            moved_on=call.start.fallback,
+            reroutable=reroutable,
+            out_for=state.out_for,
+            fallback_has_room=state.fallback_has_room,
+        )
 
     def _scopes(self, model: str, llm: LLMConfig) -> list[str]:
         candidates = self._deployments.candidates(model) if self._deployments else []

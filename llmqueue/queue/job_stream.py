@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -29,6 +29,8 @@ FLUSH_CHARS = 256
 MAX_ENTRIES = 10_000
 """The stream's approximate length cap (``XADD MAXLEN ~``)."""
 READ_BLOCK_MS = 1000
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,18 @@ class StreamWriter:
         self._lock = asyncio.Lock()
         self.refused = False
         """Set once Redis refused a write: nothing more is written to the stream."""
+
+    async def write(self, answer: Callable[[Callable[[str], Awaitable[None]]], Awaitable[T]]) -> T:
+        """Stream one attempt: ``answer`` (the provider's streamed call) is handed :meth:`add` for its
+        deltas; its whole answer is returned. A call that raises leaves the stream abandoned."""
+        await self.begin()
+        try:
+            response = await answer(self.add)
+        except BaseException:
+            await asyncio.shield(self.abandon())
+            raise
+        await self.end()
+        return response
 
     async def begin(self) -> None:
         """Start an attempt's stream: a ``restart`` event if an earlier attempt wrote to it."""

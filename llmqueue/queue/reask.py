@@ -5,7 +5,8 @@ asked again with the answer and the error appended to the conversation, up to ``
 Each re-ask is a provider call admitted by the limiter like the first (``Admitter.admit``: it may wait in
 place, or re-defer the job with arq's ``Retry``, which then starts over); the answer before it is
 reported to the limiter first. A provider error on a re-ask propagates to the runner, which handles it
-as it handles the first call's.
+as it handles the first call's. An answer that never met the format ends the job as ``invalid_output``
+(:func:`invalid_output`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmqueue.errors import PermanentProviderError
+from llmqueue.llm.answers import missing_answer
+from llmqueue.llm.as_sent import request_id_of_response
 from llmqueue.llm.call import call_provider
-from llmqueue.llm.response import response_cost, response_usage
-from llmqueue.llm.structured import OutputFormat, OutputProblem, answer_problem, reask_messages
-from llmqueue.models import JobResult, Usage
+from llmqueue.llm.response import response_cost, response_dict, response_usage
+from llmqueue.llm.structured import (
+    INVALID_OUTPUT,
+    OutputFormat,
+    OutputProblem,
+    answer_problem,
+    invalid_output_message,
+    output_format,
+    reask_messages,
+)
+from llmqueue.models import AttemptError, JobResult, Usage
+from llmqueue.queue import results
 from llmqueue.queue.admission import Admitter
 from llmqueue.queue.call import Call
 
@@ -27,10 +39,11 @@ AfterResult = Callable[[Coroutine[Any, Any, None]], None]
 
 @dataclass
 class Checked:
-    """The outcome of a job's answers checked against its format: ``answers`` in order (the first call's
-    first), ``problem`` the last answer's (None: it meets the format), or ``refused`` when the limiter
-    could never admit a re-ask (larger than a minute's limit)."""
+    """The outcome of a job's answers checked against its format ``wanted``: ``answers`` in order (the
+    first call's first), ``problem`` the last answer's (None: it meets the format), or ``refused`` when
+    the limiter could never admit a re-ask (larger than a minute's limit)."""
 
+    wanted: OutputFormat
     answers: list[Any] = field(default_factory=list)
     problem: OutputProblem | None = None
     refused: PermanentProviderError | None = None
@@ -38,6 +51,11 @@ class Checked:
     @property
     def last(self) -> Any:
         return self.answers[-1]
+
+    @property
+    def met(self) -> bool:
+        """Whether the last answer meets the format (and no re-ask was refused)."""
+        return self.refused is None and self.problem is None
 
 
 def answer_text(response: Any) -> str | None:
@@ -54,16 +72,21 @@ async def until_valid(
     call: Call,
     kwargs: dict[str, Any],
     response: Any,
-    wanted: OutputFormat,
     *,
-    retries: int,
     admitter: Admitter,
     after_result: AfterResult,
     timeout: float,
-) -> Checked:
-    """Check ``response`` against ``wanted`` and ask again, at most ``retries`` times, until an answer
-    meets it. Provider errors of a re-ask propagate (``call.reservation`` is then the re-ask's)."""
-    checked = Checked(answers=[response])
+) -> Checked | None:
+    """Check ``response`` against the job's ``response_format`` and ask again, at most its
+    ``schema_retries`` times, until an answer meets it; None for a job with no format, or an answer
+    with nothing to check. Provider errors of a re-ask propagate (``call.reservation`` is then the
+    re-ask's)."""
+    job = call.job
+    wanted = output_format(job.params) if job.kind == "chat" else None
+    if wanted is None or missing_answer(job.kind, response) is not None:
+        return None
+    retries = call.llm.schema_retries if job.schema_retries is None else job.schema_retries
+    checked = Checked(wanted, answers=[response])
     checked.problem = answer_problem(answer_text(response), wanted)
     messages = list(kwargs["messages"])
     while checked.problem is not None and len(checked.answers) <= retries:
@@ -94,3 +117,23 @@ def count_reasks(result: JobResult, checked: Checked) -> None:
         )
     costs = [c for c in map(response_cost, checked.answers) if c is not None]
     result.cost = sum(costs) if costs else None
+
+
+def invalid_output(call: Call, checked: Checked, *, worker_id: str) -> JobResult:
+    """The failed result of a job no answer of which met its format (``invalid_output``), or whose
+    re-ask the limiter refused outright (the refusal's kind): every answer's tokens and cost counted,
+    the last answer kept."""
+    if checked.refused is not None:
+        kind, message = checked.refused.kind, checked.refused.message
+    else:
+        assert checked.problem is not None
+        kind = INVALID_OUTPUT
+        message = invalid_output_message(checked.problem, checked.wanted, len(checked.answers))
+    attempts = call.attempt + len(checked.answers) - 1
+    result = results.failed(
+        call, AttemptError(attempt=attempts, kind=kind, message=message), worker_id=worker_id
+    )
+    result.response = response_dict(checked.last)
+    result.request_id = request_id_of_response(checked.last)
+    count_reasks(result, checked)
+    return result

@@ -3,7 +3,8 @@
 The builders are plain functions: ``succeeded`` (from the provider's answer or the response cache),
 ``failed`` (a provider failure that ends the job), ``cancelled`` (its batch was cancelled or spent),
 ``unrunnable`` (a payload that cannot be run) and ``internal_error`` (the worker itself failed on it).
-:class:`ResultWriter` stores them; a paid result is stored patiently (:meth:`ResultWriter.keep_paid`).
+:class:`ResultWriter` stores them; a paid result is stored patiently (:meth:`ResultWriter.keep_paid`),
+and the endings without a call are stored and told to the event sinks in one step.
 """
 
 from __future__ import annotations
@@ -11,23 +12,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from arq.worker import Retry
 from redis.exceptions import RedisError
 
+from llmqueue.llm.as_sent import request_id_of_response
 from llmqueue.llm.response import response_cost, response_dict, response_usage
 from llmqueue.models import AttemptError, Job, JobResult, ResultStatus, Timings
+from llmqueue.ops.events import EventSink, JobEvent, emit
 from llmqueue.queue.call import Call
+from llmqueue.queue.cancel import BATCH_CANCELLED
 from llmqueue.queue.store import AttemptStart, JobStore
 from llmqueue.redaction import redis_error_line
 from llmqueue.settings import RESULT_STORE_PATIENCE
 
 logger = logging.getLogger("llmqueue.worker")
 
+REQUEUE_AFTER_STORE_ERROR = 5.0
+"""Seconds before a job whose result Redis refused is tried again."""
+
 STOP_MESSAGES = {
-    "cancelled": "the batch was cancelled",
+    "cancelled": BATCH_CANCELLED,
     "budget_exceeded": "the batch reached its cost or token budget",
 }
 """What a job's result says when its batch stopped it, by the stop's reason."""
@@ -55,6 +64,7 @@ def succeeded(call: Call, response: Any, *, worker_id: str) -> JobResult:
     result.response = response_dict(response)
     result.usage = response_usage(response)
     result.cost = response_cost(response)
+    result.request_id = request_id_of_response(response)
     return result
 
 
@@ -133,9 +143,11 @@ def internal_error(
 
 @dataclass
 class ResultWriter:
-    """Stores final results in ``store`` for one worker."""
+    """Stores final results in ``store`` for one worker (``worker_id``, its events to ``sinks``)."""
 
     store: JobStore
+    worker_id: str = ""
+    sinks: Sequence[EventSink] = ()
     release_on_finish: bool = False
     """A final result also ends the job's run in the queue (one round trip less)."""
     released: set[str] = field(default_factory=set)
@@ -173,3 +185,50 @@ class ResultWriter:
                 continue
             self.writes_refused = False
             return
+
+    async def stopped(self, job: Job, reason: str, start: AttemptStart) -> None:
+        """A job of a cancelled or spent batch: it ends as cancelled without calling the provider."""
+        result = cancelled(job, reason, start, worker_id=self.worker_id)
+        await self.finish(result, reply_to=job.reply_to, was_retry_waiting=bool(start.failures))
+        event = JobEvent("cancelled", job.id, job.batch_id, reason=reason, priority=job.priority)
+        emit(self.sinks, replace(event, worker_id=self.worker_id))
+
+    async def unrunnable(self, job_id: str, payload: Any, reason: str) -> None:
+        """A job that cannot be run as given: a failed result, and the worker goes on."""
+        result = unrunnable(job_id, payload, reason, worker_id=self.worker_id)
+        await self.finish(result, reply_to=_reply_to(payload))
+        event = JobEvent("invalid", job_id, result.batch_id, reason="invalid_job", message=reason)
+        emit(self.sinks, replace(event, worker_id=self.worker_id))
+
+    async def internal_error(self, job_id: str, payload: Any, reason: str) -> None:
+        """End a job the worker failed on (``reason``, redacted) as ``failed``, after its earlier
+        failures. If even that result cannot be stored (Redis refuses it), the job is put back in the
+        queue instead (arq's ``Retry``)."""
+        logger.error("job %s failed inside the worker: %s", job_id, reason)
+        failures: list[AttemptError] = []
+        request: dict[str, Any] | None
+        try:
+            failures, _queued_at = await self.store.read_waiting(job_id)
+            fields = payload if isinstance(payload, dict) else {}
+            request = Job.model_validate(fields).model_dump(mode="json", exclude={"reply_to"})
+        except Exception:  # an invalid job keeps no request; its failures are read when Redis answers
+            request = None
+        result = internal_error(
+            job_id, payload, reason, failures=failures, request=request, worker_id=self.worker_id
+        )
+        try:
+            await self.finish(result, reply_to=_reply_to(payload))
+        except RedisError as store_error:
+            logger.warning(
+                "job %s: its failed result cannot be stored (%s); put back",
+                job_id,
+                redis_error_line(store_error),
+            )
+            raise Retry(defer=REQUEUE_AFTER_STORE_ERROR) from None
+        event = JobEvent("failed", job_id, result.batch_id, reason="internal_error", message=reason)
+        emit(self.sinks, replace(event, worker_id=self.worker_id))
+
+
+def _reply_to(payload: Any) -> str | None:
+    reply_to = payload.get("reply_to") if isinstance(payload, dict) else None
+    return reply_to if isinstance(reply_to, str) else None

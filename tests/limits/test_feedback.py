@@ -34,14 +34,15 @@ def anthropic(itpm: float, input_left: float, otpm: float, output_left: float) -
 async def test_a_scope_whose_provider_states_no_limit_is_unlimited_and_costs_no_round_trips(
     limiter: RateLimiter,
 ) -> None:
-    settled: list[Any] = []
-    settle = limiter.settle
+    settled: list[Any] = []  # what each settlement sent to Redis said the provider stated
+    run = limiter._run
 
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        settled.append(kwargs.get("said"))
-        return await settle(*args, **kwargs)
+    async def counted(op: str, script_keys: list[str], arguments: dict[str, Any]) -> Any:
+        if op == "settle":
+            settled.append(arguments.get("said"))
+        return await run(op, script_keys, arguments)
 
-    limiter.settle = counted  # type: ignore[method-assign]
+    limiter._run = counted  # type: ignore[method-assign]
     feedback = LimitFeedback(limiter)
     assert feedback.needs_estimate("m", None)  # nothing heard yet: a token limit may exist
 

@@ -14,9 +14,12 @@ import pytest
 from redis.asyncio import Redis as AsyncRedis
 
 from llmqueue import keys
+from llmqueue.limits import view
 from llmqueue.limits.headers import ProviderLimits, Reading
-from llmqueue.limits.limiter import PRIORITIES, Admission, RateLimiter, Reservation
+from llmqueue.limits.limiter import Admission, RateLimiter, Reservation
+from llmqueue.models import PRIORITIES
 from llmqueue.settings import LimitConfig
+from tests.support.answered import AnsweredBefore
 from tests.support.clock import Clock
 
 # 1 request/s with room for 5 at once.
@@ -273,6 +276,26 @@ async def test_a_scope_with_no_limit_sends_two_probes_then_waits_for_an_answer(l
     assert (after.admitted, after.state) == (True, "unlimited")
 
 
+async def test_a_configured_scope_probes_until_its_provider_first_answers(
+    client: AsyncRedis, clock: Clock
+) -> None:
+    # A limit configured above the key's own would send a whole burst before the first answer could
+    # lower it: two calls go, the rest wait for an answer, and the answer's headers set the schedule.
+    limiter = RateLimiter(client, clock=clock)
+    configured = LimitConfig(rpm=2400, burst_seconds=1, spread_seconds=0)  # 40 at once
+    first = [await take(limiter, configured, max_wait=0) for _ in range(3)]
+    assert [(a.admitted, a.state) for a in first] == [
+        (True, "probing"),
+        (True, "probing"),
+        (False, "probing"),
+    ]
+    assert first[0].reservation is not None
+    await first[0].reservation.answered(openai_said(rpm=600, left=9), {})  # the key's 10 a second
+    after = [await take(limiter, configured, max_wait=0) for _ in range(10)]
+    assert [a.admitted for a in after] == [True] * 8 + [False] * 2  # 9 left, one of them still out
+    assert after[0].state == "limited"
+
+
 # ---- priorities ----------------------------------------------------------------------------------
 
 TEN_WITH_RESERVE = LimitConfig(rpm=600, reserve=0.2, spread_seconds=0)  # 10 at once, the last 2 kept
@@ -342,7 +365,7 @@ async def test_a_configured_limit_shows_while_workers_use_it(limiter: RateLimite
 async def test_the_scope_is_kept_an_hour_after_its_last_use(limiter: RateLimiter, client: AsyncRedis) -> None:
     await take(limiter, ONE_PER_SECOND)
     assert 3595 <= await client.ttl(keys.limiter("m")) <= 3600 + 5  # and until its reservations are due
-    assert await limiter.scopes() == ["m"]
+    assert await view.scopes(client) == ["m"]
 
 
 async def test_reservation_settles_only_what_it_took(limiter: RateLimiter) -> None:
@@ -368,7 +391,7 @@ async def _hammer(url: str, seconds: float) -> tuple[int, int]:
     """Take from one scope as fast as one connection can for ``seconds``; (admitted, refused)."""
     client = AsyncRedis.from_url(url)
     try:
-        limiter = RateLimiter(client)
+        limiter = AnsweredBefore(client)
         admitted = refused = 0
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:

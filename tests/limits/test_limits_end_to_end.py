@@ -134,17 +134,16 @@ async def test_a_configured_limit_above_the_providers_gives_way_with_a_warning(
         settings = settings_for(redis_url, provider.base_url, rpm=4 * KEY_RPM)
         elapsed = await run_all(settings, jobs(JOBS, model="openai/gpt-4o-mini"))
         stats = provider.stats()
-    # The first burst goes out at the configured bucket's size (40) before the provider's answers (50 ms
-    # later) lower it to the key's 10: 30 refused, and some more before the buckets agree (39-42
-    # measured). After it the run is paced at the provider's rate, not the configured one.
-    assert stats["rate_limited"] <= 0.8 * JOBS, stats["rate_limited"]
+    # Until the provider first answers, two calls go (a probe), not the configured bucket's 40: the
+    # answer's headers set the key's 10 a second before the rest leave. Then the run is paced at the
+    # provider's rate (0 or 1 refused in 20 runs: the provider's window and ours meet at an edge).
+    assert stats["rate_limited"] <= 3, stats["rate_limited"]
     assert elapsed >= (JOBS - 4 * KEY_RPM / 60) / (KEY_RPM / 60) * 0.9
     state = await RateLimiter(redis).inspect("openai/gpt-4o-mini")
     assert (state.source, state.rpm, state.configured_rpm) == ("both", KEY_RPM, 4 * KEY_RPM)
     assert any("above the provider's own limit" in r.getMessage() for r in caplog.records)
-    # The burst's refusals are no other client. Nothing is learnt from them (the share is only reported,
-    # measured between answers to calls admitted at the provider's rate); its noise stays small.
-    assert state.others_request_share <= 0.1, state.others_request_share
+    # No other client takes from the key, and none is reported (measured at most 0.014 in 20 runs).
+    assert state.others_request_share <= 0.05, state.others_request_share
 
 
 async def test_a_second_client_eating_half_the_key_slows_the_workers_instead_of_429s(

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from llmqueue.cli import app
 from llmqueue.limits.headers import ProviderLimits, Reading
-from llmqueue.limits.limiter import RateLimiter, ScopeState
+from llmqueue.limits.limiter import RateLimiter
+from llmqueue.limits.view import ScopeState, note_batch_scope
 from llmqueue.ops.metrics import WorkerMetrics
 from llmqueue.settings import LimitConfig
 
@@ -46,8 +47,8 @@ async def _three_scopes(redis_url: str) -> None:
     llama = await limiter.acquire([("local/llama", None)], max_wait=1)
     assert llama.reservation is not None
     await llama.reservation.answered(None, {})
-    await limiter.note_batch_scope("b1", "openai/gpt-4o")
-    await limiter.note_batch_scope("b1", "local/llama")
+    await note_batch_scope(redis, "b1", "openai/gpt-4o")
+    await note_batch_scope(redis, "b1", "local/llama")
     await redis.aclose()
 
 

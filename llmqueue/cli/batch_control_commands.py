@@ -1,0 +1,121 @@
+"""``llmqueue results``, ``cancel``, ``forget`` and ``retry``: what is done with a submitted batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from llmqueue.cli.common import (
+    BatchArgument,
+    ConfigOption,
+    MaxCostOption,
+    RedisOption,
+    app,
+    console,
+    require_positive,
+    settings_from,
+    with_batches,
+)
+from llmqueue.errors import LLMQueueError
+
+
+@app.command()
+def results(
+    batch: BatchArgument,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Output JSONL (OpenAI Batch output format).")
+    ],
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Show progress and wait for the batch to finish.")
+    ] = False,
+    failed_only: Annotated[
+        bool, typer.Option("--failed-only", help="Write only failed/cancelled jobs.")
+    ] = False,
+    config: ConfigOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """Write a batch's results in input order (jobs not finished yet appear with error "missing")."""
+    from llmqueue.batches.display import BatchProgress
+    from llmqueue.batches.output import write_results
+
+    settings = settings_from(config, redis_url)
+
+    async def go(batches: Any) -> list[str]:
+        if wait:
+            with BatchProgress(console) as progress:
+                await batches.wait(batch, on_progress=progress.update, on_stall=progress.warn)
+        return await write_results(batches.results(batch), output, failed_only=failed_only)
+
+    failures = with_batches(settings, go)
+    console.print(f"results written to {output}" + (f" ({len(failures)} not succeeded)" if failures else ""))
+
+
+@app.command()
+def cancel(batch: BatchArgument, config: ConfigOption = None, redis_url: RedisOption = None) -> None:
+    """Cancel a batch: queued and retry-waiting jobs end as cancelled, running ones finish.
+
+    A batch sent through the provider's Batch API has its provider batches cancelled too.
+    """
+    from llmqueue.ops.collector import collector_paused
+
+    with collector_paused():
+        from llmqueue.batches.batch_api import cancel_provider_batches  # imports LiteLLM
+
+    settings = settings_from(config, redis_url)
+    with console.status(f"cancelling batch {batch}") as spinner:
+
+        def progress(seen: int, cancelled: int) -> None:
+            spinner.update(f"cancelling batch {batch}: {seen} job(s) looked at, {cancelled} cancelled")
+
+        async def go(batches: Any) -> tuple[int, int]:
+            count = await batches.cancel(batch, on_progress=progress)
+            return count, await cancel_provider_batches(batches, batch, settings.llm)
+
+        count, provider = with_batches(settings, go)
+    console.print(
+        f"{count} job(s) cancelled; running jobs will finish"
+        + (f"; {provider} provider batch(es) asked to cancel" if provider else "")
+    )
+
+
+@app.command()
+def forget(batch: BatchArgument, config: ConfigOption = None, redis_url: RedisOption = None) -> None:
+    """Remove a finished batch from Redis now: its results and its bookkeeping.
+
+    Without it, a batch expires result_ttl seconds after its last job finished. A batch with jobs
+    queued or running is refused: cancel it first.
+    """
+    settings = settings_from(config, redis_url)
+
+    async def go(batches: Any) -> int:
+        count: int = await batches.forget(batch)
+        return count
+
+    deleted = with_batches(settings, go)
+    console.print(f"batch {batch} forgotten: {deleted} key(s) removed")
+
+
+@app.command()
+def retry(
+    batch: BatchArgument,
+    failed: Annotated[bool, typer.Option("--failed", help="Queue the failed jobs again.")] = False,
+    cancelled: Annotated[
+        bool, typer.Option("--cancelled", help="Queue the cancelled jobs again (a cancel or the budget).")
+    ] = False,
+    max_cost: MaxCostOption = None,
+    config: ConfigOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """Queue a batch's failed (or cancelled) jobs again, each with a fresh retry budget."""
+    if not failed and not cancelled:
+        raise LLMQueueError("say what to retry: llmqueue retry BATCH --failed (or --cancelled)")
+    require_positive(max_cost=max_cost)
+    settings = settings_from(config, redis_url)
+    if failed:
+        count = with_batches(settings, lambda b: b.retry_failed(batch))
+        console.print(f"{count} failed job(s) queued again")
+    if cancelled:
+        count = with_batches(settings, lambda b: b.retry_cancelled(batch, max_cost=max_cost))
+        console.print(f"{count} cancelled job(s) queued again")

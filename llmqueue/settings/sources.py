@@ -1,0 +1,45 @@
+"""Where the settings come from besides arguments: the environment (only the names llmqueue knows)
+and the config file's data, set for one build by :func:`llmqueue.settings.load.load_settings`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextvars import ContextVar
+from types import MappingProxyType
+from typing import Any
+
+from pydantic_settings import EnvSettingsSource, PydanticBaseSettingsSource
+
+from llmqueue.settings.llm import LLMConfig
+from llmqueue.settings.worker import CacheConfig, WorkerConfig
+
+FILE_DATA: ContextVar[Mapping[str, Any]] = ContextVar(
+    "llmqueue_settings_file_data", default=MappingProxyType({})
+)
+"""The TOML data for the settings being built; set by load_settings for the duration of one build."""
+
+
+class FileSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return FILE_DATA.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(FILE_DATA.get())
+
+
+class KnownEnvSource(EnvSettingsSource):
+    """Environment variables, ignoring ``LLM_*``/``WORKER_*`` names llmqueue does not know.
+
+    Other tools (OpenHands among them) set more ``LLM_*`` variables; they are not ours to reject.
+    """
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        for section, model in (("llm", LLMConfig), ("worker", WorkerConfig), ("cache", CacheConfig)):
+            values = data.get(section)
+            if isinstance(values, dict):
+                data[section] = {k: v for k, v in values.items() if k in model.model_fields}
+        if not isinstance(data.get("cache"), dict) or not data["cache"]:
+            data.pop("cache", None)  # CACHE=... or no CACHE_* variable of ours: not our setting
+        ours = ("redis_url", "redis_sentinels", "redis_sentinel_service", "llm", "worker", "cache")
+        return {k: v for k, v in data.items() if k in ours}
