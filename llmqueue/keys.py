@@ -137,7 +137,8 @@ def limit_scopes() -> str:
 
 
 def batch(batch_id: str) -> str:
-    """A batch's hash: settings (budget caps, source file) and running totals (counts, tokens, cost)."""
+    """A batch's hash: settings (budget caps, source file) and running totals (counts, tokens, cost);
+    for ``llmqueue run``, how many jobs (``written``) and bytes (``written_bytes``) its output holds."""
     return f"{PREFIX}:batch:{batch_id}"
 
 
@@ -147,7 +148,7 @@ def batch_jobs(batch_id: str) -> str:
 
 
 def batch_custom_ids(batch_id: str) -> str:
-    """A batch's custom ids by job id (a hash)."""
+    """A batch's custom ids by job id (a hash); ``llmqueue run`` drops each once its line is written."""
     return f"{PREFIX}:batch:{batch_id}:custom-ids"
 
 

@@ -83,9 +83,10 @@ class BatchFollowing:
         return await no_worker_reason(self.redis, self.store.queue_name, heartbeat_interval=interval)
 
     async def lost_jobs(self, batch_id: str) -> list[str]:
-        """Ids of the batch's jobs with no result and no queued job behind them."""
+        """Ids of the batch's jobs with no result and no queued job behind them (past those a run wrote
+        to its output and dropped)."""
         lost: list[str] = []
-        start = 0
+        start = int(await self.redis.hget(keys.batch(batch_id), "written") or 0)
         while True:
             members = await self.redis.zrange(keys.batch_jobs(batch_id), start, start + _CHUNK - 1)
             if not members:

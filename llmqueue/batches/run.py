@@ -23,10 +23,12 @@ from rich.markup import escape
 from llmqueue import keys
 from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_batch_id
 from llmqueue.batches.display import BatchProgress
-from llmqueue.batches.input import check_file, invalid_file_error, require_requests
+from llmqueue.batches.input import check_file, invalid_file_error, iter_jobs, require_requests
 from llmqueue.batches.options import WORKER_LLM_ENV, RunOptions, with_workers_llm
+from llmqueue.batches.ordered_output import OrderedWriter
 from llmqueue.batches.output import write_rejects, write_results
 from llmqueue.batches.run_lock import DirectoryLock, RedisRunLock
+from llmqueue.batches.window import WindowFeeder, count_requests, window_size
 from llmqueue.cache import CacheStore, open_store
 from llmqueue.cache.disk import DiskStore
 from llmqueue.errors import CacheError, LLMQueueError
@@ -54,6 +56,13 @@ class RunSummary:
     status: BatchStatus
     output: Path
     failures: list[str]
+    """The first of the lines that did not succeed (``custom_id: reason``)."""
+    failure_count: int | None = None
+    """How many did not succeed, when ``failures`` keeps only the first (a streamed output)."""
+
+    @property
+    def failures_total(self) -> int:
+        return len(self.failures) if self.failure_count is None else self.failure_count
 
     @property
     def ok(self) -> bool:
@@ -122,42 +131,42 @@ async def _run_locked(
                     return RunSummary(
                         batch_id=batch_id, status=status, output=options.output, failures=failures
                     )
-                queueing = f"batch [bold]{batch_id}[/bold]: queueing {source}"
                 async with _answers_for(settings, options, producer, use_cache) as answered_from:
-                    report = await batches.submit_file(
-                        source,
-                        batch_id,
-                        default_model=options.model,
-                        llm_config=options.llm_config,
-                        skip_invalid=options.skip_invalid,
-                        max_cost=options.max_cost,
-                        max_tokens=options.max_tokens,
-                        cache=use_cache,
-                        answered_from=answered_from,
-                        priority=options.priority,
-                        weight=options.weight,
-                        on_queueing=lambda: console.print(queueing),
+                    feeder = await _start_feeding(
+                        batches, options, settings, source, batch_id, use_cache, answered_from, console
                     )
-                _announce(console, batch_id, report)
-                if options.resume and options.max_cost is not None:
-                    again = await batches.retry_cancelled(batch_id, max_cost=options.max_cost)
-                    if again:
-                        console.print(f"{again} cancelled job(s) queued again under the new budget")
-                if report.rejected:
-                    rejects = options.rejects or options.output.with_suffix(".rejected.jsonl")
-                    write_rejects(report.rejected, rejects)
-                    shown = escape(str(rejects))
-                    console.print(f"{len(report.rejected)} line(s) rejected, written to {shown}")
-                status = await _watch(batches, batch_id, cluster, console, producer, lock)
-                stopped_by_budget = status.budget_exceeded and status.cancelled > 0
-                failures = await write_results(batches.results(batch_id), options.output)
+                    if options.resume and options.max_cost is not None:
+                        again = await batches.retry_cancelled(batch_id, max_cost=options.max_cost)
+                        if again:
+                            console.print(f"{again} cancelled job(s) queued again under the new budget")
+                    writer = OrderedWriter(producer.store, batch_id, options.output)
+                    await writer.open()
+                    complete = False
+                    try:
+                        feeding = _Feeding(feeder, writer, options, console)
+                        status = await _watch(batches, batch_id, cluster, console, producer, lock, feeding)
+                        stopped_by_budget = status.budget_exceeded and status.cancelled > 0
+                        if stopped_by_budget:
+                            await writer.snapshot()  # its cancelled jobs stay in Redis, for --resume
+                        else:
+                            await writer.drain(final=True)
+                            complete = True
+                    finally:
+                        writer.close(complete=complete)
+                failures, failure_count = writer.failures, writer.failure_count
                 finished = True
     finally:
         # Keep the data only of a run that was interrupted after it began, or that its budget stopped:
         # that is what --resume needs.
         if (finished and not stopped_by_budget) or options.redis_url is not None or not resumable:
             shutil.rmtree(data_dir, ignore_errors=True)
-    return RunSummary(batch_id=batch_id, status=status, output=options.output, failures=failures)
+    return RunSummary(
+        batch_id=batch_id,
+        status=status,
+        output=options.output,
+        failures=failures,
+        failure_count=failure_count,
+    )
 
 
 def _check_before_starting(options: RunOptions, batch_id: str, settings: Settings) -> None:
@@ -230,6 +239,70 @@ def _announce(console: Console, batch_id: str, report: SubmitReport) -> None:
     )
 
 
+async def _start_feeding(
+    batches: Batches,
+    options: RunOptions,
+    settings: Settings,
+    source: Path,
+    batch_id: str,
+    use_cache: bool,
+    answered_from: tuple[CacheStore, Settings] | None,
+    console: Console,
+) -> WindowFeeder:
+    """Check the file as ``submit_file`` does, say the batch's total and feed its first window."""
+    queueing = f"batch [bold]{batch_id}[/bold]: queueing {source}"
+    line_options = await batches.prepare_submission(
+        source,
+        batch_id,
+        default_model=options.model,
+        llm_config=options.llm_config,
+        # A new run's file was checked before anything started: not read a second time for it.
+        skip_invalid=options.skip_invalid or not options.resume,
+        max_cost=options.max_cost,
+        max_tokens=options.max_tokens,
+        priority=options.priority,
+        weight=options.weight,
+        on_queueing=lambda: console.print(queueing),
+    )
+    slots = options.workers * (options.concurrency or settings.worker.max_jobs)
+    window = window_size(rpm=options.rpm or settings.llm.rpm, slots=slots, override=settings.batch.window)
+    feeder = WindowFeeder(
+        batches,
+        batch_id,
+        source,
+        iter_jobs(source, **line_options, priority=options.priority),
+        window=window,
+        cache=use_cache,
+        answered_from=answered_from,
+    )
+    await feeder.start(count_requests(source))
+    return feeder
+
+
+@dataclass
+class _Feeding:
+    """What a run does at each look at its batch: feed the window, write the results that are in order."""
+
+    feeder: WindowFeeder
+    writer: OrderedWriter
+    options: RunOptions
+    console: Console
+    announced: bool = False
+
+    async def step(self) -> None:
+        await self.feeder.top_up()
+        if self.feeder.exhausted and not self.announced:
+            self.announced = True
+            report = self.feeder.report
+            _announce(self.console, report.batch_id, report)
+            if report.rejected:
+                rejects = self.options.rejects or self.options.output.with_suffix(".rejected.jsonl")
+                write_rejects(report.rejected, rejects)
+                shown = escape(str(rejects))
+                self.console.print(f"{len(report.rejected)} line(s) rejected, written to {shown}")
+        await self.writer.drain()
+
+
 async def _watch(
     batches: Batches,
     batch_id: str,
@@ -237,6 +310,7 @@ async def _watch(
     console: Console,
     producer: Producer,
     lock: RedisRunLock | None,
+    feeding: _Feeding,
 ) -> BatchStatus:
     first_seen: float | None = None
     held = _HeldNotice(producer, batch_id)
@@ -248,6 +322,7 @@ async def _watch(
             progress.note(cluster.starting_message())
 
         async for status in batches.follow(batch_id, interval=0.1, on_stall=on_stall):
+            await feeding.step()
             progress.update(status)
             for reason in await held.new_reasons():
                 progress.warn(f"jobs of batch {batch_id} are held: {reason} (see `llmqueue status`)")

@@ -101,6 +101,52 @@ class BatchSubmission:
         ``on_queueing()`` is called once the file is checked, before anything is queued (to say the
         batch id first: a submission cut short is completed by submitting again to the same id).
         """
+        options = await self.prepare_submission(
+            path,
+            batch_id,
+            default_model=default_model,
+            llm_config=llm_config,
+            skip_invalid=skip_invalid,
+            max_cost=max_cost,
+            max_tokens=max_tokens,
+            priority=priority,
+            weight=weight,
+            on_queueing=on_queueing,
+        )
+        report = SubmitReport(batch_id=batch_id, submitted=0, already_known=0, rejected=[])
+        chunk: list[Job] = []
+        for item in iter_jobs(path, **options, priority=priority):
+            if isinstance(item, LineError):
+                report.rejected.append(item)
+                continue
+            item.cache = cache
+            chunk.append(item)
+            if len(chunk) >= _CHUNK:
+                await self._enqueue_chunk(batch_id, chunk, report, answered_from)
+                chunk = []
+        if chunk:
+            await self._enqueue_chunk(batch_id, chunk, report, answered_from)
+        if report.submitted + report.already_known == 0:
+            await self._forget(batch_id)
+            raise no_valid_line_error(path, report.rejected)
+        return report
+
+    async def prepare_submission(
+        self,
+        path: Path,
+        batch_id: str,
+        *,
+        default_model: str | None,
+        llm_config: str | None,
+        skip_invalid: bool,
+        max_cost: float | None,
+        max_tokens: int | None,
+        priority: int,
+        weight: float,
+        on_queueing: Callable[[], None] | None,
+    ) -> dict[str, Any]:
+        """The checks of ``submit_file`` and the batch's creation, before its first job is queued;
+        returns the keyword arguments of ``iter_jobs`` for its lines, less ``priority``."""
         check_batch_id(batch_id)
         if not weight > 0:
             raise BatchError(f"weight must be above 0, got {weight!r}")
@@ -129,26 +175,30 @@ class BatchSubmission:
         if on_queueing is not None:
             on_queueing()
         await self._create(batch_id, source=path, max_cost=max_cost, max_tokens=max_tokens, weight=weight)
-        report = SubmitReport(batch_id=batch_id, submitted=0, already_known=0, rejected=[])
-        chunk: list[Job] = []
-        for item in iter_jobs(path, **options, priority=priority):
-            if isinstance(item, LineError):
-                report.rejected.append(item)
-                continue
-            item.cache = cache
-            chunk.append(item)
-            if len(chunk) >= _CHUNK:
-                await self._enqueue_chunk(batch_id, chunk, report, answered_from)
-                chunk = []
-        if chunk:
-            await self._enqueue_chunk(batch_id, chunk, report, answered_from)
-        if report.submitted + report.already_known == 0:
-            await self._forget(batch_id)
-            shown = "; ".join(f"line {e.line}: {e.reason}" for e in report.rejected[:3])
-            raise BatchFileError(
-                f"{path}: none of its {len(report.rejected)} request line(s) is valid ({shown})"
-            )
-        return report
+        return options
+
+    async def feed_chunk(
+        self,
+        batch_id: str,
+        chunk: list[Job],
+        report: SubmitReport,
+        answered_from: tuple[CacheStore, Settings] | None,
+    ) -> None:
+        """Queue (or answer from the cache) and register a chunk of a batch whose ``total`` is already
+        set (a windowed run: its total is the file's, set before the first chunk).
+
+        A job the batch already lists is skipped: its keys may be gone (written to the run's output and
+        dropped), and the queue would take it for a new one."""
+        listed = await self.redis.zmscore(keys.batch_jobs(batch_id), [job.id for job in chunk])
+        report.already_known += sum(1 for score in listed if score is not None)
+        chunk = [job for job, score in zip(chunk, listed, strict=True) if score is None]
+        if not chunk:
+            return
+        await self._enqueue_chunk(batch_id, chunk, report, answered_from, count_total=False)
+
+    async def forget_if_empty(self, batch_id: str) -> None:
+        """Remove a batch that got no job (a batch of nothing would never be done)."""
+        await self._forget(batch_id)
 
     async def _refuse_changed_lines(
         self, path: Path, batch_id: str, items: Iterable[Job | LineError]
@@ -222,12 +272,15 @@ class BatchSubmission:
             added += await self._enqueue_listed(batch_id, chunk, by_line=False)
         return added
 
-    async def _enqueue_listed(self, batch_id: str, chunk: list[Job], *, by_line: bool = True) -> list[bool]:
+    async def _enqueue_listed(
+        self, batch_id: str, chunk: list[Job], *, by_line: bool = True, count_total: bool = True
+    ) -> list[bool]:
         keep = queued_batch_ttl(self.store.job_ttl, self.store.result_ttl)
 
         def register(pipe: Pipeline, jobs: Sequence[Job]) -> None:
             self._index(pipe, batch_id, jobs, by_line=by_line)
-            BatchLedger.count_total(pipe, batch_id)
+            if count_total:
+                BatchLedger.count_total(pipe, batch_id)
             keep_batch(pipe, batch_id, keep)
 
         return await self.store.enqueue(chunk, also=register)
@@ -273,19 +326,28 @@ class BatchSubmission:
         chunk: list[Job],
         report: SubmitReport,
         answered_from: tuple[CacheStore, Settings] | None,
+        *,
+        count_total: bool = True,
     ) -> None:
         """Queue a chunk and register it with the batch in one transaction: ``total`` always counts
         what was queued, and a submission cut short (Redis full) is completed by submitting again."""
         if answered_from is not None:
-            chunk = await self._answer_from_cache(batch_id, chunk, report, *answered_from)
+            cache, workers = answered_from
+            chunk = await self._answer_from_cache(batch_id, chunk, report, cache, workers, count_total)
             if not chunk:
                 return
-        added = await self._enqueue_listed(batch_id, chunk)
+        added = await self._enqueue_listed(batch_id, chunk, count_total=count_total)
         report.submitted += sum(added)
         report.already_known += len(added) - sum(added)
 
     async def _answer_from_cache(
-        self, batch_id: str, chunk: list[Job], report: SubmitReport, cache: CacheStore, workers: Settings
+        self,
+        batch_id: str,
+        chunk: list[Job],
+        report: SubmitReport,
+        cache: CacheStore,
+        workers: Settings,
+        count_total: bool = True,
     ) -> list[Job]:
         """Store the results of the chunk's lines the cache holds; return the others, to be queued.
 
@@ -309,7 +371,8 @@ class BatchSubmission:
         if answered:
             async with self.redis.pipeline(transaction=True) as pipe:
                 self._index(pipe, batch_id, hits)
-                BatchLedger.count_total(pipe, batch_id)
+                if count_total:
+                    BatchLedger.count_total(pipe, batch_id)
                 await pipe.execute()
             stored = await self.store.finish_many([(result, False) for result in answered])
             report.submitted += sum(stored)
@@ -339,6 +402,12 @@ class BatchSubmission:
         )
         fingerprints = {job.id: request_fingerprint(job) for job in jobs}
         pipe.hset(keys.batch_fingerprints(batch_id), mapping=fingerprints)
+
+
+def no_valid_line_error(path: Path, rejected: Sequence[LineError]) -> BatchFileError:
+    """The error of a file none of whose request lines is valid (a batch of nothing is not kept)."""
+    shown = "; ".join(f"line {e.line}: {e.reason}" for e in rejected[:3])
+    return BatchFileError(f"{path}: none of its {len(rejected)} request line(s) is valid ({shown})")
 
 
 def check_batch_id(batch_id: str) -> str:

@@ -409,6 +409,6 @@ def run(
     if not summary.ok:
         for line in summary.failures[:10]:
             console.print(f"  [red]✗[/red] {line}")
-        if len(summary.failures) > 10:
-            console.print(f"  … and {len(summary.failures) - 10} more")
+        if summary.failures_total > 10:
+            console.print(f"  … and {summary.failures_total - 10} more")
         raise SystemExit(1)

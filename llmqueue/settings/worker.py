@@ -85,6 +85,12 @@ class BatchConfig(BaseModel):
 
     max_cost: float | None = Field(None, gt=0, description="USD; no job of a batch starts once it spent this")
     max_tokens: int | None = Field(None, gt=0, description="tokens; no job starts once a batch used this")
+    window: int | None = Field(
+        None,
+        ge=1,
+        description="jobs of a batch `llmqueue run` keeps unfinished in Redis as it feeds the file "
+        "(default: from the rate and the workers' slots, 200 to 20,000)",
+    )
 
 
 class CacheConfig(BaseModel):

@@ -1,0 +1,131 @@
+"""A big batch file through ``llmqueue run`` (issue 29): how soon the first provider request comes, the
+run process's peak RSS and what Redis holds per line of the file while the run feeds its window.
+
+The run is a real ``llmqueue run`` process against a private Redis (``--redis-url``, so Redis can be
+watched) and the simulated provider, 2 workers, no rate limit; it is watched until ``observe`` seconds
+after its first request or until it ends, then interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis as redis_sync
+
+from bench.harness import BenchError
+from bench.workloads import API_KEY, MODEL
+from llmqueue import keys
+from llmqueue.ops.embedded_redis import EmbeddedRedis
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
+
+PROMPT_BYTES = 1000
+
+__all__ = ["PROMPT_BYTES", "run_big_file", "write_file"]
+
+
+def write_file(path: Path, lines: int) -> int:
+    """A JSONL file of ``lines`` chat requests of about ``PROMPT_BYTES`` each; returns its size in bytes."""
+    filler = "lorem ipsum dolor sit amet " * (PROMPT_BYTES // 27 + 1)
+    with path.open("w", encoding="utf-8") as out:
+        for n in range(lines):
+            text = f"question {n}: {filler}"[:PROMPT_BYTES]
+            line = {"custom_id": f"q{n}", "messages": [{"role": "user", "content": text}]}
+            out.write(json.dumps(line) + "\n")
+    return path.stat().st_size
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in bytes; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
+FIRST_REQUEST_PATIENCE = 120.0
+"""Seconds the bench waits for a run's first provider request before it gives up."""
+
+
+def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> dict[str, Any]:
+    """Run a file of ``lines`` lines and watch it for ``observe`` seconds after its first request (or
+    until it ends); ``skip_invalid`` runs it with ``--skip-invalid`` (no up-front check of every line)."""
+    with tempfile.TemporaryDirectory(prefix="llmqueue-bench-big-") as scratch:
+        source = Path(scratch) / "big.jsonl"
+        size = write_file(source, lines)
+        with EmbeddedRedis() as server, ProviderProcess(ProviderConfig(latency=0.01)) as provider:
+            client = redis_sync.Redis.from_url(server.url)
+            baseline = int(client.info("memory")["used_memory"])  # type: ignore[index]
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_"))},
+                "LLM_MODEL": MODEL,
+                "LLM_BASE_URL": provider.base_url,
+                "LLM_API_KEY": API_KEY,
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            }
+            output = Path(scratch) / "out.jsonl"
+            command = [sys.executable, "-m", "llmqueue", "run", str(source), "-o", str(output)]
+            command += ["--redis-url", server.url, "--batch", "big"]
+            command += ["--skip-invalid"] if skip_invalid else []
+            began = time.monotonic()
+            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            first_request: float | None = None
+            first_queued: float | None = None
+            peak_redis = peak_rss = 0
+            try:
+                while process.poll() is None:
+                    since = time.monotonic() - began
+                    if since > (observe + first_request if first_request else FIRST_REQUEST_PATIENCE):
+                        break
+                    if first_queued is None and client.zcard(keys.batch_jobs("big")):
+                        first_queued = time.monotonic() - began
+                    if first_request is None and provider.stats()["requests"] > 0:
+                        first_request = time.monotonic() - began
+                    used = int(client.info("memory")["used_memory"])  # type: ignore[index]
+                    peak_redis = max(peak_redis, used - baseline)
+                    peak_rss = max(peak_rss, _peak_rss(process.pid))
+                    time.sleep(0.05)
+                finished = process.poll() is not None
+                elapsed = time.monotonic() - began
+                if not finished:
+                    process.send_signal(signal.SIGINT)
+                _, stderr = process.communicate(timeout=120)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+            answered = int(provider.stats()["succeeded"])
+            if finished and process.returncode != 0:
+                raise BenchError(f"llmqueue run exited {process.returncode}: {stderr.decode()[-2000:]}")
+            in_order = None
+            if finished:
+                with output.open(encoding="utf-8") as out:
+                    in_order = all(json.loads(line)["custom_id"] == f"q{n}" for n, line in enumerate(out))
+                in_order = in_order and answered == lines
+    if first_request is None:
+        raise BenchError(f"no provider request within {observe:.0f} s")
+    return {
+        "lines": lines,
+        "file_bytes": size,
+        "observed_seconds": elapsed,
+        "finished": finished,
+        "answered": answered,
+        "lines_per_second": answered / elapsed,
+        "first_request_seconds": first_request,
+        "first_queued_seconds": first_queued,
+        "peak_rss_bytes": peak_rss,
+        "peak_redis_bytes": peak_redis,
+        "redis_bytes_per_line": peak_redis / lines,
+        "redis_budget_bytes": 0.35 * size + 50 * 2**20,
+        "each_once_in_order": in_order,
+    }

@@ -1,0 +1,151 @@
+"""Windowed submission: ``llmqueue run`` keeps a bounded number of its batch's jobs in Redis and feeds
+more as they finish, so neither Redis nor the first provider call waits on the size of the file.
+
+The window bounds two counts of the batch: the jobs fed and not finished (queued, running or waiting
+to retry: what keeps the workers and the limit busy), and, at twice the window, the jobs fed and not yet
+written to the output (the finished ones held out of order behind an earlier one). The batch's
+``total`` is the file's count of request lines from the start (``status`` shows the whole batch), and
+is set to the jobs it really holds once the file is read (``--skip-invalid`` drops its bad lines).
+Lines are fed in file order and each chunk is queued and registered in one transaction, so a run killed
+at any point is resumed by feeding the file again: lines the batch already lists are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmqueue import keys
+from llmqueue.batches.input import LineError
+from llmqueue.batches.submit import SubmitReport, no_valid_line_error
+from llmqueue.cache import CacheStore
+from llmqueue.models import Job
+from llmqueue.queue.ledger import GATE_FIELDS, stop_reason
+from llmqueue.settings import Settings
+
+if TYPE_CHECKING:
+    from llmqueue.batches.control import Batches
+
+WINDOW_FLOOR = 200
+"""The smallest window derived: below it, feeding round trips would cost more than they save."""
+WINDOW_CEILING = 20_000
+"""The largest window derived (about 50 MB of Redis for 1 KB prompts); the setting may go past it."""
+ASSUMED_LATENCY = 10.0
+"""Seconds a provider call is taken to last, to size the window from a rate (Little's law)."""
+FEED_CHUNK = 1000
+_COUNTS = ["succeeded", "failed", "cancelled", "written"]
+
+__all__ = [
+    "ASSUMED_LATENCY",
+    "WINDOW_CEILING",
+    "WINDOW_FLOOR",
+    "WindowFeeder",
+    "count_requests",
+    "window_size",
+]
+
+
+def window_size(*, rpm: float | None, slots: int, override: int | None = None) -> int:
+    """How many jobs of a batch to keep unfinished in Redis.
+
+    ``override`` (``[batch] window``) wins. Otherwise twice what the workers can have in flight: the
+    rate (``rpm``, requests per minute) times ``ASSUMED_LATENCY``, or with no rate the workers' job
+    ``slots`` (processes times concurrent jobs each), the lower of the two when both bound it, within
+    ``WINDOW_FLOOR`` and ``WINDOW_CEILING``. Twice, so the workers find jobs waiting between two feeds.
+    """
+    if override is not None:
+        return override
+    in_flight = float(slots)
+    if rpm is not None:
+        in_flight = min(in_flight, rpm / 60 * ASSUMED_LATENCY)
+    return max(WINDOW_FLOOR, min(WINDOW_CEILING, math.ceil(2 * in_flight)))
+
+
+def count_requests(path: Path) -> int:
+    """The non-blank lines of ``path``: its requests, if every line is valid (read as bytes, fast)."""
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip() and line.strip() != b"\xef\xbb\xbf")
+
+
+class WindowFeeder:
+    """Feeds a batch from its file as its jobs finish; ``top_up()`` at each look at the batch."""
+
+    def __init__(
+        self,
+        batches: Batches,
+        batch_id: str,
+        source: Path,
+        items: Iterator[Job | LineError],
+        *,
+        window: int,
+        cache: bool,
+        answered_from: tuple[CacheStore, Settings] | None,
+    ) -> None:
+        self.batches = batches
+        self.batch_id = batch_id
+        self.window = window
+        self.source = source
+        self.report = SubmitReport(batch_id=batch_id, submitted=0, already_known=0, rejected=[])
+        self._items = items
+        self._cache = cache
+        self._answered_from = answered_from
+        self.exhausted = False
+
+    async def start(self, declared: int) -> None:
+        """Say the batch holds ``declared`` jobs and feed the first window."""
+        await self.batches.redis.hset(keys.batch(self.batch_id), "total", declared)
+        await self.top_up()
+
+    async def top_up(self) -> int:
+        """Feed lines while the window has room; returns how many jobs were fed (or answered)."""
+        fed = 0
+        while not self.exhausted:
+            room = await self._room()
+            if room <= 0:
+                break
+            chunk = self._take(min(room, FEED_CHUNK))
+            if chunk:
+                before = self.report.submitted
+                await self.batches.feed_chunk(self.batch_id, chunk, self.report, self._answered_from)
+                fed += self.report.submitted - before
+        if self.exhausted:
+            await self._settle_total()
+        return fed
+
+    async def _room(self) -> int:
+        async with self.batches.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(keys.batch_jobs(self.batch_id))
+            pipe.hmget(keys.batch(self.batch_id), [*_COUNTS, *GATE_FIELDS])
+            replies = await pipe.execute()
+        listed, counts = int(replies[0]), replies[1]
+        if stop_reason(counts[4:]) is not None:
+            # A cancelled or spent batch: its workers end each job unsent as it starts, so the rest of
+            # the file goes through at no cost, and its total is then reached.
+            return FEED_CHUNK
+        finished = sum(int(float(count)) for count in counts[:3] if count is not None)
+        written = int(counts[3] or 0)
+        return min(self.window - (listed - finished), 2 * self.window - (listed - written))
+
+    def _take(self, count: int) -> list[Job]:
+        """Up to ``count`` jobs from the file; rejected lines are kept in the report and not counted."""
+        chunk: list[Job] = []
+        for item in self._items:
+            if isinstance(item, LineError):
+                self.report.rejected.append(item)
+                continue
+            item.cache = self._cache
+            chunk.append(item)
+            if len(chunk) >= count:
+                return chunk
+        self.exhausted = True
+        return chunk
+
+    async def _settle_total(self) -> None:
+        """Once the file is read: the batch's total is the jobs it lists (rejected lines are not jobs)."""
+        listed = await self.batches.redis.zcard(keys.batch_jobs(self.batch_id))
+        await self.batches.redis.hset(keys.batch(self.batch_id), "total", listed)
+        if listed == 0:
+            await self.batches.forget_if_empty(self.batch_id)
+            raise no_valid_line_error(self.source, self.report.rejected)
