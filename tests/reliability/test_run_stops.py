@@ -34,8 +34,8 @@ from tests.support.settings import TEST_API_KEY
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 GRACE = 2
-BIG = 100_000
-"""Lines of the file interrupted while queueing (it takes ``run`` several seconds to queue)."""
+BIG = 20_000
+"""Lines of the file: more than the run can finish before it is stopped."""
 
 
 @pytest.fixture(scope="module")
