@@ -75,3 +75,32 @@ def test_embedding_lines_go_through_the_batch_apis_embeddings_endpoint(tmp_path:
             body["usage"]["prompt_tokens"] * EMBEDDING_BATCH_PRICE
         )
     assert records["chat"]["response"]["body"]["object"] == "chat.completion"
+
+
+def test_cached_lines_are_marked_cached_at_no_cost_and_not_sent_in_the_provider_batch(tmp_path: Path) -> None:
+    asked = [
+        {"custom_id": f"q{n}", "messages": [{"role": "user", "content": f"question {n}"}]} for n in range(3)
+    ]
+    first = write_jsonl(tmp_path / "first.jsonl", asked[:2])
+    again = write_jsonl(tmp_path / "again.jsonl", asked)  # q0 and q1 are in the cache after the first run
+    output = tmp_path / "out.jsonl"
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
+        done = batch_api_run(provider, first, tmp_path / "first.out.jsonl", *cache)
+        assert done.returncode == 0, done.stderr
+        done = batch_api_run(provider, again, output, *cache)
+        stats = provider.stats()
+
+    assert done.returncode == 0, done.stderr
+    assert stats["requests"] == 0
+    assert sent_batches(stats) == [("/v1/chat/completions", [1, 2]), ("/v1/chat/completions", [3])]
+    records = read_jsonl(output)
+    marks = [{k: r["llmqueue"][k] for k in ("cached", "via", "cost", "attempts")} for r in records]
+    # Marked as a live run marks the lines its cache answers: no provider call, so no Batch API either.
+    assert marks[:2] == [{"cached": True, "via": "live", "cost": 0.0, "attempts": 0}] * 2
+    assert (marks[2]["cached"], marks[2]["via"], marks[2]["attempts"]) == (False, "batch-api", 1)
+    assert marks[2]["cost"] > 0
+    assert [r["response"]["body"]["choices"][0]["message"]["content"] for r in records] == [
+        f"echo: question {n}" for n in range(3)
+    ]
+    assert "2 from the cache" in done.stderr, done.stderr
