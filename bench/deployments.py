@@ -1,8 +1,9 @@
 """Benchmark 6, deployments: one model name served by two keys, each with its own limit.
 
-Two simulated providers, each a deployment of ``gpt-4o`` at 600 RPM over a 1 s bucket with 0.3 s
+Two simulated providers, each a deployment (``openai/gpt-4o``) at 600 RPM over a 1 s bucket with 0.3 s
 latency and its own API key; two worker processes configured with a ``[[model_list]]`` whose keys are
-``os.environ/`` references. 800 jobs name only ``gpt-4o``: routed at admission, the deployments should
+``os.environ/`` references and whose ``model_name`` is an alias, ``evalmodel``, as LiteLLM proxy configs
+name their models. 800 jobs name only ``evalmodel``: routed at admission, the deployments should
 together run at the sum of their limits. Then the same with one provider down from the start (nothing
 listens at its address): the batch should finish at the other's rate with no failed job.
 """
@@ -25,7 +26,8 @@ from llmqueue.simulator.server import ProviderConfig
 RPM = 600  # each provider's limit
 WINDOW = 1.0
 LATENCY = 0.3
-MODEL_NAME = "gpt-4o"
+MODEL_NAME = "evalmodel"  # an alias: a name LiteLLM does not know, served only by the model_list
+DEPLOYED_MODEL = "openai/gpt-4o"
 KEYS = {"BENCH_EU_KEY": "sk-bench-eu-3c9d1f", "BENCH_US_KEY": "sk-bench-us-8a2e7b"}
 GOODPUT_TARGET = 0.95
 RATE_LIMITED_TARGET = 0.005
@@ -56,13 +58,13 @@ COLUMNS = {
 
 
 def config_toml(eu_url: str, us_url: str) -> str:
-    """The workers' config.toml: two deployments of one model name, 2% under each key's limit."""
+    """The workers' config.toml: two deployments of one alias, 2% under each key's limit."""
     rpm = RPM * (1 - HEADROOM)
     entries = []
     for name, url, key in (("eu", eu_url, "BENCH_EU_KEY"), ("us", us_url, "BENCH_US_KEY")):
         entries.append(
             f'[[model_list]]\nmodel_name = "{MODEL_NAME}"\nmodel_info = {{ id = "{name}" }}\n'
-            f'litellm_params = {{ model = "openai/sim-model", api_base = "{url}", '
+            f'litellm_params = {{ model = "{DEPLOYED_MODEL}", api_base = "{url}", '
             f'api_key = "os.environ/{key}", rpm = {rpm:g} }}\n'
         )
     return "\n".join(entries)

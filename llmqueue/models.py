@@ -201,7 +201,9 @@ class JobResult(BaseModel):
     cost: float | None = Field(None, description="USD, from LiteLLM's price table; None when unknown")
     attempts: int = Field(0, description="provider calls made")
     cached: bool = Field(False, description="answered from the response cache, without a provider call")
-    via: Literal["live", "batch-api"] = Field("live", description="live calls, or the provider's Batch API")
+    via: Literal["live", "batch-api"] = Field(
+        "live", description="live calls (and answers from the response cache), or the provider's Batch API"
+    )
     errors: list[AttemptError] = Field(default_factory=list)
     timings: Timings
     worker_id: str | None = None
@@ -217,10 +219,9 @@ class JobResult(BaseModel):
     )
 
     @classmethod
-    def from_cache(
-        cls, job: Job, model: str, response: dict[str, Any], *, via: Literal["live", "batch-api"] = "live"
-    ) -> JobResult:
-        """A job answered by the response cache, before any provider call: it cost nothing."""
+    def from_cache(cls, job: Job, model: str, response: dict[str, Any]) -> JobResult:
+        """A job answered by the response cache, before any provider call: it cost nothing. Marked the
+        same whichever tier the batch runs in (``cached``, ``via`` its default)."""
         now = _utcnow()
         return cls(
             job_id=job.id,
@@ -230,7 +231,6 @@ class JobResult(BaseModel):
             response=response,
             cost=0.0,
             cached=True,
-            via=via,
             timings=Timings(queued_at=job.created_at, started_at=now, finished_at=now),
             metadata=job.metadata,
         )

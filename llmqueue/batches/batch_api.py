@@ -3,8 +3,9 @@
 The lines the response cache cannot answer are grouped by model (a provider batch holds one model),
 split into files within the provider's limits, uploaded, and sent as provider batches through LiteLLM
 (``acreate_file``, ``acreate_batch``, ``aretrieve_batch``, ``afile_content``). Their outputs become
-results like the workers' (``via = "batch-api"``, the Batch API price as cost) in the same Redis batch,
-so ``status``, ``results`` and the output file work as for live runs. Lines that expired, or failed in
+results like the workers' (``via = "batch-api"``, the Batch API price as cost; a line the cache answers
+is marked as in a live run: ``cached``, cost 0) in the same Redis batch, so ``status``, ``results`` and
+the output file work as for live runs. Lines that expired, or failed in
 a way another try may fix (5xx, 429), go out again in a new round, at most ``num_retries`` more (or, with
 ``fallback_live``, to the workers as live calls); a line the provider refused (a 4xx) fails. Provider
 batch ids are kept in Redis (``keys.batch_api``) as soon as they exist, so an interrupted run resumes by
@@ -283,7 +284,8 @@ class BatchApiRun:
         await self.store.finish(result)
 
     async def _finish_cached(self, job: Job, model: str, response: dict[str, Any]) -> None:
-        await self.store.finish(JobResult.from_cache(job, model, response, via="batch-api"))
+        # Marked as a live run marks its cache's answers: no provider call, so not the Batch API's price.
+        await self.store.finish(JobResult.from_cache(job, model, response))
 
     async def _finish_all(self, lines: list[_Line], status: ResultStatus, kind: str, message: str) -> None:
         for line in lines:

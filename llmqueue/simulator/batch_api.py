@@ -2,9 +2,11 @@
 
 A batch moves ``validating`` → ``in_progress`` → ``completed`` on the provider's clock
 (``validating_seconds``, ``in_progress_seconds``), writing an output file of answered lines and an error
-file of lines it refused (a body a chat call would get a 400 for). ``expire_next(n)`` makes the next
-``n`` batches end ``expired`` instead, their lines in the error file as ``batch_expired``, as OpenAI
-does after the completion window. ``cancel`` moves a batch to ``cancelled`` with what it answered.
+file of lines it refused (a body the live endpoint would answer 400, or a line whose ``url`` is not the
+batch's endpoint). It serves ``/v1/chat/completions`` and ``/v1/embeddings`` batches, each line answered
+as the live endpoint answers it. ``expire_next(n)`` makes the next ``n`` batches end ``expired``
+instead, their lines in the error file as ``batch_expired``, as OpenAI does after the completion window.
+``cancel`` moves a batch to ``cancelled`` with what it answered.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from typing import Any
 
 from aiohttp import web
 
-from llmqueue.simulator.wire import chat_body, chat_usage, error_response
+from llmqueue.simulator.wire import chat_body, chat_usage, embedding_usage, embeddings_body, error_response
 
-_ENDPOINTS = ("/v1/chat/completions",)
+_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
 
 
 @dataclass
@@ -107,6 +109,19 @@ class BatchApi:
     def expire_next(self, count: int) -> None:
         """The next ``count`` batches created end ``expired`` without answering a line."""
         self._expire += count
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Each batch created, in order: its id, endpoint, status and the ``custom_id`` of each line of
+        its input file (what a test checks to know what was sent)."""
+        return [
+            {
+                "id": batch.id,
+                "endpoint": batch.endpoint,
+                "status": batch.status,
+                "custom_ids": [_custom_id(line) for line in _lines(self.files[batch.input_file_id].content)],
+            }
+            for batch in self.batches.values()
+        ]
 
     def register(self, app: web.Application) -> None:
         app.router.add_post("/v1/files", self._create_file)
@@ -195,7 +210,7 @@ class BatchApi:
         errors: list[dict[str, Any]] = []
         for number, line in enumerate(_lines(self.files[batch.input_file_id].content), start=1):
             if status == "completed":
-                answered, entry = self._answer(line, number)
+                answered, entry = self._answer(line, number, batch.endpoint)
                 (outputs if answered else errors).append(entry)
             else:
                 code = "batch_expired" if status == "expired" else "batch_cancelled"
@@ -208,26 +223,32 @@ class BatchApi:
         if errors:
             batch.error_file_id = self._result_file(batch, "error", errors)
 
-    def _answer(self, line: str, number: int) -> tuple[bool, dict[str, Any]]:
+    def _answer(self, line: str, number: int, endpoint: str) -> tuple[bool, dict[str, Any]]:
+        call_id = next(self._ids)
         try:
             request = json.loads(line)
             body = request["body"]
-            usage = chat_usage(body, self.completion_tokens)
+            if request.get("url") != endpoint:
+                raise ValueError(
+                    f"the line's url {request.get('url')!r} is not the batch's endpoint {endpoint}"
+                )
+            answer = self._body(endpoint, body, call_id)
         except (ValueError, KeyError, TypeError) as exc:
             return False, _error_entry(line, number, "invalid_request", str(exc), status_code=400)
         self.lines_answered += 1
-        call_id = next(self._ids)
-        response = {
-            "status_code": 200,
-            "request_id": f"req_sim_{call_id}",
-            "body": chat_body(body, usage, call_id),
-        }
+        response = {"status_code": 200, "request_id": f"req_sim_{call_id}", "body": answer}
         return True, {
             "id": f"batch_req_{call_id}",
             "custom_id": request.get("custom_id"),
             "response": response,
             "error": None,
         }
+
+    def _body(self, endpoint: str, body: dict[str, Any], call_id: int) -> dict[str, Any]:
+        """What the live endpoint would answer ``body`` (raises ValueError where it would answer 400)."""
+        if endpoint == "/v1/embeddings":
+            return embeddings_body(body, embedding_usage(body))
+        return chat_body(body, chat_usage(body, self.completion_tokens), call_id)
 
     def _result_file(self, batch: _Batch, kind: str, entries: list[dict[str, Any]]) -> str:
         content = "".join(json.dumps(entry) + "\n" for entry in entries).encode()
@@ -246,13 +267,17 @@ def _lines(content: bytes) -> list[str]:
     return [line for line in content.decode("utf-8").splitlines() if line.strip()]
 
 
+def _custom_id(line: str) -> Any:
+    try:
+        return json.loads(line).get("custom_id")
+    except (ValueError, AttributeError):
+        return None
+
+
 def _error_entry(
     line: str, number: int, code: str, message: str, status_code: int | None = None
 ) -> dict[str, Any]:
-    try:
-        custom_id = json.loads(line).get("custom_id")
-    except (ValueError, AttributeError):
-        custom_id = None
+    custom_id = _custom_id(line)
     response = None
     if status_code is not None:
         body = {"error": {"message": message, "type": "invalid_request_error", "code": code}}

@@ -170,6 +170,7 @@ class SimulatedProvider:
         batches = {
             "batches_created": len(self.batch_api.batches),
             "batch_lines_answered": self.batch_api.lines_answered,
+            "batches": self.batch_api.summary(),
         }
         return web.json_response({**self.stats.to_json(), **batches})
 

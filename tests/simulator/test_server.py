@@ -8,6 +8,7 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 import asyncio
 import itertools
+import json
 import math
 import re
 import sys
@@ -23,6 +24,8 @@ from pydantic import ValidationError
 from llmqueue.simulator.limits import RateLimits, TokenBucket, estimate_prompt_tokens
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
+from llmqueue.simulator.wire import embedding_vector
+from tests.support.settings import TEST_API_KEY
 
 litellm.suppress_debug_info = True
 
@@ -543,3 +546,45 @@ def test_provider_process_passes_limits_per_model_to_its_command() -> None:
             )
         stats = provider.stats()
     assert (stats["succeeded"], stats["rate_limited"]) == (2, 0)
+
+
+# --- the Batch API ---
+
+
+async def test_an_embeddings_batch_answers_its_lines_as_the_live_endpoint_and_refuses_other_urls(
+    provider: RunningProvider, session: aiohttp.ClientSession
+) -> None:
+    api = provider.provider.batch_api
+    api.validating_seconds = api.in_progress_seconds = 0.0  # ends at its first look
+    lines = [
+        {"custom_id": "v", "method": "POST", "url": "/v1/embeddings",
+         "body": {"model": "sim-embedding", "input": "a red apple"}},
+        {"custom_id": "c", "method": "POST", "url": "/v1/chat/completions", "body": chat_json()},
+    ]  # fmt: skip
+    auth = {"Authorization": f"Bearer {TEST_API_KEY}"}
+    form = aiohttp.FormData()
+    form.add_field("purpose", "batch")
+    form.add_field("file", "".join(json.dumps(line) + "\n" for line in lines), filename="in.jsonl")
+    async with session.post(f"{provider.base_url}/files", data=form, headers=auth) as response:
+        uploaded = await response.json()
+    created_json = {"input_file_id": uploaded["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"}
+    async with session.post(f"{provider.base_url}/batches", json=created_json, headers=auth) as response:
+        assert response.status == 200, await response.text()
+        created = await response.json()
+    async with session.get(f"{provider.base_url}/batches/{created['id']}", headers=auth) as response:
+        batch = await response.json()
+
+    async def entries(file_id: str) -> list[dict[str, Any]]:
+        async with session.get(f"{provider.base_url}/files/{file_id}/content", headers=auth) as response:
+            return [json.loads(line) for line in (await response.text()).splitlines()]
+
+    assert (batch["status"], batch["request_counts"]) == (
+        "completed",
+        {"total": 2, "completed": 1, "failed": 1},
+    )
+    (answered,) = await entries(batch["output_file_id"])
+    assert answered["custom_id"] == "v"
+    body = answered["response"]["body"]
+    assert (body["object"], body["data"][0]["embedding"]) == ("list", embedding_vector("a red apple"))
+    (refused,) = await entries(batch["error_file_id"])
+    assert (refused["custom_id"], refused["response"]["status_code"]) == ("c", 400)
