@@ -15,15 +15,24 @@ from llmqueue import keys
 from llmqueue.producer import Producer
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
-from tests.support.reliability import chat_jobs, wait_for_results, wait_until, worker_env, worker_processes
+from tests.support.answered import heard_before
+from tests.support.reliability import (
+    MODEL,
+    chat_jobs,
+    wait_for_results,
+    wait_until,
+    worker_env,
+    worker_processes,
+)
 from tests.support.settings import TEST_API_KEY, make_settings
 
 LATENCY = 3.0
 EXIT_MARGIN = 5.0  # closing connections and leaving the interpreter, on a busy machine
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
-# A limit that never binds: with none, a scope probes the provider's headers with two calls at first,
-# and the jobs waiting for the probe would hold worker slots this test counts as in flight.
+# A limit that never binds, on a scope that has heard from its provider before (heard_before): a new
+# scope probes its limits with two calls at first, and the jobs waiting for the probe would hold worker
+# slots this test counts as in flight.
 UNBINDING_RPM = 60_000
 
 
@@ -36,6 +45,7 @@ async def test_sigterm_lets_calls_in_flight_finish_and_takes_no_new_job(
         with worker_processes(_env(redis_url, provider.base_url, grace), tmp_path) as workers:
             stopping, other = await workers.start_ready(2)
             async with Producer(make_settings(redis_url, provider.base_url)) as producer:
+                await heard_before(producer.redis, MODEL)
                 await producer.submit_many(chat_jobs(jobs, "term"))
                 await wait_until(lambda: len(stopping.calling()) == 4, 60, "4 calls in flight")
                 in_flight = stopping.calling()
@@ -77,6 +87,7 @@ async def test_calls_longer_than_the_grace_period_go_back_and_finish_elsewhere(
         with worker_processes(_env(redis_url, provider.base_url, grace), tmp_path) as workers:
             stopping, other = await workers.start_ready(2)
             async with Producer(make_settings(redis_url, provider.base_url)) as producer:
+                await heard_before(producer.redis, MODEL)
                 await producer.submit_many(chat_jobs(jobs, "cut"))
                 await wait_until(lambda: len(stopping.calling()) >= 1, 60, "calls in flight")
                 stopping.terminate()

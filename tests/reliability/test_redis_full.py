@@ -21,7 +21,14 @@ from llmqueue import keys
 from llmqueue.producer import Producer
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
-from tests.support.reliability import chat_jobs, wait_for_results, wait_until, worker_env, worker_processes
+from tests.support.answered import heard_before
+from tests.support.reliability import (
+    chat_jobs,
+    wait_for_results,
+    wait_until,
+    worker_env,
+    worker_processes,
+)
 from tests.support.settings import TEST_API_KEY, make_settings
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
@@ -96,11 +103,13 @@ async def test_results_paid_for_while_redis_refuses_writes_are_kept_and_stored_o
 ) -> None:
     jobs = 8
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=2.0)) as provider:
-        # A limit that never binds: unlimited, the scope would send two probing calls, not eight.
+        # A limit that never binds, on a scope that has heard from its provider before: a new scope sends
+        # two probing calls at first, not eight.
         env = worker_env(redis_url, provider.base_url, TEST_API_KEY, llm_rpm=60_000)
         with worker_processes(env, tmp_path) as workers:
             (worker,) = await workers.start_ready(1)
             async with Producer(make_settings(redis_url, provider.base_url)) as producer:
+                await heard_before(producer.redis, MODEL)
                 handles = await producer.submit_many(chat_jobs(jobs, "paid"))
                 await wait_until(lambda: provider.stats()["in_flight"] == jobs, 30, "all calls in flight")
                 # Redis fills up while the provider answers: no write fits any more.

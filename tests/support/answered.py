@@ -3,6 +3,8 @@
 from collections.abc import Sequence
 from typing import Any
 
+from redis.asyncio import Redis
+
 from llmqueue import keys
 from llmqueue.limits.limiter import Admission, RateLimiter
 from llmqueue.settings import LimitConfig
@@ -18,5 +20,11 @@ class AnsweredBefore(RateLimiter):
     ) -> Admission:
         for scope, limit in candidates:
             if limit is not None:
-                await self.redis.hsetnx(keys.limiter(scope), "hdr", "none")
+                await heard_before(self.redis, scope)
         return await super().acquire(candidates, **options)
+
+
+async def heard_before(redis: Redis, scope: str) -> None:
+    """Mark ``scope`` as answered by its provider before (without rate-limit headers), as a scope of a
+    system that has run: its first calls are not held back two at a time to probe its limits."""
+    await redis.hsetnx(keys.limiter(scope), "hdr", "none")

@@ -48,6 +48,8 @@ async def main(redis_url: str, scope: str, rpm: float, count: int, tasks: int, p
                 body = {"model": "sim-model", "messages": [{"role": "user", "content": "x"}]}
                 response = await client.post("/chat/completions", json=body)
                 response.raise_for_status()
+                if admission.reservation is not None:  # as a worker reports every answer
+                    await admission.reservation.answered(None, {})
 
         await asyncio.gather(*(contend() for _ in range(tasks)))
     await redis.aclose()
