@@ -33,7 +33,7 @@ _UNITS = {"r": "requests", "t": "tokens", "i": "input tokens", "o": "output toke
 class Admission:
     """``admitted`` to be sent after ``wait`` seconds, or not: nothing was taken, and ``wait`` says when to
     come back (``too_large`` says why it never can). ``choice`` is the candidate scope that answered;
-    ``state`` whether it runs under a limit, is probing for one (none known yet), or is unlimited."""
+    ``state`` whether it runs under a limit, probes (no answer yet), or is unlimited."""
 
     admitted: bool
     wait: float
@@ -74,16 +74,15 @@ class Reservation:
         return await self._settle(give_back, said, no_headers=said is None)
 
     async def refused(self, said: ProviderLimits | None) -> Learnt:
-        """The provider answered 429: it counted nothing, so its tokens go back; its request only if
-        it was admitted under a limit since replaced (else the refusal shows the key had less)."""
-        return await self._settle(self.taken, said, refused=True)
+        """The provider answered 429: its tokens go back; its request only if admitted under a limit since
+        replaced (else the key had less). Without headers it ends a configured scope's probe."""
+        configured = bool(set(_limit_json(self.limit)) & _UNITS.keys())
+        return await self._settle(self.taken, said, refused=True, no_headers=said is None and configured)
 
     async def failed(self) -> None:
         """The call failed otherwise: its tokens go back, its request stays taken (the provider may
-        have counted it)."""
-        tokens = {d: q for d, q in self.taken.items() if d != "r"}
-        if tokens:
-            await self._settle(tokens)
+        have counted it); a probe it was is over."""
+        await self._settle({d: q for d, q in self.taken.items() if d != "r"})
 
     async def cancel(self) -> Learnt:
         """The call was not sent: everything it took goes back (the request too, unless a 429
