@@ -296,6 +296,22 @@ async def test_a_configured_scope_probes_until_its_provider_first_answers(
     assert after[0].state == "limited"
 
 
+async def test_a_failed_probe_frees_its_place_and_a_429_without_headers_ends_a_configured_probe(
+    client: AsyncRedis, clock: Clock
+) -> None:
+    limiter = RateLimiter(client, clock=clock)
+    configured = LimitConfig(rpm=600, burst_seconds=1, spread_seconds=0)
+    probes = [await take(limiter, configured, max_wait=0) for _ in range(2)]
+    assert not (await take(limiter, configured, max_wait=0)).admitted
+    assert probes[0].reservation is not None and probes[1].reservation is not None
+    await probes[0].reservation.failed()  # a 5xx: nothing learnt, but the next probe may go
+    again = await take(limiter, configured, max_wait=0)
+    assert (again.admitted, again.state) == (True, "probing")
+    await probes[1].reservation.refused(None)  # a 429 stating nothing: the configured limit stands
+    after = await take(limiter, configured, max_wait=0)
+    assert (after.admitted, after.state) == (True, "limited")
+
+
 # ---- priorities ----------------------------------------------------------------------------------
 
 TEN_WITH_RESERVE = LimitConfig(rpm=600, reserve=0.2, spread_seconds=0)  # 10 at once, the last 2 kept
