@@ -19,9 +19,8 @@ from pydantic.fields import FieldInfo
 
 from docgen.markdown import cell, code, prose, table
 from llmqueue.settings import Settings
+from llmqueue.settings.sources import ENV_PREFIXES
 
-# The sections the environment can set, and their prefix (``llmqueue.settings.sources.KnownEnvSource``).
-ENV_PREFIXES = {"llm": "LLM_", "worker": "WORKER_", "cache": "CACHE_", "budget": "LLM_BUDGET_"}
 # Top-level keys the environment can set.
 TOP_LEVEL_ENV = {"redis_url": "REDIS_URL"}
 # How a top-level field is written in config.toml when not under its own name.

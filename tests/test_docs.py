@@ -197,7 +197,8 @@ def test_every_environment_variable_in_the_reference_sets_its_setting(
 def test_sections_the_reference_gives_no_environment_variable_read_none(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """A section that starts reading ``<SECTION>_<KEY>`` must be added to ``docgen.settings.ENV_PREFIXES``."""
+    """A section that starts reading ``<SECTION>_<KEY>`` must be added to
+    ``llmqueue.settings.sources.ENV_PREFIXES``."""
     monkeypatch.chdir(tmp_path)
     checked = 0
     for section, info in Settings.model_fields.items():

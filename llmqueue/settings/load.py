@@ -22,7 +22,7 @@ from llmqueue.model_list import (
 from llmqueue.settings.budget import BudgetConfig
 from llmqueue.settings.llm import LimitConfig, LLMConfig, check_group_keys
 from llmqueue.settings.schema import Settings
-from llmqueue.settings.sources import FILE_DATA
+from llmqueue.settings.sources import ENV_PREFIXES, FILE_DATA
 from llmqueue.settings.worker import BatchConfig, CacheConfig, WorkerConfig, cache_section
 
 DEFAULT_CONFIG_FILE = Path("config.toml")
@@ -159,7 +159,7 @@ def _key_name(loc: list[str], file_layout: bool) -> str:
         return f"[{loc[0]}] " + ".".join(loc[1:])
     if file_layout and loc[0] in _SECTIONS:  # the section's own check (retry_min_wait above retry_max_wait)
         return f"[{loc[0]}]"
-    env = {"llm": "LLM_", "worker": "WORKER_", "cache": "CACHE_", "budget": "LLM_BUDGET_"}.get(loc[0])
+    env = ENV_PREFIXES.get(loc[0])
     if env and len(loc) >= 2:
         return f"{'.'.join(loc)} (env {env}{loc[1].upper()})"
     if env:

@@ -28,6 +28,9 @@ class FileSource(PydanticBaseSettingsSource):
         return dict(FILE_DATA.get())
 
 
+ENV_PREFIXES = {"llm": "LLM_", "worker": "WORKER_", "cache": "CACHE_", "budget": "LLM_BUDGET_"}
+"""The sections the environment can set, and the prefix of their variables."""
+
 REDIS_FIELDS = (
     "redis_url",
     "redis_sentinels",
