@@ -83,17 +83,6 @@ class BudgetGate:
             await self.give_back(batch_id, price)
         return answer
 
-    async def reserve_call(
-        self, batch_id: str, model: str, estimate: TokenEstimate
-    ) -> tuple[Reservation, float | None]:
-        """Reserve the price of a call of ``estimate`` tokens at ``model``: the answer, and the USD now
-        held (None when nothing is: not ``ok``, or a model without a known price, which passes)."""
-        price = call_price(model, estimate)
-        if price is None:
-            return "ok", None
-        answer = await self.reserve(batch_id, price)
-        return answer, price if answer == "ok" else None
-
     async def give_back(self, batch_id: str, price: float) -> None:
         """Give back a reservation of ``price`` USD (the call ended, or was never sent)."""
         await self._redis.hincrbyfloat(keys.batch(batch_id), RESERVED, -price)

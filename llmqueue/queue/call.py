@@ -40,8 +40,9 @@ class Call:
     deployment: Candidate | None = None
     cost: float | None = None
     """What the provider's answers to this call cost (USD), once they are in."""
-    priced_as: str = ""
-    """The model whose price the call's budgets reserve (a deployment's model when routed)."""
+    price: float | None = None
+    """The estimated USD of one request of the call, where a budget or spending limit applies and the
+    model has a known price (its re-asks are priced the same)."""
     reserved: float = 0.0
     """USD of its batch's budget the call holds: the first request's price and its re-asks'."""
     spend_reasks: list[SpendReservation] = field(default_factory=list)

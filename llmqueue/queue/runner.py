@@ -164,7 +164,6 @@ class JobRunner:
         )
         if job.cache and self.cache is not None and await self._answered_from_cache(call):
             return
-        call.priced_as = counted_as
         spend: SpendReservation | None = None
         try:
             # Everything CPU-bound happens before admission, so the request leaves soon after it is
@@ -175,10 +174,14 @@ class JobRunner:
             capped = self.spending.applies(model)
             if limited or start.has_cost_budget or capped:  # counting tokens costs CPU: only limits need it
                 call.estimate = estimate_split(job, counted_as, llm.default_completion_tokens)
-            if start.has_cost_budget and job.batch_id is not None:
-                # A budget the calls in flight fill re-defers the job until they settle (not an attempt).
-                held, reserved = await self.budget.reserve_call(job.batch_id, counted_as, call.estimate)
-                call.reserved = reserved or 0.0
+            price = call.price = (
+                call_price(counted_as, call.estimate) if start.has_cost_budget or capped else None
+            )
+            if start.has_cost_budget and job.batch_id is not None and price is not None:
+                # A budget the calls in flight fill re-defers the job until they settle (not an attempt);
+                # a model without a known price passes (a budget refuses it at submission).
+                held = await self.budget.reserve(job.batch_id, price)
+                call.reserved = price if held == "ok" else 0.0
                 if held == "wait":
                     self._emit("deferred", call, wait=WAIT_FOR_CALLS, reason="budget_in_flight")
                     raise Retry(defer=WAIT_FOR_CALLS)
@@ -190,9 +193,8 @@ class JobRunner:
                 if refused is not None:
                     await self.results.unrunnable(job_id, payload, refused)
                     return
-                price = call_price(counted_as, call.estimate) or 0.0
                 emit = functools.partial(self._emit, call=call)
-                spend = await self.spending.admit(job.id, job.batch_id, model, price, emit)
+                spend = await self.spending.admit(job.id, job.batch_id, model, price or 0.0, emit)
             try:
                 too_large = await self.admitter.admit(call)
             except Retry:
@@ -319,8 +321,8 @@ class JobRunner:
     async def _may_reask(self, call: Call, paid: float) -> str | None:
         """Why ``call``'s job may not be asked again: its batch's budget or a spending limit has no room
         for one more request (the answers so far cost ``paid``). What a re-ask reserves is on ``call``."""
-        job, price = call.job, call_price(call.priced_as, call.estimate)
-        if price is None:  # no price known: a budget lets it pass, a spending limit refused it before
+        job, price = call.job, call.price
+        if price is None:  # no budget applies, or no price known (a spending limit refused it before)
             return None
         if call.start.has_cost_budget and job.batch_id is not None:
             answer = await self.budget.reserve(job.batch_id, price, paid=paid, held=call.reserved)
