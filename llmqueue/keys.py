@@ -101,7 +101,8 @@ def attempt_errors(job_id: str) -> str:
 
 
 def limiter(scope: str) -> str:
-    """The limiter's hash of one limit scope (a model string or deployment name)."""
+    """The limiter's hash of one limit scope (a model string or deployment name); beside it, with
+    ``:back:<dimension>`` appended, sorted sets of what recent calls gave back, by their grant's mark."""
     return f"{PREFIX}:limit:{{{scope}}}"
 
 

@@ -12,7 +12,6 @@ from typing import Protocol, runtime_checkable
 
 from llmqueue.limits.headers import parse_rate_limit_headers
 from llmqueue.limits.limiter import Admission, Learnt, RateLimiter, Reservation
-from llmqueue.limits.tokens import TokenEstimate
 from llmqueue.limits.view import ScopeState, note_batch_scope
 from llmqueue.settings import LimitConfig
 
@@ -79,7 +78,6 @@ class LimitFeedback:
         reservation: Reservation,
         headers: Mapping[str, str],
         *,
-        estimate: TokenEstimate,
         used: int | None,
         sets_max_tokens: bool,
         used_prompt: int | None = None,
@@ -91,8 +89,8 @@ class LimitFeedback:
         said = parse_rate_limit_headers(headers, datetime.now(UTC))
         charged_up_front = sets_max_tokens and said is not None and said.family == "openai"
         used_by = {"t": None if charged_up_front else used, "i": used_prompt, "o": used_completion}
-        estimated = {"t": estimate.total, "i": estimate.prompt, "o": estimate.completion}
-        give = {d: estimated[d] - u for d, u in used_by.items() if u is not None and reservation.taken.get(d)}
+        taken = reservation.taken
+        give = {d: taken[d] - u for d, u in used_by.items() if u is not None and taken.get(d)}
         scope, limit = reservation.scope, reservation.limit
         # Admitted as unlimited and the answer states no limit either: nothing to tell the limiter once
         # this worker has heard what the scope learnt (a self-hosted server's every answer).

@@ -81,6 +81,7 @@ local function save(s)
   local ttl = 3600 + math.ceil(math.max(0, s.cool - now))
   for _, d in ipairs(DIMS) do ttl = math.max(ttl, 3600 + math.ceil(math.max(0, s.tat[d] - now))) end
   redis.call('EXPIRE', s.key, ttl)
+  for _, d in ipairs(DIMS) do redis.call('EXPIRE', s.key .. ':back:' .. d, ttl) end
   if s.parked then redis.call('EXPIRE', s.parked, ttl); redis.call('EXPIRE', s.parked .. ':want', ttl) end
 end
 
@@ -230,13 +231,25 @@ end
 
 local s = load(1, args.limit)
 
+-- Units given back by calls granted after `mark` (and up to `upto`). `g` only grows (a call's mark is its
+-- value after the grant); give-backs are kept by their call's mark: those of calls granted before a
+-- call did not follow it to the provider.
+local function returned(s, d, mark, upto)
+  local back, total = s.key .. ':back:' .. d, 0
+  redis.call('ZREMRANGEBYSCORE', back, '-inf', num(s, d .. 'g') - 2 * s.rate[d])
+  for _, entry in ipairs(redis.call('ZRANGEBYSCORE', back, '(' .. mark, upto or '+inf')) do
+    total = total + tonumber(entry:match(':(.+)$'))
+  end
+  return total
+end
+
 if op == 'settle' then
   local said, marks, sooner = args.said or {}, args.marks or {}, false
   local stated, since = said.limit or {}, {}
   for _, d in ipairs(DIMS) do
     -- Units admitted after this call (its mark is the running total at its grant).
     local mark, value = tonumber(marks[d]), tonumber(stated[d]) or 0
-    since[d] = mark and math.max(0, num(s, d .. 'g') - mark) or 0
+    since[d] = mark and math.max(0, num(s, d .. 'g') - mark - returned(s, d, mark)) or 0
     if value > 0 and value ~= num(s, 'l' .. d) then put(s, 'l' .. d, value) end
   end
   if next(stated) ~= nil then
@@ -254,7 +267,8 @@ if op == 'settle' then
     q = tonumber(q)
     if s.rate[d] and s.rate[d] > 0 and q ~= 0 and not (d == 'r' and kept) then
       if not (d == 'r' and now < s.cool) then s.tat[d] = s.tat[d] - span(s, d, q) end
-      put(s, d .. 'g', num(s, d .. 'g') - q)
+      local mark = tonumber(marks[d])
+      if mark then redis.call('ZADD', s.key .. ':back:' .. d, mark, mark .. ':' .. q) end
       if q > 0 then sooner = true end
     end
   end
@@ -282,7 +296,8 @@ if op == 'settle' then
         local refilled = num(s, 'rseen_left') + (sent - prev_at) * per_second
         if current and sent - prev_at < OTHERS_SECONDS and refilled < s.burst * per_second then
           local decay = math.exp(-math.max(0, now - num(s, 'others_ts')) / OTHERS_SECONDS)
-          local taken = refilled - left - (mark - num(s, 'rseen_mark'))
+          local ours = mark - num(s, 'rseen_mark') - returned(s, d, num(s, 'rseen_mark'), mark)
+          local taken = refilled - left - ours
           put(s, 'others', num(s, 'others') * decay + taken); put(s, 'others_ts', now)
         end
         put(s, 'rseen_at', sent); put(s, 'rseen_left', left); put(s, 'rseen_mark', mark)

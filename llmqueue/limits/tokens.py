@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,31 @@ def completion_allowance(job: Job, default_completion_tokens: int) -> int:
         return 0
     limit = job.params.get("max_completion_tokens", job.params.get("max_tokens"))
     return int(limit) if isinstance(limit, int | float) else default_completion_tokens
+
+
+class CompletionSizes:
+    """The completions a worker's recent answers produced, per model, for the token limit's reservation
+    of a job that sets no ``max_tokens``: the largest of the last ``SAMPLES`` (a high percentile that
+    follows the workload), once ``SAMPLES_NEEDED`` are in, never above ``default_completion_tokens``.
+
+    Reserving the default (1024) for answers of 20 tokens would space calls by twice what the provider
+    charges: a call's send time is fixed at its admission, before its tokens come back.
+    """
+
+    SAMPLES = 20
+    SAMPLES_NEEDED = 3
+
+    def __init__(self) -> None:
+        self._recent: dict[str, deque[int]] = {}
+
+    def observe(self, model: str, completion_tokens: int) -> None:
+        self._recent.setdefault(model, deque(maxlen=self.SAMPLES)).append(completion_tokens)
+
+    def allowance(self, model: str, default_completion_tokens: int) -> int:
+        recent = self._recent.get(model)
+        if recent is None or len(recent) < self.SAMPLES_NEEDED:
+            return default_completion_tokens
+        return min(default_completion_tokens, max(recent))
 
 
 def usage_tokens(response: Any, field: str = "total_tokens") -> int | None:

@@ -21,7 +21,7 @@ from llmqueue.errors import PermanentProviderError
 from llmqueue.limits.feedback import LimitFeedback, LimitListener
 from llmqueue.limits.headers import exception_headers, response_headers
 from llmqueue.limits.limiter import Admission, RateLimiter, Reservation
-from llmqueue.limits.tokens import uncached_prompt_tokens, usage_tokens
+from llmqueue.limits.tokens import CompletionSizes, uncached_prompt_tokens, usage_tokens
 from llmqueue.ops.events import EventSink
 from llmqueue.queue.call import Call, Emit
 from llmqueue.settings import LimitConfig
@@ -43,6 +43,7 @@ class Admitter:
         self._emit = emit
         listeners = [cast(LimitListener, s).observe_limits for s in sinks if isinstance(s, LimitListener)]
         self.feedback = LimitFeedback(limiter, listeners)
+        self.completions = CompletionSizes()
 
     def needs_estimate(self, scope: str, limit: LimitConfig | None) -> bool:
         """Whether the scope may have a token limit, so a job's tokens must be estimated (CPU per job)."""
@@ -100,9 +101,12 @@ class Admitter:
 
     async def _acquire(self, call: Call, max_wait: float) -> Admission:
         candidates = [(c.scope, c.limit) for c in call.candidates] or [(call.scope, call.limit)]
+        tokens = call.estimate.total
+        if not _sets_max_tokens(call):  # the total is reserved at what answers have lately used
+            tokens = call.estimate.prompt + self.completions.allowance(call.model, call.estimate.completion)
         return await self.limiter.acquire(
             candidates,
-            tokens=call.estimate.total,
+            tokens=tokens,
             max_wait=max_wait,
             priority=call.priority,
             input_tokens=call.estimate.prompt,
@@ -112,14 +116,17 @@ class Admitter:
 
     def answered(self, call: Call, response: Any) -> Coroutine[Any, Any, None]:
         """The report of an admitted call's answer (headers, usage), for the caller to send when it may."""
+        used_completion = usage_tokens(response, "completion_tokens")
+        sets_max_tokens = _sets_max_tokens(call)
+        if used_completion is not None and not sets_max_tokens:
+            self.completions.observe(call.model, used_completion)
         return self.feedback.answered(
             _reservation(call),
             response_headers(response),
-            estimate=call.estimate,
             used=usage_tokens(response),
             used_prompt=uncached_prompt_tokens(response),
-            used_completion=usage_tokens(response, "completion_tokens"),
-            sets_max_tokens=bool({"max_tokens", "max_completion_tokens"} & set(call.job.params)),
+            used_completion=used_completion,
+            sets_max_tokens=sets_max_tokens,
         )
 
     async def rate_limited(self, call: Call, exc: BaseException) -> None:
@@ -135,6 +142,10 @@ class Admitter:
         double the pause, up to ``longest``: the delay of the job that drew this one, so its own retry
         schedule is never stretched by its scope's pause."""
         await self.limiter.cooldown(scope, seconds, longest=max(seconds, longest))
+
+
+def _sets_max_tokens(call: Call) -> bool:
+    return bool({"max_tokens", "max_completion_tokens"} & set(call.job.params))
 
 
 def _reservation(call: Call) -> Reservation:

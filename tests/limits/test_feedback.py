@@ -50,10 +50,7 @@ async def test_a_scope_whose_provider_states_no_limit_is_unlimited_and_costs_no_
         admission = await limiter.acquire([("m", None)], max_wait=0)
         assert admission.reservation is not None
         feedback.admitted("m", admission)
-        estimate = TokenEstimate(0, 0)
-        await feedback.answered(
-            admission.reservation, headers, estimate=estimate, used=5, sets_max_tokens=False
-        )
+        await feedback.answered(admission.reservation, headers, used=5, sets_max_tokens=False)
         return admission
 
     first = await one_call({})  # probing: the first answer without headers marks the scope unlimited
@@ -76,10 +73,10 @@ async def test_openai_with_max_tokens_keeps_its_up_front_charge_else_usage_is_gi
     feedback = LimitFeedback(limiter)
     estimate = TokenEstimate(prompt=100, completion=400)
     up_front = await admitted(limiter, limit, tokens=estimate.total)
-    await feedback.answered(up_front, OPENAI_HEADERS, estimate=estimate, used=120, sets_max_tokens=True)
+    await feedback.answered(up_front, OPENAI_HEADERS, used=120, sets_max_tokens=True)
     assert (await limiter.inspect("m")).token_level == pytest.approx(500)
     counted = await admitted(limiter, limit, tokens=estimate.total)
-    await feedback.answered(counted, OPENAI_HEADERS, estimate=estimate, used=120, sets_max_tokens=False)
+    await feedback.answered(counted, OPENAI_HEADERS, used=120, sets_max_tokens=False)
     assert (await limiter.inspect("m")).token_level == pytest.approx(380)
 
 
@@ -117,7 +114,6 @@ async def test_anthropic_limits_are_learnt_apart_not_from_their_tighter_tokens_f
     await feedback.answered(
         probe,
         anthropic(80_000, 80_000, 16_000, 16_000),
-        estimate=TokenEstimate(0, 0),
         used=0,
         sets_max_tokens=False,
     )
@@ -139,7 +135,6 @@ async def test_answers_reconcile_input_and_output_with_usage_whatever_the_family
     await LimitFeedback(limiter).answered(
         reservation,
         OPENAI_HEADERS,
-        estimate=estimate,
         used=39,
         sets_max_tokens=True,
         used_prompt=34,
@@ -169,9 +164,7 @@ async def test_a_configured_limit_above_the_providers_is_warned_of_once(
     feedback = LimitFeedback(limiter)
     for _ in range(2):
         reservation = await admitted(limiter, limit)
-        await feedback.answered(
-            reservation, OPENAI_HEADERS, estimate=TokenEstimate(0, 0), used=0, sets_max_tokens=False
-        )
+        await feedback.answered(reservation, OPENAI_HEADERS, used=0, sets_max_tokens=False)
     warnings = [r.getMessage() for r in caplog.records if "above the provider's own limit" in r.getMessage()]
     assert warnings == [
         "scope 'm': the configured rpm (6000) is above the provider's own limit (600); the provider's is used"

@@ -260,6 +260,21 @@ async def test_an_answer_is_compared_net_of_the_calls_admitted_after_it(limiter:
     assert (await limiter.inspect("m")).others_request_share == 0
 
 
+async def test_tokens_given_back_by_calls_granted_earlier_do_not_count_as_left_at_the_provider(
+    limiter: RateLimiter,
+) -> None:
+    limit = LimitConfig(tpm=600, burst_seconds=10, spread_seconds=0)  # 100 tokens at once, 10 a second
+    first, second, third = [(await take(limiter, limit, tokens=30)).reservation for _ in range(3)]
+    assert first is not None and second is not None and third is not None
+    await first.answered(None, {"t": 30})  # used nothing: 40 tokens in the bucket now
+    # The provider had 70 left when the second call reached it; the third (30) is still on its way.
+    # The first's tokens came back after the second was granted: they are already in the 40, not also
+    # in the 70 (taken as such, the scope would believe 70 and send 30 more than the provider holds).
+    said = ProviderLimits("openai", tokens=Reading(limit=600, remaining=70))
+    await second.answered(said, {})
+    assert [await wait_of(limiter, limit, tokens=t) for t in (40, 10)] == pytest.approx([0, 1])
+
+
 # ---- probing and unlimited scopes ----------------------------------------------------------------
 
 

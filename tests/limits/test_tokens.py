@@ -6,7 +6,7 @@ import litellm
 import pytest
 from litellm.types.utils import Usage
 
-from llmqueue.limits.tokens import estimate_tokens, uncached_prompt_tokens, usage_tokens
+from llmqueue.limits.tokens import CompletionSizes, estimate_tokens, uncached_prompt_tokens, usage_tokens
 from llmqueue.models import Job
 
 MODEL = "gpt-4o"
@@ -193,3 +193,25 @@ def test_input_tokens_counted_leave_out_prompt_cache_reads() -> None:
     assert uncached_prompt_tokens(response) == 200
     assert uncached_prompt_tokens({"usage": {"prompt_tokens": 30, "completion_tokens": 2}}) == 30
     assert uncached_prompt_tokens({"choices": []}) is None
+
+
+# ---- CompletionSizes: what a job without max_tokens reserves ----------------------------------------
+
+
+def test_completion_allowance_is_the_default_until_answers_show_the_sizes() -> None:
+    sizes = CompletionSizes()
+    sizes.observe(MODEL, 20)
+    sizes.observe(MODEL, 35)
+    assert sizes.allowance(MODEL, 1024) == 1024
+    sizes.observe(MODEL, 12)
+    assert sizes.allowance(MODEL, 1024) == 35  # the largest of the recent answers
+    assert sizes.allowance("other-model", 1024) == 1024  # each model its own
+
+
+def test_completion_allowance_follows_the_recent_answers_and_never_passes_the_default() -> None:
+    sizes = CompletionSizes()
+    for tokens in [900] + [10] * CompletionSizes.SAMPLES:
+        sizes.observe(MODEL, tokens)
+    assert sizes.allowance(MODEL, 1024) == 10  # the long answer left the window
+    sizes.observe(MODEL, 5000)
+    assert sizes.allowance(MODEL, 1024) == 1024
