@@ -7,8 +7,11 @@ loop's delays would show up as bursts the workers never sent.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -53,6 +56,18 @@ class ProviderProcess:
     def stop(self) -> None:
         if self._process is not None:
             stop_processes([self._process], timeout=10)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Freeze the provider's process (SIGSTOP) for the block, as a provider that stalls: calls in
+        flight get no answer and new ones hang too; it goes on (SIGCONT) afterwards."""
+        if self._process is None:
+            raise LLMQueueError("the simulated provider is not started")
+        self._process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._process.send_signal(signal.SIGCONT)
 
     def stats(self) -> dict[str, Any]:
         """The provider's counters (``ProviderStats.to_json``)."""
