@@ -51,6 +51,18 @@ HELD_READ_EVERY = 2.0
 
 
 @dataclass
+class LastLook:
+    """The batch as the run last looked at it (every 0.1 s while its workers run), for what an
+    interrupted run says: its ``running`` jobs are the calls in flight that Ctrl-C abandons."""
+
+    status: BatchStatus | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return 0 if self.status is None else self.status.running
+
+
+@dataclass
 class RunSummary:
     batch_id: str
     status: BatchStatus
@@ -69,8 +81,10 @@ class RunSummary:
         return self.status.total > 0 and self.status.succeeded == self.status.total
 
 
-async def run_batch(options: RunOptions, settings: Settings, console: Console) -> RunSummary:
-    """Run a batch file end to end; see the module docstring."""
+async def run_batch(
+    options: RunOptions, settings: Settings, console: Console, last_look: LastLook | None = None
+) -> RunSummary:
+    """Run a batch file end to end; see the module docstring. ``last_look`` is kept up to date."""
     batch_id = options.batch_id = _batch_id(options)  # a made one too, for the command's resume hint
     if options.output.is_dir():  # found out only once every line had been paid for
         raise LLMQueueError(
@@ -86,7 +100,9 @@ async def run_batch(options: RunOptions, settings: Settings, console: Console) -
     )
     # An embedded run's lock is its directory's, taken before its Redis starts on that directory.
     with DirectoryLock(data_dir, batch_id) if options.redis_url is None else contextlib.nullcontext():
-        return await _run_locked(options, settings, console, batch_id, data_dir, use_cache)
+        return await _run_locked(
+            options, settings, console, batch_id, data_dir, use_cache, last_look or LastLook()
+        )
 
 
 async def _run_locked(
@@ -96,6 +112,7 @@ async def _run_locked(
     batch_id: str,
     data_dir: Path,
     use_cache: bool,
+    last_look: LastLook,
 ) -> RunSummary:
     finished = resumable = stopped_by_budget = False
     tier: BatchApiTier | None = None
@@ -112,7 +129,6 @@ async def _run_locked(
             data_dir=data_dir,
             worker_env=_worker_env(options),
             stop_timeout=settings.worker.shutdown_grace + 15,
-            on_stopping=lambda message: console.print(f"[yellow]{escape(message)}[/yellow]"),
             temporary_dir=options.redis_url is not None,
         )
         with cluster:
@@ -143,7 +159,7 @@ async def _run_locked(
                     await writer.open()
                     complete = False
                     try:
-                        feeding = _Feeding(feeder, writer, options, console)
+                        feeding = _Feeding(feeder, writer, options, console, last_look)
                         status = await _watch(batches, batch_id, cluster, console, producer, lock, feeding)
                         stopped_by_budget = status.budget_exceeded and status.cancelled > 0
                         if stopped_by_budget:
@@ -287,9 +303,11 @@ class _Feeding:
     writer: OrderedWriter
     options: RunOptions
     console: Console
+    last_look: LastLook
     announced: bool = False
 
-    async def step(self) -> None:
+    async def step(self, status: BatchStatus) -> None:
+        self.last_look.status = status
         await self.feeder.top_up()
         if self.feeder.exhausted and not self.announced:
             self.announced = True
@@ -322,7 +340,7 @@ async def _watch(
             progress.note(cluster.starting_message())
 
         async for status in batches.follow(batch_id, interval=0.1, on_stall=on_stall):
-            await feeding.step()
+            await feeding.step(status)
             progress.update(status)
             for reason in await held.new_reasons():
                 progress.warn(f"jobs of batch {batch_id} are held: {reason} (see `llmqueue status`)")

@@ -329,7 +329,7 @@ def run(
     from contextlib import ExitStack
 
     from llmqueue.batches.options import RunOptions, run_settings
-    from llmqueue.batches.run import run_batch
+    from llmqueue.batches.run import LastLook, run_batch
 
     require_positive(rpm=rpm, tpm=tpm, concurrency=concurrency, max_cost=max_cost, max_tokens=max_tokens)
     check_tier_options(
@@ -381,6 +381,7 @@ def run(
         enqueued_token_limit=enqueued_token_limit,
         litellm_config=litellm_config,
     )
+    last_look = LastLook()
     try:
         with ExitStack() as stack:
             if simulate_provider:
@@ -390,10 +391,14 @@ def run(
                 options.worker_env.update(env)
                 options.model = env["LLM_MODEL"]
             with interrupted_by_signals():  # SIGTERM as Ctrl-C; either at once, even in a long check
-                summary = asyncio.run(run_batch(options, settings, console))
+                summary = asyncio.run(run_batch(options, settings, console, last_look))
     except KeyboardInterrupt:
         hint = _resume_command(context, options.batch_id or "BATCH")
-        console.print(f"\ninterrupted: finished jobs are kept. Resume with: {escape(hint)}")
+        # The workers stopped at once, without their grace: their calls in flight go again on resume.
+        abandoned = last_look.in_flight
+        dropped = f"; {abandoned} call(s) in flight were abandoned, a resume makes them again"
+        kept = "finished jobs are kept" + (dropped if abandoned else "")
+        console.print(f"\ninterrupted: {kept}. Resume with: {escape(hint)}")
         raise SystemExit(130) from None
     done = summary.status
     console.print(

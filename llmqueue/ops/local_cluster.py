@@ -13,13 +13,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
 from llmqueue.errors import LLMQueueError, WorkerDiedError
 from llmqueue.ops.embedded_redis import EmbeddedRedis
-from llmqueue.ops.processes import start_worker, stop_processes
+from llmqueue.ops.processes import start_worker, stop_processes, stop_workers_now
+
+STOP_NOW_SECONDS = 1.0
+"""Seconds an interrupted run's workers get to put their calls in flight back before they are killed."""
 
 
 def run_dir(batch_id: str) -> Path:
@@ -36,12 +39,12 @@ class LocalCluster:
     others with :meth:`start_other_workers` once the first is ready. Use it as a context manager; on
     exit the workers get SIGTERM (they finish or put back their running calls within their shutdown
     grace, and are killed after ``stop_timeout`` seconds) and only then is an embedded Redis stopped,
-    its data left in ``data_dir`` for the caller to keep (a resume) or remove. A KeyboardInterrupt while
-    the workers finish (a second Ctrl-C) kills them at once; Redis is still stopped after them. If this
-    process is killed, ``llmqueue.ops.reaper`` keeps that order, and removes ``data_dir`` when it is
-    ``temporary_dir`` (a run against the user's Redis keeps only worker logs there).
-
-    ``on_stopping(message)`` is told, as the workers are asked to stop, how long it may take.
+    its data left in ``data_dir`` for the caller to keep (a resume) or remove. Left by a
+    KeyboardInterrupt or a cancellation (Ctrl-C), it stops the workers at once instead
+    (:func:`~llmqueue.ops.processes.stop_workers_now`): their calls in flight are abandoned and their
+    jobs go back to the queue, so the user waits no grace. If this process is killed,
+    ``llmqueue.ops.reaper`` keeps that order, and removes ``data_dir`` when it is ``temporary_dir`` (a
+    run against the user's Redis keeps only worker logs there).
     """
 
     def __init__(
@@ -52,7 +55,6 @@ class LocalCluster:
         data_dir: Path,
         worker_env: Mapping[str, str] | None = None,
         stop_timeout: float = 45.0,
-        on_stopping: Callable[[str], None] | None = None,
         temporary_dir: bool = False,
     ) -> None:
         if workers < 1:
@@ -66,7 +68,6 @@ class LocalCluster:
         self._workers: list[subprocess.Popen[bytes]] = []
         self._first_started_at: float | None = None
         self._reaper: subprocess.Popen[bytes] | None = None
-        self.on_stopping = on_stopping
         self.temporary_dir = temporary_dir
 
     @property
@@ -103,7 +104,7 @@ class LocalCluster:
             exc_type, KeyboardInterrupt | asyncio.CancelledError
         )
         try:
-            self.stop_workers(announce=interrupted)
+            self.stop_workers(now=interrupted)
         finally:
             if self._redis is not None:
                 self._redis.close()
@@ -140,19 +141,15 @@ class LocalCluster:
             stop_processes([self._reaper], timeout=5)
             self._start_reaper()
 
-    def stop_workers(self, *, announce: bool = False) -> None:
-        """SIGTERM the workers and wait for them to store or put back their calls in flight; a
-        KeyboardInterrupt meanwhile (a second Ctrl-C) kills them at once, then is raised again.
-        ``announce`` tells ``on_stopping`` (an interrupted run: the user waits for this)."""
-        running = [worker for worker in self._workers if worker.poll() is None]
-        if announce and running and self.on_stopping is not None:
-            self.on_stopping(
-                f"stopping {len(running)} worker(s): calls in flight may finish for up to "
-                f"{self.stop_timeout:g} s and their results are kept. Press Ctrl-C again to stop at once "
-                "(calls in flight are then lost and paid again by a resume)"
-            )
+    def stop_workers(self, *, now: bool = False) -> None:
+        """SIGTERM the workers and wait for them to store or put back their calls in flight (``now``:
+        abandon those calls, put their jobs back and exit within ``STOP_NOW_SECONDS``); a
+        KeyboardInterrupt meanwhile kills them at once, then is raised again."""
         try:
-            stop_processes(self._workers, timeout=self.stop_timeout)
+            if now:
+                stop_workers_now(self._workers, timeout=STOP_NOW_SECONDS)
+            else:
+                stop_processes(self._workers, timeout=self.stop_timeout)
         except KeyboardInterrupt:
             stop_processes(self._workers, timeout=5, stop_signal=signal.SIGKILL)
             raise

@@ -53,6 +53,19 @@ def stop_processes(
             process.wait()
 
 
+def stop_workers_now(workers: Iterable[subprocess.Popen[Any]], *, timeout: float) -> None:
+    """Stop ``llmqueue worker`` processes without their shutdown grace: each gets SIGTERM and SIGINT at
+    once, its graceful stop and the second signal that cuts the grace short (its calls in flight are
+    dropped and their jobs go back to the queue); those still there after ``timeout`` seconds are
+    killed (their jobs go back once their claim expires, ``in_progress_ttl``)."""
+    workers = list(workers)
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)  # two signals of one kind could merge into one
+            worker.send_signal(signal.SIGINT)
+    stop_processes(workers, timeout=timeout, stop_signal=None)
+
+
 def worker_environment(settings: Mapping[str, str], *, inherit_settings: bool) -> dict[str, str]:
     """The environment of a worker process: this process's, then ``settings`` over it.
 

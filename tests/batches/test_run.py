@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -399,9 +400,11 @@ def test_run_against_a_given_redis_leaves_no_run_directory(
 # ---- interrupt and resume ------------------------------------------------------------------------
 
 
-def test_interrupted_run_stops_everything_and_resumes_without_redoing_finished_jobs(
+def test_interrupted_run_stops_within_2_s_abandoning_calls_in_flight_and_resumes_each_job_once(
     tmp_path: Path, batch_name: str, linux_proc: None
 ) -> None:
+    """Ctrl-C while calls hang at the provider: ``run`` does not wait out its workers' shutdown grace
+    (30 s) for them; their jobs go back to the queue and the resume makes them again, once."""
     source, ids = chat_file(tmp_path / "long.jsonl", 300)
     output = tmp_path / "out.jsonl"
     directory = run_dir(batch_name)
@@ -412,20 +415,24 @@ def test_interrupted_run_stops_everything_and_resumes_without_redoing_finished_j
         )
         try:
             deadline = time.monotonic() + 60
-            while provider.stats()["succeeded"] < 50:
+            while (stats := provider.stats())["succeeded"] < 50 or stats["in_flight"] == 0:
                 assert process.poll() is None, process.communicate()[1]
                 assert time.monotonic() < deadline, "no progress within 60 s"
                 time.sleep(0.1)
             started = children_of(process.pid)  # the redis-server, the two workers and their reaper
-            process.send_signal(signal.SIGINT)
-            interrupted = time.monotonic()
-            code, stderr = finish(process, timeout=STOP_TIMEOUT)
-            stopped_after = time.monotonic() - interrupted
+            with provider.paused():  # the calls in flight now get no answer while run stops
+                time.sleep(0.3)  # run's next look at the batch (every 0.1 s) counts them
+                process.send_signal(signal.SIGINT)
+                interrupted = time.monotonic()
+                code, stderr = finish(process, timeout=STOP_TIMEOUT)
+                stopped_after = time.monotonic() - interrupted
         finally:
             stop(process)
         done_before_resume = provider.stats()["succeeded"]
 
         assert code == 130, stderr
+        assert stopped_after < 2.0, stderr  # the issue's bound for Ctrl-C, at any stage
+        assert re.search(r"; \d+ call\(s\) in flight were abandoned, a resume makes them again\.", stderr)
         # The hint carries the run's own options: resumed without them, a run met another provider
         # (or none) and other limits.
         hint = stderr.split("Resume with: ", 1)[1].strip()

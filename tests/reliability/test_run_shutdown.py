@@ -1,5 +1,5 @@
 """``llmqueue run`` stops what it started in order (workers, then Redis) even when it is killed, pays for
-no call twice on resume, tells about the second Ctrl-C, and runs a batch only once at a time.
+no call twice on resume, stops on one Ctrl-C, and runs a batch only once at a time.
 
 Real processes: ``llmqueue run`` with its embedded Redis and workers, the simulated provider in its own
 process with a latency, so that calls are in flight when ``run`` is stopped.
@@ -87,7 +87,7 @@ def test_a_killed_run_stops_workers_before_redis_and_a_resume_pays_no_call_twice
     assert paid == JOBS  # the calls in flight at the kill were stored, not paid again
 
 
-def test_a_second_run_of_a_batch_is_refused_and_ctrl_c_tells_about_the_second(
+def test_a_second_run_of_a_batch_is_refused_and_one_ctrl_c_stops_the_first(
     tmp_path: Path, batch_name: str, redis_url: str
 ) -> None:
     source, ids = chat_file(tmp_path / "twice.jsonl", JOBS)
@@ -111,8 +111,11 @@ def test_a_second_run_of_a_batch_is_refused_and_ctrl_c_tells_about_the_second(
                 assert refused_code == 2, refused
                 assert f"batch {batch_name} is being run by another `llmqueue run`" in refused, refused
             assert code == 130, stderr
-            assert "Press Ctrl-C again to stop at once" in stderr, stderr
+            assert "interrupted: finished jobs are kept" in stderr, stderr
+            assert "Ctrl-C again" not in stderr, stderr
             code, stderr = run(["--resume", batch_name, "-o", str(output), *shared], env, tmp_path)
             assert code == 0, stderr
             assert [r["custom_id"] for r in read_jsonl(output)] == ids
-            assert provider.stats()["succeeded"] == JOBS  # one run's calls, none twice
+            # One run's calls; the resume makes again only those Ctrl-C abandoned, and a call the
+            # provider answered just as it was abandoned is the one counted twice (4 slots: 2 x 2).
+            assert JOBS <= provider.stats()["succeeded"] <= JOBS + 4
