@@ -1,9 +1,9 @@
 """``llmqueue run --redis-url`` however it is stopped (SIGINT as Ctrl-C, SIGTERM as a closing terminal or a
 cancelled CI job, SIGKILL), while it queues a big file or while its workers call: 5 s later no worker of
-it is alive and its temporary directory is gone. Ctrl-C and SIGTERM end ``run`` within the workers'
-shutdown grace (2 s here) and the time a process takes to exit: calls in flight finish, or go back to the
-queue, before ``run`` ends (its first worker takes calls while the file is still being queued, so both
-stages can have calls in flight).
+it is alive and its temporary directory is gone. Ctrl-C and SIGTERM end ``run`` within 2 s, the issue's
+bound, without waiting out the workers' shutdown grace: calls in flight are abandoned and go back to the
+queue (its first worker takes calls while the file is still being queued, so both stages can have calls
+in flight).
 
 And a worker whose Redis is gone stops within 5 s of SIGTERM, not once its Redis retries run out.
 Real processes throughout: ``llmqueue run`` and ``llmqueue worker``, a private redis-server, the
@@ -107,8 +107,8 @@ def test_run_stopped_at_any_stage_leaves_no_worker_and_no_temporary_directory(
             print(f"\n{signum.name} at {stage}: run gone after {exited:.2f} s; workers 5 s on: {alive}")
             assert alive == [], stderr[-3000:]
             assert list(scratch.iterdir()) == []
-            if signum is not signal.SIGKILL:  # calls in flight may finish within the grace
-                assert exited < GRACE + 4, stderr[-3000:]
+            if signum is not signal.SIGKILL:  # the workers' grace is not waited out
+                assert exited < 2.0, stderr[-3000:]
         finally:
             redis.close()
             for pid in children_of(run.pid):
