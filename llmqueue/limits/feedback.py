@@ -67,11 +67,9 @@ class LimitFeedback:
             self._unlimited.discard(scope)
             return
         self._unlimited.add(scope)
-        self._warn_once(
-            (scope, "unlimited"),
-            f"scope {scope!r} runs unlimited: no rpm/tpm is configured for it and the provider's answers "
-            f"state no rate limit; set LLM_RPM/LLM_TPM or [limits.{scope!r}] to limit it",
-        )
+        why = "no rpm/tpm is configured for it and the provider's answers state no rate limit"
+        fix = f"set LLM_RPM/LLM_TPM or [limits.{scope!r}] to limit it"
+        self._warn_once((scope, "unlimited"), f"scope {scope!r} runs unlimited: {why}; {fix}")
 
     async def answered(
         self,
@@ -99,11 +97,9 @@ class LimitFeedback:
             for name in ("rpm", "tpm", "itpm", "otpm"):
                 configured, stated = getattr(limit, name, None), getattr(learnt, name)
                 if configured is not None and 0 < stated < configured:
-                    self._warn_once(
-                        (scope, name),
-                        f"scope {scope!r}: the configured {name} ({configured:g}) is above the provider's "
-                        f"own limit ({stated:g}); the provider's is used",
-                    )
+                    above = f"{name} ({configured:g}) is above the provider's own limit ({stated:g})"
+                    warning = f"scope {scope!r}: the configured {above}; the provider's is used"
+                    self._warn_once((scope, name), warning)
         self._heard(scope)
         await self._report(scope)
 

@@ -12,7 +12,8 @@
 --     and parked jobs that could now go sooner are woken, highest priority first.
 --  4. The provider's headers win: a stated limit replaces a higher configured one (TAT rescaled so the
 --     units owed stay owed), and what it says is left, less what was admitted after the call, caps
---     the level (TAT pushed on). What it lost beyond our calls is another client's use (for the view).
+--     the level (TAT pushed on), and raises it while no call is set beyond the burst (rule 2 holds for
+--     those). What it lost beyond our calls is another client's use (for the view).
 --  5. A 429 pauses the scope (cooldown) and empties its request bucket as of the pause's end: the calls
 --     after it leave spaced at the rate, the first a call's time after the pause.
 --  6. A job refused for longer than it may wait is parked (KEYS[n+i]) and told when to come back; a
@@ -87,8 +88,7 @@ end
 
 -- Grants and 429s per 5 s slot over the last minute, for the view.
 local function count(s, kind)
-  local slot = math.floor(now / SLOT)
-  local i = slot % SLOTS
+  local slot = math.floor(now / SLOT); local i = slot % SLOTS
   if num(s, kind .. 's' .. i) ~= slot then put(s, kind .. i, 0); put(s, kind .. 's' .. i, slot) end
   put(s, kind .. i, num(s, kind .. i) + 1)
 end
@@ -147,8 +147,7 @@ local function wake(s)
     if told < now - 60 or not want then
       redis.call('ZREM', s.parked, job); redis.call('HDEL', s.parked .. ':want', job)
     else
-      want = cjson.decode(want)
-      local at = schedule(s, want, false)
+      want = cjson.decode(want); local at = schedule(s, want, false)
       if at - now > WAKE_WITHIN then break end
       take(s, want, at)
       if at < told - WAKE_MARGIN then
@@ -167,8 +166,7 @@ if op == 'acquire' then
   -- Each candidate's soonest send time; the soonest wins, the roomier on a tie.
   local S, best, best_at, best_room = {}, nil, nil, nil
   for i = 1, n do
-    local s = load(i, args.limits[i])
-    S[i] = s
+    local s = load(i, args.limits[i]); S[i] = s
     s.at, s.room, s.refill = schedule(s, want, low)
     s.due = higher_due(s, priority)
     local at = math.max(s.at, s.due)
@@ -231,25 +229,20 @@ end
 
 local s = load(1, args.limit)
 
--- Units given back by calls granted after `mark` (and up to `upto`). `g` only grows (a call's mark is its
--- value after the grant); give-backs are kept by their call's mark: those of calls granted before a
--- call did not follow it to the provider.
+-- Units given back by calls granted after `mark` (up to `upto`), kept by their grant's mark (`g` only grows).
 local function returned(s, d, mark, upto)
   local back, total = s.key .. ':back:' .. d, 0
   redis.call('ZREMRANGEBYSCORE', back, '-inf', num(s, d .. 'g') - 2 * s.rate[d])
-  for _, entry in ipairs(redis.call('ZRANGEBYSCORE', back, '(' .. mark, upto or '+inf')) do
-    total = total + tonumber(entry:match(':(.+)$'))
-  end
+  local entries = redis.call('ZRANGEBYSCORE', back, '(' .. mark, upto or '+inf')
+  for _, entry in ipairs(entries) do total = total + tonumber(entry:match(':(.+)$')) end
   return total
 end
 
 if op == 'settle' then
   local said, marks, sooner = args.said or {}, args.marks or {}, false
-  local stated, since = said.limit or {}, {}
+  local stated = said.limit or {}
   for _, d in ipairs(DIMS) do
-    -- Units admitted after this call (its mark is the running total at its grant).
-    local mark, value = tonumber(marks[d]), tonumber(stated[d]) or 0
-    since[d] = mark and math.max(0, num(s, d .. 'g') - mark - returned(s, d, mark)) or 0
+    local value = tonumber(stated[d]) or 0
     if value > 0 and value ~= num(s, 'l' .. d) then put(s, 'l' .. d, value) end
   end
   if next(stated) ~= nil then
@@ -278,12 +271,15 @@ if op == 'settle' then
   for d, left in pairs(said.left or {}) do
     left = tonumber(left)
     if s.rate[d] and s.rate[d] > 0 and left >= 0 then
-      local per_second = s.rate[d] / 60
-      local provider = math.min(s.burst * per_second, left + (now - sent) * per_second) - since[d]
+      -- Units admitted after this call (its mark is the running total at its grant), less given back.
+      local mark, per_second = tonumber(marks[d]), s.rate[d] / 60
+      local since = mark and math.max(0, num(s, d .. 'g') - mark - returned(s, d, mark)) or 0
+      local provider = math.min(s.burst * per_second, left + (now - sent) * per_second) - since
       local gap = (s.burst - math.max(0, s.tat[d] - now)) * per_second - provider
       local tolerance = math.max(0.5, s.rate[d] * REORDER_SECONDS / 60)
-      if gap < -tolerance and now >= s.cool then
-        -- The provider has more than believed (a pause it refilled in, calls voided): so does the scope.
+      if gap < -tolerance and now >= s.cool and s.tat[d] - now <= s.burst then
+        -- The provider has more than believed (a pause it refilled in, calls voided): so does the scope,
+        -- unless calls are set beyond the burst: new ones would land on their instants.
         s.tat[d] = math.max(now - s.burst, s.tat[d] - span(s, d, -gap))
         sooner = true
       elseif gap > tolerance then
@@ -291,13 +287,13 @@ if op == 'settle' then
       end
       -- Another client's use: what the provider lost between two answers beyond the calls admitted
       -- between them (only while its bucket was below full, where the refill is known).
-      local mark, prev_at = tonumber(marks[d]), num(s, 'rseen_at')
+      local prev_at = num(s, 'rseen_at')
       if d == 'r' and mark and not args.refused and sent > prev_at then
         local refilled = num(s, 'rseen_left') + (sent - prev_at) * per_second
         if current and sent - prev_at < OTHERS_SECONDS and refilled < s.burst * per_second then
           local decay = math.exp(-math.max(0, now - num(s, 'others_ts')) / OTHERS_SECONDS)
-          local ours = mark - num(s, 'rseen_mark') - returned(s, d, num(s, 'rseen_mark'), mark)
-          local taken = refilled - left - ours
+          local seen = num(s, 'rseen_mark')
+          local taken = refilled - left - (mark - seen - returned(s, d, seen, mark))
           put(s, 'others', num(s, 'others') * decay + taken); put(s, 'others_ts', now)
         end
         put(s, 'rseen_at', sent); put(s, 'rseen_left', left); put(s, 'rseen_mark', mark)

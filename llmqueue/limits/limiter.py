@@ -10,7 +10,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -104,8 +104,8 @@ class Reservation:
         arguments: dict[str, Any] = {"limit": _limit_json(self.limit), "give": give, **flags}
         if said is not None:  # Where input and output are limited apart (Anthropic), "tokens" is no limit.
             split = said.input_tokens is not None or said.output_tokens is not None
-            readings = {"r": said.requests, "t": None if split else said.tokens, "i": said.input_tokens}
-            readings["o"] = said.output_tokens
+            readings = {"r": said.requests, "t": None if split else said.tokens}
+            readings |= {"i": said.input_tokens, "o": said.output_tokens}
             arguments["said"] = {
                 "limit": {d: r.limit for d, r in readings.items() if r is not None and r.limit},
                 "left": {
@@ -169,9 +169,8 @@ class RateLimiter:
             "want": want,
             "max_wait": max_wait,
             "priority": priority,
+            **({"job": job_id} if job_id is not None else {}),
         }
-        if job_id is not None:
-            arguments["job"] = job_id
         reply = await self._run(
             "acquire", [*map(keys.limiter, scopes), *map(keys.limiter_parked, scopes)], arguments
         )
@@ -185,9 +184,8 @@ class RateLimiter:
             return Admission(False, float(reply["wait"]), reply["state"], choice)
         marks = {d: float(total) for d, total in (reply["marks"] or {}).items()}
         taken = {d: float(q) for d, q in want.items() if d in marks}
-        reservation = Reservation(
-            self, scope, limit, float(reply["at"]), float(reply["granted"]), taken, marks
-        )
+        at, granted = float(reply["at"]), float(reply["granted"])
+        reservation = Reservation(self, scope, limit, at, granted, taken, marks)
         return Admission(True, max(0.0, float(reply["wait"])), reply["state"], choice, reservation)
 
     async def cooldown(
@@ -207,10 +205,8 @@ class RateLimiter:
 
     async def _run(self, op: str, script_keys: list[str], arguments: dict[str, Any]) -> dict[str, Any]:
         now = "" if self._clock is None else repr(self._clock())
-        reply: dict[str, Any] = json.loads(
-            await self._script(keys=script_keys, args=[op, now, json.dumps(arguments)])
-        )
-        return reply
+        reply = await self._script(keys=script_keys, args=[op, now, json.dumps(arguments)])
+        return cast(dict[str, Any], json.loads(reply))
 
 
 def _limit_json(limit: LimitConfig | None) -> dict[str, float]:

@@ -260,6 +260,33 @@ async def test_an_answer_is_compared_net_of_the_calls_admitted_after_it(limiter:
     assert (await limiter.inspect("m")).others_request_share == 0
 
 
+async def test_a_provider_that_refilled_during_a_pause_raises_the_scope_to_what_it_says(
+    limiter: RateLimiter, clock: Clock
+) -> None:
+    limit = LimitConfig(rpm=60, burst_seconds=10, spread_seconds=0)  # 10 at once, 1 a second
+    first = (await take(limiter, limit)).reservation
+    assert first is not None
+    await limiter.cooldown("m", 2.0)  # believed empty at the pause's end: 1 call in the bucket at 3 s
+    clock.advance(3)
+    await first.answered(openai_said(rpm=60, left=9), {})  # 9 left before the pause, refilled since
+    assert [await wait_of(limiter, limit) for _ in range(11)] == pytest.approx([0] * 10 + [1])
+
+
+async def test_calls_scheduled_beyond_the_burst_keep_their_spacing_when_the_provider_has_more(
+    limiter: RateLimiter, clock: Clock
+) -> None:
+    limit = LimitConfig(rpm=60, burst_seconds=10, spread_seconds=0)
+    first = (await take(limiter, limit)).reservation
+    assert first is not None
+    await limiter.cooldown("m", 2.0)
+    clock.advance(3)
+    assert [await wait_of(limiter, limit) for _ in range(5)] == pytest.approx([0, 1, 2, 3, 4])
+    # The provider has room for more, but five calls are already set for 0-4 s: a raise now would put
+    # the next ones on their instants. The next goes after them, a call's time apart.
+    await first.answered(openai_said(rpm=60, left=9), {})
+    assert await wait_of(limiter, limit) == pytest.approx(5)
+
+
 async def test_tokens_given_back_by_calls_granted_earlier_do_not_count_as_left_at_the_provider(
     limiter: RateLimiter,
 ) -> None:
