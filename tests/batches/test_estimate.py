@@ -17,6 +17,7 @@ from llmqueue.cache.disk import DiskStore
 from llmqueue.errors import InvalidBatchFileError
 from llmqueue.models import Job
 from llmqueue.settings import CacheConfig, LimitConfig, LLMConfig, Settings
+from tests.support.imports import litellm_imported_by
 
 pytestmark = pytest.mark.slow
 
@@ -154,6 +155,14 @@ def test_dry_run_of_a_bad_file_exits_2(tmp_path: Path) -> None:
     done = dry_run(["run", str(path)], tmp_path)
     assert done.returncode == 2
     assert "line 2" in done.stderr and "nothing was enqueued" in done.stderr
+
+
+def test_dry_run_refuses_a_bad_file_before_importing_litellm(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "in.jsonl", [LINES[0], {"custom_id": "x", "messages": "hi"}])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_", "CACHE_"))}
+    done, imported = litellm_imported_by(["run", str(path), "--dry-run"], env=env, cwd=tmp_path)
+    assert done.returncode == 2 and "line 2" in done.stderr
+    assert not imported  # only the estimate of a good file needs it
 
 
 def test_dry_run_refuses_the_lines_a_submission_refuses(tmp_path: Path, redis_url: str) -> None:
