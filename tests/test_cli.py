@@ -29,6 +29,7 @@ from llmqueue.producer import Producer
 from llmqueue.settings import WorkerConfig
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig, run_provider
+from tests.support.imports import litellm_imported_by
 from tests.support.settings import TEST_API_KEY, make_settings, running_worker
 
 REQUIRED_COMMANDS = [
@@ -403,6 +404,18 @@ def test_cancel_then_status_shows_every_queued_job_cancelled(redis_url: str, tmp
     assert queued_in_redis(redis_url) == 0
     table = cli("status", "doomed", "--redis-url", redis_url).stdout
     assert "cancelled by request" in table
+
+
+def test_cancel_of_a_batch_without_provider_batches_does_not_import_litellm(
+    redis_url: str, tmp_path: Path
+) -> None:
+    submit(redis_url, chat_file(tmp_path / "in.jsonl", 2), "live")
+
+    done, imported = litellm_imported_by(["cancel", "live", "--redis-url", redis_url], env=process_env())
+
+    assert done.returncode == 0, done.stderr
+    assert "2 job(s) cancelled" in done.stdout + done.stderr
+    assert not imported
 
 
 def test_status_watch_returns_once_the_batch_is_done(redis_url: str, tmp_path: Path) -> None:

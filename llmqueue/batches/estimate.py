@@ -14,17 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import litellm
-from litellm.cost_calculator import batch_cost_calculator
-from litellm.types.utils import Usage
-
 from llmqueue.batches.input import check_file, invalid_file_error, iter_jobs
 from llmqueue.cache import CacheStore, job_cache_key, open_store
 from llmqueue.connection import redis_client
-from llmqueue.limits.tokens import estimate_split
 from llmqueue.llm.policy import submission_refusal
 from llmqueue.llm.request import job_model
 from llmqueue.models import Job
+from llmqueue.ops.collector import collector_paused
 from llmqueue.settings import LimitConfig, Settings
 
 
@@ -73,6 +69,10 @@ class Estimate:
 
 async def estimate_jobs(jobs: Iterable[Job], settings: Settings, cache: CacheStore | None) -> Estimate:
     """Estimate the calls of ``jobs`` (a checked file's jobs) under ``settings``; ``cache`` None: no cache."""
+    # LiteLLM (its token counter and prices) takes seconds to import: only once the file passed its check.
+    with collector_paused():
+        from llmqueue.limits.tokens import estimate_split
+
     by_model: dict[str, ModelEstimate] = {}
     scope_use: dict[str, list[float]] = {}
     for job in jobs:
@@ -119,6 +119,8 @@ def _seconds(
 
 
 def _standard_cost(model: str, prompt: int, completion: int) -> CostRange | None:
+    import litellm  # loaded by estimate_jobs already
+
     try:
         low = sum(litellm.cost_per_token(model=model, prompt_tokens=prompt, completion_tokens=0))
         high = sum(litellm.cost_per_token(model=model, prompt_tokens=prompt, completion_tokens=completion))
@@ -128,6 +130,9 @@ def _standard_cost(model: str, prompt: int, completion: int) -> CostRange | None
 
 
 def _batch_cost(model: str, prompt: int, completion: int) -> CostRange | None:
+    from litellm.cost_calculator import batch_cost_calculator  # loaded by estimate_jobs already
+    from litellm.types.utils import Usage
+
     if _unpriced(model):
         return None
     low = sum(batch_cost_calculator(Usage(prompt_tokens=prompt, completion_tokens=0), model))
@@ -136,6 +141,8 @@ def _batch_cost(model: str, prompt: int, completion: int) -> CostRange | None:
 
 
 def _unpriced(model: str) -> bool:
+    import litellm  # loaded by estimate_jobs already
+
     try:
         info = litellm.get_model_info(model)
     except Exception:

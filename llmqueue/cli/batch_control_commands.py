@@ -58,10 +58,8 @@ def cancel(batch: BatchArgument, config: ConfigOption = None, redis_url: RedisOp
 
     A batch sent through the provider's Batch API has its provider batches cancelled too.
     """
+    from llmqueue import keys
     from llmqueue.ops.collector import collector_paused
-
-    with collector_paused():
-        from llmqueue.batches.batch_api import cancel_provider_batches  # imports LiteLLM
 
     settings = settings_from(config, redis_url)
     with console.status(f"cancelling batch {batch}") as spinner:
@@ -71,6 +69,11 @@ def cancel(batch: BatchArgument, config: ConfigOption = None, redis_url: RedisOp
 
         async def go(batches: Any) -> tuple[int, int]:
             count = await batches.cancel(batch, on_progress=progress)
+            if not await batches.redis.exists(keys.batch_api(batch)):
+                return count, 0  # no provider batch: no need of LiteLLM, seconds of CPU to import
+            with collector_paused():
+                from llmqueue.batches.batch_api import cancel_provider_batches
+
             return count, await cancel_provider_batches(batches, batch, settings.llm)
 
         count, provider = with_batches(settings, go)

@@ -173,10 +173,7 @@ def print_estimate(
     """``--dry-run``: the estimate table on stdout, compared with ``max_cost`` (or ``[batch] max_cost``);
     a bad file, or a line a submission would refuse, raises (exit 2) before anything else."""
     from llmqueue.batches.display import estimate_text
-    from llmqueue.ops.collector import collector_paused
-
-    with collector_paused():
-        from llmqueue.batches.estimate import estimate_file  # imports LiteLLM
+    from llmqueue.batches.estimate import estimate_file
 
     estimate = asyncio.run(
         estimate_file(file, settings, default_model=model, llm_config=llm_config, use_cache=use_cache)

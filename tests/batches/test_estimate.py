@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from llmqueue.batches.estimate import estimate_file
 from llmqueue.cache import job_cache_key
 from llmqueue.cache.disk import DiskStore
+from llmqueue.cli import app
 from llmqueue.errors import InvalidBatchFileError
 from llmqueue.models import Job
 from llmqueue.settings import CacheConfig, LimitConfig, LLMConfig, Settings
+from tests.support.imports import litellm_imported_by
 
 pytestmark = pytest.mark.slow
 
@@ -156,6 +159,14 @@ def test_dry_run_of_a_bad_file_exits_2(tmp_path: Path) -> None:
     assert "line 2" in done.stderr and "nothing was enqueued" in done.stderr
 
 
+def test_dry_run_refuses_a_bad_file_before_importing_litellm(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "in.jsonl", [LINES[0], {"custom_id": "x", "messages": "hi"}])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_", "CACHE_"))}
+    done, imported = litellm_imported_by(["run", str(path), "--dry-run"], env=env, cwd=tmp_path)
+    assert done.returncode == 2 and "line 2" in done.stderr
+    assert not imported  # only the estimate of a good file needs it
+
+
 def test_dry_run_refuses_the_lines_a_submission_refuses(tmp_path: Path, redis_url: str) -> None:
     # The workers' settings name their model, so submit checks each line against their policy.
     (tmp_path / "config.toml").write_text('[llm]\nmodel = "gpt-4o-mini"\n', encoding="utf-8")
@@ -184,14 +195,23 @@ def test_dry_run_refuses_the_lines_a_submission_refuses(tmp_path: Path, redis_ur
     assert submitted.returncode == 2 and "line 1: invalid job: params mock_response" in submitted.stderr
 
 
-def test_dry_run_says_whether_the_estimate_is_above_max_cost(tmp_path: Path) -> None:
+def test_dry_run_says_whether_the_estimate_is_above_max_cost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In this process (with the environment dry_run gives its child): three processes would each
+    # spend seconds importing LiteLLM; the commands above run as real processes.
+    for name in list(os.environ):
+        if name.startswith(("LLM_", "WORKER_", "CACHE_")) or name == "REDIS_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
     path = write_lines(tmp_path / "in.jsonl", LINES)
     # At most 1034 completion tokens of gpt-4o-mini and 50 of gpt-4o: about $0.0014 in all.
-    above = dry_run(["run", str(path), "--max-cost", "0.000001"], tmp_path)
-    within = dry_run(["submit", str(path), "--max-cost", "1"], tmp_path)
-    maybe = dry_run(["run", str(path), "--max-cost", "0.0005"], tmp_path)
+    runner = CliRunner()
+    above = runner.invoke(app, ["run", str(path), "--max-cost", "0.000001", "--dry-run"])
+    within = runner.invoke(app, ["submit", str(path), "--max-cost", "1", "--dry-run"])
+    maybe = runner.invoke(app, ["run", str(path), "--max-cost", "0.0005", "--dry-run"])
 
-    assert above.returncode == 0, above.stderr
+    assert above.exit_code == 0, above.stderr
     assert "--max-cost $0.000001: the estimate is above it" in above.stdout, above.stdout
     assert "--max-cost $1.00: the estimate is within it" in within.stdout, within.stdout
     assert "--max-cost $0.000500: the estimate may be above it" in maybe.stdout, maybe.stdout

@@ -182,7 +182,9 @@ def test_500_lines_through_provider_429s_all_succeed_in_input_order(tmp_path: Pa
         env = run_env(**provider_env(provider), **retries, WORKER_POLL_DELAY="0.01")
         began = time.monotonic()
         code, stderr = run(
-            [str(source), "-o", str(output), "--rpm", "2400", "--batch", batch_name], env, tmp_path
+            [str(source), "-o", str(output), "--workers", "1", "--rpm", "2400", "--batch", batch_name],
+            env,
+            tmp_path,
         )
         elapsed = time.monotonic() - began
         stats = provider.stats()
@@ -283,7 +285,9 @@ def test_failing_batch_exits_1_and_prints_a_summary_of_the_failures(tmp_path: Pa
     output = tmp_path / "out.jsonl"
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
         env = run_env(**provider_env(provider, api_key="sk-not-the-right-key"), **FAST_RETRIES)
-        code, stderr = run([str(source), "-o", str(output), "--batch", batch_name], env, tmp_path)
+        code, stderr = run(
+            [str(source), "-o", str(output), "--workers", "1", "--batch", batch_name], env, tmp_path
+        )
         stats = provider.stats()
 
     assert code == 1, stderr
@@ -345,7 +349,17 @@ def test_run_with_skip_invalid_says_where_it_wrote_the_rejected_lines(
     output = tmp_path / "out.jsonl"
 
     code, stderr = run(
-        [str(source), "-o", str(output), "--skip-invalid", "--batch", batch_name, "--simulate-provider"],
+        [
+            str(source),
+            "-o",
+            str(output),
+            "--skip-invalid",
+            "--workers",
+            "1",
+            "--batch",
+            batch_name,
+            "--simulate-provider",
+        ],
         run_env(),
         tmp_path,
     )
@@ -386,6 +400,8 @@ def test_run_against_a_given_redis_leaves_no_run_directory(
             batch_name,
             "--redis-url",
             redis_url,
+            "--workers",
+            "1",
             "--simulate-provider",
         ],
         run_env(),
@@ -411,7 +427,9 @@ def test_interrupted_run_stops_within_2_s_abandoning_calls_in_flight_and_resumes
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=0.2)) as provider:
         env = run_env(**provider_env(provider), WORKER_POLL_DELAY="0.01")
         process = start_run(
-            [str(source), "-o", str(output), "--rpm", "1200", "--batch", batch_name], env, tmp_path
+            [str(source), "-o", str(output), "--workers", "1", "--rpm", "1200", "--batch", batch_name],
+            env,
+            tmp_path,
         )
         try:
             deadline = time.monotonic() + 60
@@ -419,7 +437,7 @@ def test_interrupted_run_stops_within_2_s_abandoning_calls_in_flight_and_resumes
                 assert process.poll() is None, process.communicate()[1]
                 assert time.monotonic() < deadline, "no progress within 60 s"
                 time.sleep(0.1)
-            started = children_of(process.pid)  # the redis-server, the two workers and their reaper
+            started = children_of(process.pid)  # the redis-server, the worker and its reaper
             with provider.paused():  # the calls in flight now get no answer while run stops
                 time.sleep(0.3)  # run's next look at the batch (every 0.1 s) counts them
                 process.send_signal(signal.SIGINT)
@@ -436,9 +454,9 @@ def test_interrupted_run_stops_within_2_s_abandoning_calls_in_flight_and_resumes
         # The hint carries the run's own options: resumed without them, a run met another provider
         # (or none) and other limits.
         hint = stderr.split("Resume with: ", 1)[1].strip()
-        assert hint == f"llmqueue run --resume {batch_name} --output {output} --rpm 1200", stderr
+        assert hint == f"llmqueue run --resume {batch_name} --output {output} --workers 1 --rpm 1200", stderr
         assert "Traceback" not in stderr
-        assert len(started) == 4, started
+        assert len(started) == 3, started
         assert [pid for pid in started if is_alive(pid)] == []
         assert processes_mentioning(str(directory)) == []
         assert directory.is_dir()  # the embedded Redis's data, to resume from

@@ -54,11 +54,19 @@ def test_a_second_run_is_served_by_the_cache_and_one_changed_prompt_makes_one_re
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
         env = run_env(**provider_env(provider))
         first_out, second_out = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
-        code, stderr = run([str(source), "-o", str(first_out), "--cache-dir", str(cache_dir)], env, tmp_path)
+        code, stderr = run(
+            [str(source), "-o", str(first_out), "--cache-dir", str(cache_dir), "--workers", "1"],
+            env,
+            tmp_path,
+        )
         assert code == 0, stderr
         assert provider.stats()["requests"] == LINES
 
-        code, stderr = run([str(source), "-o", str(second_out), "--cache-dir", str(cache_dir)], env, tmp_path)
+        code, stderr = run(
+            [str(source), "-o", str(second_out), "--cache-dir", str(cache_dir), "--workers", "1"],
+            env,
+            tmp_path,
+        )
         assert code == 0, stderr
         assert provider.stats()["requests"] == LINES  # not one more
         assert f"0 job(s) queued, {LINES} answered from the cache" in stderr  # no worker needed
@@ -68,7 +76,8 @@ def test_a_second_run_is_served_by_the_cache_and_one_changed_prompt_makes_one_re
 
         questions[7] = "What is 7 cubed?"
         edited = eval_file(tmp_path / "edited.jsonl", questions)
-        code, stderr = run([str(edited), "-o", str(tmp_path / "third.jsonl"), "--cache-dir", str(cache_dir)],
+        code, stderr = run([str(edited), "-o", str(tmp_path / "third.jsonl"), "--cache-dir", str(cache_dir),
+                            "--workers", "1"],
                            env, tmp_path)  # fmt: skip
         assert code == 0, stderr
         assert provider.stats()["requests"] == LINES + 1
@@ -95,7 +104,7 @@ def test_no_cache_calls_for_every_line_and_leaves_the_cache_empty(tmp_path: Path
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
         env = run_env(**provider_env(provider))
         for _ in range(2):
-            code, stderr = run([str(source), "--no-cache"], env, tmp_path)
+            code, stderr = run([str(source), "--no-cache", "--workers", "1"], env, tmp_path)
             assert code == 0, stderr
         assert provider.stats()["requests"] == 10
     assert "entries   0" in cache_command(["stats"], env, tmp_path)

@@ -53,7 +53,17 @@ def test_run_keeps_its_window_in_redis_and_sends_each_line_once_in_order(
     client = redis_sync.Redis.from_url(redis_url)
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=0.02)) as provider:
         env = run_env(**provider_env(provider), WORKER_POLL_DELAY="0.01")
-        args = [str(source), "-o", str(output), "--batch", batch_name, "--redis-url", redis_url]
+        args = [
+            str(source),
+            "-o",
+            str(output),
+            "--workers",
+            "1",
+            "--batch",
+            batch_name,
+            "--redis-url",
+            redis_url,
+        ]
         process = start_run([*args, "--config", str(config)], env, tmp_path)
         most_queued = most_held = 0
         totals: set[int] = set()
@@ -92,7 +102,17 @@ def test_a_killed_run_resumes_and_answers_every_line_once(tmp_path: Path, batch_
     config = window_config(tmp_path / "llmqueue.toml")
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=0.05)) as provider:
         env = run_env(**provider_env(provider), WORKER_POLL_DELAY="0.01")
-        args = [str(source), "-o", str(output), "--batch", batch_name, "--config", str(config)]
+        args = [
+            str(source),
+            "-o",
+            str(output),
+            "--workers",
+            "1",
+            "--batch",
+            batch_name,
+            "--config",
+            str(config),
+        ]
         process = start_run(args, env, tmp_path)
         try:
             deadline = time.monotonic() + 60
@@ -113,7 +133,19 @@ def test_a_killed_run_resumes_and_answers_every_line_once(tmp_path: Path, batch_
         written_before = len(partial.read_text().splitlines()) if partial.exists() else 0
 
         code, stderr = run(
-            ["--resume", batch_name, str(source), "-o", str(output), "--config", str(config)], env, tmp_path
+            [
+                "--resume",
+                batch_name,
+                str(source),
+                "-o",
+                str(output),
+                "--workers",
+                "1",
+                "--config",
+                str(config),
+            ],
+            env,
+            tmp_path,
         )
         stats = provider.stats()
 

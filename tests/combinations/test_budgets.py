@@ -29,7 +29,9 @@ def test_a_budget_holds_on_a_key_that_states_no_limits(tmp_path: Path) -> None:
     with ProviderProcess(ProviderConfig(api_key=KEY, latency=0.2, rate_limit_headers="none")) as provider:
         env = clean_env(LLM_MODEL="gpt-4o-mini", LLM_BASE_URL=provider.base_url, LLM_API_KEY=KEY)
         done = llmqueue_cli(
-            ["run", str(source), "-o", str(output), "--no-cache", "--max-cost", "0.005"], env, tmp_path
+            ["run", str(source), "-o", str(output), "--no-cache", "--workers", "1", "--max-cost", "0.005"],
+            env,
+            tmp_path,
         )
         stats = provider.stats()
 
@@ -69,7 +71,9 @@ def test_prices_given_in_the_config_price_and_cap_a_model_litellm_does_not_know(
     with ProviderProcess(ProviderConfig(api_key=KEY, latency=0.1, rate_limit_headers="none")) as provider:
         env = clean_env(LLM_MODEL="openai/my-finetune-xyz", LLM_BASE_URL=provider.base_url, LLM_API_KEY=KEY)
         done = llmqueue_cli(
-            ["run", str(source), "-o", str(output), "--no-cache", "--max-cost", "0.01"], env, tmp_path
+            ["run", str(source), "-o", str(output), "--no-cache", "--workers", "1", "--max-cost", "0.01"],
+            env,
+            tmp_path,
         )
         stats = provider.stats()
 
@@ -90,11 +94,13 @@ def test_a_batch_its_budget_stopped_goes_on_with_a_higher_one(tmp_path: Path) ->
     )
     with ProviderProcess(ProviderConfig(api_key=KEY, latency=0.05, rate_limit_headers="none")) as provider:
         env = clean_env(LLM_MODEL="openai/my-finetune-xyz", LLM_BASE_URL=provider.base_url, LLM_API_KEY=KEY)
-        run = ["run", str(source), "-o", str(output), "--no-cache", "--batch", "b1"]
+        run = ["run", str(source), "-o", str(output), "--no-cache", "--workers", "1", "--batch", "b1"]
         stopped = llmqueue_cli([*run, "--max-cost", "0.01"], env, tmp_path)
         first = provider.stats()["requests"]
         resumed = llmqueue_cli(
-            ["run", "--resume", "b1", "-o", str(output), "--no-cache", "--max-cost", "1"], env, tmp_path
+            ["run", "--resume", "b1", "-o", str(output), "--no-cache", "--workers", "1", "--max-cost", "1"],
+            env,
+            tmp_path,
         )
         total = provider.stats()["requests"]
 

@@ -61,7 +61,9 @@ def test_an_alias_with_two_deployments_runs_each_with_its_own_key(tmp_path: Path
     ):
         (tmp_path / "config.toml").write_text(alias_config(a, b), encoding="utf-8")
         env = clean_env(KEY_A=KEY_A, KEY_B=KEY_B)
-        done = llmqueue_cli(["run", str(source), "-o", str(output), "--no-cache"], env, tmp_path)
+        done = llmqueue_cli(
+            ["run", str(source), "-o", str(output), "--no-cache", "--workers", "1"], env, tmp_path
+        )
         seen = {"a": a.stats(), "b": b.stats()}
 
     assert done.returncode == 0, done.stderr
@@ -92,12 +94,14 @@ def test_embedding_lines_never_take_the_chat_key_to_another_provider(tmp_path: P
             LLM_API_KEY=ANTHROPIC_KEY,
             OPENAI_BASE_URL=openai.base_url,
         )
-        done = llmqueue_cli(["run", str(source), "-o", str(output), "--no-cache"], env, tmp_path)
+        done = llmqueue_cli(
+            ["run", str(source), "-o", str(output), "--no-cache", "--workers", "1"], env, tmp_path
+        )
         refused = openai.stats()
 
         # With OpenAI's own key in the environment, the same lines go there with that key.
         env["OPENAI_API_KEY"] = OPENAI_KEY
-        args = ["run", str(source), "-o", str(tmp_path / "ok.jsonl"), "--no-cache"]
+        args = ["run", str(source), "-o", str(tmp_path / "ok.jsonl"), "--no-cache", "--workers", "1"]
         again = llmqueue_cli(args, env, tmp_path)
         served = openai.stats()
 

@@ -52,7 +52,9 @@ def run_twenty(tmp_path: Path, a_config: ProviderConfig) -> tuple[list[dict], di
         (tmp_path / "config.toml").write_text(fallback_config(a, b), encoding="utf-8")
         began = time.monotonic()
         done = llmqueue_cli(
-            ["run", str(source), "-o", str(output), "--no-cache"], clean_env(KEY=KEY), tmp_path
+            ["run", str(source), "-o", str(output), "--no-cache", "--workers", "1"],
+            clean_env(KEY=KEY),
+            tmp_path,
         )
         took = time.monotonic() - began
         seen_a, seen_b = a.stats(), b.stats()

@@ -130,10 +130,8 @@ async def test_results_wait_ends_naming_jobs_that_are_neither_queued_nor_done(
                     "results", "lossy", "-o", str(out), "--wait", cwd=tmp_path, env=env, timeout=90
                 )
                 took = time.monotonic() - began
-            # Submitting the file again to the same batch queues the lost job: the batch completes.
-            report = await batches.submit_file(batch, "lossy")
-            with worker_processes(env, tmp_path) as workers:
-                await workers.start_ready(1)
+                # Submitting the file again to the same batch queues the lost job: the batch completes.
+                report = await batches.submit_file(batch, "lossy")
                 final = await asyncio.wait_for(batches.wait("lossy", interval=0.1), 60)
     print(f"\nresults --wait on a batch with a lost job ended after {took:.1f} s: {said(waited)[-300:]!r}")
     assert waited.returncode == 2, waited.stderr
