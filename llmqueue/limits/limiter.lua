@@ -13,7 +13,7 @@
 --  4. The provider's headers win: a stated limit replaces a higher configured one (TAT rescaled so the
 --     units owed stay owed), and what it says is left, less what was admitted after the call, caps
 --     the level (TAT pushed on), and raises it while no call is set beyond the burst (rule 2 holds for
---     those). What it lost beyond our calls is another client's use (for the view).
+--     those). What it lost beyond our calls is another client's use: our requests are spaced for the rest.
 --  5. A 429 pauses the scope (cooldown) and empties its request bucket as of the pause's end: the calls
 --     after it leave spaced at the rate, the first a call's time after the pause.
 --  6. A job refused for longer than it may wait is parked (KEYS[n+i]) and told when to come back; a
@@ -26,9 +26,9 @@
 local PROBE_REQUESTS, PROBE_WINDOW, PROBE_RETRY = 2, 5, 0.2
 local SPREAD_SHARE, REORDER_SECONDS, GRACE, SLOT, SLOTS = 0.25, 0.1, 0.2, 5, 12
 local DEFAULT_PRIORITY, MAX_PRIORITY, WAKE_BATCH, WAKE_MARGIN, OTHERS_SECONDS = 1, 9, 32, 0.25, 10
--- A job below the default priority may hold a reservation of LOW_HOLD seconds (or one refill) at most;
--- parked jobs are woken when they can go within WAKE_WITHIN seconds (the worker's inline wait).
-local LOW_HOLD, WAKE_WITHIN = 0.1, 2
+-- A job below the default priority may hold LOW_HOLD seconds (or one refill) at most; parked jobs are
+-- woken within WAKE_WITHIN s (the inline wait); another client's share slows ours from OTHERS_NOTICED.
+local LOW_HOLD, WAKE_WITHIN, OTHERS_NOTICED, OTHERS_MOST = 0.1, 2, 0.05, 0.9
 local DIMS = {'r', 't', 'i', 'o'}
 
 local op, args = ARGV[1], cjson.decode(ARGV[3])
@@ -65,6 +65,11 @@ local function load(i, limit)
   s.reserve = (tonumber(limit.reserve) or 0) * s.burst
   s.cool = tonumber(s.h.cool) or 0
   derive(s, limit)
+  -- Another client's measured use (requests a minute, decaying): ours are spaced for what it leaves.
+  local decay = math.exp(-math.max(0, now - (tonumber(s.h.others_ts) or 0)) / OTHERS_SECONDS)
+  s.others = math.max(0, tonumber(s.h.others) or 0) * decay * 60 / OTHERS_SECONDS
+  local share = s.rate.r > 0 and s.others / s.rate.r or 0
+  s.share = share >= OTHERS_NOTICED and math.min(share, OTHERS_MOST) or 0
   return s
 end
 local function put(s, field, value) s.h[field] = value; s.w[field] = value end
@@ -74,8 +79,9 @@ local function state(s)
   for _, d in ipairs(DIMS) do if s.rate[d] > 0 then return 'limited' end end
   return s.h.hdr == 'none' and 'unlimited' or 'probing'
 end
--- Seconds of the dimension's rate that q units take.
+-- Seconds of the dimension's rate that q units take; `cost`: of our calls, after another client's share.
 local function span(s, d, q) return q * 60 / s.rate[d] end
+local function cost(s, d, q) return span(s, d, q) / (d == 'r' and 1 - s.share or 1) end
 local function save(s)
   for _, d in ipairs(DIMS) do if s.rate[d] > 0 then s.w[d .. 'tat'] = s.tat[d] end end
   for field, value in pairs(s.w) do redis.call('HSET', s.key, field, tostring(value)) end
@@ -108,10 +114,10 @@ local function schedule(s, want, low)
   for _, d in ipairs(DIMS) do
     local q = tonumber(want[d]) or 0
     if s.rate[d] > 0 and q > 0 then
-      local cost = span(s, d, q)
-      at = math.max(at, math.max(s.tat[d], now) + cost - math.max(tolerance, cost))
-      room = math.min(room, 1 - (math.max(s.tat[d], now) - now + cost) / s.burst)
-      refill = math.max(refill, cost)
+      local took = cost(s, d, q)
+      at = math.max(at, math.max(s.tat[d], now) + took - math.max(tolerance, took))
+      room = math.min(room, 1 - (math.max(s.tat[d], now) - now + took) / s.burst)
+      refill = math.max(refill, took)
     end
   end
   return at, room, refill
@@ -122,7 +128,7 @@ local function take(s, want, at)
   local taken = {}
   for _, d in ipairs(DIMS) do
     local q = tonumber(want[d]) or 0
-    if s.rate[d] > 0 and q > 0 then s.tat[d] = math.max(s.tat[d], at) + span(s, d, q); taken[d] = q end
+    if s.rate[d] > 0 and q > 0 then s.tat[d] = math.max(s.tat[d], at) + cost(s, d, q); taken[d] = q end
   end
   return taken
 end
@@ -246,11 +252,8 @@ if op == 'settle' then
     if value > 0 and value ~= num(s, 'l' .. d) then put(s, 'l' .. d, value) end
   end
   if next(stated) ~= nil then
-    put(s, 'hdr', 'yes')
-    sooner = derive(s, args.limit)
-  elseif args.no_headers and s.h.hdr ~= 'yes' then
-    put(s, 'hdr', 'none')
-  end
+    put(s, 'hdr', 'yes'); sooner = derive(s, args.limit)
+  elseif args.no_headers and s.h.hdr ~= 'yes' then put(s, 'hdr', 'none') end
   -- Given back: tokens the answer did not use, or a call that never reached the provider. During a
   -- cooldown a request's slot is not: the calls kept after the pause hold theirs, spaced at the rate.
   -- Nor is a refused one's, admitted under the limit in force: the key had less than believed.
@@ -259,7 +262,7 @@ if op == 'settle' then
   for d, q in pairs(args.give) do
     q = tonumber(q)
     if s.rate[d] and s.rate[d] > 0 and q ~= 0 and not (d == 'r' and kept) then
-      if not (d == 'r' and now < s.cool) then s.tat[d] = s.tat[d] - span(s, d, q) end
+      if not (d == 'r' and now < s.cool) then s.tat[d] = s.tat[d] - cost(s, d, q) end
       local mark = tonumber(marks[d])
       if mark then redis.call('ZADD', s.key .. ':back:' .. d, mark, mark .. ':' .. q) end
       if q > 0 then sooner = true end
@@ -291,10 +294,9 @@ if op == 'settle' then
       if d == 'r' and mark and not args.refused and sent > prev_at then
         local refilled = num(s, 'rseen_left') + (sent - prev_at) * per_second
         if current and sent - prev_at < OTHERS_SECONDS and refilled < s.burst * per_second then
-          local decay = math.exp(-math.max(0, now - num(s, 'others_ts')) / OTHERS_SECONDS)
           local seen = num(s, 'rseen_mark')
           local taken = refilled - left - (mark - seen - returned(s, d, seen, mark))
-          put(s, 'others', num(s, 'others') * decay + taken); put(s, 'others_ts', now)
+          put(s, 'others', s.others * OTHERS_SECONDS / 60 + taken); put(s, 'others_ts', now)
         end
         put(s, 'rseen_at', sent); put(s, 'rseen_left', left); put(s, 'rseen_mark', mark)
       end
@@ -334,9 +336,8 @@ end
 if op == 'inspect' then
   -- The state is that of the limit last acquired with; a configured limit shows while workers acquire
   -- with it (within `fresh` seconds). Per dimension: {rate in force, configured, learnt, level, capacity}.
-  local decay = math.exp(-math.max(0, now - num(s, 'others_ts')) / OTHERS_SECONDS)
   local out = {state = state(s), cooldown = math.max(0, s.cool - now), n = last_minute(s, 'n'),
-    e = last_minute(s, 'e'), others = math.max(0, num(s, 'others')) * decay * 60 / OTHERS_SECONDS}
+    e = last_minute(s, 'e'), others = s.others}
   local fresh, configured = now - num(s, 'cset') < tonumber(args.fresh), {}
   for _, d in ipairs(DIMS) do configured[d] = fresh and num(s, 'c' .. d) or 0 end
   s = load(1, configured)

@@ -93,9 +93,8 @@ class Reservation:
         """Seconds the call must still wait, 0 to send it now: a 429 seen since it was admitted pauses
         it, and a limit learnt since voids it (it was admitted at another rate) for a moment."""
         reply = await self.limiter._run("cooldown", [keys.limiter(self.scope)], {"seconds": 0})
-        if reply["left"] > 0:
-            return float(reply["left"])
-        return REACQUIRE_DELAY if float(reply["limits_set"]) > self.granted else 0.0
+        voided = REACQUIRE_DELAY if float(reply["limits_set"]) > self.granted else 0.0
+        return float(reply["left"]) if reply["left"] > 0 else voided
 
     async def _settle(
         self, give_back: Mapping[str, float], said: ProviderLimits | None = None, **flags: bool

@@ -43,8 +43,8 @@ class LocalCluster:
     KeyboardInterrupt or a cancellation (Ctrl-C), it stops the workers at once instead
     (:func:`~llmqueue.ops.processes.stop_workers_now`): their calls in flight are abandoned and their
     jobs go back to the queue, so the user waits no grace. If this process is killed,
-    ``llmqueue.ops.reaper`` keeps that order, and removes ``data_dir`` when it is ``temporary_dir`` (a
-    run against the user's Redis keeps only worker logs there).
+    ``llmqueue.ops.reaper`` stops the workers the same way, then Redis, and removes ``data_dir`` when it
+    is ``temporary_dir`` (a run against the user's Redis keeps only worker logs there).
     """
 
     def __init__(
@@ -160,7 +160,7 @@ class LocalCluster:
         redis_pid = 0 if self._redis is None else self._redis.pid
         if redis_pid is None:
             return
-        args = [str(os.getpid()), f"{self.stop_timeout:g}", str(redis_pid)]
+        args = [str(os.getpid()), f"{STOP_NOW_SECONDS:g}", str(redis_pid)]
         if self.temporary_dir:
             args += ["--remove", str(self.data_dir)]
         args += [str(worker.pid) for worker in self._workers]

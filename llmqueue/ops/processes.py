@@ -15,10 +15,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from llmqueue.settings.sources import ENV_PREFIXES, REDIS_FIELDS
+
 _PR_SET_PDEATHSIG = 1
 #: Environment variables that configure llmqueue or LiteLLM: a worker started with ``inherit_settings=False``
 #: sees none of this process's, only those it is given.
-SETTING_PREFIXES = ("LLM_", "WORKER_", "LLMQUEUE_", "REDIS_URL", "LITELLM_LOG")
+SETTING_PREFIXES = (
+    *ENV_PREFIXES.values(),
+    *(field.upper() for field in REDIS_FIELDS),
+    "LLMQUEUE_",
+    "LITELLM_LOG",
+)
 
 
 def die_with_parent() -> None:

@@ -1,11 +1,13 @@
 """Stops what ``llmqueue run`` started, in order, if ``run`` itself dies (SIGKILL, a crash).
 
-Workers get SIGTERM from the kernel when their parent dies (``die_with_parent``) and finish their calls in
-flight within their shutdown grace; their results need Redis for that long. So the embedded Redis does
-not die with ``run``: this small process, started in a session of its own, watches ``run``, and once it
-is gone waits for the workers to exit (killing those still there after ``grace`` seconds), then stops
-Redis (SIGTERM, SIGKILL after ``REDIS_STOP_SECONDS``). Nothing outlives ``run`` by more than ``grace``
-plus ``REDIS_STOP_SECONDS`` seconds. When ``run`` stops Redis itself, the reaper exits.
+Workers get SIGTERM from the kernel when their parent dies (``die_with_parent``), which alone would let
+them finish their calls in flight within their whole shutdown grace. This small process, started in a
+session of its own, watches ``run``; once it is gone it gives the workers ``FINISH_SECONDS`` to store
+the answers of the calls in flight, then sends those still running SIGINT (the second signal cuts the
+grace short: the calls left are abandoned and their jobs go back to the queue for a resume), kills any
+still there ``grace`` seconds later, and only then stops Redis (SIGTERM, SIGKILL after
+``REDIS_STOP_SECONDS``), which the workers needed meanwhile. No worker outlives ``run`` by more than
+``FINISH_SECONDS`` plus ``grace``. When ``run`` stops Redis itself, the reaper exits.
 
 With a Redis of the user's (``--redis-url``) there is no Redis to stop (``REDIS_PID`` 0): ``run`` stops the
 reaper as it ends in order; if ``run`` dies instead, the reaper stops the workers and then removes the
@@ -25,6 +27,7 @@ import time
 from collections.abc import Iterable
 
 POLL_SECONDS = 0.2
+FINISH_SECONDS = 2.5
 REDIS_STOP_SECONDS = 5.0
 
 
@@ -61,7 +64,9 @@ def reap(parent: int, grace: float, redis_pid: int, workers: list[int], remove: 
             return  # ``run`` stopped Redis itself: it shut down in order
         time.sleep(POLL_SECONDS)
     signal_all(workers, signal.SIGTERM)  # they have it already from the kernel; harmless twice
-    signal_all(wait_gone(workers, grace), signal.SIGKILL)
+    left = wait_gone(workers, FINISH_SECONDS)  # calls answered meanwhile are stored, not paid again
+    signal_all(left, signal.SIGINT)  # a second signal of another kind: stop now, without the grace
+    signal_all(wait_gone(left, grace), signal.SIGKILL)
     wait_gone(workers, REDIS_STOP_SECONDS)
     if redis_pid:
         signal_all([redis_pid], signal.SIGTERM)

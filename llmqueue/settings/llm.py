@@ -7,9 +7,9 @@ keys over ``[llm]`` for the jobs that name it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 class LLMConfig(BaseModel):
@@ -122,3 +122,11 @@ def check_group_keys(name: str, group: dict[str, Any]) -> dict[str, Any]:
     if isinstance(group.get("api_key"), str):
         group = {**group, "api_key": SecretStr(group["api_key"])}
     return group
+
+
+def _check_groups(groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: check_group_keys(name, group) for name, group in groups.items()}
+
+
+LLMGroups = Annotated[dict[str, dict[str, Any]], AfterValidator(_check_groups)]
+"""``[llm.<name>]`` tables, each checked to set only known ``[llm]`` keys."""

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmqueue.errors import ConfigError
 from llmqueue.model_list import (
@@ -20,10 +20,10 @@ from llmqueue.model_list import (
     read_litellm_config,
 )
 from llmqueue.settings.budget import BudgetConfig
-from llmqueue.settings.llm import LimitConfig, LLMConfig, check_group_keys
+from llmqueue.settings.llm import LimitConfig, LLMConfig, LLMGroups
 from llmqueue.settings.schema import Settings
 from llmqueue.settings.sources import ENV_PREFIXES, FILE_DATA
-from llmqueue.settings.worker import BatchConfig, CacheConfig, WorkerConfig, cache_section
+from llmqueue.settings.worker import BatchConfig, CacheSection, WorkerConfig
 
 DEFAULT_CONFIG_FILE = Path("config.toml")
 
@@ -39,25 +39,15 @@ class _FileSchema(BaseModel):
     redis_wait_replicas: int | None = None
     redis_wait_timeout: float | None = None
     llm: LLMConfig | None = None
-    llm_groups: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    llm_groups: LLMGroups = Field(default_factory=dict)
     limits: dict[str, LimitConfig] = Field(default_factory=dict)
     worker: WorkerConfig | None = None
     batch: BatchConfig | None = None
-    cache: CacheConfig | None = None
+    cache: CacheSection | None = None
     budget: BudgetConfig | None = None
     model_list: list[Deployment] | None = None
     fallbacks: dict[str, list[str]] | None = None
     router_settings: RouterSettings | None = None
-
-    @field_validator("llm_groups")
-    @classmethod
-    def _group_keys_known(cls, groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        return {name: check_group_keys(name, group) for name, group in groups.items()}
-
-    @field_validator("cache", mode="before")
-    @classmethod
-    def _cache_flag(cls, value: Any) -> Any:
-        return cache_section(value)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -3,8 +3,6 @@ looked up in it. Built by :func:`llmqueue.settings.load.load_settings`."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -12,9 +10,9 @@ from llmqueue.connection import is_sentinel_url, sentinel_url
 from llmqueue.errors import ConfigError
 from llmqueue.model_list import Deployment, RouterSettings
 from llmqueue.settings.budget import BudgetConfig
-from llmqueue.settings.llm import NOT_INHERITED, LimitConfig, LLMConfig, check_group_keys
+from llmqueue.settings.llm import NOT_INHERITED, LimitConfig, LLMConfig, LLMGroups
 from llmqueue.settings.sources import FileSource, KnownEnvSource
-from llmqueue.settings.worker import BatchConfig, CacheConfig, WorkerConfig, cache_section
+from llmqueue.settings.worker import BatchConfig, CacheConfig, CacheSection, WorkerConfig
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"})
 
@@ -47,13 +45,13 @@ class Settings(BaseSettings):
         description="seconds a write waits for its replicas at most; then it is acknowledged with a warning",
     )
     llm: LLMConfig = LLMConfig()
-    llm_groups: dict[str, dict[str, Any]] = Field(
+    llm_groups: LLMGroups = Field(
         default_factory=dict, description="[llm.<name>] tables: the keys each group sets over [llm]"
     )
     limits: dict[str, LimitConfig] = Field(default_factory=dict)
     worker: WorkerConfig = WorkerConfig()
     batch: BatchConfig = BatchConfig()
-    cache: CacheConfig = CacheConfig()
+    cache: CacheSection = CacheConfig()
     budget: BudgetConfig = BudgetConfig()
     model_list: list[Deployment] = Field(
         default_factory=list, description="deployments by model_name, in LiteLLM's shape (model_list.py)"
@@ -62,16 +60,6 @@ class Settings(BaseSettings):
         default_factory=dict, description="model names tried in turn when a job's retries are spent"
     )
     router_settings: RouterSettings = RouterSettings()
-
-    @field_validator("llm_groups")
-    @classmethod
-    def _group_keys_known(cls, groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        return {name: check_group_keys(name, group) for name, group in groups.items()}
-
-    @field_validator("cache", mode="before")
-    @classmethod
-    def _cache_flag(cls, value: Any) -> Any:
-        return cache_section(value)
 
     @field_validator("redis_url")
     @classmethod

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 class WorkerConfig(BaseModel):
@@ -122,3 +122,7 @@ class CacheConfig(BaseModel):
 def cache_section(value: Any) -> Any:
     """``cache = false`` (or true) at the top level is ``[cache] enabled = ...``."""
     return {"enabled": value} if isinstance(value, bool) else value
+
+
+CacheSection = Annotated[CacheConfig, BeforeValidator(cache_section)]
+"""The ``[cache]`` section, or ``cache = false`` (or true) at the top level."""

@@ -6,6 +6,7 @@ wait is asserted exactly. Only the concurrency tests at the end use Redis ``TIME
 
 import asyncio
 import itertools
+import math
 import multiprocessing
 import time
 from multiprocessing.synchronize import Barrier
@@ -247,6 +248,26 @@ async def test_another_clients_use_is_what_the_provider_lost_beyond_our_calls(
     # 5 left, 2 refilled, our 1 call: 6 expected, 2 said: another client took 4 (of 10 s, 60 a minute).
     await second.reservation.answered(openai_said(rpm=60, left=2), {})
     assert (await limiter.inspect("m")).others_request_share == pytest.approx(4 * 6 / 60)
+    # Ours are spaced for what it leaves: each takes 1 / (1 - share) s of the rate. 20 s on, the
+    # bucket is full again and the share has decayed (over 10 s) to 40% x e^-2, still noticed (5%).
+    clock.advance(20)
+    each = 1 / (1 - 0.4 * math.exp(-2))
+    waits = [await wait_of(limiter, limit) for _ in range(12)]
+    assert waits[10:] == pytest.approx([11 * each - 10, 12 * each - 10], rel=1e-3)  # 10 s held 9.5
+
+
+async def test_a_share_below_five_percent_is_not_taken_from_our_rate(limiter: RateLimiter, clock: Clock) -> None:
+    limit = LimitConfig(rpm=60, burst_seconds=10, spread_seconds=0)
+    first = await take(limiter, limit)
+    assert first.reservation is not None
+    await first.reservation.answered(openai_said(rpm=60, left=5), {})
+    clock.advance(2)
+    second = await take(limiter, limit)
+    assert second.reservation is not None
+    await second.reservation.answered(openai_said(rpm=60, left=2), {})
+    clock.advance(30)  # 40% decays to 2%: measured, shown, and no longer slowing us
+    assert 0 < (await limiter.inspect("m")).others_request_share < 0.05
+    assert [await wait_of(limiter, limit) for _ in range(11)][10] == pytest.approx(1)
 
 
 async def test_an_answer_is_compared_net_of_the_calls_admitted_after_it(limiter: RateLimiter) -> None:
