@@ -256,7 +256,9 @@ async def test_another_clients_use_is_what_the_provider_lost_beyond_our_calls(
     assert waits[10:] == pytest.approx([11 * each - 10, 12 * each - 10], rel=1e-3)  # 10 s held 9.5
 
 
-async def test_a_share_below_five_percent_is_not_taken_from_our_rate(limiter: RateLimiter, clock: Clock) -> None:
+async def test_a_share_below_five_percent_is_not_taken_from_our_rate(
+    limiter: RateLimiter, clock: Clock
+) -> None:
     limit = LimitConfig(rpm=60, burst_seconds=10, spread_seconds=0)
     first = await take(limiter, limit)
     assert first.reservation is not None
