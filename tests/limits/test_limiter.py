@@ -235,9 +235,9 @@ async def test_what_the_provider_says_is_left_wins_over_what_the_scope_believes(
     assert waits == pytest.approx([0, 0, 0, 1])
 
 
-async def test_another_clients_use_is_what_the_provider_lost_beyond_our_calls(
-    limiter: RateLimiter, clock: Clock
-) -> None:
+async def another_client_took_four(limiter: RateLimiter, clock: Clock) -> LimitConfig:
+    """Two answers 2 s apart on a 60 rpm scope: 5 left, 2 refilled, our 1 call, so 6 expected; 2 said:
+    another client took 4 (of 10 s, 60 a minute). Returns the limit."""
     limit = LimitConfig(rpm=60, burst_seconds=10, spread_seconds=0)  # 10 at once, 1 a second
     first = await take(limiter, limit)
     assert first.reservation is not None
@@ -245,8 +245,14 @@ async def test_another_clients_use_is_what_the_provider_lost_beyond_our_calls(
     clock.advance(2)
     second = await take(limiter, limit)
     assert second.reservation is not None
-    # 5 left, 2 refilled, our 1 call: 6 expected, 2 said: another client took 4 (of 10 s, 60 a minute).
     await second.reservation.answered(openai_said(rpm=60, left=2), {})
+    return limit
+
+
+async def test_another_clients_use_is_what_the_provider_lost_beyond_our_calls(
+    limiter: RateLimiter, clock: Clock
+) -> None:
+    limit = await another_client_took_four(limiter, clock)
     assert (await limiter.inspect("m")).others_request_share == pytest.approx(4 * 6 / 60)
     # Ours are spaced for what it leaves: each takes 1 / (1 - share) s of the rate. 20 s on, the
     # bucket is full again and the share has decayed (over 10 s) to 40% x e^-2, still noticed (5%).
@@ -259,14 +265,7 @@ async def test_another_clients_use_is_what_the_provider_lost_beyond_our_calls(
 async def test_a_share_below_five_percent_is_not_taken_from_our_rate(
     limiter: RateLimiter, clock: Clock
 ) -> None:
-    limit = LimitConfig(rpm=60, burst_seconds=10, spread_seconds=0)
-    first = await take(limiter, limit)
-    assert first.reservation is not None
-    await first.reservation.answered(openai_said(rpm=60, left=5), {})
-    clock.advance(2)
-    second = await take(limiter, limit)
-    assert second.reservation is not None
-    await second.reservation.answered(openai_said(rpm=60, left=2), {})
+    limit = await another_client_took_four(limiter, clock)
     clock.advance(30)  # 40% decays to 2%: measured, shown, and no longer slowing us
     assert 0 < (await limiter.inspect("m")).others_request_share < 0.05
     assert [await wait_of(limiter, limit) for _ in range(11)][10] == pytest.approx(1)
