@@ -7,6 +7,7 @@ provider's counters show is which key reached which endpoint.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -72,9 +73,11 @@ def test_an_alias_with_two_deployments_runs_each_with_its_own_key(tmp_path: Path
     assert seen["a"]["requests"] + seen["b"]["requests"] == 100
     for name, stats in seen.items():
         assert stats["errors"] == {}, (name, stats["errors"])  # no key but its own reached it (no 401)
-        assert stats["requests"] >= 40, (name, stats["requests"])
-    by_deployment = {r["llmqueue"]["deployment"] for r in records}
-    assert by_deployment == {"evalmodel#0", "evalmodel#1"}
+    # Each answer names the deployment that served it, and that deployment's endpoint counted it. How
+    # the calls split is the limiter's choice (tests/limits/test_limiter.py); both take a first call.
+    served = Counter(r["llmqueue"]["deployment"] for r in records)
+    assert served == {"evalmodel#0": seen["a"]["requests"], "evalmodel#1": seen["b"]["requests"]}
+    assert min(served.values()) > 0, served
 
 
 def embedding_lines() -> list[dict[str, object]]:
