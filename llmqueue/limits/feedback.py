@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
 
 from llmqueue.limits.headers import parse_rate_limit_headers
 from llmqueue.limits.limiter import Admission, Learnt, RateLimiter, Reservation
@@ -19,13 +18,6 @@ logger = logging.getLogger("llmqueue.limits")
 
 #: Seconds between two reports of one scope's state to the listeners (metrics).
 REPORT_INTERVAL = 5.0
-
-
-@runtime_checkable
-class LimitListener(Protocol):
-    """An event sink that also wants each scope's limit state now and then (the worker's metrics)."""
-
-    def observe_limits(self, state: ScopeState) -> None: ...
 
 
 class LimitFeedback:

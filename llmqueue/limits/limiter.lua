@@ -28,7 +28,7 @@ local SPREAD_SHARE, REORDER_SECONDS, GRACE, SLOT, SLOTS = 0.25, 0.1, 0.2, 5, 12
 local DEFAULT_PRIORITY, MAX_PRIORITY, WAKE_BATCH, WAKE_MARGIN, OTHERS_SECONDS = 1, 9, 32, 0.25, 10
 -- A job below the default priority may hold LOW_HOLD seconds (or one refill) at most; parked jobs are
 -- woken within WAKE_WITHIN s (the inline wait); another client's share slows ours from OTHERS_NOTICED.
-local LOW_HOLD, WAKE_WITHIN, OTHERS_NOTICED, OTHERS_MOST = 0.1, 2, 0.05, 0.9
+local LOW_HOLD, WAKE_WITHIN, OTHERS_NOTICED, OTHERS_MOST, OTHERS_WATCHED = 0.1, 2, 0.05, 0.9, 2
 local DIMS = {'r', 't', 'i', 'o'}
 
 local op, args = ARGV[1], cjson.decode(ARGV[3])
@@ -65,9 +65,12 @@ local function load(i, limit)
   s.reserve = (tonumber(limit.reserve) or 0) * s.burst
   s.cool = tonumber(s.h.cool) or 0
   derive(s, limit)
-  -- Another client's measured use (requests a minute, decaying): ours are spaced for what it leaves.
+  -- Another client's use (requests a minute): what it took over the time it was watched, both decaying
+  -- alike, so the rate is known after OTHERS_WATCHED s and forgotten once unwatched. Ours get the rest.
   local decay = math.exp(-math.max(0, now - (tonumber(s.h.others_ts) or 0)) / OTHERS_SECONDS)
-  s.others = math.max(0, tonumber(s.h.others) or 0) * decay * 60 / OTHERS_SECONDS
+  s.others_taken = math.max(0, tonumber(s.h.others) or 0) * decay
+  s.watched = (tonumber(s.h.others_dt) or 0) * decay
+  s.others = s.others_taken * 60 / math.max(s.watched, OTHERS_WATCHED)
   local share = s.rate.r > 0 and s.others / s.rate.r or 0
   s.share = share >= OTHERS_NOTICED and math.min(share, OTHERS_MOST) or 0
   return s
@@ -277,7 +280,8 @@ if op == 'settle' then
       -- Units admitted after this call (its mark is the running total at its grant), less given back.
       local mark, per_second = tonumber(marks[d]), s.rate[d] / 60
       local since = mark and math.max(0, num(s, d .. 'g') - mark - returned(s, d, mark)) or 0
-      local provider = math.min(s.burst * per_second, left + (now - sent) * per_second) - since
+      local held = left + (now - sent) * per_second * (d == 'r' and 1 - s.share or 1)  -- ours of the refill
+      local provider = math.min(s.burst * per_second, held) - since
       local gap = (s.burst - math.max(0, s.tat[d] - now)) * per_second - provider
       local tolerance = math.max(0.5, s.rate[d] * REORDER_SECONDS / 60)
       if gap < -tolerance and now >= s.cool and s.tat[d] - now <= s.burst then
@@ -296,7 +300,8 @@ if op == 'settle' then
         if current and sent - prev_at < OTHERS_SECONDS and refilled < s.burst * per_second then
           local seen = num(s, 'rseen_mark')
           local taken = refilled - left - (mark - seen - returned(s, d, seen, mark))
-          put(s, 'others', s.others * OTHERS_SECONDS / 60 + taken); put(s, 'others_ts', now)
+          put(s, 'others', s.others_taken + taken); put(s, 'others_dt', s.watched + sent - prev_at)
+          put(s, 'others_ts', now)
         end
         put(s, 'rseen_at', sent); put(s, 'rseen_left', left); put(s, 'rseen_mark', mark)
       end

@@ -9,7 +9,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from llmqueue.limits.view import ScopeState
 
 logger = logging.getLogger("llmqueue.ops.events")
 
@@ -57,6 +60,13 @@ class JobEvent:
 
 _FIELD_NAMES = tuple(JobEvent.__dataclass_fields__)
 EventSink = Callable[[JobEvent], None]
+
+
+@runtime_checkable
+class LimitListener(Protocol):
+    """An event sink that also wants each scope's limit state now and then (the worker's metrics)."""
+
+    def observe_limits(self, state: ScopeState) -> None: ...
 
 
 def emit(sinks: Sequence[EventSink], event: JobEvent) -> None:

@@ -18,11 +18,11 @@ from typing import Any, cast
 from arq.worker import Retry
 
 from llmqueue.errors import PermanentProviderError
-from llmqueue.limits.feedback import LimitFeedback, LimitListener
+from llmqueue.limits.feedback import LimitFeedback
 from llmqueue.limits.headers import exception_headers, response_headers
 from llmqueue.limits.limiter import Admission, RateLimiter, Reservation
 from llmqueue.limits.tokens import CompletionSizes, uncached_prompt_tokens, usage_tokens
-from llmqueue.ops.events import EventSink
+from llmqueue.ops.events import EventSink, LimitListener
 from llmqueue.queue.call import Call, Emit
 from llmqueue.settings import LimitConfig
 

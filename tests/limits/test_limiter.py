@@ -235,29 +235,36 @@ async def test_what_the_provider_says_is_left_wins_over_what_the_scope_believes(
     assert waits == pytest.approx([0, 0, 0, 1])
 
 
-async def another_client_took_four(limiter: RateLimiter, clock: Clock) -> LimitConfig:
-    """Two answers 2 s apart on a 60 rpm scope: 5 left, 2 refilled, our 1 call, so 6 expected; 2 said:
-    another client took 4 (of 10 s, 60 a minute). Returns the limit."""
+async def another_client_took_two(limiter: RateLimiter, clock: Clock) -> LimitConfig:
+    """Two answers 5 s apart on a 60 rpm scope: 4 left, 5 refilled, our 1 call, so 8 expected; 6 said:
+    another client took 2 in the 5 s watched, 24 a minute of 60. Returns the limit."""
     limit = LimitConfig(rpm=60, burst_seconds=10, spread_seconds=0)  # 10 at once, 1 a second
     first = await take(limiter, limit)
     assert first.reservation is not None
-    await first.reservation.answered(openai_said(rpm=60, left=5), {})
-    clock.advance(2)
+    await first.reservation.answered(openai_said(rpm=60, left=4), {})
+    clock.advance(5)
     second = await take(limiter, limit)
     assert second.reservation is not None
-    await second.reservation.answered(openai_said(rpm=60, left=2), {})
+    await second.reservation.answered(openai_said(rpm=60, left=6), {})
     return limit
+
+
+def others_share_after(seconds: float) -> float:
+    """The share of another_client_took_two's 60 rpm key after ``seconds``: what it took and the time it
+    was watched both decay (over 10 s); the time counts as 2 s at least."""
+    decay = math.exp(-seconds / 10)
+    return 2 * decay / max(5 * decay, 2)
 
 
 async def test_another_clients_use_is_what_the_provider_lost_beyond_our_calls(
     limiter: RateLimiter, clock: Clock
 ) -> None:
-    limit = await another_client_took_four(limiter, clock)
-    assert (await limiter.inspect("m")).others_request_share == pytest.approx(4 * 6 / 60)
+    limit = await another_client_took_two(limiter, clock)
+    assert (await limiter.inspect("m")).others_request_share == pytest.approx(0.4)
     # Ours are spaced for what it leaves: each takes 1 / (1 - share) s of the rate. 20 s on, the
-    # bucket is full again and the share has decayed (over 10 s) to 40% x e^-2, still noticed (5%).
+    # bucket is full again and the share has decayed to e^-2 (13.5%), still noticed (5%).
     clock.advance(20)
-    each = 1 / (1 - 0.4 * math.exp(-2))
+    each = 1 / (1 - others_share_after(20))
     waits = [await wait_of(limiter, limit) for _ in range(12)]
     assert waits[10:] == pytest.approx([11 * each - 10, 12 * each - 10], rel=1e-3)  # 10 s held 9.5
 
@@ -265,9 +272,10 @@ async def test_another_clients_use_is_what_the_provider_lost_beyond_our_calls(
 async def test_a_share_below_five_percent_is_not_taken_from_our_rate(
     limiter: RateLimiter, clock: Clock
 ) -> None:
-    limit = await another_client_took_four(limiter, clock)
-    clock.advance(30)  # 40% decays to 2%: measured, shown, and no longer slowing us
-    assert 0 < (await limiter.inspect("m")).others_request_share < 0.05
+    limit = await another_client_took_two(limiter, clock)
+    clock.advance(32)  # 40% decays to e^-3.2 (4.1%): measured, shown, and no longer slowing us
+    assert (await limiter.inspect("m")).others_request_share == pytest.approx(others_share_after(32))
+    assert others_share_after(32) < 0.05
     assert [await wait_of(limiter, limit) for _ in range(11)][10] == pytest.approx(1)
 
 

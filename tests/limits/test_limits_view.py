@@ -96,7 +96,8 @@ def test_limits_show_the_share_another_client_was_seen_to_take(redis_url: str) -
     asyncio.run(shortfall())
     listed = runner.invoke(app, ["limits", "--json", "--redis-url", redis_url])
     (entry,) = json.loads(listed.stdout)
-    assert 0.05 < entry["others_request_share"] < 0.1  # 8 requests in the last 10 s, of 100
+    # 8 requests over the 2 s the estimate counts at least (it watched less), of the key's 20.
+    assert entry["others_request_share"] == pytest.approx(0.4, abs=0.01)
     table = runner.invoke(app, ["limits", "--redis-url", redis_url])
     assert f"others took {entry['others_request_share']:.0%} of req" in table.stdout
 
