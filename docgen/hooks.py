@@ -30,6 +30,7 @@ def renderers() -> dict[str, Callable[[], str]]:
     return {
         "settings": settings.render,
         "cli": cli.render,
+        "cli-environment": cli.render_environment,
         "redis-keys": redis_keys.render,
         "metrics": metrics.render,
         "benchmarks": benchmarks.render,

@@ -114,6 +114,21 @@ def test_the_cli_reference_lists_every_command_the_app_has() -> None:
     assert documented == set(command_paths(app))
 
 
+def test_the_settings_reference_lists_every_variable_a_command_option_reads() -> None:
+    page = cli.render_environment()
+    variables = set()
+    for path in command_paths(app):
+        command = typer.main.get_command(app)
+        for name in path:
+            command = command.commands[name]
+        for param in command.params:
+            envvar = param.envvar
+            variables |= {envvar} if isinstance(envvar, str) else set(envvar or ())
+    assert "LLMQUEUE_CONFIG" in variables
+    for variable in variables:
+        assert f"| `{variable}` |" in page, variable
+
+
 def test_the_settings_reference_names_every_seed_setting_and_limit() -> None:
     page = settings.render()
     for variable in SEED_LLM_SETTINGS:
