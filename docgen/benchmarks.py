@@ -7,6 +7,7 @@ machine and time of the run that produced them. The page shows the file as it is
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from docgen.markdown import cell, code, table
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results.json"
 MET = {True: "met", False: "**not met**", None: ""}
+# The console titles carry a running number (``3. Queue overhead``); on the page the order is the file's.
+NUMBER = re.compile(r"^\d+\.\s+")
 
 
 def load(path: Path = RESULTS) -> dict[str, Any]:
@@ -45,8 +48,12 @@ def machine_text(machine: dict[str, Any]) -> str:
     return ", ".join(part for part in parts if part)
 
 
+def title(name: str, result: dict[str, Any]) -> str:
+    return cell(NUMBER.sub("", str(result.get("title", name))))
+
+
 def benchmark_section(name: str, result: dict[str, Any], machine: dict[str, Any]) -> str:
-    lines = [f"## {cell(result.get('title', name))} {{#{name}}}", ""]
+    lines = [f"## {title(name, result)} {{#{name}}}", ""]
     if result.get("description"):
         lines += [f"**What it measures.** {cell(result['description'])}", ""]
     lines += [f"Run it alone: `python -m bench --only {name}`.", ""]
@@ -89,7 +96,7 @@ def render(path: Path = RESULTS) -> str:
         targets = [row for row in result.get("rows", []) if row.get("target")]
         met = sum(1 for row in targets if row.get("met") is True)
         status = f"{met} of {len(targets)} targets met" if targets else "no target"
-        summary.append([f"[{cell(result.get('title', name))}](#{name})", code(name), status])
+        summary.append([f"[{title(name, result)}](#{name})", code(name), status])
     parts = [table(["benchmark", "`--only`", "targets"], summary), ""]
     parts += [benchmark_section(name, result, machine) for name, result in benchmarks.items()]
     return "\n".join(parts)

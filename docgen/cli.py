@@ -104,7 +104,7 @@ def param_rows(command: Command) -> list[list[str]]:
             names = code(str(param.name).upper())
         else:
             names = ", ".join(code(opt) for opt in (*param.opts, *param.secondary_opts))
-        envvar = param.envvar if isinstance(param.envvar, str) else ", ".join(param.envvar or ())
+        envvar = ", ".join(envvars(param))
         rows.append(
             [
                 names,
@@ -115,6 +115,48 @@ def param_rows(command: Command) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def envvars(param: Any) -> tuple[str, ...]:
+    """The environment variables an option reads when it is not given."""
+    return (param.envvar,) if isinstance(param.envvar, str) else tuple(param.envvar or ())
+
+
+def environment() -> dict[str, list[tuple[Command, Any]]]:
+    """Each environment variable an option reads, with the commands and options that read it."""
+    found: dict[str, list[tuple[Command, Any]]] = {}
+    for command in commands():
+        for param in command.command.get_params(command.context):
+            if getattr(param, "hidden", False):
+                continue
+            for variable in envvars(param):
+                found.setdefault(variable, []).append((command, param))
+    return dict(sorted(found.items()))
+
+
+def render_environment() -> str:
+    """The settings page's table of the variables the commands read beside the settings' own."""
+    leaves = {command.name for command in commands() if not is_group(command.command)}
+    rows = []
+    for variable, readers in environment().items():
+        _, first = readers[0]
+        options = sorted({opt for _, param in readers for opt in param.opts if opt.startswith("--")})
+        names = {command.name for command, _ in readers}
+        left_out = sorted(leaves - names)
+        if len(names) > 3 and len(left_out) <= 2:
+            read_by = "every command" + "".join(f" but `{name}`" for name in left_out[:1])
+            read_by += "".join(f" and `{name}`" for name in left_out[1:])
+        else:
+            read_by = ", ".join(f"`{name}`" for name in sorted(names))
+        rows.append(
+            [
+                code(variable),
+                ", ".join(code(option) for option in options),
+                read_by,
+                cell(plain(getattr(first, "help", None))),
+            ]
+        )
+    return table(["variable", "option", "read by", "what it sets"], rows) + "\n"
 
 
 def usage(command: Command) -> str:

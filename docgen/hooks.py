@@ -24,13 +24,15 @@ ROLE = re.compile(r":(?:class|func|meth|attr|mod|data|exc):(?=<code)")
 def renderers() -> dict[str, Callable[[], str]]:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from docgen import benchmarks, cli, redis_keys, settings
+    from docgen import benchmarks, cli, metrics, redis_keys, settings
     from llmqueue.limits.view import CONFIGURED_SHOWN_FOR
 
     return {
         "settings": settings.render,
         "cli": cli.render,
+        "cli-environment": cli.render_environment,
         "redis-keys": redis_keys.render,
+        "metrics": metrics.render,
         "benchmarks": benchmarks.render,
         "configured-shown-for": lambda: f"{CONFIGURED_SHOWN_FOR:g} s",
     }

@@ -19,10 +19,10 @@ from pydantic.fields import FieldInfo
 
 from docgen.markdown import cell, code, prose, table
 from llmqueue.settings import Settings
-from llmqueue.settings.sources import ENV_PREFIXES
+from llmqueue.settings.sources import ENV_PREFIXES, REDIS_FIELDS
 
-# Top-level keys the environment can set.
-TOP_LEVEL_ENV = {"redis_url": "REDIS_URL"}
+# Top-level keys the environment can set: the names the settings' environment source keeps.
+TOP_LEVEL_ENV = {name: name.upper() for name in REDIS_FIELDS}
 # How a top-level field is written in config.toml when not under its own name.
 TOML_NAMES = {"llm_groups": "[llm.<name>]"}
 

@@ -6,6 +6,7 @@ render them in process and compare them with what the CLI prints and what the se
 
 from __future__ import annotations
 
+import ast
 import html
 import json
 import os
@@ -18,7 +19,7 @@ import typer
 from pydantic import BaseModel, SecretStr, ValidationError
 from typer.testing import CliRunner
 
-from docgen import benchmarks, cli, hooks, redis_keys, settings
+from docgen import benchmarks, cli, hooks, metrics, redis_keys, settings
 from llmqueue.cli import app
 from llmqueue.errors import ConfigError
 from llmqueue.settings import LLMConfig, Settings, load_settings
@@ -43,6 +44,11 @@ SEED_LLM_SETTINGS = [
     "LLM_ITPM",
     "LLM_OTPM",
 ]
+# Variables that are only valid together: each is tried with its partner set.
+PARTNERS = {
+    "REDIS_SENTINELS": {"REDIS_SENTINEL_SERVICE": "x-test"},
+    "REDIS_SENTINEL_SERVICE": {"REDIS_SENTINELS": "x-test:26379"},
+}
 
 
 def command_paths(typer_app: typer.Typer, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -108,6 +114,21 @@ def test_the_cli_reference_lists_every_command_the_app_has() -> None:
     assert documented == set(command_paths(app))
 
 
+def test_the_settings_reference_lists_every_variable_a_command_option_reads() -> None:
+    page = cli.render_environment()
+    variables = set()
+    for path in command_paths(app):
+        command = typer.main.get_command(app)
+        for name in path:
+            command = command.commands[name]
+        for param in command.params:
+            envvar = param.envvar
+            variables |= {envvar} if isinstance(envvar, str) else set(envvar or ())
+    assert "LLMQUEUE_CONFIG" in variables
+    for variable in variables:
+        assert f"| `{variable}` |" in page, variable
+
+
 def test_the_settings_reference_names_every_seed_setting_and_limit() -> None:
     page = settings.render()
     for variable in SEED_LLM_SETTINGS:
@@ -168,10 +189,12 @@ def test_every_environment_variable_in_the_reference_sets_its_setting(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no config.toml
     for name in list(os.environ):
-        if name.startswith(("LLM_", "WORKER_", "CACHE_", "REDIS_URL")):
+        if name.startswith(("LLM_", "WORKER_", "CACHE_", "REDIS_")):
             monkeypatch.delenv(name)
     assert row.env is not None
     env = row.env
+    for partner, value in PARTNERS.get(env, {}).items():
+        monkeypatch.setenv(partner, value)
     matching = [
         (len(prefix), name) for name, prefix in settings.ENV_PREFIXES.items() if env.startswith(prefix)
     ]
@@ -226,6 +249,33 @@ def test_the_redis_keys_table_has_every_key_builder() -> None:
         assert f"`keys.{name}()`" in page
 
 
+def served_metrics() -> dict[str, str]:
+    """Each metric a worker's ``/metrics`` declares (its ``# TYPE`` lines), with its type."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from llmqueue.ops.metrics import WorkerMetrics
+
+    text = generate_latest(WorkerMetrics(CollectorRegistry()).registry).decode()
+    return dict(re.findall(r"^# TYPE (llmqueue_\w+) (\w+)$", text, flags=re.MULTILINE))
+
+
+def test_the_metrics_table_has_every_metric_a_worker_serves() -> None:
+    page = metrics.render()
+    served = served_metrics()
+    assert len(served) > 10
+    for name, kind in served.items():
+        assert f"| `{name}` | {kind} |" in page, name
+
+
+def test_every_metric_the_docs_name_is_one_a_worker_serves() -> None:
+    names = set(served_metrics())
+    for page in [*(ROOT / "docs").rglob("*.md"), ROOT / "README.md"]:
+        for name in re.findall(r"\bllmqueue_[a-z_]+", page.read_text(encoding="utf-8")):
+            if name.endswith(("_bucket", "_sum", "_count")):
+                name = name.rsplit("_", 1)[0]
+            assert name in names, f"{page.relative_to(ROOT)} names {name}, which no worker serves"
+
+
 def test_the_benchmarks_page_shows_every_benchmark_of_the_results_file(tmp_path: Path) -> None:
     data = json.loads(benchmarks.RESULTS.read_text(encoding="utf-8"))
     page = benchmarks.render()
@@ -243,6 +293,25 @@ def test_the_benchmarks_page_shows_every_benchmark_of_the_results_file(tmp_path:
     path = tmp_path / "results.json"
     path.write_text(json.dumps(changed), encoding="utf-8")
     assert "a note only this test writes" in benchmarks.render(path)
+
+
+def test_every_test_and_source_file_the_docs_cite_exists() -> None:
+    """The guarantees name the test that shows each; a renamed test must not leave a dead citation."""
+    cited = 0
+    for page in [*(ROOT / "docs").rglob("*.md"), ROOT / "README.md"]:
+        text = page.read_text(encoding="utf-8")
+        for path, name in re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?", text):
+            cited += 1
+            source = ROOT / path
+            assert source.is_file(), f"{page.relative_to(ROOT)} cites {path}, which does not exist"
+            if name:
+                defined = {
+                    node.name
+                    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8")))
+                    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                }
+                assert name in defined, f"{page.relative_to(ROOT)} cites {path}::{name}, which is not there"
+    assert cited > 10
 
 
 def test_every_generated_marker_in_the_docs_is_known_and_filled() -> None:
