@@ -29,6 +29,7 @@ BENCHMARKS = {
     "priority": "bench.priority",
     "startup": "bench.startup",
     "deployments": "bench.deployments",
+    "streaming": "bench.streaming",
 }
 EXTRA_MODULES = ("tenacity", "pyinstrument")  # llmqueue[bench]
 RESULTS = Path(__file__).resolve().parent / "results.json"

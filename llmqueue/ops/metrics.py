@@ -78,7 +78,6 @@ __all__ = ["WorkerMetrics"]
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 _BY_PRIORITY = ("model", "priority")
-_CALL_ENDS = frozenset({"succeeded", "failed", "retrying", "interrupted"})
 _CALL_ENDS = frozenset({"succeeded", "failed", "retrying", "interrupted", "rerouted"})
 _DEPLOYMENT_OUTCOMES = frozenset({"succeeded", "failed", "retrying", "rerouted"})
 
