@@ -1,0 +1,124 @@
+"""Pausing a batch or a limit scope: its jobs are held, as a reached spending limit holds them, until
+it is resumed.
+
+The rules, in words:
+
+- A paused batch (``paused`` in its hash) or limit scope (a model, a deployment, a ``limit_scope``:
+  :func:`llmqueue.keys.paused_scopes`) starts no call. A worker that takes one of its jobs **holds**
+  it: the job goes back to the queue deferred (arq's ``Retry``: it takes no worker slot, counts no
+  attempt, makes no call and costs nothing) and is recorded among the held jobs beside those a
+  spending limit holds (``llmqueue status``, the dashboard). It checks again every :data:`PAUSE_RECHECK`
+  seconds. Calls already sent finish.
+- Resuming clears the mark and brings every job it held forward to now: they start at once, each once.
+- A job routed over deployments runs on those not paused; it is held when all of them are, or when
+  its model name is.
+- Workers read the marks as they claim each job (in the claim's script: no extra round trip), so a
+  pause holds every job claimed after it, on every worker at once, with no restart. A job claimed
+  before and waiting in place for the limiter (at most ``max_inline_wait``) still goes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any
+
+from arq.worker import Retry
+from redis.asyncio import Redis
+
+from llmqueue import keys
+from llmqueue.queue.ready import ReadyQueue
+from llmqueue.queue.store import WAKE_TOKENS, AttemptStart
+
+__all__ = ["PAUSE_RECHECK", "Pauses", "pause_of", "pause_words"]
+
+PAUSE_RECHECK = 60.0
+"""The longest a held job waits before it checks its pause again (seconds); a resume wakes it sooner."""
+_HOLD = resources.files("llmqueue.queue").joinpath("lua", "pause_hold.lua").read_text(encoding="utf-8")
+
+
+def pause_of(start: AttemptStart, batch_id: str | None, model: str, scopes: Sequence[str]) -> str | None:
+    """The pause that holds a job (``batch:<id>`` or ``scope:<name>``), or None when it may run: its
+    batch's, its model's, or that of its scope when every scope it could run on (``scopes``) is paused."""
+    if batch_id is not None and start.batch_paused:
+        return f"batch:{batch_id}"
+    paused = start.paused_scopes
+    if not paused:
+        return None
+    if model in paused:
+        return f"scope:{model}"
+    if scopes and all(scope in paused for scope in scopes):
+        return f"scope:{scopes[0]}"
+    return None
+
+
+def pause_words(pause: str) -> str:
+    """``batch b1 is paused``, ``scope gpt-4o is paused``: what a held job shows as its reason."""
+    kind, _, name = pause.partition(":")
+    return f"{kind} {name} is paused: held until it is resumed"
+
+
+class Pauses:
+    """Pauses and resumes batches and scopes on one queue, and holds the jobs they stop."""
+
+    def __init__(self, redis: Redis, queue_name: str) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self._hold = redis.register_script(_HOLD)
+
+    async def hold(self, job_id: str, batch_id: str | None, pause: str, emit: Callable[..., None]) -> None:
+        """Hold the job for ``pause``: raises arq's ``Retry`` (not an attempt) after recording it, its
+        ``deferred`` step emitted with the reason ``paused``. Returns when the pause ended meanwhile."""
+        kind, _, name = pause.partition(":")
+        marked = (keys.batch(name), "paused") if kind == "batch" else (keys.paused_scopes(), name)
+        record = {"batch_id": batch_id, "reason": pause_words(pause), "since": time.time(), "pause": pause}
+        if not await self._hold(args=[keys.spend_held(), job_id, json.dumps(record), *marked]):
+            return
+        emit("deferred", wait=PAUSE_RECHECK, reason="paused", message=pause_words(pause))
+        raise Retry(defer=PAUSE_RECHECK)
+
+    async def pause_batch(self, batch_id: str) -> None:
+        """Hold the batch's jobs that have not started a call yet (the batch must exist)."""
+        await self.redis.hset(keys.batch(batch_id), "paused", time.time())
+
+    async def resume_batch(self, batch_id: str) -> int:
+        """Let the batch's jobs run again; how many held jobs were brought forward."""
+        await self.redis.hdel(keys.batch(batch_id), "paused")
+        return await self._wake(f"batch:{batch_id}")
+
+    async def pause_scope(self, scope: str) -> None:
+        """Hold every job that would call ``scope`` (a model, deployment or ``limit_scope`` name)."""
+        await self.redis.hset(keys.paused_scopes(), scope, time.time())
+
+    async def resume_scope(self, scope: str) -> int:
+        """Let calls to ``scope`` go again; how many held jobs were brought forward."""
+        await self.redis.hdel(keys.paused_scopes(), scope)
+        return await self._wake(f"scope:{scope}")
+
+    async def paused_scopes(self) -> dict[str, float]:
+        """The scopes paused now, and since when (Unix seconds)."""
+        raw = await self.redis.hgetall(keys.paused_scopes())
+        return {scope.decode(): float(since) for scope, since in raw.items()}
+
+    async def _wake(self, pause: str) -> int:
+        held: dict[bytes, bytes] = await self.redis.hgetall(keys.spend_held())
+        woken = [job.decode() for job, raw in held.items() if _record(raw).get("pause") == pause]
+        if not woken:
+            return 0
+        await ReadyQueue(self.redis, self.queue_name, claim_ttl=0).wake([(job, 0.0) for job in woken])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(keys.spend_held(), *woken)
+            pipe.lpush(keys.wake(self.queue_name), *([b"1"] * min(WAKE_TOKENS, len(woken))))
+            pipe.ltrim(keys.wake(self.queue_name), 0, WAKE_TOKENS - 1)
+            await pipe.execute()
+        return len(woken)
+
+
+def _record(raw: bytes) -> dict[str, Any]:
+    try:
+        found = json.loads(raw)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
