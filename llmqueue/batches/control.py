@@ -140,9 +140,10 @@ class Batches(BatchSubmission, BatchFollowing):
         await self.pauses.pause_batch(batch_id)
 
     async def resume(self, batch_id: str) -> int:
-        """Resume a paused batch: its held jobs start now. Returns how many were held."""
+        """Resume a paused batch: its queued jobs take their turn again now. Returns how many are queued."""
         await self.status(batch_id)
-        return await self.pauses.resume_batch(batch_id)
+        await self.pauses.resume_batch(batch_id)
+        return (await self.status(batch_id)).queued
 
     async def retry_failed(self, batch_id: str) -> int:
         """Queue the batch's failed jobs again, with a fresh retry budget. Returns how many."""

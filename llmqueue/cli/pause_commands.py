@@ -66,8 +66,9 @@ def resume(
             return woken
         return int(await batches.pauses.resume_scope(name))
 
-    woken = with_batches(settings, go)
-    console.print(f"{kind} {name} resumed: {woken} held job(s) start now")
+    count = with_batches(settings, go)
+    what = "queued job(s) go on" if kind == "batch" else "held job(s) start now"
+    console.print(f"{kind} {name} resumed: {count} {what}")
 
 
 def _flag(kind: str, name: str) -> str:

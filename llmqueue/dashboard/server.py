@@ -175,13 +175,13 @@ async def pause_batch(request: web.Request) -> web.Response:
 
 
 async def resume_batch(request: web.Request) -> web.Response:
-    """``llmqueue resume BATCH``: the batch's held jobs start now."""
+    """``llmqueue resume BATCH``: the batch's queued jobs take their turn again now."""
     batch_id = request.match_info["batch_id"]
     try:
-        woken = await request.app[HUB].batches.resume(batch_id)
+        queued = await request.app[HUB].batches.resume(batch_id)
     except BatchError as exc:
         return web.json_response({"error": str(exc)}, status=404)
-    return _json({"batch_id": batch_id, "paused": False, "resumed": woken})
+    return _json({"batch_id": batch_id, "paused": False, "queued": queued})
 
 
 async def pause_scope(request: web.Request) -> web.Response:

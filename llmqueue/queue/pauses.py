@@ -3,17 +3,22 @@ it is resumed.
 
 The rules, in words:
 
-- A paused batch (``paused`` in its hash) or limit scope (a model, a deployment, a ``limit_scope``:
-  :func:`llmqueue.keys.paused_scopes`) starts no call. A worker that takes one of its jobs **holds**
-  it: the job goes back to the queue deferred (arq's ``Retry``: it takes no worker slot, counts no
-  attempt, makes no call and costs nothing) and is recorded among the held jobs beside those a
-  spending limit holds (``llmqueue status``, the dashboard). It checks again every :data:`PAUSE_RECHECK`
-  seconds. Calls already sent finish.
-- Resuming clears the mark and brings every job it held forward to now: they start at once, each once.
+- A paused batch (``paused`` in its hash) is skipped by the workers' claim: its lane leaves its
+  priority's turn and its jobs stay in it, queued, taking no worker slot, counting no attempt,
+  making no call and costing nothing. Calls already sent finish.
+- A paused limit scope (a model, a deployment, a ``limit_scope``: :func:`llmqueue.keys.paused_scopes`)
+  starts no call. A worker that takes a job bound for it **holds** it, as a reached spending limit
+  does: the job goes back to the queue deferred (arq's ``Retry``: no worker slot, no attempt, no call)
+  and is recorded among the held jobs (``llmqueue status``, the dashboard); it checks again every
+  :data:`PAUSE_RECHECK` seconds. A batch's job that a worker took just before its batch was paused
+  (or one arq's own worker runs) is held the same way.
+- Resuming clears the mark, lists a batch's lane again at the current virtual time (it gets no burst
+  for the time it waited), and brings every job held for it forward to now: they start at once, each
+  once.
 - A job routed over deployments runs on those not paused; it is held when all of them are, or when
   its model name is.
-- Workers read the marks as they claim each job (in the claim's script: no extra round trip), so a
-  pause holds every job claimed after it, on every worker at once, with no restart. A job claimed
+- Workers read the marks as they claim jobs (in the claim's script: no extra round trip), so a pause
+  holds every job claimed after it, on every worker at once, with no restart. A job claimed
   before and waiting in place for the limiter (at most ``max_inline_wait``) still goes.
 """
 
@@ -30,6 +35,7 @@ from redis.asyncio import Redis
 
 from llmqueue import keys
 from llmqueue.queue.ready import ReadyQueue
+from llmqueue.queue.scripts import now_ms, script
 from llmqueue.queue.store import WAKE_TOKENS, AttemptStart
 
 __all__ = ["PAUSE_RECHECK", "Pauses", "pause_of", "pause_words"]
@@ -67,6 +73,7 @@ class Pauses:
         self.redis = redis
         self.queue_name = queue_name
         self._hold = redis.register_script(_HOLD)
+        self._resume_lane = redis.register_script(script("resume_lane.lua"))
 
     async def hold(self, job_id: str, batch_id: str | None, pause: str, emit: Callable[..., None]) -> None:
         """Hold the job for ``pause``: raises arq's ``Retry`` (not an attempt) after recording it, its
@@ -84,8 +91,12 @@ class Pauses:
         await self.redis.hset(keys.batch(batch_id), "paused", time.time())
 
     async def resume_batch(self, batch_id: str) -> int:
-        """Let the batch's jobs run again; how many held jobs were brought forward."""
+        """Let the batch's jobs run again; how many jobs a worker had taken and held were brought forward
+        (those its claim skipped are in its lane, ready, once more)."""
         await self.redis.hdel(keys.batch(batch_id), "paused")
+        prefix = keys.ready_prefix(self.queue_name)
+        if await self._resume_lane(args=[prefix, self.queue_name, now_ms(), batch_id]):
+            await self._wake_workers(WAKE_TOKENS)
         return await self._wake(f"batch:{batch_id}")
 
     async def pause_scope(self, scope: str) -> None:
@@ -108,12 +119,16 @@ class Pauses:
         if not woken:
             return 0
         await ReadyQueue(self.redis, self.queue_name, claim_ttl=0).wake([(job, 0.0) for job in woken])
+        await self.redis.hdel(keys.spend_held(), *woken)
+        await self._wake_workers(min(WAKE_TOKENS, len(woken)))
+        return len(woken)
+
+    async def _wake_workers(self, count: int) -> None:
+        """Wake idle workers (blocked between polls) so they claim the jobs let go now."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hdel(keys.spend_held(), *woken)
-            pipe.lpush(keys.wake(self.queue_name), *([b"1"] * min(WAKE_TOKENS, len(woken))))
+            pipe.lpush(keys.wake(self.queue_name), *([b"1"] * count))
             pipe.ltrim(keys.wake(self.queue_name), 0, WAKE_TOKENS - 1)
             await pipe.execute()
-        return len(woken)
 
 
 def _record(raw: bytes) -> dict[str, Any]:

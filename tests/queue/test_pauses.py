@@ -71,16 +71,19 @@ async def test_a_paused_batch_starts_no_call_until_resumed_then_every_job_runs_o
                 at_pause = provider.stats.requests
                 assert (await batches.status("b1")).paused
 
-                async def all_queued_held() -> bool:
-                    status = await batches.status("b1")
-                    left = status.total - status.finished
-                    return status.running == 0 and len(await held_by(redis, "batch:b1")) == left
+                async def none_taken() -> bool:
+                    claimed = await redis.zrange(keys.claimed(settings.worker.queue_name), 0, -1)
+                    return not claimed and (await batches.status("b1")).running == 0
 
-                await until(all_queued_held)
+                await until(none_taken)  # the jobs taken before the pause have ended
                 stopped_at = provider.stats.requests
                 # Calls in flight finish; at most one per slot was past its pause check when it came.
                 assert stopped_at - at_pause <= MAX_JOBS
-                await asyncio.sleep(0.3)  # thirty polls of the worker: nothing more is sent
+                await asyncio.sleep(0.3)  # thirty polls of the worker: nothing more is taken or sent
+                assert not await redis.zrange(keys.claimed(settings.worker.queue_name), 0, -1)
+                # Its jobs were left in the queue, not taken and held one by one: at most those taken
+                # just before the pause were.
+                assert len(await held_by(redis, "batch:b1")) <= MAX_JOBS
                 status = await batches.status("b1")
                 assert provider.stats.requests == stopped_at
                 assert not status.done and status.queued == status.total - status.finished > 0

@@ -58,7 +58,7 @@ async function action(batchId, verb) {
   if (!result.ok) notice(`${verb} ${batchId}: refused (${result.status}): ${result.body.error || ""}`, "error");
   else if (verb === "cancel") notice(`batch ${batchId}: ${result.body.cancelled} job(s) cancelled; running jobs finish`, "ok");
   else if (verb === "pause") notice(`batch ${batchId} paused: no call starts until it is resumed; calls in flight finish`, "ok");
-  else if (verb === "resume") notice(`batch ${batchId} resumed: ${result.body.resumed} held job(s) start now`, "ok");
+  else if (verb === "resume") notice(`batch ${batchId} resumed: its ${result.body.queued} queued job(s) go on`, "ok");
   else notice(`batch ${batchId}: ${result.body.requeued} failed job(s) queued again`, "ok");
 }
 

@@ -103,37 +103,43 @@ for p = 9, 0, -1 do
     local head = redis.call('ZRANGE', lanes, 0, 0, 'WITHSCORES')
     if #head == 0 then break end
     local lane, vtime = head[1], tonumber(head[2])
-    local lane_key = PFX .. 'lane:' .. p .. ':' .. lane
-    local popped = redis.call('ZPOPMIN', lane_key)
-    if redis.call('EXISTS', lane_key) == 0 then
+    if lane ~= '' and redis.call('HEXISTS', BATCH .. lane, 'paused') == 1 then
+      -- A paused batch: its lane leaves the turn, its jobs stay in it (a resume lists it again).
       redis.call('ZREM', lanes, lane)
       JOINED[lanes .. ':' .. lane] = nil
     else
-      local weight = tonumber(redis.call('HGET', PFX .. 'weights', lane) or '1')
-      redis.call('ZADD', lanes, vtime + 1 / weight, lane)
-    end
-    redis.call('SET', PFX .. 'vclock:' .. p, vtime)
-    local id = popped[1]
-    if id then
-      redis.call('SREM', READY, id)
-      local score = redis.call('ZSCORE', QUEUE, id)
-      if not score then
-        redis.call('HDEL', ROUTES, id)  -- finished or cancelled meanwhile
-      elseif tonumber(score) > NOW then
-        redis.call('ZADD', DELAYED, score, id)  -- re-deferred by a plain arq worker
-      elseif redis.call('EXISTS', IN_PROGRESS .. id) == 0 then
-        redis.call('SET', IN_PROGRESS .. id, '1', 'PX', ttl)
-        redis.call('ZADD', CLAIMED, NOW, id)
-        out[#out + 1] = id
-        out[#out + 1] = score
-        out[#out + 1] = p
-        out[#out + 1] = attempt_start(id, lane)
-        out[#out + 1] = redis.call('GET', JOB .. id)
-        out[#out + 1] = redis.call('INCR', RETRY .. id)
-        redis.call('EXPIRE', RETRY .. id, 88400)  -- as arq's run_job
-        out[#out + 1] = redis.call('ZREM', ABORT, id)
-        left = left - 1
-        if low then low_left = low_left - 1 end
+      local lane_key = PFX .. 'lane:' .. p .. ':' .. lane
+      local popped = redis.call('ZPOPMIN', lane_key)
+      if redis.call('EXISTS', lane_key) == 0 then
+        redis.call('ZREM', lanes, lane)
+        JOINED[lanes .. ':' .. lane] = nil
+      else
+        local weight = tonumber(redis.call('HGET', PFX .. 'weights', lane) or '1')
+        redis.call('ZADD', lanes, vtime + 1 / weight, lane)
+      end
+      redis.call('SET', PFX .. 'vclock:' .. p, vtime)
+      local id = popped[1]
+      if id then
+        redis.call('SREM', READY, id)
+        local score = redis.call('ZSCORE', QUEUE, id)
+        if not score then
+          redis.call('HDEL', ROUTES, id)  -- finished or cancelled meanwhile
+        elseif tonumber(score) > NOW then
+          redis.call('ZADD', DELAYED, score, id)  -- re-deferred by a plain arq worker
+        elseif redis.call('EXISTS', IN_PROGRESS .. id) == 0 then
+          redis.call('SET', IN_PROGRESS .. id, '1', 'PX', ttl)
+          redis.call('ZADD', CLAIMED, NOW, id)
+          out[#out + 1] = id
+          out[#out + 1] = score
+          out[#out + 1] = p
+          out[#out + 1] = attempt_start(id, lane)
+          out[#out + 1] = redis.call('GET', JOB .. id)
+          out[#out + 1] = redis.call('INCR', RETRY .. id)
+          redis.call('EXPIRE', RETRY .. id, 88400)  -- as arq's run_job
+          out[#out + 1] = redis.call('ZREM', ABORT, id)
+          left = left - 1
+          if low then low_left = low_left - 1 end
+        end
       end
     end
   end
