@@ -24,6 +24,7 @@ The rules, in words:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,9 @@ __all__ = ["PAUSE_RECHECK", "Pauses", "pause_of", "pause_words"]
 
 PAUSE_RECHECK = 60.0
 """The longest a held job waits before it checks its pause again (seconds); a resume wakes it sooner."""
+RELEASE_CHECKS = 5
+RELEASE_CHECK_INTERVAL = 0.02
+"""A resume looks this many times, this many seconds apart, for held jobs still on their way back."""
 _HOLD = resources.files("llmqueue.queue").joinpath("lua", "pause_hold.lua").read_text(encoding="utf-8")
 
 
@@ -118,10 +122,27 @@ class Pauses:
         woken = [job.decode() for job, raw in held.items() if _record(raw).get("pause") == pause]
         if not woken:
             return 0
-        await ReadyQueue(self.redis, self.queue_name, claim_ttl=0).wake([(job, 0.0) for job in woken])
+        ready = ReadyQueue(self.redis, self.queue_name, claim_ttl=0)
+        await ready.wake([(job, 0.0) for job in woken])
+        # A job held a moment ago may not be back in the queue yet (its worker is releasing it): wake
+        # it again once it is, rather than let it wait out PAUSE_RECHECK.
+        pending = woken
+        for _ in range(RELEASE_CHECKS):
+            pending = await self._still_claimed(pending)
+            if not pending:
+                break
+            await asyncio.sleep(RELEASE_CHECK_INTERVAL)
+            await ready.wake([(job, 0.0) for job in pending])
         await self.redis.hdel(keys.spend_held(), *woken)
         await self._wake_workers(min(WAKE_TOKENS, len(woken)))
         return len(woken)
+
+    async def _still_claimed(self, jobs: list[str]) -> list[str]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.zscore(keys.claimed(self.queue_name), job)
+            scores = await pipe.execute()
+        return [job for job, score in zip(jobs, scores, strict=True) if score is not None]
 
     async def _wake_workers(self, count: int) -> None:
         """Wake idle workers (blocked between polls) so they claim the jobs let go now."""

@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from arq.worker import Retry
 from redis.asyncio import Redis
 
 from llmqueue import keys
 from llmqueue.batches.control import Batches
 from llmqueue.errors import BatchError
 from llmqueue.producer import Producer
-from llmqueue.queue.pauses import pause_of
+from llmqueue.queue.pauses import PAUSE_RECHECK, Pauses, pause_of
+from llmqueue.queue.ready import ReadyQueue
 from llmqueue.queue.store import AttemptStart
 from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
 from tests.support.settings import TEST_API_KEY, make_settings, running_worker
@@ -129,3 +131,26 @@ async def test_pausing_an_unknown_batch_is_refused(producer: Producer) -> None:
 
 async def _at_least(provider: RunningProvider, count: int) -> bool:
     return provider.stats.requests >= count
+
+
+async def test_a_resume_that_comes_while_a_held_job_is_on_its_way_back_still_wakes_it(
+    producer: Producer, redis: Redis
+) -> None:
+    queue = producer.settings.worker.queue_name
+    ready = ReadyQueue(redis, queue, claim_ttl=30)
+    pauses = Pauses(redis, queue)
+    handle = await producer.submit({"messages": [{"role": "user", "content": "step"}]})
+    await pauses.pause_scope("s")
+    [claimed] = await ready.claim(1, low_priority_limit=1)
+    with pytest.raises(Retry):
+        await pauses.hold(claimed.job_id, None, "scope:s", lambda *args, **details: None)
+
+    async def release_later() -> None:  # the worker's release of the held job, after the resume began
+        await asyncio.sleep(0.01)
+        await ready.release(claimed.job_id, "defer", defer_ms=int(PAUSE_RECHECK * 1000))
+
+    releasing = asyncio.create_task(release_later())
+    assert await pauses.resume_scope("s") == 1
+    await releasing
+    [again] = await ready.claim(1, low_priority_limit=1)  # due now, not in PAUSE_RECHECK seconds
+    assert again.job_id == handle.job_id
