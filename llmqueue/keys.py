@@ -245,10 +245,17 @@ def spend(period: str) -> str:
 
 
 def spend_held() -> str:
-    """Jobs held by a spending limit (a hash: job id → JSON of its batch, the limit and until when)."""
+    """Jobs held by a spending limit or a pause (a hash: job id → JSON of its batch, the reason, since
+    when, and for a pause which one: ``batch:<id>`` or ``scope:<name>``)."""
     return f"{PREFIX}:spend:{{spend}}:held"
 
 
 def spend_limits() -> str:
     """The spending limits the last worker to start applies (JSON), for ``status`` and the dashboard."""
     return f"{PREFIX}:spend:{{spend}}:limits"
+
+
+def paused_scopes() -> str:
+    """The limit scopes (models, deployments) paused now (a hash: scope → when it was paused, Unix s).
+    A paused batch is marked in its own hash (``paused``)."""
+    return f"{PREFIX}:paused-scopes"

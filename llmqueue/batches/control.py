@@ -22,6 +22,7 @@ from llmqueue.errors import BatchError
 from llmqueue.models import Job, JobResult
 from llmqueue.queue.cancel import BATCH_CANCELLED, cancel_queued, cancelled_result
 from llmqueue.queue.ledger import BatchLedger, BatchStatus
+from llmqueue.queue.pauses import Pauses
 from llmqueue.queue.ready import set_weight
 from llmqueue.queue.retention import keep_batch, queued_batch_ttl
 from llmqueue.queue.scripts import lane_of
@@ -49,6 +50,7 @@ class Batches(BatchSubmission, BatchFollowing):
         self.settings = settings
         self.redis = store.redis
         self.ledger = BatchLedger(store.redis)
+        self.pauses = Pauses(store.redis, store.queue_name)
 
     async def status(self, batch_id: str) -> BatchStatus:
         """The batch's counts, usage, cost, throughput and ETA. Raises BatchError for an unknown batch."""
@@ -130,6 +132,18 @@ class Batches(BatchSubmission, BatchFollowing):
                 pipe.delete(keys.arq_job(job_id), keys.arq_retry(job_id))
             await pipe.execute()
         return sum(stored)
+
+    async def pause(self, batch_id: str) -> None:
+        """Pause the batch: workers start no call for its jobs (those in flight finish) until
+        :meth:`resume`; its queued jobs are held, not failed (:mod:`llmqueue.queue.pauses`)."""
+        await self.status(batch_id)
+        await self.pauses.pause_batch(batch_id)
+
+    async def resume(self, batch_id: str) -> int:
+        """Resume a paused batch: its queued jobs take their turn again now. Returns how many are queued."""
+        await self.status(batch_id)
+        await self.pauses.resume_batch(batch_id)
+        return (await self.status(batch_id)).queued
 
     async def retry_failed(self, batch_id: str) -> int:
         """Queue the batch's failed jobs again, with a fresh retry budget. Returns how many."""

@@ -126,6 +126,8 @@ def status_table(status: BatchStatus, deployments: Mapping[str, str] | None = No
         )
     if status.cancel_requested:
         rows.append(("state", "cancelled by request"))
+    elif status.paused and not status.done:
+        rows.append(("state", f"paused: no call starts until `llmqueue resume {status.batch_id}`"))
     elif status.budget_exceeded:
         rows.append(("state", "budget reached: no further job starts"))
     for name, value in rows:
@@ -296,7 +298,7 @@ def limits_table(states: Sequence[ScopeState], title: str = "limits") -> Table:
         if state.others_request_share >= 0.005:
             source += f" (others took {state.others_request_share:.0%} of req)"
         table.add_row(
-            state.scope,
+            state.scope + (" [yellow](paused)[/yellow]" if state.paused else ""),
             limit,
             source,
             level,
@@ -329,7 +331,7 @@ def spending_table(view: Mapping[str, Any]) -> Table:
     for reason in view["held_reasons"]:
         table.add_row("held", "", "", "", "", f"[yellow]{escape(reason)}[/yellow]")
     if view["held"]:
-        table.caption = f"{view['held']} job(s) held by a spending limit"
+        table.caption = f"{view['held']} job(s) held by a spending limit or a pause"
     return table
 
 

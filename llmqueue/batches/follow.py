@@ -61,7 +61,8 @@ class BatchFollowing:
         """Why the batch is not progressing now, if something other than waiting explains it.
 
         Raises BatchStalledError when some of its jobs are neither queued, running nor finished (lost:
-        a submission cut short, a job deleted); returns the reason when no worker is running.
+        a submission cut short, a job deleted); returns the reason when it is paused or no worker is
+        running.
         """
         lost = await self.lost_jobs(batch_id)
         if lost:
@@ -79,6 +80,8 @@ class BatchFollowing:
                 f"`llmqueue run --resume {batch_id}{tier}`) "
                 "to queue them"
             )
+        if await self.redis.hexists(keys.batch(batch_id), "paused"):
+            return f"batch {batch_id} is paused: `llmqueue resume {batch_id}` lets it go on"
         interval = self.settings.worker.heartbeat_interval if self.settings else 5.0
         return await no_worker_reason(self.redis, self.store.queue_name, heartbeat_interval=interval)
 

@@ -9,6 +9,7 @@ from llmqueue.cli import (
     cache_commands,
     dashboard_commands,
     limit_commands,
+    pause_commands,
     worker_commands,
 )
 from llmqueue.cli.common import app, main
@@ -21,5 +22,6 @@ __all__ = [
     "dashboard_commands",
     "limit_commands",
     "main",
+    "pause_commands",
     "worker_commands",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Annotated, Any
 
 import typer
@@ -26,7 +27,14 @@ async def scope_states(redis: Any, scopes: list[str] | None = None) -> list[Scop
     """The state of ``scopes`` (default: every scope seen whose buckets are still kept)."""
     limiter = RateLimiter(redis)
     names = await view.scopes(redis) if scopes is None else scopes
-    return [await limiter.inspect(scope) for scope in names if await redis.exists(keys.limiter(scope))]
+    paused = await paused_scopes(redis)
+    found = [await limiter.inspect(scope) for scope in names if await redis.exists(keys.limiter(scope))]
+    return [replace(state, paused=state.scope in paused) for state in found]
+
+
+async def paused_scopes(redis: Any) -> set[str]:
+    """The scopes paused now (``llmqueue pause --scope``)."""
+    return {scope.decode() for scope in await redis.hkeys(keys.paused_scopes())}
 
 
 async def batch_limits(redis: Any, batch_id: str) -> list[ScopeState]:
@@ -47,8 +55,12 @@ def limits(
     state follows: in service, cooling down after a 429, or taken out after failures."""
     settings = settings_from(config, redis_url, litellm_config=litellm_config)
     states = with_redis(settings, scope_states)
+    paused = with_redis(settings, paused_scopes)
+    unseen = sorted(paused - {state.scope for state in states})
     if as_json:
-        typer.echo(json.dumps([state.to_json() for state in states], indent=2))
+        rows = [state.to_json() for state in states]
+        rows += [{"scope": scope, "state": "unseen", "paused": True} for scope in unseen]
+        typer.echo(json.dumps(rows, indent=2))
         return
     from llmqueue.batches.display import deployments_table, limits_table
 
@@ -56,6 +68,8 @@ def limits(
         Console().print(limits_table(states))
     else:
         typer.echo("no limit scope in use (no worker has taken from the limiter in the last hour)")
+    if unseen:
+        typer.echo(f"paused (no call starts until `llmqueue resume --scope NAME`): {', '.join(unseen)}")
     if settings.model_list:
         from llmqueue.limits.breaker import deployment_states
 

@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -165,6 +165,7 @@ class Hub:
         now = self.clock()
         statuses = await self._statuses(now)
         scopes = [await self.limiter.inspect(scope) for scope in await limit_scopes(self.limiter.redis)]
+        paused = await self.batches.pauses.paused_scopes()
         workers, read_at = self._workers
         if now - read_at >= WORKERS_REREAD_SECONDS:
             workers = await read_workers(self.batches.redis)
@@ -185,7 +186,7 @@ class Hub:
             points = self._scope_history.setdefault(state.scope, deque())
             points.append((now, state.requests_last_minute, state.rpm, state.rate_limited_last_minute))
             _trim(points, now)
-            view = scope_view(state, self.deployments)
+            view = scope_view(replace(state, paused=state.scope in paused), self.deployments)
             view["chart"] = _thin(list(points))
             scope_views.append(view)
         reading = {
@@ -193,6 +194,7 @@ class Hub:
             "interval": self.interval,
             "batches": batch_views,
             "limits": scope_views,
+            "paused_scopes": sorted(paused),
             "workers": [worker_view(w, now) for w in workers],
             "spend": spend_view(statuses, now, await read_spending(self.batches.redis, now)),
         }

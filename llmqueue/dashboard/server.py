@@ -3,8 +3,9 @@
 Reads: ``GET /api/snapshot`` (everything), ``/api/batches``, ``/api/batches/{id}``,
 ``/api/batches/{id}/failures``, ``/api/limits``, ``/api/workers``, ``/api/spend``, and
 ``GET /api/events``, a server-sent event stream of snapshots (one ``snapshot`` event per reading).
-Actions: ``POST /api/batches/{id}/cancel`` and ``POST /api/batches/{id}/retry`` (its failed jobs), which
-call what ``llmqueue cancel`` and ``llmqueue retry --failed`` call. Who may do what: :mod:`.access`.
+Actions: ``POST /api/batches/{id}/cancel``, ``/retry`` (its failed jobs), ``/pause`` and ``/resume``, and
+``POST /api/limits/{scope}/pause`` and ``/resume``, which call what ``llmqueue cancel``, ``llmqueue retry
+--failed``, ``llmqueue pause`` and ``llmqueue resume`` call. Who may do what: :mod:`.access`.
 """
 
 from __future__ import annotations
@@ -163,6 +164,40 @@ async def retry(request: web.Request) -> web.Response:
     return _json({"batch_id": batch_id, "requeued": count})
 
 
+async def pause_batch(request: web.Request) -> web.Response:
+    """``llmqueue pause BATCH``: no call of the batch starts (those in flight finish) until resumed."""
+    batch_id = request.match_info["batch_id"]
+    try:
+        await request.app[HUB].batches.pause(batch_id)
+    except BatchError as exc:
+        return web.json_response({"error": str(exc)}, status=404)
+    return _json({"batch_id": batch_id, "paused": True})
+
+
+async def resume_batch(request: web.Request) -> web.Response:
+    """``llmqueue resume BATCH``: the batch's queued jobs take their turn again now."""
+    batch_id = request.match_info["batch_id"]
+    try:
+        queued = await request.app[HUB].batches.resume(batch_id)
+    except BatchError as exc:
+        return web.json_response({"error": str(exc)}, status=404)
+    return _json({"batch_id": batch_id, "paused": False, "queued": queued})
+
+
+async def pause_scope(request: web.Request) -> web.Response:
+    """``llmqueue pause --scope NAME``: no call to the scope starts until resumed, whatever job."""
+    scope = request.match_info["scope"]
+    await request.app[HUB].batches.pauses.pause_scope(scope)
+    return _json({"scope": scope, "paused": True})
+
+
+async def resume_scope(request: web.Request) -> web.Response:
+    """``llmqueue resume --scope NAME``: the jobs it held start now."""
+    scope = request.match_info["scope"]
+    woken = await request.app[HUB].batches.pauses.resume_scope(scope)
+    return _json({"scope": scope, "paused": False, "resumed": woken})
+
+
 def create_app(
     batches: Batches, settings: Settings, access: Access, *, interval: float = 1.0
 ) -> web.Application:
@@ -191,6 +226,10 @@ def create_app(
     app.router.add_get("/api/spend", _part("spend"))
     app.router.add_post("/api/batches/{batch_id}/cancel", cancel)
     app.router.add_post("/api/batches/{batch_id}/retry", retry)
+    app.router.add_post("/api/batches/{batch_id}/pause", pause_batch)
+    app.router.add_post("/api/batches/{batch_id}/resume", resume_batch)
+    app.router.add_post("/api/limits/{scope}/pause", pause_scope)
+    app.router.add_post("/api/limits/{scope}/resume", resume_scope)
     return app
 
 

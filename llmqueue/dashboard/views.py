@@ -67,6 +67,8 @@ def batch_view(status: BatchStatus, samples: Sequence[Sample]) -> dict[str, Any]
         state = "cancelled" if status.done else "cancelling"
     elif status.done:
         state = "done"
+    elif status.paused:
+        state = "paused"
     if not status.done and status.budget_exceeded:
         state = "over budget"
     return {

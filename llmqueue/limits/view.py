@@ -59,6 +59,8 @@ class ScopeState:
     input_capacity: float
     output_level: float
     output_capacity: float
+    paused: bool = False
+    """Paused (``llmqueue pause --scope``): no call to it starts until it is resumed."""
 
     @property
     def source(self) -> str:

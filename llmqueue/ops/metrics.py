@@ -12,8 +12,8 @@ events since it started; Prometheus sums them across workers.
 - ``llmqueue_jobs_failed_total{model,priority,reason}``: jobs that ended failed (retries spent, a
   permanent error, or ``invalid_job``)
 - ``llmqueue_jobs_retried_total{model,priority,reason}``: failed calls sent back to the queue to try again
-- ``llmqueue_jobs_deferred_total{model,priority,reason}``: jobs sent back by the limiter (``limiter``)
-  or a 429 cooldown (``cooldown``); not attempts
+- ``llmqueue_jobs_deferred_total{model,priority,reason}``: jobs sent back by the limiter (``limiter``),
+  a 429 cooldown (``cooldown``) or a paused scope (``paused``); not attempts
 - ``llmqueue_jobs_cancelled_total{reason}``: jobs of a cancelled or over-budget batch
 - ``llmqueue_jobs_interrupted_total{model}``: calls cut off by a worker stop (they run again)
 - ``llmqueue_rate_limited_total{model}``: provider answers with HTTP 429

@@ -22,7 +22,7 @@ from llmqueue.errors import BatchError
 
 _COUNT_TOTAL = "return redis.call('HSET', KEYS[1], 'total', redis.call('ZCARD', KEYS[2]))"
 
-GATE_FIELDS = ["cancel_requested", "max_cost", "cost", "max_tokens", "tokens"]
+GATE_FIELDS = ["cancel_requested", "max_cost", "cost", "max_tokens", "tokens", "paused"]
 
 
 def budget_spent(*, cost: float, max_cost: float | None, tokens: int, max_tokens: int | None) -> bool:
@@ -32,7 +32,7 @@ def budget_spent(*, cost: float, max_cost: float | None, tokens: int, max_tokens
 
 def stop_reason(fields: Sequence[bytes | None]) -> str | None:
     """Why no further job of a batch may start, from its :data:`GATE_FIELDS`; None when they may."""
-    cancel, max_cost, cost, max_tokens, tokens = (None if f is None else f.decode() for f in fields)
+    cancel, max_cost, cost, max_tokens, tokens = (None if f is None else f.decode() for f in fields[:5])
     if cancel:
         return "cancelled"
     spent = budget_spent(
@@ -76,6 +76,8 @@ class BatchStatus:
     source: str | None
     deployments: dict[str, dict[str, int]] = field(default_factory=dict)
     """Provider calls per model_list deployment, by outcome (``ok``, ``rate_limit``, ``connection`` …)."""
+    paused: bool = False
+    """Paused (``llmqueue pause``): its queued jobs start no call until it is resumed."""
 
     @property
     def finished(self) -> int:
@@ -195,6 +197,7 @@ class BatchLedger:
             max_cost=float(fields["max_cost"]) if "max_cost" in fields else None,
             max_tokens=int(fields["max_tokens"]) if "max_tokens" in fields else None,
             cancel_requested=bool(fields.get("cancel_requested")),
+            paused=bool(fields.get("paused")),
             created_at=created,
             elapsed=elapsed,
             throughput=throughput,

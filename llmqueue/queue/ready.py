@@ -104,6 +104,7 @@ class ReadyQueue:
                 self.state_ttl,
                 keys.arq_retry(""),
                 keys.ARQ_ABORT,
+                keys.paused_scopes(),
                 *ledger.GATE_FIELDS,
             ]
         )
@@ -190,9 +191,10 @@ class ReadyQueue:
 
 
 def _attempt_start(reply: list[object]) -> AttemptStart:
-    has_result, fields, errors, gate = reply
+    has_result, fields, errors, gate, paused = reply
     assert isinstance(fields, list) and isinstance(errors, list) and isinstance(gate, list)
-    return AttemptStart.from_replies(bool(has_result), fields, errors, gate or None)
+    assert isinstance(paused, list)
+    return AttemptStart.from_replies(bool(has_result), fields, errors, gate or None, paused)
 
 
 def set_weight(pipe: Pipeline, queue_name: str, lane: str, weight: float) -> None:

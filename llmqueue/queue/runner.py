@@ -38,6 +38,7 @@ from llmqueue.queue.call import Call
 from llmqueue.queue.fallbacks import Fallbacks
 from llmqueue.queue.job_stream import StreamWriter
 from llmqueue.queue.ledger import BatchLedger
+from llmqueue.queue.pauses import Pauses, pause_of
 from llmqueue.queue.payload import invalid_reason
 from llmqueue.queue.reask import Checked
 from llmqueue.queue.results import REQUEUE_AFTER_STORE_ERROR, ResultWriter
@@ -72,6 +73,7 @@ class JobRunner:
     fallbacks: Fallbacks = field(init=False)
     budget: BudgetGate = field(init=False)
     spending: SpendGate = field(init=False)
+    pauses: Pauses = field(init=False)
 
     def __post_init__(self) -> None:
         self.ledger = BatchLedger(self.store.redis)
@@ -84,6 +86,7 @@ class JobRunner:
         self.budget = BudgetGate(self.store.redis)
         listeners = [cast(SpendListener, s) for s in self.sinks if isinstance(s, SpendListener)]
         self.spending = SpendGate(self.store.redis, self.settings.budget, listeners=listeners)
+        self.pauses = Pauses(self.store.redis, self.store.queue_name)
         register_prices(self.settings)
 
     @property
@@ -142,6 +145,10 @@ class JobRunner:
         await self._move_on_if_down(job, llm, start)
         model = fallback_model(self.settings.fallbacks, job_model(job, llm), start.fallback)
         candidates = self.deployments.candidates(model) if self.deployments else []
+        pause = pause_of(
+            start, job.batch_id, model, [c.scope for c in candidates] or [llm.limit_scope or model]
+        )
+        candidates = [c for c in candidates if c.scope not in start.paused_scopes] or candidates
         if candidates:
             scope, limit = model, None  # until admission picks a deployment
             limited = any(self.admitter.needs_estimate(c.scope, c.limit) for c in candidates)
@@ -162,6 +169,8 @@ class JobRunner:
             priority=job.priority,
             candidates=candidates,
         )
+        if pause is not None:  # held (not an attempt) until resumed; goes on if resumed meanwhile
+            await self.pauses.hold(job.id, job.batch_id, pause, functools.partial(self._emit, call=call))
         if job.cache and self.cache is not None and await self._answered_from_cache(call):
             return
         spend: SpendReservation | None = None

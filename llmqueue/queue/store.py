@@ -49,6 +49,10 @@ class AttemptStart:
     """Failed calls before the current fallback began: its retries are counted from there."""
     has_cost_budget: bool = False
     """The job's batch has a ``max_cost``: each call reserves its estimated price first."""
+    batch_paused: bool = False
+    """The job's batch is paused (``llmqueue pause``): the job is held, no call made."""
+    paused_scopes: frozenset[str] = frozenset()
+    """The limit scopes (models, deployments) paused as the job starts: calls to them are held."""
 
     @classmethod
     def from_replies(
@@ -57,9 +61,10 @@ class AttemptStart:
         state: list[bytes | None],
         errors: list[bytes],
         gate: list[bytes | None] | None,
+        paused_scopes: list[bytes] | None = None,
     ) -> AttemptStart:
         """From Redis's replies: the result's existence, the state hash's ``started_at``, ``fallback`` and
-        ``fallback_after``, the errors, the batch gate."""
+        ``fallback_after``, the errors, the batch gate, the paused scopes."""
         started, fallback, fallback_after = state
         assert started is not None  # set (HSETNX) in the same round trip
         return cls(
@@ -70,6 +75,8 @@ class AttemptStart:
             fallback=int(fallback or 0),
             fallback_after=int(fallback_after or 0),
             has_cost_budget=gate is not None and gate[ledger.GATE_FIELDS.index("max_cost")] is not None,
+            batch_paused=gate is not None and gate[ledger.GATE_FIELDS.index("paused")] is not None,
+            paused_scopes=frozenset(scope.decode() for scope in paused_scopes or ()),
         )
 
 
@@ -155,12 +162,13 @@ class JobStore:
             pipe.hmget(state, ["started_at", "fallback", "fallback_after"])
             pipe.expire(state, self.job_ttl_ms // 1000)
             pipe.lrange(keys.attempt_errors(job_id), 0, -1)
+            pipe.hkeys(keys.paused_scopes())
             if batch_id is not None:
                 pipe.hmget(keys.batch(batch_id), ledger.GATE_FIELDS)
             replies = await pipe.execute()
-        has_result, _, fields, _, errors = replies[:5]
+        has_result, _, fields, _, errors, paused = replies[:6]
         return AttemptStart.from_replies(
-            bool(has_result), fields, errors, replies[5] if batch_id is not None else None
+            bool(has_result), fields, errors, replies[6] if batch_id is not None else None, paused
         )
 
     async def read_waiting(self, job_id: str) -> tuple[list[AttemptError], datetime]:

@@ -106,7 +106,7 @@ async def progress_text(page: Any) -> str:
     return str(await page.locator("[data-batch='eval-run'] .progress-text").inner_text())
 
 
-async def test_the_page_follows_a_running_batch_and_cancels_it_with_the_token(
+async def test_the_page_follows_a_running_batch_pauses_it_and_its_scope_and_cancels_it_with_the_token(
     redis_url: str, batch_file: Callable[[int], Path], artifacts: Path
 ) -> None:
     async with running_batch(redis_url, batch_file) as (batches, url), browser_page() as page:
@@ -166,6 +166,24 @@ async def test_the_page_follows_a_running_batch_and_cancels_it_with_the_token(
         page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
         await page.fill("#token", TOKEN)
         await page.locator("#token").dispatch_event("change")
+        await card.locator("button.pause").click()
+        await page.locator("#notice", has_text="paused").wait_for()
+        assert (await batches.status("eval-run")).paused
+        await card.locator(".badge", has_text="paused").wait_for()
+        await page.screenshot(path=artifacts / "paused.png", full_page=True)
+        await card.locator("button.resume").click()
+        await page.locator("#notice", has_text="resumed").wait_for()
+        assert not (await batches.status("eval-run")).paused
+        await card.locator("button.pause").wait_for()
+        await page.click("nav a[data-page='limits']")
+        await limits.locator("button.pause").click()
+        await page.locator("#notice", has_text="scope openai/sim-model paused").wait_for()
+        assert set(await batches.pauses.paused_scopes()) == {"openai/sim-model"}
+        await limits.locator("td", has_text="paused").wait_for()
+        await limits.locator("button.resume").click()
+        await page.locator("#notice", has_text="scope openai/sim-model resumed").wait_for()
+        assert await batches.pauses.paused_scopes() == {}
+        await page.click("nav a[data-page='batches']")
         await card.locator("button.cancel").click()
         await page.locator("#notice", has_text="cancelled").wait_for()
         status = await batches.status("eval-run")

@@ -184,3 +184,28 @@ async def test_spend_shows_each_model_against_its_limit_and_the_held_jobs(
         shown["held"] == 1
         and "daily spending limit for all models ($1) is reached" in shown["held_reasons"][0]
     )
+
+
+async def test_pause_and_resume_need_the_token_and_refuse_other_sites(
+    dashboard: Client, batches: Batches, batch_file: Callable[[int], Path]
+) -> None:
+    await batches.submit_file(batch_file(3), "b6")
+    for path in ("/api/batches/b6/pause", "/api/limits/openai%2Fsim-model/pause"):
+        assert (await dashboard.post(path)).status == 403
+        assert (await dashboard.post(path, headers={**AUTH, "Origin": "http://evil.example"})).status == 403
+    assert not (await batches.status("b6")).paused
+    assert await batches.pauses.paused_scopes() == {}
+    paused = await dashboard.post("/api/batches/b6/pause", headers=AUTH)
+    assert (paused.status, await paused.json()) == (200, {"batch_id": "b6", "paused": True})
+    assert (await batches.status("b6")).paused
+    scope = await dashboard.post("/api/limits/openai%2Fsim-model/pause", headers=AUTH)
+    assert (await scope.json())["scope"] == "openai/sim-model"
+    reading = await (await dashboard.get("/api/snapshot")).json()
+    assert reading["paused_scopes"] == ["openai/sim-model"]
+    assert [b["state"] for b in reading["batches"] if b["batch_id"] == "b6"] == ["paused"]
+    assert (await dashboard.post("/api/batches/b6/resume")).status == 403
+    resumed = await dashboard.post("/api/batches/b6/resume", headers=AUTH)
+    assert (await resumed.json())["paused"] is False and not (await batches.status("b6")).paused
+    assert (await dashboard.post("/api/limits/openai%2Fsim-model/resume", headers=AUTH)).status == 200
+    assert await batches.pauses.paused_scopes() == {}
+    assert (await dashboard.post("/api/batches/nope/pause", headers=AUTH)).status == 404

@@ -57,7 +57,27 @@ async function action(batchId, verb) {
   const result = await act(`/api/batches/${encodeURIComponent(batchId)}/${verb}`);
   if (!result.ok) notice(`${verb} ${batchId}: refused (${result.status}): ${result.body.error || ""}`, "error");
   else if (verb === "cancel") notice(`batch ${batchId}: ${result.body.cancelled} job(s) cancelled; running jobs finish`, "ok");
+  else if (verb === "pause") notice(`batch ${batchId} paused: no call starts until it is resumed; calls in flight finish`, "ok");
+  else if (verb === "resume") notice(`batch ${batchId} resumed: its ${result.body.queued} queued job(s) go on`, "ok");
   else notice(`batch ${batchId}: ${result.body.requeued} failed job(s) queued again`, "ok");
+}
+
+async function scopeAction(scope, verb) {
+  if (!token()) {
+    notice("Actions need the dashboard's token: paste the one `llmqueue dashboard` printed into the token field.", "error");
+    document.getElementById("token").focus();
+    return;
+  }
+  const result = await act(`/api/limits/${encodeURIComponent(scope)}/${verb}`);
+  if (!result.ok) notice(`${verb} ${scope}: refused (${result.status}): ${result.body.error || ""}`, "error");
+  else if (verb === "pause") notice(`scope ${scope} paused: no call to it starts until it is resumed`, "ok");
+  else notice(`scope ${scope} resumed: ${result.body.resumed} held job(s) start now`, "ok");
+}
+
+function scopeButton(scope, paused) {
+  return paused
+    ? h("button", { type: "button", class: "resume", "data-scope": scope, onclick: () => scopeAction(scope, "resume") }, "Resume")
+    : h("button", { type: "button", class: "pause", "data-scope": scope, onclick: () => scopeAction(scope, "pause") }, "Pause");
 }
 
 function limitLines(limits) {
@@ -101,6 +121,9 @@ function batchCard(batch, limits) {
       h("h2", {}, batch.batch_id),
       h("span", { class: "badge" }, batch.state),
       h("span", { class: "actions" },
+        batch.paused
+          ? h("button", { type: "button", class: "resume", disabled: batch.done, onclick: () => action(batch.batch_id, "resume") }, "Resume")
+          : h("button", { type: "button", class: "pause", disabled: batch.done || batch.cancel_requested, onclick: () => action(batch.batch_id, "pause") }, "Pause"),
         h("button", { type: "button", class: "cancel", disabled: batch.done || batch.cancel_requested, onclick: () => action(batch.batch_id, "cancel") }, "Cancel"),
         h("button", { type: "button", class: "retry", disabled: !batch.failed, onclick: () => action(batch.batch_id, "retry") }, "Retry failed"))),
     h("div", { class: "progress" },
@@ -130,10 +153,15 @@ function renderBatches(reading) {
 }
 
 function renderLimits(reading) {
-  if (!reading.limits.length) return [h("p", { class: "empty" }, "No limit scope in use (no worker has taken from the limiter in the last hour).")];
+  const shown = new Set(reading.limits.map((l) => l.scope));
+  const unseen = (reading.paused_scopes || []).filter((s) => !shown.has(s));
+  const pausedList = unseen.length
+    ? h("p", { class: "notice paused-scopes" }, "Paused, not used yet: ", ...unseen.map((s) => h("span", { class: "scope" }, `${s} `, scopeButton(s, true))))
+    : null;
+  if (!reading.limits.length) return [pausedList, h("p", { class: "empty" }, "No limit scope in use (no worker has taken from the limiter in the last hour).")].filter(Boolean);
   const rows = reading.limits.map((l) => [
     h("span", { class: "scope" }, l.scope, l.deployment_of ? h("small", {}, ` deployment of ${l.deployment_of}`) : null),
-    l.state, l.source,
+    h("span", { class: l.paused ? "warn" : "" }, l.paused ? `paused (${l.state})` : l.state), l.source,
     l.rpm ? `${number(l.rpm)}/min` : "–",
     l.tpm ? `${number(l.tpm)}/min` : "–",
     `${number(l.request_level, 1)} / ${number(l.request_capacity, 1)}`,
@@ -142,6 +170,7 @@ function renderLimits(reading) {
     `${Math.round(l.others_request_share * 100)}%`,
     number(l.requests_last_minute),
     h("span", { class: l.rate_limited_last_minute ? "warn" : "" }, number(l.rate_limited_last_minute)),
+    scopeButton(l.scope, l.paused),
   ]);
   const charts = reading.limits.filter((l) => l.chart.length > 1).map((l) => h("figure", { class: "scope-chart" },
     h("figcaption", {}, `${l.scope}: requests in the last minute against its limit`),
@@ -153,7 +182,7 @@ function renderLimits(reading) {
       ],
       limits: l.rpm > 0 ? [{ label: `limit ${number(l.rpm)}/min`, value: l.rpm }] : [],
     })));
-  return [table(["scope", "state", "source", "requests limit", "tokens limit", "request bucket", "token bucket", "cooldown", "others' share", "requests (1 min)", "429s (1 min)"], rows, "limits"), ...charts];
+  return [table(["scope", "state", "source", "requests limit", "tokens limit", "request bucket", "token bucket", "cooldown", "others' share", "requests (1 min)", "429s (1 min)", ""], rows, "limits"), pausedList, ...charts].filter(Boolean);
 }
 
 function renderWorkers(reading) {

@@ -5,16 +5,16 @@
 -- ARGV[8] sweep interval (ms)  ARGV[9] arq queue members checked per sweep
 -- ARGV[10..13] llmqueue's result, state, errors and batch key prefixes  ARGV[14] now (ISO time)
 -- ARGV[15] state ttl (s)  ARGV[16] arq's retry key prefix  ARGV[17] arq's abort set
--- ARGV[18..] a batch's gate fields
+-- ARGV[18] the paused scopes' hash  ARGV[19..] a batch's gate fields
 -- returns {id, arq score, priority, {has result, {first start, fallback, fallback after}, failed
--- attempts, batch gate}, payload, try, aborted, ...}:
+-- attempts, batch gate, paused scopes}, payload, try, aborted, ...}:
 -- what JobStore.begin_attempt reads and what arq's run_job reads in a transaction of its own (the
 -- payload, the try count it increments, the abort mark it takes), so a claimed job starts without a
 -- round trip.
 local RESULT, STATE, ERRORS, BATCH = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
-local RETRY, ABORT = ARGV[16], ARGV[17]
+local RETRY, ABORT, PAUSED = ARGV[16], ARGV[17], ARGV[18]
 local GATE = {}
-for i = 18, #ARGV do GATE[#GATE + 1] = ARGV[i] end
+for i = 19, #ARGV do GATE[#GATE + 1] = ARGV[i] end
 
 local function attempt_start(id, lane)
   local state = STATE .. id
@@ -23,7 +23,8 @@ local function attempt_start(id, lane)
   redis.call('EXPIRE', state, ARGV[15])
   local gate = {}
   if lane ~= '' then gate = redis.call('HMGET', BATCH .. lane, unpack(GATE)) end
-  return {redis.call('EXISTS', RESULT .. id), started, redis.call('LRANGE', ERRORS .. id, 0, -1), gate}
+  return {redis.call('EXISTS', RESULT .. id), started, redis.call('LRANGE', ERRORS .. id, 0, -1), gate,
+          redis.call('HKEYS', PAUSED)}
 end
 local function promote_due()
   local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', NOW, 'LIMIT', 0, 1000)
@@ -102,37 +103,43 @@ for p = 9, 0, -1 do
     local head = redis.call('ZRANGE', lanes, 0, 0, 'WITHSCORES')
     if #head == 0 then break end
     local lane, vtime = head[1], tonumber(head[2])
-    local lane_key = PFX .. 'lane:' .. p .. ':' .. lane
-    local popped = redis.call('ZPOPMIN', lane_key)
-    if redis.call('EXISTS', lane_key) == 0 then
+    if lane ~= '' and redis.call('HEXISTS', BATCH .. lane, 'paused') == 1 then
+      -- A paused batch: its lane leaves the turn, its jobs stay in it (a resume lists it again).
       redis.call('ZREM', lanes, lane)
       JOINED[lanes .. ':' .. lane] = nil
     else
-      local weight = tonumber(redis.call('HGET', PFX .. 'weights', lane) or '1')
-      redis.call('ZADD', lanes, vtime + 1 / weight, lane)
-    end
-    redis.call('SET', PFX .. 'vclock:' .. p, vtime)
-    local id = popped[1]
-    if id then
-      redis.call('SREM', READY, id)
-      local score = redis.call('ZSCORE', QUEUE, id)
-      if not score then
-        redis.call('HDEL', ROUTES, id)  -- finished or cancelled meanwhile
-      elseif tonumber(score) > NOW then
-        redis.call('ZADD', DELAYED, score, id)  -- re-deferred by a plain arq worker
-      elseif redis.call('EXISTS', IN_PROGRESS .. id) == 0 then
-        redis.call('SET', IN_PROGRESS .. id, '1', 'PX', ttl)
-        redis.call('ZADD', CLAIMED, NOW, id)
-        out[#out + 1] = id
-        out[#out + 1] = score
-        out[#out + 1] = p
-        out[#out + 1] = attempt_start(id, lane)
-        out[#out + 1] = redis.call('GET', JOB .. id)
-        out[#out + 1] = redis.call('INCR', RETRY .. id)
-        redis.call('EXPIRE', RETRY .. id, 88400)  -- as arq's run_job
-        out[#out + 1] = redis.call('ZREM', ABORT, id)
-        left = left - 1
-        if low then low_left = low_left - 1 end
+      local lane_key = PFX .. 'lane:' .. p .. ':' .. lane
+      local popped = redis.call('ZPOPMIN', lane_key)
+      if redis.call('EXISTS', lane_key) == 0 then
+        redis.call('ZREM', lanes, lane)
+        JOINED[lanes .. ':' .. lane] = nil
+      else
+        local weight = tonumber(redis.call('HGET', PFX .. 'weights', lane) or '1')
+        redis.call('ZADD', lanes, vtime + 1 / weight, lane)
+      end
+      redis.call('SET', PFX .. 'vclock:' .. p, vtime)
+      local id = popped[1]
+      if id then
+        redis.call('SREM', READY, id)
+        local score = redis.call('ZSCORE', QUEUE, id)
+        if not score then
+          redis.call('HDEL', ROUTES, id)  -- finished or cancelled meanwhile
+        elseif tonumber(score) > NOW then
+          redis.call('ZADD', DELAYED, score, id)  -- re-deferred by a plain arq worker
+        elseif redis.call('EXISTS', IN_PROGRESS .. id) == 0 then
+          redis.call('SET', IN_PROGRESS .. id, '1', 'PX', ttl)
+          redis.call('ZADD', CLAIMED, NOW, id)
+          out[#out + 1] = id
+          out[#out + 1] = score
+          out[#out + 1] = p
+          out[#out + 1] = attempt_start(id, lane)
+          out[#out + 1] = redis.call('GET', JOB .. id)
+          out[#out + 1] = redis.call('INCR', RETRY .. id)
+          redis.call('EXPIRE', RETRY .. id, 88400)  -- as arq's run_job
+          out[#out + 1] = redis.call('ZREM', ABORT, id)
+          left = left - 1
+          if low then low_left = low_left - 1 end
+        end
       end
     end
   end

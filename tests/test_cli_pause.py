@@ -1,0 +1,75 @@
+"""``llmqueue pause`` and ``llmqueue resume`` in process, against a real Redis (no worker needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from llmqueue.cli import app
+from llmqueue.errors import LLMQueueError
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith(("LLM_", "WORKER_")) or name in ("REDIS_URL", "LLMQUEUE_CONFIG"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.chdir(tmp_path)
+
+
+def cli(*args: str) -> Result:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
+    return result
+
+
+def test_pause_then_status_shows_the_batch_paused_and_resume_lets_it_go_on(
+    redis_url: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        "".join(json.dumps({"messages": [{"role": "user", "content": f"q{n}"}]}) + "\n" for n in range(3))
+    )
+    cli("submit", str(source), "--batch", "held", "--model", "openai/sim-model", "--redis-url", redis_url)
+    assert "batch held paused" in cli("pause", "held", "--redis-url", redis_url).output
+    assert json.loads(cli("status", "held", "--json", "--redis-url", redis_url).stdout)["paused"] is True
+    assert (
+        "paused: no call starts until `llmqueue resume held`"
+        in cli("status", "held", "--redis-url", redis_url).stdout
+    )
+    assert (
+        "batch held resumed: 3 queued job(s) go on" in cli("resume", "held", "--redis-url", redis_url).output
+    )
+    assert json.loads(cli("status", "held", "--json", "--redis-url", redis_url).stdout)["paused"] is False
+
+
+def test_a_paused_scope_is_listed_by_limits_until_resumed(redis_url: str) -> None:
+    cli("pause", "--scope", "openai/gpt-4o", "--redis-url", redis_url)
+    shown = json.loads(cli("limits", "--json", "--redis-url", redis_url).stdout)
+    assert {"scope": "openai/gpt-4o", "state": "unseen", "paused": True} in shown
+    assert "paused (no call starts" in cli("limits", "--redis-url", redis_url).output
+    assert (
+        "0 held job(s) start now"
+        in cli("resume", "--scope", "openai/gpt-4o", "--redis-url", redis_url).output
+    )
+    assert json.loads(cli("limits", "--json", "--redis-url", redis_url).stdout) == []
+
+
+def refusal(*args: str) -> str:
+    """What the command refuses with (``main()`` prints it and exits 2)."""
+    result = runner.invoke(app, list(args))
+    assert isinstance(result.exception, LLMQueueError), result.output
+    return str(result.exception)
+
+
+def test_pause_needs_a_batch_or_a_scope_and_refuses_an_unknown_batch(redis_url: str) -> None:
+    assert "say what to pause" in refusal("pause", "--redis-url", redis_url)
+    assert "say what to resume" in refusal("resume", "b", "--scope", "s", "--redis-url", redis_url)
+    assert "no batch named 'nope'" in refusal("pause", "nope", "--redis-url", redis_url)
