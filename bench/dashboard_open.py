@@ -40,7 +40,16 @@ from typing import Any
 
 from bench import overhead, ratelimit
 from bench.clients import Clients
-from bench.harness import BenchError, Workers, child_pid, cpu_between, cpu_snapshot, flush, worker_env
+from bench.harness import (
+    BenchError,
+    MachineCpu,
+    Workers,
+    child_pid,
+    cpu_between,
+    cpu_snapshot,
+    flush,
+    worker_env,
+)
 from bench.page_client import OpenDashboard
 from bench.workloads import jobs
 from llmqueue.ops.embedded_redis import EmbeddedRedis
@@ -86,7 +95,10 @@ def run(quick: bool) -> dict[str, Any]:
 
 def result(sizes: Sizes, overhead_rounds: list[Round], ratelimit_rounds: list[Round]) -> dict[str, Any]:
     """The benchmark's rows, targets and notes from its rounds."""
-    with_page = [r for r in overhead_rounds + ratelimit_rounds if r["page"]]
+    rounds = overhead_rounds + ratelimit_rounds
+    for figures in rounds:
+        figures["machine_busy_points"] = 100 * figures["machine_busy"]
+    with_page = [r for r in rounds if r["page"]]
     dashboard_cpu = sum(r["dashboard_cpu_seconds"] for r in with_page)
     page_cpu = sum(r["page_cpu_seconds"] for r in with_page)
     page_seconds = sum(r["round_seconds"] for r in with_page)
@@ -116,6 +128,7 @@ def result(sizes: Sizes, overhead_rounds: list[Round], ratelimit_rounds: list[Ro
             "target": f"with ≤ without + {RATE_LIMITED_POINTS:g}",
             "met": rate_limited["difference"] <= RATE_LIMITED_POINTS,
         },
+        {"figure": "machine CPU busy, % (every process)", **_compared(rounds, "machine_busy_points")},
         {"figure": "dashboard process CPU, % of one core", "with": 100 * dashboard_cpu / page_seconds},
         {"figure": "dashboard process CPU ms per snapshot sent", "with": 1000 * dashboard_cpu / snapshots},
         {"figure": "page client CPU, % of one core", "with": 100 * page_cpu / page_seconds},
@@ -143,6 +156,8 @@ def result(sizes: Sizes, overhead_rounds: list[Round], ratelimit_rounds: list[Ro
             "the jobs are plain submits (no batch): the page followed limits, workers and spend",
             "the dashboard and the page are started before each with-page round and stopped after it; "
             "their start-up is not in the round",
+            "machine CPU busy: the share of both cores busy during the rounds, other tenants included; "
+            "where it differs between the sides, so do the throughput figures, whatever the page costs",
         ],
     }
 
@@ -231,13 +246,15 @@ def _round(
     """``measure()``'s figures, with the page open if ``page``, and the CPU each process group used."""
     with _dashboard(page, redis_url, workdir) as dashboard:
         processes = {**groups, "dashboard": [], "page": [], **(dashboard.pids if dashboard else {})}
-        before = cpu_snapshot(processes, redis_url)
+        before, machine = cpu_snapshot(processes, redis_url), MachineCpu()
         started = time.monotonic()
         figures = measure()
         seconds = time.monotonic() - started
         cpu = cpu_between(before, cpu_snapshot(processes, redis_url))
+        busy = machine.busy()
     figures.update(
         page=page,
+        machine_busy=busy,
         round_seconds=seconds,
         cpu=cpu,
         dashboard_cpu_seconds=cpu["dashboard"],
