@@ -30,6 +30,7 @@ BENCHMARKS = {
     "startup": "bench.startup",
     "deployments": "bench.deployments",
     "streaming": "bench.streaming",
+    "dashboard": "bench.dashboard_open",
 }
 EXTRA_MODULES = ("tenacity", "pyinstrument")  # llmqueue[bench]
 RESULTS = Path(__file__).resolve().parent / "results.json"

@@ -90,7 +90,7 @@ def run(quick: bool, profile: bool = False) -> dict[str, Any]:
             Clients("litellm", provider.base_url, **options) as bare,
         ):
             workers.scale_to(1)
-            asyncio.run(_warm_up(redis.url, workers, batch_jobs[0]))
+            asyncio.run(warm_up_queue(redis.url, workers, batch_jobs[0]))
             http.run(warm_up=True)
             bare.run(warm_up=True)
             groups = {"client": http.pids + bare.pids, "worker": workers.pids, "provider": [provider_pid]}
@@ -104,12 +104,12 @@ def run(quick: bool, profile: bool = False) -> dict[str, Any]:
                     rounds[name].append(_figures(sizes.jobs, outcome.seconds, used["client"], used))
                 flush(redis.url)
                 before = cpu_snapshot(groups, redis.url)
-                seconds = asyncio.run(_queue_batch(redis.url, workers, batch_jobs))
+                seconds = asyncio.run(queue_batch(redis.url, workers, batch_jobs))
                 used = cpu_between(before, cpu_snapshot(groups, redis.url))
                 rounds["queue"].append(_figures(sizes.jobs, seconds, used["worker"], used))
         if profile:
             profile_summary = profile_worker(redis.url, provider, workdir, batch_jobs[:PROFILED_JOBS], env)
-    best = {name: _median_round(figures) for name, figures in rounds.items()}
+    best = {name: median_round(figures) for name, figures in rounds.items()}
     bare_rate = best["litellm"]["jobs_per_second"]
     ratio = statistics.median(
         queue["jobs_per_second"] / bare["jobs_per_second"]
@@ -155,7 +155,7 @@ def run(quick: bool, profile: bool = False) -> dict[str, Any]:
     return result
 
 
-def _median_round(figures: list[dict[str, float]]) -> dict[str, float]:
+def median_round(figures: list[dict[str, float]]) -> dict[str, float]:
     """The round with the median jobs/s (the lower middle one of an even count)."""
     ordered = sorted(figures, key=lambda f: f["jobs_per_second"])
     return ordered[(len(ordered) - 1) // 2]
@@ -172,14 +172,16 @@ def _figures(count: int, seconds: float, client_cpu: float, used: dict[str, floa
     }
 
 
-async def _warm_up(redis_url: str, workers: Workers, job: dict[str, Any]) -> None:
+async def warm_up_queue(redis_url: str, workers: Workers, job: dict[str, Any]) -> None:
+    """Every worker has run a job, and a few dozen more have gone through before anything is measured."""
     async with Producer(producer_settings(redis_url)) as producer:
         await warm_up(producer, workers, job)
         # A few dozen more, so LiteLLM's lazily imported paths are loaded before anything is measured.
         await run_batch(producer, [job] * 50, timeout=60, workers=workers)
 
 
-async def _queue_batch(redis_url: str, workers: Workers, batch_jobs: list[dict[str, Any]]) -> float:
+async def queue_batch(redis_url: str, workers: Workers, batch_jobs: list[dict[str, Any]]) -> float:
+    """Seconds from the first submit to the last result of ``batch_jobs``; BenchError if one failed."""
     async with Producer(producer_settings(redis_url)) as producer:
         batch = await run_batch(producer, batch_jobs, timeout=600, workers=workers)
     if batch.succeeded != len(batch_jobs):
@@ -199,12 +201,12 @@ def profile_worker(
     command = [sys.executable, "-m", "bench.profiled_worker", str(out)]
     with Workers(env, workdir, command=command) as workers:
         workers.scale_to(1)
-        asyncio.run(_warm_up(redis_url, workers, batch_jobs[0]))
+        asyncio.run(warm_up_queue(redis_url, workers, batch_jobs[0]))
         flush(redis_url)
         provider.control("reset")
         (pid,) = workers.pids
         os.kill(pid, signal.SIGUSR1)
-        seconds = asyncio.run(_queue_batch(redis_url, workers, batch_jobs))
+        seconds = asyncio.run(queue_batch(redis_url, workers, batch_jobs))
         os.kill(pid, signal.SIGUSR2)
         deadline = time.monotonic() + 60
         while not out.exists() and time.monotonic() < deadline:

@@ -70,7 +70,7 @@ def run(quick: bool) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="llmqueue-bench-") as scratch, EmbeddedRedis() as redis:
         workdir = Path(scratch)
-        chat = ProviderConfig(rpm=RPM, window_seconds=WINDOW, latency=LATENCY, latency_jitter=JITTER, seed=1)
+        chat = chat_provider()
         with (
             ProviderProcess(chat) as provider,
             Workers(worker_env(redis.url, provider.base_url, llm_rpm=RPM), workdir) as workers,
@@ -118,6 +118,11 @@ def run(quick: bool) -> dict[str, Any]:
             "workers' tpm: the limit the workers were given, exactly the provider's",
         ],
     }
+
+
+def chat_provider() -> ProviderConfig:
+    """The provider of the chat workload: ``RPM`` over a ``WINDOW`` bucket, ``LATENCY`` ± ``JITTER``."""
+    return ProviderConfig(rpm=RPM, window_seconds=WINDOW, latency=LATENCY, latency_jitter=JITTER, seed=1)
 
 
 def measure(
