@@ -28,7 +28,7 @@ local SPREAD_SHARE, REORDER_SECONDS, GRACE, SLOT, SLOTS = 0.25, 0.1, 0.2, 5, 12
 local DEFAULT_PRIORITY, MAX_PRIORITY, WAKE_BATCH, WAKE_MARGIN, OTHERS_SECONDS = 1, 9, 32, 0.25, 10
 -- A job below the default priority may hold LOW_HOLD seconds (or one refill) at most; parked jobs are
 -- woken within WAKE_WITHIN s (the inline wait); another client's share slows ours from OTHERS_NOTICED.
-local LOW_HOLD, WAKE_WITHIN, OTHERS_NOTICED, OTHERS_MOST, OTHERS_WATCHED = 0.1, 2, 0.05, 0.9, 2
+local LOW_HOLD, WAKE_WITHIN, OTHERS_NOTICED, OTHERS_MOST, OTHERS_WATCHED = 0.1, 2, 0.05, 0.9, 5
 local DIMS = {'r', 't', 'i', 'o'}
 
 local op, args = ARGV[1], cjson.decode(ARGV[3])
@@ -67,10 +67,13 @@ local function load(i, limit)
   derive(s, limit)
   -- Another client's use (requests a minute): what it took over the time it was watched, both decaying
   -- alike, so the rate is known after OTHERS_WATCHED s and forgotten once unwatched. Ours get the rest.
+  -- What it took is kept below 0 too (down to a bucket): an answer's noise (a call counted on arrival,
+  -- a rounded count) is undone by the next answer's, and cut off at 0 it would add up to a share.
   local decay = math.exp(-math.max(0, now - (tonumber(s.h.others_ts) or 0)) / OTHERS_SECONDS)
-  s.others_taken = math.max(0, tonumber(s.h.others) or 0) * decay
+  local bucket = s.burst * s.rate.r / 60
+  s.others_taken = math.max(-bucket, tonumber(s.h.others) or 0) * decay
   s.watched = (tonumber(s.h.others_dt) or 0) * decay
-  s.others = s.others_taken * 60 / math.max(s.watched, OTHERS_WATCHED)
+  s.others = math.max(0, s.others_taken) * 60 / math.max(s.watched, OTHERS_WATCHED)
   local share = s.rate.r > 0 and s.others / s.rate.r or 0
   s.share = share >= OTHERS_NOTICED and math.min(share, OTHERS_MOST) or 0
   return s
