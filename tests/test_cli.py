@@ -18,7 +18,7 @@ import pytest
 import typer
 from redis import Redis
 from typer.core import TyperGroup
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 import llmqueue
 from llmqueue import keys
@@ -29,6 +29,7 @@ from llmqueue.producer import Producer
 from llmqueue.settings import WorkerConfig
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig, run_provider
+from tests.support.cli import cli, runner
 from tests.support.imports import litellm_imported_by
 from tests.support.settings import TEST_API_KEY, make_settings, running_worker
 
@@ -57,28 +58,10 @@ REPO_ROOT = Path(llmqueue.__file__).resolve().parents[1]
 SUBPROCESS_TIMEOUT = 60
 DRAIN_TIMEOUT = 30.0
 
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No LLM_*/WORKER_*/REDIS_URL/LLMQUEUE_CONFIG from the machine, no ./config.toml, and messages
-    that rich does not wrap at 80 columns (they name long temporary paths)."""
-    for name in list(os.environ):
-        if name.startswith(("LLM_", "WORKER_")) or name in ("REDIS_URL", "LLMQUEUE_CONFIG"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("COLUMNS", "400")
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-
-
-def cli(*args: str) -> Result:
-    """Run the app in process and require exit code 0."""
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
-    return result
 
 
 def process_env(**extra: str) -> dict[str, str]:

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
 
 from llmqueue.cli import app
 from llmqueue.errors import LLMQueueError
+from tests.support.cli import cli, runner
 
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith(("LLM_", "WORKER_")) or name in ("REDIS_URL", "LLMQUEUE_CONFIG"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("COLUMNS", "400")
-    monkeypatch.chdir(tmp_path)
-
-
-def cli(*args: str) -> Result:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}\n{result.exception!r}"
-    return result
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def test_pause_then_status_shows_the_batch_paused_and_resume_lets_it_go_on(

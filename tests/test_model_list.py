@@ -1,7 +1,6 @@
 """model_list in config.toml and in a LiteLLM proxy config.yaml: parsing, errors, os.environ/ keys."""
 
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -58,12 +57,7 @@ general_settings:
 """
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith(("LLM_", "WORKER_")) or name.upper() == "REDIS_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

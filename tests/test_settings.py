@@ -1,6 +1,5 @@
 """load_settings: defaults < config.toml < environment < explicit arguments, and errors that say where."""
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,7 @@ from llmqueue.settings import LimitConfig, LLMConfig, WorkerConfig, load_setting
 WriteConfig = Callable[[str], Path]
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No LLM_* / WORKER_* / REDIS_URL from the outer environment, and a cwd without config.toml."""
-    for name in list(os.environ):
-        upper = name.upper()
-        if upper.startswith(("LLM_", "WORKER_")) or upper == "REDIS_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import json
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -37,6 +37,7 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Outcome = TypeVar("Outcome")
 
 
 def _refused(reason: str) -> web.Response:
@@ -77,6 +78,24 @@ def _json(data: Any) -> web.Response:
     return web.json_response(data, dumps=lambda value: json.dumps(value, default=str))
 
 
+def _not_found(exc: BatchError) -> web.Response:
+    return web.json_response({"error": str(exc)}, status=404)
+
+
+async def _batch_action(
+    request: web.Request,
+    call: Callable[[str], Awaitable[Outcome]],
+    reply: Callable[[str, Outcome], dict[str, Any]],
+) -> web.Response:
+    """``call`` the URL's batch; ``reply(batch_id, outcome)`` as JSON, or 404 for a batch it does not know."""
+    batch_id = request.match_info["batch_id"]
+    try:
+        outcome = await call(batch_id)
+    except BatchError as exc:
+        return _not_found(exc)
+    return _json(reply(batch_id, outcome))
+
+
 async def page(request: web.Request) -> web.Response:
     return web.Response(
         text=STATIC.joinpath("index.html").read_text(encoding="utf-8"), content_type="text/html"
@@ -112,7 +131,7 @@ async def batch(request: web.Request) -> web.Response:
     try:
         status = await hub.batches.status(request.match_info["batch_id"])
     except BatchError as exc:
-        return web.json_response({"error": str(exc)}, status=404)
+        return _not_found(exc)
     now = hub.clock()
     return _json(batch_view(status, [Sample(now, status.requests, status.tokens, status.finished, 0)]))
 
@@ -121,7 +140,7 @@ async def failures(request: web.Request) -> web.Response:
     try:
         groups = await request.app[HUB].failures(request.match_info["batch_id"])
     except BatchError as exc:
-        return web.json_response({"error": str(exc)}, status=404)
+        return _not_found(exc)
     return _json(groups)
 
 
@@ -147,7 +166,7 @@ async def cancel(request: web.Request) -> web.Response:
     try:
         count = await batches.cancel(batch_id)
     except BatchError as exc:
-        return web.json_response({"error": str(exc)}, status=404)
+        return _not_found(exc)
     from llmqueue.batches.batch_api import cancel_provider_batches  # imports LiteLLM
 
     provider = await cancel_provider_batches(batches, batch_id, request.app[SETTINGS].llm)
@@ -156,32 +175,29 @@ async def cancel(request: web.Request) -> web.Response:
 
 async def retry(request: web.Request) -> web.Response:
     """``llmqueue retry --failed``: the batch's failed jobs are queued again with a fresh retry budget."""
-    batch_id = request.match_info["batch_id"]
-    try:
-        count = await request.app[HUB].batches.retry_failed(batch_id)
-    except BatchError as exc:
-        return web.json_response({"error": str(exc)}, status=404)
-    return _json({"batch_id": batch_id, "requeued": count})
+    return await _batch_action(
+        request,
+        request.app[HUB].batches.retry_failed,
+        lambda batch_id, count: {"batch_id": batch_id, "requeued": count},
+    )
 
 
 async def pause_batch(request: web.Request) -> web.Response:
     """``llmqueue pause BATCH``: no call of the batch starts (those in flight finish) until resumed."""
-    batch_id = request.match_info["batch_id"]
-    try:
-        await request.app[HUB].batches.pause(batch_id)
-    except BatchError as exc:
-        return web.json_response({"error": str(exc)}, status=404)
-    return _json({"batch_id": batch_id, "paused": True})
+    return await _batch_action(
+        request,
+        request.app[HUB].batches.pause,
+        lambda batch_id, _: {"batch_id": batch_id, "paused": True},
+    )
 
 
 async def resume_batch(request: web.Request) -> web.Response:
     """``llmqueue resume BATCH``: the batch's queued jobs take their turn again now."""
-    batch_id = request.match_info["batch_id"]
-    try:
-        queued = await request.app[HUB].batches.resume(batch_id)
-    except BatchError as exc:
-        return web.json_response({"error": str(exc)}, status=404)
-    return _json({"batch_id": batch_id, "paused": False, "queued": queued})
+    return await _batch_action(
+        request,
+        request.app[HUB].batches.resume,
+        lambda batch_id, queued: {"batch_id": batch_id, "paused": False, "queued": queued},
+    )
 
 
 async def pause_scope(request: web.Request) -> web.Response:

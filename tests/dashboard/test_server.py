@@ -205,7 +205,9 @@ async def test_pause_and_resume_need_the_token_and_refuse_other_sites(
     assert [b["state"] for b in reading["batches"] if b["batch_id"] == "b6"] == ["paused"]
     assert (await dashboard.post("/api/batches/b6/resume")).status == 403
     resumed = await dashboard.post("/api/batches/b6/resume", headers=AUTH)
-    assert (await resumed.json())["paused"] is False and not (await batches.status("b6")).paused
+    assert await resumed.json() == {"batch_id": "b6", "paused": False, "queued": 3}
+    assert not (await batches.status("b6")).paused
     assert (await dashboard.post("/api/limits/openai%2Fsim-model/resume", headers=AUTH)).status == 200
     assert await batches.pauses.paused_scopes() == {}
-    assert (await dashboard.post("/api/batches/nope/pause", headers=AUTH)).status == 404
+    for action in ("pause", "resume"):
+        assert (await dashboard.post(f"/api/batches/nope/{action}", headers=AUTH)).status == 404

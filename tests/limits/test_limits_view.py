@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from typer.testing import CliRunner
 
 from llmqueue.cli import app
 from llmqueue.limits.headers import ProviderLimits, Reading
@@ -18,17 +16,9 @@ from llmqueue.limits.limiter import RateLimiter
 from llmqueue.limits.view import ScopeState, note_batch_scope
 from llmqueue.ops.metrics import WorkerMetrics
 from llmqueue.settings import LimitConfig
+from tests.support.cli import runner
 
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith(("LLM_", "WORKER_")) or name in ("REDIS_URL", "LLMQUEUE_CONFIG"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("COLUMNS", "400")
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 async def _three_scopes(redis_url: str) -> None:
