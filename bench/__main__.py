@@ -83,12 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         results[name] = result
         report.print_result(console, result)
     machine["total_seconds"] = time.monotonic() - started
+    for result in results.values():
+        result["machine"] = machine
+    # A run of a few (--only) keeps the other benchmarks' latest figures, each with its own machine note.
+    kept = report.read_benchmarks(options.output) if options.only else {}
     report.write_results(
         options.output,
         {
             "machine": machine,
             "options": {"quick": options.quick, "profile": options.profile},
-            "benchmarks": results,
+            "benchmarks": {**kept, **results},
         },
     )
     console.print(f"results written to {options.output} ({machine['total_seconds']:.0f} s)")

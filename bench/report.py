@@ -126,6 +126,14 @@ def missed_targets(results: dict[str, dict[str, Any]]) -> list[str]:
     return missed
 
 
+def read_benchmarks(path: Path) -> dict[str, Any]:
+    """The benchmarks of an earlier results file (none if there is no file), each with its machine note."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {name: {"machine": data.get("machine", {}), **result} for name, result in data["benchmarks"].items()}
+
+
 def write_results(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as JSON, replacing ``path`` only once the whole file is written."""
     partial = path.with_name(path.name + ".tmp")
