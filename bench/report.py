@@ -131,7 +131,9 @@ def read_benchmarks(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     data = json.loads(path.read_text(encoding="utf-8"))
-    return {name: {"machine": data.get("machine", {}), **result} for name, result in data["benchmarks"].items()}
+    return {
+        name: {"machine": data.get("machine", {}), **result} for name, result in data["benchmarks"].items()
+    }
 
 
 def write_results(path: Path, data: dict[str, Any]) -> None:
