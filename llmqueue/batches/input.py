@@ -85,6 +85,9 @@ class FileCheck:
     valid: int = 0
     error_count: int = 0
     errors: list[LineError] = field(default_factory=list)
+    samples: dict[tuple[JobKind, str | None, str | None], Job] = field(default_factory=dict)
+    """The first valid job of each kind, model and settings group: what says where the file's jobs are
+    sent (``job_model``), so the checks of a cost budget need no second reading of the file."""
 
     @property
     def ok(self) -> bool:
@@ -168,6 +171,7 @@ def check_file(
                 check.errors.append(item)
         else:
             check.valid += 1
+            check.samples.setdefault((item.kind, item.model, item.llm_config), item)
     return check
 
 

@@ -23,7 +23,7 @@ from rich.markup import escape
 from llmqueue import keys
 from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_batch_id
 from llmqueue.batches.display import BatchProgress
-from llmqueue.batches.input import check_file, invalid_file_error, iter_jobs, require_requests
+from llmqueue.batches.input import FileCheck, check_file, invalid_file_error, iter_jobs, require_requests
 from llmqueue.batches.options import WORKER_LLM_ENV, RunOptions, with_workers_llm
 from llmqueue.batches.ordered_output import OrderedWriter
 from llmqueue.batches.output import write_rejects, write_results
@@ -136,7 +136,7 @@ async def _run_locked(
             # Checked while Redis and the first worker start (LiteLLM's import takes that worker seconds):
             # a bad line still stops the run before anything is queued, and the first call waits on
             # whichever of the two ends last, not on both one after the other.
-            checked_lines = _check_file(options, batch_id, settings)
+            check = _check_file(options, batch_id, settings)
             async with (
                 Producer(settings, redis_url=cluster.redis_url) as producer,
                 _redis_lock(producer, batch_id, shared=options.redis_url is not None) as lock,
@@ -154,9 +154,9 @@ async def _run_locked(
                     )
                 async with _answers_for(settings, options, producer, use_cache) as answered_from:
                     feeder = await _window_feeder(
-                        batches, options, settings, source, batch_id, use_cache, answered_from, console
+                        batches, options, settings, source, batch_id, use_cache, answered_from, console, check
                     )
-                    await feeder.start(checked_lines if checked_lines is not None else count_requests(source))
+                    await feeder.start(check.lines if check is not None else count_requests(source))
                     if options.resume and options.max_cost is not None:
                         again = await batches.retry_cancelled(batch_id, max_cost=options.max_cost)
                         if again:
@@ -191,9 +191,9 @@ async def _run_locked(
     )
 
 
-def _check_file(options: RunOptions, batch_id: str, settings: Settings) -> int | None:
+def _check_file(options: RunOptions, batch_id: str, settings: Settings) -> FileCheck | None:
     """Check every line of a new run's file (unless ``--skip-invalid``): a bad one stops the run before
-    anything is queued. Returns the file's count of request lines, or None when it was not checked."""
+    anything is queued. None when the file was not checked."""
     if options.resume or options.skip_invalid:
         return None
     assert options.file is not None
@@ -206,7 +206,7 @@ def _check_file(options: RunOptions, batch_id: str, settings: Settings) -> int |
     )
     if not check.ok:
         raise invalid_file_error(check, options.file)
-    return check.lines
+    return check
 
 
 async def _check_cache(options: RunOptions, settings: Settings) -> None:
@@ -273,6 +273,7 @@ async def _window_feeder(
     use_cache: bool,
     answered_from: tuple[CacheStore, Settings] | None,
     console: Console,
+    check: FileCheck | None,
 ) -> WindowFeeder:
     """Check the file as ``submit_file`` does and make the feeder of its window (not started yet)."""
     queueing = f"batch [bold]{batch_id}[/bold]: queueing {source}"
@@ -288,6 +289,7 @@ async def _window_feeder(
         priority=options.priority,
         weight=options.weight,
         on_queueing=lambda: console.print(queueing),
+        checked=check,
     )
     slots = options.workers * (options.concurrency or settings.worker.max_jobs)
     window = window_size(rpm=options.rpm or settings.llm.rpm, slots=slots, override=settings.batch.window)

@@ -408,6 +408,19 @@ def test_check_file_of_a_valid_file_is_ok(tmp_path: Path) -> None:
     assert check.ok and check.valid == 2 and check.errors == []
 
 
+def test_check_file_keeps_the_first_job_of_each_kind_model_and_group(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    embedding = line({"custom_id": "e", "input": "text"})
+    other = chat_line("c", model="openai/gpt-4o-mini")
+    path.write_text(chat_line("a") + chat_line("b") + embedding + other + "bad\n", encoding="utf-8")
+    check = check_file(path, batch_id="b1", default_model="openai/sim", llm_config="evals")
+    assert {key: job.metadata["line"] for key, job in check.samples.items()} == {
+        ("chat", "openai/sim", "evals"): 1,
+        ("embedding", None, "evals"): 3,
+        ("chat", "openai/gpt-4o-mini", "evals"): 4,
+    }
+
+
 # --- output ---
 
 QUEUED = datetime(2025, 1, 1, tzinfo=UTC)
