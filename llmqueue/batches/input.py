@@ -14,7 +14,8 @@ top-level ``priority`` (a name, ``batch``/``default``/``interactive``, or an int
 submitting the same file again for the same batch names the same jobs. A line that cannot become a job
 becomes a ``LineError`` carrying its line number (1-based, blank lines counted) and the reason.
 
-Nothing here touches Redis; files are read line by line and only the custom ids are kept in memory.
+Nothing here touches Redis; files are read line by line and only the custom ids (and, in a check, the
+first job of each model) are kept in memory.
 """
 
 from __future__ import annotations
