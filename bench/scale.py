@@ -90,8 +90,8 @@ def run(quick: bool) -> dict[str, Any]:
             f"big file: `llmqueue run` of {big['lines']:,} lines of ~1 KB prompts "
             f"({big['file_bytes'] / 2**20:.0f} MB), 2 workers, a 10 ms provider with no limit, a private "
             f"Redis; watched until {FILE_OBSERVED:.0f} s after its first request. Time to the first "
-            "request includes the "
-            "up-front check of every line (a bad line stops the run before anything is queued); peak "
+            "request includes the up-front check of every line (a bad line stops the run before "
+            "anything is queued), made while the first worker starts (its LiteLLM import); peak "
             "RSS is the run process's VmHWM; Redis memory is INFO used_memory over its empty state",
             "memory per job = INFO used_memory after enqueueing minus before, divided by the job count "
             "(arq's job key with the JSON payload, plus the queue's sorted-set entry)",

@@ -7,7 +7,15 @@ import warnings
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from llmqueue.errors import JobValidationError
 from llmqueue.llm.structured import output_format
@@ -47,6 +55,10 @@ ResultStatus = Literal["succeeded", "failed", "cancelled"]
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+_TEXT_IS_UTF8 = "text_is_utf8"
+_UTF8_CONTEXT = {_TEXT_IS_UTF8: True}
 
 
 def new_job_id() -> str:
@@ -122,8 +134,10 @@ class Job(BaseModel):
         return params
 
     @model_validator(mode="after")
-    def _text_is_encodable(self) -> Job:
+    def _text_is_encodable(self, info: ValidationInfo) -> Job:
         # A lone surrogate ("\ud800" in JSON) is valid JSON but no provider can be sent it as UTF-8.
+        if info.context is not None and info.context.get(_TEXT_IS_UTF8):
+            return self
         for name in ("messages", "input", "params", "metadata"):
             where = first_unencodable(getattr(self, name))
             if where is not None:
@@ -142,10 +156,14 @@ class Job(BaseModel):
         return self
 
     @classmethod
-    def parse(cls, data: Any) -> Job:
-        """Validate ``data`` into a job, raising JobValidationError that names each bad field."""
+    def parse(cls, data: Any, *, text_is_utf8: bool = False) -> Job:
+        """Validate ``data`` into a job, raising JobValidationError that names each bad field.
+
+        ``text_is_utf8``: the caller knows that no string in ``data`` holds a lone surrogate (it was
+        decoded from UTF-8 with no ``\\uD800``-``\\uDFFF`` escape), so the search for one is skipped.
+        """
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, context=_UTF8_CONTEXT if text_is_utf8 else None)
         except ValidationError as exc:
             raise JobValidationError(describe_validation_error(exc)) from None
 

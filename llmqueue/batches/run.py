@@ -23,7 +23,7 @@ from rich.markup import escape
 from llmqueue import keys
 from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_batch_id
 from llmqueue.batches.display import BatchProgress
-from llmqueue.batches.input import check_file, invalid_file_error, iter_jobs, require_requests
+from llmqueue.batches.input import FileCheck, check_file, invalid_file_error, iter_jobs, require_requests
 from llmqueue.batches.options import WORKER_LLM_ENV, RunOptions, with_workers_llm
 from llmqueue.batches.ordered_output import OrderedWriter
 from llmqueue.batches.output import write_rejects, write_results
@@ -90,8 +90,9 @@ async def run_batch(
         raise LLMQueueError(
             f"--output {options.output} is a directory: give a file, e.g. {options.output / 'results.jsonl'}"
         )
-    if not options.resume and not options.skip_invalid:
-        _check_before_starting(options, batch_id, settings)
+    if not options.resume:
+        assert options.file is not None
+        require_requests(options.file)  # a missing or empty file stops the run before anything starts
     use_cache = options.cache and settings.cache.enabled
     if use_cache:
         await _check_cache(options, settings)
@@ -132,6 +133,10 @@ async def _run_locked(
             temporary_dir=options.redis_url is not None,
         )
         with cluster:
+            # Checked while Redis and the first worker start (LiteLLM's import takes that worker seconds):
+            # a bad line still stops the run before anything is queued, and the first call waits on
+            # whichever of the two ends last, not on both one after the other.
+            check = _check_file(options, batch_id, settings)
             async with (
                 Producer(settings, redis_url=cluster.redis_url) as producer,
                 _redis_lock(producer, batch_id, shared=options.redis_url is not None) as lock,
@@ -148,9 +153,10 @@ async def _run_locked(
                         batch_id=batch_id, status=status, output=options.output, failures=failures
                     )
                 async with _answers_for(settings, options, producer, use_cache) as answered_from:
-                    feeder = await _start_feeding(
-                        batches, options, settings, source, batch_id, use_cache, answered_from, console
+                    feeder = await _window_feeder(
+                        batches, options, settings, source, batch_id, use_cache, answered_from, console, check
                     )
+                    await feeder.start(check.lines if check is not None else count_requests(source))
                     if options.resume and options.max_cost is not None:
                         again = await batches.retry_cancelled(batch_id, max_cost=options.max_cost)
                         if again:
@@ -185,8 +191,11 @@ async def _run_locked(
     )
 
 
-def _check_before_starting(options: RunOptions, batch_id: str, settings: Settings) -> None:
-    """A bad file stops the run before any Redis or worker is started."""
+def _check_file(options: RunOptions, batch_id: str, settings: Settings) -> FileCheck | None:
+    """Check every line of a new run's file (unless ``--skip-invalid``): a bad one stops the run before
+    anything is queued. None when the file was not checked."""
+    if options.resume or options.skip_invalid:
+        return None
     assert options.file is not None
     check = check_file(
         options.file,
@@ -197,7 +206,7 @@ def _check_before_starting(options: RunOptions, batch_id: str, settings: Setting
     )
     if not check.ok:
         raise invalid_file_error(check, options.file)
-    require_requests(options.file)
+    return check
 
 
 async def _check_cache(options: RunOptions, settings: Settings) -> None:
@@ -255,7 +264,7 @@ def _announce(console: Console, batch_id: str, report: SubmitReport) -> None:
     )
 
 
-async def _start_feeding(
+async def _window_feeder(
     batches: Batches,
     options: RunOptions,
     settings: Settings,
@@ -264,8 +273,9 @@ async def _start_feeding(
     use_cache: bool,
     answered_from: tuple[CacheStore, Settings] | None,
     console: Console,
+    check: FileCheck | None,
 ) -> WindowFeeder:
-    """Check the file as ``submit_file`` does, say the batch's total and feed its first window."""
+    """Check the file as ``submit_file`` does and make the feeder of its window (not started yet)."""
     queueing = f"batch [bold]{batch_id}[/bold]: queueing {source}"
     line_options = await batches.prepare_submission(
         source,
@@ -279,10 +289,11 @@ async def _start_feeding(
         priority=options.priority,
         weight=options.weight,
         on_queueing=lambda: console.print(queueing),
+        checked=check,
     )
     slots = options.workers * (options.concurrency or settings.worker.max_jobs)
     window = window_size(rpm=options.rpm or settings.llm.rpm, slots=slots, override=settings.batch.window)
-    feeder = WindowFeeder(
+    return WindowFeeder(
         batches,
         batch_id,
         source,
@@ -291,8 +302,6 @@ async def _start_feeding(
         cache=use_cache,
         answered_from=answered_from,
     )
-    await feeder.start(count_requests(source))
-    return feeder
 
 
 @dataclass

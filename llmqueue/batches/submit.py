@@ -26,6 +26,7 @@ from redis.asyncio.client import Pipeline
 
 from llmqueue import keys
 from llmqueue.batches.files import (
+    FileCheck,
     LineError,
     Refuser,
     check_file,
@@ -144,9 +145,11 @@ class BatchSubmission:
         priority: int,
         weight: float,
         on_queueing: Callable[[], None] | None,
+        checked: FileCheck | None = None,
     ) -> dict[str, Any]:
         """The checks of ``submit_file`` and the batch's creation, before its first job is queued;
-        returns the keyword arguments of ``iter_jobs`` for its lines, less ``priority``."""
+        returns the keyword arguments of ``iter_jobs`` for its lines, less ``priority``. ``checked`` is
+        the file's ``check_file`` with these options when the caller made it (``llmqueue run``)."""
         check_batch_id(batch_id)
         if not weight > 0:
             raise BatchError(f"weight must be above 0, got {weight!r}")
@@ -156,10 +159,11 @@ class BatchSubmission:
             "llm_config": llm_config,
             "refuse": self._refuser(),
         }
-        if not skip_invalid:
+        check = checked
+        if not skip_invalid and check is None:
             check = check_file(path, **options)
-            if not check.ok:
-                raise invalid_file_error(check, path)
+        if check is not None and not check.ok:
+            raise invalid_file_error(check, path)
         require_requests(path)
         if self.settings is not None and (max_cost is not None or self.settings.budget.active):
             from llmqueue.llm.prices import budget_refusal, spending_refusal  # imports LiteLLM
@@ -167,7 +171,11 @@ class BatchSubmission:
             for refused in (
                 (budget_refusal, spending_refusal) if max_cost is not None else (spending_refusal,)
             ):
-                jobs = (item for item in iter_jobs(path, **options) if isinstance(item, Job))
+                jobs: Iterable[Job] = (
+                    check.samples.values()
+                    if check is not None
+                    else (item for item in iter_jobs(path, **options) if isinstance(item, Job))
+                )
                 refusal = refused(jobs, self.settings)
                 if refusal is not None:
                     raise BatchError(refusal)

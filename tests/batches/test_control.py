@@ -378,6 +378,20 @@ async def test_token_budget_cancels_the_jobs_after_the_cap_without_calling_the_p
     assert [r.error.kind for _, _, r in results[2:] if r and r.error] == ["budget_exceeded"] * 4
 
 
+@pytest.mark.parametrize("skip_invalid", [False, True])
+async def test_a_cost_budget_is_refused_for_a_model_without_a_price_named_only_by_the_last_line(
+    producer: Producer, tmp_path: Path, skip_invalid: bool
+) -> None:
+    batches = Batches(producer.store, producer.settings)
+    # The checked file's models come from its check (no second reading), the unchecked one's from a pass.
+    priced = {**chat_line("q"), "model": "openai/gpt-4o-mini"}
+    lines = [{**priced, "custom_id": f"p{n}"} for n in range(5)]
+    path = write_file(tmp_path / "in.jsonl", [*lines, {**chat_line("q"), "model": "openai/sim-model-2"}])
+    with pytest.raises(BatchError, match="knows none for 'openai/sim-model-2'"):
+        await batches.submit_file(path, "unpriced", max_cost=1.0, skip_invalid=skip_invalid)
+    assert not await batches.redis.exists(keys.batch("unpriced"))
+
+
 async def test_cost_budget_cancels_the_jobs_after_the_cap_without_calling_the_provider(
     redis_url: str, provider: RunningProvider, tmp_path: Path
 ) -> None:

@@ -211,6 +211,32 @@ def test_nan_is_not_accepted_as_json() -> None:
     assert "NaN" in one_error('{"messages": [], "temperature": NaN}\n').reason
 
 
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('{"messages": [{"role": "user", "content": "tail \\ud800"}]}', "messages[0].content"),
+        ('{"messages": [{"role": "user", "content": "low \\uDC00 first"}]}', "messages[0].content"),
+        ('{"custom_id": "\\uDBFF", "messages": [{"role": "user", "content": "hi"}]}', "metadata.custom_id"),
+    ],
+)
+def test_a_lone_surrogate_escape_in_a_line_is_rejected_naming_where(text: str, where: str) -> None:
+    assert f"{where} holds text that cannot be encoded as UTF-8" in one_error(text + "\n").reason
+
+
+def test_escaped_text_that_is_no_lone_surrogate_is_accepted() -> None:
+    escapes = "\\ud83d\\ude00 \\u00e9 \\\\ud800 \\u0041"  # a pair, é, an escaped backslash, A
+    text = '{"messages": [{"role": "user", "content": "' + escapes + '"}]}\n'
+    assert one_job(text).messages[0]["content"] == "😀 é \\ud800 A"
+
+
+def test_a_byte_order_mark_after_the_first_line_is_reported_as_the_json_module_words_it() -> None:
+    error = one_error(chat_line("a"), "\ufeff" + chat_line("b"))
+    assert (error.line, error.reason) == (
+        2,
+        "not valid JSON: Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0)",
+    )
+
+
 def test_short_form_without_messages_or_input_is_rejected() -> None:
     error = one_error(chat_line("a"), line({"custom_id": "b", "temperature": 1}))
     assert error.line == 2
@@ -380,6 +406,19 @@ def test_check_file_of_a_valid_file_is_ok(tmp_path: Path) -> None:
     path.write_text(chat_line("a") + chat_line("b"), encoding="utf-8")
     check = check_file(path, batch_id="b1")
     assert check.ok and check.valid == 2 and check.errors == []
+
+
+def test_check_file_keeps_the_first_job_of_each_kind_model_and_group(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    embedding = line({"custom_id": "e", "input": "text"})
+    other = chat_line("c", model="openai/gpt-4o-mini")
+    path.write_text(chat_line("a") + chat_line("b") + embedding + other + "bad\n", encoding="utf-8")
+    check = check_file(path, batch_id="b1", default_model="openai/sim", llm_config="evals")
+    assert {key: job.metadata["line"] for key, job in check.samples.items()} == {
+        ("chat", "openai/sim", "evals"): 1,
+        ("embedding", None, "evals"): 3,
+        ("chat", "openai/gpt-4o-mini", "evals"): 4,
+    }
 
 
 # --- output ---

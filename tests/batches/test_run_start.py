@@ -1,0 +1,97 @@
+"""How ``llmqueue run`` starts: its first worker comes up while the file is still being checked (its
+LiteLLM import takes seconds), and a bad line still stops the run with nothing queued or sent."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_sync
+from rich.console import Console
+
+from llmqueue import keys
+from llmqueue.batches import run as run_module
+from llmqueue.batches.input import FileCheck
+from llmqueue.batches.options import RunOptions
+from llmqueue.batches.run import run_batch
+from llmqueue.errors import InvalidBatchFileError
+from llmqueue.simulator.process import ProviderProcess
+from llmqueue.simulator.server import ProviderConfig
+from tests.batches.test_run import chat_file, provider_env, read_jsonl
+from tests.support.settings import TEST_API_KEY, make_settings
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+
+WORKER_PATIENCE = 120.0
+"""Seconds the check waits for a worker to come up: only a run that starts none waits this long."""
+
+
+@pytest.fixture
+def check_once_a_worker_is_up(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's check of its file starts only once one of its workers has registered in Redis: a run
+    that starts its workers after the check never gets there."""
+    client = redis_sync.Redis.from_url(redis_url)
+    real_check = run_module.check_file
+
+    def check(path: Path, **options: Any) -> FileCheck:
+        deadline = time.monotonic() + WORKER_PATIENCE
+        while not any(client.scan_iter(match=keys.WORKER_PATTERN)):
+            if time.monotonic() > deadline:
+                raise AssertionError("no worker of the run came up while its file was being checked")
+            time.sleep(0.05)
+        return real_check(path, **options)
+
+    monkeypatch.setattr(run_module, "check_file", check)
+
+
+def run_options(source: Path, tmp_path: Path, redis_url: str, provider: ProviderProcess) -> RunOptions:
+    return RunOptions(
+        file=source,
+        output=tmp_path / "out.jsonl",
+        batch_id=f"start-{time.time_ns()}",
+        workers=1,
+        redis_url=redis_url,
+        worker_env={**provider_env(provider), "WORKER_POLL_DELAY": "0.01"},
+    )
+
+
+@pytest.mark.usefixtures("check_once_a_worker_is_up")
+async def test_the_first_worker_comes_up_while_the_file_is_being_checked(
+    tmp_path: Path, redis_url: str
+) -> None:
+    source, ids = chat_file(tmp_path / "in.jsonl", 20)
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
+        options = run_options(source, tmp_path, redis_url, provider)
+        settings = make_settings(redis_url, provider.base_url)
+        summary = await run_batch(options, settings, Console(file=io.StringIO()))
+        stats = provider.stats()
+
+    assert summary.ok
+    assert [record["custom_id"] for record in read_jsonl(options.output)] == ids
+    assert stats["requests"] == stats["succeeded"] == 20
+
+
+@pytest.mark.usefixtures("check_once_a_worker_is_up")
+async def test_a_bad_line_found_while_a_worker_waits_queues_and_sends_nothing(
+    tmp_path: Path, redis_url: str
+) -> None:
+    source, _ = chat_file(tmp_path / "in.jsonl", 50)
+    with source.open("a", encoding="utf-8") as out:
+        out.write("{oops\n")
+    client = redis_sync.Redis.from_url(redis_url)
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
+        options = run_options(source, tmp_path, redis_url, provider)
+        settings = make_settings(redis_url, provider.base_url)
+        with pytest.raises(InvalidBatchFileError) as raised:
+            await run_batch(options, settings, Console(file=io.StringIO()))
+        stats = provider.stats()
+
+    assert str(raised.value).startswith(f"{source}: 1 of 51 line(s) are invalid; nothing was enqueued")
+    assert "  line 51: not valid JSON" in str(raised.value)
+    assert stats["requests"] == 0
+    assert options.batch_id is not None
+    assert not client.exists(keys.batch(options.batch_id), keys.batch_jobs(options.batch_id))
+    assert not options.output.exists()
