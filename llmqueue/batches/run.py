@@ -143,9 +143,10 @@ async def _run_locked(
             ):
                 batches = Batches(producer.store, producer.settings)
                 source = await _source_file(batches, options, batch_id)
-                resumable = True
+                resumable = options.resume  # a new run's, once its batch exists (a refusal leaves nothing)
                 await _check_same_tier(batches, options, batch_id)
                 if tier is not None:
+                    resumable = True  # the tier submits to the provider as it goes: keep what it did
                     status = await tier.run(batches, source, console)
                     failures = await write_results(batches.results(batch_id), options.output)
                     finished = True
@@ -156,6 +157,7 @@ async def _run_locked(
                     feeder = await _window_feeder(
                         batches, options, settings, source, batch_id, use_cache, answered_from, console, check
                     )
+                    resumable = True
                     await feeder.start(check.lines if check is not None else count_requests(source))
                     if options.resume and options.max_cost is not None:
                         again = await batches.retry_cancelled(batch_id, max_cost=options.max_cost)

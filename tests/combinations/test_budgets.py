@@ -3,10 +3,12 @@ sent, so the batch stops near its budget, not at several times it."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
 
+from llmqueue.ops.local_cluster import run_dir
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
 from tests.combinations.runs import clean_env, llmqueue_cli, read_jsonl, write_jsonl
@@ -50,8 +52,10 @@ def test_a_model_without_a_price_under_a_budget_is_refused_up_front_naming_it(tm
     )
     with ProviderProcess(ProviderConfig(api_key=KEY)) as provider:
         env = clean_env(LLM_MODEL="openai/my-finetune-xyz", LLM_BASE_URL=provider.base_url, LLM_API_KEY=KEY)
+        batch = f"unpriced-{uuid.uuid4().hex[:8]}"
+        out = str(tmp_path / "out.jsonl")
         done = llmqueue_cli(
-            ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--max-cost", "1"], env, tmp_path
+            ["run", str(source), "-o", out, "--batch", batch, "--max-cost", "1"], env, tmp_path
         )
         stats = provider.stats()
 
@@ -59,6 +63,7 @@ def test_a_model_without_a_price_under_a_budget_is_refused_up_front_naming_it(tm
     assert "'openai/my-finetune-xyz'" in done.stderr and "input_cost_per_token" in done.stderr
     assert "Traceback" not in done.stderr
     assert stats["requests"] == 0
+    assert not run_dir(batch).exists()  # refused before its batch began: nothing to resume is kept
 
 
 def test_prices_given_in_the_config_price_and_cap_a_model_litellm_does_not_know(tmp_path: Path) -> None:
@@ -125,10 +130,13 @@ def test_a_model_without_a_price_under_a_spending_limit_is_refused_up_front_nami
             LLM_API_KEY=KEY,
             LLM_BUDGET_DAILY="5",
         )
-        done = llmqueue_cli(["run", str(source), "-o", str(tmp_path / "out.jsonl")], env, tmp_path)
+        batch = f"unpriced-{uuid.uuid4().hex[:8]}"
+        out = str(tmp_path / "out.jsonl")
+        done = llmqueue_cli(["run", str(source), "-o", out, "--batch", batch], env, tmp_path)
         stats = provider.stats()
 
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "spending limits ([budget])" in done.stderr and "'openai/my-finetune-xyz'" in done.stderr
     assert "Traceback" not in done.stderr
     assert stats["requests"] == 0
+    assert not run_dir(batch).exists()
