@@ -50,7 +50,7 @@ MAX_STORED_ERRORS = 1000
 """``check_file`` keeps this many ``LineError``s; it counts all of them."""
 
 URL_KINDS: dict[str, JobKind] = {"/v1/chat/completions": "chat", "/v1/embeddings": "embedding"}
-# The file is decoded as UTF-8, which holds no lone surrogate: only a JSON escape can make one.
+# A line that encodes as UTF-8 holds no lone surrogate: only a JSON escape in it can make one.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _BATCH_API_KEYS = frozenset({"custom_id", "method", "url", "body"})
 _LLMQUEUE_KEYS = frozenset({"priority"})
@@ -210,7 +210,7 @@ def _read(
         item: Job | LineError
         try:
             request = _parse_line(text, number, seen)
-            text_is_utf8 = "\\u" not in text or _SURROGATE_ESCAPE.search(text) is None
+            text_is_utf8 = _encodes(text) and ("\\u" not in text or _SURROGATE_ESCAPE.search(text) is None)
             item = _to_job(request, number, batch_id, default_model, llm_config, priority, text_is_utf8)
             refused = refuse(item) if refuse is not None else None
             if refused is not None:
@@ -347,6 +347,15 @@ def _reject_constant(name: str) -> Any:
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 """Made once: ``json.loads`` with an option makes a decoder per call, a tenth of a line's parsing."""
+
+
+def _encodes(text: str) -> bool:
+    """No lone surrogate in the line itself (lines given as strings may come from a lenient decode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _decode_json(text: str) -> Any:

@@ -123,6 +123,10 @@ async def _run_locked(
             from llmqueue.batches.batch_api_tier import BatchApiTier
 
         tier = BatchApiTier(options, settings, batch_id, use_cache)
+    # Against a shared Redis the workers would take other batches' jobs while the file is checked, so
+    # it is checked first; an embedded Redis holds this batch alone.
+    shared = options.redis_url is not None
+    check = _check_file(options, batch_id, settings) if shared else None
     try:
         cluster = LocalCluster(
             redis_url=options.redis_url,
@@ -136,7 +140,8 @@ async def _run_locked(
             # Checked while Redis and the first worker start (LiteLLM's import takes that worker seconds):
             # a bad line still stops the run before anything is queued, and the first call waits on
             # whichever of the two ends last, not on both one after the other.
-            check = _check_file(options, batch_id, settings)
+            if not shared:
+                check = _check_file(options, batch_id, settings)
             async with (
                 Producer(settings, redis_url=cluster.redis_url) as producer,
                 _redis_lock(producer, batch_id, shared=options.redis_url is not None) as lock,

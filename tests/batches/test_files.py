@@ -223,6 +223,13 @@ def test_a_lone_surrogate_escape_in_a_line_is_rejected_naming_where(text: str, w
     assert f"{where} holds text that cannot be encoded as UTF-8" in one_error(text + "\n").reason
 
 
+def test_a_lone_surrogate_in_a_line_given_as_text_is_rejected_naming_where() -> None:
+    # Lines handed over as strings may come from a lenient decode (errors="surrogateescape"): the
+    # surrogate is then in the text itself, not a JSON escape.
+    text = '{"messages": [{"role": "user", "content": "x\udcff"}]}\n'
+    assert "messages[0].content holds text that cannot be encoded as UTF-8" in one_error(text).reason
+
+
 def test_escaped_text_that_is_no_lone_surrogate_is_accepted() -> None:
     escapes = "\\ud83d\\ude00 \\u00e9 \\\\ud800 \\u0041"  # a pair, é, an escaped backslash, A
     text = '{"messages": [{"role": "user", "content": "' + escapes + '"}]}\n'

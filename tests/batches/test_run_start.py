@@ -1,5 +1,6 @@
-"""How ``llmqueue run`` starts: its first worker comes up while the file is still being checked (its
-LiteLLM import takes seconds), and a bad line still stops the run with nothing queued or sent."""
+"""How ``llmqueue run`` starts: on its embedded Redis its first worker comes up while the file is still
+being checked (its LiteLLM import takes seconds); against a shared Redis the file is checked first (the
+workers would take other batches' jobs); and a bad line stops the run with nothing queued or sent."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from llmqueue.batches.input import FileCheck
 from llmqueue.batches.options import RunOptions
 from llmqueue.batches.run import run_batch
 from llmqueue.errors import InvalidBatchFileError
+from llmqueue.ops.local_cluster import LocalCluster, run_dir
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
 from tests.batches.test_run import chat_file, provider_env, read_jsonl
@@ -25,20 +27,37 @@ from tests.support.settings import TEST_API_KEY, make_settings
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
+UNUSED_REDIS = "redis://127.0.0.1:1/0"
+"""The settings' Redis of a run on its embedded one: nothing may use it."""
 WORKER_PATIENCE = 120.0
 """Seconds the check waits for a worker to come up: only a run that starts none waits this long."""
 
 
 @pytest.fixture
-def check_once_a_worker_is_up(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The run's check of its file starts only once one of its workers has registered in Redis: a run
-    that starts its workers after the check never gets there."""
-    client = redis_sync.Redis.from_url(redis_url)
+def clusters(monkeypatch: pytest.MonkeyPatch) -> list[LocalCluster]:
+    """The run's local clusters (its Redis and workers), as each is entered."""
+    entered: list[LocalCluster] = []
+    real_enter = LocalCluster.__enter__
+
+    def enter(cluster: LocalCluster) -> LocalCluster:
+        entered.append(real_enter(cluster))
+        return cluster
+
+    monkeypatch.setattr(LocalCluster, "__enter__", enter)
+    return entered
+
+
+@pytest.fixture
+def check_once_a_worker_is_up(clusters: list[LocalCluster], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's check of its file starts only once one of its workers has registered in its Redis: a
+    run that starts its workers after the check never gets there."""
     real_check = run_module.check_file
 
     def check(path: Path, **options: Any) -> FileCheck:
         deadline = time.monotonic() + WORKER_PATIENCE
-        while not any(client.scan_iter(match=keys.WORKER_PATTERN)):
+        while not clusters or not any(
+            redis_sync.Redis.from_url(clusters[0].redis_url).scan_iter(match=keys.WORKER_PATTERN)
+        ):
             if time.monotonic() > deadline:
                 raise AssertionError("no worker of the run came up while its file was being checked")
             time.sleep(0.05)
@@ -47,7 +66,10 @@ def check_once_a_worker_is_up(redis_url: str, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(run_module, "check_file", check)
 
 
-def run_options(source: Path, tmp_path: Path, redis_url: str, provider: ProviderProcess) -> RunOptions:
+def run_options(
+    source: Path, tmp_path: Path, provider: ProviderProcess, redis_url: str | None = None
+) -> RunOptions:
+    """A run of ``source`` with one worker, on its own embedded Redis unless ``redis_url`` is given."""
     return RunOptions(
         file=source,
         output=tmp_path / "out.jsonl",
@@ -59,13 +81,11 @@ def run_options(source: Path, tmp_path: Path, redis_url: str, provider: Provider
 
 
 @pytest.mark.usefixtures("check_once_a_worker_is_up")
-async def test_the_first_worker_comes_up_while_the_file_is_being_checked(
-    tmp_path: Path, redis_url: str
-) -> None:
+async def test_the_first_worker_comes_up_while_the_file_is_being_checked(tmp_path: Path) -> None:
     source, ids = chat_file(tmp_path / "in.jsonl", 20)
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
-        options = run_options(source, tmp_path, redis_url, provider)
-        settings = make_settings(redis_url, provider.base_url)
+        options = run_options(source, tmp_path, provider)
+        settings = make_settings(UNUSED_REDIS, provider.base_url)
         summary = await run_batch(options, settings, Console(file=io.StringIO()))
         stats = provider.stats()
 
@@ -75,16 +95,13 @@ async def test_the_first_worker_comes_up_while_the_file_is_being_checked(
 
 
 @pytest.mark.usefixtures("check_once_a_worker_is_up")
-async def test_a_bad_line_found_while_a_worker_waits_queues_and_sends_nothing(
-    tmp_path: Path, redis_url: str
-) -> None:
+async def test_a_bad_line_found_while_a_worker_waits_queues_and_sends_nothing(tmp_path: Path) -> None:
     source, _ = chat_file(tmp_path / "in.jsonl", 50)
     with source.open("a", encoding="utf-8") as out:
         out.write("{oops\n")
-    client = redis_sync.Redis.from_url(redis_url)
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
-        options = run_options(source, tmp_path, redis_url, provider)
-        settings = make_settings(redis_url, provider.base_url)
+        options = run_options(source, tmp_path, provider)
+        settings = make_settings(UNUSED_REDIS, provider.base_url)
         with pytest.raises(InvalidBatchFileError) as raised:
             await run_batch(options, settings, Console(file=io.StringIO()))
         stats = provider.stats()
@@ -93,5 +110,29 @@ async def test_a_bad_line_found_while_a_worker_waits_queues_and_sends_nothing(
     assert "  line 51: not valid JSON" in str(raised.value)
     assert stats["requests"] == 0
     assert options.batch_id is not None
-    assert not client.exists(keys.batch(options.batch_id), keys.batch_jobs(options.batch_id))
+    assert not run_dir(options.batch_id).exists()  # its embedded Redis and what it held are gone
     assert not options.output.exists()
+
+
+async def test_against_a_shared_redis_the_file_is_checked_before_any_worker_starts(
+    tmp_path: Path, redis_url: str, clusters: list[LocalCluster], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Workers on a shared Redis take whatever is queued there: started before a bad line is found,
+    # they would run other batches' jobs for a run that is refused.
+    real_check = run_module.check_file
+    started_before: list[bool] = []
+
+    def check(path: Path, **options: Any) -> FileCheck:
+        started_before.append(bool(clusters))
+        return real_check(path, **options)
+
+    monkeypatch.setattr(run_module, "check_file", check)
+    source, _ = chat_file(tmp_path / "in.jsonl", 10)
+    with source.open("a", encoding="utf-8") as out:
+        out.write("{oops\n")
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
+        options = run_options(source, tmp_path, provider, redis_url)
+        with pytest.raises(InvalidBatchFileError):
+            await run_batch(options, make_settings(redis_url, provider.base_url), Console(file=io.StringIO()))
+        assert provider.stats()["requests"] == 0
+    assert started_before == [False] and not clusters
