@@ -123,11 +123,12 @@ async def _run_locked(
             from llmqueue.batches.batch_api_tier import BatchApiTier
 
         tier = BatchApiTier(options, settings, batch_id, use_cache)
-    # Against a shared Redis the workers would take other batches' jobs while the file is checked, so
-    # it is checked first; an embedded Redis holds this batch alone.
     shared = options.redis_url is not None
-    check = _check_file(options, batch_id, settings) if shared else None
     try:
+        # Against a shared Redis the workers would take other batches' jobs while the file is checked,
+        # so it is checked first (inside the try: a refusal removes the run's directory too); an
+        # embedded Redis holds this batch alone.
+        check = _check_file(options, batch_id, settings) if shared else None
         cluster = LocalCluster(
             redis_url=options.redis_url,
             workers=1 if tier is not None else options.workers,  # idle unless lines fall back to live

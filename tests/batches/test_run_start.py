@@ -5,6 +5,7 @@ workers would take other batches' jobs); and a bad line stops the run with nothi
 from __future__ import annotations
 
 import io
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,9 @@ async def test_a_bad_line_found_while_a_worker_waits_queues_and_sends_nothing(tm
 async def test_against_a_shared_redis_the_file_is_checked_before_any_worker_starts(
     tmp_path: Path, redis_url: str, clusters: list[LocalCluster], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    scratch = tmp_path / "tmp"  # where the run makes its directory (worker logs)
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     # Workers on a shared Redis take whatever is queued there: started before a bad line is found,
     # they would run other batches' jobs for a run that is refused.
     real_check = run_module.check_file
@@ -136,3 +140,4 @@ async def test_against_a_shared_redis_the_file_is_checked_before_any_worker_star
             await run_batch(options, make_settings(redis_url, provider.base_url), Console(file=io.StringIO()))
         assert provider.stats()["requests"] == 0
     assert started_before == [False] and not clusters
+    assert not any(scratch.iterdir())  # the refused run left no directory behind
