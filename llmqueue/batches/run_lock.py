@@ -6,12 +6,15 @@ Two locks, for the two places a batch lives:
   directory, taken before its Redis starts (two Redis servers on one AOF directory would each run every
   job). The kernel drops it when the process dies, however it dies.
 - :class:`RedisRunLock`, for ``--redis-url``: a key set only if absent, naming the holder, with a TTL of
-  ``TTL_SECONDS`` that the run refreshes while it watches the batch; a killed run's lock expires.
+  ``TTL_SECONDS`` that the run refreshes while it watches the batch; a killed run's lock expires. A
+  run started on the machine of a holder that no longer exists (killed, then resumed at once) takes
+  the lock over instead of waiting for it to expire.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import socket
 import time
@@ -33,6 +36,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+end
+return false
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -44,6 +53,33 @@ return 0
 def holder() -> str:
     """Who holds a lock: ``host:pid``."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_space() -> str:
+    """Which processes a pid names here: this boot of this machine and this PID namespace (containers on
+    one host share its boot id, not their namespaces); "" when it cannot be told."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return hashlib.blake2b(f"{boot}/{namespace}".encode(), digest_size=8).hexdigest()
+
+
+def _is_gone(token: str) -> bool:
+    """Whether the holder named by ``token`` (``host:pid:time:space``) is known to have ended: it ran in
+    this process space, and no process of its pid exists. Any doubt (another machine, an older token
+    without a space, a pid in use) counts as alive."""
+    parts = token.rsplit(":", 3)
+    if len(parts) != 4 or not parts[3] or parts[3] != process_space() or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, owned by another user
+        return False
+    return False
 
 
 class DirectoryLock:
@@ -90,13 +126,20 @@ class RedisRunLock:
         self.redis = redis
         self.batch_id = batch_id
         self.key = keys.batch_run_lock(batch_id)
-        self.token = f"{holder()}:{time.time():.0f}"
+        self.token = f"{holder()}:{time.time():.0f}:{process_space()}"
         self._refreshed = 0.0
 
     async def acquire(self) -> None:
         if not await self.redis.set(self.key, self.token, nx=True, ex=TTL_SECONDS):
-            owner = await self.redis.get(self.key)
-            who = owner.decode(errors="replace").rsplit(":", 1)[0] if owner else "another process"
+            owner = (await self.redis.get(self.key) or b"").decode(errors="replace")
+            if (
+                owner
+                and _is_gone(owner)
+                and await self.redis.eval(_TAKE_OVER, 1, self.key, owner, self.token, TTL_SECONDS)
+            ):
+                self._refreshed = time.monotonic()
+                return
+            who = ":".join(owner.split(":")[:2]) if owner else "another process"
             raise BatchBusyError(
                 f"batch {self.batch_id} is being run by another `llmqueue run` ({who}); wait for it to end, "
                 f"or stop it (its lock expires {TTL_SECONDS} s after it stops)"
