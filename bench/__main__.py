@@ -25,6 +25,7 @@ BENCHMARKS = {
     "overhead": "bench.overhead",
     "latency": "bench.latency",
     "scale": "bench.scale",
+    "million": "bench.million",
     "economics": "bench.economics",
     "priority": "bench.priority",
     "startup": "bench.startup",

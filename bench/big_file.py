@@ -29,7 +29,7 @@ from llmqueue.simulator.server import ProviderConfig
 
 PROMPT_BYTES = 1000
 
-__all__ = ["PROMPT_BYTES", "run_big_file", "write_file"]
+__all__ = ["PROMPT_BYTES", "kill_and_resume", "run_big_file", "write_file"]
 
 
 def write_file(path: Path, lines: int) -> int:
@@ -58,6 +58,25 @@ FIRST_REQUEST_PATIENCE = 120.0
 """Seconds the bench waits for a run's first provider request before it gives up."""
 
 
+def _cpu_seconds(pid: int) -> float:
+    """The process's user and system CPU time so far, in seconds; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _run_env(provider: ProviderProcess) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_"))},
+        "LLM_MODEL": MODEL,
+        "LLM_BASE_URL": provider.base_url,
+        "LLM_API_KEY": API_KEY,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
+
+
 def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> dict[str, Any]:
     """Run a file of ``lines`` lines and watch it for ``observe`` seconds after its first request (or
     until it ends); ``skip_invalid`` runs it with ``--skip-invalid`` (no up-front check of every line)."""
@@ -67,13 +86,7 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
         with EmbeddedRedis() as server, ProviderProcess(ProviderConfig(latency=0.01)) as provider:
             client = redis_sync.Redis.from_url(server.url)
             baseline = int(client.info("memory")["used_memory"])  # type: ignore[index]
-            env = {
-                **{k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_"))},
-                "LLM_MODEL": MODEL,
-                "LLM_BASE_URL": provider.base_url,
-                "LLM_API_KEY": API_KEY,
-                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-            }
+            env = _run_env(provider)
             output = Path(scratch) / "out.jsonl"
             command = [sys.executable, "-m", "llmqueue", "run", str(source), "-o", str(output)]
             command += ["--redis-url", server.url, "--batch", "big"]
@@ -83,6 +96,8 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
             first_request: float | None = None
             first_queued: float | None = None
             peak_redis = peak_rss = 0
+            cpu = cpu_at_first = 0.0
+            answered_at_first = 0
             try:
                 while process.poll() is None:
                     since = time.monotonic() - began
@@ -92,9 +107,12 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
                         first_queued = time.monotonic() - began
                     if first_request is None and provider.stats()["requests"] > 0:
                         first_request = time.monotonic() - began
+                        cpu_at_first = _cpu_seconds(process.pid)
+                        answered_at_first = int(provider.stats()["succeeded"])
                     used = int(client.info("memory")["used_memory"])  # type: ignore[index]
                     peak_redis = max(peak_redis, used - baseline)
                     peak_rss = max(peak_rss, _peak_rss(process.pid))
+                    cpu = _cpu_seconds(process.pid) or cpu
                     time.sleep(0.05)
                 finished = process.poll() is not None
                 elapsed = time.monotonic() - began
@@ -124,8 +142,106 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
         "first_request_seconds": first_request,
         "first_queued_seconds": first_queued,
         "peak_rss_bytes": peak_rss,
+        "run_cpu_seconds": cpu,
+        "run_cpu_before_first_request_seconds": cpu_at_first,
+        # Feeding the window and writing the output, per line answered after the first request.
+        "feed_cpu_per_line_us": (cpu - cpu_at_first) / max(answered - answered_at_first, 1) * 1e6,
         "peak_redis_bytes": peak_redis,
         "redis_bytes_per_line": peak_redis / lines,
         "redis_budget_bytes": 0.35 * size + 50 * 2**20,
         "each_once_in_order": in_order,
+    }
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def kill_and_resume(lines: int, kill_after: int) -> dict[str, Any]:
+    """Run a file of ``lines`` lines, kill the run (SIGKILL) once the provider has answered
+    ``kill_after`` lines, then ``llmqueue run --resume`` it to the end: what the provider was sent in
+    all, and whether the output holds every line once, in input order."""
+    with tempfile.TemporaryDirectory(prefix="llmqueue-bench-kill-") as scratch:
+        source = Path(scratch) / "big.jsonl"
+        write_file(source, lines)
+        output = Path(scratch) / "out.jsonl"
+        with EmbeddedRedis() as server, ProviderProcess(ProviderConfig(latency=0.01)) as provider:
+            env = _run_env(provider)
+            client = redis_sync.Redis.from_url(server.url)
+            base = [sys.executable, "-m", "llmqueue", "run"]
+            where = ["-o", str(output), "--redis-url", server.url]
+            process = subprocess.Popen(
+                [*base, str(source), *where, "--batch", "killed"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            try:
+                deadline = time.monotonic() + FIRST_REQUEST_PATIENCE + 600
+                while int(provider.stats()["succeeded"]) < kill_after:
+                    if process.poll() is not None:
+                        raise BenchError(
+                            f"the run ended before its kill: {process.communicate()[1][-2000:]!r}"
+                        )
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"fewer than {kill_after} lines answered within the patience")
+                    time.sleep(0.01)
+                started = _children_of(process.pid)
+                at_kill = provider.stats()
+                process.send_signal(signal.SIGKILL)
+                claimed = sum(1 for _ in client.scan_iter(match=keys.arq_in_progress("*"), count=1000))
+                process.wait(timeout=30)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+            deadline = time.monotonic() + 60  # the run's reaper stops the workers it started
+            while [pid for pid in started if _alive(pid)] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            after_kill = provider.stats()
+            partial = output.with_name(output.name + ".partial")
+            written_before = len(partial.read_bytes().splitlines()) if partial.exists() else 0
+            began = time.monotonic()
+            resumed = subprocess.run(
+                [*base, "--resume", "killed", str(source), *where],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=3600,
+                check=False,
+            )
+            resume_seconds = time.monotonic() - began
+            if resumed.returncode != 0:
+                raise BenchError(
+                    f"run --resume exited {resumed.returncode}: {resumed.stderr.decode()[-2000:]}"
+                )
+            stats = provider.stats()
+        with output.open(encoding="utf-8") as out:
+            seen = [json.loads(line)["custom_id"] for line in out]
+    return {
+        "lines": lines,
+        "killed_after_answers": int(at_kill["succeeded"]),
+        "in_flight_at_kill": int(at_kill["requests"]) - int(at_kill["succeeded"]),
+        "claimed_at_kill": claimed,
+        "answered_before_resume": int(after_kill["succeeded"]),
+        "written_before_resume": written_before,
+        "resume_seconds": resume_seconds,
+        "provider_requests": int(stats["requests"]),
+        "sent_twice": int(stats["requests"]) - lines,
+        "each_once_in_order": seen == [f"q{n}" for n in range(lines)],
     }
