@@ -433,10 +433,13 @@ async def _source_file(batches: Batches, options: RunOptions, batch_id: str) -> 
     try:
         status = await batches.status(batch_id)
     except LLMQueueError:
-        raise LLMQueueError(
-            f"nothing to resume: batch {batch_id} is not in "
-            + ("that Redis" if options.redis_url else f"the embedded Redis of {run_dir(batch_id)}")
-        ) from None
+        where = "that Redis" if options.redis_url else f"the embedded Redis of {run_dir(batch_id)}"
+        # An embedded run killed before its batch began leaves a directory with no batch; it is removed
+        # on the way out (nothing to resume), so the file can be run again under this id.
+        again = (
+            f"; run the file again: llmqueue run FILE --batch {batch_id}" if options.redis_url is None else ""
+        )
+        raise LLMQueueError(f"nothing to resume: batch {batch_id} is not in {where}{again}") from None
     source = Path(options.file or status.source or "")
     if not source.is_file():
         raise LLMQueueError(f"the batch's input file {source} is gone; pass it again: run FILE --resume")

@@ -376,6 +376,7 @@ def test_resume_of_a_batch_never_run_exits_2_and_leaves_nothing(tmp_path: Path, 
 
     assert code == 2
     assert stderr.startswith(f"llmqueue: nothing to resume: batch {batch_name} is not in the embedded Redis")
+    assert f"run the file again: llmqueue run FILE --batch {batch_name}" in stderr
     assert not run_dir(batch_name).exists()
 
 
