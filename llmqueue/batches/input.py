@@ -89,6 +89,8 @@ class FileCheck:
     samples: dict[tuple[JobKind, str | None, str | None], Job] = field(default_factory=dict)
     """The first valid job of each kind, model and settings group: what says where the file's jobs are
     sent (``job_model``), so the checks of a cost budget need no second reading of the file."""
+    checked_through: int = 0
+    """The file's line number (1-based, blank lines counted) of the last request line checked so far."""
 
     @property
     def ok(self) -> bool:
@@ -158,9 +160,14 @@ def check_file(
     llm_config: str | None = None,
     max_errors: int = MAX_STORED_ERRORS,
     refuse: Refuser | None = None,
+    into: FileCheck | None = None,
 ) -> FileCheck:
-    """Validate every line of ``path``, keeping no jobs: the counts and the first ``max_errors`` errors."""
-    check = FileCheck()
+    """Validate every line of ``path``, keeping no jobs: the counts and the first ``max_errors`` errors.
+
+    ``into`` is the FileCheck to fill (and return) as the lines are read, for a caller that watches
+    the check's progress from another thread (``llmqueue.batches.check_ahead``).
+    """
+    check = FileCheck() if into is None else into
     items = iter_jobs(
         path, batch_id=batch_id, default_model=default_model, llm_config=llm_config, refuse=refuse
     )
@@ -170,9 +177,11 @@ def check_file(
             check.error_count += 1
             if len(check.errors) < max_errors:
                 check.errors.append(item)
+            check.checked_through = item.line
         else:
             check.valid += 1
             check.samples.setdefault((item.kind, item.model, item.llm_config), item)
+            check.checked_through = item.metadata["line"]
     return check
 
 

@@ -15,12 +15,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 
 from llmqueue import keys
+from llmqueue.batches.check_ahead import CheckAhead, checks_ahead
 from llmqueue.batches.control import Batches, SubmitReport, check_batch_id, new_batch_id
 from llmqueue.batches.display import BatchProgress
 from llmqueue.batches.input import FileCheck, check_file, invalid_file_error, iter_jobs, require_requests
@@ -31,7 +32,7 @@ from llmqueue.batches.run_lock import DirectoryLock, RedisRunLock
 from llmqueue.batches.window import WindowFeeder, count_requests, window_size
 from llmqueue.cache import CacheStore, open_store
 from llmqueue.cache.disk import DiskStore
-from llmqueue.errors import CacheError, LLMQueueError
+from llmqueue.errors import BatchError, CacheError, LLMQueueError
 from llmqueue.llm.policy import submission_refusal
 from llmqueue.ops.collector import collector_paused
 from llmqueue.ops.local_cluster import LocalCluster, run_dir
@@ -128,7 +129,7 @@ async def _run_locked(
         # Against a shared Redis the workers would take other batches' jobs while the file is checked,
         # so it is checked first (inside the try: a refusal removes the run's directory too); an
         # embedded Redis holds this batch alone.
-        check = _check_file(options, batch_id, settings) if shared else None
+        check, ahead = _check_file(options, batch_id, settings, tier) if shared else (None, None)
         cluster = LocalCluster(
             redis_url=options.redis_url,
             workers=1 if tier is not None else options.workers,  # idle unless lines fall back to live
@@ -142,7 +143,7 @@ async def _run_locked(
             # a bad line still stops the run before anything is queued, and the first call waits on
             # whichever of the two ends last, not on both one after the other.
             if not shared:
-                check = _check_file(options, batch_id, settings)
+                check, ahead = _check_file(options, batch_id, settings, tier)
             async with (
                 Producer(settings, redis_url=cluster.redis_url) as producer,
                 _redis_lock(producer, batch_id, shared=options.redis_url is not None) as lock,
@@ -161,10 +162,22 @@ async def _run_locked(
                     )
                 async with _answers_for(settings, options, producer, use_cache) as answered_from:
                     feeder = await _window_feeder(
-                        batches, options, settings, source, batch_id, use_cache, answered_from, console, check
+                        batches,
+                        options,
+                        settings,
+                        source,
+                        batch_id,
+                        use_cache,
+                        answered_from,
+                        console,
+                        check,
+                        ahead,
                     )
                     resumable = True
-                    await feeder.start(check.lines if check is not None else count_requests(source))
+                    if ahead is not None:
+                        await feeder.start(None)  # the total, once the check has read the whole file
+                    else:
+                        await feeder.start(check.lines if check is not None else count_requests(source))
                     if options.resume and options.max_cost is not None:
                         again = await batches.retry_cancelled(batch_id, max_cost=options.max_cost)
                         if again:
@@ -173,7 +186,7 @@ async def _run_locked(
                     await writer.open()
                     complete = False
                     try:
-                        feeding = _Feeding(feeder, writer, options, console, last_look)
+                        feeding = _Feeding(feeder, writer, options, settings, console, last_look, ahead)
                         status = await _watch(batches, batch_id, cluster, console, producer, lock, feeding)
                         stopped_by_budget = status.budget_exceeded and status.cancelled > 0
                         if stopped_by_budget:
@@ -199,22 +212,29 @@ async def _run_locked(
     )
 
 
-def _check_file(options: RunOptions, batch_id: str, settings: Settings) -> FileCheck | None:
+def _check_file(
+    options: RunOptions, batch_id: str, settings: Settings, tier: BatchApiTier | None
+) -> tuple[FileCheck | None, CheckAhead | None]:
     """Check every line of a new run's file (unless ``--skip-invalid``): a bad one stops the run before
-    anything is queued. None when the file was not checked."""
+    anything is queued. A big file is checked ahead of its feeding instead (``check_ahead``): only its
+    first lines before anything is queued. None when the file was not checked (or not yet whole)."""
     if options.resume or options.skip_invalid:
-        return None
+        return None, None
     assert options.file is not None
-    check = check_file(
-        options.file,
-        batch_id=batch_id,
-        default_model=options.model,
-        llm_config=options.llm_config,
-        refuse=lambda job: submission_refusal(job, settings),
-    )
+    line_options: dict[str, Any] = {
+        "batch_id": batch_id,
+        "default_model": options.model,
+        "llm_config": options.llm_config,
+        "refuse": lambda job: submission_refusal(job, settings),
+    }
+    if tier is None and checks_ahead(options.file, settings.batch.check_first_bytes):
+        ahead = CheckAhead(options.file, **line_options).start()
+        check = ahead.wait_for_head()
+    else:
+        ahead, check = None, check_file(options.file, **line_options)
     if not check.ok:
         raise invalid_file_error(check, options.file)
-    return check
+    return check, ahead
 
 
 async def _check_cache(options: RunOptions, settings: Settings) -> None:
@@ -282,6 +302,7 @@ async def _window_feeder(
     answered_from: tuple[CacheStore, Settings] | None,
     console: Console,
     check: FileCheck | None,
+    ahead: CheckAhead | None,
 ) -> WindowFeeder:
     """Check the file as ``submit_file`` does and make the feeder of its window (not started yet)."""
     queueing = f"batch [bold]{batch_id}[/bold]: queueing {source}"
@@ -309,6 +330,7 @@ async def _window_feeder(
         window=window,
         cache=use_cache,
         answered_from=answered_from,
+        checked_through=None if ahead is None else ahead.checked_through,
     )
 
 
@@ -319,12 +341,16 @@ class _Feeding:
     feeder: WindowFeeder
     writer: OrderedWriter
     options: RunOptions
+    settings: Settings
     console: Console
     last_look: LastLook
+    ahead: CheckAhead | None
     announced: bool = False
 
     async def step(self, status: BatchStatus) -> None:
         self.last_look.status = status
+        if self.ahead is not None:
+            await self._follow_check(self.ahead)
         await self.feeder.top_up()
         if self.feeder.exhausted and not self.announced:
             self.announced = True
@@ -336,6 +362,28 @@ class _Feeding:
                 shown = escape(str(rejects))
                 self.console.print(f"{len(report.rejected)} line(s) rejected, written to {shown}")
         await self.writer.drain()
+
+    async def _follow_check(self, ahead: CheckAhead) -> None:
+        """A file checked while it runs: stop at its first bad line; once it is read whole, the batch's
+        total is known, and the budgets see every model it calls."""
+        batch_id = self.feeder.batch_id
+        if ahead.failed:
+            raise await ahead.stop_error(batch_id, self.feeder.report.submitted)
+        if not ahead.done:
+            return
+        self.ahead = None
+        await self.feeder.declare(ahead.check.lines)
+        max_cost = self.options.max_cost
+        if max_cost is not None or self.settings.budget.active:
+            from llmqueue.llm.prices import price_refusal  # imports LiteLLM
+
+            refusal = price_refusal(lambda: ahead.check.samples.values(), self.settings, max_cost=max_cost)
+            if refusal is not None:
+                raise BatchError(
+                    f"{refusal}. The file is large, so it was checked while its first lines ran: the run "
+                    f"stopped; the {self.feeder.report.submitted} line(s) it had queued stay in the batch, "
+                    f"and those answered are not sent again. Resume with: llmqueue run --resume {batch_id}"
+                )
 
 
 async def _watch(

@@ -166,19 +166,16 @@ class BatchSubmission:
             raise invalid_file_error(check, path)
         require_requests(path)
         if self.settings is not None and (max_cost is not None or self.settings.budget.active):
-            from llmqueue.llm.prices import budget_refusal, spending_refusal  # imports LiteLLM
+            from llmqueue.llm.prices import price_refusal  # imports LiteLLM
 
-            for refused in (
-                (budget_refusal, spending_refusal) if max_cost is not None else (spending_refusal,)
-            ):
-                jobs: Iterable[Job] = (
-                    check.samples.values()
-                    if check is not None
-                    else (item for item in iter_jobs(path, **options) if isinstance(item, Job))
-                )
-                refusal = refused(jobs, self.settings)
-                if refusal is not None:
-                    raise BatchError(refusal)
+            def jobs() -> Iterable[Job]:
+                if check is not None:
+                    return check.samples.values()
+                return (item for item in iter_jobs(path, **options) if isinstance(item, Job))
+
+            refusal = price_refusal(jobs, self.settings, max_cost=max_cost)
+            if refusal is not None:
+                raise BatchError(refusal)
         await self._refuse_changed_lines(path, batch_id, iter_jobs(path, **options, priority=priority))
         if on_queueing is not None:
             on_queueing()

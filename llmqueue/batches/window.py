@@ -13,7 +13,7 @@ at any point is resumed by feeding the file again: lines the batch already lists
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,6 +82,7 @@ class WindowFeeder:
         window: int,
         cache: bool,
         answered_from: tuple[CacheStore, Settings] | None,
+        checked_through: Callable[[], float] | None = None,
     ) -> None:
         self.batches = batches
         self.batch_id = batch_id
@@ -91,12 +92,22 @@ class WindowFeeder:
         self._items = items
         self._cache = cache
         self._answered_from = answered_from
+        # A file checked while it runs (llmqueue.batches.check_ahead): no line past what the check
+        # passed is fed; the line the feeding stopped at waits in ``_next_item``.
+        self._checked_through = checked_through
+        self._next_item: Job | LineError | None = None
         self.exhausted = False
 
-    async def start(self, declared: int) -> None:
-        """Say the batch holds ``declared`` jobs and feed the first window."""
-        await self.batches.redis.hset(keys.batch(self.batch_id), "total", declared)
+    async def start(self, declared: int | None) -> None:
+        """Say the batch holds ``declared`` jobs (None: not known yet, see ``declare``) and feed the
+        first window."""
+        if declared is not None:
+            await self.declare(declared)
         await self.top_up()
+
+    async def declare(self, total: int) -> None:
+        """Say the batch holds ``total`` jobs (``status`` shows it; the batch is done once they are)."""
+        await self.batches.redis.hset(keys.batch(self.batch_id), "total", total)
 
     async def top_up(self) -> int:
         """Feed lines while the window has room; returns how many jobs were fed (or answered)."""
@@ -105,11 +116,14 @@ class WindowFeeder:
             room = await self._room()
             if room <= 0:
                 break
-            chunk = self._take(min(room, FEED_CHUNK))
+            wanted = min(room, FEED_CHUNK)
+            chunk = self._take(wanted)
             if chunk:
                 before = self.report.submitted
                 await self.batches.feed_chunk(self.batch_id, chunk, self.report, self._answered_from)
                 fed += self.report.submitted - before
+            if len(chunk) < wanted and not self.exhausted:
+                break  # the check has not passed the next line yet
         if self.exhausted:
             await self._settle_total()
         return fed
@@ -129,17 +143,26 @@ class WindowFeeder:
         return min(self.window - (listed - finished), 2 * self.window - (listed - written))
 
     def _take(self, count: int) -> list[Job]:
-        """Up to ``count`` jobs from the file; rejected lines are kept in the report and not counted."""
+        """Up to ``count`` jobs from the file; rejected lines are kept in the report and not counted.
+        Fewer, with the file not exhausted, when the check has not passed the next line."""
         chunk: list[Job] = []
-        for item in self._items:
+        while len(chunk) < count:
+            item, self._next_item = self._next_item, None
+            if item is None:
+                item = next(self._items, None)
+            if item is None:
+                self.exhausted = True
+                break
+            if self._checked_through is not None and (
+                isinstance(item, LineError) or item.metadata["line"] > self._checked_through()
+            ):
+                self._next_item = item  # a bad line stops the run (the check says so) before it is fed
+                break
             if isinstance(item, LineError):
                 self.report.rejected.append(item)
                 continue
             item.cache = self._cache
             chunk.append(item)
-            if len(chunk) >= count:
-                return chunk
-        self.exhausted = True
         return chunk
 
     async def _settle_total(self) -> None:

@@ -55,6 +55,18 @@ def unpriced(models: Iterable[str]) -> list[str]:
     return sorted({m for m in models if not has_price(m)})
 
 
+def price_refusal(
+    jobs: Callable[[], Iterable[Job]], settings: Settings, *, max_cost: float | None
+) -> str | None:
+    """Why the budgets cannot hold for the jobs ``jobs()`` gives (called once per check): the cost budget
+    ``max_cost`` (when given) and the spending limits need a price for each model they call."""
+    for refused in (budget_refusal, spending_refusal) if max_cost is not None else (spending_refusal,):
+        refusal = refused(jobs(), settings)
+        if refusal is not None:
+            return refusal
+    return None
+
+
 def budget_refusal(jobs: Iterable[Job], settings: Settings) -> str | None:
     """Why a cost budget cannot hold for ``jobs``: the models they call (deployments and fallbacks
     included) that have no price, named; None when every one has one."""

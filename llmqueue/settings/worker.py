@@ -91,6 +91,13 @@ class BatchConfig(BaseModel):
         description="jobs of a batch `llmqueue run` keeps unfinished in Redis as it feeds the file "
         "(default: from the rate and the workers' slots, 200 to 20,000)",
     )
+    check_first_bytes: int = Field(
+        64 * 2**20,
+        ge=0,
+        description="bytes: `llmqueue run` checks a file up to this size whole before it queues a line; "
+        "a larger one is checked while its first lines run, and the run stops before its first bad "
+        "line (the answers before it kept, to resume)",
+    )
 
 
 class CacheConfig(BaseModel):
