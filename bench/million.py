@@ -14,14 +14,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from bench.big_file import kill_and_resume, run_big_file
+from bench.big_file import big_file_rows, kill_and_resume, run_big_file
 from llmqueue.batches.window import window_size
 from llmqueue.settings import Settings
 
 FULL: dict[str, Any] = {"lines": 1_000_000, "observe": 120.0, "resume_lines": 20_000}
 QUICK: dict[str, Any] = {"lines": 50_000, "observe": 20.0, "resume_lines": 2_000}
 FIRST_REQUEST_TARGET = 3.0  # seconds
-RUN_RSS_TARGET = 300 * 2**20  # bytes
 SEED = 29
 RUN_WORKERS = 2  # llmqueue run's default --workers, which bench.big_file uses
 
@@ -34,49 +33,12 @@ def run(quick: bool) -> dict[str, Any]:
     kill_after = random.Random(SEED).randint(sizes["resume_lines"] // 10, sizes["resume_lines"] * 9 // 10)
     resumed = kill_and_resume(sizes["resume_lines"], kill_after)
     window = _default_window()
-    budget = big["redis_budget_bytes"]
     rows: list[dict[str, Any]] = [
-        {
-            "figure": f"run of {big['lines']:,} lines ({big['file_bytes'] / 2**30:.2f} GB): first request",
-            "value": big["first_request_seconds"],
-            "unit": "s",
-            "target": f"≤ {FIRST_REQUEST_TARGET:.0f} s",
-            "met": big["first_request_seconds"] <= FIRST_REQUEST_TARGET,
-        },
-        {
-            "figure": "  first job queued (the file's check; the rest is the workers' start-up)",
-            "value": big["first_queued_seconds"],
-            "unit": "s",
-        },
-        {
-            "figure": "  peak RSS of the run process",
-            "value": big["peak_rss_bytes"] / 2**20,
-            "unit": "MB",
-            "target": f"≤ {RUN_RSS_TARGET / 2**20:.0f} MB",
-            "met": big["peak_rss_bytes"] <= RUN_RSS_TARGET,
-        },
-        {
-            "figure": f"  peak Redis memory, watched {sizes['observe']:.0f} s after the first request",
-            "value": big["peak_redis_bytes"] / 2**20,
-            "unit": "MB",
-            "target": f"≤ {budget / 2**20:.0f} MB (0.35 x file + 50 MB)",
-            "met": big["peak_redis_bytes"] <= budget,
-        },
-        {"figure": "  lines answered per second", "value": big["lines_per_second"], "unit": "lines/s"},
+        *big_file_rows(big, "run", first_request_target=FIRST_REQUEST_TARGET, observed=sizes["observe"]),
         {
             "figure": "  the whole file at that rate (projected, not run)",
             "value": big["lines"] / max(big["lines_per_second"], 1e-9) / 60,
             "unit": "min",
-        },
-        {
-            "figure": "  run process CPU before the first request (checking the file)",
-            "value": big["run_cpu_before_first_request_seconds"],
-            "unit": "s",
-        },
-        {
-            "figure": "  run process CPU per line after it (feeding the window, writing the output)",
-            "value": big["feed_cpu_per_line_us"],
-            "unit": "µs",
         },
         {
             "figure": f"{resumed['lines']:,} lines, run killed after {resumed['killed_after_answers']:,} "

@@ -17,7 +17,7 @@ from llmqueue.batches.files import iter_jobs
 from llmqueue.batches.window import WindowFeeder
 from llmqueue.errors import InvalidBatchFileError
 from llmqueue.queue.store import JobStore
-from tests.batches.test_window import BATCH, QUEUE, make_file
+from tests.batches.test_window import BATCH, QUEUE, make_file, prepare
 
 
 @pytest.fixture
@@ -60,18 +60,7 @@ async def test_the_feeding_stops_at_what_the_check_passed_and_goes_on_as_it_pass
     tmp_path: Path,
 ) -> None:
     source = make_file(tmp_path / "f.jsonl", 40)
-    await batches.prepare_submission(
-        source,
-        BATCH,
-        default_model="openai/sim",
-        llm_config=None,
-        skip_invalid=True,
-        max_cost=None,
-        max_tokens=None,
-        priority=0,
-        weight=1.0,
-        on_queueing=None,
-    )
+    await prepare(batches, source)
     frontier = [12.0]
     feeder = feeder_of(batches, source, frontier, window=100)
     await feeder.start(None)
@@ -95,18 +84,7 @@ async def test_a_bad_line_is_never_fed_nor_skipped_when_the_file_is_checked_ahea
     tmp_path: Path,
 ) -> None:
     source = make_file(tmp_path / "f.jsonl", 20, bad=(9,))
-    await batches.prepare_submission(
-        source,
-        BATCH,
-        default_model="openai/sim",
-        llm_config=None,
-        skip_invalid=True,
-        max_cost=None,
-        max_tokens=None,
-        priority=0,
-        weight=1.0,
-        on_queueing=None,
-    )
+    await prepare(batches, source)
     frontier = [math.inf]  # a check that has not said so yet: the feeding itself stops at the line
     feeder = feeder_of(batches, source, frontier, window=100)
     await feeder.start(None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -57,8 +58,9 @@ def batches(redis: Redis) -> Batches:
     return Batches(JobStore(redis, queue_name=QUEUE, job_ttl=3600, result_ttl=3600))
 
 
-async def start_feeder(batches: Batches, source: Path, window: int) -> WindowFeeder:
-    options = await batches.prepare_submission(
+async def prepare(batches: Batches, source: Path) -> dict[str, Any]:
+    """Create the batch of ``source`` as a run does (its file not checked here); ``iter_jobs`` options."""
+    return await batches.prepare_submission(
         source,
         BATCH,
         default_model="openai/sim",
@@ -70,6 +72,10 @@ async def start_feeder(batches: Batches, source: Path, window: int) -> WindowFee
         weight=1.0,
         on_queueing=None,
     )
+
+
+async def start_feeder(batches: Batches, source: Path, window: int) -> WindowFeeder:
+    options = await prepare(batches, source)
     feeder = WindowFeeder(
         batches, BATCH, source, iter_jobs(source, **options), window=window, cache=False, answered_from=None
     )
