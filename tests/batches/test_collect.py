@@ -27,7 +27,15 @@ pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("clean_environme
 
 LINES = 300
 MODELS = ("openai/sim-model", "openai/sim-other")
-PER_JOB_KEYS = ("llmqueue:result:*", "llmqueue:state:*", "llmqueue:errors:*", "llmqueue:done:*", "arq:job:*")
+PER_JOB_KEYS = (
+    "llmqueue:result:*",
+    "llmqueue:state:*",
+    "llmqueue:errors:*",
+    "llmqueue:done:*",
+    "arq:job:*",
+    "arq:retry:*",
+    "arq:in-progress:*",
+)
 
 
 def batch_file(path: Path) -> Path:
