@@ -16,6 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from llmqueue import keys
+from llmqueue.batches.run_lock import RedisRunLock
 from llmqueue.cli import app
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
@@ -166,3 +167,35 @@ async def test_collect_to_another_file_than_the_first_is_refused(
     )
 
     assert f"give -o {tmp_path / 'first.jsonl'}" in refusal(result)
+
+
+async def test_collect_while_another_collector_holds_the_batch_is_refused_naming_it(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    submitted = await in_process(
+        redis_url, "submit", str(batch_file(tmp_path / "in.jsonl")), "--batch", "busy"
+    )
+    assert submitted.exit_code == 0, submitted.output
+    await RedisRunLock(redis, "busy", doing=("collected", "llmqueue results --collect")).acquire()
+
+    result = await in_process(redis_url, "results", "busy", "-o", str(tmp_path / "out.jsonl"), "--collect")
+
+    assert "batch busy is being collected by another `llmqueue results --collect`" in refusal(result)
+    assert await redis.hget(keys.batch("busy"), "collected_to") is None
+
+
+async def test_a_batch_llmqueue_run_writes_is_neither_collected_nor_written_as_missing(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    submitted = await in_process(
+        redis_url, "submit", str(batch_file(tmp_path / "in.jsonl")), "--batch", "ran"
+    )
+    assert submitted.exit_code == 0, submitted.output
+    await redis.hset(keys.batch("ran"), mapping={"written": 5, "written_bytes": 500})  # as a run records it
+
+    collected = await in_process(redis_url, "results", "ran", "-o", str(tmp_path / "out.jsonl"), "--collect")
+    plain = await in_process(redis_url, "results", "ran", "-o", str(tmp_path / "out.jsonl"))
+
+    assert "resume that run (`llmqueue run --resume ran`)" in refusal(collected)
+    assert "its first 5 result(s) were written to the output of `llmqueue run`" in refusal(plain)
+    assert not (tmp_path / "out.jsonl").exists()
