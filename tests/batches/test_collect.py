@@ -105,7 +105,6 @@ async def test_collect_writes_each_line_once_in_input_order_across_a_killed_coll
             finally:
                 first.wait(timeout=30)
             written_by_first = await written(redis, batch)
-            await redis.delete(keys.batch_run_lock(batch))  # what its TTL does 30 s after the kill
             again = subprocess.run(
                 llmqueue_command(redis_url, "results", batch, "-o", str(out), "--collect"),
                 env=env,
