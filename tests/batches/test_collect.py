@@ -66,6 +66,14 @@ async def in_process(redis_url: str, *args: str) -> Any:
     return await asyncio.to_thread(runner.invoke, app, [*args, "--redis-url", redis_url])
 
 
+async def submit(redis_url: str, tmp_path: Path, batch: str) -> None:
+    """``llmqueue submit`` of the test's file as ``batch``."""
+    submitted = await in_process(
+        redis_url, "submit", str(batch_file(tmp_path / "in.jsonl")), "--batch", batch
+    )
+    assert submitted.exit_code == 0, submitted.output
+
+
 def refusal(result: Any) -> str:
     """The message a refused command prints (its LLMQueueError's: the console entry point prints it)."""
     assert result.exit_code != 0, result.output
@@ -80,10 +88,7 @@ async def test_collect_writes_each_line_once_in_input_order_across_a_killed_coll
     redis_url: str, redis: Redis, tmp_path: Path
 ) -> None:
     batch, out = "collected", tmp_path / "out.jsonl"
-    submitted = await in_process(
-        redis_url, "submit", str(batch_file(tmp_path / "in.jsonl")), "--batch", batch
-    )
-    assert submitted.exit_code == 0, submitted.output
+    await submit(redis_url, tmp_path, batch)
     env = child_env()
 
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY, latency=0.05)) as provider:
@@ -153,10 +158,7 @@ async def test_collect_with_failed_only_is_refused_before_anything_is_read(
 async def test_collect_to_another_file_than_the_first_is_refused(
     redis_url: str, redis: Redis, tmp_path: Path
 ) -> None:
-    submitted = await in_process(
-        redis_url, "submit", str(batch_file(tmp_path / "in.jsonl")), "--batch", "elsewhere"
-    )
-    assert submitted.exit_code == 0, submitted.output
+    await submit(redis_url, tmp_path, "elsewhere")
     await redis.hset(
         keys.batch("elsewhere"), mapping={"collected_to": str(tmp_path / "first.jsonl"), "written": 3}
     )
@@ -171,10 +173,7 @@ async def test_collect_to_another_file_than_the_first_is_refused(
 async def test_collect_while_another_collector_holds_the_batch_is_refused_naming_it(
     redis_url: str, redis: Redis, tmp_path: Path
 ) -> None:
-    submitted = await in_process(
-        redis_url, "submit", str(batch_file(tmp_path / "in.jsonl")), "--batch", "busy"
-    )
-    assert submitted.exit_code == 0, submitted.output
+    await submit(redis_url, tmp_path, "busy")
     await RedisRunLock(redis, "busy", doing=("collected", "llmqueue results --collect")).acquire()
 
     result = await in_process(redis_url, "results", "busy", "-o", str(tmp_path / "out.jsonl"), "--collect")
@@ -186,10 +185,7 @@ async def test_collect_while_another_collector_holds_the_batch_is_refused_naming
 async def test_a_batch_llmqueue_run_writes_is_neither_collected_nor_written_as_missing(
     redis_url: str, redis: Redis, tmp_path: Path
 ) -> None:
-    submitted = await in_process(
-        redis_url, "submit", str(batch_file(tmp_path / "in.jsonl")), "--batch", "ran"
-    )
-    assert submitted.exit_code == 0, submitted.output
+    await submit(redis_url, tmp_path, "ran")
     await redis.hset(keys.batch("ran"), mapping={"written": 5, "written_bytes": 500})  # as a run records it
 
     collected = await in_process(redis_url, "results", "ran", "-o", str(tmp_path / "out.jsonl"), "--collect")
