@@ -8,7 +8,8 @@ Two locks, for the two places a batch lives:
 - :class:`RedisRunLock`, for ``--redis-url``: a key set only if absent, naming the holder, with a TTL of
   ``TTL_SECONDS`` that the run refreshes while it watches the batch; a killed run's lock expires. A
   run started on the machine of a holder that no longer exists (killed, then resumed at once) takes
-  the lock over instead of waiting for it to expire.
+  the lock over instead of waiting for it to expire. ``llmqueue results --collect`` takes the same
+  lock: it writes the batch's output as a run does.
 """
 
 from __future__ import annotations
@@ -120,13 +121,16 @@ class DirectoryLock:
 
 
 class RedisRunLock:
-    """The run lock of ``batch_id`` in a shared Redis; ``acquire`` raises BatchBusyError if it is held."""
+    """The run lock of ``batch_id`` in a shared Redis; ``acquire`` raises BatchBusyError if it is held.
 
-    def __init__(self, redis: Redis, batch_id: str) -> None:
+    ``doing`` says what the holder does and its command (``("run", "llmqueue run")``), for the
+    message another process is refused with; the token is ``doing<TAB>command<TAB>host:pid:time:space``."""
+
+    def __init__(self, redis: Redis, batch_id: str, doing: tuple[str, str] = ("run", "llmqueue run")) -> None:
         self.redis = redis
         self.batch_id = batch_id
         self.key = keys.batch_run_lock(batch_id)
-        self.token = f"{holder()}:{time.time():.0f}:{process_space()}"
+        self.token = "\t".join([*doing, f"{holder()}:{time.time():.0f}:{process_space()}"])
         self._refreshed = 0.0
 
     async def acquire(self) -> None:
@@ -139,9 +143,11 @@ class RedisRunLock:
             ):
                 self._refreshed = time.monotonic()
                 return
-            who = ":".join(owner.split(":")[:2]) if owner else "another process"
+            fields = owner.split("\t")
+            verb, command = fields[:2] if len(fields) == 3 else ("run", "llmqueue run")  # an older holder
+            who = ":".join(fields[-1].split(":")[:2]) if owner else "another process"
             raise BatchBusyError(
-                f"batch {self.batch_id} is being run by another `llmqueue run` ({who}); wait for it to end, "
+                f"batch {self.batch_id} is being {verb} by another `{command}` ({who}); wait for it to end, "
                 f"or stop it (its lock expires {TTL_SECONDS} s after it stops)"
             )
         self._refreshed = time.monotonic()

@@ -33,23 +33,59 @@ def results(
     failed_only: Annotated[
         bool, typer.Option("--failed-only", help="Write only failed/cancelled jobs.")
     ] = False,
+    collect: Annotated[
+        bool,
+        typer.Option(
+            "--collect",
+            help="Wait for the batch, writing its results in input order as they finish, and drop each "
+            "job's keys from Redis once its line is written. Run again with the same -o to go on after "
+            "an interruption.",
+        ),
+    ] = False,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
-    """Write a batch's results in input order (jobs not finished yet appear with error "missing")."""
+    """Write a batch's results in input order (jobs not finished yet appear with error "missing").
+
+    With --collect the results are written as they finish and dropped from Redis: the file is the
+    only copy (a second `results` of the batch says where it went).
+    """
+    from llmqueue.batches.collect import written_out
     from llmqueue.batches.display import BatchProgress
     from llmqueue.batches.output import write_results
 
+    if collect and failed_only:
+        raise LLMQueueError(
+            "--collect writes every result and drops it from Redis: with --failed-only the others would "
+            "be lost. Collect the whole batch, or write the failures without --collect"
+        )
     settings = settings_from(config, redis_url)
 
-    async def go(batches: Any) -> list[str]:
+    async def go(batches: Any) -> tuple[list[str], int]:
+        if collect:
+            from llmqueue.batches.collect import collect as collect_results
+
+            with BatchProgress(console) as progress:
+                writer = await collect_results(
+                    batches, batch, output, on_progress=progress.update, on_stall=progress.warn
+                )
+            return writer.failures, writer.failure_count
         if wait:
             with BatchProgress(console) as progress:
                 await batches.wait(batch, on_progress=progress.update, on_stall=progress.warn)
-        return await write_results(batches.results(batch), output, failed_only=failed_only)
+        await batches.status(batch)
+        gone = await written_out(batches.redis, batch)
+        if gone is not None:
+            raise LLMQueueError(gone)
+        failures = await write_results(batches.results(batch), output, failed_only=failed_only)
+        return failures, len(failures)
 
-    failures = with_batches(settings, go)
-    console.print(f"results written to {output}" + (f" ({len(failures)} not succeeded)" if failures else ""))
+    _, failure_count = with_batches(settings, go)
+    console.print(
+        f"results written to {output}" + (f" ({failure_count} not succeeded)" if failure_count else "")
+    )
+    if collect:
+        console.print("their keys were dropped from Redis: the file is the only copy")
 
 
 @app.command()

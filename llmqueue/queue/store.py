@@ -125,7 +125,7 @@ class JobStore:
             args: list[Any] = [prefix, self.queue_name, now]
             args += [keys.arq_job(""), keys.result(""), self.job_ttl_ms, len(chunk)]
             for job in chunk:
-                data = payload.arq_job(job.model_dump(mode="json"), now)
+                data = payload.arq_job(job, now)
                 args += [job.id, data, score, job.priority, lane_of(job.batch_id)]
             flags = await self.acknowledged(partial(self._enqueue_chunk, args, chunk, also))
             added += [bool(flag) for flag in flags]

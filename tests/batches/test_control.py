@@ -22,6 +22,7 @@ from llmqueue.errors import BatchError, InvalidBatchFileError
 from llmqueue.models import Job, JobResult
 from llmqueue.producer import Producer
 from llmqueue.queue.ledger import BatchStatus
+from llmqueue.queue.payload import job_argument
 from llmqueue.settings import Settings
 from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
 from llmqueue.simulator.wire import chat_usage
@@ -490,10 +491,11 @@ async def test_a_line_may_set_its_own_priority(
     )
     await batches.submit_file(path, "mixed")
     jobs = [
-        json.loads(await redis.get(keys.arq_job(job_id_for("mixed", n))) or b"")["a"][0] for n in (1, 2, 3)
+        Job.parse(job_argument(await redis.get(keys.arq_job(job_id_for("mixed", n))) or b""))
+        for n in (1, 2, 3)
     ]
-    assert [job["priority"] for job in jobs] == [0, 2, 5]
-    assert all("priority" not in job["params"] for job in jobs)
+    assert [job.priority for job in jobs] == [0, 2, 5]
+    assert all("priority" not in job.params for job in jobs)
 
 
 def test_files_of_one_name_submitted_in_the_same_second_get_batches_of_their_own(

@@ -1,22 +1,32 @@
-"""serialization: arq job payloads as JSON; anything else becomes an ``invalid`` marker, never an error."""
+"""serialization: arq job payloads as compact JSON, deflated when long; anything else becomes an
+``invalid`` marker, never an error."""
 
 import json
 import pickle
+import zlib
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from llmqueue.models import Job
+from llmqueue.queue import payload
 from llmqueue.queue.payload import (
+    COMPRESS_ABOVE,
+    COMPRESSED,
     INVALID_MARKER,
     JOB_FUNCTION,
     arq_job,
     deserialize_job,
     invalid_reason,
+    job_argument,
     serialize,
 )
 
 JOB = {"id": "job-1", "messages": [{"role": "user", "content": "héllo"}], "params": {"max_tokens": 5}}
+# Words that do not repeat in a short window, as a real prompt's: deflate halves it, no more.
+WORDS = ["alpha", "beta", "gamma", "delta"] * 60
+PROSE = " ".join(f"{word}{n * 7919 % 1009}" for n, word in enumerate(WORDS))
 
 
 def reason_for(raw: bytes) -> str | None:
@@ -32,20 +42,109 @@ def arq_payload(**fields: Any) -> bytes:
     return json.dumps(payload).encode()
 
 
-def test_arq_job_round_trips_through_deserialize_job() -> None:
-    decoded = deserialize_job(arq_job(JOB, enqueue_time_ms=1_700_000_000_123))
+def deflate(data: bytes) -> bytes:
+    deflater = zlib.compressobj(1, zlib.DEFLATED, -15)
+    return COMPRESSED + deflater.compress(data) + deflater.flush()
 
-    assert decoded == {"t": None, "f": JOB_FUNCTION, "a": [JOB], "k": {}, "et": 1_700_000_000_123}
+
+def batch_job(content: str) -> Job:
+    return Job.parse(
+        {
+            "id": "b:00000001",
+            "model": "openai/sim-model",
+            "messages": [{"role": "user", "content": content}],
+            "params": {"max_tokens": 5},
+            "metadata": {"custom_id": "req-1", "line": 1},
+            "batch_id": "b",
+            "priority": 0,
+        }
+    )
+
+
+@pytest.mark.parametrize("content", ["héllo", PROSE], ids=["short-plain", "long-compressed"])
+def test_arq_job_round_trips_to_the_same_job(content: str) -> None:
+    job = batch_job(content)
+
+    decoded = deserialize_job(arq_job(job, enqueue_time_ms=1_700_000_000_123))
+
+    assert decoded["et"] == 1_700_000_000_123
+    assert (decoded["t"], decoded["f"], decoded["k"]) == (None, JOB_FUNCTION, {})
+    assert Job.parse(decoded["a"][0]) == job
+
+
+def test_a_short_job_is_stored_as_json_without_its_default_fields() -> None:
+    job = Job.parse(JOB)
+
+    raw = arq_job(job, 5)
+
+    assert json.loads(raw)["a"][0] == {**JOB, "created_at": job.created_at.isoformat().replace("+00:00", "Z")}
+    assert len(raw) <= COMPRESS_ABOVE
+
+
+def test_a_long_job_is_stored_deflated_behind_the_marker_and_smaller() -> None:
+    job = batch_job(PROSE)
+    as_json = job.model_dump_json().encode()
+
+    raw = arq_job(job, 5)
+
+    assert raw.startswith(COMPRESSED)
+    assert len(raw) < len(as_json) * 0.6
+
+
+def test_a_payload_of_an_earlier_version_with_every_field_still_reads() -> None:
+    job = batch_job("héllo")
+    old = serialize({"t": None, "f": JOB_FUNCTION, "a": [job.model_dump(mode="json")], "k": {}, "et": 7})
+
+    assert Job.parse(job_argument(old)) == job
+
+
+def test_a_deflated_payload_another_writer_made_reads() -> None:
+    job = Job.parse(JOB)
+
+    assert Job.parse(job_argument(deflate(arq_job(job, 5)))) == job
 
 
 def test_round_tripped_job_is_not_marked_invalid() -> None:
-    assert invalid_reason(deserialize_job(arq_job(JOB, 0))["a"][0]) is None
+    assert invalid_reason(deserialize_job(arq_job(Job.parse(JOB), 0))["a"][0]) is None
 
 
 def test_arq_job_is_compact_json() -> None:
-    raw = arq_job({"a": 1}, 5)
+    raw = arq_job(Job.parse({**JOB, "created_at": "2026-01-02T03:04:05Z"}), 5)
 
-    assert raw == b'{"t":null,"f":"run_job","a":[{"a":1}],"k":{},"et":5}'
+    assert raw == (
+        b'{"t":null,"f":"run_job","a":[{"id":"job-1","messages":[{"role":"user","content":"h\xc3\xa9llo"}],'
+        b'"params":{"max_tokens":5},"created_at":"2026-01-02T03:04:05Z"}],"k":{},"et":5}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (COMPRESSED, "is cut short"),
+        (COMPRESSED + b"\xff\xfe garbage", "does not inflate"),
+        (deflate(b'{"t": null, "f": "run_job"')[:-3], "is cut short"),
+    ],
+    ids=["marker-alone", "garbage", "truncated"],
+)
+def test_a_broken_compressed_payload_becomes_a_marker_with_a_reason(raw: bytes, why: str) -> None:
+    reason = reason_for(raw)
+
+    assert reason is not None
+    assert reason.startswith("payload is not JSON (it is marked compressed")
+    assert why in reason
+
+
+def test_a_compressed_payload_that_expands_without_bound_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(payload, "MAX_EXPANDED", 1000)
+
+    reason = reason_for(deflate(b" " * 1001))
+
+    assert reason is not None
+    assert "expands past 1000 bytes" in reason
+
+
+def test_a_compressed_payload_of_the_wrong_shape_becomes_a_marker() -> None:
+    assert reason_for(deflate(b'{"hello": "world"}')) == "payload is JSON but not an llmqueue job"
 
 
 def test_serialize_writes_non_json_values_as_their_str() -> None:

@@ -4,7 +4,6 @@ goes when its run ends (finished, deferred, put back, or its worker died)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from typing import Any
 
@@ -218,7 +217,9 @@ async def test_a_job_removed_from_arqs_queue_is_skipped_and_forgotten(
 
 def old_payload(job: dict[str, Any]) -> bytes:
     """An arq payload as llmqueue wrote it before priorities: no priority field."""
-    return payload.arq_job(job, 1_700_000_000_000)
+    return payload.serialize(
+        {"t": None, "f": payload.JOB_FUNCTION, "a": [job], "k": {}, "et": 1_700_000_000_000}
+    )
 
 
 async def test_jobs_queued_without_llmqueue_lanes_are_adopted_with_their_priority(
@@ -263,7 +264,7 @@ async def test_producer_submit_is_default_priority_unless_told(producer: Produce
         [{"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "c"}]}], priority=0
     )
     stored = [
-        json.loads(await redis.get(keys.arq_job(handle.job_id)) or b"")["a"][0]["priority"]
+        Job.parse(payload.job_argument(await redis.get(keys.arq_job(handle.job_id)) or b"")).priority
         for handle in (plain, urgent, *bulk)
     ]
     assert stored == [1, 2, 0]

@@ -8,6 +8,7 @@ import pickle
 import string
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from llmqueue import keys
 from llmqueue.errors import ConfigError, JobValidationError
 from llmqueue.models import Job
 from llmqueue.producer import Producer
+from llmqueue.queue.payload import COMPRESSED, MAX_EXPANDED
 from llmqueue.settings import LLMConfig, Settings, WorkerConfig, load_settings
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
@@ -47,6 +49,10 @@ def _pickled_job(path: Path) -> bytes:
     return pickle.dumps({"t": 1, "f": "run_job", "a": [_CreatesFile(path)], "k": {}, "et": 0})
 
 
+def _deflated(data: bytes) -> bytes:
+    return COMPRESSED + zlib.compress(data, 9, wbits=-zlib.MAX_WBITS)
+
+
 def _arq(job: Any, function: str = "run_job") -> bytes:
     return json.dumps({"t": 1, "f": function, "a": [job], "k": {}, "et": 0}).encode()
 
@@ -64,6 +70,9 @@ async def test_malformed_payloads_end_as_failed_results_and_the_worker_keeps_goi
         "pickle": (_pickled_job(marker), "payload is not JSON"),
         "huge-garbage": (os.urandom(FIVE_MB), "payload is not JSON"),
         "deep-nesting": (b"[" * 100_000, "payload is not JSON"),
+        "compressed-garbage": (COMPRESSED + b"\xff\xfe garbage", "marked compressed, but does not inflate"),
+        "compressed-bomb": (_deflated(b" " * (MAX_EXPANDED + 1)), "marked compressed, but expands past"),
+        "compressed-pickle": (_deflated(_pickled_job(marker)), "payload is not JSON"),
         "json-object": (b'{"hello": "world"}', "payload is JSON but not an llmqueue job"),
         "json-list": (b"[1, 2, 3]", "payload is JSON but not an llmqueue job"),
         "other-function": (_arq("touch /tmp/x", "os.system"), "payload names function 'os.system'"),
