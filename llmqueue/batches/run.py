@@ -172,10 +172,9 @@ async def _run_locked(
                         ahead,
                     )
                     resumable = True
-                    if ahead is not None:
-                        await feeder.start(None)  # the total, once the check has read the whole file
-                    else:
-                        await feeder.start(check.lines if check is not None else count_requests(source))
+                    await feeder.start(check.lines if check is not None and ahead is None else None)
+                    if check is None:
+                        feeder.count_total()  # in a thread: the first lines wait on no reading of the file
                     cluster.open_gate()
                     if options.resume and options.max_cost is not None:
                         again = await batches.retry_cancelled(batch_id, max_cost=options.max_cost)
