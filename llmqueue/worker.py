@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,8 @@ logger = logging.getLogger("llmqueue.worker")
 # arq's own worker counts every start of a job (limiter re-defers, crash restarts) against max_tries;
 # llmqueue keeps its own count of failed provider calls, so arq's ceiling only has to stay out of the way.
 ARQ_MAX_TRIES = 1_000_000
+StartGate = Callable[[asyncio.Event], Awaitable[bool]]
+"""What holds a worker before its first job: True lets it take jobs, False stops it (see :class:`Worker`)."""
 STOP_WITHOUT_REDIS_SECONDS = 1.0
 """How long a stopping worker gives Redis to answer, and then each step of stopping without it."""
 
@@ -210,7 +212,9 @@ class Worker:
 
     ``burst``: end once the queue is empty (``llmqueue run``'s workers). ``handle_signals``: stop
     gracefully on SIGTERM/SIGINT (off when the worker runs inside another program's event loop).
-    ``sinks`` receive every job event; the worker adds its own :class:`JobCounter`.
+    ``sinks`` receive every job event; the worker adds its own :class:`JobCounter`. ``start_gate``,
+    awaited with an event set when the worker is told to stop, holds it between its start-up and its
+    first job; False stops it having taken none (``llmqueue.ops.start_gate``).
     """
 
     def __init__(
@@ -220,6 +224,7 @@ class Worker:
         sinks: Sequence[EventSink] = (log_event,),
         burst: bool = False,
         handle_signals: bool = True,
+        start_gate: StartGate | None = None,
     ) -> None:
         self.settings = settings
         self.worker_id = new_worker_id()
@@ -229,7 +234,9 @@ class Worker:
         self.handle_signals = handle_signals
         self.job_loop: WorkerLoop | None = None
         """The loop, once started up (None before)."""
+        self.start_gate = start_gate
         self._stopped_early = False
+        self._stopping: asyncio.Event | None = None
 
     def run(self) -> None:
         """Run until stopped by a signal (or, in burst mode, until the queue is empty)."""
@@ -241,9 +248,12 @@ class Worker:
             self.job_loop.stop(grace)
         else:  # still starting up: the loop ends as soon as it starts
             self._stopped_early = True
+            if self._stopping is not None:
+                self._stopping.set()
 
     async def main(self) -> None:
         """Connect, start up, take jobs until stopped, and tidy up (also when cancelled)."""
+        self._stopping = asyncio.Event()
         redis = await connect(self.settings)
         try:
             with self._signals_stop():
@@ -255,6 +265,8 @@ class Worker:
         worker = self.settings.worker
         services = await Services.start(redis, self.settings, self.worker_id, self.sinks)
         try:
+            if not await self._through_gate():
+                return
             self.job_loop = WorkerLoop(
                 redis,
                 worker,
@@ -269,6 +281,18 @@ class Worker:
             await self.job_loop.run()
         finally:
             await self._tidy(redis, services)
+
+    async def _through_gate(self) -> bool:
+        """False when the start gate closed instead of opening (or the worker was stopped at it)."""
+        if self.start_gate is None:
+            return True
+        assert self._stopping is not None
+        logger.info("llmqueue worker %s waits for its run to let it take jobs", self.worker_id)
+        if self._stopped_early or not await self.start_gate(self._stopping):
+            logger.info("llmqueue worker %s stops: its run ended before letting it take jobs", self.worker_id)
+            return False
+        logger.info("llmqueue worker %s takes jobs", self.worker_id)
+        return True
 
     @contextlib.contextmanager
     def _signals_stop(self) -> Iterator[None]:
@@ -329,9 +353,10 @@ def create_worker(
     sinks: Sequence[EventSink] = (log_event,),
     burst: bool = False,
     handle_signals: bool = True,
+    start_gate: StartGate | None = None,
 ) -> Worker:
     """A worker for these settings (see :class:`Worker`)."""
-    return Worker(settings, sinks=sinks, burst=burst, handle_signals=handle_signals)
+    return Worker(settings, sinks=sinks, burst=burst, handle_signals=handle_signals, start_gate=start_gate)
 
 
 def longest_llm_timeout(settings: Settings) -> float:

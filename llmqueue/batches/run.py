@@ -29,7 +29,7 @@ from llmqueue.batches.options import WORKER_LLM_ENV, RunOptions, with_workers_ll
 from llmqueue.batches.ordered_output import OrderedWriter
 from llmqueue.batches.output import write_rejects, write_results
 from llmqueue.batches.run_lock import DirectoryLock, RedisRunLock
-from llmqueue.batches.window import WindowFeeder, count_requests, window_size
+from llmqueue.batches.window import WindowFeeder, window_size
 from llmqueue.cache import CacheStore, open_store
 from llmqueue.cache.disk import DiskStore
 from llmqueue.errors import BatchError, CacheError, LLMQueueError
@@ -124,12 +124,7 @@ async def _run_locked(
             from llmqueue.batches.batch_api_tier import BatchApiTier
 
         tier = BatchApiTier(options, settings, batch_id, use_cache)
-    shared = options.redis_url is not None
     try:
-        # Against a shared Redis the workers would take other batches' jobs while the file is checked,
-        # so it is checked first (inside the try: a refusal removes the run's directory too); an
-        # embedded Redis holds this batch alone.
-        check, ahead = _check_file(options, batch_id, settings, tier) if shared else (None, None)
         cluster = LocalCluster(
             redis_url=options.redis_url,
             workers=1 if tier is not None else options.workers,  # idle unless lines fall back to live
@@ -137,13 +132,15 @@ async def _run_locked(
             worker_env=_worker_env(options),
             stop_timeout=settings.worker.shutdown_grace + 15,
             temporary_dir=options.redis_url is not None,
+            # Its workers take no job until the batch exists: on a shared Redis they would take other
+            # batches' jobs for a run the check may still refuse.
+            gated=True,
         )
         with cluster:
             # Checked while Redis and the first worker start (LiteLLM's import takes that worker seconds):
-            # a bad line still stops the run before anything is queued, and the first call waits on
-            # whichever of the two ends last, not on both one after the other.
-            if not shared:
-                check, ahead = _check_file(options, batch_id, settings, tier)
+            # a bad line still stops the run before anything is queued or taken, and the first call waits
+            # on whichever of the two ends last, not on both one after the other.
+            check, ahead = _check_file(options, batch_id, settings, tier)
             async with (
                 Producer(settings, redis_url=cluster.redis_url) as producer,
                 _redis_lock(producer, batch_id, shared=options.redis_url is not None) as lock,
@@ -154,6 +151,7 @@ async def _run_locked(
                 await _check_same_tier(batches, options, batch_id)
                 if tier is not None:
                     resumable = True  # the tier submits to the provider as it goes: keep what it did
+                    cluster.open_gate()
                     status = await tier.run(batches, source, console)
                     failures = await write_results(batches.results(batch_id), options.output)
                     finished = True
@@ -174,10 +172,10 @@ async def _run_locked(
                         ahead,
                     )
                     resumable = True
-                    if ahead is not None:
-                        await feeder.start(None)  # the total, once the check has read the whole file
-                    else:
-                        await feeder.start(check.lines if check is not None else count_requests(source))
+                    await feeder.start(check.lines if check is not None and ahead is None else None)
+                    if check is None:
+                        feeder.count_total()  # in a thread: the first lines wait on no reading of the file
+                    cluster.open_gate()
                     if options.resume and options.max_cost is not None:
                         again = await batches.retry_cancelled(batch_id, max_cost=options.max_cost)
                         if again:

@@ -4,14 +4,19 @@ more as they finish, so neither Redis nor the first provider call waits on the s
 The window bounds two counts of the batch: the jobs fed and not finished (queued, running or waiting
 to retry: what keeps the workers and the limit busy), and, at twice the window, the jobs fed and not yet
 written to the output (the finished ones held out of order behind an earlier one). The batch's
-``total`` is the file's count of request lines from the start (``status`` shows the whole batch), and
-is set to the jobs it really holds once the file is read (``--skip-invalid`` drops its bad lines).
+``total`` is the file's count of request lines (``status`` shows the whole batch): from the start when
+the file was checked, else once counted (``count_total``: in a thread after the first window is fed, so
+the first call does not wait on reading the whole file; until then ``total`` is 0, and the batch is not
+done). It is set to the jobs the batch really holds once the file is read (``--skip-invalid`` drops
+its bad lines).
 Lines are fed in file order and each chunk is queued and registered in one transaction, so a run killed
 at any point is resumed by feeding the file again: lines the batch already lists are skipped.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,6 +102,9 @@ class WindowFeeder:
         self._checked_through = checked_through
         self._next_item: Job | LineError | None = None
         self.exhausted = False
+        self._total_lock = asyncio.Lock()
+        self._settled = False
+        self._counting: asyncio.Task[None] | None = None
 
     async def start(self, declared: int | None) -> None:
         """Say the batch holds ``declared`` jobs (None: not known yet, see ``declare``) and feed the
@@ -108,6 +116,19 @@ class WindowFeeder:
     async def declare(self, total: int) -> None:
         """Say the batch holds ``total`` jobs (``status`` shows it; the batch is done once they are)."""
         await self.batches.redis.hset(keys.batch(self.batch_id), "total", total)
+
+    def count_total(self) -> None:
+        """Count the file's request lines in a thread and declare them, unless the file has been read
+        whole first (its end sets the exact total)."""
+        if not self._settled:
+            self._counting = asyncio.create_task(self._count_total())
+
+    async def _count_total(self) -> None:
+        with contextlib.suppress(OSError):  # the feeder's own reading of the file reports it
+            lines = await asyncio.to_thread(count_requests, self.source)
+            async with self._total_lock:
+                if not self._settled:
+                    await self.declare(lines)
 
     async def top_up(self) -> int:
         """Feed lines while the window has room; returns how many jobs were fed (or answered)."""
@@ -167,8 +188,12 @@ class WindowFeeder:
 
     async def _settle_total(self) -> None:
         """Once the file is read: the batch's total is the jobs it lists (rejected lines are not jobs)."""
-        listed = await self.batches.redis.zcard(keys.batch_jobs(self.batch_id))
-        await self.batches.redis.hset(keys.batch(self.batch_id), "total", listed)
+        async with self._total_lock:
+            self._settled = True
+            listed = await self.batches.redis.zcard(keys.batch_jobs(self.batch_id))
+            await self.declare(listed)
+        if self._counting is not None:
+            self._counting.cancel()
         if listed == 0:
             await self.batches.forget_if_empty(self.batch_id)
             raise no_valid_line_error(self.source, self.report.rejected)

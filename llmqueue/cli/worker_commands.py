@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -40,10 +42,19 @@ def worker(
         LogFormatChoice, typer.Option(help="text, or json: one JSON object per line, every job event.")
     ] = LogFormatChoice.text,
     litellm_config: LiteLLMConfigOption = None,
+    gated: Annotated[
+        bool,
+        typer.Option(
+            "--gated",
+            hidden=True,  # for `llmqueue run`, which holds the other end of the pipe
+            help="Start up, then take no job until the line 'open' comes on stdin (a pipe); stop at its end.",
+        ),
+    ] = False,
 ) -> None:
     """Run a worker that takes jobs from Redis and calls the provider through LiteLLM."""
     from llmqueue.ops.events import EventSink
     from llmqueue.ops.logs import JobLog, configure_logging, secrets_of
+    from llmqueue.ops.start_gate import require_pipe, wait_for_opening
 
     worker_overrides: dict[str, Any] = {}
     if max_jobs is not None:
@@ -68,6 +79,8 @@ def worker(
         except OSError as exc:
             raise LLMQueueError(f"cannot serve metrics on port {metrics_port}: {exc}") from None
         sinks.append(metrics)
+    if gated:
+        require_pipe(sys.stdin)
     from llmqueue.ops.preflight import redis_refusal
 
     refused = asyncio.run(redis_refusal(settings.redis_url.get_secret_value()))
@@ -78,7 +91,8 @@ def worker(
     with collector_paused():
         from llmqueue.worker import create_worker  # LiteLLM's import takes seconds: after the quick checks
 
-    create_worker(settings, burst=burst, sinks=sinks).run()
+    start_gate = functools.partial(wait_for_opening, sys.stdin) if gated else None
+    create_worker(settings, burst=burst, sinks=sinks, start_gate=start_gate).run()
 
 
 @app.command()

@@ -20,6 +20,7 @@ from types import TracebackType
 from llmqueue.errors import LLMQueueError, WorkerDiedError
 from llmqueue.ops.embedded_redis import EmbeddedRedis
 from llmqueue.ops.processes import start_worker, stop_processes, stop_workers_now
+from llmqueue.ops.start_gate import close_gate, open_gate
 
 STOP_NOW_SECONDS = 1.0
 """Seconds an interrupted run's workers get to put their calls in flight back before they are killed."""
@@ -45,6 +46,10 @@ class LocalCluster:
     jobs go back to the queue, so the user waits no grace. If this process is killed,
     ``llmqueue.ops.reaper`` stops the workers the same way, then Redis, and removes ``data_dir`` when it
     is ``temporary_dir`` (a run against the user's Redis keeps only worker logs there).
+
+    ``gated``: the workers started before :meth:`open_gate` start up and then take no job until it is
+    called (``llmqueue.ops.start_gate``), so they can start while the caller still checks its input;
+    those stopped before it exit having taken nothing.
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class LocalCluster:
         worker_env: Mapping[str, str] | None = None,
         stop_timeout: float = 45.0,
         temporary_dir: bool = False,
+        gated: bool = False,
     ) -> None:
         if workers < 1:
             raise LLMQueueError("--workers must be at least 1")
@@ -69,6 +75,7 @@ class LocalCluster:
         self._first_started_at: float | None = None
         self._reaper: subprocess.Popen[bytes] | None = None
         self.temporary_dir = temporary_dir
+        self.gate_open = not gated
 
     @property
     def embedded(self) -> bool:
@@ -141,10 +148,18 @@ class LocalCluster:
             stop_processes([self._reaper], timeout=5)
             self._start_reaper()
 
+    def open_gate(self) -> None:
+        """Let the workers take jobs (those started from now on take them at once)."""
+        self.gate_open = True
+        for worker in self._workers:
+            open_gate(worker)
+
     def stop_workers(self, *, now: bool = False) -> None:
         """SIGTERM the workers and wait for them to store or put back their calls in flight (``now``:
         abandon those calls, put their jobs back and exit within ``STOP_NOW_SECONDS``); a
         KeyboardInterrupt meanwhile kills them at once, then is raised again."""
+        for worker in self._workers:
+            close_gate(worker)  # one still gated stops at once
         try:
             if now:
                 stop_workers_now(self._workers, timeout=STOP_NOW_SECONDS)
@@ -172,12 +187,17 @@ class LocalCluster:
 
     def _start_workers(self, count: int) -> None:
         env = {**self.worker_env, "REDIS_URL": self.redis_url}
+        args, stdin = ([], subprocess.DEVNULL) if self.gate_open else (["--gated"], subprocess.PIPE)
         if self._first_started_at is None:
             self._first_started_at = time.monotonic()
         for index in range(len(self._workers), len(self._workers) + count):
             with self._log_path(index).open("ab") as log:
                 # The user's own LLM_* settings reach the workers; the run's own come on top.
-                self._workers.append(start_worker(env, stdout=log, inherit_settings=True, own_session=True))
+                self._workers.append(
+                    start_worker(
+                        env, args=args, stdin=stdin, stdout=log, inherit_settings=True, own_session=True
+                    )
+                )
 
     def _log_path(self, index: int) -> Path:
         return self.data_dir / f"worker-{index}.log"

@@ -90,6 +90,7 @@ def worker_environment(settings: Mapping[str, str], *, inherit_settings: bool) -
 def start_worker(
     settings: Mapping[str, str],
     *,
+    stdin: IO[Any] | int | None = subprocess.DEVNULL,
     stdout: IO[Any] | int | None = subprocess.DEVNULL,
     stderr: IO[Any] | int | None = subprocess.STDOUT,
     args: Sequence[str] = (),
@@ -108,7 +109,7 @@ def start_worker(
         list(command or [sys.executable, "-m", "llmqueue", "worker"]) + list(args),
         env=worker_environment(settings, inherit_settings=inherit_settings),
         cwd=cwd,
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         stdout=stdout,
         stderr=stderr,
         text=text,

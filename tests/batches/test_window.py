@@ -3,7 +3,10 @@ through the job store as a worker finishes them, so what is checked is what Redi
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from llmqueue import keys
+from llmqueue.batches import window as window_module
 from llmqueue.batches.control import Batches
 from llmqueue.batches.files import iter_jobs, job_id_for
 from llmqueue.batches.ordered_output import OrderedWriter
@@ -74,12 +78,15 @@ async def prepare(batches: Batches, source: Path) -> dict[str, Any]:
     )
 
 
-async def start_feeder(batches: Batches, source: Path, window: int) -> WindowFeeder:
+async def start_feeder(batches: Batches, source: Path, window: int, *, counted: bool = True) -> WindowFeeder:
+    """A started feeder of ``source``, told the file's count (``counted``) or left to count it."""
     options = await prepare(batches, source)
     feeder = WindowFeeder(
         batches, BATCH, source, iter_jobs(source, **options), window=window, cache=False, answered_from=None
     )
-    await feeder.start(count_requests(source))
+    await feeder.start(count_requests(source) if counted else None)
+    if not counted:
+        feeder.count_total()
     return feeder
 
 
@@ -245,3 +252,30 @@ async def test_a_snapshot_writes_the_whole_output_and_keeps_cancelled_jobs_for_a
     assert len(writer.partial.read_text().splitlines()) == 1
     assert await redis.hget(keys.batch(BATCH), "written") == b"1"
     assert await redis.exists(keys.result(job_id_for(BATCH, 2)), keys.result(job_id_for(BATCH, 4))) == 2
+
+
+async def test_a_feeder_that_counts_its_file_feeds_its_first_window_before_the_count_ends(
+    batches: Batches, redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = make_file(tmp_path / "f.jsonl", 50, bad=(7,))
+    counted = threading.Event()
+    counting_may_end = threading.Event()
+
+    def count_when_allowed(path: Path) -> int:
+        counting_may_end.wait(timeout=60)
+        counted.set()
+        return count_requests(path)
+
+    monkeypatch.setattr(window_module, "count_requests", count_when_allowed)
+    feeder = await start_feeder(batches, source, window=8, counted=False)
+    # Fed while the file is still being counted: the total is not known yet, and the batch not done.
+    assert await redis.zcard(keys.batch_jobs(BATCH)) == 8 and not feeder.exhausted
+    status = await batches.status(BATCH)
+    assert (status.total, status.done) == (0, False)
+
+    counting_may_end.set()
+    deadline = time.monotonic() + 60
+    while (await batches.status(BATCH)).total == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert counted.is_set()
+    assert (await batches.status(BATCH)).total == 50  # its lines (the bad one too, until it is read)
