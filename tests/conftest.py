@@ -27,7 +27,7 @@ from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provi
 from tests.support.settings import TEST_API_KEY, make_settings
 
 TEST_REDIS_URL_ENV = "LLMQUEUE_TEST_REDIS_URL"
-pytest_plugins = ["tests.support.cli"]  # clean_environment
+pytest_plugins = ["tests.support.cli", "tests.support.child_cpu"]  # clean_environment; --cpu N
 
 
 def pytest_report_header() -> str:
