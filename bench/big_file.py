@@ -38,7 +38,8 @@ def write_file(path: Path, lines: int) -> int:
     with path.open("w", encoding="utf-8") as out:
         for n in range(lines):
             text = f"question {n}: {filler}"[:PROMPT_BYTES]
-            line = {"custom_id": f"q{n}", "messages": [{"role": "user", "content": text}]}
+            # Each line names its model, as users' files do (the workers' configured one).
+            line = {"custom_id": f"q{n}", "model": MODEL, "messages": [{"role": "user", "content": text}]}
             out.write(json.dumps(line) + "\n")
     return path.stat().st_size
 
