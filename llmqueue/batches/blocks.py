@@ -175,10 +175,10 @@ async def store_blocks(
             continue
         pending[number] = block
         if len(pending) >= _WRITE_BLOCKS or sum(map(len, pending.values())) >= _WRITE_BYTES:
-            await _write_blocks(redis, path, batch_id, pending, ttl)
+            await _write_blocks(redis, path, batch_id, pending, block_lines, ttl)
             pending = {}
     if pending:
-        await _write_blocks(redis, path, batch_id, pending, ttl)
+        await _write_blocks(redis, path, batch_id, pending, block_lines, ttl)
     stray = [int(field) for field in await redis.hkeys(keys.batch_blocks(batch_id)) if int(field) >= count]
     if stray:
         raise BatchError(
@@ -200,17 +200,24 @@ async def store_blocks(
 
 
 async def _write_blocks(
-    redis: Redis, path: Path, batch_id: str, blocks: dict[int, bytes], ttl: float
+    redis: Redis, path: Path, batch_id: str, blocks: dict[int, bytes], block_lines: int, ttl: float
 ) -> None:
-    stored = await redis.hmget(keys.batch_blocks(batch_id), list(blocks))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hget(keys.batch(batch_id), "fed_blocks")
+        pipe.hmget(keys.batch_blocks(batch_id), list(blocks))
+        fed, stored = await pipe.execute()
     for (number, block), known in zip(blocks.items(), stored, strict=True):
         if known is not None and known != block and zlib.decompress(known) != zlib.decompress(block):
+            first_line = number * block_lines + 1
             raise BatchError(
-                f"{path}: batch {batch_id} holds other lines than this file's lines {number + 1}.. of "
-                "its block "
-                f"{number} (another file or an edited line): nothing more was stored. Give its first file "
-                "to go on with the batch, or submit this one as a new batch (--batch NAME)"
+                f"{path}: batch {batch_id} holds other lines {first_line}-{first_line + block_lines - 1} "
+                "than this file (another file or an edited line): nothing more was stored. Give its "
+                "first file to go on with the batch, or submit this one as a new batch (--batch NAME)"
             )
+    # A worker may have queued some of them meanwhile (a batch submitted again while it runs).
+    blocks = {number: block for number, block in blocks.items() if number >= int(fed or 0)}
+    if not blocks:
+        return
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(
             keys.batch_blocks(batch_id), mapping={str(number): block for number, block in blocks.items()}

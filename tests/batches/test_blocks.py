@@ -24,7 +24,8 @@ from llmqueue.models import Job, JobResult, Timings
 from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings
 from llmqueue.settings.worker import BatchConfig
-from tests.support.varied_text import varied_lines, write_lines
+from tests.combinations.runs import write_jsonl
+from tests.support.varied_text import varied_lines
 
 QUEUE = "llmqueue:test-blocks"
 BATCH = "blk"
@@ -87,7 +88,7 @@ async def test_a_file_is_stored_compressed_and_queued_a_window_at_a_time_with_ea
         lines[n]["model"] = "openai/other-model"
     for n in range(0, 5000, 11):
         lines[n]["priority"] = 7
-    path = write_lines(tmp_path / "in.jsonl", lines)
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
 
     report = await batches.submit_file(path, BATCH, priority=2)
 
@@ -122,7 +123,7 @@ async def test_a_file_is_stored_compressed_and_queued_a_window_at_a_time_with_ea
 async def test_two_feeders_at_once_queue_every_line_once(
     batches: Batches, redis: Redis, settings: Settings, tmp_path: Path
 ) -> None:
-    path = write_lines(tmp_path / "in.jsonl", varied_lines(2000))
+    path = write_jsonl(tmp_path / "in.jsonl", varied_lines(2000))
     await batches.submit_file(path, BATCH)
     other = Redis.from_url(settings.redis_url.get_secret_value())
     try:
@@ -142,7 +143,7 @@ async def test_two_feeders_at_once_queue_every_line_once(
 async def test_a_process_that_died_mid_block_leaves_the_rest_to_the_next_and_nothing_twice(
     batches: Batches, redis: Redis, tmp_path: Path
 ) -> None:
-    path = write_lines(tmp_path / "in.jsonl", varied_lines(600))
+    path = write_jsonl(tmp_path / "in.jsonl", varied_lines(600))
     await batches.submit_file(path, BATCH)  # blocks 0 and 1 (lines 1-200) queued
     await finish_all(batches)
     # A worker took the lease, queued 40 of block 2's 100 lines and died: its lease expires.
@@ -174,7 +175,7 @@ async def test_a_submission_cut_short_is_completed_by_submitting_again_and_a_cha
     batches: Batches, redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lines = varied_lines(5000)
-    path = write_lines(tmp_path / "in.jsonl", lines)
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
     writes = 0
     real_write = blocks._write_blocks
 
@@ -194,8 +195,8 @@ async def test_a_submission_cut_short_is_completed_by_submitting_again_and_a_cha
 
     edited = [dict(line) for line in lines]
     edited[2500]["messages"] = [{"role": "user", "content": "EDITED"}]
-    with pytest.raises(BatchError, match="holds other lines"):
-        await batches.submit_file(write_lines(tmp_path / "edited.jsonl", edited), BATCH)
+    with pytest.raises(BatchError, match="holds other lines 2501-2600"):
+        await batches.submit_file(write_jsonl(tmp_path / "edited.jsonl", edited), BATCH)
     assert await redis.zcard(QUEUE) == 0
 
     report = await batches.submit_file(path, BATCH)
@@ -213,7 +214,7 @@ async def test_a_submission_cut_short_is_completed_by_submitting_again_and_a_cha
 async def test_cancel_drops_the_lines_not_queued_and_forget_leaves_no_block(
     batches: Batches, redis: Redis, tmp_path: Path
 ) -> None:
-    path = write_lines(tmp_path / "in.jsonl", varied_lines(1000))
+    path = write_jsonl(tmp_path / "in.jsonl", varied_lines(1000))
     await batches.submit_file(path, BATCH)
     await finish_all(batches)
     await BlockFeeder(batches, owner="w").feed()  # 200 done, 200 queued, 600 in blocks
@@ -229,17 +230,6 @@ async def test_cancel_drops_the_lines_not_queued_and_forget_leaves_no_block(
     assert await BlockFeeder(batches, owner="w").feed() == 0
     await batches.forget(BATCH)
     assert not [key async for key in redis.scan_iter(match=f"llmqueue:batch:{BATCH}*")]
-
-
-async def test_forget_of_a_finished_batch_removes_its_blocks_and_windowed_entry(
-    batches: Batches, redis: Redis, tmp_path: Path
-) -> None:
-    path = write_lines(tmp_path / "in.jsonl", varied_lines(150))
-    await batches.submit_file(path, BATCH)
-    await finish_all(batches)
-    await batches.forget(BATCH)
-    assert not [key async for key in redis.scan_iter(match=f"llmqueue:batch:{BATCH}*")]
-    assert not await redis.exists(keys.windowed_batches(QUEUE))
 
 
 async def test_skip_invalid_reports_the_bad_lines_and_counts_only_the_good_ones(
@@ -275,7 +265,7 @@ async def test_a_line_the_workers_refuse_as_it_is_queued_ends_failed_saying_why(
 ) -> None:
     lines = varied_lines(400)
     lines[350]["house_hint"] = "short"
-    path = write_lines(tmp_path / "in.jsonl", lines)
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
     # The submitter's settings let jobs set a parameter the workers' do not: its line passes the check.
     lenient = settings.model_copy(
         update={"llm": settings.llm.model_copy(update={"allowed_params": ["house_hint"]})}

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,25 +14,15 @@ from redis.asyncio import Redis
 from llmqueue import keys
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
+from tests.combinations.runs import llmqueue_cli, write_jsonl
 from tests.support.reliability import worker_env, worker_processes
 from tests.support.settings import TEST_API_KEY
-from tests.support.varied_text import varied_lines, write_lines
+from tests.support.varied_text import varied_lines
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
 
 LINES = 5000
 WINDOW = 200
-
-
-def llmqueue(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmqueue", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def test_two_workers_run_a_submitted_file_a_window_at_a_time_every_line_once_in_order(
@@ -45,11 +33,11 @@ async def test_two_workers_run_a_submitted_file_a_window_at_a_time_every_line_on
         lines[n]["model"] = "openai/sim-model-b"
     for n in range(0, LINES, 13):
         lines[n]["priority"] = "interactive"
-    path = write_lines(tmp_path / "prompts.jsonl", lines)
+    path = write_jsonl(tmp_path / "prompts.jsonl", lines)
     with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
         env = worker_env(redis_url, provider.base_url, TEST_API_KEY)
         (tmp_path / "config.toml").write_text(f"[batch]\nwindow = {WINDOW}\n", encoding="utf-8")
-        submitted = llmqueue("submit", str(path), "--batch", "e2e", env=env, cwd=tmp_path)
+        submitted = llmqueue_cli(["submit", str(path), "--batch", "e2e"], env, tmp_path)
         assert submitted.returncode == 0, submitted.stderr
         assert f"{LINES - WINDOW} held in Redis" in " ".join(submitted.stderr.split())
         assert await redis.zcard("llmqueue:queue") == WINDOW
@@ -71,7 +59,7 @@ async def test_two_workers_run_a_submitted_file_a_window_at_a_time_every_line_on
         took = time.monotonic() - began
         requests = provider.stats()["requests"]
         out = tmp_path / "out.jsonl"
-        results = llmqueue("results", "e2e", "-o", str(out), env=env, cwd=tmp_path)
+        results = llmqueue_cli(["results", "e2e", "-o", str(out)], env, tmp_path)
     print(f"\n{LINES} lines, two workers: {took:.1f} s, at most {most} unfinished jobs in Redis")
     assert results.returncode == 0, results.stderr
     assert most <= WINDOW

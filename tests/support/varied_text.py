@@ -4,7 +4,6 @@ docstrings, so compression is measured on prose rather than on one repeated phra
 from __future__ import annotations
 
 import ast
-import json
 import random
 import sysconfig
 from functools import cache
@@ -62,8 +61,3 @@ def varied_lines(
         prompt = f"Question {n} ({rng.randrange(10**6)}): {text[start : start + prompt_chars]}"
         lines.append({"custom_id": f"q{n}", "messages": [{"role": "user", "content": prompt}], **fields})
     return lines
-
-
-def write_lines(path: Path, lines: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
-    return path
