@@ -26,8 +26,9 @@ FEED_INTERVAL = 0.5
 
 
 class BlockFeeder:
-    """Queues the next blocks of the queue's windowed batches, as ``owner`` (a worker id); lines the
-    workers' settings (``batches.settings``) refuse end as failed results."""
+    """Queues the next blocks of the queue's windowed batches, as ``owner`` (a worker id), every
+    ``interval`` seconds (``FEED_INTERVAL``); lines the workers' settings (``batches.settings``) refuse
+    end as failed results."""
 
     def __init__(self, batches: Batches, *, owner: str, interval: float = FEED_INTERVAL) -> None:
         self.batches = batches

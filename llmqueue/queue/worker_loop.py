@@ -143,9 +143,10 @@ class WorkerLoop:
             await self._drain()
 
     async def _queue_done(self) -> bool:
-        if await self.redis.zcard(self.config.queue_name) > 0:
+        # In this order: a batch's last block leaves ``more_to_come`` only once its jobs are queued.
+        if self.more_to_come is not None and await self.more_to_come():
             return False
-        return self.more_to_come is None or not await self.more_to_come()
+        return await self.redis.zcard(self.config.queue_name) == 0
 
     async def _poll(self) -> None:
         if not self._limits_published:  # a raised spending limit wakes the jobs it held

@@ -21,9 +21,12 @@ from llmqueue.batches.files import job_id_for
 from llmqueue.batches.submit import SubmitReport
 from llmqueue.errors import BatchError
 from llmqueue.models import Job, JobResult, Timings
+from llmqueue.producer import Producer
 from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings
 from llmqueue.settings.worker import BatchConfig
+from llmqueue.simulator.server import RunningProvider
+from llmqueue.worker import create_worker
 from tests.combinations.runs import write_jsonl
 from tests.support.varied_text import varied_lines
 
@@ -283,3 +286,23 @@ async def test_a_line_the_workers_refuse_as_it_is_queued_ends_failed_saying_why(
     assert "house_hint" in refused.error.message and refused.error.kind == "invalid_job"
     listed = [job_id async for job_id, _, _ in batches.results(BATCH)]
     assert listed == [job_id_for(BATCH, n) for n in range(1, 401)]
+
+
+async def test_a_burst_worker_ends_only_once_every_block_is_queued_and_run(
+    settings: Settings, provider: RunningProvider, tmp_path: Path
+) -> None:
+    windowed = with_window(settings)
+    path = write_jsonl(tmp_path / "in.jsonl", varied_lines(600, model="openai/sim-model"))
+    async with Producer(windowed) as producer:
+        batches = Batches(producer.store, windowed)
+        await batches.submit_file(path, BATCH)
+        await finish_all(batches)  # the first window is done: the queue is empty, 400 lines in blocks
+        assert await producer.redis.zcard(windowed.worker.queue_name) == 0
+        # A process that died while queueing the next block holds its lease for two more seconds.
+        await producer.redis.set(keys.batch_block_lease(BATCH), "dead-worker", px=2000)
+
+        await asyncio.wait_for(create_worker(windowed, burst=True, handle_signals=False).main(), 120)
+
+        status = await batches.status(BATCH)
+    assert status.done and status.succeeded == 600
+    assert provider.stats.requests == 400
