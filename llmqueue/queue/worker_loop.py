@@ -146,7 +146,7 @@ class WorkerLoop:
         # In this order: a batch's last block leaves ``more_to_come`` only once its jobs are queued.
         if self.more_to_come is not None and await self.more_to_come():
             return False
-        return await self.redis.zcard(self.config.queue_name) == 0
+        return int(await self.redis.zcard(self.config.queue_name)) == 0
 
     async def _poll(self) -> None:
         if not self._limits_published:  # a raised spending limit wakes the jobs it held
