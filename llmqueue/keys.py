@@ -168,10 +168,26 @@ def batch_run_lock(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:run-lock"
 
 
+def batch_blocks(batch_id: str) -> str:
+    """A submitted batch's lines not yet queued, in zlib-compressed blocks (a hash: block number →
+    bytes; ``llmqueue.batches.blocks``). Each block is removed once its jobs are queued."""
+    return f"{PREFIX}:batch:{batch_id}:blocks"
+
+
+def batch_block_lease(batch_id: str) -> str:
+    """Held (a few seconds, ``SET NX PX``) by the process queueing a batch's next block."""
+    return f"{PREFIX}:batch:{batch_id}:block-lease"
+
+
+def windowed_batches(queue_name: str) -> str:
+    """The queue's batches that still have blocks of lines to queue (a set), which workers look at."""
+    return f"{PREFIX}:windowed:{queue_name}"
+
+
 def batch_keys(batch_id: str) -> list[str]:
     """Every key of a batch's own bookkeeping: they expire with its results (``llmqueue.queue.retention``).
 
-    Its run lock is not one of them: it has a short TTL of its own, refreshed while a run holds it.
+    Its run lock and block lease are not among them: they have short TTLs of their own.
     """
     return [
         batch(batch_id),
@@ -181,6 +197,7 @@ def batch_keys(batch_id: str) -> list[str]:
         batch_scopes(batch_id),
         batch_deployments(batch_id),
         batch_api(batch_id),
+        batch_blocks(batch_id),
     ]
 
 

@@ -36,6 +36,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from llmqueue.batches.block_feeder import BlockFeeder
+from llmqueue.batches.control import Batches
 from llmqueue.cache import ResponseCache, open_store
 from llmqueue.coalesce import ScriptCoalescer
 from llmqueue.connection import (
@@ -138,12 +140,14 @@ async def _connect_through_sentinels(settings: Settings, url: str) -> ArqRedis:
 
 @dataclass
 class Services:
-    """What runs beside the jobs of one worker: the runner and what it uses, and the heartbeat."""
+    """What runs beside the jobs of one worker: the runner and what it uses, the heartbeat, and the
+    feeder of submitted batches' blocks of lines."""
 
     runner: JobRunner
     heartbeat: Heartbeat
     coalescer: ScriptCoalescer
     cache: ResponseCache | None
+    block_feeder: BlockFeeder
 
     @classmethod
     async def start(
@@ -187,6 +191,8 @@ class Services:
         )
         await heartbeat.beat()
         heartbeat.start()
+        block_feeder = BlockFeeder(Batches(store, settings), owner=worker_id)
+        block_feeder.start()
         if worker.warm_up:
             try:
                 await warm_up()
@@ -196,9 +202,12 @@ class Services:
         # every collection while jobs run and in the final one at exit (seconds on a busy machine).
         gc.freeze()
         logger.info("llmqueue worker %s started on queue %s", worker_id, worker.queue_name)
-        return cls(runner=runner, heartbeat=heartbeat, coalescer=coalescer, cache=cache)
+        return cls(
+            runner=runner, heartbeat=heartbeat, coalescer=coalescer, cache=cache, block_feeder=block_feeder
+        )
 
     async def stop(self) -> None:
+        await self.block_feeder.stop()
         await self.runner.settle(timeout=5)
         await self.heartbeat.stop()
         if self.cache is not None:
@@ -273,6 +282,7 @@ class Worker:
                 services.runner,
                 job_timeout=worker.job_timeout(longest_llm_timeout(self.settings)),
                 burst=self.burst,
+                more_to_come=services.block_feeder.pending,
                 counts=self.counter.counts,
                 where=where(self.settings.redis_url.get_secret_value()),
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 from llmqueue import keys
+from llmqueue.batches.blocks import drop_blocks
 from llmqueue.batches.follow import STALL_CHECK_SECONDS, BatchFollowing
 from llmqueue.batches.submit import (
     BATCH_ID_PATTERN,
@@ -80,6 +81,8 @@ class Batches(BatchSubmission, BatchFollowing):
         """
         await self.status(batch_id)
         await self.redis.hset(keys.batch(batch_id), "cancel_requested", 1)
+        # Lines of a submitted batch not queued yet are dropped: its total becomes the jobs it lists.
+        await drop_blocks(self, batch_id)
         # A Batch API batch's jobs wait at the provider, not in the queue: they end as cancelled here
         # (an answer its process stores later is not kept: a result is stored once).
         at_provider = await self.redis.hget(keys.batch(batch_id), "via") == b"batch-api"
@@ -225,6 +228,7 @@ class Batches(BatchSubmission, BatchFollowing):
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(*keys.batch_keys(batch_id))
             pipe.zrem(keys.batches(), batch_id)
+            pipe.srem(keys.windowed_batches(self.store.queue_name), batch_id)
             set_weight(pipe, self.store.queue_name, lane_of(batch_id), 1.0)
             replies = await pipe.execute()
         return deleted + int(replies[0])

@@ -111,8 +111,12 @@ def read_requests(
     llm_config: str | None = None,
     priority: int = PRIORITIES["batch"],
     refuse: Refuser | None = None,
+    first_line: int = 1,
 ) -> Iterator[Job | LineError]:
     """Turn request lines into jobs, one at a time, in order; blank lines are skipped.
+
+    ``first_line`` is the line number of the first of ``lines`` (a later part of a file: a block
+    of a submitted batch); a custom id is checked for duplicates among ``lines`` only.
 
     ``default_model`` is the model of chat lines that name none (None leaves ``job.model`` unset, so the
     worker uses its configured model; embedding lines that name none always leave it unset, for the
@@ -125,7 +129,7 @@ def read_requests(
     ``batch_id`` that cannot form a job id, an empty model or config name).
     """
     _check_arguments(batch_id, default_model, llm_config)
-    return _read(lines, batch_id, default_model, llm_config, priority, refuse)
+    return _read(lines, batch_id, default_model, llm_config, priority, refuse, first_line)
 
 
 def iter_jobs(
@@ -208,9 +212,10 @@ def _read(
     llm_config: str | None,
     priority: int,
     refuse: Refuser | None,
+    first_line: int,
 ) -> Iterator[Job | LineError]:
     seen: set[str] = set()
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(lines, start=first_line):
         text = line.strip()
         if number == 1:
             text = text.removeprefix("\ufeff").strip()

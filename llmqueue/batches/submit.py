@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from llmqueue import keys
+from llmqueue.batches.blocks import BlockOptions, expand_window, store_blocks
 from llmqueue.batches.files import (
+    MAX_STORED_ERRORS,
     FileCheck,
     LineError,
     Refuser,
@@ -34,6 +37,7 @@ from llmqueue.batches.files import (
     iter_jobs,
     require_requests,
 )
+from llmqueue.batches.window_bounds import window_size
 from llmqueue.cache import CacheStore, job_cache_key, read_answer
 from llmqueue.errors import BatchError, BatchFileError
 from llmqueue.llm.policy import submission_refusal
@@ -60,6 +64,9 @@ class SubmitReport:
     rejected: list[LineError]
     cached: int = 0
     """Of the jobs submitted, those answered from the response cache as they were submitted (not queued)."""
+    held: int = 0
+    """Jobs of the batch not queued yet: held in Redis in compressed blocks, queued by workers as the
+    batch's window allows."""
 
 
 class BatchSubmission:
@@ -86,22 +93,34 @@ class BatchSubmission:
         answered_from: tuple[CacheStore, Settings] | None = None,
         on_queueing: Callable[[], None] | None = None,
     ) -> SubmitReport:
-        """Check (unless ``skip_invalid``) and enqueue every request of a JSONL file as one batch.
+        """Check (unless ``skip_invalid``) and submit every request of a JSONL file as one batch.
 
-        By default a file with any bad line enqueues nothing and raises InvalidBatchFileError; with
-        ``skip_invalid`` the good lines are enqueued and the bad ones returned in the report. A batch
+        By default a file with any bad line submits nothing and raises InvalidBatchFileError; with
+        ``skip_invalid`` the good lines are submitted and the bad ones returned in the report. A batch
         submitted again is first checked for lines that ask other things than its jobs of those line
-        numbers (BatchError, nothing enqueued). The file is streamed (twice, or three times to a known
-        batch), never held in memory. ``priority`` (0-9, higher first) is that of lines
-        that set none; ``weight`` is the batch's share against other batches of the same priority
-        (a batch of weight 2 gets twice the jobs of a batch of weight 1 while both have jobs ready).
-        ``cache`` lets workers answer lines from the response cache (and keep their answers there).
-        With ``answered_from``, a response cache and the settings of the workers that use it, lines it
-        holds are answered here and never queued (``llmqueue run``: a rerun needs no worker for what is
-        already known); a cache that cannot be read answers nothing (the workers look again).
-        ``on_queueing()`` is called once the file is checked, before anything is queued (to say the
-        batch id first: a submission cut short is completed by submitting again to the same id).
+        numbers (BatchError, nothing submitted). The file is streamed, never held in memory.
+
+        The lines are stored in Redis once, in compressed blocks (``llmqueue.batches.blocks``), and a
+        window of them is queued here; workers queue the next blocks as the batch's jobs finish
+        (``[batch] window``), so Redis holds the file compressed, not every job at once. Submitting
+        again to the same batch goes on from the last block queued, and queues again a job of the
+        lines queued before that is neither queued, running nor finished (lost).
+
+        ``priority`` (0-9, higher first) is that of lines that set none; ``weight`` is the batch's
+        share against other batches of the same priority (a batch of weight 2 gets twice the jobs of a
+        batch of weight 1 while both have jobs ready). ``cache`` lets workers answer lines from the
+        response cache (and keep their answers there). With ``answered_from``, a response cache and
+        the settings of the workers that use it, lines of the window queued here that it holds are
+        answered here and never queued; a cache that cannot be read answers nothing (the workers look
+        again). ``on_queueing()`` is called once the file is checked, before anything is stored (to
+        say the batch id first: a submission cut short is completed by submitting again to the same id).
         """
+        check_batch_id(batch_id)
+        check = check_file(
+            path,
+            **self._line_options(batch_id, default_model, llm_config),
+            max_errors=sys.maxsize if skip_invalid else MAX_STORED_ERRORS,
+        )
         options = await self.prepare_submission(
             path,
             batch_id,
@@ -113,24 +132,69 @@ class BatchSubmission:
             priority=priority,
             weight=weight,
             on_queueing=on_queueing,
+            checked=check,
         )
-        report = SubmitReport(batch_id=batch_id, submitted=0, already_known=0, rejected=[])
-        chunk: list[Job] = []
-        for item in iter_jobs(path, **options, priority=priority):
-            if isinstance(item, LineError):
-                report.rejected.append(item)
-                continue
-            item.cache = cache
-            chunk.append(item)
-            if len(chunk) >= _CHUNK:
-                await self._enqueue_chunk(batch_id, chunk, report, answered_from)
-                chunk = []
-        if chunk:
-            await self._enqueue_chunk(batch_id, chunk, report, answered_from)
-        if report.submitted + report.already_known == 0:
+        report = SubmitReport(batch_id=batch_id, submitted=0, already_known=0, rejected=list(check.errors))
+        if check.valid == 0:
             await self._forget(batch_id)
             raise no_valid_line_error(path, report.rejected)
+        window = self._window()
+        first, _ = await store_blocks(
+            self,
+            path,
+            batch_id,
+            BlockOptions(default_model, llm_config, priority, cache),
+            window=window,
+            total=check.valid,
+            blank={error.line for error in check.errors},
+            ttl=queued_batch_ttl(self.store.job_ttl, self.store.result_ttl),
+        )
+        if first > 0:
+            await self._requeue_lost(path, batch_id, options, priority, cache, report, answered_from)
+        await expand_window(
+            self, batch_id, report, refuse=self.refuser(), owner="submit", answered_from=answered_from
+        )
+        listed = await self.redis.zcard(keys.batch_jobs(batch_id))
+        report.held = max(0, check.valid - int(listed))
         return report
+
+    def _window(self) -> int:
+        """The window of a batch submitted here: ``[batch] window``, or one worker's slots and the rate
+        of these settings (``window_size``)."""
+        settings = self.settings
+        if settings is None:
+            return window_size(rpm=None, slots=0)
+        return window_size(
+            rpm=settings.llm.rpm, slots=settings.worker.max_jobs, override=settings.batch.window
+        )
+
+    async def _requeue_lost(
+        self,
+        path: Path,
+        batch_id: str,
+        options: dict[str, Any],
+        priority: int,
+        cache: bool,
+        report: SubmitReport,
+        answered_from: tuple[CacheStore, Settings] | None,
+    ) -> None:
+        """Queue again the jobs of the lines queued before (its blocks fed) that are neither queued,
+        running nor finished (a payload expired, a submission cut short): the queue skips the others."""
+        fed_lines = await self.redis.hmget(keys.batch(batch_id), ["fed_blocks", "block_lines"])
+        last = int(fed_lines[0] or 0) * int(fed_lines[1] or 0)
+        chunk: list[Job] = []
+        for item in iter_jobs(path, **options, priority=priority):
+            line = item.line if isinstance(item, LineError) else item.metadata["line"]
+            if line > last:
+                break
+            if isinstance(item, Job):
+                item.cache = cache
+                chunk.append(item)
+            if len(chunk) >= _CHUNK:
+                await self._enqueue_chunk(batch_id, chunk, report, answered_from, count_total=False)
+                chunk = []
+        if chunk:
+            await self._enqueue_chunk(batch_id, chunk, report, answered_from, count_total=False)
 
     async def prepare_submission(
         self,
@@ -153,16 +217,11 @@ class BatchSubmission:
         check_batch_id(batch_id)
         if not weight > 0:
             raise BatchError(f"weight must be above 0, got {weight!r}")
-        options: dict[str, Any] = {
-            "batch_id": batch_id,
-            "default_model": default_model,
-            "llm_config": llm_config,
-            "refuse": self._refuser(),
-        }
+        options = self._line_options(batch_id, default_model, llm_config)
         check = checked
         if not skip_invalid and check is None:
             check = check_file(path, **options)
-        if check is not None and not check.ok:
+        if not skip_invalid and check is not None and not check.ok:
             raise invalid_file_error(check, path)
         require_requests(path)
         if self.settings is not None and (max_cost is not None or self.settings.budget.active):
@@ -256,7 +315,19 @@ class BatchSubmission:
             keys.batch(batch_id), "total", await self.redis.zcard(keys.batch_jobs(batch_id))
         )
 
-    def _refuser(self) -> Refuser | None:
+    def _line_options(
+        self, batch_id: str, default_model: str | None, llm_config: str | None
+    ) -> dict[str, Any]:
+        """The keyword arguments of ``iter_jobs`` and ``check_file`` for a batch's lines."""
+        return {
+            "batch_id": batch_id,
+            "default_model": default_model,
+            "llm_config": llm_config,
+            "refuse": self.refuser(),
+        }
+
+    def refuser(self) -> Refuser | None:
+        """Why the workers (when ``settings`` are theirs) would refuse a job, or None to let them say."""
         settings = self.settings
         if settings is None:
             return None

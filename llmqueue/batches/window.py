@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,47 +24,31 @@ from typing import TYPE_CHECKING
 from llmqueue import keys
 from llmqueue.batches.input import LineError
 from llmqueue.batches.submit import SubmitReport, no_valid_line_error
+from llmqueue.batches.window_bounds import (
+    ASSUMED_LATENCY,
+    FEED_CHUNK,
+    WINDOW_CEILING,
+    WINDOW_FLOOR,
+    window_room,
+    window_size,
+)
 from llmqueue.cache import CacheStore
 from llmqueue.models import Job
-from llmqueue.queue.ledger import GATE_FIELDS, stop_reason
 from llmqueue.settings import Settings
 
 if TYPE_CHECKING:
     from llmqueue.batches.control import Batches
 
-WINDOW_FLOOR = 200
-"""The smallest window derived: below it, feeding round trips would cost more than they save."""
-WINDOW_CEILING = 20_000
-"""The largest window derived (about 50 MB of Redis for 1 KB prompts); the setting may go past it."""
-ASSUMED_LATENCY = 10.0
-"""Seconds a provider call is taken to last, to size the window from a rate (Little's law)."""
-FEED_CHUNK = 1000
-_COUNTS = ["succeeded", "failed", "cancelled", "written"]
-
 __all__ = [
     "ASSUMED_LATENCY",
+    "FEED_CHUNK",
     "WINDOW_CEILING",
     "WINDOW_FLOOR",
     "WindowFeeder",
     "count_requests",
+    "window_room",
     "window_size",
 ]
-
-
-def window_size(*, rpm: float | None, slots: int, override: int | None = None) -> int:
-    """How many jobs of a batch to keep unfinished in Redis.
-
-    ``override`` (``[batch] window``) wins. Otherwise twice what the workers can have in flight: the
-    rate (``rpm``, requests per minute) times ``ASSUMED_LATENCY``, or with no rate the workers' job
-    ``slots`` (processes times concurrent jobs each), the lower of the two when both bound it, within
-    ``WINDOW_FLOOR`` and ``WINDOW_CEILING``. Twice, so the workers find jobs waiting between two feeds.
-    """
-    if override is not None:
-        return override
-    in_flight = float(slots)
-    if rpm is not None:
-        in_flight = min(in_flight, rpm / 60 * ASSUMED_LATENCY)
-    return max(WINDOW_FLOOR, min(WINDOW_CEILING, math.ceil(2 * in_flight)))
 
 
 def count_requests(path: Path) -> int:
@@ -134,7 +117,7 @@ class WindowFeeder:
         """Feed lines while the window has room; returns how many jobs were fed (or answered)."""
         fed = 0
         while not self.exhausted:
-            room = await self._room()
+            room = await window_room(self.batches.redis, self.batch_id, self.window, written_bound=True)
             if room <= 0:
                 break
             wanted = min(room, FEED_CHUNK)
@@ -148,20 +131,6 @@ class WindowFeeder:
         if self.exhausted:
             await self._settle_total()
         return fed
-
-    async def _room(self) -> int:
-        async with self.batches.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(keys.batch_jobs(self.batch_id))
-            pipe.hmget(keys.batch(self.batch_id), [*_COUNTS, *GATE_FIELDS])
-            replies = await pipe.execute()
-        listed, counts = int(replies[0]), replies[1]
-        if stop_reason(counts[4:]) is not None:
-            # A cancelled or spent batch: its workers end each job unsent as it starts, so the rest of
-            # the file goes through at no cost, and its total is then reached.
-            return FEED_CHUNK
-        finished = sum(int(float(count)) for count in counts[:3] if count is not None)
-        written = int(counts[3] or 0)
-        return min(self.window - (listed - finished), 2 * self.window - (listed - written))
 
     def _take(self, count: int) -> list[Job]:
         """Up to ``count`` jobs from the file; rejected lines are kept in the report and not counted.

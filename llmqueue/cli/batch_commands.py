@@ -79,7 +79,10 @@ def submit(
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
-    """Queue every line of a JSONL file as one batch and print the batch id.
+    """Submit every line of a JSONL file as one batch and print the batch id.
+
+    The lines are stored in Redis compressed and queued a window at a time (\\[batch] window) by the
+    workers as jobs finish; submitting again to the same --batch goes on where it stopped.
 
     Workers answer lines from the response cache (theirs: \\[cache] of the workers' settings) unless
     --no-cache; --cache-dir here only tells --dry-run where to look.
@@ -127,9 +130,9 @@ def submit(
         )
     except RedisError as exc:
         raise LLMQueueError(
-            f"batch {batch_id}: submission stopped by a Redis error ({redis_error_line(exc)}); every chunk "
-            f"queued so far is counted in its total. Run `llmqueue submit {file} --batch {batch_id}` again "
-            "to queue the rest"
+            f"batch {batch_id}: submission stopped by a Redis error ({redis_error_line(exc)}); what was "
+            f"stored and queued so far is kept. Run `llmqueue submit {file} --batch {batch_id}` again "
+            "to go on from there"
         ) from None
     if report.rejected:
         path = rejects or file.with_suffix(".rejected.jsonl")
@@ -138,6 +141,7 @@ def submit(
     console.print(
         f"{report.submitted} job(s) queued"
         + (f", {report.already_known} already known" if report.already_known else "")
+        + (f", {report.held} held in Redis for the workers to queue as jobs finish" if report.held else "")
     )
     typer.echo(batch_id)
 

@@ -35,7 +35,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from arq.constants import health_check_key_suffix
@@ -63,7 +63,8 @@ class WorkerLoop:
     """Takes ``config.queue_name``'s jobs for ``runner`` until stopped (``burst``: until none is left).
 
     ``job_timeout`` (seconds) bounds one run of a job; ``counts`` are shown in the health-check line;
-    ``where`` names the Redis server in log lines.
+    ``where`` names the Redis server in log lines. A burst loop does not end while ``more_to_come()``
+    (a submitted batch has lines left to queue).
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class WorkerLoop:
         *,
         job_timeout: float,
         burst: bool = False,
+        more_to_come: Callable[[], Awaitable[bool]] | None = None,
         counts: JobCounts | None = None,
         where: str = "",
     ) -> None:
@@ -82,6 +84,7 @@ class WorkerLoop:
         self.runner = runner
         self.job_timeout = job_timeout
         self.burst = burst
+        self.more_to_come = more_to_come
         self.counts = counts or JobCounts()
         self.where = where
         self.ready = ReadyQueue(
@@ -127,7 +130,7 @@ class WorkerLoop:
                     if not await self._unless_stopped(self._poll()):
                         break
                     outage.ended()
-                    if self.burst and await self.redis.zcard(self.config.queue_name) == 0:
+                    if self.burst and await self._queue_done():
                         self._grace = math.inf
                         break
                     if self.slots.free > 0:
@@ -138,6 +141,12 @@ class WorkerLoop:
                     await self._pause(outage.wait_after(exc))
         finally:
             await self._drain()
+
+    async def _queue_done(self) -> bool:
+        # In this order: a batch's last block leaves ``more_to_come`` only once its jobs are queued.
+        if self.more_to_come is not None and await self.more_to_come():
+            return False
+        return int(await self.redis.zcard(self.config.queue_name)) == 0
 
     async def _poll(self) -> None:
         if not self._limits_published:  # a raised spending limit wakes the jobs it held

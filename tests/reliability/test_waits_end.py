@@ -23,6 +23,7 @@ from llmqueue.batches.control import Batches
 from llmqueue.errors import JobNotFoundError
 from llmqueue.producer import GONE_CHECK, Producer
 from llmqueue.settings import Settings
+from llmqueue.settings.worker import BatchConfig
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig
 from tests.support.reliability import child_env, worker_env, worker_processes
@@ -239,8 +240,12 @@ async def test_cancelling_50000_queued_jobs_takes_seconds(redis_url: str, tmp_pa
         tmp_path / "many.jsonl",
         [{"messages": [{"role": "user", "content": f"Frage {n}"}]} for n in range(jobs)],
     )
-    async with Producer(make_settings(redis_url, "http://127.0.0.1:9/v1")) as producer:
-        batches = Batches(producer.store)
+    # A window as big as the file: every line is queued at once.
+    settings = make_settings(redis_url, "http://127.0.0.1:9/v1").model_copy(
+        update={"batch": BatchConfig(window=jobs)}
+    )
+    async with Producer(settings) as producer:
+        batches = Batches(producer.store, settings)
         await batches.submit_file(source, "many")
         began = time.monotonic()
         cancelled = llmqueue("cancel", "many", cwd=tmp_path, env=child_env(REDIS_URL=redis_url), timeout=120)
