@@ -22,6 +22,7 @@ from llmqueue.batches.submit import SubmitReport
 from llmqueue.errors import BatchError
 from llmqueue.models import Job, JobResult, Timings
 from llmqueue.producer import Producer
+from llmqueue.queue.payload import deserialize_job
 from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings
 from llmqueue.settings.worker import BatchConfig
@@ -107,7 +108,7 @@ async def test_a_file_is_stored_compressed_and_queued_a_window_at_a_time_with_ea
     routes = await redis.hgetall(keys.routes(QUEUE))
     priority = {raw.decode(): int(route.split(b"\t")[0]) for raw, route in routes.items()}
     assert priority[job_id_for(BATCH, 1)] == 7 and priority[job_id_for(BATCH, 2)] == 2
-    first = json.loads(await redis.get(keys.arq_job(job_id_for(BATCH, 8))) or "{}")
+    first = deserialize_job(await redis.get(keys.arq_job(job_id_for(BATCH, 8))) or b"{}")
     assert "openai/other-model" in json.dumps(first)
 
     feeder = BlockFeeder(batches, owner="test-worker")
