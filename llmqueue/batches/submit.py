@@ -179,14 +179,18 @@ class BatchSubmission:
         answered_from: tuple[CacheStore, Settings] | None,
     ) -> None:
         """Queue again the jobs of the lines queued before (its blocks fed) that are neither queued,
-        running nor finished (a payload expired, a submission cut short): the queue skips the others."""
-        fed_lines = await self.redis.hmget(keys.batch(batch_id), ["fed_blocks", "block_lines"])
+        running nor finished (a payload expired, a submission cut short): the queue skips the others.
+        Lines written to a file and dropped from Redis (``run``, ``results --collect``) are done."""
+        fed_lines = await self.redis.hmget(keys.batch(batch_id), ["fed_blocks", "block_lines", "written"])
         last = int(fed_lines[0] or 0) * int(fed_lines[1] or 0)
+        written = await self._last_written_line(batch_id, int(fed_lines[2] or 0))
         chunk: list[Job] = []
         for item in iter_jobs(path, **options, priority=priority):
             line = item.line if isinstance(item, LineError) else item.metadata["line"]
             if line > last:
                 break
+            if line <= written:
+                continue
             if isinstance(item, Job):
                 item.cache = cache
                 chunk.append(item)
@@ -195,6 +199,14 @@ class BatchSubmission:
                 chunk = []
         if chunk:
             await self._enqueue_chunk(batch_id, chunk, report, answered_from, count_total=False)
+
+    async def _last_written_line(self, batch_id: str, written: int) -> int:
+        """The line number of the last of the batch's first ``written`` jobs (its job list is scored
+        by line), 0 when none is written."""
+        if written <= 0:
+            return 0
+        last = await self.redis.zrange(keys.batch_jobs(batch_id), written - 1, written - 1, withscores=True)
+        return int(last[0][1]) if last else 0
 
     async def prepare_submission(
         self,

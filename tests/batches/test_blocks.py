@@ -18,6 +18,7 @@ from llmqueue.batches import blocks
 from llmqueue.batches.block_feeder import BlockFeeder
 from llmqueue.batches.control import Batches
 from llmqueue.batches.files import job_id_for
+from llmqueue.batches.ordered_output import OrderedWriter
 from llmqueue.batches.submit import SubmitReport
 from llmqueue.errors import BatchError
 from llmqueue.models import Job, JobResult, Timings
@@ -213,6 +214,28 @@ async def test_a_submission_cut_short_is_completed_by_submitting_again_and_a_cha
         await BlockFeeder(batches, owner="w").feed()
     status = await batches.status(BATCH)
     assert status.total == status.succeeded == 5000 and await redis.zcard(keys.batch_jobs(BATCH)) == 5000
+
+
+async def test_submitting_a_collected_batch_again_queues_nothing_of_what_was_written(
+    batches: Batches, redis: Redis, tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", varied_lines(300))
+    await batches.submit_file(path, BATCH)
+    while (await batches.status(BATCH)).finished < 300:
+        await finish_all(batches)
+        await BlockFeeder(batches, owner="w").feed()
+    writer = OrderedWriter(batches.store, BATCH, tmp_path / "out.jsonl")  # what results --collect does
+    await writer.open()
+    assert await writer.drain(final=True) == 300
+    writer.close(complete=True)
+    assert not [key async for key in redis.scan_iter(match=keys.result(f"{BATCH}:*"))]
+
+    again = await batches.submit_file(path, BATCH)
+
+    assert again.submitted == 0
+    assert await redis.zcard(QUEUE) == 0  # no line sent to the provider twice
+    status = await batches.status(BATCH)
+    assert status.total == status.succeeded == 300
 
 
 async def test_cancel_drops_the_lines_not_queued_and_forget_leaves_no_block(
