@@ -138,3 +138,26 @@ class BatchBusyError(BatchError):
 
 class WorkerDiedError(LLMQueueError):
     """A worker process that ``llmqueue run`` started exited while the batch was running."""
+
+
+class RunStoppedError(BatchError):
+    """``llmqueue run`` stopped a batch that had begun (a big file's check found a bad line, or a model
+    without a price under a budget, while its first lines ran): what it queued stays, for a resume.
+
+    The message names the resume command; ``with_resume(command)`` is the message with another one
+    (the CLI's, which carries the run's options)."""
+
+    _RESUME = "\x00resume\x00"
+
+    def __init__(self, template: str, batch_id: str) -> None:
+        self.template = template
+        self.batch_id = batch_id
+        super().__init__(self.with_resume(f"llmqueue run --resume {batch_id}"))
+
+    @classmethod
+    def resume_here(cls) -> str:
+        """Where the resume command goes in a template."""
+        return cls._RESUME
+
+    def with_resume(self, command: str) -> str:
+        return self.template.replace(self._RESUME, command)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from llmqueue.batches.input import FileCheck, Refuser, check_file
-from llmqueue.errors import InvalidBatchFileError, LLMQueueError
+from llmqueue.errors import LLMQueueError, RunStoppedError
 
 HEAD_LINES = 1000
 """Request lines checked before the run begins: their models are those the budgets' checks see first."""
@@ -113,11 +113,16 @@ class CheckAhead:
         shown = "\n".join(f"  line {e.line}: {e.reason}" for e in self.check.errors[:20])
         more = self.check.error_count - min(20, len(self.check.errors))
         tail = f"\n  … and {more} more" if more > 0 else ""
-        return InvalidBatchFileError(
+        return RunStoppedError(
             f"{self.path}: {self.check.error_count} of {self.check.lines} line(s) are invalid. The file "
             f"is large, so it was checked while its first lines ran: the run stopped before the first "
             f"bad line; the {fed} line(s) it had queued stay in the batch, and those answered are not "
-            f"sent again. Fix the file and resume: llmqueue run --resume {batch_id} {self.path} (or "
-            f"resume with --skip-invalid to leave the bad lines out):\n{shown}{tail}",
-            self.check,
+            f"sent again. Fix the file and resume with: {RunStoppedError.resume_here()} (add "
+            f"--skip-invalid to leave the bad lines out):\n{shown}{tail}",
+            batch_id,
         )
+
+    def join(self) -> FileCheck:
+        """Wait for the whole file to be checked; its check."""
+        self._done.wait()
+        return self.check

@@ -32,7 +32,7 @@ from llmqueue.batches.run_lock import DirectoryLock, RedisRunLock
 from llmqueue.batches.window import WindowFeeder, window_size
 from llmqueue.cache import CacheStore, open_store
 from llmqueue.cache.disk import DiskStore
-from llmqueue.errors import BatchError, CacheError, LLMQueueError
+from llmqueue.errors import CacheError, LLMQueueError, RunStoppedError
 from llmqueue.llm.policy import submission_refusal
 from llmqueue.ops.collector import collector_paused
 from llmqueue.ops.local_cluster import LocalCluster, run_dir
@@ -228,6 +228,10 @@ def _check_file(
     if tier is None and checks_ahead(options.file, settings.batch.check_first_bytes):
         ahead = CheckAhead(options.file, **line_options).start()
         check = ahead.wait_for_head()
+        if ahead.unreadable is not None:
+            raise ahead.unreadable
+        if not check.ok:  # nothing is queued yet: name every bad line, as a whole check does
+            check = ahead.join()
     else:
         ahead, check = None, check_file(options.file, **line_options)
     if not check.ok:
@@ -304,6 +308,12 @@ async def _window_feeder(
 ) -> WindowFeeder:
     """Check the file as ``submit_file`` does and make the feeder of its window (not started yet)."""
     queueing = f"batch [bold]{batch_id}[/bold]: queueing {source}"
+    max_cost = options.max_cost
+    if options.resume and max_cost is None:
+        # The batch keeps its budget: a resume's price check is made against it (a run stopped for a
+        # model without a price would otherwise send that model's lines, uncounted, on resume).
+        stored = await batches.redis.hget(keys.batch(batch_id), "max_cost")
+        max_cost = float(stored) if stored is not None else None
     line_options = await batches.prepare_submission(
         source,
         batch_id,
@@ -311,7 +321,7 @@ async def _window_feeder(
         llm_config=options.llm_config,
         # A new run's file was checked before anything started: not read a second time for it.
         skip_invalid=options.skip_invalid or not options.resume,
-        max_cost=options.max_cost,
+        max_cost=max_cost,
         max_tokens=options.max_tokens,
         priority=options.priority,
         weight=options.weight,
@@ -366,7 +376,9 @@ class _Feeding:
         total is known, and the budgets see every model it calls."""
         batch_id = self.feeder.batch_id
         if ahead.failed:
-            raise await ahead.stop_error(batch_id, self.feeder.report.submitted)
+            error = await ahead.stop_error(batch_id, self.feeder.report.submitted)
+            await self.feeder.declare(ahead.check.valid)  # the jobs it holds, as status shows them
+            raise error
         if not ahead.done:
             return
         self.ahead = None
@@ -377,10 +389,12 @@ class _Feeding:
 
             refusal = price_refusal(lambda: ahead.check.samples.values(), self.settings, max_cost=max_cost)
             if refusal is not None:
-                raise BatchError(
+                raise RunStoppedError(
                     f"{refusal}. The file is large, so it was checked while its first lines ran: the run "
                     f"stopped; the {self.feeder.report.submitted} line(s) it had queued stay in the batch, "
-                    f"and those answered are not sent again. Resume with: llmqueue run --resume {batch_id}"
+                    f"and those answered are not sent again. Once every model has a price (or its lines "
+                    f"are gone from the file), resume with: {RunStoppedError.resume_here()}",
+                    batch_id,
                 )
 
 

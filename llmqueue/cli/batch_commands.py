@@ -46,7 +46,7 @@ from llmqueue.cli.common import (
     with_redis,
 )
 from llmqueue.cli.tiers import Via, check_tier_options, submit_via_batch_api
-from llmqueue.errors import LLMQueueError
+from llmqueue.errors import LLMQueueError, RunStoppedError
 from llmqueue.ops.interrupts import interrupted_by_signals
 from llmqueue.redaction import redis_error_line
 from llmqueue.settings import Settings
@@ -396,6 +396,9 @@ def run(
                 options.model = env["LLM_MODEL"]
             with interrupted_by_signals():  # SIGTERM as Ctrl-C; either at once, even in a long check
                 summary = asyncio.run(run_batch(options, settings, console, last_look))
+    except RunStoppedError as stop:
+        # Its resume command as the run would print it: with the run's -o, provider and limits.
+        raise LLMQueueError(stop.with_resume(_resume_command(context, stop.batch_id))) from None
     except KeyboardInterrupt:
         hint = _resume_command(context, options.batch_id or "BATCH")
         # The workers stopped at once, without their grace: their calls in flight go again on resume.

@@ -15,7 +15,7 @@ from llmqueue.batches.check_ahead import HEAD_LINES, CheckAhead, checks_ahead
 from llmqueue.batches.control import Batches
 from llmqueue.batches.files import iter_jobs
 from llmqueue.batches.window import WindowFeeder
-from llmqueue.errors import InvalidBatchFileError
+from llmqueue.errors import RunStoppedError
 from llmqueue.queue.store import JobStore
 from tests.batches.test_window import BATCH, QUEUE, make_file, prepare
 
@@ -105,12 +105,13 @@ async def test_the_check_finds_the_first_bad_line_far_in_a_file_and_names_every_
     error = await ahead.stop_error(BATCH, fed=25)
     assert ahead.done and ahead.failed
     assert ahead.checked_through() == HEAD_LINES + 1000 - 1
-    assert isinstance(error, InvalidBatchFileError)
+    assert isinstance(error, RunStoppedError)
     message = str(error)
     assert f"2 of {count} line(s) are invalid" in message
     assert f"line {HEAD_LINES + 1000}:" in message and f"line {HEAD_LINES + 2000}:" in message
     assert "the 25 line(s) it had queued stay in the batch" in message
-    assert f"llmqueue run --resume {BATCH} {source}" in message
+    assert f"resume with: llmqueue run --resume {BATCH} (add --skip-invalid" in message
+    assert "resume with: --resume X --output o.jsonl (add" in error.with_resume("--resume X --output o.jsonl")
 
 
 async def test_a_good_file_checked_ahead_lets_every_line_through_once_read(tmp_path: Path) -> None:

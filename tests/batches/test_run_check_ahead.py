@@ -62,7 +62,8 @@ def test_a_big_file_stops_before_its_first_bad_line_and_resumes_once_fixed_sendi
         assert code == 2, stderr
         assert f"line {BAD}:" in stderr, stderr
         assert "checked while its first lines ran: the run stopped before the first bad line" in stderr
-        assert f"llmqueue run --resume {batch_name} {source}" in stderr
+        # The resume command carries the run's options, its output first.
+        assert f"resume with: llmqueue run --resume {batch_name} --output {output} --workers 1" in stderr
         assert sent_before < BAD  # nothing past the bad line was sent
         assert run_dir(batch_name).exists()  # kept for the resume
 
@@ -95,3 +96,30 @@ def test_a_bad_line_among_the_first_lines_of_a_big_file_refuses_it_before_anythi
     assert code == 2, stderr
     assert "line 50:" in stderr and "nothing was enqueued" in stderr, stderr
     assert not run_dir(batch_name).exists()
+
+
+def test_a_model_without_a_price_past_the_first_lines_stops_a_budgeted_run_and_its_resume_too(
+    tmp_path: Path, batch_name: str
+) -> None:
+    source = tmp_path / "big.jsonl"
+    write_lines(source, bad=None)
+    lines = source.read_text(encoding="utf-8").splitlines()
+    lines[BAD - 1] = lines[BAD - 1].replace("openai/sim-model", "openai/sim-unpriced-xyz")
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = tmp_path / "llmqueue.toml"
+    config.write_text("[batch]\ncheck_first_bytes = 1000\n", encoding="utf-8")
+    args = ["-o", str(tmp_path / "out.jsonl"), "--workers", "1", "--config", str(config)]
+    priced = {"LLM_INPUT_COST_PER_TOKEN": "0.000001", "LLM_OUTPUT_COST_PER_TOKEN": "0.000002"}
+    with ProviderProcess(ProviderConfig(api_key=TEST_API_KEY)) as provider:
+        env = run_env(**provider_env(provider), **priced, WORKER_POLL_DELAY="0.01")
+        code, stderr = run([str(source), "--batch", batch_name, "--max-cost", "50", *args], env, tmp_path)
+        sent = provider.stats()["requests"]
+        assert code == 2, stderr
+        assert "openai/sim-unpriced-xyz" in stderr and "the run stopped" in stderr, stderr
+        assert sent < BAD
+
+        # Resumed as told, without --max-cost: the batch's budget still holds, so the line is refused.
+        code, stderr = run(["--resume", batch_name, *args], env, tmp_path)
+        assert code == 2, stderr
+        assert "--max-cost needs a price for every model" in stderr and "openai/sim-unpriced-xyz" in stderr
+        assert provider.stats()["requests"] == sent
