@@ -294,7 +294,7 @@ def big_file_rows(
             "unit": "s",
         },
         {
-            "figure": "  run process CPU per line after it (feeding the window, writing the output)",
+            "figure": "  run CPU per line answered after it (feeding, writing, a big file's check)",
             "value": big["feed_cpu_per_line_us"],
             "unit": "µs",
         },
