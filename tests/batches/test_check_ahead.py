@@ -100,8 +100,8 @@ async def test_the_check_finds_the_first_bad_line_far_in_a_file_and_names_every_
     count = HEAD_LINES + 3000
     source = make_file(tmp_path / "f.jsonl", count, bad=(HEAD_LINES + 1000, HEAD_LINES + 2000))
     ahead = ahead_of(source).start()
-    head = ahead.wait_for_head()
-    assert head.ok and head.lines >= HEAD_LINES
+    head = ahead.wait_for_head()  # the thread may already be past the bad lines: they are its to tell
+    assert head.lines >= HEAD_LINES
     error = await ahead.stop_error(BATCH, fed=25)
     assert ahead.done and ahead.failed
     assert ahead.checked_through() == HEAD_LINES + 1000 - 1

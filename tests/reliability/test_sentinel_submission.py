@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from llmqueue.batches import submit
+from llmqueue.batches import blocks, submit
 from llmqueue.batches.control import Batches
+from llmqueue.settings.worker import BatchConfig
 from tests.support.reliability import wait_until
 from tests.support.sentinel import run_through_sentinels
 
@@ -37,23 +38,27 @@ async def test_lines_acknowledged_before_and_after_the_master_is_killed_mid_subm
     lines, slots = 300, 10
     source = _batch_file(tmp_path / "lines.jsonl", lines)
     # Chunks of 10 lines: 30 acknowledgements, so the kill falls among them (in a chunk's write or its WAIT).
+    # The submission queues them all itself: a window as large as the file, stored in blocks of 10 lines.
     monkeypatch.setattr(submit, "_CHUNK", CHUNK)
+    monkeypatch.setattr(blocks, "block_lines_for", lambda _window: CHUNK)
     killed: dict[str, Any] = {}
     async with run_through_sentinels(tmp_path, slots=slots) as run:
         servers, provider, workers, producer = run.servers, run.provider, run.workers, run.producer
-        batches = Batches(producer.store, producer.settings)
+        batches = Batches(
+            producer.store, producer.settings.model_copy(update={"batch": BatchConfig(window=lines)})
+        )
         enqueue_chunk = batches._enqueue_chunk
         chunks = 0
 
-        async def enqueue_killing_the_master(*args: Any) -> None:
+        async def enqueue_killing_the_master(*args: Any, **kwargs: Any) -> None:
             """The real chunk submission; the master killed while the 11th is under way (and
             the workers are calling the provider for the first lines)."""
             nonlocal chunks
             chunks += 1
             if chunks != KILL_AT_CHUNK:
-                return await enqueue_chunk(*args)
+                return await enqueue_chunk(*args, **kwargs)
             await wait_until(lambda: provider.stats()["requests"] >= 20, 60, "calls under way")
-            under_way = asyncio.ensure_future(enqueue_chunk(*args))
+            under_way = asyncio.ensure_future(enqueue_chunk(*args, **kwargs))
             await asyncio.sleep(0.002)
             killed["in_flight"] = sum(len(w.calling()) for w in workers.all)
             killed["at"] = time.monotonic()
