@@ -6,7 +6,6 @@ batch; the batch's lease keeps two of them from queueing the same block at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from redis.exceptions import RedisError
@@ -15,6 +14,7 @@ from llmqueue import keys
 from llmqueue.batches.blocks import expand_window
 from llmqueue.batches.control import Batches
 from llmqueue.batches.submit import SubmitReport
+from llmqueue.ops.tasks import cancel_and_wait
 from llmqueue.redaction import redis_error_line
 
 __all__ = ["FEED_INTERVAL", "BlockFeeder"]
@@ -40,11 +40,8 @@ class BlockFeeder:
         self._task = asyncio.create_task(self._feed_forever())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def feed(self) -> int:
         """One look: queue the blocks the windows have room for; returns how many jobs were queued."""

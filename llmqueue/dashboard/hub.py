@@ -10,7 +10,6 @@ against its limit), kept for ``HISTORY_SECONDS``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -34,6 +33,7 @@ from llmqueue.errors import BatchError
 from llmqueue.limits.limiter import RateLimiter
 from llmqueue.limits.view import scopes as limit_scopes
 from llmqueue.ops.registry import WorkerInfo, read_workers
+from llmqueue.ops.tasks import cancel_and_wait
 from llmqueue.queue.ledger import BatchStatus
 from llmqueue.queue.spend_report import read_spending
 
@@ -118,10 +118,8 @@ class Hub:
                 yield latest
         finally:
             self._watchers -= 1
-            if self._watchers == 0 and self._loop is not None:
-                self._loop.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._loop
+            if self._watchers == 0:
+                await cancel_and_wait(self._loop)
                 self._loop = None
 
     async def close(self) -> None:
@@ -129,10 +127,7 @@ class Hub:
         async with self._changed:
             self._closed = True
             self._changed.notify_all()
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        await cancel_and_wait(self._loop)
 
     async def failures(self, batch_id: str) -> list[dict[str, Any]]:
         """The batch's failed and cancelled jobs grouped by reason. Read again only when their count

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from llmqueue import keys
+from llmqueue.ops.tasks import cancel_and_wait
 from llmqueue.redaction import redis_error_line
 
 logger = logging.getLogger("llmqueue.worker")
@@ -54,11 +55,8 @@ class Heartbeat:
         self._task = asyncio.create_task(self._beat_forever())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         with contextlib.suppress(RedisError, OSError):
             await self.redis.delete(keys.worker(self.worker_id))
 
