@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from llmqueue.batches.input import FileCheck, Refuser, check_file
+from llmqueue.batches.input import FileCheck, Refuser, bad_lines_text, check_file
 from llmqueue.errors import LLMQueueError, RunStoppedError
 
 HEAD_LINES = 1000
@@ -110,15 +110,12 @@ class CheckAhead:
         await asyncio.to_thread(self._done.wait)
         if self.unreadable is not None and self.check.error_count == 0:
             return self.unreadable
-        shown = "\n".join(f"  line {e.line}: {e.reason}" for e in self.check.errors[:20])
-        more = self.check.error_count - min(20, len(self.check.errors))
-        tail = f"\n  … and {more} more" if more > 0 else ""
         return RunStoppedError(
             f"{self.path}: {self.check.error_count} of {self.check.lines} line(s) are invalid. The file "
             f"is large, so it was checked while its first lines ran: the run stopped before the first "
             f"bad line; the {fed} line(s) it had queued stay in the batch, and those answered are not "
             f"sent again. Fix the file and resume with: {RunStoppedError.resume_here()} (add "
-            f"--skip-invalid to leave the bad lines out):\n{shown}{tail}",
+            f"--skip-invalid to leave the bad lines out):\n{bad_lines_text(self.check)}",
             batch_id,
         )
 

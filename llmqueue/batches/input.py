@@ -35,6 +35,7 @@ __all__ = [
     "FileCheck",
     "LineError",
     "Refuser",
+    "bad_lines_text",
     "check_file",
     "invalid_file_error",
     "iter_jobs",
@@ -446,11 +447,15 @@ def _compression(start: bytes) -> str | None:
 
 def invalid_file_error(check: FileCheck, path: Path) -> InvalidBatchFileError:
     """The error for a file whose lines ``check`` found bad: the first 20 with their line numbers."""
-    shown = "\n".join(f"  line {e.line}: {e.reason}" for e in check.errors[:20])
-    more = check.error_count - min(20, len(check.errors))
-    tail = f"\n  … and {more} more" if more > 0 else ""
     return InvalidBatchFileError(
         f"{path}: {check.error_count} of {check.lines} line(s) are invalid; nothing was enqueued "
-        f"(use --skip-invalid to enqueue the valid ones):\n{shown}{tail}",
+        f"(use --skip-invalid to enqueue the valid ones):\n{bad_lines_text(check)}",
         check,
     )
+
+
+def bad_lines_text(check: FileCheck) -> str:
+    """The first 20 bad lines of ``check``, one a line with its number and reason, and how many more."""
+    shown = "\n".join(f"  line {e.line}: {e.reason}" for e in check.errors[:20])
+    more = check.error_count - min(20, len(check.errors))
+    return shown + (f"\n  … and {more} more" if more > 0 else "")
