@@ -26,6 +26,7 @@ BENCHMARKS = {
     "latency": "bench.latency",
     "scale": "bench.scale",
     "million": "bench.million",
+    "million-whole": "bench.million_whole",
     "economics": "bench.economics",
     "priority": "bench.priority",
     "startup": "bench.startup",
