@@ -23,7 +23,7 @@ from llmqueue.errors import CacheError
 FILE_NAME = "responses.sqlite3"
 BUSY_TIMEOUT = 10.0
 EVICTION_CHECK_EVERY = 64
-"""Puts between two checks of the total size (a sum over the table)."""
+"""Puts between two checks of the total size (one row, ``totals``)."""
 HIT_FLUSH_EVERY = 256
 HIT_FLUSH_SECONDS = 2.0
 """Hits are written (``used``, ``hits``) in one transaction per this many keys or seconds, and at close:
@@ -32,6 +32,7 @@ a write per hit made every worker process of a cached rerun queue for the file's
 T = TypeVar("T")
 
 _SCHEMA = """
+BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY,
     body BLOB NOT NULL,
@@ -41,7 +42,21 @@ CREATE TABLE IF NOT EXISTS responses (
     hits INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS responses_used ON responses (used);
+CREATE INDEX IF NOT EXISTS responses_created ON responses (created);
+CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL);
+INSERT OR IGNORE INTO totals (id, bytes) SELECT 0, COALESCE(SUM(size), 0) FROM responses;
+CREATE TRIGGER IF NOT EXISTS responses_added AFTER INSERT ON responses
+    BEGIN UPDATE totals SET bytes = bytes + new.size WHERE id = 0; END;
+CREATE TRIGGER IF NOT EXISTS responses_removed AFTER DELETE ON responses
+    BEGIN UPDATE totals SET bytes = bytes - old.size WHERE id = 0; END;
+CREATE TRIGGER IF NOT EXISTS responses_resized AFTER UPDATE OF size ON responses
+    BEGIN UPDATE totals SET bytes = bytes + new.size - old.size WHERE id = 0; END;
+COMMIT;
 """
+"""The ``totals`` row is the sum of ``size`` kept by triggers in each write's own transaction, so the
+size check costs one row however many responses the file holds (a sum over the table, every
+``EVICTION_CHECK_EVERY`` puts, made a million-line run's cache quadratic). A file from before it gets
+the row from one sum when first opened, in the transaction that adds the triggers."""
 
 
 class DiskStore:
@@ -110,9 +125,11 @@ class DiskStore:
 
         def write(db: sqlite3.Connection) -> None:
             now = time.time()
+            # An upsert, not INSERT OR REPLACE: the replaced row's delete would not fire its trigger.
             db.execute(
-                "INSERT OR REPLACE INTO responses (key, body, size, created, used, hits) "
-                "VALUES (?, ?, ?, ?, ?, 0)",
+                "INSERT INTO responses (key, body, size, created, used, hits) VALUES (?, ?, ?, ?, ?, 0) "
+                "ON CONFLICT (key) DO UPDATE SET body = excluded.body, size = excluded.size, "
+                "created = excluded.created, used = excluded.used, hits = 0",
                 (key, body, len(body), now, now),
             )
             if check:
@@ -156,7 +173,7 @@ class DiskStore:
         self._write_hits(db)  # recency first
         if self.ttl is not None:
             db.execute("DELETE FROM responses WHERE created < ?", (time.time() - self.ttl,))
-        (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM responses").fetchone()
+        (total,) = db.execute("SELECT bytes FROM totals WHERE id = 0").fetchone()
         excess = int(total) - self.max_bytes
         if excess <= 0:
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -99,6 +100,96 @@ async def test_disk_size_limit_evicts_the_least_recently_used(tmp_path: Path) ->
         assert (await store.stats()).bytes <= size * 3
     finally:
         await store.close()
+
+
+def _total_and_sum(store: DiskStore) -> tuple[int, int]:
+    with sqlite3.connect(store.path) as db:
+        (total,) = db.execute("SELECT bytes FROM totals").fetchone()
+        (summed,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM responses").fetchone()
+    return int(total), int(summed)
+
+
+async def test_disk_size_total_follows_every_kind_of_write(tmp_path: Path) -> None:
+    size = len(b'{"id":"chatcmpl-000","choices":[{"message":{"role":"assistant","content":"000"}}]}')
+    store = DiskStore(tmp_path, ttl=0.3, max_bytes=size * 4)
+    try:
+        for n in range(3):
+            await store.put(f"k{n}", answer(f"{n:03d}"))
+        assert _total_and_sum(store) == (size * 3, size * 3)
+        await store.put("k1", answer("a much longer answer than before"))  # the same key, a new size
+        total, summed = _total_and_sum(store)
+        assert total == summed > size * 3
+        for n in range(3, 6):  # over the limit: the eviction deletes
+            await store.put(f"k{n}", answer(f"{n:03d}"))
+        await store._run(store._evict)
+        total, summed = _total_and_sum(store)
+        assert total == summed <= size * 4
+        await asyncio.sleep(0.4)
+        assert await store.get("k5") is None  # expired: deleted on read
+        await store._run(store._evict)  # and the rest by the sweep
+        assert _total_and_sum(store) == (0, 0)
+        await store.put("k6", ANSWER)
+        await store.clear()
+        assert _total_and_sum(store) == (0, 0)
+    finally:
+        await store.close()
+
+
+async def test_disk_size_check_costs_the_same_however_many_responses_the_file_holds(tmp_path: Path) -> None:
+    """The check every EVICTION_CHECK_EVERY-th put does: counted in SQLite VM steps, which do not depend
+    on the machine's speed. A sum over the table took steps in proportion to its rows."""
+
+    def steps_of_a_check(db: sqlite3.Connection, store: DiskStore) -> int:
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        db.set_progress_handler(count, 1)
+        try:
+            store._evict(db)
+        finally:
+            db.set_progress_handler(None, 1)
+        return steps
+
+    store = DiskStore(tmp_path, ttl=None, max_bytes=10**9)
+    try:
+        await store._run(
+            lambda db: db.executemany(
+                "INSERT INTO responses (key, body, size, created, used) VALUES (?, x'00', 1, 0, 0)",
+                [(f"k{n}",) for n in range(50)],
+            )
+        )
+        few = await store._run(lambda db: steps_of_a_check(db, store))
+        await store._run(
+            lambda db: db.executemany(
+                "INSERT INTO responses (key, body, size, created, used) VALUES (?, x'00', 1, 0, 0)",
+                [(f"more{n}",) for n in range(20_000)],
+            )
+        )
+        many = await store._run(lambda db: steps_of_a_check(db, store))
+        assert many <= few + 10, (few, many)
+        assert _total_and_sum(store) == (20_050, 20_050)
+    finally:
+        await store.close()
+
+
+def test_a_cache_file_from_before_the_running_total_gets_it_when_opened(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / FILE_NAME) as db:
+        db.execute(
+            "CREATE TABLE responses (key TEXT PRIMARY KEY, body BLOB NOT NULL, size INTEGER NOT NULL, "
+            "created REAL NOT NULL, used REAL NOT NULL, hits INTEGER NOT NULL DEFAULT 0)"
+        )
+        db.executemany("INSERT INTO responses VALUES (?, x'00', ?, 0, 0, 0)", [("a", 100), ("b", 250)])
+    store = DiskStore(tmp_path, ttl=None, max_bytes=300)
+    try:
+        assert _total_and_sum(store) == (350, 350)
+        asyncio.run(store._run(store._evict))  # over 300 bytes: the older goes
+        assert _total_and_sum(store) == (250, 250)
+    finally:
+        asyncio.run(store.close())
 
 
 async def test_disk_hits_are_written_in_batches_and_all_reach_the_file(tmp_path: Path) -> None:
