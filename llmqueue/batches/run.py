@@ -30,6 +30,7 @@ from llmqueue.batches.ordered_output import OrderedWriter
 from llmqueue.batches.output import write_rejects, write_results
 from llmqueue.batches.run_lock import DirectoryLock, RedisRunLock
 from llmqueue.batches.window import WindowFeeder, window_size
+from llmqueue.batches.worker_ramp import WorkerRamp
 from llmqueue.cache import CacheStore, open_store
 from llmqueue.cache.disk import DiskStore
 from llmqueue.errors import CacheError, LLMQueueError, RunStoppedError
@@ -45,8 +46,6 @@ from llmqueue.settings import Settings
 if TYPE_CHECKING:
     from llmqueue.batches.batch_api_tier import BatchApiTier
 
-OTHER_WORKERS_AFTER = 3.0
-"""Seconds after the first worker came up that the others start even if it has made no call yet."""
 HELD_READ_EVERY = 2.0
 """Seconds between two reads of why the spending limits hold the batch's jobs."""
 
@@ -72,6 +71,8 @@ class RunSummary:
     """The first of the lines that did not succeed (``custom_id: reason``)."""
     failure_count: int | None = None
     """How many did not succeed, when ``failures`` keeps only the first (a streamed output)."""
+    workers_started: int | None = None
+    """Worker processes the run started, when fewer than ``--workers`` (``llmqueue.batches.worker_ramp``)."""
 
     @property
     def failures_total(self) -> int:
@@ -117,6 +118,7 @@ async def _run_locked(
     last_look: LastLook,
 ) -> RunSummary:
     finished = resumable = stopped_by_budget = False
+    workers_started: int | None = None
     tier: BatchApiTier | None = None
     if options.via == "batch-api":
         # Imported only here: it loads LiteLLM, seconds of CPU a live run spends in its workers instead.
@@ -195,6 +197,8 @@ async def _run_locked(
                     finally:
                         writer.close(complete=complete)
                 failures, failure_count = writer.failures, writer.failure_count
+                if cluster.workers_waiting:
+                    workers_started = cluster.workers_started
                 finished = True
     finally:
         # Keep the data only of a run that was interrupted after it began, or that its budget stopped:
@@ -207,6 +211,7 @@ async def _run_locked(
         output=options.output,
         failures=failures,
         failure_count=failure_count,
+        workers_started=workers_started,
     )
 
 
@@ -407,7 +412,7 @@ async def _watch(
     lock: RedisRunLock | None,
     feeding: _Feeding,
 ) -> BatchStatus:
-    first_seen: float | None = None
+    ramp = WorkerRamp(cluster.first_started_at)
     held = _HeldNotice(producer, batch_id)
     with BatchProgress(console) as progress:
 
@@ -424,13 +429,9 @@ async def _watch(
             cluster.check_workers()
             if lock is not None:
                 await lock.refresh()
-            # The other workers start once the first is calling (their imports then no longer delay
-            # it), or a while after it came up if it has not called yet (limits, a spent budget).
             if cluster.workers_waiting:
-                if first_seen is None and await read_workers(producer.redis):
-                    first_seen = time.monotonic()
-                waited = first_seen is not None and time.monotonic() - first_seen > OTHER_WORKERS_AFTER
-                if status.requests or status.finished or waited:
+                first_up = ramp.first_up_at is not None or bool(await read_workers(producer.redis))
+                if ramp.due(status, first_up=first_up, now=time.monotonic()):
                     cluster.start_other_workers()
     return status
 

@@ -271,7 +271,13 @@ def run(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the results.")] = Path(
         "results.jsonl"
     ),
-    workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 2,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes to start at most: the first at once, the others once they would end "
+            "the run sooner."
+        ),
+    ] = 2,
     concurrency: Annotated[int | None, typer.Option(help="Concurrent jobs per worker.")] = None,
     rpm: Annotated[
         float | None,
@@ -414,6 +420,11 @@ def run(
         + f"{done.requests} requests ({done.rate_limited} answered 429), {done.tokens} tokens, "
         f"${done.cost:.4f} → {summary.output}"
     )
+    if summary.workers_started is not None:
+        console.print(
+            f"{summary.workers_started} of {options.workers} workers started: the lines were answered "
+            "before another would have started up"
+        )
     if done.budget_exceeded and done.cancelled:
         hint = _resume_command(context, done.batch_id, leave_out=("max_cost",))
         stopped = f"its budget stopped {done.cancelled} job(s)"

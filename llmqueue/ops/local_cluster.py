@@ -73,6 +73,8 @@ class LocalCluster:
         self._redis: EmbeddedRedis | None = None
         self._workers: list[subprocess.Popen[bytes]] = []
         self._first_started_at: float | None = None
+        self.workers_started = 0
+        """Worker processes started so far (those stopped since included)."""
         self._reaper: subprocess.Popen[bytes] | None = None
         self.temporary_dir = temporary_dir
         self.gate_open = not gated
@@ -137,9 +139,16 @@ class LocalCluster:
         )
 
     @property
+    def first_started_at(self) -> float:
+        """When (``time.monotonic()``) the first worker was started."""
+        if self._first_started_at is None:
+            raise LLMQueueError("the local cluster is not started")
+        return self._first_started_at
+
+    @property
     def workers_waiting(self) -> int:
         """Workers not started yet (see :meth:`start_other_workers`)."""
-        return self.worker_count - len(self._workers)
+        return self.worker_count - self.workers_started
 
     def start_other_workers(self) -> None:
         """Start the workers that wait for the first to be ready (the reaper then watches them too)."""
@@ -190,7 +199,7 @@ class LocalCluster:
         args, stdin = ([], subprocess.DEVNULL) if self.gate_open else (["--gated"], subprocess.PIPE)
         if self._first_started_at is None:
             self._first_started_at = time.monotonic()
-        for index in range(len(self._workers), len(self._workers) + count):
+        for index in range(self.workers_started, self.workers_started + count):
             with self._log_path(index).open("ab") as log:
                 # The user's own LLM_* settings reach the workers; the run's own come on top.
                 self._workers.append(
@@ -198,6 +207,7 @@ class LocalCluster:
                         env, args=args, stdin=stdin, stdout=log, inherit_settings=True, own_session=True
                     )
                 )
+                self.workers_started += 1
 
     def _log_path(self, index: int) -> Path:
         return self.data_dir / f"worker-{index}.log"
