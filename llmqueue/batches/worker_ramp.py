@@ -27,6 +27,8 @@ class WorkerRamp:
         self.first_started_at = first_started_at
         self.first_up_at: float | None = None
         self.calling_since: float | None = None
+        self.finished_before = 0
+        """Lines finished when the first call was seen (a resumed batch's earlier ones): not this rate's."""
 
     @property
     def start_seconds(self) -> float:
@@ -44,14 +46,15 @@ class WorkerRamp:
         if not (status.requests or status.finished):
             return now - self.first_up_at > OTHER_WORKERS_AFTER
         if self.calling_since is None:
-            self.calling_since = now
+            self.calling_since, self.finished_before = now, status.finished
         if status.total == 0:  # a big file still being counted
             return True
         left = status.total - status.finished
         if left <= 0:
             return False
         calling = now - self.calling_since
-        if status.finished == 0:  # no rate yet: another worker started now would be up by then
+        answered = status.finished - self.finished_before
+        if answered <= 0:  # no rate yet: another worker started now would be up by then
             return calling > self.start_seconds
-        rate = status.finished / max(calling, 0.1)
+        rate = answered / max(calling, 0.1)
         return left / rate > self.start_seconds

@@ -69,3 +69,12 @@ def test_a_start_is_taken_to_last_a_second_at_least() -> None:
     assert ramp.start_seconds == SHORTEST_START
     # 0.5 s of work left: under the second a start is taken to need.
     assert not ramp.due(status(total=150, succeeded=100, requests=110), first_up=True, now=101)
+
+
+def test_a_resumed_batchs_earlier_lines_do_not_count_in_the_rate() -> None:
+    ramp = WorkerRamp(first_started_at=96)
+    assert not ramp.due(status(total=1000, succeeded=900), first_up=True, now=100)
+    # Calling, with 900 lines answered by the run before: none of them is this run's rate.
+    assert not ramp.due(status(total=1000, succeeded=900, requests=901), first_up=True, now=100)
+    # 10 lines in 1 s: the 90 left take 9 s, longer than a start (4 s).
+    assert ramp.due(status(total=1000, succeeded=910, requests=930), first_up=True, now=101)
