@@ -37,7 +37,6 @@ from llmqueue.errors import CacheError, LLMQueueError, RunStoppedError
 from llmqueue.llm.policy import submission_refusal
 from llmqueue.ops.collector import collector_paused
 from llmqueue.ops.local_cluster import LocalCluster, run_dir
-from llmqueue.ops.registry import read_workers
 from llmqueue.producer import Producer
 from llmqueue.queue.ledger import BatchStatus
 from llmqueue.queue.spend_report import read_spending
@@ -412,7 +411,7 @@ async def _watch(
     lock: RedisRunLock | None,
     feeding: _Feeding,
 ) -> BatchStatus:
-    ramp = WorkerRamp(cluster.first_started_at)
+    ramp = WorkerRamp()
     held = _HeldNotice(producer, batch_id)
     with BatchProgress(console) as progress:
 
@@ -430,8 +429,11 @@ async def _watch(
             if lock is not None:
                 await lock.refresh()
             if cluster.workers_waiting:
-                first_up = ramp.first_up_at is not None or bool(await read_workers(producer.redis))
-                if ramp.due(status, first_up=first_up, now=time.monotonic()):
+                if ramp.first_up_at is None:
+                    took = await cluster.first_worker_start(producer.redis)
+                    if took is not None:
+                        ramp.first_up(start_seconds=took, now=time.monotonic())
+                if ramp.due(status, now=time.monotonic()):
                     cluster.start_other_workers()
     return status
 

@@ -1,11 +1,12 @@
 """When ``llmqueue run`` starts its workers after the first.
 
 A worker's start-up is mostly its import of LiteLLM: seconds of CPU. The first worker starts at once;
-the others start only once they would end the batch sooner, that is once the first is calling and the
-lines left would take the running worker longer, at the rate it has finished lines so far, than another
-takes to start (as long as the first took). A file of a few lines is so answered by one worker while a
-second would still be importing, and a run whose first worker makes no call (limits, a spent budget)
-starts the others ``OTHER_WORKERS_AFTER`` seconds after it came up, as they may be what it waits on.
+the others start only once they would end the batch sooner: lines are waiting that the running worker
+has not taken, and those left would take it longer, at the rate its calls have been answering lines
+since it began calling, than another worker takes to start (as long as the first took). A file of a
+few lines, all taken by the first worker at once, is so answered while a second would still be
+importing. A first worker that makes no call (limits, a spent budget) gets the others
+``OTHER_WORKERS_AFTER`` seconds after it came up, as they may be what it waits on.
 """
 
 from __future__ import annotations
@@ -23,38 +24,36 @@ SHORTEST_START = 1.0
 class WorkerRamp:
     """Decides, at each look at the batch, whether the waiting workers should start now."""
 
-    def __init__(self, first_started_at: float) -> None:
-        self.first_started_at = first_started_at
+    def __init__(self) -> None:
         self.first_up_at: float | None = None
-        self.calling_since: float | None = None
-        self.finished_before = 0
-        """Lines finished when the first call was seen (a resumed batch's earlier ones): not this rate's."""
-
-    @property
-    def start_seconds(self) -> float:
+        self.start_seconds = SHORTEST_START
         """How long a worker takes to start: as long as the first took, ``SHORTEST_START`` at least."""
-        if self.first_up_at is None:
-            return SHORTEST_START
-        return max(SHORTEST_START, self.first_up_at - self.first_started_at)
+        self.calling_since: float | None = None
+        self.called_before = 0
+        """Lines answered by calls when the first call was seen (a resumed batch's): not this rate's."""
 
-    def due(self, status: BatchStatus, *, first_up: bool, now: float) -> bool:
-        """Whether to start the other workers now; ``first_up``: the first worker has come up."""
+    def first_up(self, *, start_seconds: float, now: float) -> None:
+        """The run's first worker came up, ``start_seconds`` after it was started."""
+        self.first_up_at = now
+        self.start_seconds = max(SHORTEST_START, start_seconds)
+
+    def due(self, status: BatchStatus, *, now: float) -> bool:
+        """Whether to start the other workers now."""
         if self.first_up_at is None:
-            if not first_up:
-                return False
-            self.first_up_at = now
+            return False
         if not (status.requests or status.finished):
             return now - self.first_up_at > OTHER_WORKERS_AFTER
+        # Lines answered from the response cache cost no call: they say nothing of a worker's rate.
+        called = status.finished - status.cached
         if self.calling_since is None:
-            self.calling_since, self.finished_before = now, status.finished
+            self.calling_since, self.called_before = now, called
         if status.total == 0:  # a big file still being counted
             return True
-        left = status.total - status.finished
-        if left <= 0:
+        if status.queued + status.retry_waiting == 0:  # every line left is in a worker's hands
             return False
         calling = now - self.calling_since
-        answered = status.finished - self.finished_before
+        answered = called - self.called_before
         if answered <= 0:  # no rate yet: another worker started now would be up by then
             return calling > self.start_seconds
         rate = answered / max(calling, 0.1)
-        return left / rate > self.start_seconds
+        return (status.total - status.finished) / rate > self.start_seconds

@@ -31,32 +31,33 @@ a write per hit made every worker process of a cached rerun queue for the file's
 
 T = TypeVar("T")
 
-_SCHEMA = """
-BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS responses (
-    key TEXT PRIMARY KEY,
-    body BLOB NOT NULL,
-    size INTEGER NOT NULL,
-    created REAL NOT NULL,
-    used REAL NOT NULL,
-    hits INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS responses_used ON responses (used);
-CREATE INDEX IF NOT EXISTS responses_created ON responses (created);
-CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL);
-INSERT OR IGNORE INTO totals (id, bytes) SELECT 0, COALESCE(SUM(size), 0) FROM responses;
-CREATE TRIGGER IF NOT EXISTS responses_added AFTER INSERT ON responses
-    BEGIN UPDATE totals SET bytes = bytes + new.size WHERE id = 0; END;
-CREATE TRIGGER IF NOT EXISTS responses_removed AFTER DELETE ON responses
-    BEGIN UPDATE totals SET bytes = bytes - old.size WHERE id = 0; END;
-CREATE TRIGGER IF NOT EXISTS responses_resized AFTER UPDATE OF size ON responses
-    BEGIN UPDATE totals SET bytes = bytes + new.size - old.size WHERE id = 0; END;
-COMMIT;
-"""
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version`` of a file with the current schema (0: a file from before the ``totals`` row)."""
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS responses (
+        key TEXT PRIMARY KEY,
+        body BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        created REAL NOT NULL,
+        used REAL NOT NULL,
+        hits INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS responses_used ON responses (used)",
+    "CREATE INDEX IF NOT EXISTS responses_created ON responses (created)",
+    "CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL)",
+    "INSERT OR REPLACE INTO totals (id, bytes) SELECT 0, COALESCE(SUM(size), 0) FROM responses",
+    """CREATE TRIGGER IF NOT EXISTS responses_added AFTER INSERT ON responses
+        BEGIN UPDATE totals SET bytes = bytes + new.size WHERE id = 0; END""",
+    """CREATE TRIGGER IF NOT EXISTS responses_removed AFTER DELETE ON responses
+        BEGIN UPDATE totals SET bytes = bytes - old.size WHERE id = 0; END""",
+    """CREATE TRIGGER IF NOT EXISTS responses_resized AFTER UPDATE OF size ON responses
+        BEGIN UPDATE totals SET bytes = bytes + new.size - old.size WHERE id = 0; END""",
+    f"PRAGMA user_version = {SCHEMA_VERSION}",
+)
 """The ``totals`` row is the sum of ``size`` kept by triggers in each write's own transaction, so the
 size check costs one row however many responses the file holds (a sum over the table, every
-``EVICTION_CHECK_EVERY`` puts, made a million-line run's cache quadratic). A file from before it gets
-the row from one sum when first opened, in the transaction that adds the triggers."""
+``EVICTION_CHECK_EVERY`` puts, made a million-line run's cache quadratic). It is made, from one sum, by
+the first process to open a file without it; the others see the version and read nothing."""
 
 
 class DiskStore:
@@ -83,9 +84,20 @@ class DiskStore:
 
     def _open(self) -> None:
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            if _schema_version(db) < SCHEMA_VERSION:
+                db.execute("BEGIN IMMEDIATE")
+                if _schema_version(db) < SCHEMA_VERSION:  # not made by another process meanwhile
+                    for statement in _SCHEMA:  # not executescript: it would commit first
+                        db.execute(statement)
+                db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            db.close()
+            raise
         self._db = db
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -225,6 +237,10 @@ class DiskStore:
             await self._run(shut)
             self._db = None
         self._thread.shutdown(wait=False)
+
+
+def _schema_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
 def _loads(body: bytes) -> dict[str, Any] | None:

@@ -422,8 +422,8 @@ def run(
     )
     if summary.workers_started is not None:
         console.print(
-            f"{summary.workers_started} of {options.workers} workers started: the lines were answered "
-            "before another would have started up"
+            f"{summary.workers_started} of {options.workers} workers started: the run ended before "
+            "another would have sped it up"
         )
     if done.budget_exceeded and done.cancelled:
         hint = _resume_command(context, done.batch_id, leave_out=("max_cost",))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,9 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from redis.asyncio import Redis
+
 from llmqueue.errors import LLMQueueError, WorkerDiedError
 from llmqueue.ops.embedded_redis import EmbeddedRedis
 from llmqueue.ops.processes import start_worker, stop_processes, stop_workers_now
+from llmqueue.ops.registry import read_workers
 from llmqueue.ops.start_gate import close_gate, open_gate
 
 STOP_NOW_SECONDS = 1.0
@@ -73,6 +77,7 @@ class LocalCluster:
         self._redis: EmbeddedRedis | None = None
         self._workers: list[subprocess.Popen[bytes]] = []
         self._first_started_at: float | None = None
+        self._first_started_wall: float | None = None
         self.workers_started = 0
         """Worker processes started so far (those stopped since included)."""
         self._reaper: subprocess.Popen[bytes] | None = None
@@ -138,12 +143,17 @@ class LocalCluster:
             f"LiteLLM first; its log: {self._log_path(0)})"
         )
 
-    @property
-    def first_started_at(self) -> float:
-        """When (``time.monotonic()``) the first worker was started."""
-        if self._first_started_at is None:
-            raise LLMQueueError("the local cluster is not started")
-        return self._first_started_at
+    async def first_worker_start(self, redis: Redis) -> float | None:
+        """Seconds the first worker took to start up (its heartbeat's ``started_at``, set once it has
+        imported what it calls with, less when it was started), once it has registered; else None.
+        Only the run's own worker counts, not others on the same Redis."""
+        if not self._workers or self._first_started_wall is None:
+            return None
+        pid, host = self._workers[0].pid, socket.gethostname()
+        for info in await read_workers(redis):
+            if info.pid == pid and info.host == host:
+                return max(0.0, info.started_at - self._first_started_wall)
+        return None
 
     @property
     def workers_waiting(self) -> int:
@@ -199,6 +209,7 @@ class LocalCluster:
         args, stdin = ([], subprocess.DEVNULL) if self.gate_open else (["--gated"], subprocess.PIPE)
         if self._first_started_at is None:
             self._first_started_at = time.monotonic()
+            self._first_started_wall = time.time()  # the workers' heartbeats tell Unix times
         for index in range(self.workers_started, self.workers_started + count):
             with self._log_path(index).open("ab") as log:
                 # The user's own LLM_* settings reach the workers; the run's own come on top.

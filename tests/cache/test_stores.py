@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from llmqueue.cache import disk
 from llmqueue.cache.disk import FILE_NAME, HIT_FLUSH_EVERY, DiskStore
 from llmqueue.cache.redis_store import RedisStore
 from llmqueue.cache.store import CacheStore
@@ -190,6 +191,23 @@ def test_a_cache_file_from_before_the_running_total_gets_it_when_opened(tmp_path
         assert _total_and_sum(store) == (250, 250)
     finally:
         asyncio.run(store.close())
+
+
+def test_a_cache_file_already_made_opens_while_another_process_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a file that has the schema takes no write lock: a worker starting while others store
+    answers does not queue behind them (nor fail once the busy timeout has passed)."""
+    asyncio.run(DiskStore(tmp_path, ttl=None, max_bytes=1000).close())
+    monkeypatch.setattr(disk, "BUSY_TIMEOUT", 0.5)
+    writer = sqlite3.connect(tmp_path / FILE_NAME, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
+        store = DiskStore(tmp_path, ttl=None, max_bytes=1000)
+        asyncio.run(store.close())
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 async def test_disk_hits_are_written_in_batches_and_all_reach_the_file(tmp_path: Path) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
+from llmqueue import keys
 from llmqueue.errors import LLMQueueError
 from llmqueue.ops.local_cluster import LocalCluster
 
@@ -28,3 +31,31 @@ def test_only_the_first_worker_starts_until_the_others_are_asked_for(redis_url: 
 def test_no_workers_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(LLMQueueError, match="--workers must be at least 1"):
         LocalCluster(redis_url="redis://127.0.0.1:1/0", workers=0, data_dir=tmp_path)
+
+
+class _Started:
+    """Stands for a started worker process: only its pid is read."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+
+async def test_the_first_workers_start_is_read_from_its_own_registry_entry(
+    redis: Redis, tmp_path: Path
+) -> None:
+    cluster = LocalCluster(redis_url="redis://unused", workers=2, data_dir=tmp_path)
+    cluster._workers = [_Started(4242)]  # type: ignore[list-item]
+    cluster._first_started_wall = 1000.0
+
+    def entry(worker_id: str, pid: int, started_at: float) -> dict[str, str | int | float]:
+        return {
+            "worker_id": worker_id, "host": socket.gethostname(), "pid": pid, "queue": "arq:queue",
+            "in_flight": 0, "started_at": started_at, "last_seen": started_at,
+        }  # fmt: skip
+
+    assert await cluster.first_worker_start(redis) is None
+    # Another worker on the same Redis (the user's own) is not the run's.
+    await redis.hset(keys.worker("theirs"), mapping=entry("theirs", 17, 900.0))
+    assert await cluster.first_worker_start(redis) is None
+    await redis.hset(keys.worker("ours"), mapping=entry("ours", 4242, 1003.5))
+    assert await cluster.first_worker_start(redis) == 3.5
