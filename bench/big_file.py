@@ -59,6 +59,8 @@ RUN_RSS_TARGET = 300 * 2**20  # bytes, issue 29
 
 FIRST_REQUEST_PATIENCE = 120.0
 """Seconds the bench waits for a run's first provider request before it gives up."""
+STALL_CHECK_EVERY = 300.0
+"""Seconds between two looks at the provider's answers once calls began; none new in between: stalled."""
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -106,11 +108,18 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
             peak_redis = peak_rss = 0
             cpu = cpu_at_first = 0.0
             answered_at_first = 0
+            progress_seen, progress_at, stalled = -1, time.monotonic(), False
             try:
                 while process.poll() is None:
                     since = time.monotonic() - began
                     if since > (observe + first_request if first_request else FIRST_REQUEST_PATIENCE):
                         break
+                    if first_request is not None and time.monotonic() - progress_at > STALL_CHECK_EVERY:
+                        answered_now = int(provider.stats()["succeeded"])
+                        if answered_now == progress_seen:
+                            stalled = True
+                            break
+                        progress_seen, progress_at = answered_now, time.monotonic()
                     if first_queued is None and client.zcard(keys.batch_jobs("big")):
                         first_queued = time.monotonic() - began
                     if first_request is None and provider.stats()["requests"] > 0:
@@ -130,18 +139,18 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
             finally:
                 if process.poll() is None:
                     process.kill()
-            errors.seek(0)
-            stderr = errors.read()
-            errors.close()
+                errors.seek(0)
+                stderr = errors.read()
+                errors.close()
             answered = int(provider.stats()["succeeded"])
             requests = int(provider.stats()["requests"])
+            if stalled:
+                raise BenchError(f"no line answered in {STALL_CHECK_EVERY:.0f} s: {stderr.decode()[-2000:]}")
             if finished and process.returncode != 0:
                 raise BenchError(f"llmqueue run exited {process.returncode}: {stderr.decode()[-2000:]}")
             in_order = None
             if finished:
-                with output.open(encoding="utf-8") as out:
-                    in_order = all(json.loads(line)["custom_id"] == f"q{n}" for n, line in enumerate(out))
-                in_order = in_order and answered == requests == lines
+                in_order = _each_once_in_order(output, lines) and answered == requests == lines
     if first_request is None:
         raise BenchError(f"no provider request within {observe:.0f} s")
     return {
@@ -164,6 +173,17 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
         "redis_budget_bytes": 0.35 * size + 50 * 2**20,
         "each_once_in_order": in_order,
     }
+
+
+def _each_once_in_order(output: Path, lines: int) -> bool:
+    """Whether ``output`` holds the answers of lines ``q0`` … ``q<lines-1>``, each once, in that order."""
+    count = 0
+    with output.open(encoding="utf-8") as out:
+        for n, line in enumerate(out):
+            if json.loads(line)["custom_id"] != f"q{n}":
+                return False
+            count = n + 1
+    return count == lines
 
 
 def _children_of(pid: int) -> list[int]:
@@ -199,19 +219,19 @@ def kill_and_resume(lines: int, kill_after: int) -> dict[str, Any]:
             client = redis_sync.Redis.from_url(server.url)
             base = [sys.executable, "-m", "llmqueue", "run"]
             where = ["-o", str(output), "--redis-url", server.url]
+            errors = (Path(scratch) / "run.err").open("w+b")  # a file: a pipe unread until the kill fills
             process = subprocess.Popen(
                 [*base, str(source), *where, "--batch", "killed"],
                 env=env,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                stderr=errors,
             )
             try:
                 deadline = time.monotonic() + FIRST_REQUEST_PATIENCE + 600
                 while int(provider.stats()["succeeded"]) < kill_after:
                     if process.poll() is not None:
-                        raise BenchError(
-                            f"the run ended before its kill: {process.communicate()[1][-2000:]!r}"
-                        )
+                        errors.seek(0)
+                        raise BenchError(f"the run ended before its kill: {errors.read()[-2000:]!r}")
                     if time.monotonic() > deadline:
                         raise BenchError(f"fewer than {kill_after} lines answered within the patience")
                     time.sleep(0.01)
@@ -223,6 +243,7 @@ def kill_and_resume(lines: int, kill_after: int) -> dict[str, Any]:
             finally:
                 if process.poll() is None:
                     process.kill()
+                errors.close()
             deadline = time.monotonic() + 60  # the run's reaper stops the workers it started
             while [pid for pid in started if _alive(pid)] and time.monotonic() < deadline:
                 time.sleep(0.1)
