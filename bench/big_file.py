@@ -115,17 +115,17 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
                     if since > (observe + first_request if first_request else FIRST_REQUEST_PATIENCE):
                         break
                     if first_request is not None and time.monotonic() - progress_at > STALL_CHECK_EVERY:
-                        answered_now = int(provider.stats()["succeeded"])
+                        answered_now = int(provider.stats(counts_only=True)["succeeded"])
                         if answered_now == progress_seen:
                             stalled = True
                             break
                         progress_seen, progress_at = answered_now, time.monotonic()
                     if first_queued is None and client.zcard(keys.batch_jobs("big")):
                         first_queued = time.monotonic() - began
-                    if first_request is None and provider.stats()["requests"] > 0:
+                    if first_request is None and provider.stats(counts_only=True)["requests"] > 0:
                         first_request = time.monotonic() - began
                         cpu_at_first = _cpu_seconds(process.pid)
-                        answered_at_first = int(provider.stats()["succeeded"])
+                        answered_at_first = int(provider.stats(counts_only=True)["succeeded"])
                     used = int(client.info("memory")["used_memory"])  # type: ignore[index]
                     peak_redis = max(peak_redis, used - baseline)
                     peak_rss = max(peak_rss, _peak_rss(process.pid))
@@ -142,8 +142,8 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
                 errors.seek(0)
                 stderr = errors.read()
                 errors.close()
-            answered = int(provider.stats()["succeeded"])
-            requests = int(provider.stats()["requests"])
+            answered = int(provider.stats(counts_only=True)["succeeded"])
+            requests = int(provider.stats(counts_only=True)["requests"])
             if stalled:
                 raise BenchError(f"no line answered in {STALL_CHECK_EVERY:.0f} s: {stderr.decode()[-2000:]}")
             if finished and process.returncode != 0:
@@ -228,7 +228,7 @@ def kill_and_resume(lines: int, kill_after: int) -> dict[str, Any]:
             )
             try:
                 deadline = time.monotonic() + FIRST_REQUEST_PATIENCE + 600
-                while int(provider.stats()["succeeded"]) < kill_after:
+                while int(provider.stats(counts_only=True)["succeeded"]) < kill_after:
                     if process.poll() is not None:
                         errors.seek(0)
                         raise BenchError(f"the run ended before its kill: {errors.read()[-2000:]!r}")
@@ -236,7 +236,7 @@ def kill_and_resume(lines: int, kill_after: int) -> dict[str, Any]:
                         raise BenchError(f"fewer than {kill_after} lines answered within the patience")
                     time.sleep(0.01)
                 started = _children_of(process.pid)
-                at_kill = provider.stats()
+                at_kill = provider.stats(counts_only=True)
                 process.send_signal(signal.SIGKILL)
                 claimed = sum(1 for _ in client.scan_iter(match=keys.arq_in_progress("*"), count=1000))
                 process.wait(timeout=30)
@@ -247,7 +247,7 @@ def kill_and_resume(lines: int, kill_after: int) -> dict[str, Any]:
             deadline = time.monotonic() + 60  # the run's reaper stops the workers it started
             while [pid for pid in started if _alive(pid)] and time.monotonic() < deadline:
                 time.sleep(0.1)
-            after_kill = provider.stats()
+            after_kill = provider.stats(counts_only=True)
             partial = output.with_name(output.name + ".partial")
             written_before = len(partial.read_bytes().splitlines()) if partial.exists() else 0
             began = time.monotonic()
@@ -264,7 +264,7 @@ def kill_and_resume(lines: int, kill_after: int) -> dict[str, Any]:
                 raise BenchError(
                     f"run --resume exited {resumed.returncode}: {resumed.stderr.decode()[-2000:]}"
                 )
-            stats = provider.stats()
+            stats = provider.stats(counts_only=True)
         with output.open(encoding="utf-8") as out:
             seen = [json.loads(line)["custom_id"] for line in out]
     return {

@@ -69,9 +69,11 @@ class ProviderProcess:
         finally:
             self._process.send_signal(signal.SIGCONT)
 
-    def stats(self) -> dict[str, Any]:
-        """The provider's counters (``ProviderStats.to_json``)."""
-        response = httpx.get(self._root() + "/stats", timeout=10)
+    def stats(self, *, counts_only: bool = False) -> dict[str, Any]:
+        """The provider's counters (``ProviderStats.to_json``); ``counts_only``: without the lists that
+        grow with every call."""
+        query = "?counts_only=1" if counts_only else ""
+        response = httpx.get(self._root() + "/stats" + query, timeout=10)
         response.raise_for_status()
         data: dict[str, Any] = response.json()
         return data

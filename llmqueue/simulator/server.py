@@ -172,7 +172,8 @@ class SimulatedProvider:
             "batch_lines_answered": self.batch_api.lines_answered,
             "batches": self.batch_api.summary(),
         }
-        return web.json_response({**self.stats.to_json(), **batches})
+        counts_only = request.query.get("counts_only") == "1"
+        return web.json_response({**self.stats.to_json(counts_only=counts_only), **batches})
 
     async def _handle_control(self, request: web.Request) -> web.Response:
         try:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+LISTS = frozenset({"arrivals", "request_times", "stream_chunk_times", "json_conversations"})
+"""The fields of ``ProviderStats`` that hold one entry per call (or chunk)."""
+
 
 @dataclass(frozen=True)
 class Arrival:
@@ -42,8 +45,12 @@ class ProviderStats:
     json_conversations: list[list[dict[str, Any]]] = field(default_factory=list)
     """The messages of each chat call that asked for JSON (``response_format``), as received."""
 
-    def to_json(self) -> dict[str, Any]:
-        """The counters as JSON-ready data (``errors`` keyed by status as a string)."""
-        data = asdict(self)
+    def to_json(self, *, counts_only: bool = False) -> dict[str, Any]:
+        """The counters as JSON-ready data (``errors`` keyed by status as a string); ``counts_only``
+        leaves out the lists that grow with every call (``LISTS``: a million calls' took seconds)."""
+        if counts_only:
+            data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in LISTS}
+        else:
+            data = asdict(self)
         data["errors"] = {str(status): count for status, count in self.errors.items()}
         return data

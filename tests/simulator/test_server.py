@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from llmqueue.simulator.limits import RateLimits, TokenBucket, estimate_prompt_tokens
 from llmqueue.simulator.process import ProviderProcess
 from llmqueue.simulator.server import ProviderConfig, RunningProvider, run_provider
+from llmqueue.simulator.stats import LISTS
 from llmqueue.simulator.wire import embedding_vector
 from tests.support.settings import TEST_API_KEY
 
@@ -399,6 +400,22 @@ async def test_stats_health_and_models_endpoints(session: aiohttp.ClientSession)
     assert stats["requests"] == stats["succeeded"] == 1
     assert stats["arrivals"][0]["total_tokens"] == stats["tokens_admitted"]
     assert "sim-model" in [model["id"] for model in models["data"]]
+
+
+async def test_stats_counts_only_leave_out_the_lists_that_grow_with_every_call(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with run_provider() as provider:
+        root = provider.base_url.removesuffix("/v1")
+        await chat(provider)
+        async with session.get(f"{root}/stats", params={"counts_only": "1"}) as response:
+            counts = await response.json()
+        async with session.get(f"{root}/stats") as response:
+            everything = await response.json()
+    assert counts["requests"] == counts["succeeded"] == 1
+    assert not LISTS & counts.keys()
+    assert everything.keys() >= LISTS
+    assert {k: v for k, v in everything.items() if k not in LISTS} == counts
 
 
 async def test_subprocess_prints_its_port_and_answers() -> None:
