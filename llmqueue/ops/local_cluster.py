@@ -77,7 +77,7 @@ class LocalCluster:
         self._redis: EmbeddedRedis | None = None
         self._workers: list[subprocess.Popen[bytes]] = []
         self._first_started_at: float | None = None
-        self._first_started_wall: float | None = None
+        """When the first worker was started, in Unix seconds: the workers' heartbeats tell that clock."""
         self.workers_started = 0
         """Worker processes started so far (those stopped since included)."""
         self._reaper: subprocess.Popen[bytes] | None = None
@@ -137,7 +137,7 @@ class LocalCluster:
 
     def starting_message(self) -> str:
         """Why no worker of the cluster has come up yet, while they are alive (``check_workers``)."""
-        age = 0.0 if self._first_started_at is None else time.monotonic() - self._first_started_at
+        age = 0.0 if self._first_started_at is None else time.time() - self._first_started_at
         return (
             f"waiting for the run's first worker: started {age:.0f} s ago, still starting (it imports "
             f"LiteLLM first; its log: {self._log_path(0)})"
@@ -147,12 +147,12 @@ class LocalCluster:
         """Seconds the first worker took to start up (its heartbeat's ``started_at``, set once it has
         imported what it calls with, less when it was started), once it has registered; else None.
         Only the run's own worker counts, not others on the same Redis."""
-        if not self._workers or self._first_started_wall is None:
+        if not self._workers or self._first_started_at is None:
             return None
         pid, host = self._workers[0].pid, socket.gethostname()
         for info in await read_workers(redis):
             if info.pid == pid and info.host == host:
-                return max(0.0, info.started_at - self._first_started_wall)
+                return max(0.0, info.started_at - self._first_started_at)
         return None
 
     @property
@@ -208,8 +208,7 @@ class LocalCluster:
         env = {**self.worker_env, "REDIS_URL": self.redis_url}
         args, stdin = ([], subprocess.DEVNULL) if self.gate_open else (["--gated"], subprocess.PIPE)
         if self._first_started_at is None:
-            self._first_started_at = time.monotonic()
-            self._first_started_wall = time.time()  # the workers' heartbeats tell Unix times
+            self._first_started_at = time.time()
         for index in range(self.workers_started, self.workers_started + count):
             with self._log_path(index).open("ab") as log:
                 # The user's own LLM_* settings reach the workers; the run's own come on top.

@@ -45,7 +45,7 @@ async def test_the_first_workers_start_is_read_from_its_own_registry_entry(
 ) -> None:
     cluster = LocalCluster(redis_url="redis://unused", workers=2, data_dir=tmp_path)
     cluster._workers = [_Started(4242)]  # type: ignore[list-item]
-    cluster._first_started_wall = 1000.0
+    cluster._first_started_at = 1000.0
 
     def entry(worker_id: str, pid: int, started_at: float) -> dict[str, str | int | float]:
         return {
