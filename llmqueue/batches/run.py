@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 
 HELD_READ_EVERY = 2.0
 """Seconds between two reads of why the spending limits hold the batch's jobs."""
+REGISTRY_LOOK_EVERY = 1.0
+"""Seconds between two looks for the run's first worker in the worker registry (a scan of Redis's
+keys, which on a shared Redis may be many), until it is seen."""
 
 
 @dataclass
@@ -411,7 +414,7 @@ async def _watch(
     lock: RedisRunLock | None,
     feeding: _Feeding,
 ) -> BatchStatus:
-    ramp = WorkerRamp()
+    ramp, registry_look_at = WorkerRamp(), -math.inf
     held = _HeldNotice(producer, batch_id)
     with BatchProgress(console) as progress:
 
@@ -429,11 +432,15 @@ async def _watch(
             if lock is not None:
                 await lock.refresh()
             if cluster.workers_waiting:
-                if ramp.first_up_at is None:
+                now = time.monotonic()
+                if ramp.first_up_at is None and now >= registry_look_at:
+                    registry_look_at = now + REGISTRY_LOOK_EVERY
                     took = await cluster.first_worker_start(producer.redis)
+                    if took is None and ramp.calls_made(status) > 0:
+                        took = cluster.seconds_since_first_start()  # it calls: up, though not seen
                     if took is not None:
-                        ramp.first_up(start_seconds=took, now=time.monotonic())
-                if ramp.due(status, now=time.monotonic()):
+                        ramp.first_up(start_seconds=took, now=now)
+                if ramp.due(status, now=now):
                     cluster.start_other_workers()
     return status
 

@@ -420,7 +420,7 @@ def run(
         + f"{done.requests} requests ({done.rate_limited} answered 429), {done.tokens} tokens, "
         f"${done.cost:.4f} → {summary.output}"
     )
-    if summary.workers_started is not None:
+    if summary.workers_started is not None and not (done.budget_exceeded and done.cancelled):
         console.print(
             f"{summary.workers_started} of {options.workers} workers started: the run ended before "
             "another would have sped it up"

@@ -137,7 +137,7 @@ class LocalCluster:
 
     def starting_message(self) -> str:
         """Why no worker of the cluster has come up yet, while they are alive (``check_workers``)."""
-        age = 0.0 if self._first_started_at is None else time.time() - self._first_started_at
+        age = self.seconds_since_first_start()
         return (
             f"waiting for the run's first worker: started {age:.0f} s ago, still starting (it imports "
             f"LiteLLM first; its log: {self._log_path(0)})"
@@ -154,6 +154,10 @@ class LocalCluster:
             if info.pid == pid and info.host == host:
                 return max(0.0, info.started_at - self._first_started_at)
         return None
+
+    def seconds_since_first_start(self) -> float:
+        """Seconds since the first worker was started (0 before it is)."""
+        return 0.0 if self._first_started_at is None else max(0.0, time.time() - self._first_started_at)
 
     @property
     def workers_waiting(self) -> int:

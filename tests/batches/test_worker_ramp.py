@@ -20,6 +20,7 @@ def status(
 def calling_ramp(start_seconds: float = 4.0) -> WorkerRamp:
     """A ramp whose first worker took ``start_seconds`` to come up and started calling at t=100."""
     ramp = WorkerRamp()
+    assert not ramp.due(status(total=2000, queued=2000), now=90)  # the run's first look
     ramp.first_up(start_seconds=start_seconds, now=100)
     assert not ramp.due(status(total=2000, requests=1, queued=1900), now=100)  # calling: the rate starts
     return ramp
@@ -63,6 +64,7 @@ def test_a_worker_that_makes_no_call_gets_the_others_a_while_after_it_came_up() 
 
 def test_a_file_not_yet_counted_starts_the_others_once_calling() -> None:
     ramp = WorkerRamp()
+    assert not ramp.due(status(total=0), now=1)
     ramp.first_up(start_seconds=4, now=5)
     assert ramp.due(status(total=0, requests=3), now=5)
 
@@ -76,8 +78,38 @@ def test_a_start_is_taken_to_last_a_second_at_least() -> None:
 
 def test_a_resumed_batchs_earlier_lines_do_not_count_in_the_rate() -> None:
     ramp = WorkerRamp()
+    # The run's first look: 900 lines answered by 901 calls of the run before.
+    assert not ramp.due(status(total=1000, succeeded=900, requests=901, queued=100), now=95)
     ramp.first_up(start_seconds=4, now=100)
-    # Calling, with 900 lines answered by the run before: none of them is this run's rate.
-    assert not ramp.due(status(total=1000, succeeded=900, requests=901, queued=90), now=100)
+    assert not ramp.due(status(total=1000, succeeded=900, requests=905, queued=95), now=100)  # calling
     # 10 lines in 1 s: the 90 left take 9 s, longer than a start (4 s).
     assert ramp.due(status(total=1000, succeeded=910, requests=930, queued=70), now=101)
+
+
+def test_a_resumed_batch_whose_worker_has_not_called_yet_waits_as_a_new_one() -> None:
+    ramp = WorkerRamp()
+    assert not ramp.due(status(total=1000, succeeded=900, requests=901, queued=100), now=95)
+    ramp.first_up(start_seconds=1, now=100)
+    # The run before's calls are not this worker's: it has made none, so the others wait the while a
+    # worker that makes no call is given, not a start's length.
+    assert not ramp.due(status(total=1000, succeeded=900, requests=901, queued=100), now=100.5)
+    assert not ramp.due(status(total=1000, succeeded=900, requests=901, queued=100), now=102.5)
+    assert ramp.due(
+        status(total=1000, succeeded=900, requests=901, queued=100), now=100 + OTHER_WORKERS_AFTER + 0.1
+    )
+
+
+def test_a_rerun_answered_from_the_cache_starts_no_other_worker() -> None:
+    # The run answers cached lines itself as it feeds them: lines finish, no call is made, and no line
+    # waits for a worker.
+    ramp = WorkerRamp()
+    assert not ramp.due(status(total=50_000, queued=50_000), now=0)
+    ramp.first_up(start_seconds=4, now=4)
+    for tenth in range(50, 500):
+        done = tenth * 100
+        cached = status(total=50_000, succeeded=done, cached=done, queued=50_000 - done)
+        assert not ramp.due(cached, now=tenth / 10)
+    # The cache has no more: lines wait, no call is made (a limit holds them): the others start.
+    held = status(total=50_000, succeeded=49_900, cached=49_900, queued=100)
+    assert not ramp.due(held, now=50 + OTHER_WORKERS_AFTER - 0.1)
+    assert ramp.due(held, now=50 + OTHER_WORKERS_AFTER + 0.1)

@@ -24,16 +24,20 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 KEYS = {"main": "sk-late-main-92be", "a": "sk-late-deployment-a-4d17", "b": "sk-late-deployment-b-e0c3"}
 LATENCY = 0.5
-"""Seconds each call takes: with two calls at a time, one worker answers ~4 lines a second, so the 60
-lines would keep it ~15 s, longer than a second worker takes to start."""
+TRIPLES = 30
+"""Each call takes ``LATENCY`` s: with two calls at a time one worker answers ~4 lines a second, so the
+90 lines would keep it over 20 s, longer than a second worker takes to start."""
 
 
 class WorkerWatch:
-    """Reads the worker registry while the run goes on: the jobs each worker said it had ended."""
+    """Reads the worker registry while the run goes on: the jobs each worker said it had ended, and how
+    many the others had ended when it first appeared."""
 
     def __init__(self, redis_url: str) -> None:
         self.client = Redis.from_url(redis_url)
         self.ended: dict[str, int] = {}
+        self.others_ended_when_seen: dict[str, int] = {}
+        self.error: BaseException | None = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -47,13 +51,19 @@ class WorkerWatch:
         self.client.close()
 
     def _watch(self) -> None:
-        while not self.stop.wait(0.2):
-            for key in self.client.scan_iter(match=keys.WORKER_PATTERN):
-                data = self.client.hgetall(key)
-                if data:
+        try:
+            while not self.stop.wait(0.2):
+                for key in self.client.scan_iter(match=keys.WORKER_PATTERN):
+                    data = self.client.hgetall(key)
+                    if not data:
+                        continue
                     worker = WorkerInfo.from_hash(data)
+                    if worker.worker_id not in self.ended:
+                        self.others_ended_when_seen[worker.worker_id] = sum(self.ended.values())
                     ended = worker.jobs.succeeded + worker.jobs.failed
                     self.ended[worker.worker_id] = max(ended, self.ended.get(worker.worker_id, 0))
+        except BaseException as exc:  # told by the test, not lost with the thread
+            self.error = exc
 
 
 def test_a_worker_started_mid_run_sends_each_line_once_with_its_deployments_keys(
@@ -61,7 +71,7 @@ def test_a_worker_started_mid_run_sends_each_line_once_with_its_deployments_keys
 ) -> None:
     configs = {name: ProviderConfig(api_key=key, latency=LATENCY) for name, key in KEYS.items()}
     lines = []
-    for n in range(20):
+    for n in range(TRIPLES):
         lines += [
             {
                 "custom_id": f"alias{n}",
@@ -106,15 +116,19 @@ def test_a_worker_started_mid_run_sends_each_line_once_with_its_deployments_keys
     records = read_jsonl(output)
     assert [r["custom_id"] for r in records] == [line["custom_id"] for line in lines]
     assert {r["llmqueue"]["status"] for r in records} == {"succeeded"}
-    # Both workers ended jobs: the second started while lines were waiting, and took some of them.
+    assert watch.error is None, repr(watch.error)
+    # Both workers ended jobs; the second came up after the first had ended some (mid-batch, not with
+    # it), while lines were waiting, and took some of them.
     assert len(watch.ended) == 2 and all(watch.ended.values()), watch.ended
+    assert sorted(watch.others_ended_when_seen.values())[0] == 0, watch.others_ended_when_seen
+    assert sorted(watch.others_ended_when_seen.values())[1] > 0, watch.others_ended_when_seen
     assert "workers started: the run ended" not in done.stderr
     # Each line reached its provider once; no key reached an endpoint it was not configured for.
     by_deployment = Counter(r["llmqueue"]["deployment"] for r in records)
     assert seen["a"]["requests"] == by_deployment["evalmodel#0"]
     assert seen["b"]["requests"] == by_deployment["evalmodel#1"]
-    assert seen["a"]["requests"] + seen["b"]["requests"] == 20
-    assert seen["main"]["requests"] == 40
+    assert seen["a"]["requests"] + seen["b"]["requests"] == TRIPLES
+    assert seen["main"]["requests"] == 2 * TRIPLES
     assert all(stats["errors"].get("401", 0) == 0 for stats in seen.values()), seen
     embeddings = [r for r in records if r["custom_id"].startswith("embed")]
     assert {r["response"]["body"]["object"] for r in embeddings} == {"list"}
