@@ -33,6 +33,8 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 2
 """``PRAGMA user_version`` of a file with the current schema (0: a file from before the ``totals`` row)."""
+_REMOVED_TRIGGER = """CREATE TRIGGER IF NOT EXISTS responses_removed AFTER DELETE ON responses
+    BEGIN UPDATE totals SET bytes = bytes - old.size WHERE id = 0; END"""
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS responses (
         key TEXT PRIMARY KEY,
@@ -48,8 +50,7 @@ _SCHEMA = (
     "INSERT OR REPLACE INTO totals (id, bytes) SELECT 0, COALESCE(SUM(size), 0) FROM responses",
     """CREATE TRIGGER IF NOT EXISTS responses_added AFTER INSERT ON responses
         BEGIN UPDATE totals SET bytes = bytes + new.size WHERE id = 0; END""",
-    """CREATE TRIGGER IF NOT EXISTS responses_removed AFTER DELETE ON responses
-        BEGIN UPDATE totals SET bytes = bytes - old.size WHERE id = 0; END""",
+    _REMOVED_TRIGGER,
     """CREATE TRIGGER IF NOT EXISTS responses_resized AFTER UPDATE OF size ON responses
         BEGIN UPDATE totals SET bytes = bytes + new.size - old.size WHERE id = 0; END""",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
@@ -196,6 +197,9 @@ class DiskStore:
             if excess <= 0:
                 break
         db.executemany("DELETE FROM responses WHERE key = ?", [(key,) for key in doomed])
+        if excess > 0:  # every entry gone and still over: the total had drifted (an older llmqueue's
+            # INSERT OR REPLACE fires no delete trigger); start it again from what is there
+            db.execute("UPDATE totals SET bytes = (SELECT COALESCE(SUM(size), 0) FROM responses)")
 
     async def stats(self) -> CacheStats:
         def read(db: sqlite3.Connection) -> tuple[int, int, int]:
@@ -219,7 +223,18 @@ class DiskStore:
     async def clear(self) -> int:
         def wipe(db: sqlite3.Connection) -> int:
             self._hits = {}
-            count = db.execute("DELETE FROM responses").rowcount
+            # Without the delete trigger SQLite empties the table at once instead of row by row (the
+            # write lock held meanwhile), and the total is set to 0, whatever it had drifted to.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DROP TRIGGER IF EXISTS responses_removed")
+                count = db.execute("DELETE FROM responses").rowcount
+                db.execute("UPDATE totals SET bytes = 0")
+                db.execute(_REMOVED_TRIGGER)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             db.execute("VACUUM")
             return int(count)
