@@ -76,7 +76,11 @@ def _run_env(provider: ProviderProcess, scratch: str) -> dict[str, str]:
     """The run's environment: the provider's settings, and a response cache of its own in ``scratch``
     (the default cache is on, as for users, but not the user's: a rerun would be answered from it)."""
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_"))},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("LLM_", "WORKER_", "CACHE_")) and k not in ("LLMQUEUE_CONFIG", "REDIS_URL")
+        },
         "LLM_MODEL": MODEL,
         "LLM_BASE_URL": provider.base_url,
         "LLM_API_KEY": API_KEY,
@@ -96,13 +100,17 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
             baseline = int(client.info("memory")["used_memory"])  # type: ignore[index]
             env = _run_env(provider, scratch)
             output = Path(scratch) / "out.jsonl"
-            # A file, not a pipe: a whole run's progress would fill a pipe nobody reads until the end.
-            errors = (Path(scratch) / "run.err").open("w+b")
             command = [sys.executable, "-m", "llmqueue", "run", str(source), "-o", str(output)]
             command += ["--redis-url", server.url, "--batch", "big"]
             command += ["--skip-invalid"] if skip_invalid else []
+            # A file, not a pipe: a whole run's progress would fill a pipe nobody reads until the end.
+            errors = (Path(scratch) / "run.err").open("w+b")
             began = time.monotonic()
-            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+            try:
+                process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+            except BaseException:
+                errors.close()
+                raise
             first_request: float | None = None
             first_queued: float | None = None
             peak_redis = peak_rss = 0
@@ -116,7 +124,7 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
                         break
                     if first_request is not None and time.monotonic() - progress_at > STALL_CHECK_EVERY:
                         answered_now = int(provider.stats(counts_only=True)["succeeded"])
-                        if answered_now == progress_seen:
+                        if answered_now == progress_seen and answered_now < lines:  # not the run's end
                             stalled = True
                             break
                         progress_seen, progress_at = answered_now, time.monotonic()
@@ -133,6 +141,9 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
                     time.sleep(0.05)
                 finished = process.poll() is not None
                 elapsed = time.monotonic() - began
+                # Redis's own peak (exact; a private server): short spikes between two samples count too.
+                peak = int(client.info("memory")["used_memory_peak"])  # type: ignore[index]
+                peak_redis = max(peak_redis, peak - baseline)
                 if not finished:
                     process.send_signal(signal.SIGINT)
                 process.wait(timeout=120)
@@ -152,7 +163,7 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
             if finished:
                 in_order = _each_once_in_order(output, lines) and answered == requests == lines
     if first_request is None:
-        raise BenchError(f"no provider request within {observe:.0f} s")
+        raise BenchError(f"no provider request within {FIRST_REQUEST_PATIENCE:.0f} s")
     return {
         "lines": lines,
         "file_bytes": size,

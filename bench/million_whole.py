@@ -40,6 +40,7 @@ def run(quick: bool) -> dict[str, Any]:
         "notes": [
             "every line once: the provider received exactly one request per line and the output holds "
             "each custom_id once, in input order",
-            "peak Redis memory: used_memory above the empty server's, sampled every 50 ms for the whole run",
+            "peak Redis memory: the private server's used_memory_peak (and used_memory sampled every 50 ms) "
+            "above its empty used_memory, over the whole run",
         ],
     }
