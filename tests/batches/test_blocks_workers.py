@@ -21,7 +21,8 @@ from tests.support.varied_text import varied_lines
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
 
-LINES = 5000
+LINES = 2000
+"""Ten windows of lines, twenty blocks of half a window: the workers feed the batch block after block."""
 WINDOW = 200
 
 

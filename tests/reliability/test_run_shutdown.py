@@ -37,6 +37,8 @@ __all__ = ["batch_name"]  # a fixture, imported for the tests below
 
 GRACE = 10  # WORKER_SHUTDOWN_GRACE; run gives its workers this + 15 s before killing them
 JOBS = 40
+RESUME_AT_ONCE = {"WORKER_MAX_JOBS": str(JOBS)}
+"""The resumes' workers take every line left at once (the runs they resume take a few at a time)."""
 
 
 def _wait_for_calls(provider: ProviderProcess, process: subprocess.Popen[str], count: int) -> None:
@@ -81,7 +83,8 @@ def test_a_killed_run_stops_workers_before_redis_and_a_resume_pays_no_call_twice
         finally:
             stop(process)
         paid_before = provider.stats()["succeeded"]
-        code, stderr = run(["--resume", batch_name, "-o", str(output)], env, tmp_path)
+        # Every line left in flight at once: the resume need not wait out the slow calls a few at a time.
+        code, stderr = run(["--resume", batch_name, "-o", str(output)], {**env, **RESUME_AT_ONCE}, tmp_path)
         paid = provider.stats()["succeeded"]
     print(
         f"\nrun killed with {in_flight} calls in flight: its workers gone {workers_gone:.1f} s later, all "
@@ -123,7 +126,8 @@ def test_a_second_run_of_a_batch_is_refused_and_one_ctrl_c_stops_the_first(
             assert code == 130, stderr
             assert "interrupted: finished jobs are kept" in stderr, stderr
             assert "Ctrl-C again" not in stderr, stderr
-            code, stderr = run(["--resume", batch_name, "-o", str(output), *shared], env, tmp_path)
+            resume = ["--resume", batch_name, "-o", str(output), *shared]
+            code, stderr = run(resume, {**env, **RESUME_AT_ONCE}, tmp_path)
             assert code == 0, stderr
             assert [r["custom_id"] for r in read_jsonl(output)] == ids
             # One run's calls; the resume makes again only those Ctrl-C abandoned, and a call the
