@@ -79,7 +79,7 @@ def _run_env(provider: ProviderProcess, scratch: str) -> dict[str, str]:
         **{
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("LLM_", "WORKER_", "CACHE_")) and k not in ("LLMQUEUE_CONFIG", "REDIS_URL")
+            if not k.upper().startswith(("LLM_", "WORKER_", "CACHE_", "REDIS_", "LLMQUEUE_"))
         },
         "LLM_MODEL": MODEL,
         "LLM_BASE_URL": provider.base_url,
@@ -107,7 +107,9 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
             errors = (Path(scratch) / "run.err").open("w+b")
             began = time.monotonic()
             try:
-                process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+                process = subprocess.Popen(  # in scratch: no ./config.toml of the caller's applies
+                    command, env=env, cwd=scratch, stdout=subprocess.DEVNULL, stderr=errors
+                )
             except BaseException:
                 errors.close()
                 raise
@@ -124,7 +126,7 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
                         break
                     if first_request is not None and time.monotonic() - progress_at > STALL_CHECK_EVERY:
                         answered_now = int(provider.stats(counts_only=True)["succeeded"])
-                        if answered_now == progress_seen and answered_now < lines:  # not the run's end
+                        if answered_now == progress_seen:  # nothing answered, or the run not ending
                             stalled = True
                             break
                         progress_seen, progress_at = answered_now, time.monotonic()
@@ -156,7 +158,8 @@ def run_big_file(lines: int, observe: float, *, skip_invalid: bool = False) -> d
             answered = int(provider.stats(counts_only=True)["succeeded"])
             requests = int(provider.stats(counts_only=True)["requests"])
             if stalled:
-                raise BenchError(f"no line answered in {STALL_CHECK_EVERY:.0f} s: {stderr.decode()[-2000:]}")
+                what = "the run did not end" if answered >= lines else "no line answered"
+                raise BenchError(f"{what} in {STALL_CHECK_EVERY:.0f} s: {stderr.decode()[-2000:]}")
             if finished and process.returncode != 0:
                 raise BenchError(f"llmqueue run exited {process.returncode}: {stderr.decode()[-2000:]}")
             in_order = None

@@ -436,8 +436,10 @@ async def _watch(
                 if ramp.first_up_at is None and now >= registry_look_at:
                     registry_look_at = now + REGISTRY_LOOK_EVERY
                     took = await cluster.first_worker_start(producer.redis)
-                    if took is None and ramp.calls_made(status) > 0:
-                        took = cluster.seconds_since_first_start()  # it calls: up, though not seen
+                    if took is None and cluster.embedded and ramp.calls_made(status) > 0:
+                        # Only the run's own workers call through a private Redis: it is up, though
+                        # not seen (on a shared one, another's calls would say nothing of it).
+                        took = cluster.seconds_since_first_start()
                     if took is not None:
                         ramp.first_up(start_seconds=took, now=now)
                 if ramp.due(status, now=now):

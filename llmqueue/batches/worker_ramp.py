@@ -20,7 +20,8 @@ from llmqueue.queue.ledger import BatchStatus
 __all__ = ["OTHER_WORKERS_AFTER", "WorkerRamp"]
 
 OTHER_WORKERS_AFTER = 3.0
-"""Seconds after the first worker came up that the others start even if it has made no call yet."""
+"""Seconds after the first worker came up, and after the last line finished (from the cache, say), that
+the others start while lines wait and it has made no call yet."""
 SHORTEST_START = 1.0
 """Seconds a worker's start is taken to last at least, however quickly the first came up."""
 

@@ -190,16 +190,25 @@ class DiskStore:
         excess = int(total) - self.max_bytes
         if excess <= 0:
             return
-        doomed: list[str] = []
+        doomed: list[tuple[str, int]] = []
+        freed = 0
         for key, size in db.execute("SELECT key, size FROM responses ORDER BY used"):
-            doomed.append(key)
-            excess -= size
-            if excess <= 0:
+            if freed >= excess:
                 break
-        db.executemany("DELETE FROM responses WHERE key = ?", [(key,) for key in doomed])
-        if excess > 0:  # every entry gone and still over: the total had drifted (an older llmqueue's
-            # INSERT OR REPLACE fires no delete trigger); start it again from what is there
-            db.execute("UPDATE totals SET bytes = (SELECT COALESCE(SUM(size), 0) FROM responses)")
+            doomed.append((key, size))
+            freed += size
+        if freed < excess:
+            # Every entry read, and all of them less than the excess: the total had drifted (an older
+            # llmqueue's INSERT OR REPLACE fires no delete trigger). What was read is the true total.
+            db.execute("UPDATE totals SET bytes = ? WHERE id = 0", (freed,))
+            excess, freed, everything = freed - self.max_bytes, 0, doomed
+            doomed = []
+            for key, size in everything:
+                if freed >= excess:
+                    break
+                doomed.append((key, size))
+                freed += size
+        db.executemany("DELETE FROM responses WHERE key = ?", [(key,) for key, _size in doomed])
 
     async def stats(self) -> CacheStats:
         def read(db: sqlite3.Connection) -> tuple[int, int, int]:
@@ -233,7 +242,8 @@ class DiskStore:
                 db.execute(_REMOVED_TRIGGER)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                    db.execute("ROLLBACK")
                 raise
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             db.execute("VACUUM")

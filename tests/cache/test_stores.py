@@ -214,17 +214,22 @@ async def test_disk_clear_empties_at_once_and_starts_a_drifted_total_again(tmp_p
         await store.close()
 
 
-async def test_disk_eviction_of_everything_starts_a_drifted_total_again(tmp_path: Path) -> None:
+async def test_disk_eviction_finds_a_drifted_total_and_keeps_what_fits(tmp_path: Path) -> None:
     store = DiskStore(tmp_path, ttl=None, max_bytes=1000)
     try:
         await store.put("k0", ANSWER)
+        await store.put("k1", answer("one"))
         _drift(store, 10**6)
-        await store._run(store._evict)  # over by the drift: everything goes, then the total is summed
-        await store.put("k1", ANSWER)
-        await store._run(store._evict)
-        assert await store.get("k1") is not None  # not evicted again for a drift no longer there
+        await store._run(store._evict)  # over only by the drift: the total is summed again, none goes
+        assert await store.get("k0") is not None and await store.get("k1") is not None
         total, summed = _total_and_sum(store)
         assert total == summed > 0
+        _drift(store, 10**6)
+        await store.put("big", {"text": "x" * 900})  # now truly over: the least recently used go
+        await store._run(store._evict)
+        total, summed = _total_and_sum(store)
+        assert total == summed <= 1000
+        assert (await store.stats()).entries == 2  # one answer went, not all three
     finally:
         await store.close()
 
