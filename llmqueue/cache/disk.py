@@ -12,7 +12,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -190,24 +190,12 @@ class DiskStore:
         excess = int(total) - self.max_bytes
         if excess <= 0:
             return
-        doomed: list[tuple[str, int]] = []
-        freed = 0
-        for key, size in db.execute("SELECT key, size FROM responses ORDER BY used"):
-            if freed >= excess:
-                break
-            doomed.append((key, size))
-            freed += size
+        doomed, freed = _first_to_free(db.execute("SELECT key, size FROM responses ORDER BY used"), excess)
         if freed < excess:
             # Every entry read, and all of them less than the excess: the total had drifted (an older
             # llmqueue's INSERT OR REPLACE fires no delete trigger). What was read is the true total.
             db.execute("UPDATE totals SET bytes = ? WHERE id = 0", (freed,))
-            excess, freed, everything = freed - self.max_bytes, 0, doomed
-            doomed = []
-            for key, size in everything:
-                if freed >= excess:
-                    break
-                doomed.append((key, size))
-                freed += size
+            doomed, _freed = _first_to_free(doomed, freed - self.max_bytes)
         db.executemany("DELETE FROM responses WHERE key = ?", [(key,) for key, _size in doomed])
 
     async def stats(self) -> CacheStats:
@@ -262,6 +250,19 @@ class DiskStore:
             await self._run(shut)
             self._db = None
         self._thread.shutdown(wait=False)
+
+
+def _first_to_free(entries: Iterable[tuple[str, int]], excess: int) -> tuple[list[tuple[str, int]], int]:
+    """The first of ``entries`` (key, size), in their order, whose sizes add up to ``excess``, and that
+    sum (less than ``excess`` when all of them do not reach it)."""
+    taken: list[tuple[str, int]] = []
+    freed = 0
+    for key, size in entries:
+        if freed >= excess:
+            break
+        taken.append((key, size))
+        freed += size
+    return taken, freed
 
 
 def _schema_version(db: sqlite3.Connection) -> int:
