@@ -168,8 +168,11 @@ class LocalCluster:
         """Start the workers that wait for the first to be ready (the reaper then watches them too)."""
         self._start_workers(self.workers_waiting)
         if self._reaper is not None:
-            stop_processes([self._reaper], timeout=5)
+            # The new reaper first: were this process killed between the two, no reaper would be left to
+            # stop the workers and remove a temporary directory (two reapers at once do no harm).
+            watching = self._reaper
             self._start_reaper()
+            stop_processes([watching], timeout=5)
 
     def open_gate(self) -> None:
         """Let the workers take jobs (those started from now on take them at once)."""
