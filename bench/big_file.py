@@ -79,7 +79,7 @@ def _run_env(provider: ProviderProcess, scratch: str) -> dict[str, str]:
         **{
             k: v
             for k, v in os.environ.items()
-            if not k.upper().startswith(("LLM_", "WORKER_", "CACHE_", "REDIS_", "LLMQUEUE_"))
+            if not k.upper().startswith(("LLM_", "WORKER_", "BATCH_", "CACHE_", "REDIS_", "LLMQUEUE_"))
         },
         "LLM_MODEL": MODEL,
         "LLM_BASE_URL": provider.base_url,

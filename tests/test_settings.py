@@ -138,6 +138,58 @@ def test_unknown_worker_env_variable_is_ignored(monkeypatch: pytest.MonkeyPatch)
     assert load_settings().worker == WorkerConfig()
 
 
+def test_batch_env_variables_set_the_batch_section_and_others_are_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BATCH_MAX_COST", "2.5")
+    monkeypatch.setenv("BATCH_WINDOW", "300")
+    monkeypatch.setenv("BATCH_SIZE", "32")  # a training script's, not ours
+
+    batch = load_settings().batch
+    assert (batch.max_cost, batch.window, batch.max_tokens) == (2.5, 300, None)
+
+
+def test_batch_env_variables_override_the_file(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config("[batch]\nmax_cost = 10.0\nmax_tokens = 5000\n")
+    monkeypatch.setenv("BATCH_MAX_COST", "3")
+
+    batch = load_settings(config_path=path).batch
+    assert (batch.max_cost, batch.max_tokens) == (3.0, 5000)
+
+
+def test_a_bad_batch_env_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_WINDOW", "0")
+
+    with pytest.raises(ConfigError, match=r"batch\.window \(env BATCH_WINDOW\)"):
+        load_settings()
+
+
+@pytest.mark.parametrize("section", ["LLM", "WORKER", "BATCH", "CACHE"])
+@pytest.mark.parametrize("value", ["yes", "1", "{}"])
+def test_a_bare_section_variable_of_another_program_neither_fails_nor_hides_ours(
+    section: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(section, value)  # CACHE=yes, BATCH=1: names other programs use too
+    ours = {
+        "LLM": ("LLM_NUM_RETRIES", "7"),
+        "WORKER": ("WORKER_MAX_JOBS", "7"),
+        "BATCH": ("BATCH_WINDOW", "7"),
+    }
+    name, set_to = ours.get(section, ("CACHE_TTL", "7"))
+    monkeypatch.setenv(name, set_to)
+
+    settings = load_settings()
+    got = {
+        "LLM": settings.llm.num_retries,
+        "WORKER": settings.worker.max_jobs,
+        "BATCH": settings.batch.window,
+        "CACHE": settings.cache.ttl,
+    }[section]
+    assert got == 7
+
+
 def test_redis_url_is_read_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://cache.internal:6380/3")
 

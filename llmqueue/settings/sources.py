@@ -12,7 +12,7 @@ from pydantic_settings import EnvSettingsSource, PydanticBaseSettingsSource
 
 from llmqueue.settings.budget import budget_from_env
 from llmqueue.settings.llm import LLMConfig
-from llmqueue.settings.worker import CacheConfig, WorkerConfig
+from llmqueue.settings.worker import BatchConfig, CacheConfig, WorkerConfig
 
 FILE_DATA: ContextVar[Mapping[str, Any]] = ContextVar(
     "llmqueue_settings_file_data", default=MappingProxyType({})
@@ -28,7 +28,13 @@ class FileSource(PydanticBaseSettingsSource):
         return dict(FILE_DATA.get())
 
 
-ENV_PREFIXES = {"llm": "LLM_", "worker": "WORKER_", "cache": "CACHE_", "budget": "LLM_BUDGET_"}
+ENV_PREFIXES = {
+    "llm": "LLM_",
+    "worker": "WORKER_",
+    "batch": "BATCH_",
+    "cache": "CACHE_",
+    "budget": "LLM_BUDGET_",
+}
 """The sections the environment can set, and the prefix of their variables."""
 
 REDIS_FIELDS = (
@@ -41,21 +47,38 @@ REDIS_FIELDS = (
 
 
 class KnownEnvSource(EnvSettingsSource):
-    """Environment variables, ignoring ``LLM_*``/``WORKER_*`` names llmqueue does not know.
+    """Environment variables, ignoring ``LLM_*``/``WORKER_*``/``BATCH_*``/``CACHE_*`` names llmqueue does
+    not know.
 
-    Other tools (OpenHands among them) set more ``LLM_*`` variables; they are not ours to reject.
+    Other tools (OpenHands among them) set more ``LLM_*`` variables, and ``BATCH_SIZE`` is common in
+    training scripts; they are not ours to reject.
     """
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        value, key, is_complex = super().get_field_value(field, field_name)
+        if field_name in ENV_PREFIXES:
+            # A bare CACHE=yes or BATCH=1 is another program's (it failed to parse, or hid CACHE_TTL):
+            # a section is set by its prefixed variables only.
+            value = None
+        return value, key, is_complex
 
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
         data.pop("budget", None)  # BUDGET_* is not ours: the budget's variables are LLM_BUDGET_*
         if isinstance(data.get("llm"), dict) and (budget := budget_from_env(data["llm"])):
             data["budget"] = budget
-        for section, model in (("llm", LLMConfig), ("worker", WorkerConfig), ("cache", CacheConfig)):
+        sections = (
+            ("llm", LLMConfig),
+            ("worker", WorkerConfig),
+            ("batch", BatchConfig),
+            ("cache", CacheConfig),
+        )
+        for section, model in sections:
             values = data.get(section)
             if isinstance(values, dict):
                 data[section] = {k: v for k, v in values.items() if k in model.model_fields}
-        if not isinstance(data.get("cache"), dict) or not data["cache"]:
-            data.pop("cache", None)  # CACHE=... or no CACHE_* variable of ours: not our setting
-        ours = (*REDIS_FIELDS, "llm", "worker", "cache", "budget")
+        for section in ("batch", "cache"):
+            if not isinstance(data.get(section), dict) or not data[section]:
+                data.pop(section, None)  # no BATCH_* variable of ours
+        ours = (*REDIS_FIELDS, "llm", "worker", "batch", "cache", "budget")
         return {k: v for k, v in data.items() if k in ours}

@@ -118,7 +118,7 @@ async def test_a_bad_file_is_refused(settings: Settings, tmp_path: Path) -> None
 
 
 def dry_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_", "CACHE_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_", "BATCH_", "CACHE_"))}
     env.pop("REDIS_URL", None)
     return subprocess.run(
         [sys.executable, "-m", "llmqueue", *args, "--dry-run"],
@@ -161,7 +161,7 @@ def test_dry_run_of_a_bad_file_exits_2(tmp_path: Path) -> None:
 
 def test_dry_run_refuses_a_bad_file_before_importing_litellm(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "in.jsonl", [LINES[0], {"custom_id": "x", "messages": "hi"}])
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_", "CACHE_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_", "BATCH_", "CACHE_"))}
     done, imported = litellm_imported_by(["run", str(path), "--dry-run"], env=env, cwd=tmp_path)
     assert done.returncode == 2 and "line 2" in done.stderr
     assert not imported  # only the estimate of a good file needs it
@@ -180,7 +180,9 @@ def test_dry_run_refuses_the_lines_a_submission_refuses(tmp_path: Path, redis_ur
     )
     submitted = subprocess.run(
         [sys.executable, "-m", "llmqueue", "submit", str(path), "--redis-url", redis_url],
-        env={k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_", "CACHE_"))},
+        env={
+            k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "WORKER_", "BATCH_", "CACHE_"))
+        },
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -201,7 +203,7 @@ def test_dry_run_says_whether_the_estimate_is_above_max_cost(
     # In this process (with the environment dry_run gives its child): three processes would each
     # spend seconds importing LiteLLM; the commands above run as real processes.
     for name in list(os.environ):
-        if name.startswith(("LLM_", "WORKER_", "CACHE_")) or name == "REDIS_URL":
+        if name.startswith(("LLM_", "WORKER_", "BATCH_", "CACHE_")) or name == "REDIS_URL":
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     path = write_lines(tmp_path / "in.jsonl", LINES)

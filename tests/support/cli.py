@@ -13,18 +13,19 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from llmqueue.cli import app
+from llmqueue.settings.sources import ENV_PREFIXES
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No LLM_*/WORKER_*/REDIS_URL/LLMQUEUE_CONFIG from the machine (whatever their case: settings
-    match names so), no ./config.toml, and messages that rich does not wrap at 80 columns (they name long
-    temporary paths)."""
+    """No LLM_*/WORKER_*/BATCH_*/CACHE_*/REDIS_*/LLMQUEUE_CONFIG from the machine (whatever their case:
+    settings match names so), no ./config.toml, and messages that rich does not wrap at 80 columns (they
+    name long temporary paths)."""
     for name in list(os.environ):
         upper = name.upper()
-        if upper.startswith(("LLM_", "WORKER_")) or upper in ("REDIS_URL", "LLMQUEUE_CONFIG"):
+        if upper.startswith((*ENV_PREFIXES.values(), "REDIS_")) or upper == "LLMQUEUE_CONFIG":
             monkeypatch.delenv(name)
     monkeypatch.setenv("COLUMNS", "400")
     monkeypatch.chdir(tmp_path)
