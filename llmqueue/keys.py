@@ -36,8 +36,9 @@ def ready_prefix(queue_name: str) -> str:
     - ``<prefix>vclock:<p>``: the virtual time a lane that becomes ready joins at
     - ``<prefix>delayed``: deferred job ids scored by when they are ready (ms)
     - ``<prefix>claimed``: job ids a worker took, scored by when (ms); until the job ends or goes back
-    - ``<prefix>ready``: the ids of the jobs in some lane, i.e. waiting only for a worker's slot (a set,
-      kept by the scripts beside the lanes): its SCARD is the queue depth an autoscaler scales on
+    - ``<prefix>ready``: the ids of the jobs in some lane, i.e. waiting only for a worker's slot, but a
+      paused batch's (a set, kept by the scripts beside the lanes): its SCARD is the queue depth an
+      autoscaler scales on
     - ``<prefix>routes``: each queued job's ``priority<TAB>sequence<TAB>lane`` (a hash)
     - ``<prefix>weights``: a lane's weight when it is not 1 (a hash)
     - ``<prefix>seq``, ``<prefix>sweep``, ``<prefix>cursor``: counters of the scripts
@@ -55,7 +56,8 @@ def lane(queue_name: str, priority: int, lane_name: str) -> str:
 
 def ready(queue_name: str) -> str:
     """The jobs waiting only for a worker's slot (a set: ``SCARD`` counts them; KEDA's Redis trigger
-    names it). Deferred jobs, jobs waiting out a retry or the limiter, and running jobs are not in it."""
+    names it). Deferred jobs, jobs waiting out a retry or the limiter, a paused batch's jobs and running
+    jobs are not in it."""
     return f"{ready_prefix(queue_name)}ready"
 
 

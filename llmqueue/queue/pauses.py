@@ -77,6 +77,7 @@ class Pauses:
         self.redis = redis
         self.queue_name = queue_name
         self._hold = redis.register_script(_HOLD)
+        self._pause_lane = redis.register_script(script("pause_lane.lua"))
         self._resume_lane = redis.register_script(script("resume_lane.lua"))
 
     async def hold(self, job_id: str, batch_id: str | None, pause: str, emit: Callable[..., None]) -> None:
@@ -91,13 +92,14 @@ class Pauses:
         raise Retry(defer=PAUSE_RECHECK)
 
     async def pause_batch(self, batch_id: str) -> None:
-        """Hold the batch's jobs that have not started a call yet (the batch must exist)."""
-        await self.redis.hset(keys.batch(batch_id), "paused", time.time())
+        """Hold the batch's jobs that have not started a call yet (the batch must exist); its ready jobs
+        leave the count an autoscaler reads (``keys.ready``)."""
+        prefix = keys.ready_prefix(self.queue_name)
+        await self._pause_lane(args=[prefix, self.queue_name, now_ms(), batch_id, time.time()])
 
     async def resume_batch(self, batch_id: str) -> int:
         """Let the batch's jobs run again; how many jobs a worker had taken and held were brought forward
         (those its claim skipped are in its lane, ready, once more)."""
-        await self.redis.hdel(keys.batch(batch_id), "paused")
         prefix = keys.ready_prefix(self.queue_name)
         if await self._resume_lane(args=[prefix, self.queue_name, now_ms(), batch_id]):
             await self._wake_workers(WAKE_TOKENS)

@@ -13,6 +13,7 @@ _LIB = (
     .read_text(encoding="utf-8")
     .replace("@IN_PROGRESS@", keys.arq_in_progress(""))
     .replace("@JOB@", keys.arq_job(""))
+    .replace("@BATCH@", keys.batch(""))
 )
 
 

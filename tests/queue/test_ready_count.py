@@ -1,15 +1,18 @@
 """The set an autoscaler counts (``keys.ready``): exactly the jobs waiting for a worker's slot, through
-every move a job makes: queued, claimed, deferred, put back, cancelled, its worker dead, finished."""
+every move a job makes: queued, claimed, deferred, put back, cancelled, its worker dead, finished, its
+batch paused and resumed."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 
 from redis.asyncio import Redis
 
 from llmqueue import keys
 from llmqueue.models import Job
 from llmqueue.queue.cancel import cancel_queued
+from llmqueue.queue.pauses import Pauses
 from llmqueue.queue.ready import SWEEP_INTERVAL_MS, ReadyQueue
 from llmqueue.queue.store import JobStore
 
@@ -26,17 +29,18 @@ def chat(job_id: str, *, batch: str | None = None, priority: int | str = "defaul
     )
 
 
-async def lane_members(redis: Redis) -> set[str]:
-    """The true ready jobs: every id in every lane of every priority."""
+async def lane_members(redis: Redis, paused: Collection[str]) -> set[str]:
+    """The true ready jobs: every id in every lane of every priority, but the ``paused`` batches'."""
     found: set[str] = set()
     async for key in redis.scan_iter(match=keys.ready_prefix(QUEUE) + "lane:*"):
-        found |= {member.decode() for member in await redis.zrange(key, 0, -1)}
+        if key.decode().rpartition(":")[2] not in paused:
+            found |= {member.decode() for member in await redis.zrange(key, 0, -1)}
     return found
 
 
-async def assert_counted(redis: Redis, expected: int) -> None:
+async def assert_counted(redis: Redis, expected: int, paused: Collection[str] = ()) -> None:
     members = {member.decode() for member in await redis.smembers(keys.ready(QUEUE))}
-    assert members == await lane_members(redis)
+    assert members == await lane_members(redis, paused)
     assert await redis.scard(keys.ready(QUEUE)) == expected
 
 
@@ -98,4 +102,28 @@ async def test_a_batch_run_to_the_end_leaves_the_count_at_zero(redis: Redis) -> 
         await asyncio.gather(*(ready.release(job.job_id, "finish") for job in claimed))
         rounds += 1
         await assert_counted(redis, max(0, 49 - 8 * rounds))
+    await assert_counted(redis, 0)
+
+
+async def test_a_paused_batchs_jobs_leave_the_count_and_come_back_on_resume(redis: Redis) -> None:
+    store = JobStore(redis, queue_name=QUEUE, job_ttl=3600, result_ttl=3600)
+    ready = ReadyQueue(redis, QUEUE, claim_ttl=20)
+    pauses = Pauses(redis, QUEUE)
+    await store.enqueue([chat(f"eval:{n}", batch="eval", priority="batch") for n in range(5)])
+    await store.enqueue([chat(f"other:{n}", batch="other", priority="batch") for n in range(2)])
+    await store.enqueue([chat("agent")])
+    await assert_counted(redis, 8)
+
+    await pauses.pause_batch("eval")  # no worker would take them: an autoscaler adds none for them
+    await assert_counted(redis, 3, paused={"eval"})
+    await store.enqueue([chat("eval:late", batch="eval", priority="batch")])  # fed while paused
+    await assert_counted(redis, 3, paused={"eval"})
+    claimed = {job.job_id for job in await ready.claim(10, low_priority_limit=10)}
+    assert claimed == {"other:0", "other:1", "agent"}
+    await assert_counted(redis, 0, paused={"eval"})
+
+    await pauses.resume_batch("eval")
+    await assert_counted(redis, 6)
+    claimed = {job.job_id for job in await ready.claim(10, low_priority_limit=10)}
+    assert claimed == {*(f"eval:{n}" for n in range(5)), "eval:late"}
     await assert_counted(redis, 0)
