@@ -226,6 +226,15 @@ def worker(worker_id: str) -> str:
 WORKER_PATTERN = f"{PREFIX}:worker:*"
 
 
+def worker_starting(host: str, pid: int) -> str:
+    """A worker process on its way up, before its registry entry (JSON: its queue and since when;
+    written before LiteLLM's import, deleted by its first heartbeat, expiring if it never comes up)."""
+    return f"{PREFIX}:starting:{host}:{pid}"
+
+
+STARTING_PATTERN = f"{PREFIX}:starting:*"
+
+
 def cache_entry(cache_key: str) -> str:
     """A cached provider response (JSON) by its request hash (``[cache] backend = "redis"``)."""
     return f"{PREFIX}:cache:{cache_key}"

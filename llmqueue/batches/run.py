@@ -37,6 +37,7 @@ from llmqueue.errors import CacheError, LLMQueueError, RunStoppedError
 from llmqueue.llm.policy import submission_refusal
 from llmqueue.ops.collector import collector_paused
 from llmqueue.ops.local_cluster import LocalCluster, run_dir
+from llmqueue.ops.registry import NO_WORKER
 from llmqueue.producer import Producer
 from llmqueue.queue.ledger import BatchStatus
 from llmqueue.queue.spend_report import read_spending
@@ -419,9 +420,9 @@ async def _watch(
     with BatchProgress(console) as progress:
 
         def on_stall(reason: str) -> None:
-            # The only stall a run is told of is "no worker is running", and its workers are alive
-            # (check_workers raises otherwise): they are starting, and `llmqueue worker` is no advice.
-            progress.note(cluster.starting_message())
+            # With "no worker", the run's workers are alive (check_workers raises otherwise): they are
+            # starting, and `llmqueue worker` is no advice. A pause (`llmqueue pause`) is said as it is.
+            progress.note(cluster.starting_message() if reason.startswith(NO_WORKER) else reason)
 
         async for status in batches.follow(batch_id, interval=0.1, on_stall=on_stall):
             await feeding.step(status)

@@ -83,7 +83,8 @@ def worker(
         require_pipe(sys.stdin)
     from llmqueue.ops.preflight import redis_refusal
 
-    refused = asyncio.run(redis_refusal(settings.redis_url.get_secret_value()))
+    url, queue_name = settings.redis_url.get_secret_value(), settings.worker.queue_name
+    refused = asyncio.run(redis_refusal(url, starting_on=queue_name))
     if refused is not None:
         raise LLMQueueError(refused)  # not retried: a wrong password or database does not heal
     from llmqueue.ops.collector import collector_paused

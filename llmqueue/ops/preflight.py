@@ -11,15 +11,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue.connection import redis_client
+from llmqueue.queue.heartbeat import mark_starting
 from llmqueue.redaction import redact_url, redis_error_line
 
 
-async def redis_refusal(url: str, *, timeout: float = 5.0) -> str | None:
+async def redis_refusal(url: str, *, timeout: float = 5.0, starting_on: str | None = None) -> str | None:
     """Why Redis at ``url`` will not serve this process however long it waits, or None (it answered, or
-    cannot be reached yet: a transient state the caller's retries are for)."""
+    cannot be reached yet: a transient state the caller's retries are for). With ``starting_on`` (a
+    queue name), a Redis that answers is told this process is a worker starting on that queue
+    (:func:`~llmqueue.queue.heartbeat.mark_starting`)."""
     client = redis_client(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         await client.ping()
+        if starting_on is not None:
+            await mark_starting(client, starting_on)
     except AuthenticationError as exc:
         return (
             f"Redis at {redact_url(url)} refused the credentials ({redis_error_line(exc)}): check the "

@@ -4,7 +4,9 @@ Each worker's heartbeat (``llmqueue.queue.heartbeat``) refreshes a hash ``keys.w
 ``heartbeat_interval`` seconds with its host, pid, queue, in-flight job count, start time and
 ``last_seen`` (the worker's clock, Unix seconds), and its job counts (``llmqueue.ops.counters``); the
 hash expires after at least three intervals without a beat, and a worker that stops cleanly deletes
-it. This module only reads those entries.
+it. Before that, from before its LiteLLM import to its first beat, a worker has a starting mark
+(``keys.worker_starting``), so that "no worker" is not said of one on its way up. This module only
+reads those entries.
 
 arq keeps one more sign of life: ``<queue>:health-check``, a string a worker on that queue rewrites
 every ``health_check_interval`` seconds (``arq --check`` reads it; llmqueue's worker writes its own
@@ -14,6 +16,7 @@ cannot tell which worker is alive; :func:`arq_health` returns it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -26,7 +29,15 @@ from redis.asyncio import Redis
 from llmqueue import keys
 from llmqueue.ops.counters import JobCounts
 
-__all__ = ["WorkerInfo", "arq_health", "live_workers", "no_worker_reason", "read_workers"]
+__all__ = [
+    "StartingWorker",
+    "WorkerInfo",
+    "arq_health",
+    "live_workers",
+    "no_worker_reason",
+    "read_starting",
+    "read_workers",
+]
 
 logger = logging.getLogger("llmqueue.ops.registry")
 
@@ -108,13 +119,58 @@ def live_workers(
     ]
 
 
-async def no_worker_reason(redis: Redis, queue: str, *, heartbeat_interval: float) -> str | None:
+NO_WORKER = "no llmqueue worker"
+"""How :func:`no_worker_reason`'s answers begin (a caller that knows its workers are starting says so
+instead)."""
+STARTING_PATIENCE = 60.0
+"""Seconds a worker may take to come up (LiteLLM's import, seconds of CPU) before "no worker" is said."""
+
+
+@dataclass(frozen=True)
+class StartingWorker:
+    """A worker process on its way up (``keys.worker_starting``): not in the registry yet."""
+
+    host: str
+    pid: int
+    queue: str
+    since: float
+
+
+async def read_starting(redis: Redis) -> list[StartingWorker]:
+    """The workers starting now, oldest first; malformed marks are skipped."""
+    mark_keys = [key async for key in redis.scan_iter(match=keys.STARTING_PATTERN, count=500)]
+    if not mark_keys:
+        return []
+    found = []
+    for key, raw in zip(mark_keys, await redis.mget(mark_keys), strict=True):
+        host, _, pid = _text(key).removeprefix(keys.STARTING_PATTERN[:-1]).rpartition(":")
+        try:
+            data = json.loads(raw)
+            found.append(StartingWorker(host, int(pid), str(data["queue"]), float(data["since"])))
+        except (TypeError, ValueError, KeyError):
+            continue  # expired between SCAN and MGET, or not ours
+    return sorted(found, key=lambda worker: worker.since)
+
+
+async def no_worker_reason(
+    redis: Redis, queue: str, *, heartbeat_interval: float, now: float | None = None
+) -> str | None:
     """Why nothing will run jobs on ``queue`` now (no worker has sent a heartbeat for three intervals),
-    or None when a worker is alive."""
-    alive = live_workers(await read_workers(redis), max_age=3 * heartbeat_interval, queue=queue)
+    or None when a worker is alive, or one has been starting for less than ``STARTING_PATIENCE``."""
+    now = time.time() if now is None else now
+    alive = live_workers(await read_workers(redis), max_age=3 * heartbeat_interval, queue=queue, now=now)
     if alive:
         return None
-    return f"no llmqueue worker is running on queue {queue}: start one with `llmqueue worker`"
+    starting = [worker for worker in await read_starting(redis) if worker.queue == queue]
+    if not starting:
+        return f"{NO_WORKER} is running on queue {queue}: start one with `llmqueue worker`"
+    newest = starting[-1]
+    if now - newest.since < STARTING_PATIENCE:
+        return None
+    return (
+        f"{NO_WORKER} is up on queue {queue}: {len(starting)} started but not up after "
+        f"{now - newest.since:.0f} s (the latest: pid {newest.pid} on {newest.host}); see its log"
+    )
 
 
 async def arq_health(redis: Redis, queue_name: str) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -24,6 +25,19 @@ from llmqueue.ops.tasks import cancel_and_wait
 from llmqueue.redaction import redis_error_line
 
 logger = logging.getLogger("llmqueue.worker")
+
+
+STARTING_TTL = 300
+"""Seconds a worker's starting mark lives if the worker never comes up (LiteLLM's import on a loaded
+machine can take tens of seconds; a crashed start must not be announced for ever)."""
+
+
+async def mark_starting(redis: Redis, queue_name: str) -> None:
+    """Say this process is a worker on its way up on ``queue_name`` (``keys.worker_starting``), so that
+    a producer waiting on the queue does not report "no worker" while it imports; its first
+    :meth:`Heartbeat.beat` removes the mark."""
+    mark = json.dumps({"queue": queue_name, "since": time.time()})
+    await redis.set(keys.worker_starting(socket.gethostname(), os.getpid()), mark, ex=STARTING_TTL)
 
 
 class Heartbeat:
@@ -50,6 +64,8 @@ class Heartbeat:
         self.counts = counts
         self.started_at = time.time()
         self._task: asyncio.Task[None] | None = None
+        self._up = False
+        """Whether a beat went through: the starting mark (``mark_starting``) is gone from then on."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._beat_forever())
@@ -81,7 +97,10 @@ class Heartbeat:
                 },
             )
             pipe.pexpire(entry, max(self.ttl_ms, int(3 * self.interval * 1000)))
+            if not self._up:
+                pipe.delete(keys.worker_starting(socket.gethostname(), os.getpid()))
             await pipe.execute()
+        self._up = True
 
     async def _beat_forever(self) -> None:
         failing: str | None = None  # said once per outage, not every beat
