@@ -31,7 +31,7 @@ from llmqueue.errors import (
 from llmqueue.llm.policy import submission_refusal
 from llmqueue.llm.structured import parse_answer, response_format_of
 from llmqueue.models import Job, JobResult, parse_priority
-from llmqueue.ops.registry import no_worker_reason
+from llmqueue.ops.registry import WorkerLook, look_for_workers
 from llmqueue.queue.cancel import cancel_queued
 from llmqueue.queue.job_stream import StreamEvent, read_stream
 from llmqueue.queue.replication import replica_wait
@@ -104,11 +104,15 @@ class JobHandle:
         return bool(await self.producer.cancel([self.job_id]))
 
     async def _notice_no_worker(self) -> None:
-        """Log a warning if, after ``NO_WORKER_NOTICE`` seconds, no worker is running to do the job."""
+        """Log a warning if, after ``NO_WORKER_NOTICE`` seconds, no worker is running to do the job (a
+        worker starting then is given until its patience runs out, and looked for again)."""
         await asyncio.sleep(NO_WORKER_NOTICE)
-        reason = await self.producer._no_worker_reason()
-        if reason is not None:
-            logger.warning("job %s is waiting: %s", self.job_id, reason)
+        look = await self.producer._look_for_workers()
+        if look.wait_more is not None:  # not sooner than the looks are shared: this one is looked up anew
+            await asyncio.sleep(max(look.wait_more, NO_WORKER_NOTICE) + 0.5)
+            look = await self.producer._look_for_workers()
+        if look.reason is not None and self.producer._first_report(look.reason):
+            logger.warning("job %s is waiting: %s", self.job_id, look.reason)
 
 
 class Producer:
@@ -139,7 +143,7 @@ class Producer:
         )
         self.inbox = keys.inbox(uuid.uuid4().hex)
         self.waits = ResultWaits(self.store, self.inbox, job_ttl=worker.job_ttl, result_ttl=worker.result_ttl)
-        self._worker_check: tuple[float, asyncio.Future[str | None]] | None = None
+        self._worker_check: tuple[float, asyncio.Future[WorkerLook]] | None = None
         self._reported_no_worker: str | None = None
 
     async def __aenter__(self) -> Producer:
@@ -278,24 +282,27 @@ class Producer:
         if lost:
             raise _lost_error(lost)
 
-    async def _no_worker_reason(self) -> str | None:
-        """Why no job would run now (no live worker), looked up at most once per ``NO_WORKER_NOTICE``
-        seconds however many handles ask, and said once: None after the first report."""
+    async def _look_for_workers(self) -> WorkerLook:
+        """Whether a worker would run a job now (:func:`~llmqueue.ops.registry.look_for_workers`),
+        looked up at most once per ``NO_WORKER_NOTICE`` seconds however many handles ask."""
         loop = asyncio.get_running_loop()
         if self._worker_check is None or loop.time() - self._worker_check[0] > NO_WORKER_NOTICE:
             settings = self.settings.worker
-            self._worker_check = (loop.time(), asyncio.ensure_future(self._read_no_worker(settings)))
+            self._worker_check = (loop.time(), asyncio.ensure_future(self._read_workers(settings)))
         try:
-            reason = await asyncio.shield(self._worker_check[1])
+            return await asyncio.shield(self._worker_check[1])
         except REDIS_DOWN:
-            return None  # a waiting handle reports Redis itself
-        if reason is None or reason == self._reported_no_worker:
-            return None
-        self._reported_no_worker = reason
-        return reason
+            return WorkerLook(None)  # a waiting handle reports Redis itself
 
-    async def _read_no_worker(self, settings: WorkerConfig) -> str | None:
-        return await no_worker_reason(
+    def _first_report(self, reason: str) -> bool:
+        """Whether ``reason`` is new: each is said once, however many handles wait."""
+        if reason == self._reported_no_worker:
+            return False
+        self._reported_no_worker = reason
+        return True
+
+    async def _read_workers(self, settings: WorkerConfig) -> WorkerLook:
+        return await look_for_workers(
             self.redis, settings.queue_name, heartbeat_interval=settings.heartbeat_interval
         )
 

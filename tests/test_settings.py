@@ -190,6 +190,16 @@ def test_a_bare_section_variable_of_another_program_neither_fails_nor_hides_ours
     assert got == 7
 
 
+@pytest.mark.parametrize("name", ["LIMITS", "LLM_GROUPS", "MODEL_LIST", "FALLBACKS", "ROUTER_SETTINGS"])
+def test_a_variable_named_like_a_config_only_setting_is_not_read(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, "not json")  # failed with pydantic-settings' own error and a traceback
+
+    settings = load_settings()
+    assert (settings.limits, settings.llm_groups, settings.model_list, settings.fallbacks) == ({}, {}, [], {})
+
+
 def test_redis_url_is_read_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://cache.internal:6380/3")
 

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from llmqueue import keys
 from llmqueue.errors import BatchStalledError
-from llmqueue.ops.registry import no_worker_reason
+from llmqueue.ops.registry import STARTING_PATIENCE, no_worker_reason
 from llmqueue.queue.ledger import BatchLedger, BatchStatus
 from llmqueue.queue.store import JobStore
 from llmqueue.settings import Settings
@@ -33,12 +33,14 @@ class BatchFollowing:
         batch_id: str,
         interval: float = 0.5,
         on_stall: Callable[[str], None] | None = None,
+        starting_patience: float = STARTING_PATIENCE,
     ) -> AsyncIterator[BatchStatus]:
         """Yield the batch's status now and every ``interval`` seconds, the last one when it is done.
 
         When no job finished for ``STALL_CHECK_SECONDS``, it looks for why: no live worker on the queue
-        is told to ``on_stall`` (once, and again if it comes back after workers were seen); jobs that are
-        neither queued, running nor finished raise BatchStalledError, as the batch can never be done.
+        (a worker starting counts as one for ``starting_patience`` seconds) is told to ``on_stall``
+        (once, and again if it comes back after workers were seen); jobs that are neither queued,
+        running nor finished raise BatchStalledError, as the batch can never be done.
         """
         progress_at, finished, warned = time.monotonic(), -1, None
         while True:
@@ -51,13 +53,13 @@ class BatchFollowing:
                 progress_at, finished = now, status.finished
             elif now - progress_at >= STALL_CHECK_SECONDS:
                 progress_at = now  # checked again after as long, not at every poll
-                reason = await self.stall_reason(batch_id)
+                reason = await self.stall_reason(batch_id, starting_patience)
                 if reason != warned and reason is not None and on_stall is not None:
                     on_stall(reason)
                 warned = reason
             await asyncio.sleep(interval)
 
-    async def stall_reason(self, batch_id: str) -> str | None:
+    async def stall_reason(self, batch_id: str, starting_patience: float = STARTING_PATIENCE) -> str | None:
         """Why the batch is not progressing now, if something other than waiting explains it.
 
         Raises BatchStalledError when some of its jobs are neither queued, running nor finished (lost:
@@ -83,7 +85,9 @@ class BatchFollowing:
         if await self.redis.hexists(keys.batch(batch_id), "paused"):
             return f"batch {batch_id} is paused: `llmqueue resume {batch_id}` lets it go on"
         interval = self.settings.worker.heartbeat_interval if self.settings else 5.0
-        return await no_worker_reason(self.redis, self.store.queue_name, heartbeat_interval=interval)
+        return await no_worker_reason(
+            self.redis, self.store.queue_name, heartbeat_interval=interval, patience=starting_patience
+        )
 
     async def lost_jobs(self, batch_id: str) -> list[str]:
         """Ids of the batch's jobs with no result and no queued job behind them (past those a run wrote

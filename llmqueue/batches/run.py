@@ -424,7 +424,8 @@ async def _watch(
             # starting, and `llmqueue worker` is no advice. A pause (`llmqueue pause`) is said as it is.
             progress.note(cluster.starting_message() if reason.startswith(NO_WORKER) else reason)
 
-        async for status in batches.follow(batch_id, interval=0.1, on_stall=on_stall):
+        # Its own workers' start is told at once (their marks are no reason to wait): see on_stall.
+        async for status in batches.follow(batch_id, interval=0.1, on_stall=on_stall, starting_patience=0):
             await feeding.step(status)
             progress.update(status)
             for reason in await held.new_reasons():

@@ -81,19 +81,22 @@ def worker(
         sinks.append(metrics)
     if gated:
         require_pipe(sys.stdin)
-    from llmqueue.ops.preflight import redis_refusal
+    from llmqueue.ops.preflight import forget_start, redis_refusal
 
     url, queue_name = settings.redis_url.get_secret_value(), settings.worker.queue_name
     refused = asyncio.run(redis_refusal(url, starting_on=queue_name))
     if refused is not None:
         raise LLMQueueError(refused)  # not retried: a wrong password or database does not heal
-    from llmqueue.ops.collector import collector_paused
+    try:
+        from llmqueue.ops.collector import collector_paused
 
-    with collector_paused():
-        from llmqueue.worker import create_worker  # LiteLLM's import takes seconds: after the quick checks
+        with collector_paused():
+            from llmqueue.worker import create_worker  # LiteLLM's import takes seconds: after the checks
 
-    start_gate = functools.partial(wait_for_opening, sys.stdin) if gated else None
-    create_worker(settings, burst=burst, sinks=sinks, start_gate=start_gate).run()
+        start_gate = functools.partial(wait_for_opening, sys.stdin) if gated else None
+        create_worker(settings, burst=burst, sinks=sinks, start_gate=start_gate).run()
+    finally:
+        asyncio.run(forget_start(url))  # a start that failed is no worker on its way up
 
 
 @app.command()

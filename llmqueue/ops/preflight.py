@@ -6,12 +6,14 @@ starting, wrong for one that refuses the password or has no such database: those
 
 from __future__ import annotations
 
-from redis.exceptions import AuthenticationError, ResponseError
+import contextlib
+
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue.connection import redis_client
-from llmqueue.queue.heartbeat import mark_starting
+from llmqueue.queue.heartbeat import clear_starting, mark_starting
 from llmqueue.redaction import redact_url, redis_error_line
 
 
@@ -24,7 +26,8 @@ async def redis_refusal(url: str, *, timeout: float = 5.0, starting_on: str | No
     try:
         await client.ping()
         if starting_on is not None:
-            await mark_starting(client, starting_on)
+            with contextlib.suppress(RedisError):  # READONLY, OOM, NOPERM: the worker's own start says
+                await mark_starting(client, starting_on)
     except AuthenticationError as exc:
         return (
             f"Redis at {redact_url(url)} refused the credentials ({redis_error_line(exc)}): check the "
@@ -37,3 +40,15 @@ async def redis_refusal(url: str, *, timeout: float = 5.0, starting_on: str | No
     finally:
         await client.aclose()
     return None
+
+
+async def forget_start(url: str, *, timeout: float = 1.0) -> None:
+    """Remove this process's starting mark, as it ends (a start that failed, or a stop before its first
+    heartbeat, which removes the mark otherwise); Redis unreachable: the mark expires by itself."""
+    client = redis_client(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        with contextlib.suppress(RedisError, OSError):
+            await clear_starting(client)
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await client.aclose()

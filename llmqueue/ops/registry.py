@@ -32,8 +32,10 @@ from llmqueue.ops.counters import JobCounts
 __all__ = [
     "StartingWorker",
     "WorkerInfo",
+    "WorkerLook",
     "arq_health",
     "live_workers",
+    "look_for_workers",
     "no_worker_reason",
     "read_starting",
     "read_workers",
@@ -152,25 +154,57 @@ async def read_starting(redis: Redis) -> list[StartingWorker]:
     return sorted(found, key=lambda worker: worker.since)
 
 
-async def no_worker_reason(
-    redis: Redis, queue: str, *, heartbeat_interval: float, now: float | None = None
-) -> str | None:
-    """Why nothing will run jobs on ``queue`` now (no worker has sent a heartbeat for three intervals),
-    or None when a worker is alive, or one has been starting for less than ``STARTING_PATIENCE``."""
+@dataclass(frozen=True)
+class WorkerLook:
+    """What a look for the workers of a queue found."""
+
+    reason: str | None
+    """Why nothing will run jobs on the queue now, or None: a worker is up, or one is starting."""
+    wait_more: float | None = None
+    """When a worker is starting and none is up: seconds until its patience runs out (look again then)."""
+
+
+async def look_for_workers(
+    redis: Redis,
+    queue: str,
+    *,
+    heartbeat_interval: float,
+    patience: float = STARTING_PATIENCE,
+    now: float | None = None,
+) -> WorkerLook:
+    """Whether a worker is up on ``queue`` (a heartbeat within three intervals), else whether one has
+    been starting for less than ``patience`` seconds (no reason given yet), else why none will run jobs.
+    The reason's words change only with what it says (a caller says each reason once)."""
     now = time.time() if now is None else now
     alive = live_workers(await read_workers(redis), max_age=3 * heartbeat_interval, queue=queue, now=now)
     if alive:
-        return None
+        return WorkerLook(None)
     starting = [worker for worker in await read_starting(redis) if worker.queue == queue]
     if not starting:
-        return f"{NO_WORKER} is running on queue {queue}: start one with `llmqueue worker`"
-    newest = starting[-1]
-    if now - newest.since < STARTING_PATIENCE:
-        return None
-    return (
-        f"{NO_WORKER} is up on queue {queue}: {len(starting)} started but not up after "
-        f"{now - newest.since:.0f} s (the latest: pid {newest.pid} on {newest.host}); see its log"
+        return WorkerLook(f"{NO_WORKER} is running on queue {queue}: start one with `llmqueue worker`")
+    latest = starting[-1]
+    if now - latest.since < patience:
+        return WorkerLook(None, wait_more=patience - (now - latest.since))
+    at = time.strftime("%H:%M:%S", time.localtime(latest.since))
+    return WorkerLook(
+        f"{NO_WORKER} is up on queue {queue}: {len(starting)} started but none has come up (the latest: "
+        f"pid {latest.pid} on {latest.host}, started at {at}); see its log"
     )
+
+
+async def no_worker_reason(
+    redis: Redis,
+    queue: str,
+    *,
+    heartbeat_interval: float,
+    patience: float = STARTING_PATIENCE,
+    now: float | None = None,
+) -> str | None:
+    """:func:`look_for_workers`' reason: None when a worker is up, or starting within ``patience``."""
+    look = await look_for_workers(
+        redis, queue, heartbeat_interval=heartbeat_interval, patience=patience, now=now
+    )
+    return look.reason
 
 
 async def arq_health(redis: Redis, queue_name: str) -> str | None:

@@ -40,6 +40,12 @@ async def mark_starting(redis: Redis, queue_name: str) -> None:
     await redis.set(keys.worker_starting(socket.gethostname(), os.getpid()), mark, ex=STARTING_TTL)
 
 
+async def clear_starting(redis: Redis) -> None:
+    """Remove this process's starting mark: it ends without having come up (its first beat removes it
+    otherwise), so waits on the queue are told "no worker" again at once, not after its patience."""
+    await redis.delete(keys.worker_starting(socket.gethostname(), os.getpid()))
+
+
 class Heartbeat:
     """Every ``interval`` seconds: re-claim ``in_flight()`` jobs for ``ttl`` seconds, and list the worker
     with the fields ``counts()`` returns (its job counts)."""

@@ -45,6 +45,9 @@ REDIS_FIELDS = (
     "redis_wait_timeout",
 )
 
+OURS = (*REDIS_FIELDS, *ENV_PREFIXES)
+"""The settings the environment can set: the Redis ones and the sections with a prefix."""
+
 
 class KnownEnvSource(EnvSettingsSource):
     """Environment variables, ignoring ``LLM_*``/``WORKER_*``/``BATCH_*``/``CACHE_*`` names llmqueue does
@@ -53,6 +56,11 @@ class KnownEnvSource(EnvSettingsSource):
     Other tools (OpenHands among them) set more ``LLM_*`` variables, and ``BATCH_SIZE`` is common in
     training scripts; they are not ours to reject.
     """
+
+    def prepare_field_value(self, field_name: str, field: Any, value: Any, value_is_complex: bool) -> Any:
+        if field_name not in OURS:
+            return None  # config.toml only: LIMITS=..., LLM_GROUPS=... are not read (nor parsed)
+        return super().prepare_field_value(field_name, field, value, value_is_complex)
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         value, key, is_complex = super().get_field_value(field, field_name)
@@ -80,5 +88,4 @@ class KnownEnvSource(EnvSettingsSource):
         for section in ("batch", "cache"):
             if not isinstance(data.get(section), dict) or not data[section]:
                 data.pop(section, None)  # no BATCH_* variable of ours
-        ours = (*REDIS_FIELDS, "llm", "worker", "batch", "cache", "budget")
-        return {k: v for k, v in data.items() if k in ours}
+        return {k: v for k, v in data.items() if k in OURS}
