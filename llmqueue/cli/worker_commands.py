@@ -150,19 +150,28 @@ def workers(
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
-    """List the live workers: host, pid, queue, jobs in flight, uptime, last heartbeat."""
+    """List the live workers: host, pid, queue, jobs in flight, uptime, last heartbeat; and those still
+    starting (importing LiteLLM), below the table."""
     import time
 
     from rich.table import Column, Table
 
-    from llmqueue.ops.registry import read_workers
+    from llmqueue.ops.registry import StartingWorker, WorkerInfo, read_starting, read_workers
+
+    async def read(redis: Any) -> tuple[list[WorkerInfo], list[StartingWorker]]:
+        return await read_workers(redis), await read_starting(redis)
 
     settings = settings_from(config, redis_url)
-    found = [w for w in with_redis(settings, read_workers) if queue is None or w.queue == queue]
+    registered, starting = with_redis(settings, read)
+    found = [w for w in registered if queue is None or w.queue == queue]
+    starting = [w for w in starting if queue is None or w.queue == queue]
     now = time.time()
     if as_json:
         typer.echo(json.dumps([w.to_json(now) for w in found], indent=2))
         return
+    for coming in starting:
+        since = format_seconds(now - coming.since)
+        console.print(f"starting: pid {coming.pid} on {coming.host}, queue {coming.queue}, for {since}")
     if not found:
         console.print("no live workers")
         return

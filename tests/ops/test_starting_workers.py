@@ -169,3 +169,19 @@ async def test_following_a_batch_tells_of_a_starting_worker_only_past_the_patien
     assert await stalls(STARTING_PATIENCE) == []  # a `results --wait`: the worker is coming
     told = await stalls(0)  # `llmqueue run`, which says its own workers are starting
     assert len(told) == 1 and told[0].startswith(NO_WORKER), told
+
+
+async def test_llmqueue_workers_lists_the_workers_still_starting(redis: Redis, redis_url: str) -> None:
+    from typer.testing import CliRunner
+
+    from llmqueue.cli import app
+
+    await mark(redis, "box", 41, QUEUE, time.time() - 7)
+    await mark(redis, "elsewhere", 7, "other:queue", time.time())
+    listing = await asyncio.to_thread(
+        CliRunner().invoke, app, ["workers", "--queue", QUEUE, "--redis-url", redis_url]
+    )
+
+    assert listing.exit_code == 0, listing.output
+    assert "starting: pid 41 on box, queue llmqueue:queue, for 7" in listing.output
+    assert "pid 7 " not in listing.output and "no live workers" in listing.output
