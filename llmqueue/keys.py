@@ -226,10 +226,11 @@ def worker(worker_id: str) -> str:
 WORKER_PATTERN = f"{PREFIX}:worker:*"
 
 
-def worker_starting(host: str, pid: int) -> str:
-    """A worker process on its way up, before its registry entry (JSON: its queue and since when;
-    written before LiteLLM's import, deleted by its first heartbeat, expiring if it never comes up)."""
-    return f"{PREFIX}:starting:{host}:{pid}"
+def worker_starting(mark_id: str) -> str:
+    """A worker process on its way up, before its registry entry (JSON: its host, pid and queue;
+    written before LiteLLM's import, deleted by its first heartbeat, expiring if it never comes up:
+    its age is read from its time to live)."""
+    return f"{PREFIX}:starting:{mark_id}"
 
 
 STARTING_PATTERN = f"{PREFIX}:starting:*"

@@ -108,7 +108,8 @@ class JobHandle:
         worker starting then is given until its patience runs out, and looked for again)."""
         await asyncio.sleep(NO_WORKER_NOTICE)
         look = await self.producer._look_for_workers()
-        if look.wait_more is not None:  # not sooner than the looks are shared: this one is looked up anew
+        while look.wait_more is not None:  # a worker is starting (another may start meanwhile)
+            # Not sooner than the looks are shared: the next one is looked up anew.
             await asyncio.sleep(max(look.wait_more, NO_WORKER_NOTICE) + 0.5)
             look = await self.producer._look_for_workers()
         if look.reason is not None and self.producer._first_report(look.reason):

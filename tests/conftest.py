@@ -44,10 +44,13 @@ def pytest_report_header() -> str:
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto``: one process more than the CPUs, as many tests wait on purpose (provider latency, retry
-    schedules) and a CPU would sit idle meanwhile (on 2 cores: 556 s with 3 processes, 668-714 s with
-    2); one process with ``LLMQUEUE_TEST_REDIS_URL``, as every test flushes that database."""
+    schedules) and a CPU would sit idle meanwhile (on 2 cores: 545-556 s with 3 processes, 668-714 s
+    with 2); ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still wins. One process with ``LLMQUEUE_TEST_REDIS_URL``,
+    as every test flushes that database."""
     if os.environ.get(TEST_REDIS_URL_ENV):
         return 0
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # the user's choice, which pytest-xdist reads
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return cpus + 1
 

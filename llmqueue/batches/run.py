@@ -418,11 +418,18 @@ async def _watch(
     ramp, registry_look_at = WorkerRamp(), -math.inf
     held = _HeldNotice(producer, batch_id)
     with BatchProgress(console) as progress:
+        told_starting = False
 
         def on_stall(reason: str) -> None:
             # With "no worker", the run's workers are alive (check_workers raises otherwise): they are
-            # starting, and `llmqueue worker` is no advice. A pause (`llmqueue pause`) is said as it is.
-            progress.note(cluster.starting_message() if reason.startswith(NO_WORKER) else reason)
+            # starting, and `llmqueue worker` is no advice; said once, however the marks change. A pause
+            # (`llmqueue pause`) is said as it is.
+            nonlocal told_starting
+            if not reason.startswith(NO_WORKER):
+                progress.note(reason)
+            elif not told_starting:
+                told_starting = True
+                progress.note(cluster.starting_message())
 
         # Its own workers' start is told at once (their marks are no reason to wait): see on_stall.
         async for status in batches.follow(batch_id, interval=0.1, on_stall=on_stall, starting_patience=0):

@@ -81,22 +81,28 @@ def worker(
         sinks.append(metrics)
     if gated:
         require_pipe(sys.stdin)
+    from llmqueue.ops.interrupts import interrupted_by_signals
     from llmqueue.ops.preflight import forget_start, redis_refusal
+    from llmqueue.queue.heartbeat import starting_mark
 
     url, queue_name = settings.redis_url.get_secret_value(), settings.worker.queue_name
-    refused = asyncio.run(redis_refusal(url, starting_on=queue_name))
-    if refused is not None:
-        raise LLMQueueError(refused)  # not retried: a wrong password or database does not heal
-    try:
-        from llmqueue.ops.collector import collector_paused
+    # Until the worker's own handlers take over, SIGTERM (a run stopping, a pod scaled down while it
+    # starts) raises KeyboardInterrupt as Ctrl-C does, so the finally below takes the mark away.
+    with interrupted_by_signals():
+        try:
+            refused = asyncio.run(redis_refusal(url, starting_on=queue_name))
+            if refused is not None:
+                raise LLMQueueError(refused)  # not retried: a wrong password or database does not heal
+            from llmqueue.ops.collector import collector_paused
 
-        with collector_paused():
-            from llmqueue.worker import create_worker  # LiteLLM's import takes seconds: after the checks
+            with collector_paused():
+                from llmqueue.worker import create_worker  # LiteLLM's import takes seconds: after the checks
 
-        start_gate = functools.partial(wait_for_opening, sys.stdin) if gated else None
-        create_worker(settings, burst=burst, sinks=sinks, start_gate=start_gate).run()
-    finally:
-        asyncio.run(forget_start(url))  # a start that failed is no worker on its way up
+            start_gate = functools.partial(wait_for_opening, sys.stdin) if gated else None
+            create_worker(settings, burst=burst, sinks=sinks, start_gate=start_gate).run()
+        finally:
+            if starting_mark() is not None:  # it never came up: no worker on its way up any more
+                asyncio.run(forget_start(url))
 
 
 @app.command()
@@ -151,7 +157,7 @@ def workers(
     redis_url: RedisOption = None,
 ) -> None:
     """List the live workers: host, pid, queue, jobs in flight, uptime, last heartbeat; and those still
-    starting (importing LiteLLM), below the table."""
+    starting (importing LiteLLM), above the table (not in --json)."""
     import time
 
     from rich.table import Column, Table

@@ -6,6 +6,7 @@ starting, wrong for one that refuses the password or has no such database: those
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
@@ -13,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmqueue.connection import redis_client
-from llmqueue.queue.heartbeat import clear_starting, mark_starting
+from llmqueue.queue.heartbeat import clear_starting, mark_starting, starting_mark
 from llmqueue.redaction import redact_url, redis_error_line
 
 
@@ -43,12 +44,14 @@ async def redis_refusal(url: str, *, timeout: float = 5.0, starting_on: str | No
 
 
 async def forget_start(url: str, *, timeout: float = 1.0) -> None:
-    """Remove this process's starting mark, as it ends (a start that failed, or a stop before its first
-    heartbeat, which removes the mark otherwise); Redis unreachable: the mark expires by itself."""
+    """Remove this process's starting mark if it still has one, as it ends without having come up (a
+    start that failed or was stopped); within ``timeout`` seconds, or the mark expires by itself."""
+    if starting_mark() is None:
+        return  # it came up (its first heartbeat removed the mark), or never marked one
     client = redis_client(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
-        with contextlib.suppress(RedisError, OSError):
-            await clear_starting(client)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(clear_starting(client), timeout)
     finally:
         with contextlib.suppress(RedisError, OSError):
             await client.aclose()

@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 
 from llmqueue import keys
 from llmqueue.ops.counters import JobCounts
+from llmqueue.queue.heartbeat import STARTING_TTL
 
 __all__ = [
     "StartingWorker",
@@ -136,21 +137,29 @@ class StartingWorker:
     pid: int
     queue: str
     since: float
+    """When it started, in Unix seconds on the reader's clock (from the mark's time to live)."""
 
 
-async def read_starting(redis: Redis) -> list[StartingWorker]:
-    """The workers starting now, oldest first; malformed marks are skipped."""
+async def read_starting(redis: Redis, now: float | None = None) -> list[StartingWorker]:
+    """The workers starting now, oldest first; malformed marks are skipped. A mark's age is read from
+    its time to live (Redis's clock), not from the clock of the machine that wrote it."""
+    now = time.time() if now is None else now
     mark_keys = [key async for key in redis.scan_iter(match=keys.STARTING_PATTERN, count=500)]
     if not mark_keys:
         return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in mark_keys:
+            pipe.get(key)
+            pipe.pttl(key)
+        answers = await pipe.execute()
     found = []
-    for key, raw in zip(mark_keys, await redis.mget(mark_keys), strict=True):
-        host, _, pid = _text(key).removeprefix(keys.STARTING_PATTERN[:-1]).rpartition(":")
+    for raw, ttl_ms in zip(answers[::2], answers[1::2], strict=True):
         try:
             data = json.loads(raw)
-            found.append(StartingWorker(host, int(pid), str(data["queue"]), float(data["since"])))
+            age = STARTING_TTL - ttl_ms / 1000 if ttl_ms >= 0 else 0.0
+            found.append(StartingWorker(str(data["host"]), int(data["pid"]), str(data["queue"]), now - age))
         except (TypeError, ValueError, KeyError):
-            continue  # expired between SCAN and MGET, or not ours
+            continue  # expired between SCAN and GET, or not ours
     return sorted(found, key=lambda worker: worker.since)
 
 
@@ -179,7 +188,7 @@ async def look_for_workers(
     alive = live_workers(await read_workers(redis), max_age=3 * heartbeat_interval, queue=queue, now=now)
     if alive:
         return WorkerLook(None)
-    starting = [worker for worker in await read_starting(redis) if worker.queue == queue]
+    starting = [worker for worker in await read_starting(redis, now) if worker.queue == queue]
     if not starting:
         return WorkerLook(f"{NO_WORKER} is running on queue {queue}: start one with `llmqueue worker`")
     latest = starting[-1]

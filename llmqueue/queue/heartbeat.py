@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Mapping
 
 from redis.asyncio import Redis
@@ -31,19 +32,40 @@ STARTING_TTL = 300
 """Seconds a worker's starting mark lives if the worker never comes up (LiteLLM's import on a loaded
 machine can take tens of seconds; a crashed start must not be announced for ever)."""
 
+_starting_mark: str | None = None
+"""This process's starting mark while it has one: set by :func:`mark_starting`, ended by the first
+beat or by :func:`clear_starting`."""
+
 
 async def mark_starting(redis: Redis, queue_name: str) -> None:
     """Say this process is a worker on its way up on ``queue_name`` (``keys.worker_starting``), so that
     a producer waiting on the queue does not report "no worker" while it imports; its first
     :meth:`Heartbeat.beat` removes the mark."""
-    mark = json.dumps({"queue": queue_name, "since": time.time()})
-    await redis.set(keys.worker_starting(socket.gethostname(), os.getpid()), mark, ex=STARTING_TTL)
+    global _starting_mark
+    host, pid = socket.gethostname(), os.getpid()
+    key = keys.worker_starting(f"{host}:{pid}:{uuid.uuid4().hex[:6]}")  # pid 1 in many containers
+    await redis.set(key, json.dumps({"host": host, "pid": pid, "queue": queue_name}), ex=STARTING_TTL)
+    _starting_mark = key
+
+
+def starting_mark() -> str | None:
+    """This process's starting mark, while it has one (the key)."""
+    return _starting_mark
 
 
 async def clear_starting(redis: Redis) -> None:
-    """Remove this process's starting mark: it ends without having come up (its first beat removes it
-    otherwise), so waits on the queue are told "no worker" again at once, not after its patience."""
-    await redis.delete(keys.worker_starting(socket.gethostname(), os.getpid()))
+    """Remove this process's starting mark, if it still has one: it ends without having come up (its
+    first beat removes it otherwise), so waits on the queue are told "no worker" again at once."""
+    mark = _starting_mark
+    if mark is not None:
+        await redis.delete(mark)
+        _mark_gone(mark)
+
+
+def _mark_gone(mark: str) -> None:
+    global _starting_mark
+    if _starting_mark == mark:
+        _starting_mark = None
 
 
 class Heartbeat:
@@ -70,8 +92,6 @@ class Heartbeat:
         self.counts = counts
         self.started_at = time.time()
         self._task: asyncio.Task[None] | None = None
-        self._up = False
-        """Whether a beat went through: the starting mark (``mark_starting``) is gone from then on."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._beat_forever())
@@ -103,10 +123,12 @@ class Heartbeat:
                 },
             )
             pipe.pexpire(entry, max(self.ttl_ms, int(3 * self.interval * 1000)))
-            if not self._up:
-                pipe.delete(keys.worker_starting(socket.gethostname(), os.getpid()))
+            mark = _starting_mark
+            if mark is not None:
+                pipe.delete(mark)
             await pipe.execute()
-        self._up = True
+        if mark is not None:
+            _mark_gone(mark)
 
     async def _beat_forever(self) -> None:
         failing: str | None = None  # said once per outage, not every beat
