@@ -152,19 +152,23 @@ class Batches(BatchSubmission, BatchFollowing):
         """Queue the batch's failed jobs again, with a fresh retry budget. Returns how many."""
         return await self._requeue(batch_id, "failed")
 
-    async def retry_cancelled(self, batch_id: str, *, max_cost: float | None = None) -> int:
+    async def retry_cancelled(
+        self, batch_id: str, *, max_cost: float | None = None, max_tokens: int | None = None
+    ) -> int:
         """Queue the batch's cancelled jobs again (a cancel or its budget stopped them), with
-        ``max_cost`` (USD) as its budget when given. Returns how many.
+        ``max_cost`` (USD) and ``max_tokens`` as its budget when given. Returns how many.
 
         Raises BatchError when the batch's budget is still spent: its jobs would end cancelled again.
         """
-        if max_cost is not None:
-            await self.redis.hset(keys.batch(batch_id), "max_cost", max_cost)
+        caps = {"max_cost": max_cost, "max_tokens": max_tokens}
+        if given := {name: value for name, value in caps.items() if value is not None}:
+            await self.redis.hset(keys.batch(batch_id), mapping=given)
         status = await self.status(batch_id)
         if status.budget_exceeded:
+            higher = " and ".join(status.caps_to_raise)
             raise BatchError(
-                f"batch {batch_id} spent ${status.cost:.4f} of its budget ({_budget_words(status)}): "
-                "give a higher one to go on (--max-cost USD)"
+                f"batch {batch_id} spent ${status.cost:.4f} and {status.tokens} tokens of its budget "
+                f"({_budget_words(status)}): give a higher one to go on ({higher})"
             )
         return await self._requeue(batch_id, "cancelled")
 

@@ -181,8 +181,10 @@ async def _run_locked(
                     if check is None:
                         feeder.count_total()  # in a thread: the first lines wait on no reading of the file
                     cluster.open_gate()
-                    if options.resume and options.max_cost is not None:
-                        again = await batches.retry_cancelled(batch_id, max_cost=options.max_cost)
+                    if options.resume and (options.max_cost is not None or options.max_tokens is not None):
+                        again = await batches.retry_cancelled(
+                            batch_id, max_cost=options.max_cost, max_tokens=options.max_tokens
+                        )
                         if again:
                             console.print(f"{again} cancelled job(s) queued again under the new budget")
                     writer = OrderedWriter(producer.store, batch_id, options.output)

@@ -426,9 +426,11 @@ def run(
             "another would have sped it up"
         )
     if done.budget_exceeded and done.cancelled:
-        hint = _resume_command(context, done.batch_id, leave_out=("max_cost",))
+        raise_caps = done.caps_to_raise  # the caps reached, given again higher; the others as they were
+        leave_out = tuple(flag.split()[0].removeprefix("--").replace("-", "_") for flag in raise_caps)
+        hint = _resume_command(context, done.batch_id, leave_out=leave_out)
         stopped = f"its budget stopped {done.cancelled} job(s)"
-        console.print(f"{stopped}; go on with a higher one: {escape(hint)} --max-cost USD")
+        console.print(f"{stopped}; go on with a higher one: {escape(hint)} {' '.join(raise_caps)}")
     if not summary.ok:
         for line in summary.failures[:10]:
             console.print(f"  [red]✗[/red] {line}")

@@ -11,6 +11,7 @@ from llmqueue.cli.common import (
     BatchArgument,
     ConfigOption,
     MaxCostOption,
+    MaxTokensOption,
     RedisOption,
     app,
     console,
@@ -144,17 +145,22 @@ def retry(
         bool, typer.Option("--cancelled", help="Queue the cancelled jobs again (a cancel or the budget).")
     ] = False,
     max_cost: MaxCostOption = None,
+    max_tokens: MaxTokensOption = None,
     config: ConfigOption = None,
     redis_url: RedisOption = None,
 ) -> None:
     """Queue a batch's failed (or cancelled) jobs again, each with a fresh retry budget."""
     if not failed and not cancelled:
         raise LLMQueueError("say what to retry: llmqueue retry BATCH --failed (or --cancelled)")
-    require_positive(max_cost=max_cost)
+    require_positive(max_cost=max_cost, max_tokens=max_tokens)
+    if (max_cost is not None or max_tokens is not None) and not cancelled:
+        raise LLMQueueError("--max-cost and --max-tokens raise the budget of cancelled jobs: add --cancelled")
     settings = settings_from(config, redis_url)
     if failed:
         count = with_batches(settings, lambda b: b.retry_failed(batch))
         console.print(f"{count} failed job(s) queued again")
     if cancelled:
-        count = with_batches(settings, lambda b: b.retry_cancelled(batch, max_cost=max_cost))
+        count = with_batches(
+            settings, lambda b: b.retry_cancelled(batch, max_cost=max_cost, max_tokens=max_tokens)
+        )
         console.print(f"{count} cancelled job(s) queued again")

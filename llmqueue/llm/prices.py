@@ -74,9 +74,9 @@ def budget_refusal(jobs: Iterable[Job], settings: Settings) -> str | None:
     if not missing:
         return None
     return (
-        f"--max-cost needs a price for every model, and LiteLLM knows none for {_named(missing)}: give "
-        "input_cost_per_token and output_cost_per_token (USD) in [llm] (or the deployment's model_info), "
-        "or run without a cost budget"
+        "--max-cost needs a price for every model (as does [batch] max_cost, env BATCH_MAX_COST), and "
+        f"LiteLLM knows none for {_named(missing)}: give input_cost_per_token and output_cost_per_token "
+        "(USD) in [llm] (or the deployment's model_info), or run without a cost budget"
     )
 
 

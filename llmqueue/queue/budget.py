@@ -1,11 +1,12 @@
-"""A batch's cost budget held at admission: each call reserves its estimated price before it is sent
-and gives the reservation back once it has ended (its real cost is then in the batch's ``cost``).
+"""A batch's budget held at admission: each call reserves its estimated price (``max_cost``) and
+tokens (``max_tokens``) before it is sent and gives the reservation back once it has ended (what it
+really cost and used is then in the batch's ``cost`` and ``tokens``).
 
 A call may start while the batch's cost plus what the calls in flight reserved stays within
 ``max_cost``; a lone call always may while the cost is below it. So the budget holds whatever the
 rate: it is passed by at most what the calls in flight cost above their estimates, or by the one last
 call. The estimate is the prompt's tokens and the job's ``max_tokens`` (or the default completion) at
-the model's price from LiteLLM's cost map.
+the model's price from LiteLLM's cost map. Tokens are held the same way against ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from redis.asyncio import Redis
 from llmqueue import keys
 from llmqueue.limits.tokens import TokenEstimate
 
-__all__ = ["BudgetGate", "Reservation", "call_price"]
+__all__ = ["BudgetGate", "Reservation", "call_price", "unpriced_under_budget"]
 
 Reservation = Literal["ok", "wait", "spent"]
 
 RESERVED = "reserved_cost"
 """The batch hash's field of what the calls in flight reserved, in USD."""
+RESERVED_TOKENS = "reserved_tokens"
+"""The batch hash's field of the tokens the calls in flight reserved."""
 
 NOTHING = 1e-12
 """USD below which a reservation total is nothing (what float sums leave of reservations given back)."""
@@ -41,6 +44,15 @@ def call_price(model: str, estimate: TokenEstimate) -> float | None:
     except Exception:  # LiteLLM raises for a model it has no price for
         return None
     return float(prompt + completion)
+
+
+def unpriced_under_budget(batch_id: str, priced_as: str) -> str:
+    """Why a job of a batch with ``max_cost`` does not run on a worker that knows no price for it."""
+    return (
+        f"batch {batch_id} has a cost budget (max_cost) and this worker's LiteLLM knows no price for "
+        f"{priced_as!r}, so its calls cannot be counted: give the workers input_cost_per_token and "
+        "output_cost_per_token (USD) in [llm] (or the deployment's model_info); no call was made"
+    )
 
 
 def within(*, cost: float, reserved_before: float, price: float, max_cost: float) -> Reservation:
@@ -86,3 +98,27 @@ class BudgetGate:
     async def give_back(self, batch_id: str, price: float) -> None:
         """Give back a reservation of ``price`` USD (the call ended, or was never sent)."""
         await self._redis.hincrbyfloat(keys.batch(batch_id), RESERVED, -price)
+
+    async def reserve_tokens(self, batch_id: str, tokens: int) -> Reservation:
+        """Reserve ``tokens`` of the batch's ``max_tokens`` for a call, by the same rule as a price;
+        nothing stays reserved unless ``ok``."""
+        batch = keys.batch(batch_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(batch, RESERVED_TOKENS, tokens)
+            pipe.hmget(batch, ["tokens", "max_tokens"])
+            reserved, (used, max_tokens) = await pipe.execute()
+        answer: Reservation = "ok"
+        if max_tokens is not None:
+            answer = within(
+                cost=int(used or 0),
+                reserved_before=max(0, int(reserved) - tokens),
+                price=tokens,
+                max_cost=int(max_tokens),
+            )
+        if answer != "ok":
+            await self.give_back_tokens(batch_id, tokens)
+        return answer
+
+    async def give_back_tokens(self, batch_id: str, tokens: int) -> None:
+        """Give back a reservation of ``tokens`` (the call ended, or was never sent)."""
+        await self._redis.hincrby(keys.batch(batch_id), RESERVED_TOKENS, -tokens)

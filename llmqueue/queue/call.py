@@ -45,6 +45,8 @@ class Call:
     model has a known price (its re-asks are priced the same)."""
     reserved: float = 0.0
     """USD of its batch's budget the call holds: the first request's price and its re-asks'."""
+    reserved_tokens: int = 0
+    """Tokens of its batch's ``max_tokens`` the call holds: its first request's estimate."""
     spend_reasks: list[SpendReservation] = field(default_factory=list)
     """What its re-asks reserved of the spending limits (the first request's is the runner's)."""
 

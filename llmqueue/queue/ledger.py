@@ -30,6 +30,12 @@ def budget_spent(*, cost: float, max_cost: float | None, tokens: int, max_tokens
     return (max_cost is not None and cost >= max_cost) or (max_tokens is not None and tokens >= max_tokens)
 
 
+def spent_caps(*, cost: float, max_cost: float | None, tokens: int, max_tokens: int | None) -> list[str]:
+    """The options that raise the caps a batch has reached: ``--max-cost USD``, ``--max-tokens N``."""
+    caps = ["--max-cost USD"] if max_cost is not None and cost >= max_cost else []
+    return caps + (["--max-tokens N"] if max_tokens is not None and tokens >= max_tokens else [])
+
+
 def stop_reason(fields: Sequence[bytes | None]) -> str | None:
     """Why no further job of a batch may start, from its :data:`GATE_FIELDS`; None when they may."""
     cancel, max_cost, cost, max_tokens, tokens = (None if f is None else f.decode() for f in fields[:5])
@@ -90,6 +96,13 @@ class BatchStatus:
     @property
     def budget_exceeded(self) -> bool:
         return budget_spent(
+            cost=self.cost, max_cost=self.max_cost, tokens=self.tokens, max_tokens=self.max_tokens
+        )
+
+    @property
+    def caps_to_raise(self) -> list[str]:
+        """The options that raise the caps this batch has reached (see :func:`spent_caps`)."""
+        return spent_caps(
             cost=self.cost, max_cost=self.max_cost, tokens=self.tokens, max_tokens=self.max_tokens
         )
 

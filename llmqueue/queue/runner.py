@@ -33,7 +33,7 @@ from llmqueue.models import AttemptError, Job
 from llmqueue.ops.events import EventSink, JobEvent, emit
 from llmqueue.queue import reask, results
 from llmqueue.queue.admission import Admitter
-from llmqueue.queue.budget import WAIT_FOR_CALLS, BudgetGate, call_price
+from llmqueue.queue.budget import WAIT_FOR_CALLS, BudgetGate, call_price, unpriced_under_budget
 from llmqueue.queue.call import Call
 from llmqueue.queue.fallbacks import Fallbacks
 from llmqueue.queue.job_stream import StreamWriter
@@ -181,16 +181,33 @@ class JobRunner:
             caching = supports_prompt_caching(counted_as)
             kwargs = call_kwargs(job, llm, supports_caching=caching, model=model, deployment=first)
             capped = self.spending.applies(model)
-            if limited or start.has_cost_budget or capped:  # counting tokens costs CPU: only limits need it
+            budgeted = start.has_cost_budget or start.has_token_budget
+            if limited or budgeted or capped:  # counting tokens costs CPU: only limits and budgets need it
                 call.estimate = estimate_split(job, counted_as, llm.default_completion_tokens)
             price = call.price = (
                 call_price(counted_as, call.estimate) if start.has_cost_budget or capped else None
             )
+            if start.has_cost_budget and job.batch_id is not None and price is None:
+                # Refused at submission when the submitter knows no price either; a worker that knows
+                # none would send the call uncounted, the budget a silent no-op.
+                await self.results.unrunnable(
+                    job_id, payload, unpriced_under_budget(job.batch_id, counted_as)
+                )
+                return
             if start.has_cost_budget and job.batch_id is not None and price is not None:
-                # A budget the calls in flight fill re-defers the job until they settle (not an attempt);
-                # a model without a known price passes (a budget refuses it at submission).
+                # A budget the calls in flight fill re-defers the job until they settle (not an attempt).
                 held = await self.budget.reserve(job.batch_id, price)
                 call.reserved = price if held == "ok" else 0.0
+                if held == "wait":
+                    self._emit("deferred", call, wait=WAIT_FOR_CALLS, reason="budget_in_flight")
+                    raise Retry(defer=WAIT_FOR_CALLS)
+                if held == "spent":
+                    await self.results.stopped(job, "budget_exceeded", start)
+                    return
+            if start.has_token_budget and job.batch_id is not None:
+                tokens = call.estimate.total
+                held = await self.budget.reserve_tokens(job.batch_id, tokens)
+                call.reserved_tokens = tokens if held == "ok" else 0
                 if held == "wait":
                     self._emit("deferred", call, wait=WAIT_FOR_CALLS, reason="budget_in_flight")
                     raise Retry(defer=WAIT_FOR_CALLS)
@@ -224,6 +241,8 @@ class JobRunner:
                 await self.spending.settle(reask_spend, None)
             if call.reserved and job.batch_id is not None:
                 await self.budget.give_back(job.batch_id, call.reserved)
+            if call.reserved_tokens and job.batch_id is not None:
+                await self.budget.give_back_tokens(job.batch_id, call.reserved_tokens)
             if call.cache_key is not None and self.cache is not None:
                 await self.cache.release(call.cache_key, job.id)
 

@@ -49,6 +49,8 @@ class AttemptStart:
     """Failed calls before the current fallback began: its retries are counted from there."""
     has_cost_budget: bool = False
     """The job's batch has a ``max_cost``: each call reserves its estimated price first."""
+    has_token_budget: bool = False
+    """The job's batch has a ``max_tokens``: each call reserves its estimated tokens first."""
     batch_paused: bool = False
     """The job's batch is paused (``llmqueue pause``): the job is held, no call made."""
     paused_scopes: frozenset[str] = frozenset()
@@ -75,6 +77,7 @@ class AttemptStart:
             fallback=int(fallback or 0),
             fallback_after=int(fallback_after or 0),
             has_cost_budget=gate is not None and gate[ledger.GATE_FIELDS.index("max_cost")] is not None,
+            has_token_budget=gate is not None and gate[ledger.GATE_FIELDS.index("max_tokens")] is not None,
             batch_paused=gate is not None and gate[ledger.GATE_FIELDS.index("paused")] is not None,
             paused_scopes=frozenset(scope.decode() for scope in paused_scopes or ()),
         )

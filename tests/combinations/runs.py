@@ -20,7 +20,7 @@ RUN_TIMEOUT = 150.0
 def clean_env(**settings: str) -> dict[str, str]:
     """The environment of an ``llmqueue`` command: none of the machine's LLM_*, WORKER_*, provider keys
     or Redis settings, only ``settings``; llmqueue importable; unwrapped messages."""
-    dropped = ("LLM_", "WORKER_", "OPENAI_", "ANTHROPIC_", "AZURE_")
+    dropped = ("LLM_", "WORKER_", "BATCH_", "CACHE_", "OPENAI_", "ANTHROPIC_", "AZURE_")
     base = {
         name: value
         for name, value in os.environ.items()

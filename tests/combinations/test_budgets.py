@@ -3,6 +3,8 @@ sent, so the batch stops near its budget, not at several times it."""
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from pathlib import Path
 
@@ -115,6 +117,71 @@ def test_a_batch_its_budget_stopped_goes_on_with_a_higher_one(tmp_path: Path) ->
     assert resumed.returncode == 0, (resumed.stdout, resumed.stderr)
     assert [r["llmqueue"]["status"] for r in read_jsonl(output)] == ["succeeded"] * 30
     assert first < 30 and total == 30  # the jobs that ran before did not run again
+
+
+def test_a_batch_its_token_cap_stopped_goes_on_with_a_higher_one_and_no_price(tmp_path: Path) -> None:
+    # A model without a price: a token cap needs none. The resume raises only --max-tokens, as the hint
+    # says; it queued nothing and wrote the stopped lines as cancelled, final, before.
+    lines = ({"custom_id": f"q{n}", "messages": [{"role": "user", "content": f"q {n}"}]} for n in range(30))
+    source = write_jsonl(tmp_path / "in.jsonl", lines)
+    output = tmp_path / "out.jsonl"
+    with ProviderProcess(ProviderConfig(api_key=KEY, latency=0.05, rate_limit_headers="none")) as provider:
+        env = clean_env(LLM_MODEL="openai/my-finetune-xyz", LLM_BASE_URL=provider.base_url, LLM_API_KEY=KEY)
+        run = ["run", str(source), "-o", str(output), "--no-cache", "--workers", "1", "--batch", "t1"]
+        stopped = llmqueue_cli([*run, "--max-tokens", "150"], env, tmp_path)
+        first = provider.stats()["requests"]
+        same = ["run", "--resume", "t1", "-o", str(output), "--no-cache", "--workers", "1"]
+        refused = llmqueue_cli([*same, "--max-tokens", "150"], env, tmp_path)  # no higher: refused, kept
+        resumed = llmqueue_cli([*same, "--max-tokens", "100000"], env, tmp_path)
+        total = provider.stats()["requests"]
+
+    assert stopped.returncode == 1, stopped.stderr
+    said = stopped.stdout + stopped.stderr
+    (hint,) = [line for line in said.splitlines() if "go on with a higher one" in line]
+    assert "llmqueue run --resume t1" in hint and hint.endswith(" --max-tokens N"), hint
+    assert "--max-cost" not in hint and hint.count("--max-tokens") == 1, hint
+    # The calls in flight hold their estimated tokens: the cap is passed by one call (20 tokens) at most.
+    used = re.search(r"(\d+) tokens, \$", said)
+    assert used is not None and 150 <= int(used[1]) <= 150 + 20, said
+    assert refused.returncode == 2 and "give a higher one to go on (--max-tokens N)" in refused.stderr, (
+        refused.stdout,
+        refused.stderr,
+    )
+    assert resumed.returncode == 0, (resumed.stdout, resumed.stderr)
+    assert [r["llmqueue"]["status"] for r in read_jsonl(output)] == ["succeeded"] * 30
+    assert first < 30 and total == 30  # the jobs that ran before did not run again
+
+
+def test_a_worker_that_knows_no_price_sends_no_call_of_a_budgeted_batch(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # The submitter priced the model (its own [llm] prices), so the budget was accepted; the worker
+    # has no price: before, it sent every call uncounted and the budget held nothing.
+    lines = ({"custom_id": f"q{n}", "messages": [{"role": "user", "content": f"q {n}"}]} for n in range(5))
+    source = write_jsonl(tmp_path / "in.jsonl", lines)
+    model = "openai/my-finetune-xyz"
+    with ProviderProcess(ProviderConfig(api_key=KEY)) as provider:
+        priced = clean_env(
+            LLM_MODEL=model, LLM_INPUT_COST_PER_TOKEN="0.0001", LLM_OUTPUT_COST_PER_TOKEN="0.0001"
+        )
+        where = ["--redis-url", redis_url]
+        submitted = llmqueue_cli(
+            ["submit", str(source), "--batch", "np", "--max-cost", "1", *where],
+            priced,
+            tmp_path,
+        )
+        worker_env = clean_env(LLM_MODEL=model, LLM_BASE_URL=provider.base_url, LLM_API_KEY=KEY)
+        worked = llmqueue_cli(["worker", "--burst", *where], worker_env, tmp_path)
+        written = llmqueue_cli(["results", "np", "-o", str(tmp_path / "out.jsonl"), *where], priced, tmp_path)
+        stats = provider.stats()
+
+    assert submitted.returncode == 0, submitted.stderr
+    assert worked.returncode == 0, worked.stderr
+    assert written.returncode in (0, 1), written.stderr
+    records = read_jsonl(tmp_path / "out.jsonl")
+    assert [r["llmqueue"]["status"] for r in records] == ["failed"] * 5
+    assert "knows no price for 'openai/my-finetune-xyz'" in json.dumps(records[0]), records[0]
+    assert stats["requests"] == 0
 
 
 def test_a_model_without_a_price_under_a_spending_limit_is_refused_up_front_naming_it(
