@@ -89,7 +89,9 @@ def progress_detail(status: BatchStatus) -> str:
         parts.append(f"cancelled {status.cancelled}")
     parts.append(f"429s {status.rate_limited}")
     parts.append(f"${status.cost:.4f}")
-    if not status.done:
+    if status.paused and not status.done:
+        parts.append("[yellow]paused[/yellow]")  # no ETA: nothing starts until it is resumed
+    elif not status.done:
         parts.append(f"ETA {format_seconds(status.eta_seconds)}")
     return " · ".join(parts)
 

@@ -39,6 +39,8 @@ def pause(
 
     async def go(batches: Any) -> None:
         if kind == "batch":
+            if (await batches.status(name)).done:
+                raise LLMQueueError(f"batch {name} has finished: there is nothing left to pause")
             await batches.pause(name)
         else:
             await batches.pauses.pause_scope(name)
@@ -60,13 +62,18 @@ def resume(
     kind, name = _target(batch, scope, "resume")
     settings = settings_from(config, redis_url)
 
-    async def go(batches: Any) -> int:
+    async def go(batches: Any) -> int | None:
         if kind == "batch":
+            if not (await batches.status(name)).paused:
+                return None
             woken: int = await batches.resume(name)
             return woken
         return int(await batches.pauses.resume_scope(name))
 
     count = with_batches(settings, go)
+    if count is None:
+        console.print(f"batch {name} is not paused: nothing to resume")
+        return
     what = "queued job(s) go on" if kind == "batch" else "held job(s) start now"
     console.print(f"{kind} {name} resumed: {count} {what}")
 
