@@ -375,8 +375,10 @@ def run(
         tpm=tpm,
         model=model,
         llm_config=llm_config,
-        max_cost=max_cost if max_cost is not None else settings.batch.max_cost,
-        max_tokens=max_tokens if max_tokens is not None else settings.batch.max_tokens,
+        # A resume keeps the caps its batch has unless new ones are given: [batch]'s are for new batches
+        # (applied to a resume, they would replace a cap given on the command line, or undo a cancel).
+        max_cost=max_cost if max_cost is not None or resume else settings.batch.max_cost,
+        max_tokens=max_tokens if max_tokens is not None or resume else settings.batch.max_tokens,
         skip_invalid=skip_invalid,
         rejects=rejects,
         priority=priority,

@@ -26,11 +26,15 @@ def register_prices(settings: Settings) -> None:
     given: dict[str, dict[str, Any]] = {}
     for llm in [settings.llm, *(settings.llm_for(name) for name in settings.llm_groups)]:
         if llm.input_cost_per_token is not None or llm.output_cost_per_token is not None:
-            given[llm.model] = _priced(llm.input_cost_per_token or 0.0, llm.output_cost_per_token or 0.0)
+            given[llm.model] = _priced(
+                llm.model, llm.input_cost_per_token or 0.0, llm.output_cost_per_token or 0.0
+            )
     for deployment in settings.model_list:
         info = deployment.model_info
         if "input_cost_per_token" in info or "output_cost_per_token" in info:
+            model = deployment.litellm_params.model
             price = _priced(
+                model,
                 float(info.get("input_cost_per_token") or 0.0),
                 float(info.get("output_cost_per_token") or 0.0),
             )
@@ -43,14 +47,17 @@ _CACHED = ("cache_read_input_token_cost", "cache_creation_input_token_cost")
 """What LiteLLM charges prompt tokens a provider's prompt cache read or wrote."""
 
 
-def _priced(input_cost: float, output_cost: float) -> dict[str, float]:
-    """A price as LiteLLM's ``model_info`` gives it; prompt tokens a provider's cache read or wrote are
-    charged the input price unless given (what LiteLLM 1.110 charges then too, but it warns at every
-    registration that they "will default to 0": said here, no warning is printed)."""
+def _priced(model: str, input_cost: float, output_cost: float) -> dict[str, float]:
+    """A price as LiteLLM's ``model_info`` gives it. Prompt tokens a provider's cache read or wrote are
+    charged the input price when LiteLLM's cost map has no price of its own for them (what LiteLLM 1.110
+    charges then too, but it warns at every registration that they "will default to 0"); a known
+    model keeps its cache discount."""
+    known = litellm.model_cost.get(model) or litellm.model_cost.get(model.partition("/")[2]) or {}
+    missing = [name for name in _CACHED if known.get(name) is None]
     return {
         "input_cost_per_token": input_cost,
         "output_cost_per_token": output_cost,
-        **dict.fromkeys(_CACHED, input_cost),
+        **dict.fromkeys(missing, input_cost),
     }
 
 

@@ -99,9 +99,12 @@ class BudgetGate:
         """Give back a reservation of ``price`` USD (the call ended, or was never sent)."""
         await self._redis.hincrbyfloat(keys.batch(batch_id), RESERVED, -price)
 
-    async def reserve_tokens(self, batch_id: str, tokens: int) -> Reservation:
+    async def reserve_tokens(
+        self, batch_id: str, tokens: int, *, paid: int = 0, held: int = 0
+    ) -> Reservation:
         """Reserve ``tokens`` of the batch's ``max_tokens`` for a call, by the same rule as a price;
-        nothing stays reserved unless ``ok``."""
+        nothing stays reserved unless ``ok``. A re-ask's job has ``paid`` tokens for its answers so far
+        (not yet in the batch's ``tokens``) and ``held`` reservations of its own."""
         batch = keys.batch(batch_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hincrby(batch, RESERVED_TOKENS, tokens)
@@ -110,8 +113,8 @@ class BudgetGate:
         answer: Reservation = "ok"
         if max_tokens is not None:
             answer = within(
-                cost=int(used or 0),
-                reserved_before=max(0, int(reserved) - tokens),
+                cost=int(used or 0) + paid,
+                reserved_before=max(0, int(reserved) - tokens - held),
                 price=tokens,
                 max_cost=int(max_tokens),
             )

@@ -36,8 +36,9 @@ from llmqueue.queue.admission import Admitter
 from llmqueue.queue.call import Call
 
 AfterResult = Callable[[Coroutine[Any, Any, None]], None]
-MayReask = Callable[[float], Awaitable[str | None]]
-"""Given what the answers so far cost (USD), why a re-ask may not be made (a budget), or None."""
+MayReask = Callable[[float, int], Awaitable[str | None]]
+"""Given what the answers so far cost (USD) and used (tokens), why a re-ask may not be made (a budget),
+or None."""
 
 
 @dataclass
@@ -97,7 +98,8 @@ async def until_valid(
         after_result(admitter.answered(call, checked.last))
         messages += reask_messages(answer_text(checked.last), checked.problem, wanted)
         paid = sum(cost for cost in map(response_cost, checked.answers) if cost is not None)
-        over_budget = None if may_reask is None else await may_reask(paid)
+        used = sum(usage.total_tokens for usage in map(response_usage, checked.answers) if usage is not None)
+        over_budget = None if may_reask is None else await may_reask(paid, used)
         if over_budget is not None:
             checked.refused = PermanentProviderError(over_budget, kind="budget_exceeded")
             return checked

@@ -104,8 +104,11 @@ def cancelled(job: Job, reason: str, start: AttemptStart, *, worker_id: str) -> 
     )
 
 
-def unrunnable(job_id: str, payload: Any, reason: str, *, worker_id: str) -> JobResult:
-    """A job that cannot be run as given (``invalid_job``, for ``reason``)."""
+def unrunnable(
+    job_id: str, payload: Any, reason: str, *, worker_id: str, request: dict[str, Any] | None = None
+) -> JobResult:
+    """A job that cannot be run as given (``invalid_job``, for ``reason``); with its ``request`` when it
+    is a valid job that other settings would run (``retry --failed`` queues it again)."""
     batch_id = payload.get("batch_id") if isinstance(payload, dict) else None
     return JobResult(
         job_id=job_id,
@@ -115,6 +118,7 @@ def unrunnable(job_id: str, payload: Any, reason: str, *, worker_id: str) -> Job
         errors=[AttemptError(attempt=0, kind="invalid_job", message=reason)],
         timings=Timings(queued_at=datetime.now(UTC)),
         worker_id=worker_id,
+        request=request,
     )
 
 
@@ -193,9 +197,11 @@ class ResultWriter:
         event = JobEvent("cancelled", job.id, job.batch_id, reason=reason, priority=job.priority)
         emit(self.sinks, replace(event, worker_id=self.worker_id))
 
-    async def unrunnable(self, job_id: str, payload: Any, reason: str) -> None:
-        """A job that cannot be run as given: a failed result, and the worker goes on."""
-        result = unrunnable(job_id, payload, reason, worker_id=self.worker_id)
+    async def unrunnable(self, job_id: str, payload: Any, reason: str, *, request: Job | None = None) -> None:
+        """A job that cannot be run as given: a failed result, and the worker goes on. ``request``: a
+        valid job these settings cannot run, kept in the result so that it can be queued again."""
+        kept = None if request is None else request.model_dump(mode="json", exclude={"reply_to"})
+        result = unrunnable(job_id, payload, reason, worker_id=self.worker_id, request=kept)
         await self.finish(result, reply_to=_reply_to(payload))
         event = JobEvent("invalid", job_id, result.batch_id, reason="invalid_job", message=reason)
         emit(self.sinks, replace(event, worker_id=self.worker_id))

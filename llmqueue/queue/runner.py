@@ -190,9 +190,8 @@ class JobRunner:
             if start.has_cost_budget and job.batch_id is not None and price is None:
                 # Refused at submission when the submitter knows no price either; a worker that knows
                 # none would send the call uncounted, the budget a silent no-op.
-                await self.results.unrunnable(
-                    job_id, payload, unpriced_under_budget(job.batch_id, counted_as)
-                )
+                unpriced = unpriced_under_budget(job.batch_id, counted_as)
+                await self.results.unrunnable(job_id, payload, unpriced, request=job)  # retry --failed
                 return
             if start.has_cost_budget and job.batch_id is not None and price is not None:
                 # A budget the calls in flight fill re-defers the job until they settle (not an attempt).
@@ -217,7 +216,7 @@ class JobRunner:
             if capped:
                 refused = self.spending.refusal(model, counted_as)
                 if refused is not None:
-                    await self.results.unrunnable(job_id, payload, refused)
+                    await self.results.unrunnable(job_id, payload, refused, request=job)
                     return
                 emit = functools.partial(self._emit, call=call)
                 spend = await self.spending.admit(job.id, job.batch_id, model, price or 0.0, emit)
@@ -240,9 +239,11 @@ class JobRunner:
             for reask_spend in call.spend_reasks:  # the re-asks' cost is in the first's settlement
                 await self.spending.settle(reask_spend, None)
             if call.reserved and job.batch_id is not None:
-                await self.budget.give_back(job.batch_id, call.reserved)
+                async with best_effort("budget reservation"):  # the others are given back all the same
+                    await self.budget.give_back(job.batch_id, call.reserved)
             if call.reserved_tokens and job.batch_id is not None:
-                await self.budget.give_back_tokens(job.batch_id, call.reserved_tokens)
+                async with best_effort("token budget reservation"):
+                    await self.budget.give_back_tokens(job.batch_id, call.reserved_tokens)
             if call.cache_key is not None and self.cache is not None:
                 await self.cache.release(call.cache_key, job.id)
 
@@ -346,10 +347,20 @@ class JobRunner:
             cost=result.cost,
         )
 
-    async def _may_reask(self, call: Call, paid: float) -> str | None:
+    async def _may_reask(self, call: Call, paid: float, used: int) -> str | None:
         """Why ``call``'s job may not be asked again: its batch's budget or a spending limit has no room
-        for one more request (the answers so far cost ``paid``). What a re-ask reserves is on ``call``."""
+        for one more request (the answers so far cost ``paid`` and used ``used`` tokens). What a re-ask
+        reserves is on ``call``."""
         job, price = call.job, call.price
+        if call.start.has_token_budget and job.batch_id is not None:
+            tokens = call.estimate.total
+            answer = await self.budget.reserve_tokens(
+                job.batch_id, tokens, paid=used, held=call.reserved_tokens
+            )
+            if answer != "ok":
+                held = "is spent" if answer == "spent" else "is held by the calls in flight"
+                return f"not asked again for a valid answer: the batch's budget (max_tokens) {held}"
+            call.reserved_tokens += tokens
         if price is None:  # no budget applies, or no price known (a spending limit refused it before)
             return None
         if call.start.has_cost_budget and job.batch_id is not None:

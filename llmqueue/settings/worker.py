@@ -79,7 +79,8 @@ RESULT_STORE_PATIENCE = 60.0
 
 
 class BatchConfig(BaseModel):
-    """Defaults for batches (``[batch]``): spending caps, overridden by ``--max-cost``/``--max-tokens``."""
+    """Defaults for batches (``[batch]``, env ``BATCH_<FIELD>``): spending caps for new batches, overridden
+    by ``--max-cost``/``--max-tokens`` (a resume keeps its batch's caps unless it is given new ones)."""
 
     model_config = ConfigDict(extra="forbid")
 

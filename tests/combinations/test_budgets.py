@@ -173,7 +173,13 @@ def test_a_worker_that_knows_no_price_sends_no_call_of_a_budgeted_batch(
         worker_env = clean_env(LLM_MODEL=model, LLM_BASE_URL=provider.base_url, LLM_API_KEY=KEY)
         worked = llmqueue_cli(["worker", "--burst", *where], worker_env, tmp_path)
         written = llmqueue_cli(["results", "np", "-o", str(tmp_path / "out.jsonl"), *where], priced, tmp_path)
-        stats = provider.stats()
+        sent_unpriced = provider.stats()["requests"]
+        # Once the workers have the price, the failed jobs go again.
+        retried = llmqueue_cli(["retry", "np", "--failed", *where], priced, tmp_path)
+        priced_worker = {**worker_env, **priced}
+        rerun = llmqueue_cli(["worker", "--burst", *where], priced_worker, tmp_path)
+        again = llmqueue_cli(["results", "np", "-o", str(tmp_path / "again.jsonl"), *where], priced, tmp_path)
+        sent = provider.stats()["requests"]
 
     assert submitted.returncode == 0, submitted.stderr
     assert worked.returncode == 0, worked.stderr
@@ -181,7 +187,11 @@ def test_a_worker_that_knows_no_price_sends_no_call_of_a_budgeted_batch(
     records = read_jsonl(tmp_path / "out.jsonl")
     assert [r["llmqueue"]["status"] for r in records] == ["failed"] * 5
     assert "knows no price for 'openai/my-finetune-xyz'" in json.dumps(records[0]), records[0]
-    assert stats["requests"] == 0
+    assert sent_unpriced == 0
+    assert "5 failed job(s) queued again" in retried.stdout + retried.stderr, retried
+    assert rerun.returncode == 0 and again.returncode == 0, (rerun.stderr, again.stderr)
+    assert [r["llmqueue"]["status"] for r in read_jsonl(tmp_path / "again.jsonl")] == ["succeeded"] * 5
+    assert sent == 5
 
 
 def test_a_model_without_a_price_under_a_spending_limit_is_refused_up_front_naming_it(

@@ -41,3 +41,18 @@ def test_prompt_tokens_a_providers_cache_read_cost_the_input_price_unless_given(
     )
     assert prompt == pytest.approx(1000 * 0.000001)
     assert not [r for r in caplog.records if "register_model" in r.getMessage()]  # no warning about it
+
+
+def test_a_price_given_for_a_model_litellm_knows_keeps_its_cache_discount() -> None:
+    known = litellm.model_cost["gpt-4o-mini"]
+    llm = LLMConfig(
+        model="openai/gpt-4o-mini",
+        input_cost_per_token=known["input_cost_per_token"],
+        output_cost_per_token=known["output_cost_per_token"],
+    )
+    register_prices(Settings(llm=llm))
+
+    prompt, _ = litellm.cost_per_token(
+        model="openai/gpt-4o-mini", prompt_tokens=1000, cache_read_input_tokens=1000
+    )
+    assert prompt == pytest.approx(1000 * known["cache_read_input_token_cost"])

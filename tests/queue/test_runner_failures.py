@@ -47,8 +47,10 @@ async def test_a_lone_job_answered_429_keeps_the_seed_retry_schedule(
     times = provider.stats.request_times
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert len(gaps) == 4
+    # Never early; late by at most half a second, which a loaded machine (the suite's other processes)
+    # may add to a deferral, and still tells each step of the schedule from the next.
     for gap, expected in zip(gaps, [1.0, 1.0, 2.0, 4.0], strict=True):
-        assert expected <= gap <= expected + 0.3, gaps
+        assert expected <= gap <= expected + 0.5, gaps
 
 
 @pytest.fixture
