@@ -22,6 +22,7 @@ process that dies mid-block leaves the rest to the next one and nothing is queue
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import logging
@@ -42,6 +43,7 @@ from llmqueue.cache import CacheStore
 from llmqueue.errors import BatchError
 from llmqueue.models import AttemptError, Job, JobResult, Timings
 from llmqueue.queue.ledger import BatchLedger
+from llmqueue.queue.replication import through_failover
 from llmqueue.queue.retention import keep_batch
 from llmqueue.settings import Settings
 
@@ -255,7 +257,10 @@ async def expand_window(
                 return
             more = await _expand_next(batches, batch_id, report, token, refuse, owner, answered_from)
         finally:
-            await redis.eval(_RELEASE, 1, keys.batch_block_lease(batch_id), token)
+            # After a failover (the block's writes waited it out), a lagging sentinel may still name the
+            # old master for a moment: the release (compare and delete) waits that out too.
+            release = functools.partial(redis.eval, _RELEASE, 1, keys.batch_block_lease(batch_id), token)
+            await through_failover(release)
         if not more:
             return
 

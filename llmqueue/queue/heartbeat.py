@@ -44,8 +44,8 @@ async def mark_starting(redis: Redis, queue_name: str) -> None:
     global _starting_mark
     host, pid = socket.gethostname(), os.getpid()
     key = keys.worker_starting(f"{host}:{pid}:{uuid.uuid4().hex[:6]}")  # pid 1 in many containers
+    _starting_mark = key  # first: stopped while the SET is on its way, the process still removes it
     await redis.set(key, json.dumps({"host": host, "pid": pid, "queue": queue_name}), ex=STARTING_TTL)
-    _starting_mark = key
 
 
 def starting_mark() -> str | None:

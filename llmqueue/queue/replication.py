@@ -48,6 +48,23 @@ FAILOVER_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, NoScr
 loaded the script yet."""
 
 
+async def through_failover(command: Callable[[], Awaitable[T]], patience: float = FAILOVER_PATIENCE) -> T:
+    """``await command()`` (an idempotent one), tried again on the errors of a failover for up to
+    ``patience`` seconds: right after one, a sentinel that has not heard of it yet still names the old
+    master for a moment."""
+    deadline = time.monotonic() + patience
+    delay = 0.05
+    while True:
+        try:
+            return await command()
+        except FAILOVER_ERRORS as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.info("Redis command to be retried (%s)", redis_error_line(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
 class ReplicaWait:
     """Confirms writes on ``replicas`` replicas, waiting at most ``timeout`` seconds for them."""
 
@@ -71,17 +88,7 @@ class ReplicaWait:
         Connection errors for up to ``patience`` seconds make the write and its wait go again; after
         that the last one is raised.
         """
-        deadline = time.monotonic() + self.patience
-        delay = 0.05
-        while True:
-            try:
-                return await self._write_and_wait(write)
-            except FAILOVER_ERRORS as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                logger.info("Redis write to be retried (%s)", redis_error_line(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        return await through_failover(lambda: self._write_and_wait(write), self.patience)
 
     async def _write_and_wait(self, write: Callable[[], Awaitable[T]]) -> T:
         answer = await write()
