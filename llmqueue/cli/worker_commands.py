@@ -81,14 +81,15 @@ def worker(
         sinks.append(metrics)
     if gated:
         require_pipe(sys.stdin)
-    from llmqueue.ops.interrupts import interrupted_by_signals
+    from llmqueue.ops.interrupts import interrupted_once
     from llmqueue.ops.preflight import forget_start, redis_refusal
     from llmqueue.queue.heartbeat import starting_mark
 
     url, queue_name = settings.redis_url.get_secret_value(), settings.worker.queue_name
     # Until the worker's own handlers take over, SIGTERM (a run stopping, a pod scaled down while it
-    # starts) raises KeyboardInterrupt as Ctrl-C does, so the finally below takes the mark away.
-    with interrupted_by_signals():
+    # starts) raises KeyboardInterrupt as Ctrl-C does, so the finally below takes the mark away (`run`
+    # sends SIGINT with it: ignored meanwhile).
+    with interrupted_once():
         try:
             refused = asyncio.run(redis_refusal(url, starting_on=queue_name))
             if refused is not None:

@@ -32,3 +32,21 @@ def interrupted_by_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _interrupt_once(signum: int, frame: FrameType | None) -> None:
+    for stop in STOP_SIGNALS:  # one sent with it (SIGTERM and SIGINT together) must not cut the clean-up
+        signal.signal(stop, signal.SIG_IGN)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextmanager
+def interrupted_once() -> Iterator[None]:
+    """As :func:`interrupted_by_signals`, but the first signal also ignores those after it until the
+    block ends, so the clean-up it leads to runs whole; the previous handlers come back after it."""
+    previous = {signum: signal.signal(signum, _interrupt_once) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import time
 from pathlib import Path
@@ -206,5 +207,6 @@ async def test_a_worker_stopped_while_it_starts_takes_its_starting_mark_away(
             await asyncio.sleep(0.02)
         assert not [key async for key in redis.scan_iter(match=keys.WORKER_PATTERN)]  # still importing
         worker.process.terminate()
+        worker.process.send_signal(signal.SIGINT)  # as `run` stops its workers: both signals at once
         await asyncio.to_thread(worker.process.wait, 30)
         assert await read_starting(redis) == [], worker.stderr()[-2000:]
