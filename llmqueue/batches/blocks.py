@@ -240,25 +240,28 @@ async def expand_window(
     """Queue the batch's next blocks while its window has room for a whole block (none if another
     process holds its lease). Lines ``refuse`` refuses end as failed results saying why (in
     ``report.rejected`` too), counted in the batch's totals; ``owner`` names the process in them."""
+    # Each step waits out a failover (its writes are idempotent, or compare a token): right after the
+    # block's acknowledged writes waited one out, a lagging sentinel may name the old master a moment.
     redis = batches.redis
-    state = await _read_state(redis, batch_id)
+    state = await through_failover(functools.partial(_read_state, redis, batch_id))
     if state is None or state.fed_blocks >= state.blocks:
         await redis.srem(keys.windowed_batches(batches.store.queue_name), batch_id)
         return
     # A spent or cancelled batch always has room (its jobs end unsent): a window's worth per call.
     for _ in range(max(1, max(state.window, FEED_CHUNK) // state.block_lines)):
         token = secrets.token_hex(8)
-        if not await redis.set(keys.batch_block_lease(batch_id), token, nx=True, px=LEASE_MS):
+        lease = functools.partial(redis.set, keys.batch_block_lease(batch_id), token, nx=True, px=LEASE_MS)
+        if not await through_failover(lease):
             return
         try:
             # The room is read under the lease: another process may have just queued a block.
-            room = await window_room(redis, batch_id, state.window, written_bound=False)
+            room = await through_failover(
+                functools.partial(window_room, redis, batch_id, state.window, written_bound=False)
+            )
             if room < state.block_lines:
                 return
             more = await _expand_next(batches, batch_id, report, token, refuse, owner, answered_from)
         finally:
-            # After a failover (the block's writes waited it out), a lagging sentinel may still name the
-            # old master for a moment: the release (compare and delete) waits that out too.
             release = functools.partial(redis.eval, _RELEASE, 1, keys.batch_block_lease(batch_id), token)
             await through_failover(release)
         if not more:
@@ -276,11 +279,12 @@ async def _expand_next(
 ) -> bool:
     """Queue the batch's next block under its lease; whether blocks are left."""
     redis = batches.redis
-    state = await _read_state(redis, batch_id)  # read again: another process may have moved on
+    # Read again: another process may have moved on.
+    state = await through_failover(functools.partial(_read_state, redis, batch_id))
     if state is None or state.fed_blocks >= state.blocks:
         return False
     number = state.fed_blocks
-    block = await redis.hget(keys.batch_blocks(batch_id), str(number))
+    block = await through_failover(functools.partial(redis.hget, keys.batch_blocks(batch_id), str(number)))
     if block is None:
         logger.warning(
             "batch %s: its block %d of lines to queue is gone from Redis (the batch expired or was "
@@ -307,7 +311,8 @@ async def _expand_next(
         keys.batch_blocks(batch_id),
         keys.windowed_batches(batches.store.queue_name),
     ]
-    fed = int(await redis.eval(_ADVANCE, len(keys_), *keys_, token, number, batch_id))
+    advance = functools.partial(redis.eval, _ADVANCE, len(keys_), *keys_, token, number, batch_id)
+    fed = int(await through_failover(advance))  # -1 if a first try was applied: others go on
     return 0 < fed < state.blocks
 
 
