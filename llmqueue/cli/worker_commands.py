@@ -83,7 +83,6 @@ def worker(
         require_pipe(sys.stdin)
     from llmqueue.ops.interrupts import interrupted_once
     from llmqueue.ops.preflight import forget_start, redis_refusal
-    from llmqueue.queue.heartbeat import starting_mark
 
     url, queue_name = settings.redis_url.get_secret_value(), settings.worker.queue_name
     # Until the worker's own handlers take over, SIGTERM (a run stopping, a pod scaled down while it
@@ -102,8 +101,7 @@ def worker(
             start_gate = functools.partial(wait_for_opening, sys.stdin) if gated else None
             create_worker(settings, burst=burst, sinks=sinks, start_gate=start_gate).run()
         finally:
-            if starting_mark() is not None:  # it never came up: no worker on its way up any more
-                asyncio.run(forget_start(url))
+            asyncio.run(forget_start(url))  # if it never came up: no worker on its way up any more
 
 
 @app.command()

@@ -38,7 +38,7 @@ def register_prices(settings: Settings) -> None:
                 float(info.get("input_cost_per_token") or 0.0),
                 float(info.get("output_cost_per_token") or 0.0),
             )
-            given[deployment.litellm_params.model] = {**price, **{k: info[k] for k in _CACHED if k in info}}
+            given[model] = {**price, **{k: info[k] for k in _CACHED if k in info}}
     if given:
         litellm.register_model(given)
 

@@ -11,7 +11,7 @@ the way Ctrl-C stops it: its workers first, then what else it started.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -22,31 +22,33 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _interrupt_once(signum: int, frame: FrameType | None) -> None:
+    for stop in STOP_SIGNALS:  # one sent with it (SIGTERM and SIGINT together) must not cut the clean-up
+        signal.signal(stop, signal.SIG_IGN)
+    _interrupt(signum, frame)
+
+
 @contextmanager
 def interrupted_by_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise KeyboardInterrupt at once in the block (main thread only); the previous
     handlers come back after it. ``asyncio.run`` inside the block keeps these handlers."""
-    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
-    try:
+    with _handled_by(_interrupt):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _interrupt_once(signum: int, frame: FrameType | None) -> None:
-    for stop in STOP_SIGNALS:  # one sent with it (SIGTERM and SIGINT together) must not cut the clean-up
-        signal.signal(stop, signal.SIG_IGN)
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 @contextmanager
 def interrupted_once() -> Iterator[None]:
     """As :func:`interrupted_by_signals`, but the first signal also ignores those after it until the
     block ends, so the clean-up it leads to runs whole; the previous handlers come back after it."""
-    previous = {signum: signal.signal(signum, _interrupt_once) for signum in STOP_SIGNALS}
+    with _handled_by(_interrupt_once):
+        yield
+
+
+@contextmanager
+def _handled_by(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, before in previous.items():
+            signal.signal(signum, before)

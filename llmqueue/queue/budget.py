@@ -66,7 +66,7 @@ def within(*, cost: float, reserved_before: float, price: float, max_cost: float
 
 
 class BudgetGate:
-    """Reserves and gives back calls' estimated prices in their batches' hashes."""
+    """Reserves and gives back calls' estimated prices and tokens in their batches' hashes."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
@@ -77,23 +77,7 @@ class BudgetGate:
         """Reserve ``price`` USD of the batch's budget for a call; nothing stays reserved unless ``ok``.
         A re-ask's job has ``paid`` for its answers so far (not yet in the batch's cost) and ``held``
         reservations of its own, which are no other call in flight."""
-        batch = keys.batch(batch_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hincrbyfloat(batch, RESERVED, price)
-            pipe.hmget(batch, ["cost", "max_cost"])
-            reserved, (cost, max_cost) = await pipe.execute()
-        if max_cost is None:
-            answer: Reservation = "ok"
-        else:
-            answer = within(
-                cost=float(cost or 0) + paid,
-                reserved_before=max(0.0, float(reserved) - price - held),
-                price=price,
-                max_cost=float(max_cost),
-            )
-        if answer != "ok":
-            await self.give_back(batch_id, price)
-        return answer
+        return await self._reserve(batch_id, price, (RESERVED, "cost", "max_cost"), paid=paid, held=held)
 
     async def give_back(self, batch_id: str, price: float) -> None:
         """Give back a reservation of ``price`` USD (the call ended, or was never sent)."""
@@ -105,23 +89,32 @@ class BudgetGate:
         """Reserve ``tokens`` of the batch's ``max_tokens`` for a call, by the same rule as a price;
         nothing stays reserved unless ``ok``. A re-ask's job has ``paid`` tokens for its answers so far
         (not yet in the batch's ``tokens``) and ``held`` reservations of its own."""
-        batch = keys.batch(batch_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(batch, RESERVED_TOKENS, tokens)
-            pipe.hmget(batch, ["tokens", "max_tokens"])
-            reserved, (used, max_tokens) = await pipe.execute()
-        answer: Reservation = "ok"
-        if max_tokens is not None:
-            answer = within(
-                cost=int(used or 0) + paid,
-                reserved_before=max(0, int(reserved) - tokens - held),
-                price=tokens,
-                max_cost=int(max_tokens),
-            )
-        if answer != "ok":
-            await self.give_back_tokens(batch_id, tokens)
-        return answer
+        fields = (RESERVED_TOKENS, "tokens", "max_tokens")
+        return await self._reserve(batch_id, tokens, fields, paid=paid, held=held)
 
     async def give_back_tokens(self, batch_id: str, tokens: int) -> None:
         """Give back a reservation of ``tokens`` (the call ended, or was never sent)."""
-        await self._redis.hincrby(keys.batch(batch_id), RESERVED_TOKENS, -tokens)
+        await self._redis.hincrbyfloat(keys.batch(batch_id), RESERVED_TOKENS, -tokens)
+
+    async def _reserve(
+        self, batch_id: str, amount: float, fields: tuple[str, str, str], *, paid: float, held: float
+    ) -> Reservation:
+        """Reserve ``amount`` in the batch's field ``reserved`` against its ``used`` and ``cap`` fields
+        (``fields``, in that order), by :func:`within`; given back unless ``ok``."""
+        reserved_field, used_field, cap_field = fields
+        batch = keys.batch(batch_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hincrbyfloat(batch, reserved_field, amount)
+            pipe.hmget(batch, [used_field, cap_field])
+            reserved, (used, cap) = await pipe.execute()
+        answer: Reservation = "ok"
+        if cap is not None:
+            answer = within(
+                cost=float(used or 0) + paid,
+                reserved_before=max(0.0, float(reserved) - amount - held),
+                price=amount,
+                max_cost=float(cap),
+            )
+        if answer != "ok":
+            await self._redis.hincrbyfloat(batch, reserved_field, -amount)
+        return answer

@@ -33,7 +33,7 @@ from llmqueue.models import AttemptError, Job
 from llmqueue.ops.events import EventSink, JobEvent, emit
 from llmqueue.queue import reask, results
 from llmqueue.queue.admission import Admitter
-from llmqueue.queue.budget import WAIT_FOR_CALLS, BudgetGate, call_price, unpriced_under_budget
+from llmqueue.queue.budget import WAIT_FOR_CALLS, BudgetGate, Reservation, call_price, unpriced_under_budget
 from llmqueue.queue.call import Call
 from llmqueue.queue.fallbacks import Fallbacks
 from llmqueue.queue.job_stream import StreamWriter
@@ -194,24 +194,15 @@ class JobRunner:
                 await self.results.unrunnable(job_id, payload, unpriced, request=job)  # retry --failed
                 return
             if start.has_cost_budget and job.batch_id is not None and price is not None:
-                # A budget the calls in flight fill re-defers the job until they settle (not an attempt).
                 held = await self.budget.reserve(job.batch_id, price)
                 call.reserved = price if held == "ok" else 0.0
-                if held == "wait":
-                    self._emit("deferred", call, wait=WAIT_FOR_CALLS, reason="budget_in_flight")
-                    raise Retry(defer=WAIT_FOR_CALLS)
-                if held == "spent":
-                    await self.results.stopped(job, "budget_exceeded", start)
+                if await self._stopped_by_budget(call, held):
                     return
             if start.has_token_budget and job.batch_id is not None:
                 tokens = call.estimate.total
                 held = await self.budget.reserve_tokens(job.batch_id, tokens)
                 call.reserved_tokens = tokens if held == "ok" else 0
-                if held == "wait":
-                    self._emit("deferred", call, wait=WAIT_FOR_CALLS, reason="budget_in_flight")
-                    raise Retry(defer=WAIT_FOR_CALLS)
-                if held == "spent":
-                    await self.results.stopped(job, "budget_exceeded", start)
+                if await self._stopped_by_budget(call, held):
                     return
             if capped:
                 refused = self.spending.refusal(model, counted_as)
@@ -246,6 +237,17 @@ class JobRunner:
                     await self.budget.give_back_tokens(job.batch_id, call.reserved_tokens)
             if call.cache_key is not None and self.cache is not None:
                 await self.cache.release(call.cache_key, job.id)
+
+    async def _stopped_by_budget(self, call: Call, held: Reservation) -> bool:
+        """Act on a budget reservation's answer: calls in flight that fill the budget re-defer the job
+        until they settle (not an attempt, arq's ``Retry``); a spent one ends it cancelled (True)."""
+        if held == "wait":
+            self._emit("deferred", call, wait=WAIT_FOR_CALLS, reason="budget_in_flight")
+            raise Retry(defer=WAIT_FOR_CALLS)
+        if held == "spent":
+            await self.results.stopped(call.job, "budget_exceeded", call.start)
+            return True
+        return False
 
     async def _answered_from_cache(self, call: Call) -> bool:
         """Finish the job from the cache (True), wait for an identical call in flight, or own the miss."""
