@@ -167,12 +167,13 @@ async def test_the_page_follows_a_running_batch_pauses_it_and_its_scope_and_canc
         await page.fill("#token", TOKEN)
         await page.locator("#token").dispatch_event("change")
         await card.locator("button.pause").click()
-        await page.locator("#notice", has_text="paused").wait_for()
+        await page.locator("#notice", has_text="batch eval-run paused").wait_for()
         assert (await batches.status("eval-run")).paused
         await card.locator(".badge", has_text="paused").wait_for()
         await page.screenshot(path=artifacts / "paused.png", full_page=True)
         await card.locator("button.resume").click()
-        await page.locator("#notice", has_text="resumed").wait_for()
+        # The pause's notice says "until it is resumed" too: wait for the resume's own.
+        await page.locator("#notice", has_text="batch eval-run resumed").wait_for()
         assert not (await batches.status("eval-run")).paused
         await card.locator("button.pause").wait_for()
         await page.click("nav a[data-page='limits']")
